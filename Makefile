@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine with only Python: `make test`, `make demo`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+# torch first and pinned: left to the resolver, a plain `torch` requirement pulls a
+# multi-GB CUDA build. 2.13.0 is the CPU build this machine keeps on disk.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) out build src/*.egg-info

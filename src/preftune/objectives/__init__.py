@@ -1,0 +1,33 @@
+"""Objectives: loss terms as pure functions of log-prob records (METHODS.md §2).
+
+    >>> from preftune.objectives import parse, dpo, exmate
+    >>> objective = parse("dpo + 0.5*exmate")          # from a string
+    >>> same = dpo() + 0.5 * exmate()                   # from Python
+    >>> out = objective(record)                         # record: a PairRecord
+    >>> out.loss.mean().backward()
+
+Imports nothing of preftune beyond :mod:`preftune.errors`: objectives never see a model.
+"""
+
+from preftune.objectives.base import Objective, ObjectiveOutput, Term
+from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood, log1m_exp
+from preftune.objectives.margin import DPO, IPO, Hinge, margin
+from preftune.objectives.metrics import group_metrics, pair_metrics
+from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
+from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs
+from preftune.objectives.registry import TERMS, build, make_term, parse, register
+from preftune.objectives.regularisers import BCR, DPOP
+
+# Lower-case constructors, so that Python composition reads like the string form.
+mle, ul, mate, exmate = MLE, Unlikelihood, MATE, ExMATE
+dpo, ipo, hinge, bcr, dpop = DPO, IPO, Hinge, BCR, DPOP
+reinforce, rwr, bon, bon_neg = Reinforce, RWR, BestOfN, BestOfNNegative
+
+__all__ = [
+    "BCR", "DPO", "DPOP", "IPO", "MATE", "MLE", "RWR", "TERMS",
+    "BestOfN", "BestOfNNegative", "ExMATE", "GroupRecord", "Hinge", "Objective", "ObjectiveOutput",
+    "PairRecord", "Record", "Reinforce", "SequenceLogProbs", "Term", "Unlikelihood",
+    "bcr", "bon", "bon_neg", "build", "dpo", "dpop", "exmate", "group_metrics", "hinge", "ipo",
+    "log1m_exp", "make_term", "margin", "mate", "mle", "pair_metrics", "parse", "register",
+    "reinforce", "rwr", "ul",
+]  # fmt: skip

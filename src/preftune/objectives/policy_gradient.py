@@ -1,0 +1,140 @@
+"""On-policy terms over C sampled responses per prompt with scalar rewards (P3, METHODS.md §2).
+
+Each reads a :class:`GroupRecord` with fields shaped ``[P, C]`` and returns a ``[P]`` loss,
+the mean over a prompt's samples. Rewards and baselines are constants: gradients flow only
+through the policy's log-probs. ``bon`` has no negative gradient; ``bon_neg``, ``reinforce``
+(negative advantages) and the pairwise terms do: that contrast is P3's central question.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from preftune.errors import SpecError
+from preftune.objectives.base import Term
+from preftune.objectives.records import GroupRecord, as_float, require
+
+
+def _need_samples(record: GroupRecord, name: str, minimum: int) -> None:
+    if record.rewards.ndim != 2:
+        raise SpecError(f"{name}: rewards must be [prompts, samples], got shape {tuple(record.rewards.shape)}")
+    if record.rewards.shape[1] < minimum:
+        raise SpecError(f"{name} needs at least {minimum} samples per prompt, got {record.rewards.shape[1]}")
+
+
+def _best_mask(rewards: Tensor) -> Tensor:
+    """``[P, C]`` bool, True at the highest-reward sample of each prompt (first on ties)."""
+    best = rewards.argmax(dim=-1, keepdim=True)
+    return torch.zeros_like(rewards, dtype=torch.bool).scatter_(-1, best, True)
+
+
+@dataclass(frozen=True)
+class Reinforce(Term):
+    """``reinforce``: -(r - b)·S(y), averaged over a prompt's samples (Williams 1992).
+
+    ``baseline``: ``"loo"`` (leave-one-out mean of the prompt's other samples, RLOO),
+    ``"mean"`` (mean of all samples, biased), ``"given"`` (``record.baseline``, e.g. a
+    moving average kept by the trainer), ``"none"``. ``kl_coef`` > 0 shapes the reward with
+    the sampled KL estimate: r - kl_coef·(S - S_ref), detached (needs ``record.ref``).
+    """
+
+    name: ClassVar[str] = "reinforce"
+    record_type: ClassVar[type] = GroupRecord
+    baseline: Literal["loo", "mean", "given", "none"] = "loo"
+    kl_coef: float = 0.0
+    average: bool = False
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("loo", "mean", "given", "none"):
+            raise SpecError(f"reinforce: baseline must be loo, mean, given or none, got {self.baseline!r}")
+        self._check_non_negative(kl_coef=self.kl_coef)
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.kl_coef > 0
+
+    def loss(self, record: GroupRecord) -> Tensor:
+        _need_samples(record, self.name, 2 if self.baseline == "loo" else 1)
+        score = as_float(record.samples.score(self.average))
+        rewards = as_float(record.rewards).detach()
+        if self.kl_coef > 0:
+            require(record.ref, "reference log-probs (kl_coef > 0)", self.name)
+            assert record.ref is not None
+            kl = (as_float(record.samples.sum) - as_float(record.ref.sum)).detach()
+            rewards = rewards - self.kl_coef * kl
+        n = rewards.shape[-1]
+        if self.baseline == "loo":
+            base = (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)
+        elif self.baseline == "mean":
+            base = rewards.mean(-1, keepdim=True).expand_as(rewards)
+        elif self.baseline == "given":
+            require(record.baseline, "a baseline (baseline='given')", self.name)
+            assert record.baseline is not None
+            base = as_float(record.baseline).detach()
+        else:
+            base = torch.zeros_like(rewards)
+        return (-(rewards - base) * score).mean(-1)
+
+
+@dataclass(frozen=True)
+class RWR(Term):
+    """``rwr``: -w·A(y), w = exp(r/T) clipped to [0, w_max] (reward-weighted regression).
+
+    Weights are positive, so there is no negative gradient: it is filtered imitation.
+    """
+
+    name: ClassVar[str] = "rwr"
+    record_type: ClassVar[type] = GroupRecord
+    temperature: float = 1.0
+    w_max: float = 20.0
+    average: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_positive(temperature=self.temperature, w_max=self.w_max)
+
+    def loss(self, record: GroupRecord) -> Tensor:
+        _need_samples(record, self.name, 1)
+        # exp(min(r/T, log w_max)) equals the clipped weight and cannot overflow.
+        scaled = as_float(record.rewards).detach() / self.temperature
+        weights = torch.exp(scaled.clamp(max=math.log(self.w_max)))
+        return (-weights * as_float(record.samples.score(self.average))).mean(-1)
+
+
+@dataclass(frozen=True)
+class BestOfN(Term):
+    """``bon``: -A(y*) for the best-reward sample y* of each prompt (filtered BC)."""
+
+    name: ClassVar[str] = "bon"
+    record_type: ClassVar[type] = GroupRecord
+    average: bool = True
+
+    def loss(self, record: GroupRecord) -> Tensor:
+        _need_samples(record, self.name, 1)
+        best = _best_mask(record.rewards)
+        score = as_float(record.samples.score(self.average))
+        return -(score * best).sum(-1)
+
+
+@dataclass(frozen=True)
+class BestOfNNegative(Term):
+    """``bon_neg``: -A(y*) + β/(C-1)·Σ_{y≠y*} A(y): best-of-N with a negative gradient (P3)."""
+
+    name: ClassVar[str] = "bon_neg"
+    record_type: ClassVar[type] = GroupRecord
+    beta: float = 0.1
+    average: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_positive(beta=self.beta)
+
+    def loss(self, record: GroupRecord) -> Tensor:
+        _need_samples(record, self.name, 2)
+        best = _best_mask(record.rewards)
+        score = as_float(record.samples.score(self.average))
+        n = score.shape[-1]
+        return -(score * best).sum(-1) + self.beta / (n - 1) * (score * ~best).sum(-1)

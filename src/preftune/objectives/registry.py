@@ -1,0 +1,119 @@
+"""Names of terms, and objectives parsed from strings such as ``"dpo + 0.5*exmate(lam=0.1)"``.
+
+The grammar is a sum of products, read with Python's own :mod:`ast` and nothing evaluated:
+``term``, ``weight*term``, ``term*weight`` and ``term(key=value, ...)`` with literal values.
+Weights are positive; anything else is refused with a message that says what was expected
+and, for a misspelt name, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import warnings
+
+from preftune.errors import SpecError
+from preftune.objectives.base import Objective, Term
+from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood
+from preftune.objectives.margin import DPO, IPO, Hinge
+from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
+from preftune.objectives.regularisers import BCR, DPOP
+
+TERMS: dict[str, type[Term]] = {
+    cls.name: cls
+    for cls in (MLE, Unlikelihood, MATE, ExMATE, DPO, IPO, Hinge, BCR, DPOP, Reinforce, RWR, BestOfN, BestOfNNegative)
+}
+
+
+def register(cls: type[Term]) -> type[Term]:
+    """Add a user-defined term (a frozen dataclass subclass of :class:`Term`) to the registry."""
+    if not (isinstance(cls, type) and issubclass(cls, Term) and dataclasses.is_dataclass(cls)):
+        raise SpecError(f"{cls!r} is not a Term dataclass")
+    TERMS[cls.name] = cls
+    return cls
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(sorted(choices))}"
+
+
+def make_term(name: str, **params: object) -> Term:
+    """Build one term by registry name with keyword hyper-parameters, checking every one."""
+    key = name.lower()
+    if key not in TERMS:
+        raise SpecError(f"unknown objective term '{name}'{_suggest(key, list(TERMS))}")
+    cls = TERMS[key]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for param, value in params.items():
+        if param not in fields:
+            raise SpecError(f"{key} has no parameter '{param}'{_suggest(param, list(fields))}")
+        default = fields[param].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float | int):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise SpecError(f"{key}: {param} must be {type(default).__name__}, got {value!r}")
+    return cls(**{k: float(v) if isinstance(fields[k].default, float) else v for k, v in params.items()})
+
+
+def _number(node: ast.expr) -> float | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return float(node.value)
+    return None
+
+
+def _literal(node: ast.expr, where: str) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise SpecError(f"{where}: values must be literals (numbers, True/False, strings)") from None
+
+
+def _parse_node(node: ast.expr, text: str) -> Objective:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _parse_node(node.left, text) + _parse_node(node.right, text)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        for weight_node, term_node in ((node.left, node.right), (node.right, node.left)):
+            weight = _number(weight_node)
+            if weight is not None:
+                if not weight > 0:
+                    raise SpecError(f"objective '{text}': weights must be > 0, got {weight:g}")
+                return _parse_node(term_node, text) * weight
+        raise SpecError(f"objective '{text}': a product must be a number times a term")
+    if isinstance(node, ast.Name):
+        return Objective.of(make_term(node.id))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.args:
+            raise SpecError(f"objective '{text}': give parameters by name, e.g. {node.func.id}(beta=0.1)")
+        params = {kw.arg: _literal(kw.value, f"objective '{text}'") for kw in node.keywords if kw.arg}
+        return Objective.of(make_term(node.func.id, **params))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) or isinstance(node, ast.UnaryOp):
+        raise SpecError(f"objective '{text}': terms are added with positive weights; subtraction is not allowed")
+    raise SpecError(f"objective '{text}': expected terms like 'dpo + 0.5*exmate(lam=0.1)'")
+
+
+def parse(text: str) -> Objective:
+    """Parse an objective expression, e.g. ``"dpo(beta=0.1, average=True) + 0.5*exmate"``."""
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError("the objective is empty; e.g. 'dpo' or 'dpo + 0.5*exmate'")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise SpecError(f"cannot parse objective '{text}': {err.msg}; e.g. 'dpo + 0.5*exmate'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        return _parse_node(tree.body, text)
+
+
+def build(spec: str | Term | Objective) -> Objective:
+    """An :class:`Objective` from a string, a term, or an objective (returned as is)."""
+    if isinstance(spec, Objective):
+        return spec
+    if isinstance(spec, Term):
+        return Objective.of(spec)
+    return parse(spec)
