@@ -158,9 +158,7 @@ class Objective:
 
     def __call__(self, record: Record) -> ObjectiveOutput:
         if not isinstance(record, self.record_type):
-            raise SpecError(
-                f"objective '{self}' reads {self.record_type.__name__}, got {type(record).__name__}"
-            )
+            raise SpecError(f"objective '{self}' reads {self.record_type.__name__}, got {type(record).__name__}")
         term_losses: dict[str, Tensor] = {}
         total: Tensor | None = None
         for label, (weight, term) in zip(self.labels(), self.weighted_terms, strict=True):

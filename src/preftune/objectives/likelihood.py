@@ -100,8 +100,7 @@ class MATE(Term):
         self._check_non_negative(lam=self.lam)
         if self.lam > 0:
             warnings.warn(
-                "mate is unbounded below (the penalty -λ·CE(y_l) can fall without limit); "
-                "exmate is its bounded form",
+                "mate is unbounded below (the penalty -λ·CE(y_l) can fall without limit); exmate is its bounded form",
                 stacklevel=3,
             )
 
