@@ -1,0 +1,1 @@
+"""Command-line entry points: ``preftune <command> ...`` (see :mod:`preftune.cli.main`)."""

@@ -1,0 +1,64 @@
+"""``preftune``: the command-line tool.
+
+Every command validates its input before working. A problem with what the user asked for
+(:class:`~preftune.errors.PreftuneError`, or a usage mistake) prints one ``error:`` line and
+exits with 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from preftune import __version__
+from preftune.cli import analyze, objectives
+from preftune.errors import PreftuneError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line, with where to find help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PreftuneError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="preftune",
+        description="Preference fine-tuning of language models: objectives, gradient analysis, training.",
+        epilog="Run 'preftune COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"preftune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    analyze.register(commands)
+    objectives.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return EXIT_USAGE if args.command is None else 0
+        return int(args.run(args) or 0)
+    except PreftuneError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

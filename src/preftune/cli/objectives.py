@@ -1,0 +1,60 @@
+"""``preftune objectives``: list the objective terms, their defaults and what they read."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import warnings
+
+from rich.console import Console
+from rich.table import Table
+
+from preftune.objectives import TERMS, parse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "objectives",
+        help="list the objective terms and their defaults, or check an expression",
+        description=(
+            "List every objective term with its default hyper-parameters and what it needs, or, "
+            "given an expression such as 'dpo + 0.5*exmate(lam=0.1)', check it and show it in full."
+        ),
+    )
+    parser.add_argument("expression", nargs="?", help="an objective expression to check")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.expression:
+        objective = parse(args.expression)
+        console.print(objective.describe(), soft_wrap=True)
+        needs = [
+            what
+            for what, flag in (
+                ("rejected responses", objective.needs_rejected),
+                ("a reference model", objective.needs_reference),
+                ("per-token log-probs", objective.needs_token_logps),
+            )
+            if flag
+        ]
+        console.print(f"reads {objective.record_type.__name__}; needs {', '.join(needs) or 'chosen responses only'}")
+        return 0
+    table = Table(title="objective terms (compose with +, weight with *)")
+    for column in ("term", "defaults", "reads", "what it is"):
+        table.add_column(column)
+    for name, cls in TERMS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # listing defaults is not using mate
+            term = cls()
+        defaults = ", ".join(f"{f.name}={getattr(term, f.name)!r}" for f in dataclasses.fields(term))
+        reads = "pairs" if cls.record_type.__name__ == "PairRecord" else "sample groups"
+        if term.needs_reference:
+            reads += " + reference"
+        summary = re.sub(r"^``\w+``: ", "", (inspect.getdoc(cls) or "").splitlines()[0])
+        table.add_row(name, defaults, reads, summary)
+    console.print(table)
+    return 0

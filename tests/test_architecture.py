@@ -1,0 +1,46 @@
+"""The import arrows of docs/architecture.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "preftune"
+
+# package -> the preftune packages it may import (besides itself and the leaf `errors`).
+ALLOWED = {
+    "objectives": set(),
+    "analysis": {"objectives"},
+    "data": set(),
+    "cli": {"objectives", "analysis", "data", "modeling", "training", "evaluation", "generation", "judging"},
+}
+
+
+def preftune_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "preftune" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(p for p in ALLOWED if (SRC / p).is_dir()))
+def test_package_imports_only_what_the_architecture_allows(package: str) -> None:
+    for path in (SRC / package).rglob("*.py"):
+        extra = preftune_imports(path) - ALLOWED[package] - {package, "errors"}
+        assert not extra, f"{path.relative_to(SRC)} imports preftune.{sorted(extra)}"
+
+
+def test_nothing_imports_the_cli() -> None:
+    for path in SRC.rglob("*.py"):
+        if "cli" not in path.relative_to(SRC).parts:
+            assert "cli" not in preftune_imports(path), path
