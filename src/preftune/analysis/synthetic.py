@@ -81,8 +81,8 @@ def shared_prefix_pairs(
     _check(n)
     k = torch.arange(1, n + 1)
     shared = torch.arange(n)[None, :] < k[:, None]
-    chosen = torch.where(shared, math.log(p_shared), math.log(p_chosen)).to(DTYPE)
-    rejected = torch.where(shared, math.log(p_shared), math.log(p_rejected)).to(DTYPE)
+    chosen = torch.full((n, n), math.log(p_chosen), dtype=DTYPE).masked_fill(shared, math.log(p_shared))
+    rejected = torch.full((n, n), math.log(p_rejected), dtype=DTYPE).masked_fill(shared, math.log(p_shared))
     ref_chosen = torch.where(shared, chosen, chosen - ref_shift)
     ref_rejected = torch.where(shared, rejected, (rejected + ref_shift).clamp(max=-1e-3))
     return pair_record(chosen, rejected, ref_chosen, ref_rejected), shared
