@@ -1,0 +1,1 @@
+"""Reading, validating, pairing and tokenising preference data (rows -> examples -> token batches)."""
