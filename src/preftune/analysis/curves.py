@@ -97,7 +97,7 @@ def weight_vs_margin(
         value="w_good / w_bad per token",
         expected="dpo: w_good = w_bad = β·σ(-βh): β/2 at h = 0, → β for h ≪ 0, → 0 once the pair is learnt",
         rows=table,
-        settings={"n": n, "h": grid, "betas": list(betas), "policy_p": 0.5},
+        settings={"n": n, "h": grid, "sweep": {f"dpo(beta={beta:g})": float(beta) for beta in betas}, "policy_p": 0.5},
     )
 
 

@@ -73,6 +73,9 @@ def logit_space(
     top[1 : top_k + 1] = True
     middle = ~(top | tail)
     middle[0] = False
+    others = torch.ones(vocab_size, dtype=torch.bool)
+    others[0] = False
+    groups = torch.stack([others, top, middle, tail], dim=-1).to(torch.float64)  # [V, 4]
     ranks = rank_grid(vocab_size - 1)
     grid = sorted({r.x for r in weights.rows})
     at_p = min(grid, key=lambda x: abs(x - rank_p)) if grid else rank_p
@@ -81,11 +84,11 @@ def logit_space(
         for push, series in (("up", "w_good"), ("down", "w_bad")):
             ps, ws = weights.series(spec, series)
             p, w = torch.tensor(ps, dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)
-            grad = logit_gradients(w, p, rest, push).abs()  # type: ignore[arg-type]
+            grad = logit_gradients(w, p, rest, push).abs_()  # type: ignore[arg-type]
+            sums = grad @ groups  # [P, 4]: rest, top_k, middle, tail
             table += rows(spec, f"{push}/target", ps, grad[:, 0].tolist())
-            table += rows(spec, f"{push}/rest", ps, grad[:, 1:].sum(-1).tolist())
-            for group, mask in (("top_k", top), ("middle", middle), ("tail", tail)):
-                table += rows(spec, f"{push}/{group}", ps, grad[:, mask].sum(-1).tolist())
+            for i, group in enumerate(("rest", "top_k", "middle", "tail")):
+                table += rows(spec, f"{push}/{group}", ps, sums[:, i].tolist())
             at = min(range(len(ps)), key=lambda i: abs(ps[i] - at_p))
             table += rows(spec, f"{push}/per_token", ranks, grad[at, ranks].tolist())
     share = {"top_k": rest[:top_k].sum().item(), "tail": rest[tail[1:]].sum().item()}
@@ -94,7 +97,8 @@ def logit_space(
         title=f"Logit-space gradient of one weighted token (Zipf s = {exponent:g} over V = {vocab_size:,} tokens)",
         x="p, the target token's probability (series */per_token: rank of a non-target token)",
         value="|∂L/∂z|: on the target logit, summed over a group of other tokens, or per token",
-        expected="push-up: target raised by w(1-p), others lowered by w·p_j; push-down: the reverse",
+        expected="∂L/∂z_j = ∓w(1[j=target] − p_j): the target logit moves by w(1−p), each other logit by w·p_j "
+        "the other way (push-up lowers them, push-down raises them)",
         rows=table,
         settings={
             "vocab_size": vocab_size,

@@ -69,20 +69,20 @@ def token_weights(objective: Objective | Term | str, record: PairRecord) -> Toke
             f"token weights are defined for pairwise objectives on a PairRecord; '{objective}' reads "
             f"{objective.record_type.__name__} and got {type(record).__name__}"
         )
-    good_leaf, good_mask = _leaf(record.chosen, "chosen")
-    leaves = [good_leaf]
-    rejected, bad_mask = None, None
-    if record.rejected is not None:
-        bad_leaf, bad_mask = _leaf(record.rejected, "rejected")
-        leaves.append(bad_leaf)
-        rejected = SequenceLogProbs.from_tokens(bad_leaf, bad_mask)
-    live = PairRecord(
-        chosen=SequenceLogProbs.from_tokens(good_leaf, good_mask),
-        rejected=rejected,
-        ref_chosen=_constant(record.ref_chosen),
-        ref_rejected=_constant(record.ref_rejected),
-    )
-    with torch.enable_grad():
+    with torch.enable_grad():  # also under a caller's no_grad (e.g. a trainer's evaluation loop)
+        good_leaf, good_mask = _leaf(record.chosen, "chosen")
+        leaves = [good_leaf]
+        rejected, bad_mask = None, None
+        if record.rejected is not None:
+            bad_leaf, bad_mask = _leaf(record.rejected, "rejected")
+            leaves.append(bad_leaf)
+            rejected = SequenceLogProbs.from_tokens(bad_leaf, bad_mask)
+        live = PairRecord(
+            chosen=SequenceLogProbs.from_tokens(good_leaf, good_mask),
+            rejected=rejected,
+            ref_chosen=_constant(record.ref_chosen),
+            ref_rejected=_constant(record.ref_rejected),
+        )
         loss = objective(live).loss
         grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     # A term that never reads a response leaves its gradient unset: a zero weight.

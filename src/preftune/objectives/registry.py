@@ -95,7 +95,7 @@ def _parse_node(node: ast.expr, text: str) -> Objective:
             raise SpecError(f"objective '{text}': give parameters by name, e.g. {node.func.id}(beta=0.1)")
         params = {kw.arg: _literal(kw.value, f"objective '{text}'") for kw in node.keywords if kw.arg}
         return Objective.of(make_term(node.func.id, **params))
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) or isinstance(node, ast.UnaryOp):
+    if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub)) or isinstance(node, ast.UnaryOp):
         raise SpecError(f"objective '{text}': terms are added with positive weights; subtraction is not allowed")
     raise SpecError(f"objective '{text}': expected terms like 'dpo + 0.5*exmate(lam=0.1)'")
 
