@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, objectives
+from preftune.cli import analyze, objectives, train
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"preftune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    train.register(commands)
     analyze.register(commands)
     objectives.register(commands)
     return parser

@@ -1,0 +1,133 @@
+"""Peak memory and time of response log-probs: chunked response-only head vs full logits.
+
+SmolLM2-135M-Instruct (the embedded model, float32, CPU), 8 pairs = 16 rows of 256 tokens, each
+ending in a response of 32..48 tokens; one forward + backward of the summed response log-probs.
+Variants, each run in a fresh process so that memory is measured alone:
+
+- ``chunked``: ``sequence_logprobs`` (head on response positions only, chunks checkpointed);
+- ``chunked-nockpt``: the same without checkpointing the head chunks;
+- ``naive``: ``model(...).logits`` ``[16, 256, 49152]`` then log_softmax and gather (what a
+  plain implementation does).
+
+Memory is the process's peak resident set during the step above its resident set before it
+(Linux: the peak is reset through ``/proc/self/clear_refs`` first). Run:
+
+    .venv/bin/python benchmarks/logprob_head.py [--repeats 3] [--chunk-size 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from preftune.data.batch import TokenBatch
+from preftune.modeling import load_model, sequence_logprobs
+
+VARIANTS = ("chunked", "chunked-nockpt", "naive")
+
+
+def make_batch(pairs: int = 8, length: int = 256, vocab: int = 49152, seed: int = 0) -> TokenBatch:
+    g = torch.Generator().manual_seed(seed)
+    rows = 2 * pairs
+    ids = torch.randint(3, vocab, (rows, length), generator=g)
+    responses = torch.randint(32, 49, (rows,), generator=g)
+    position = torch.arange(length)[None, :]
+    response = position >= (length - responses)[:, None]
+    attention = torch.ones(rows, length, dtype=torch.long)
+    return TokenBatch(ids, attention, response, torch.arange(pairs), True)
+
+
+def naive_sum(model, batch: TokenBatch) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return (logps * batch.response_mask[:, 1:]).sum()
+
+
+def step(model, batch: TokenBatch, variant: str, chunk_size: int) -> float:
+    if variant == "naive":
+        total = naive_sum(model, batch)
+    else:
+        chosen, rejected = sequence_logprobs(
+            model, batch, with_tokens=False, chunk_size=chunk_size, checkpoint_head=variant == "chunked"
+        )
+        total = chosen.sum.sum() + rejected.sum.sum()
+    total.backward()
+    model.zero_grad(set_to_none=True)
+    return float(total)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def run_one(variant: str, repeats: int, chunk_size: int) -> dict:
+    torch.manual_seed(0)
+    model = load_model("smollm2-135m-instruct").train()
+    batch = make_batch()
+    value = step(model, batch, variant, chunk_size)  # warm-up (allocator, kernels)
+    peaks, times = [], []
+    for _ in range(repeats):
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS
+        before = _status_kb("VmRSS")
+        start = time.perf_counter()
+        step(model, batch, variant, chunk_size)
+        times.append(time.perf_counter() - start)
+        peaks.append((_status_kb("VmHWM") - before) / 1024)
+    return {
+        "variant": variant,
+        "value": value,
+        "response_tokens": batch.num_response_tokens,
+        "peak_extra_mb": round(max(peaks), 1),
+        "seconds_median": round(statistics.median(times), 3),
+        "seconds_all": [round(t, 3) for t in times],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.repeats, args.chunk_size)))
+        return
+    vocab, rows, length = 49152, 16, 256
+    print(f"full logits [{rows}, {length}, {vocab}] float32 = {rows * length * vocab * 4 / 2**20:.0f} MB")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, chunk_size {args.chunk_size}")
+    for variant in args.variants:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                "--repeats",
+                str(args.repeats),
+                "--chunk-size",
+                str(args.chunk_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{variant:15s} peak +{result['peak_extra_mb']:7.1f} MB   {result['seconds_median']:6.3f} s/step "
+            f"(fwd+bwd, median of {args.repeats})   sum log-probs {result['value']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

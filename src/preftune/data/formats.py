@@ -1,0 +1,146 @@
+"""Preference data formats: detection, column mapping, and row -> example parsing.
+
+Formats (``format=`` of :func:`preftune.data.load_preference_data`):
+
+- ``"standard"``: ``prompt``/``chosen``/``rejected`` strings (TRL's standard format);
+- ``"conversational"``: the same columns holding ``{role, content}`` message lists, the
+  responses holding the assistant turn(s) (TRL's conversational format);
+- ``"implicit"``: only ``chosen``/``rejected``, full dialogues sharing a prefix, as message lists
+  or HH-RLHF transcripts (see :mod:`preftune.data.dialogues`); like TRL, a ``prompt`` column that
+  is text while the dialogues are message lists is ignored;
+- ``"ranked"``: ``prompt``, ``completions``, ``ranks`` or ``scores`` (see :mod:`preftune.data.ranked`);
+- ``"oasst"``: OpenAssistant message trees in a ``prompt`` column.
+
+``"auto"`` picks one from the column names and the first row. A missing column is reported with
+the columns found and the closest one (``difflib``); ``columns={"chosen": "chosen_response"}``
+maps the expected names onto the file's.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from preftune.data.dialogues import is_hh_transcript, parse_implicit
+from preftune.data.examples import Origin, PreferenceExample
+from preftune.data.ranked import PAIRINGS, TREE_TURNS, parse_ranked, parse_tree
+from preftune.data.sources import RawRows
+from preftune.data.validation import as_messages, as_text, is_messages
+from preftune.errors import PreftuneError
+
+FORMATS = ("auto", "standard", "conversational", "implicit", "ranked", "oasst")
+EXPECTED = ("prompt", "chosen", "rejected", "completions", "ranks", "scores", "completion", "label")
+REQUIRED = {
+    "standard": ("chosen", "rejected", "prompt"),
+    "conversational": ("chosen", "rejected", "prompt"),
+    "implicit": ("chosen", "rejected"),
+    "ranked": ("prompt", "completions"),
+    "oasst": ("prompt",),
+}
+
+RowParser = Callable[[dict[str, Any], Origin], list[PreferenceExample]]
+
+
+def closest(name: str, found: list[str]) -> str | None:
+    """The column most like ``name``: one containing it, else difflib's closest match."""
+    containing = [c for c in found if name in c.lower()]
+    if containing:
+        return min(containing, key=len)
+    matches = difflib.get_close_matches(name, found, n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def missing_column(raw: RawRows, name: str, why: str = "") -> PreftuneError:
+    """``data.jsonl: no 'chosen' column; found [...]; did you mean 'chosen_response'? (...)``."""
+    unclaimed = [c for c in raw.columns if c not in EXPECTED]
+    guess = closest(name, unclaimed)
+    message = f"{raw.name}: no '{name}' column{why}; found {raw.columns}"
+    if guess:
+        message += f"; did you mean '{guess}'? (pass columns={{'{name}': '{guess}'}})"
+    return PreftuneError(message)
+
+
+def apply_columns(raw: RawRows, columns: dict[str, str] | None) -> RawRows:
+    """Rename the file's columns to the expected names: ``columns`` maps expected -> found."""
+    if not columns:
+        return raw
+    for expected, found in columns.items():
+        if expected not in EXPECTED:
+            raise PreftuneError(f"columns: unknown name '{expected}' (expected one of {list(EXPECTED)})")
+        if found not in raw.columns:
+            guess = closest(found, raw.columns)
+            hint = f"; did you mean '{guess}'?" if guess else ""
+            raise PreftuneError(
+                f"{raw.name}: columns maps '{expected}' to '{found}', which is not a column; found {raw.columns}{hint}"
+            )
+    renamed = {found: expected for expected, found in columns.items()}
+
+    def keep(key: str) -> bool:  # drop a column whose name is taken over by a mapped one
+        return key in renamed or key not in columns
+
+    rows = [{renamed.get(key, key): value for key, value in row.items() if keep(key)} for row in raw.rows]
+    names = list(dict.fromkeys(renamed.get(c, c) for c in raw.columns if keep(c)))
+    return RawRows(raw.name, rows, names)
+
+
+def _first(raw: RawRows, column: str) -> Any:
+    return next((row[column] for row in raw.rows if row.get(column) is not None), None)
+
+
+def detect_format(raw: RawRows) -> str:
+    """The format of ``raw`` from its columns and first non-null values."""
+    columns = set(raw.columns)
+    if "completions" in columns:
+        return "ranked"
+    prompt = _first(raw, "prompt")
+    if isinstance(prompt, dict) and "replies" in prompt:
+        return "oasst"
+    for name in ("chosen", "rejected"):
+        if name not in columns:
+            raise missing_column(raw, name)
+    chosen = _first(raw, "chosen")
+    if "prompt" in columns and not (is_messages(chosen) and not is_messages(prompt)):
+        return "conversational" if is_messages(prompt) else "standard"
+    if is_messages(chosen) or is_hh_transcript(chosen):
+        return "implicit"
+    raise missing_column(raw, "prompt", " (and 'chosen' holds neither message lists nor HH transcripts)")
+
+
+def resolve_format(raw: RawRows, format: str) -> str:
+    """``format``, or the detected one for ``"auto"``; refuses one whose columns are missing."""
+    if format not in FORMATS:
+        raise PreftuneError(f"unknown data format '{format}' (expected one of {', '.join(FORMATS)})")
+    chosen = detect_format(raw) if format == "auto" else format
+    for name in REQUIRED[chosen]:
+        if name not in raw.columns:
+            raise missing_column(raw, name)
+    if chosen == "ranked" and not {"ranks", "scores"} & set(raw.columns):
+        raise missing_column(raw, "ranks", " (nor 'scores')")
+    return chosen
+
+
+def _parse_explicit(row: dict[str, Any], origin: Origin, *, conversational: bool) -> list[PreferenceExample]:
+    parse = as_messages if conversational else as_text
+    return [PreferenceExample(*(parse(row.get(key), key) for key in ("prompt", "chosen", "rejected")), origin)]
+
+
+def _parse_implicit(row: dict[str, Any], origin: Origin) -> list[PreferenceExample]:
+    return [PreferenceExample(*parse_implicit(row.get("chosen"), row.get("rejected")), origin)]
+
+
+def row_parser(format: str, *, pairing: str = "best_vs_worst", tree_turns: str = "all") -> RowParser:
+    """The function turning one row of ``format`` into examples (a ranked row may give several)."""
+    if pairing not in PAIRINGS:
+        raise PreftuneError(f"unknown pairing '{pairing}' (expected one of {', '.join(PAIRINGS)})")
+    if tree_turns not in TREE_TURNS:
+        raise PreftuneError(f"unknown tree_turns '{tree_turns}' (expected one of {', '.join(TREE_TURNS)})")
+    parsers: dict[str, RowParser] = {
+        "standard": partial(_parse_explicit, conversational=False),
+        "conversational": partial(_parse_explicit, conversational=True),
+        "implicit": _parse_implicit,
+        "ranked": partial(parse_ranked, pairing=pairing),
+        "oasst": partial(parse_tree, pairing=pairing, tree_turns=tree_turns),
+    }
+    return parsers[format]

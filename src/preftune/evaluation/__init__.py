@@ -1,0 +1,5 @@
+"""Evaluation: statistical metrics on held-out pairs (METHODS.md §6); generative metrics later."""
+
+from preftune.evaluation.statistical import MetricSummary, summarise
+
+__all__ = ["MetricSummary", "summarise"]

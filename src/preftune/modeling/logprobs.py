@@ -1,0 +1,209 @@
+"""Sequence log-probabilities of responses, with the LM head applied at response positions only.
+
+For a batch of N rows of length L, a causal LM's forward computes logits ``[N, L, V]``: with
+SmolLM2's V = 49,152, 16 rows of 256 tokens are 805 MB in float32 before the log-softmax doubles
+it, while only the response tokens (often a small share of the positions) are needed. Here the
+decoder runs alone (hidden states ``[N, L, H]``), the hidden states that predict response tokens
+are gathered (``[M, H]``, M = response tokens in the batch) and the head runs on chunks of
+``chunk_size`` of them, so the largest vocabulary-sized tensor is ``[chunk_size, V]``. Under
+autograd each chunk is checkpointed: its logits are recomputed in the backward pass rather than
+kept, so memory does not grow with M × V either.
+
+Per-token log-probs are ``logit[token] − logsumexp(logits)`` in float32 for half-precision and
+float32 models (float64 for a float64 one, which the tests use for exact comparisons).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from preftune.data.batch import TokenBatch
+from preftune.errors import PreftuneError
+from preftune.objectives.records import SequenceLogProbs
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    batch: TokenBatch,
+    *,
+    with_tokens: bool,
+    chunk_size: int = 1024,
+    checkpoint_head: bool | None = None,
+) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+    """Log-probs of each row's response tokens, split into chosen and rejected.
+
+    Args:
+        model: a transformers causal LM, or a peft model wrapping one (LoRA and the like).
+        batch: N rows; rows 0..B-1 chosen and B..2B-1 rejected when ``batch.paired``.
+        with_tokens: also return per-token log-probs ``tokens [B, T]`` and ``mask [B, T]``,
+            T = the longest response in the batch, left-aligned per row.
+        chunk_size: response positions per LM-head call; bounds the ``[chunk_size, V]`` logits.
+        checkpoint_head: recompute each chunk's logits in the backward pass instead of keeping
+            them; default: whenever autograd is recording.
+    Returns:
+        ``(chosen, rejected)``, each with ``sum [B]`` and ``count [B]`` in float32, float64 for a
+        float64 model (gradients flow
+        to the model's parameters unless called under ``torch.no_grad()``); ``rejected`` is
+        ``None`` for an unpaired batch.
+    """
+    check_batch(batch)
+    decoder, head, transform = causal_lm_parts(model)
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]  # [N, L, H]
+    rows, cols = batch.response_mask.nonzero(as_tuple=True)  # [M] each, row-major
+    states = hidden[rows, cols - 1]  # [M, H]: the state at t-1 predicts the token at t
+    targets = batch.input_ids[rows, cols]  # [M]
+    if checkpoint_head is None:
+        checkpoint_head = torch.is_grad_enabled()
+    logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
+
+    n_rows = batch.input_ids.shape[0]
+    counts = batch.response_mask.sum(1)  # [N]
+    if with_tokens:
+        width = int(counts.max())
+        slot = (batch.response_mask.cumsum(1) - 1)[rows, cols]  # [M] index of each token in its response
+        tokens = logps.new_zeros(n_rows, width).index_put((rows, slot), logps)  # [N, T]
+        mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]  # [N, T]
+        record = SequenceLogProbs.from_tokens(tokens, mask)
+    else:
+        sums = logps.new_zeros(n_rows).index_add(0, rows, logps)  # [N]
+        record = SequenceLogProbs(sum=sums, count=counts.to(logps.dtype))
+    if not batch.paired:
+        return record, None
+    b = batch.num_examples
+    return _rows(record, slice(0, b)), _rows(record, slice(b, 2 * b))
+
+
+def response_token_logprobs(
+    head: nn.Module,
+    states: Tensor,
+    targets: Tensor,
+    chunk_size: int = 1024,
+    checkpoint_head: bool = False,
+    transform=None,
+) -> Tensor:
+    """``[M]`` log π(target | state) for hidden ``states [M, H]`` and ``targets [M]``.
+
+    In float32 (float64 for float64 states). The head runs on ``chunk_size`` rows at a time;
+    ``transform`` (if any) maps raw logits to the model's final logits (soft-capping, scaling).
+    """
+    if chunk_size < 1:
+        raise PreftuneError(f"chunk_size must be at least 1, not {chunk_size}")
+    pieces = []
+    for start in range(0, states.shape[0], chunk_size):
+        chunk = (head, transform, states[start : start + chunk_size], targets[start : start + chunk_size])
+        if checkpoint_head:
+            pieces.append(checkpoint(_chunk_logprobs, *chunk, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(*chunk))
+    if not pieces:
+        return states.new_zeros(0, dtype=torch.promote_types(states.dtype, torch.float32))
+    return torch.cat(pieces)
+
+
+def _chunk_logprobs(head: nn.Module, transform, states: Tensor, targets: Tensor) -> Tensor:
+    """``[c]`` log-probs of ``targets [c]`` from ``states [c, H]``, via logits ``[c, V]`` in float32
+    (or float64 for a float64 model)."""
+    logits = head(states)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if transform is not None:
+        logits = transform(logits)
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def causal_lm_parts(model: nn.Module):
+    """``(decoder, head, transform)`` of a causal LM or of a peft model wrapping one.
+
+    ``decoder(input_ids=, attention_mask=)[0]`` gives the final hidden states ``[N, L, H]`` (final
+    norm included), ``head(h)`` the raw logits and ``transform`` (or ``None``) what the model's
+    forward does to them after the head (Gemma's soft-capping, Cohere's and Granite's scaling).
+    A peft model's adapters live inside the decoder's layers, so they (and ``disable_adapter()``)
+    apply; prompt-learning methods (virtual tokens) are refused, as their forward adds inputs.
+    """
+    lm = _unwrap_peft(model)
+    get_decoder = getattr(lm, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else None
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if decoder is None or decoder is lm or head is None:
+        raise PreftuneError(
+            f"cannot split {type(lm).__name__} into a decoder and an LM head; a transformers causal LM is needed"
+        )
+    return decoder, head, _logit_transform(getattr(lm, "config", None))
+
+
+def check_batch(batch: TokenBatch) -> None:
+    """Refuse a batch whose shapes disagree or with a row that has no predictable response token."""
+    ids, attention, response = batch.input_ids, batch.attention_mask, batch.response_mask
+    if ids.dim() != 2 or attention.shape != ids.shape or response.shape != ids.shape:
+        raise PreftuneError(
+            f"token batch shapes differ: input_ids {tuple(ids.shape)}, attention_mask {tuple(attention.shape)}, "
+            f"response_mask {tuple(response.shape)}"
+        )
+    expected = 2 * batch.num_examples if batch.paired else batch.num_examples
+    if ids.shape[0] != expected:
+        raise PreftuneError(
+            f"token batch has {ids.shape[0]} rows for {batch.num_examples} "
+            f"{'pairs' if batch.paired else 'examples'}; expected {expected}"
+        )
+    response = response.bool()
+    if response[:, 0].any():
+        raise PreftuneError("token batch marks position 0 as a response token; nothing predicts it")
+    if (response & ~attention.bool()).any():
+        raise PreftuneError("token batch marks padding (attention_mask 0) as response tokens")
+    empty = (response.sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        b = batch.num_examples
+        which = [
+            f"example {int(batch.example_ids[r % b])} ({'rejected' if batch.paired and r >= b else 'chosen'})"
+            for r in empty
+        ]
+        raise PreftuneError(f"empty response (no response tokens, e.g. after truncation): {', '.join(which)}")
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    if not isinstance(model, PeftModel):
+        return model
+    config = model.peft_config.get(model.active_adapter)
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        raise PreftuneError(
+            f"peft method {config.peft_type} adds virtual tokens: response log-probs need a LoRA-like one"
+        )
+    return model.get_base_model()
+
+
+def _logit_transform(config):
+    """What the causal LM's forward applies to ``lm_head``'s output, for the configs that do anything."""
+    if config is None:
+        return None
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)  # Cohere: multiplies
+    divisor = getattr(config, "logits_scaling", None)  # Granite: divides
+    if not cap and scale in (None, 1, 1.0) and divisor in (None, 1, 1.0):
+        return None
+
+    def transform(logits: Tensor) -> Tensor:
+        if scale not in (None, 1, 1.0):
+            logits = logits * scale
+        if divisor not in (None, 1, 1.0):
+            logits = logits / divisor
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+def _rows(record: SequenceLogProbs, rows: slice) -> SequenceLogProbs:
+    return SequenceLogProbs(
+        sum=record.sum[rows],
+        count=record.count[rows],
+        tokens=None if record.tokens is None else record.tokens[rows],
+        mask=None if record.mask is None else record.mask[rows],
+    )

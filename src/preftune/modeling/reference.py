@@ -1,0 +1,228 @@
+"""Reference policies π_ref: where the reference log-probs of a batch come from.
+
+Every strategy maps a :class:`TokenBatch` to ``(chosen, rejected)`` records with ``sum [B]`` and
+``count [B]`` (no per-token values, no gradient), on the batch's device:
+
+- :class:`AdapterDisabledReference`: the policy itself with its LoRA adapters switched off; no
+  second copy of the weights (the usual choice with LoRA).
+- :class:`FrozenCopyReference`: a frozen deep copy of the model taken at construction (full
+  fine-tuning); :class:`ModelReference` uses a separately loaded model as is (e.g. a checkpoint
+  from an earlier stage, as in P1's two-stage DPO-after-ExMATE recipe).
+- :class:`PrecomputedReference`: computed once for a whole dataset before training by one of the
+  above and cached on disk, keyed by the model's and the data's fingerprints
+  (:mod:`preftune.modeling.fingerprint`); rows are looked up by ``batch.example_ids``.
+
+Model-backed references run in eval mode (no dropout) under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from preftune.data.batch import TokenBatch
+from preftune.errors import PreftuneError
+from preftune.modeling.cache import atomic_write_target, cache_root
+from preftune.modeling.fingerprint import batches_fingerprint, is_adapter_parameter, model_fingerprint
+from preftune.modeling.logprobs import sequence_logprobs
+from preftune.objectives.records import SequenceLogProbs
+
+Pair = tuple[SequenceLogProbs, SequenceLogProbs | None]
+CACHE_FORMAT = "preftune-reference-v1"
+
+
+class ReferenceLogProbs(ABC):
+    """Reference log-probs for token batches: ``reference(batch) -> (chosen, rejected | None)``."""
+
+    @abstractmethod
+    def __call__(self, batch: TokenBatch) -> Pair:
+        """``(chosen, rejected)`` records (``sum``/``count`` ``[B]``) for ``batch``; ``rejected`` is
+        ``None`` for an unpaired batch."""
+
+    def fingerprint(self) -> str:
+        """A digest of what computes these values (for :class:`PrecomputedReference`'s cache key)."""
+        raise PreftuneError(f"{type(self).__name__} has no fingerprint, so it cannot key a reference cache")
+
+
+class ModelReference(ReferenceLogProbs):
+    """A given model as π_ref, used as it is (in eval mode for each call, its modes restored after)."""
+
+    def __init__(self, model: nn.Module, *, chunk_size: int = 1024) -> None:
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def __call__(self, batch: TokenBatch) -> Pair:
+        with _eval_mode(self.model):
+            return _compute(self.model, batch, self.chunk_size)
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+
+class FrozenCopyReference(ModelReference):
+    """A frozen deep copy of ``model`` taken now: π_ref for full fine-tuning (twice the weights' memory)."""
+
+    def __init__(self, model: nn.Module, *, chunk_size: int = 1024) -> None:
+        super().__init__(copy.deepcopy(model).eval().requires_grad_(False), chunk_size=chunk_size)
+
+
+class AdapterDisabledReference(ReferenceLogProbs):
+    """The LoRA policy with its adapters disabled (``with model.disable_adapter():``): the base model,
+    without a second copy. The policy's train/eval modes are restored after each call."""
+
+    def __init__(self, model: nn.Module, *, chunk_size: int = 1024) -> None:
+        if not hasattr(model, "disable_adapter"):
+            raise PreftuneError(
+                "AdapterDisabledReference needs a peft model (apply_lora); use FrozenCopyReference for full fine-tuning"
+            )
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def __call__(self, batch: TokenBatch) -> Pair:
+        with _eval_mode(self.model), self.model.disable_adapter():
+            return _compute(self.model, batch, self.chunk_size)
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model, skip=is_adapter_parameter)
+
+
+class PrecomputedReference(ReferenceLogProbs):
+    """Reference sums and counts for a whole dataset, held in memory and cached on disk.
+
+    Build it with :meth:`build`; ``hit`` says whether it came from the cache. Looking up a batch
+    checks that each example's response lengths match those computed, which catches a change of
+    tokenisation that the cache key could not see (data given to :meth:`build` differs from the
+    data trained on).
+    """
+
+    def __init__(self, table: dict[str, Tensor], *, path: Path | None = None, hit: bool = False) -> None:
+        order = torch.argsort(table["example_ids"])
+        self.table = {name: values[order] for name, values in table.items()}
+        self.paired = "rejected_sum" in self.table
+        self.path = path
+        self.hit = hit
+
+    @classmethod
+    def build(
+        cls,
+        source: ReferenceLogProbs | nn.Module,
+        batches: Iterable[TokenBatch],
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> PrecomputedReference:
+        """Compute the reference over ``batches`` (every example once) with ``source``, or load it.
+
+        Args:
+            source: a model-backed reference, or a model (used as a :class:`ModelReference`).
+            batches: the whole dataset, tokenised as for training; read twice, so a list (an
+                iterator is materialised).
+            cache_dir: where the cache files live (default ``<cache root>/reference``).
+        """
+        if isinstance(source, nn.Module):
+            source = ModelReference(source)
+        batches = list(batches)
+        if not batches:
+            raise PreftuneError("cannot precompute a reference for an empty dataset")
+        if len({b.paired for b in batches}) > 1:
+            raise PreftuneError("cannot precompute a reference for a mix of paired and unpaired batches")
+        key = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint()}|{batches_fingerprint(batches)}".encode())
+        folder = Path(cache_dir) if cache_dir is not None else cache_root() / "reference"
+        path = folder / f"{key.hexdigest()[:40]}.safetensors"
+        if path.is_file():
+            return cls.load(path)
+        table = _compute_table(source, batches)
+        _save(table, path)
+        return cls(table, path=path, hit=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PrecomputedReference:
+        """Load a cache file written by :meth:`build`."""
+        from safetensors.torch import load_file
+
+        return cls(load_file(str(path)), path=Path(path), hit=True)
+
+    def __call__(self, batch: TokenBatch) -> Pair:
+        if batch.paired != self.paired:
+            raise PreftuneError(
+                f"the precomputed reference is {'paired' if self.paired else 'unpaired'}, the batch is not"
+            )
+        device = batch.input_ids.device
+        known = self.table["example_ids"]
+        wanted = batch.example_ids.cpu()
+        slots = torch.searchsorted(known, wanted).clamp(max=known.numel() - 1)
+        missing = wanted[known[slots] != wanted]
+        if missing.numel():
+            raise PreftuneError(f"examples {missing.tolist()[:10]} are not in the precomputed reference")
+        counts = batch.response_mask.sum(1).cpu()
+        b = batch.num_examples
+        out = []
+        for side, rows in (("chosen", slice(0, b)), ("rejected", slice(b, 2 * b))):
+            if side == "rejected" and not self.paired:
+                out.append(None)
+                continue
+            count = self.table[f"{side}_count"][slots]
+            if not torch.equal(count.to(counts.dtype), counts[rows]):
+                raise PreftuneError(
+                    f"the batch's {side} response lengths differ from those in the precomputed reference: "
+                    "was it built from the same data and tokenisation?"
+                )
+            out.append(SequenceLogProbs(sum=self.table[f"{side}_sum"][slots].to(device), count=count.to(device)))
+        return out[0], out[1]
+
+
+def _compute(model: nn.Module, batch: TokenBatch, chunk_size: int) -> Pair:
+    """Reference records for ``batch``, computed on the model's device and returned on the batch's."""
+    device = batch.input_ids.device
+    model_device = next(model.parameters()).device
+    with torch.no_grad():
+        chosen, rejected = sequence_logprobs(model, batch.to(model_device), with_tokens=False, chunk_size=chunk_size)
+    move = lambda r: None if r is None else SequenceLogProbs(sum=r.sum.to(device), count=r.count.to(device))  # noqa: E731
+    return move(chosen), move(rejected)
+
+
+def _compute_table(source: ReferenceLogProbs, batches: list[TokenBatch]) -> dict[str, Tensor]:
+    """``example_ids [E]``, ``chosen_sum/count [E]`` (and ``rejected_*`` when paired), on the CPU."""
+    columns: dict[str, list[Tensor]] = {"example_ids": []}
+    for batch in batches:
+        chosen, rejected = source(batch)
+        columns["example_ids"].append(batch.example_ids.cpu().to(torch.int64))
+        for side, record in (("chosen", chosen), ("rejected", rejected)):
+            if record is not None:
+                columns.setdefault(f"{side}_sum", []).append(record.sum.detach().cpu())
+                columns.setdefault(f"{side}_count", []).append(record.count.detach().cpu())
+    table = {name: torch.cat(parts) for name, parts in columns.items()}
+    if table["example_ids"].unique().numel() != table["example_ids"].numel():
+        raise PreftuneError("an example id appears twice in the data given to the precomputed reference")
+    return table
+
+
+def _save(table: dict[str, Tensor], path: Path) -> None:
+    """Write the table to ``path`` atomically (a temporary file beside it, then ``os.replace``)."""
+    from safetensors.torch import save_file
+
+    tmp = atomic_write_target(path)
+    try:
+        save_file({k: v.contiguous() for k, v in table.items()}, str(tmp), metadata={"format": CACHE_FORMAT})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode for the duration, then restore each one's own mode."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

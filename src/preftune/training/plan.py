@@ -1,0 +1,60 @@
+"""Which pairs each optimiser step reads: a deterministic plan, so runs resume exactly.
+
+Epoch e visits the pairs in the order of a permutation seeded by (seed, e); step k of the
+epoch takes the k-th block of ``batch_size`` pairs (a last incomplete block is dropped, so
+every step has the same size and two processes split it evenly). A process of rank r out of
+W takes the r-th contiguous share of the block, and splits it into ``grad_accumulation``
+micro-batches. The data position is therefore just the global step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from preftune.errors import SpecError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    num_examples: int
+    batch_size: int
+    seed: int = 0
+    world_size: int = 1
+    grad_accumulation: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_examples < self.batch_size:
+            raise SpecError(
+                f"only {self.num_examples} training pairs, fewer than one batch of {self.batch_size}: "
+                "lower optim.batch_size or add data"
+            )
+        if self.batch_size % (self.world_size * self.grad_accumulation):
+            raise SpecError(
+                f"optim.batch_size {self.batch_size} must be divisible by processes ({self.world_size}) "
+                f"× grad_accumulation ({self.grad_accumulation})"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.batch_size
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        return max_steps if max_steps is not None else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_examples, generator=generator)
+
+    def step_indices(self, step: int) -> torch.Tensor:
+        """``[batch_size]`` dataset indices read by global step ``step`` (all processes)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+
+    def micro_batches(self, step: int, rank: int) -> list[torch.Tensor]:
+        """This process's share of the step, split into ``grad_accumulation`` index blocks."""
+        share = self.batch_size // self.world_size
+        mine = self.step_indices(step)[rank * share : (rank + 1) * share]
+        return list(mine.chunk(self.grad_accumulation))

@@ -1,0 +1,127 @@
+"""Response-only chunked log-probs equal the full-logits computation, without a [N, L, V] tensor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from preftune.data.batch import TokenBatch
+from preftune.errors import PreftuneError
+from preftune.modeling import apply_lora, sequence_logprobs
+
+from .batches import chat_batch, naive_logprobs, random_batch
+
+
+def _both(chosen, rejected) -> torch.Tensor:
+    return torch.cat([chosen.sum, rejected.sum])
+
+
+@pytest.mark.parametrize(("chunk_size", "checkpoint_head"), [(1024, None), (7, True), (5, False)])
+def test_values_and_gradients_equal_full_logits(tiny64, chunk_size: int, checkpoint_head: bool | None) -> None:
+    batch = random_batch(pairs=3, length=24, seed=1)
+    chosen, rejected = sequence_logprobs(
+        tiny64, batch, with_tokens=False, chunk_size=chunk_size, checkpoint_head=checkpoint_head
+    )
+    ours, naive = _both(chosen, rejected), naive_logprobs(tiny64, batch)
+    assert ours.dtype == torch.float64 and torch.allclose(ours, naive, atol=1e-5, rtol=0)
+    assert torch.equal(torch.cat([chosen.count, rejected.count]), batch.response_mask.sum(1).double())
+
+    weights = torch.linspace(-1.0, 2.0, ours.numel(), dtype=torch.float64)  # a loss that mixes the rows
+    params = [p for p in tiny64.parameters() if p.requires_grad]
+    ours_grads = torch.autograd.grad((weights * ours).sum(), params)
+    naive_grads = torch.autograd.grad((weights * naive).sum(), params)
+    for a, b in zip(ours_grads, naive_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_float32_model_matches_closely(tiny) -> None:
+    batch = random_batch(pairs=2, length=20, seed=2)
+    ours = _both(*sequence_logprobs(tiny, batch, with_tokens=False))
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, naive_logprobs(tiny, batch), rtol=1e-5, atol=1e-4)
+
+
+def test_per_token_values_are_left_aligned(tiny64) -> None:
+    batch = random_batch(pairs=2, length=20, seed=3)
+    chosen, rejected = sequence_logprobs(tiny64, batch, with_tokens=True, chunk_size=3)
+    logits = tiny64(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    full = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    width = int(batch.response_mask.sum(1).max())
+    assert chosen.tokens.shape == rejected.tokens.shape == (2, width)
+    for row, (record, i) in enumerate([(chosen, 0), (chosen, 1), (rejected, 0), (rejected, 1)]):
+        expected = full[row][batch.response_mask[row, 1:]]
+        n = expected.numel()
+        assert torch.allclose(record.tokens[i, :n], expected, atol=1e-10)
+        assert record.mask[i, :n].all() and not record.mask[i, n:].any() and (record.tokens[i, n:] == 0).all()
+        assert torch.allclose(record.sum[i], expected.sum(), atol=1e-10)
+
+
+def test_head_never_sees_more_than_a_chunk(tiny) -> None:
+    shapes: list[tuple[int, ...]] = []
+    tiny.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    batch = random_batch(pairs=4, length=32, seed=4)
+    chosen, rejected = sequence_logprobs(tiny, batch, with_tokens=False, chunk_size=16)
+    (chosen.sum.sum() + rejected.sum.sum()).backward()
+    vocab = tiny.config.vocab_size
+    assert shapes and all(len(s) == 2 and s[0] <= 16 and s[1] == vocab for s in shapes)  # never [N, L, V]
+    forward = len(shapes) // 2  # checkpointing runs each chunk's head again in the backward pass
+    assert sum(s[0] for s in shapes[:forward]) == batch.num_response_tokens
+
+
+def test_under_no_grad_nothing_is_recorded(tiny) -> None:
+    with torch.no_grad():
+        chosen, _ = sequence_logprobs(tiny, random_batch(seed=5), with_tokens=True)
+    assert not chosen.sum.requires_grad and chosen.tokens.grad_fn is None
+
+
+def test_unpaired_batch(tiny64) -> None:
+    batch = random_batch(pairs=3, seed=6, paired=False)
+    chosen, rejected = sequence_logprobs(tiny64, batch, with_tokens=True)
+    assert rejected is None and chosen.sum.shape == (3,)
+    assert torch.allclose(chosen.sum, naive_logprobs(tiny64, batch), atol=1e-8)
+
+
+def test_lora_wrapped_model_and_disabled_adapter(tiny64, tokenizer) -> None:
+    lora = apply_lora(tiny64, rank=4)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
+    batch = chat_batch(tokenizer, [("Name a colour.", "Blue.", "I will not."), ("2+2?", "4", "5, obviously.")])
+    ours = _both(*sequence_logprobs(lora, batch, with_tokens=False))
+    assert torch.allclose(ours, naive_logprobs(lora, batch), atol=1e-8)
+    loss = -ours.sum()
+    loss.backward()
+    grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    with lora.disable_adapter(), torch.no_grad():
+        base = _both(*sequence_logprobs(lora, batch, with_tokens=False))
+        assert torch.allclose(base, naive_logprobs(lora, batch), atol=1e-8)
+    assert (base - ours.detach()).abs().max() > 1e-3
+
+
+def test_bfloat16_model_gives_float32(tiny) -> None:
+    chosen, _ = sequence_logprobs(tiny.to(torch.bfloat16), random_batch(seed=7), with_tokens=True)
+    assert chosen.sum.dtype == chosen.tokens.dtype == torch.float32
+
+
+def test_bad_batches_are_refused(tiny) -> None:
+    batch = random_batch(pairs=2, seed=8)
+    empty = batch.response_mask.clone()
+    empty[3] = False
+    with pytest.raises(PreftuneError, match=r"empty response .*example 1 \(rejected\)"):
+        sequence_logprobs(
+            tiny, TokenBatch(batch.input_ids, batch.attention_mask, empty, batch.example_ids), with_tokens=False
+        )
+    first = batch.response_mask.clone()
+    first[0, 0] = True
+    with pytest.raises(PreftuneError, match="position 0"):
+        sequence_logprobs(
+            tiny, TokenBatch(batch.input_ids, batch.attention_mask, first, batch.example_ids), with_tokens=False
+        )
+    with pytest.raises(PreftuneError, match="4 rows for 3 pairs"):
+        sequence_logprobs(
+            tiny,
+            TokenBatch(batch.input_ids, batch.attention_mask, batch.response_mask, torch.arange(3)),
+            with_tokens=False,
+        )
