@@ -10,9 +10,10 @@ Variants, each run in a fresh process so that memory is measured alone:
   plain implementation does).
 
 Memory is the process's peak resident set during the step above its resident set before it
-(Linux: the peak is reset through ``/proc/self/clear_refs`` first). Run:
+(Linux: the peak is reset through ``/proc/self/clear_refs`` first), one fresh process per variant.
+Time is measured in one process with the variants interleaved, wall and CPU seconds. Run:
 
-    .venv/bin/python benchmarks/logprob_head.py [--repeats 3] [--chunk-size 1024]
+    .venv/bin/python benchmarks/logprob_head.py [--rounds 2] [--chunk-size 1024]
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def step(model, batch: TokenBatch, variant: str, chunk_size: int) -> float:
         total = chosen.sum.sum() + rejected.sum.sum()
     total.backward()
     model.zero_grad(set_to_none=True)
-    return float(total)
+    return float(total.detach())
 
 
 def _status_kb(field: str) -> int:
@@ -70,62 +71,63 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def run_one(variant: str, repeats: int, chunk_size: int) -> dict:
-    torch.manual_seed(0)
+def measure_memory(variant: str, chunk_size: int) -> dict:
+    """Peak extra resident memory of one step (after a warm-up step), in this fresh process."""
     model = load_model("smollm2-135m-instruct").train()
     batch = make_batch()
-    value = step(model, batch, variant, chunk_size)  # warm-up (allocator, kernels)
-    peaks, times = [], []
-    for _ in range(repeats):
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS
-        before = _status_kb("VmRSS")
-        start = time.perf_counter()
-        step(model, batch, variant, chunk_size)
-        times.append(time.perf_counter() - start)
-        peaks.append((_status_kb("VmHWM") - before) / 1024)
-    return {
-        "variant": variant,
-        "value": value,
-        "response_tokens": batch.num_response_tokens,
-        "peak_extra_mb": round(max(peaks), 1),
-        "seconds_median": round(statistics.median(times), 3),
-        "seconds_all": [round(t, 3) for t in times],
-    }
+    value = step(model, batch, variant, chunk_size)  # warm-up: allocator, kernels, autograd threads
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
+    before = _status_kb("VmRSS")
+    step(model, batch, variant, chunk_size)
+    return {"variant": variant, "value": value, "peak_extra_mb": round((_status_kb("VmHWM") - before) / 1024, 1)}
+
+
+def measure_time(variants: list[str], rounds: int, chunk_size: int) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds per step, variants interleaved round by round so that other load on the
+    machine affects them alike."""
+    model = load_model("smollm2-135m-instruct").train()
+    batch = make_batch()
+    for variant in variants:
+        step(model, batch, variant, chunk_size)  # warm-up
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            w, c = time.perf_counter(), time.process_time()
+            step(model, batch, variant, chunk_size)
+            wall[variant].append(time.perf_counter() - w)
+            cpu[variant].append(time.process_time() - c)
+    return {v: {"wall": statistics.median(wall[v]), "cpu": statistics.median(cpu[v])} for v in variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="timed steps per variant (interleaved)")
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(args.one, args.repeats, args.chunk_size)))
+    if args.memory_of:
+        print(json.dumps(measure_memory(args.memory_of, args.chunk_size)))
         return
     vocab, rows, length = 49152, 16, 256
-    print(f"full logits [{rows}, {length}, {vocab}] float32 = {rows * length * vocab * 4 / 2**20:.0f} MB")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, chunk_size {args.chunk_size}")
+    batch = make_batch()
+    print(
+        f"SmolLM2-135M float32, {rows} rows x {length} tokens, {batch.num_response_tokens} response tokens; "
+        f"full logits [{rows}, {length}, {vocab}] float32 = {rows * length * vocab * 4 / 2**20:.0f} MB"
+    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, chunk_size {args.chunk_size}")
+    memory = {}
     for variant in args.variants:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                variant,
-                "--repeats",
-                str(args.repeats),
-                "--chunk-size",
-                str(args.chunk_size),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        command = [sys.executable, __file__, "--memory-of", variant, "--chunk-size", str(args.chunk_size)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        memory[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    times = measure_time(args.variants, args.rounds, args.chunk_size)
+    for variant in args.variants:
         print(
-            f"{variant:15s} peak +{result['peak_extra_mb']:7.1f} MB   {result['seconds_median']:6.3f} s/step "
-            f"(fwd+bwd, median of {args.repeats})   sum log-probs {result['value']:.4f}"
+            f"{variant:15s} peak +{memory[variant]['peak_extra_mb']:7.1f} MB   "
+            f"{times[variant]['wall']:6.2f} s wall  {times[variant]['cpu']:6.2f} s CPU per fwd+bwd step "
+            f"(median of {args.rounds})   sum of log-probs {memory[variant]['value']:.4f}"
         )
 
 

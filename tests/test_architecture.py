@@ -14,6 +14,10 @@ ALLOWED = {
     "objectives": set(),
     "analysis": {"objectives"},
     "data": set(),
+    "modeling": {"objectives", "data"},
+    "evaluation": {"objectives", "data", "modeling"},
+    "generation": {"data", "modeling"},
+    "training": {"objectives", "data", "modeling", "evaluation", "generation"},
     "cli": {"objectives", "analysis", "data", "modeling", "training", "evaluation", "generation", "judging"},
 }
 

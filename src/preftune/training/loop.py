@@ -29,7 +29,7 @@ from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
 from preftune.modeling import sequence_logprobs
 from preftune.objectives import Objective, PairRecord, SequenceLogProbs
-from preftune.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from preftune.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from preftune.training.config import EvalConfig, OptimConfig
 from preftune.training.plan import BatchPlan
 from preftune.training.progress import StepProgress
@@ -167,6 +167,9 @@ class Trainer:
                 strict=True,
             )
         }
+        # A loss that is non-finite on one process only (its gradient may be finite) makes the
+        # reduced mean non-finite on all, so every process skips the step together.
+        finite = finite and math.isfinite(stats["loss"])
         stats.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
         stats["tokens"] = float(self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), "sum"))
         if finite:
@@ -272,10 +275,17 @@ class Trainer:
                     bad_streak += 1
                     warnings.warn(f"step {step + 1}: non-finite loss or gradient; the step was skipped", stacklevel=1)
                     if bad_streak >= self.optim.max_bad_steps:
-                        self._save(step, result)
+                        # Skipped steps changed nothing (weights, optimizer, schedule): save the state after
+                        # the last good step, so that a resumed run retries the whole bad streak.
+                        good = step + 1 - bad_streak
+                        result.history = [h for h in result.history if h["step"] <= good]
+                        # (at step 0, a resumed run logs the initial evaluation again)
+                        result.evals = [e for e in result.evals if e["step"] <= good] if good else []
+                        self._save(good, result)
                         raise PreftuneError(
                             f"{bad_streak} non-finite steps in a row at step {step + 1}: stopped; the last good "
-                            f"weights are in {self.output_dir}/checkpoints (lower optim.lr or check the data)"
+                            f"weights are in {checkpoint_dir(self.output_dir, good)} (lower optim.lr or check "
+                            "the data, then --resume)"
                         )
                 else:
                     bad_streak = 0

@@ -1,17 +1,37 @@
-"""A progress bar with ETA and the latest loss, accuracy and margin, on the main process only."""
+"""Progress with ETA and the latest loss, accuracy and margin, on the main process only.
+
+On a terminal: a live bar. Elsewhere (a log file, CI): one line about every 5% of the run,
+so a long run's log still tells how far it got and how long is left.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from types import TracebackType
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def describe(stats: dict[str, float]) -> str:
+    shown = [f"loss {stats['loss']:.4f}"]
+    for key, label in (("accuracy", "acc"), ("margin", "margin"), ("tokens_per_s", "tok/s")):
+        if key in stats:
+            shown.append(f"{label} {stats[key]:.3g}")
+    return " ".join(shown)
 
 
 class StepProgress:
     """``with StepProgress(total, start): ... progress.advance(stats)``."""
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training") -> None:
+        self.total, self.done, self.start = total, start, start
         self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.live = enabled and self.console.is_terminal
+        self.every = max(1, total // 20)
+        self.began = time.perf_counter()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -20,7 +40,8 @@ class StepProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            disable=not enabled,
+            console=self.console,
+            disable=not self.live,
         )
         self._task = self._progress.add_task(description, total=total, completed=start, info="")
 
@@ -34,8 +55,10 @@ class StepProgress:
         self._progress.__exit__(kind, value, trace)
 
     def advance(self, stats: dict[str, float]) -> None:
-        shown = [f"loss {stats['loss']:.4f}"]
-        for key, label in (("accuracy", "acc"), ("margin", "margin"), ("tokens_per_s", "tok/s")):
-            if key in stats:
-                shown.append(f"{label} {stats[key]:.3g}")
-        self._progress.update(self._task, advance=1, info=" ".join(shown))
+        self.done += 1
+        info = describe(stats)
+        self._progress.update(self._task, advance=1, info=info)
+        if self.enabled and not self.live and (self.done % self.every == 0 or self.done == self.total):
+            elapsed = time.perf_counter() - self.began
+            eta = elapsed / (self.done - self.start) * (self.total - self.done)
+            print(f"step {self.done}/{self.total}  {info}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s", file=sys.stderr)

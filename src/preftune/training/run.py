@@ -27,7 +27,7 @@ from preftune.evaluation.statistical import MetricSummary
 from preftune.generation import greedy_responses
 from preftune.modeling import apply_lora, load_model, load_tokenizer, save_lora
 from preftune.objectives import build
-from preftune.training.checkpoint import write_json_atomic
+from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
 from preftune.training.config import RunConfig, StageConfig, check, to_dict
 from preftune.training.loop import StepCallback, Trainer, TrainResult
 from preftune.training.references import make_reference
@@ -65,6 +65,7 @@ def prepare_data(
     # by default the prompt keeps at most half of max_length (cut from the left).
     max_prompt = d.max_prompt_length if d.max_prompt_length is not None else d.max_length // 2
     train_pairs, train_summary = tokenize_examples(train_examples, tokenizer, d.max_length, max_prompt, summary=summary)
+    _check_prompt_room(train_examples, tokenizer, d.max_length, train_summary)
     if d.train_size is not None:
         train_pairs = train_pairs[: d.train_size]
     eval_pairs: list[TokenizedPair] = []
@@ -75,6 +76,43 @@ def prepare_data(
         )
     summaries = {"train": train_summary, "eval": eval_tok}
     return train_pairs, eval_pairs, summaries
+
+
+def _check_prompt_room(examples: Sequence[Any], tokenizer: Any, max_length: int, summary: DataSummary) -> None:
+    """Refuse a ``max_length`` shorter than every prompt.
+
+    The prompt budget cuts long prompts from the left, so such a run would not fail: it would
+    train on prompt ends of a few tokens each, silently. Only when every prompt was cut are the
+    untruncated prompt lengths worth computing.
+    """
+    if not summary.kept or summary.truncated_prompts < summary.kept:
+        return
+
+    def prompt_tokens(prompt: Any) -> int:
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+            return len(ids["input_ids"])
+        return len(tokenizer(prompt)["input_ids"])
+
+    shortest = min(prompt_tokens(e.prompt) for e in examples)
+    if shortest > max_length:
+        raise PreftuneError(
+            f"data.max_length {max_length} is shorter than every prompt (shortest: {shortest} tokens): raise it"
+        )
+
+
+def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
+    """Without ``resume``, an output folder with checkpoints is refused before anything in it is rewritten."""
+    if config.resume:
+        return
+    stages = config.resolved_stages()
+    for stage in stages:
+        stage_dir = output_dir / stage.name if len(stages) > 1 else output_dir
+        if latest_checkpoint(stage_dir) is not None:
+            raise PreftuneError(
+                f"{stage_dir} holds checkpoints of an earlier run: resume it with --resume, "
+                "or choose another output_dir"
+            )
 
 
 def _stage_optim(config: RunConfig, stage: StageConfig):
@@ -94,6 +132,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     check(config)
     console = console or Console(stderr=True)
     output_dir = Path(config.output_dir)
+    _refuse_earlier_run(config, output_dir)
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config.optim.mixed_precision),
         log_with=config.trackers or None,
@@ -145,6 +184,9 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         )
         say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s")
         if main:
+            for tracker in accelerator.trackers:  # the earlier stage's run: close it, or it gets this stage's logs too
+                tracker.finish()
+            accelerator.trackers = []
             accelerator.init_trackers(stage.name, config=_flat_config(config, stage))
         trainer = Trainer(
             accelerator=accelerator,
@@ -269,3 +311,86 @@ def _write_summary(
             lines += ["**Before**", "", "```", sample["before"], "```", "", "**After**", "", "```", sample["after"],
                       "```", ""]  # fmt: skip
     write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+EVAL_ORDER = ("accuracy", "margin", "likelihood_accuracy", "chosen_drift", "rewards/chosen", "rewards/rejected",
+              "logps/chosen", "logps/rejected", "chosen_perplexity")  # fmt: skip
+
+
+def evaluate_model(
+    model: str,
+    reference: str | None,
+    data: str,
+    max_length: int = 512,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    out: Path | None = None,
+    batch_size: int = 16,
+    beta: float = 0.1,
+    average: bool = False,
+    logit_chunk: int = 1024,
+) -> dict[str, MetricSummary]:
+    """Held-out statistics (METHODS.md §6) of ``model`` against a reference on preference pairs.
+
+    ``model``: a built-in name, a model folder or a LoRA adapter folder (its base is loaded too).
+    The reference is ``reference`` when given, else an adapter's base (adapters disabled), else
+    the model itself (then margin and accuracy carry no information: h = 0). Prints a table of
+    mean ± standard error on stdout, writes the same as JSON to ``out`` and returns it.
+    """
+    from peft import PeftModel
+
+    from preftune.evaluation.statistical import pair_values, summarise
+    from preftune.modeling import AdapterDisabledReference, ModelReference, resolve_model, sequence_logprobs
+
+    if max_length < 2:
+        raise PreftuneError(f"--max-length must be at least 2, got {max_length}")
+    if limit is not None and limit < 1:
+        raise PreftuneError(f"--limit must be at least 1, got {limit}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    folder = Path(resolve_model(model))
+    adapter_config = folder / "adapter_config.json"
+    base_name = None
+    if adapter_config.is_file():
+        base_name = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base_name:
+            raise PreftuneError(f"{adapter_config} does not name its base model (base_model_name_or_path)")
+        policy_model = PeftModel.from_pretrained(load_model(base_name, dtype="float32"), str(folder)).to(device).eval()
+    else:
+        policy_model = load_model(model, dtype="float32", device=device)
+    has_tokenizer = (folder / "tokenizer_config.json").is_file() or not folder.is_dir()
+    tokenizer = load_tokenizer(model if has_tokenizer or base_name is None else base_name)
+
+    examples, summary = load_preference_data(resolve_source(data), skip_invalid=skip_invalid)
+    if limit is not None:
+        examples = examples[:limit]
+    pairs, tok_summary = tokenize_examples(examples, tokenizer, max_length, max_length // 2, summary=summary)
+    _check_prompt_room(examples, tokenizer, max_length, tok_summary)
+
+    def policy(batch):
+        return sequence_logprobs(policy_model, batch, with_tokens=False, chunk_size=logit_chunk)
+
+    if reference is not None:
+        ref_fn = ModelReference(load_model(reference, dtype="float32", device=device), chunk_size=logit_chunk)
+        ref_name = reference
+    elif base_name is not None:
+        ref_fn, ref_name = AdapterDisabledReference(policy_model, chunk_size=logit_chunk), f"{base_name} (adapter off)"
+    else:
+        ref_fn, ref_name = policy, f"{model} itself (h = 0: margin and accuracy say nothing)"
+    values = pair_values(
+        policy, ref_fn, pairs, torch.arange(len(pairs)), tokenizer.pad_token_id, batch_size, device, beta, average
+    )
+    metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
+
+    names = [n for n in EVAL_ORDER if n in metrics] + sorted(set(metrics) - set(EVAL_ORDER))
+    width = max(len(n) for n in names)
+    lines = [f"model: {model}", f"reference: {ref_name}", f"data: {tok_summary.source}: {len(pairs)} pairs", ""]
+    lines += [f"{'metric':<{width}}  mean ± stderr (n)"]
+    lines += [f"{n:<{width}}  {metrics[n]} ({metrics[n].count})" for n in names]
+    print("\n".join(lines))
+    if out is not None:
+        write_json_atomic(
+            Path(out),
+            {"model": model, "reference": ref_name, "data": data, "pairs": len(pairs), "beta": beta, "average": average,
+             "metrics": {n: metrics[n].to_dict() for n in names}},
+        )  # fmt: skip
+    return metrics
