@@ -58,3 +58,11 @@ def test_adapter_and_merged_saves_load_back(tiny_path: Path, tmp_path: Path) -> 
     with torch.no_grad():
         for model, tolerance in zip(reloaded, (0.0, 0.0, 1e-4), strict=True):
             assert (model.eval()(ids).logits - expected).abs().max() <= tolerance
+
+
+def test_last_layers_adapts_only_the_top_of_the_stack(tiny: torch.nn.Module) -> None:
+    lora = apply_lora(tiny, last_layers=1)
+    names = [n for n, _ in lora.named_modules() if n.endswith(".lora_A")]
+    assert len(names) == 7 and all(".layers.1." in n for n in names)
+    with pytest.raises(PreftuneError, match="between 1 and 2"):
+        apply_lora(load_model("tiny-random"), last_layers=3)

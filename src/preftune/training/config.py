@@ -32,6 +32,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str = "all-linear"
+    last_layers: int | None = None  # adapt only the last N layers: the backward pass stops there
 
 
 @dataclass
