@@ -200,7 +200,9 @@ def metric_means(evals: dict) -> dict[str, float]:
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     env.pop("WORLD_SIZE", None)
     return env
 

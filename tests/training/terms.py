@@ -4,9 +4,9 @@
 ``first..last``: the loss and every gradient become NaN, as in a real blow-up. It reads the step
 from :data:`STATE`, which :func:`track_step` (a trainer callback) keeps current.
 
-``nan_if_longer(tokens=)`` adds NaN, as a constant, to the loss of every pair whose chosen
-response is longer than ``tokens``: the loss is NaN but the gradient stays finite (the constant
-has none). With two processes only the one holding such a pair sees it.
+``nan_for_length(tokens=)`` adds NaN, as a constant, to the loss of every pair whose chosen
+response has exactly ``tokens`` tokens: the loss is NaN but the gradient stays finite (the
+constant has none). With two processes, only the one holding such a pair sees the NaN.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class NanAt(Term):
 
 @register
 @dataclass(frozen=True)
-class NanIfLonger(Term):
-    name: ClassVar[str] = "nan_if_longer"
-    tokens: int = 1000
+class NanForLength(Term):
+    name: ClassVar[str] = "nan_for_length"
+    tokens: int = 0
 
     def loss(self, record: PairRecord) -> Tensor:
         count = record.chosen.count.detach()
-        return torch.where(count > self.tokens, torch.full_like(count, float("nan")), torch.zeros_like(count))
+        return torch.where(count == self.tokens, torch.full_like(count, float("nan")), torch.zeros_like(count))

@@ -81,12 +81,13 @@ def load_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise PreftuneError(f"override '{item}' is not key=value (e.g. optim.lr=1e-4)")
         _check_key(item.split("=", 1)[0].strip(), "command line")
-    if overrides:
-        layers.append(OmegaConf.from_dotlist(overrides))
     try:
         merged = OmegaConf.merge(base, *layers)
+        # key by key onto the merged config, so that `stages.1.max_steps=5` indexes the YAML's list
+        # (merging a dotlist config would try to merge a mapping {"1": ...} into it, a TypeError)
+        merged.merge_with_dotlist(overrides)
         config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError) as err:
         key = getattr(err, "full_key", None)
         message = str(err).splitlines()[0]
         raise PreftuneError(f"config key '{key}': {message}" if key else f"config: {message}") from None

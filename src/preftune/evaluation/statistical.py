@@ -93,3 +93,24 @@ def pair_values(
             for name, value in metrics.items():
                 values.setdefault(name, []).extend(value.float().cpu().tolist())
     return values
+
+
+def gain_verdict(name: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str | None:
+    """One line: the held-out change of ``name`` and whether it exceeds twice its standard error.
+
+    ``before``/``after`` map metric names to ``{"mean", "stderr", "count"}``. The standard error of
+    the gain is that of the after-value: before training the policy is its own reference, so
+    accuracy is exactly 1/2 and the margin exactly 0, with no sampling error of their own.
+    """
+    if not before or not after or name not in before or name not in after:
+        return None
+    gain = after[name]["mean"] - before[name]["mean"]
+    stderr = after[name]["stderr"]
+    if not stderr or stderr != stderr:
+        return f"{name}: {before[name]['mean']:.4f} -> {after[name]['mean']:.4f} (no standard error)"
+    ratio = gain / stderr
+    verdict = "significant (> 2 s.e.)" if ratio > 2 else "NOT significant (< 2 s.e.)"
+    return (
+        f"{name}: {before[name]['mean']:.4f} -> {after[name]['mean']:.4f} ± {stderr:.4f}, "
+        f"gain {gain:+.4f} = {ratio:.1f} s.e.: {verdict}"
+    )

@@ -275,16 +275,12 @@ class Trainer:
                     bad_streak += 1
                     warnings.warn(f"step {step + 1}: non-finite loss or gradient; the step was skipped", stacklevel=1)
                     if bad_streak >= self.optim.max_bad_steps:
-                        # Skipped steps changed nothing (weights, optimizer, schedule): save the state after
-                        # the last good step, so that a resumed run retries the whole bad streak.
-                        good = step + 1 - bad_streak
-                        result.history = [h for h in result.history if h["step"] <= good]
-                        # (at step 0, a resumed run logs the initial evaluation again)
-                        result.evals = [e for e in result.evals if e["step"] <= good] if good else []
-                        self._save(good, result)
+                        # Skipped steps change nothing, so the weights are the last good ones; the checkpoint
+                        # is of this step, with its history, so a resumed run goes on with the next step.
+                        self._save(step + 1, result)
                         raise PreftuneError(
                             f"{bad_streak} non-finite steps in a row at step {step + 1}: stopped; the last good "
-                            f"weights are in {checkpoint_dir(self.output_dir, good)} (lower optim.lr or check "
+                            f"weights are in {checkpoint_dir(self.output_dir, step + 1)} (lower optim.lr or check "
                             "the data, then --resume)"
                         )
                 else:

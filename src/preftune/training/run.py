@@ -9,6 +9,7 @@ previous`` (or ``auto``), uses it as the reference (P1's sequential DPO+ExMATE).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -134,6 +135,9 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     output_dir = Path(config.output_dir)
     _refuse_earlier_run(config, output_dir)
     accelerator = Accelerator(
+        # Several processes (torchrun) and no accelerator: accelerate needs cpu=True to join them with
+        # gloo; without it each process trains alone, all of them writing into the same output_dir.
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available(),
         mixed_precision=_mixed_precision(config.optim.mixed_precision),
         log_with=config.trackers or None,
         project_dir=str(output_dir),
@@ -175,7 +179,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         if config.lora.enabled:
             lora = config.lora
             model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                               target_modules=lora.target_modules)  # fmt: skip
+                               target_modules=lora.target_modules, last_layers=lora.last_layers)  # fmt: skip
         objective = build(stage.objective)
         say(f"stage '{stage.name}': {objective.describe()}")
         t0 = time.perf_counter()
@@ -354,17 +358,20 @@ def evaluate_model(
         base_name = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base_name:
             raise PreftuneError(f"{adapter_config} does not name its base model (base_model_name_or_path)")
-        policy_model = PeftModel.from_pretrained(load_model(base_name, dtype="float32"), str(folder)).to(device).eval()
-    else:
-        policy_model = load_model(model, dtype="float32", device=device)
     has_tokenizer = (folder / "tokenizer_config.json").is_file() or not folder.is_dir()
     tokenizer = load_tokenizer(model if has_tokenizer or base_name is None else base_name)
 
+    # the data first: a bad file is refused before any weights are loaded
     examples, summary = load_preference_data(resolve_source(data), skip_invalid=skip_invalid)
     if limit is not None:
         examples = examples[:limit]
     pairs, tok_summary = tokenize_examples(examples, tokenizer, max_length, max_length // 2, summary=summary)
     _check_prompt_room(examples, tokenizer, max_length, tok_summary)
+
+    if base_name is not None:
+        policy_model = PeftModel.from_pretrained(load_model(base_name, dtype="float32"), str(folder)).to(device).eval()
+    else:
+        policy_model = load_model(model, dtype="float32", device=device)
 
     def policy(batch):
         return sequence_logprobs(policy_model, batch, with_tokens=False, chunk_size=logit_chunk)
@@ -385,7 +392,10 @@ def evaluate_model(
     width = max(len(n) for n in names)
     lines = [f"model: {model}", f"reference: {ref_name}", f"data: {tok_summary.source}: {len(pairs)} pairs", ""]
     lines += [f"{'metric':<{width}}  mean ± stderr (n)"]
-    lines += [f"{n:<{width}}  {metrics[n]} ({metrics[n].count})" for n in names]
+    for n in names:
+        m = metrics[n]
+        shown = f"{m.mean:.4f} ± {m.stderr:.4f}" if m.stderr == m.stderr else f"{m.mean:.4f}"  # no stderr: NaN
+        lines.append(f"{n:<{width}}  {shown} ({m.count})")
     print("\n".join(lines))
     if out is not None:
         write_json_atomic(

@@ -1,0 +1,152 @@
+"""``preftune train`` and ``preftune evaluate`` as a user runs them (real subprocesses): bad input
+gives one clear ``error:`` line on stderr and exit code 2, never a traceback; ``--print-config``
+shows the merged configuration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from preftune.cli.config import load_config
+from tests.training.common import error_lines, run_cli, write_jsonl, write_text_pairs
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_data")
+    good = write_text_pairs(folder / "good.jsonl", 24)
+    rows = [json.loads(line) for line in good.read_text(encoding="utf-8").splitlines()]
+    write_jsonl(folder / "columns.jsonl", [{"prompt": r["prompt"], "chosen_response": r["chosen"],
+                                            "rejected": r["rejected"]} for r in rows])  # fmt: skip
+    (folder / "empty.jsonl").write_text("", encoding="utf-8")
+    (folder / "latin1.jsonl").write_bytes(
+        good.read_bytes() + '{"prompt": "caf\u00e9?", "chosen": "Oui.", "rejected": "Non."}\n'.encode("latin-1")
+    )
+    write_jsonl(folder / "same.jsonl", [*rows[:3], {**rows[3], "rejected": rows[3]["chosen"]}, *rows[4:]])
+    (folder / "malformed.yaml").write_text("optim:\n  lr: [1e-4\n  batch_size: 8\n", encoding="utf-8")
+    # an output folder holding a checkpoint of an earlier run
+    earlier = folder / "earlier"
+    (earlier / "checkpoints" / "step-000003").mkdir(parents=True)
+    (earlier / "checkpoints" / "step-000003" / "trainer_state.json").write_text('{"step": 3}', encoding="utf-8")
+    (earlier / "run_config.json").write_text('{"earlier": true}', encoding="utf-8")
+    return folder
+
+
+def _train(files: Path, *extra: str, data: str = "good.jsonl", out: str = "out") -> list[str]:
+    return ["train", "model.name=tiny-random", f"data.train={files / data}", f"output_dir={files / out}",
+            "data.eval_size=4", "optim.batch_size=4", "optim.max_steps=1", "trackers=[]", *extra]  # fmt: skip
+
+
+# name -> (arguments given the data folder, what the one error line must say)
+CASES = {
+    "model path does not exist": (
+        lambda f: _train(f, f"model.name={f / 'no-such-model'}"),
+        "model path '{f}/no-such-model' does not exist",
+    ),
+    "missing data file": (lambda f: _train(f, data="missing.jsonl"), "no such file: {f}/missing.jsonl"),
+    "wrong column names": (lambda f: _train(f, data="columns.jsonl"), "no 'chosen' column; found"),
+    "empty dataset": (lambda f: _train(f, data="empty.jsonl"), "empty dataset"),
+    "bytes that are not UTF-8": (lambda f: _train(f, data="latin1.jsonl"), "latin1.jsonl line 25: bytes that are not"),
+    "chosen equals rejected": (lambda f: _train(f, data="same.jsonl"), "same.jsonl row 4: field 'rejected': chosen"),
+    "max length shorter than every prompt": (
+        lambda f: _train(f, "data.max_length=8"),
+        "data.max_length 8 is shorter than every prompt (shortest: ",
+    ),
+    "unknown config key": (
+        lambda f: _train(f, "optim.bacth_size=4"),
+        "config key 'optim.bacth_size' does not exist; did you mean 'optim.batch_size'?",
+    ),
+    "malformed YAML": (lambda f: ["train", str(f / "malformed.yaml")], "malformed.yaml: not valid YAML"),
+    "batch not divisible by accumulation": (
+        lambda f: _train(f, "optim.batch_size=6", "optim.grad_accumulation=4"),
+        "optim.batch_size 6 is not a multiple of optim.grad_accumulation 4",
+    ),
+    "beta zero": (lambda f: _train(f, "objective=dpo(beta=0)"), "dpo: beta must be > 0, got 0.0"),
+    "on-policy objective": (
+        lambda f: _train(f, "objective=reinforce"),
+        "objective: 'reinforce' is an on-policy objective; offline training needs pairs",
+    ),
+    "earlier run without --resume": (
+        lambda f: _train(f, out="earlier"),
+        "{f}/earlier holds checkpoints of an earlier run: resume it with --resume",
+    ),
+    "evaluate: model path does not exist": (
+        lambda f: ["evaluate", "--model", str(f / "nothing"), "--data", str(f / "good.jsonl")],
+        "model path '{f}/nothing' does not exist",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def results(files: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every bad-input command, run two at a time (each is mostly the start-up of Python)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_cli, *make(files)) for name, (make, _) in CASES.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clear_error_line(case: str, files: Path, results: dict) -> None:
+    result = results[case]
+    expected = CASES[case][1].format(f=files)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+    # nothing else on stderr but progress bars (bad input is refused before any model work starts)
+    others = [line for line in result.stderr.splitlines() if line.strip() and line not in lines]
+    assert all(line.endswith(" examples/s]") for line in others), result.stderr
+
+
+def test_refusing_an_earlier_run_leaves_its_files_alone(files: Path, results: dict) -> None:
+    assert results["earlier run without --resume"].returncode == 2
+    assert (files / "earlier" / "run_config.json").read_text(encoding="utf-8") == '{"earlier": true}'
+    assert not (files / "earlier" / "data_summary.json").exists()
+
+
+def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "optim:\n  lr: 1.0e-4\n  batch_size: 4\ndata:\n  columns:\n    chosen: answer\n"
+        "stages:\n  - name: first\n    objective: exmate\n"
+        "  - name: second\n    objective: dpo\n    reference: previous\n",
+        encoding="utf-8",
+    )
+    result = run_cli(
+        "train", str(config), "optim.lr=0.02", "data.columns.rejected=bad", "stages.1.max_steps=7",
+        "objective=dpo + 0.5*exmate(lam=0.1)", f"output_dir={tmp_path / 'out'}", "--resume", "--print-config",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["optim"]["lr"] == 0.02  # the override wins over the YAML
+    assert printed["optim"]["batch_size"] == 4  # the YAML wins over the default
+    assert printed["optim"]["epochs"] == 1.0 and printed["data"]["max_length"] == 512  # defaults stay
+    assert printed["data"]["columns"] == {"chosen": "answer", "rejected": "bad"}  # mappings merge
+    assert [s["name"] for s in printed["stages"]] == ["first", "second"]
+    assert printed["stages"][1]["max_steps"] == 7 and printed["stages"][1]["reference"] == "previous"
+    assert printed["stages"][0]["reference"] == "auto" and printed["stages"][0]["max_steps"] is None
+    assert printed["objective"] == "dpo + 0.5*exmate(lam=0.1)"
+    assert printed["resume"] is True
+    assert not (tmp_path / "out").exists()  # printing trains nothing
+
+    # and the printed YAML is itself a config that loads back to the same thing
+    again = tmp_path / "printed.yaml"
+    again.write_text(result.stdout, encoding="utf-8")
+    assert load_config(again, []) == load_config(config, [
+        "optim.lr=0.02", "data.columns.rejected=bad", "stages.1.max_steps=7", "objective=dpo + 0.5*exmate(lam=0.1)",
+        f"output_dir={tmp_path / 'out'}", "resume=true",
+    ])  # fmt: skip
+
+
+def test_print_config_without_a_file() -> None:
+    result = run_cli("train", "optim.batch_size=16", "lora.enabled=false", "trackers=[]", "--print-config")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["optim"]["batch_size"] == 16 and printed["lora"]["enabled"] is False
+    assert printed["trackers"] == [] and printed["objective"] == "dpo + exmate"

@@ -1,0 +1,95 @@
+"""Two processes train as one: ``torchrun --nproc_per_node 2`` (gloo, CPU) with a global batch of
+8 ends with the weights and the per-step history of a single process with a batch of 8.
+
+The objective carries a user term that makes the loss NaN (with a finite gradient) for one
+training pair; in the two-process run only one process holds it on the steps that read it. The
+single process skips those steps, so the two processes must skip them too, together.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from preftune.cli.config import load_config
+from preftune.data import load_preference_data, tokenize_examples
+from preftune.modeling import load_tokenizer
+from preftune.training.plan import BatchPlan
+from tests.training import terms  # noqa: F401  (registers the test terms)
+from tests.training.common import (
+    TIMEOUT,
+    TORCHRUN,
+    DataFiles,
+    assert_same_history,
+    assert_same_tensors,
+    lora_overrides,
+    model_weights,
+    subprocess_env,
+    train,
+    trainer_state,
+)
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+STEPS = 4
+
+
+def _overrides(data: DataFiles, out: Path, tokens: int) -> list[str]:
+    return lora_overrides(
+        data,
+        out,
+        objective=f"dpo + exmate + nan_for_length(tokens={tokens})",
+        **{"optim.batch_size": 8, "optim.max_steps": STEPS, "optim.warmup_ratio": 0.0, "save_every": STEPS},
+    )
+
+
+def _poisoned_pair(data: DataFiles) -> tuple[int, int]:
+    """(index, chosen length) of a training pair whose chosen length no other pair has, which the
+    second process reads on some steps and no process reads on others."""
+    config = load_config(None, lora_overrides(data, Path("unused")))
+    examples, _ = load_preference_data(config.data.train)
+    pairs, _ = tokenize_examples(examples, load_tokenizer("tiny-random"), 64, 32)
+    lengths = [len(p.chosen_ids) for p in pairs[: config.data.train_size]]
+    plan = BatchPlan(len(lengths), 8, seed=0, world_size=2)
+    for index, length in enumerate(lengths):
+        if lengths.count(length) != 1:
+            continue
+        on_second = [index in plan.micro_batches(step, rank=1)[0].tolist() for step in range(STEPS)]
+        if any(on_second) and not all(on_second):
+            in_any = [index in plan.step_indices(step).tolist() for step in range(STEPS)]
+            if in_any == on_second:
+                return index, length
+    pytest.fail("no training pair fits the test's needs; change the data seed")
+
+
+def test_two_processes_equal_one(data_files: DataFiles, tmp_path: Path) -> None:
+    _, tokens = _poisoned_pair(data_files)
+    single, double = tmp_path / "single", tmp_path / "double"
+    with pytest.warns(UserWarning, match="non-finite"):
+        train(_overrides(data_files, single, tokens))
+
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(WORKER), *_overrides(data_files, double, tokens)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=subprocess_env(1))
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {TIMEOUT} s:\n{err.stderr}")
+    assert result.returncode == 0, result.stderr[-5000:]
+    # one group of two processes, not two single-process runs side by side: only one of them reports
+    assert result.stderr.count("train data:") == 1, result.stderr[-5000:]
+
+    history_1 = trainer_state(single, STEPS)["history"]
+    history_2 = trainer_state(double, STEPS)["history"]
+    skipped = [h["skipped"] for h in history_1]
+    assert 0 < sum(skipped) < STEPS, skipped  # the test means something only with both kinds of step
+    assert [h["tokens_per_s"] > 0 for h in history_2] == [True] * STEPS
+    assert_same_history(history_2, history_1, atol=1e-5)
+    assert_same_tensors(model_weights(double / "model"), model_weights(single / "model"), atol=1e-5)
+    # the held-out evaluation, split over the two processes and gathered, matches too
+    outcome_2 = trainer_state(double, STEPS)["evals"]
+    outcome_1 = trainer_state(single, STEPS)["evals"]
+    for e2, e1 in zip(outcome_2, outcome_1, strict=True):
+        for name in e1:
+            if name != "step":
+                assert e2[name]["count"] == e1[name]["count"] == 8
+                assert abs(e2[name]["mean"] - e1[name]["mean"]) < 1e-4, name
