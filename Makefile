@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo gradients clean
 
 install: $(STAMP)
 
@@ -28,8 +28,15 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+# The main job on the embedded default: SmolLM2-135M-Instruct, LoRA, dpo+exmate on bundled
+# HH-RLHF pairs; held-out accuracy and margin before -> after, samples, curves, summary.
 demo: $(STAMP)
-	$(VENV)/bin/preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/preftune train examples/demo.yaml output_dir=$(DEMO_OUT)
+
+# P1's gradient analysis: PNG plots, CSV and JSON in out/gradients.
+gradients: $(STAMP)
+	$(VENV)/bin/preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out out/gradients
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info

@@ -48,6 +48,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=run_evaluate)
 
 
+def quiet_libraries() -> None:
+    """Our own progress and summaries say what happens; the libraries' per-file bars are noise."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def run_train(args: argparse.Namespace) -> int:
     config_path = args.config
     overrides = list(args.overrides)
@@ -61,6 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(config))
         return 0
+    quiet_libraries()
     from preftune.training.run import run_training
 
     run_training(config)
@@ -68,6 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    quiet_libraries()
     from preftune.training.run import evaluate_model
 
     evaluate_model(

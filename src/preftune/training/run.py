@@ -24,7 +24,7 @@ from rich.console import Console
 
 from preftune.data import DataSummary, TokenizedPair, bundled_path, load_preference_data, tokenize_examples
 from preftune.errors import PreftuneError
-from preftune.evaluation.statistical import MetricSummary
+from preftune.evaluation.statistical import MetricSummary, gain_verdict
 from preftune.generation import greedy_responses
 from preftune.modeling import apply_lora, load_model, load_tokenizer, save_lora
 from preftune.objectives import build
@@ -222,10 +222,32 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     ]
     outcome["samples"] = samples
     outcome["seconds"] = time.perf_counter() - began
+    last = outcome["stages"][-1] if outcome["stages"] else {}
+    first = outcome["stages"][0] if outcome["stages"] else {}
+    verdicts = [
+        line
+        for name in ("accuracy", "margin")
+        if (line := gain_verdict(name, first.get("eval_before"), last.get("eval_after"))) is not None
+    ]
+    outcome["verdicts"] = verdicts
     if main:
         write_json_atomic(output_dir / "outcome.json", outcome)
         _write_summary(output_dir, config, outcome, data_summaries)
+        _print_outcome(console, outcome, output_dir)
     return outcome
+
+
+def _print_outcome(console: Console, outcome: dict[str, Any], output_dir: Path) -> None:
+    """The end of a run on the console: held-out before -> after, samples, where the files are."""
+    console.print(f"\nheld-out pairs, before -> after training ({outcome['seconds']:.0f} s in all; ties count half):")
+    for line in outcome["verdicts"]:
+        console.print(f"  {line}", soft_wrap=True)
+    for sample in outcome.get("samples", []):
+        prompt = sample["prompt"].split("<|im_start|>user")[-1].split("<|im_end|>")[0].strip()
+        console.print(f"\n[bold]prompt[/bold]: {prompt[-300:]}", soft_wrap=True, markup=True)
+        console.print(f"  [bold]before[/bold]: {sample['before']}", soft_wrap=True, markup=True)
+        console.print(f"  [bold]after[/bold]:  {sample['after']}", soft_wrap=True, markup=True)
+    console.print(f"\nsummary: {output_dir / 'summary.md'}; curves: {output_dir}/**/curves.png")
 
 
 def _load_stage_result(model: Any, stage_dir: Path, config: RunConfig) -> Any:
@@ -308,6 +330,9 @@ def _write_summary(
         lines += [format_eval_table(record.get("eval_before"), record.get("eval_after")), ""]
         if "curves" in record:
             lines += [f"![curves]({Path(record['curves']).relative_to(output_dir)})", ""]
+    if outcome.get("verdicts"):
+        lines += ["## Held-out gain (first stage's start -> last stage's end)", ""]
+        lines += [f"- {line}" for line in outcome["verdicts"]] + [""]
     if outcome.get("samples"):
         lines += ["## Held-out prompts, greedy responses before and after", ""]
         for sample in outcome["samples"]:
