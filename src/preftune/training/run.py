@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from rich.console import Console
 
@@ -134,6 +135,10 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     console = console or Console(stderr=True)
     output_dir = Path(config.output_dir)
     _refuse_earlier_run(config, output_dir)
+    # accelerate keeps one process-wide state; a run sets its own precision and device, so a state
+    # left by earlier work in this process (another run, a TRL trainer) is dropped first. The
+    # distributed part (PartialState: ranks, process group) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         # Several processes (torchrun) and no accelerator: accelerate needs cpu=True to join them with
         # gloo; without it each process trains alone, all of them writing into the same output_dir.
