@@ -146,6 +146,8 @@ def check(config: RunConfig) -> None:
         raise SpecError(f"lora.rank must be >= 1, got {config.lora.rank}")
     if config.save_every < 1:
         raise SpecError(f"save_every must be >= 1, got {config.save_every}")
+    if config.keep_checkpoints < 1:
+        raise SpecError(f"keep_checkpoints must be >= 1 (--resume needs one), got {config.keep_checkpoints}")
     for index, stage in enumerate(config.resolved_stages()):
         where = f"stage '{stage.name}'" if config.stages else "objective"
         objective = build(stage.objective)
