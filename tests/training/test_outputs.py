@@ -29,7 +29,7 @@ def _eval_metrics(model: torch.nn.Module, run: Run) -> dict[str, float]:
     config = load_config(None, run.overrides)
     tokenizer = load_tokenizer(config.model.name)
     _, eval_pairs, _ = prepare_data(config, tokenizer)
-    beta, average = build(config.objective)._margin_settings()
+    beta, average = build(config.objective).margin_settings()
     reference = ModelReference(load_model(config.model.name))
     model.eval()
 

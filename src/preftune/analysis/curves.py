@@ -17,7 +17,7 @@ import torch
 from preftune.analysis.similarity import shared_token_weight
 from preftune.analysis.synthetic import margin_pairs, shared_prefix_pairs, uniform_pairs
 from preftune.analysis.table import Analysis, Row, rows
-from preftune.analysis.weights import token_weights
+from preftune.analysis.weights import TokenWeights, token_weights
 from preftune.objectives import Objective, build
 from preftune.objectives.margin import MarginTerm
 
@@ -36,6 +36,14 @@ def _mean_weight(weights: torch.Tensor, n: int) -> list[float]:
     return (weights.sum(-1) / n).tolist()
 
 
+def _weight_rows(spec: str, grid: Sequence[float], weights: TokenWeights, n: int) -> list[Row]:
+    """The ``w_good`` and ``w_bad`` rows of one objective over a sweep."""
+    assert weights.bad is not None
+    return rows(spec, "w_good", grid, _mean_weight(weights.good, n)) + rows(
+        spec, "w_bad", grid, _mean_weight(weights.bad, n)
+    )
+
+
 def weight_vs_probability(objectives: Mapping[str, Objective], n: int = 10, p: Sequence[float] = ()) -> Analysis:
     """w_good(p) and w_bad(p) per token when all n tokens of both responses have probability p.
 
@@ -46,10 +54,7 @@ def weight_vs_probability(objectives: Mapping[str, Objective], n: int = 10, p: S
     record = uniform_pairs(torch.tensor(grid, dtype=torch.float64), n)
     table: list[Row] = []
     for spec, objective in objectives.items():
-        weights = token_weights(objective, record)
-        assert weights.bad is not None
-        table += rows(spec, "w_good", grid, _mean_weight(weights.good, n))
-        table += rows(spec, "w_bad", grid, _mean_weight(weights.bad, n))
+        table += _weight_rows(spec, grid, token_weights(objective, record), n)
     return Analysis(
         name="weight_vs_probability",
         title=f"Per-token weight vs token probability p (all {n} tokens of each response at p; π_ref = π, so h = 0)",
@@ -86,10 +91,7 @@ def weight_vs_margin(
     table: list[Row] = []
     for spec, objective in sweep.items():
         record = margin_pairs(h_tensor, n, average=margin_terms(objective)[0].average)
-        weights = token_weights(objective, record)
-        assert weights.bad is not None
-        table += rows(spec, "w_good", grid, _mean_weight(weights.good, n))
-        table += rows(spec, "w_bad", grid, _mean_weight(weights.bad, n))
+        table += _weight_rows(spec, grid, token_weights(objective, record), n)
     return Analysis(
         name="dpo_weight_vs_margin",
         title=f"Per-token weight vs margin h (n = {n} tokens per response, policy tokens at p = 0.5)",

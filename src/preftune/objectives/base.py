@@ -33,6 +33,7 @@ class Term:
     needs_rejected: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
+    builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
 
     def loss(self, record: Record) -> Tensor:
         """Per-example loss ``[B]`` (pairs) or ``[P]`` (groups)."""
@@ -170,15 +171,16 @@ class Objective:
 
         with torch.no_grad():
             if isinstance(record, PairRecord):
-                beta, average = self._margin_settings()
+                beta, average = self.margin_settings()
                 metrics = pair_metrics(record, beta=beta, average=average)
             else:
                 metrics = group_metrics(record)
         return ObjectiveOutput(loss=total, terms=term_losses, metrics=metrics)
 
-    def _margin_settings(self) -> tuple[float, bool]:
-        """β and averaging of the first term built on the margin h, for the reward metrics."""
+    def margin_settings(self) -> tuple[float, bool]:
+        """β and averaging of the first term built on the margin h (for the reward metrics);
+        β = 0.1 with sums when no term is."""
         for term in self.terms:
-            if hasattr(term, "beta") and getattr(term, "needs_reference", False):
-                return float(term.beta), bool(term.average)
+            if term.builds_margin:
+                return float(term.beta), bool(term.average)  # type: ignore[attr-defined]
         return 0.1, False

@@ -35,6 +35,7 @@ class MarginTerm(Term):
 
     needs_rejected: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = True
+    builds_margin: ClassVar[bool] = True
     beta: float = 0.1
     average: bool = False
 

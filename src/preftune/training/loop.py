@@ -114,7 +114,7 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.policy, self.optimizer = accelerator.prepare(PolicyLogProbs(model, logit_chunk), optimizer)
-        beta, average = objective._margin_settings()
+        beta, average = objective.margin_settings()
         self.metric_beta, self.metric_average = beta, average
 
     # --- one step -------------------------------------------------------------------------------
@@ -157,16 +157,8 @@ class Trainer:
         # Gradients are identical on every process after the all-reduce, so is this decision.
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         finite = finite and math.isfinite(grad_norm)
-        stats = {
-            k: float(v)
-            for k, v in zip(
-                sums,
-                self.accelerator.reduce(
-                    torch.tensor(list(sums.values()), device=self.accelerator.device), "mean"
-                ).tolist(),
-                strict=True,
-            )
-        }
+        reduced = self.accelerator.reduce(torch.tensor(list(sums.values()), device=self.accelerator.device), "mean")
+        stats = dict(zip(sums, reduced.tolist(), strict=True))
         # A loss that is non-finite on one process only (its gradient may be finite) makes the
         # reduced mean non-finite on all, so every process skips the step together.
         finite = finite and math.isfinite(stats["loss"])
