@@ -11,8 +11,10 @@ import torch
 from preftune.objectives import TERMS, GroupRecord, PairRecord, SequenceLogProbs, dpo, exmate, parse
 from tests.helpers import random_pairs, seq
 
-PAIR_TERMS = sorted(n for n, cls in TERMS.items() if cls.record_type is PairRecord)
-GROUP_TERMS = sorted(n for n, cls in TERMS.items() if cls.record_type is GroupRecord)
+# The built-in terms only: other test modules register deliberately broken ones (NaN on purpose).
+BUILT_IN = {n: cls for n, cls in TERMS.items() if cls.__module__.startswith("preftune.")}
+PAIR_TERMS = sorted(n for n, cls in BUILT_IN.items() if cls.record_type is PairRecord)
+GROUP_TERMS = sorted(n for n, cls in BUILT_IN.items() if cls.record_type is GroupRecord)
 
 
 def quiet_parse(spec: str):

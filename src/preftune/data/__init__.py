@@ -9,11 +9,12 @@
 Imports nothing of preftune beyond :mod:`preftune.errors`: data never sees a model.
 """
 
-from preftune.data.batch import TokenBatch
-from preftune.data.collate import collate
+from preftune.data.batch import Batch, PackedBatch, TokenBatch
+from preftune.data.collate import LAYOUTS, build_batch, collate
 from preftune.data.examples import Message, Origin, PreferenceExample
 from preftune.data.formats import FORMATS, detect_format
 from preftune.data.load import load_preference_data
+from preftune.data.packing import pack
 from preftune.data.ranked import PAIRINGS, rank_pairs
 from preftune.data.resources import bundled_path
 from preftune.data.sampling import length_grouped_batches
@@ -23,9 +24,9 @@ from preftune.data.tokenize import TokenizedPair, end_of_turn_ids, tokenize_exam
 from preftune.data.unpaired import load_unpaired
 
 __all__ = [
-    "FORMATS", "PAIRINGS",
-    "DataSummary", "LengthStats", "Message", "Origin", "PreferenceExample", "RawRows", "TokenBatch",
-    "TokenizedPair",
-    "bundled_path", "collate", "detect_format", "end_of_turn_ids", "length_grouped_batches", "load_preference_data",
-    "load_rows", "load_unpaired", "rank_pairs", "tokenize_examples",
+    "FORMATS", "LAYOUTS", "PAIRINGS",
+    "Batch", "DataSummary", "LengthStats", "Message", "Origin", "PackedBatch", "PreferenceExample", "RawRows",
+    "TokenBatch", "TokenizedPair",
+    "build_batch", "bundled_path", "collate", "detect_format", "end_of_turn_ids", "length_grouped_batches",
+    "load_preference_data", "load_rows", "load_unpaired", "pack", "rank_pairs", "tokenize_examples",
 ]  # fmt: skip

@@ -1,12 +1,19 @@
 """Token batches: what the model side receives from the data side.
 
-A batch of B pairs is laid out as N = 2B rows, chosen rows first (0..B-1), then rejected rows
+Two layouts share one contract: N *records* (the chosen responses of B pairs, then their rejected
+responses; or B single examples), each a prompt followed by one response.
+:class:`TokenBatch` gives each record a right-padded row of its own; :class:`PackedBatch`
+(built by :func:`preftune.data.packing.pack`) packs pairs padding-free with one shared prompt
+per pair. The model side accepts either (``Batch``).
+
+In the padded layout a batch of B pairs is laid out as N = 2B rows, chosen rows first (0..B-1), then rejected rows
 (B..2B-1), each row the prompt followed by one response, right-padded. A batch of unpaired
 examples (``mle`` on good responses only) has N = B rows and ``paired=False``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +49,25 @@ class TokenBatch:
     def num_response_tokens(self) -> int:
         return int(self.response_mask.sum())
 
+    @property
+    def num_records(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Positions holding a real token (padding excluded)."""
+        return int(self.attention_mask.sum())
+
+    def response_counts(self) -> Tensor:
+        """``[N]`` response tokens of each row."""
+        return self.response_mask.sum(1)
+
+    def logical_rows(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """``(row, ids, response_mask)`` of each row without its padding (on the CPU)."""
+        ids, attention, response = self.input_ids.cpu(), self.attention_mask.cpu().bool(), self.response_mask.cpu()
+        for r in range(self.num_records):
+            yield r, ids[r][attention[r]], response[r][attention[r]]
+
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(
             self.input_ids.to(device),
@@ -50,3 +76,74 @@ class TokenBatch:
             self.example_ids.to(device),
             self.paired,
         )
+
+
+@dataclass
+class PackedBatch:
+    """B pairs (or B single examples) packed into R rows of length L.
+
+    The N = 2B *records* (chosen 0..B-1, then rejected B..2B-1; N = B when unpaired) are the
+    logical rows of a :class:`~preftune.data.batch.TokenBatch`; each is located by offsets into
+    the flattened ``[R·L]`` token buffer.
+
+    Attributes:
+        input_ids: ``[R, L]`` long, padded with the pad id.
+        position_ids: ``[R, L]`` long, each response continuing from its prompt's last position.
+        block_ids: ``[R, L]`` long, the block (prompt and its responses) of each token; -1 on padding.
+        branch_ids: ``[R, L]`` long, 0 on a prompt token, k > 0 on the k-th response of its block.
+        prompt_start, prompt_length: ``[N]`` long, each record's prompt in the flat buffer.
+        response_start, response_length: ``[N]`` long, each record's response in the flat buffer.
+        example_ids: ``[B]`` long, each pair's index in its dataset.
+        paired: True when records B..2B-1 are the rejected responses of records 0..B-1.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    block_ids: Tensor
+    branch_ids: Tensor
+    prompt_start: Tensor
+    prompt_length: Tensor
+    response_start: Tensor
+    response_length: Tensor
+    example_ids: Tensor
+    paired: bool = True
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example_ids.shape[0])
+
+    @property
+    def num_records(self) -> int:
+        return int(self.response_length.shape[0])
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_length.sum())
+
+    @property
+    def num_tokens(self) -> int:
+        """Positions holding a real token (the padding left at the ends of rows excluded)."""
+        return int((self.block_ids >= 0).sum())
+
+    def response_counts(self) -> Tensor:
+        """``[N]`` response tokens of each record."""
+        return self.response_length
+
+    def logical_rows(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """``(record, ids [P+R], response_mask [P+R])`` of each record, as an unpacked row would hold it."""
+        flat = self.input_ids.reshape(-1).cpu()
+        for r in range(self.num_records):
+            p0, p, s0, s = (int(t[r]) for t in self._spans())
+            ids = torch.cat([flat[p0 : p0 + p], flat[s0 : s0 + s]])
+            mask = torch.arange(p + s) >= p
+            yield r, ids, mask
+
+    def _spans(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.prompt_start, self.prompt_length, self.response_start, self.response_length
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        moved = [t.to(device) for t in (self.input_ids, self.position_ids, self.block_ids, self.branch_ids)]
+        return PackedBatch(*moved, *(t.to(device) for t in self._spans()), self.example_ids.to(device), self.paired)
+
+
+Batch = TokenBatch | PackedBatch

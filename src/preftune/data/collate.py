@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from preftune.data.batch import TokenBatch
+from preftune.data.batch import Batch, TokenBatch
 from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 
@@ -64,3 +64,25 @@ def collate(
     else:
         example_ids = torch.tensor(list(indices), dtype=torch.long)
     return TokenBatch(input_ids, attention_mask, response_mask, example_ids, paired=include_rejected)
+
+
+LAYOUTS = ("shared", "packed", "padded")
+
+
+def build_batch(
+    pairs: Sequence[TokenizedPair],
+    indices: Sequence[int] | torch.Tensor,
+    pad_id: int,
+    layout: str = "shared",
+    *,
+    include_rejected: bool = True,
+) -> Batch:
+    """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per pair),
+    ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response)."""
+    from preftune.data.packing import pack
+
+    if layout == "padded":
+        return collate(pairs, indices, pad_id, include_rejected=include_rejected)
+    if layout in ("shared", "packed"):
+        return pack(pairs, indices, pad_id, include_rejected=include_rejected, share_prompt=layout == "shared")
+    raise PreftuneError(f"unknown batch layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from preftune.data.batch import TokenBatch
+from preftune.data.batch import Batch
 from preftune.objectives import PairRecord, SequenceLogProbs, pair_metrics
 
 
@@ -59,8 +59,8 @@ def summarise(per_pair: Mapping[str, Sequence[Tensor] | Tensor]) -> dict[str, Me
 
 
 def pair_values(
-    policy: Callable[[TokenBatch], tuple[SequenceLogProbs, SequenceLogProbs | None]],
-    reference: Callable[[TokenBatch], tuple[SequenceLogProbs, SequenceLogProbs | None]] | None,
+    policy: Callable[[Batch], tuple[SequenceLogProbs, SequenceLogProbs | None]],
+    reference: Callable[[Batch], tuple[SequenceLogProbs, SequenceLogProbs | None]] | None,
     pairs: Sequence[Any],
     indices: Tensor,
     pad_id: int,
@@ -68,6 +68,7 @@ def pair_values(
     device: torch.device | str = "cpu",
     beta: float = 0.1,
     average: bool = False,
+    layout: str = "shared",
 ) -> dict[str, list[float]]:
     """Per-pair metric values of ``pairs[indices]``, in batches, without gradient.
 
@@ -75,14 +76,14 @@ def pair_values(
     one pass (h = 0: at the start of a stage the policy is its reference, so only the
     likelihood metrics carry information).
     """
-    from preftune.data import collate
+    from preftune.data import build_batch
 
     values: dict[str, list[float]] = {}
     with torch.no_grad():
         for block in indices.split(batch_size):
             if not len(block):
                 continue
-            batch = collate([pairs[i] for i in block.tolist()], block, pad_id).to(device)
+            batch = build_batch([pairs[i] for i in block.tolist()], block, pad_id, layout).to(device)
             chosen, rejected = policy(batch)
             ref_chosen = ref_rejected = None
             if reference is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from preftune.data.batch import TokenBatch
+from preftune.data.batch import Batch
 from preftune.errors import PreftuneError
 
 # Config keys that say where or how a model was loaded, not what it computes.
@@ -58,21 +58,20 @@ def plain_parameter_name(name: str) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-def batches_fingerprint(batches: Iterable[TokenBatch]) -> str:
+def batches_fingerprint(batches: Iterable[Batch]) -> str:
     """A sha256 hex digest of the tokenised examples in ``batches``, keyed by example id."""
     per_example: dict[int, str] = {}
     for batch in batches:
-        ids, attention, response = batch.input_ids.cpu(), batch.attention_mask.cpu().bool(), batch.response_mask.cpu()
         b = batch.num_examples
+        rows = {r: (ids, response) for r, ids, response in batch.logical_rows()}
         for i, example in enumerate(batch.example_ids.cpu().tolist()):
             if example in per_example:
                 raise PreftuneError(f"example id {example} appears twice in the data")
-            rows = [i, i + b] if batch.paired else [i]
             row_digest = hashlib.sha256(b"paired" if batch.paired else b"single")
-            for r in rows:
-                keep = attention[r]
-                row_digest.update(_tensor_bytes(ids[r][keep].to(torch.int64)))
-                row_digest.update(_tensor_bytes(response[r][keep].to(torch.uint8)))
+            for r in [i, i + b] if batch.paired else [i]:
+                ids, response = rows[r]
+                row_digest.update(_tensor_bytes(ids.to(torch.int64)))
+                row_digest.update(_tensor_bytes(response.to(torch.uint8)))
                 row_digest.update(b"|")
             per_example[example] = row_digest.hexdigest()
     digest = hashlib.sha256()

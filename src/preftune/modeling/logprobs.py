@@ -19,14 +19,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from preftune.data.batch import TokenBatch
+from preftune.data.batch import Batch, PackedBatch, TokenBatch
 from preftune.errors import PreftuneError
+from preftune.modeling.attention import packed_attention_mask
 from preftune.objectives.records import SequenceLogProbs
 
 
 def sequence_logprobs(
     model: nn.Module,
-    batch: TokenBatch,
+    batch: Batch,
     *,
     with_tokens: bool,
     chunk_size: int = 1024,
@@ -36,7 +37,8 @@ def sequence_logprobs(
 
     Args:
         model: a transformers causal LM, or a peft model wrapping one (LoRA and the like).
-        batch: N rows; rows 0..B-1 chosen and B..2B-1 rejected when ``batch.paired``.
+        batch: N records, padded (a row each) or packed (:class:`PackedBatch`, prompts shared);
+            records 0..B-1 chosen and B..2B-1 rejected when ``batch.paired``.
         with_tokens: also return per-token log-probs ``tokens [B, T]`` and ``mask [B, T]``,
             T = the longest response in the batch, left-aligned per row.
         chunk_size: response positions per LM-head call; bounds the ``[chunk_size, V]`` logits.
@@ -48,31 +50,60 @@ def sequence_logprobs(
         to the model's parameters unless called under ``torch.no_grad()``); ``rejected`` is
         ``None`` for an unpaired batch.
     """
-    check_batch(batch)
     decoder, head, transform = causal_lm_parts(model)
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]  # [N, L, H]
-    rows, cols = batch.response_mask.nonzero(as_tuple=True)  # [M] each, row-major
-    states = hidden[rows, cols - 1]  # [M, H]: the state at t-1 predicts the token at t
-    targets = batch.input_ids[rows, cols]  # [M]
+    if isinstance(batch, PackedBatch):
+        check_packed(batch)
+        mask = packed_attention_mask(decoder, batch.block_ids, batch.branch_ids, head.weight.dtype)
+        out = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
+        hidden = out[0].reshape(-1, out[0].shape[-1])  # [R·L, H]
+        owner, slot, target_at, source_at = packed_response_positions(batch)
+        states, targets = hidden[source_at], batch.input_ids.reshape(-1)[target_at]  # [M, H], [M]
+        counts = batch.response_length  # [N]
+    else:
+        check_batch(batch)
+        out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        hidden = out[0]  # [N, L, H]
+        owner, cols = batch.response_mask.nonzero(as_tuple=True)  # [M] each, row-major
+        states = hidden[owner, cols - 1]  # [M, H]: the state at t-1 predicts the token at t
+        targets = batch.input_ids[owner, cols]  # [M]
+        counts = batch.response_mask.sum(1)  # [N]
+        slot = (batch.response_mask.cumsum(1) - 1)[owner, cols] if with_tokens else None
     if checkpoint_head is None:
         checkpoint_head = torch.is_grad_enabled()
     logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
 
-    n_rows = batch.input_ids.shape[0]
-    counts = batch.response_mask.sum(1)  # [N]
+    n_records = counts.shape[0]
     if with_tokens:
         width = int(counts.max())
-        slot = (batch.response_mask.cumsum(1) - 1)[rows, cols]  # [M] index of each token in its response
-        tokens = logps.new_zeros(n_rows, width).index_put((rows, slot), logps)  # [N, T]
+        tokens = logps.new_zeros(n_records, width).index_put((owner, slot), logps)  # [N, T]
         mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]  # [N, T]
         record = SequenceLogProbs.from_tokens(tokens, mask)
     else:
-        sums = logps.new_zeros(n_rows).index_add(0, rows, logps)  # [N]
+        sums = logps.new_zeros(n_records).index_add(0, owner, logps)  # [N]
         record = SequenceLogProbs(sum=sums, count=counts.to(logps.dtype))
     if not batch.paired:
         return record, None
     b = batch.num_examples
     return _rows(record, slice(0, b)), _rows(record, slice(b, 2 * b))
+
+
+def packed_response_positions(batch: PackedBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where each response token of a packed batch is, and which position predicts it.
+
+    Returns ``(owner, slot, target_at, source_at)``, each ``[M]`` long: the record of each
+    response token, its index in its response, its flat position in ``[R·L]``, and the flat
+    position of the hidden state that predicts it: the previous token, except for a response's
+    first token, which the prompt's last token predicts (the rejected response does not follow
+    its prompt in the buffer).
+    """
+    counts = batch.response_length
+    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)  # [M]
+    first = torch.cumsum(counts, 0) - counts  # [N] index of each record's first token in [M]
+    slot = torch.arange(owner.shape[0], device=counts.device) - first[owner]
+    target_at = batch.response_start[owner] + slot
+    prompt_end = batch.prompt_start + batch.prompt_length - 1  # [N]
+    source_at = torch.where(slot == 0, prompt_end[owner], target_at - 1)
+    return owner, slot, target_at, source_at
 
 
 def response_token_logprobs(
@@ -132,6 +163,17 @@ def causal_lm_parts(model: nn.Module):
             f"cannot split {type(lm).__name__} into a decoder and an LM head; a transformers causal LM is needed"
         )
     return decoder, head, _logit_transform(getattr(lm, "config", None))
+
+
+def check_packed(batch: PackedBatch) -> None:
+    """Refuse a packed batch whose spans disagree with its records or that has an empty response."""
+    expected = 2 * batch.num_examples if batch.paired else batch.num_examples
+    if batch.num_records != expected:
+        raise PreftuneError(f"packed batch has {batch.num_records} records for {batch.num_examples} examples")
+    if (batch.response_length < 1).any() or (batch.prompt_length < 1).any():
+        raise PreftuneError("packed batch has an empty prompt or response")
+    if int((batch.response_start + batch.response_length).max()) > batch.input_ids.numel():
+        raise PreftuneError("packed batch spans run past its token buffer")
 
 
 def check_batch(batch: TokenBatch) -> None:

@@ -1,6 +1,6 @@
 """Reference policies π_ref: where the reference log-probs of a batch come from.
 
-Every strategy maps a :class:`TokenBatch` to ``(chosen, rejected)`` records with ``sum [B]`` and
+Every strategy maps a :class:`Batch` to ``(chosen, rejected)`` records with ``sum [B]`` and
 ``count [B]`` (no per-token values, no gradient), on the batch's device:
 
 - :class:`AdapterDisabledReference`: the policy itself with its LoRA adapters switched off; no
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from preftune.data.batch import TokenBatch
+from preftune.data.batch import Batch
 from preftune.errors import PreftuneError
 from preftune.modeling.cache import atomic_write_target, cache_root
 from preftune.modeling.fingerprint import batches_fingerprint, is_adapter_parameter, model_fingerprint
@@ -43,7 +43,7 @@ class ReferenceLogProbs(ABC):
     """Reference log-probs for token batches: ``reference(batch) -> (chosen, rejected | None)``."""
 
     @abstractmethod
-    def __call__(self, batch: TokenBatch) -> Pair:
+    def __call__(self, batch: Batch) -> Pair:
         """``(chosen, rejected)`` records (``sum``/``count`` ``[B]``) for ``batch``; ``rejected`` is
         ``None`` for an unpaired batch."""
 
@@ -59,7 +59,7 @@ class ModelReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def __call__(self, batch: TokenBatch) -> Pair:
+    def __call__(self, batch: Batch) -> Pair:
         with _eval_mode(self.model):
             return _compute(self.model, batch, self.chunk_size)
 
@@ -86,7 +86,7 @@ class AdapterDisabledReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def __call__(self, batch: TokenBatch) -> Pair:
+    def __call__(self, batch: Batch) -> Pair:
         with _eval_mode(self.model), self.model.disable_adapter():
             return _compute(self.model, batch, self.chunk_size)
 
@@ -114,7 +114,7 @@ class PrecomputedReference(ReferenceLogProbs):
     def build(
         cls,
         source: ReferenceLogProbs | nn.Module,
-        batches: Iterable[TokenBatch],
+        batches: Iterable[Batch],
         *,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> PrecomputedReference:
@@ -149,7 +149,7 @@ class PrecomputedReference(ReferenceLogProbs):
 
         return cls(load_file(str(path)), path=Path(path), hit=True)
 
-    def __call__(self, batch: TokenBatch) -> Pair:
+    def __call__(self, batch: Batch) -> Pair:
         if batch.paired != self.paired:
             raise PreftuneError(
                 f"the precomputed reference is {'paired' if self.paired else 'unpaired'}, the batch is not"
@@ -161,7 +161,7 @@ class PrecomputedReference(ReferenceLogProbs):
         missing = wanted[known[slots] != wanted]
         if missing.numel():
             raise PreftuneError(f"examples {missing.tolist()[:10]} are not in the precomputed reference")
-        counts = batch.response_mask.sum(1).cpu()
+        counts = batch.response_counts().cpu()
         b = batch.num_examples
         out = []
         for side, rows in (("chosen", slice(0, b)), ("rejected", slice(b, 2 * b))):
@@ -178,7 +178,7 @@ class PrecomputedReference(ReferenceLogProbs):
         return out[0], out[1]
 
 
-def _compute(model: nn.Module, batch: TokenBatch, chunk_size: int) -> Pair:
+def _compute(model: nn.Module, batch: Batch, chunk_size: int) -> Pair:
     """Reference records for ``batch``, computed on the model's device and returned on the batch's."""
     device = batch.input_ids.device
     model_device = next(model.parameters()).device
@@ -188,7 +188,7 @@ def _compute(model: nn.Module, batch: TokenBatch, chunk_size: int) -> Pair:
     return move(chosen), move(rejected)
 
 
-def _compute_table(source: ReferenceLogProbs, batches: list[TokenBatch]) -> dict[str, Tensor]:
+def _compute_table(source: ReferenceLogProbs, batches: list[Batch]) -> dict[str, Tensor]:
     """``example_ids [E]``, ``chosen_sum/count [E]`` (and ``rejected_*`` when paired), on the CPU."""
     columns: dict[str, list[Tensor]] = {"example_ids": []}
     for batch in batches:

@@ -2,7 +2,9 @@
 
 Rewards are β·log-ratios (Rafailov et al. 2023, §5), with the β and averaging of the
 objective's first margin term. Accuracy counts a tie (h = 0) as half, so an untrained policy
-equal to its reference scores exactly 0.5.
+equal to its reference scores exactly 0.5. A margin within float32 rounding of the four scores
+it is made of (|h| ≤ 1e-6·Σ|score|) is a tie: the same weights scored in two batch layouts
+(the reference cached from one packing, the policy's step in another) differ by that much.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from torch import Tensor
 
 from preftune.objectives.records import GroupRecord, PairRecord, as_float
 
+TIE_TOLERANCE = 1e-6
 
-def _half_credit(x: Tensor) -> Tensor:
-    """1 where x > 0, 0.5 where x == 0, 0 where x < 0."""
-    return (torch.sign(x) + 1.0) / 2.0
+
+def _half_credit(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """1 where x > 0, 0.5 where x == 0 (or |x| ≤ TIE_TOLERANCE·scale), 0 where x < 0."""
+    sign = torch.sign(x)
+    if scale is not None:
+        sign = torch.where(x.abs() <= TIE_TOLERANCE * scale, torch.zeros_like(sign), sign)
+    return (sign + 1.0) / 2.0
 
 
 def pair_metrics(record: PairRecord, beta: float = 0.1, average: bool = False) -> dict[str, Tensor]:
@@ -40,10 +47,13 @@ def pair_metrics(record: PairRecord, beta: float = 0.1, average: bool = False) -
         out["rewards/chosen"] = beta * chosen_ratio
         if record.rejected is not None and record.ref_rejected is not None:
             rejected = record.rejected.detach()
-            rejected_ratio = as_float(rejected.score(average) - record.ref_rejected.detach().score(average))
+            ref_rejected = record.ref_rejected.detach()
+            rejected_ratio = as_float(rejected.score(average) - ref_rejected.score(average))
             out["rewards/rejected"] = beta * rejected_ratio
             out["margin"] = chosen_ratio - rejected_ratio
-            out["accuracy"] = _half_credit(out["margin"])
+            scores = (chosen, rejected, ref_chosen, ref_rejected)
+            scale = sum(as_float(r.score(average)).abs() for r in scores)
+            out["accuracy"] = _half_credit(out["margin"], scale)
     return out
 
 

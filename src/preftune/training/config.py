@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from preftune.data.collate import LAYOUTS
 from preftune.errors import SpecError
 from preftune.objectives import build
 
@@ -49,6 +50,8 @@ class DataConfig:
     skip_invalid: bool = False
     max_length: int = 512
     max_prompt_length: int | None = None  # None: half of max_length (prompts are cut from the left)
+    layout: str = "shared"  # shared: packed, one prompt per pair | packed: one prompt per response | padded
+    group_by_length: bool = False  # batches of similar lengths (less padding in the padded layout)
 
 
 @dataclass
@@ -140,6 +143,8 @@ def check(config: RunConfig) -> None:
         raise SpecError(f"optim.mixed_precision must be auto, no, bf16 or fp16, got {o.mixed_precision!r}")
     if config.data.max_length < 2:
         raise SpecError(f"data.max_length must be at least 2, got {config.data.max_length}")
+    if config.data.layout not in LAYOUTS:
+        raise SpecError(f"data.layout must be one of {', '.join(LAYOUTS)}, got {config.data.layout!r}")
     if config.data.pairing not in ("best_vs_worst", "all"):
         raise SpecError(f"data.pairing must be best_vs_worst or all, got {config.data.pairing!r}")
     if config.lora.enabled and config.lora.rank < 1:

@@ -23,8 +23,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import get_scheduler
 
-from preftune.data import TokenizedPair, collate
-from preftune.data.batch import TokenBatch
+from preftune.data import Batch, TokenizedPair, build_batch
 from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
 from preftune.modeling import sequence_logprobs
@@ -34,7 +33,7 @@ from preftune.training.config import EvalConfig, OptimConfig
 from preftune.training.plan import BatchPlan
 from preftune.training.progress import StepProgress
 
-ReferenceFn = Callable[[TokenBatch], tuple[SequenceLogProbs, SequenceLogProbs | None]]
+ReferenceFn = Callable[[Batch], tuple[SequenceLogProbs, SequenceLogProbs | None]]
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -50,7 +49,7 @@ class PolicyLogProbs(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, batch: TokenBatch, with_tokens: bool = False) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+    def forward(self, batch: Batch, with_tokens: bool = False) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
         return sequence_logprobs(self.model, batch, with_tokens=with_tokens, chunk_size=self.chunk_size)
 
 
@@ -85,6 +84,8 @@ class Trainer:
         save_every: int,
         keep_checkpoints: int = 2,
         logit_chunk: int = 1024,
+        layout: str = "shared",
+        group_by_length: bool = False,
         callbacks: Sequence[StepCallback] = (),
     ) -> None:
         if objective.needs_reference and train_reference is None:
@@ -93,20 +94,22 @@ class Trainer:
         self.objective = objective
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         self.train_reference, self.eval_reference = train_reference, eval_reference
-        self.pad_id = pad_id
+        self.pad_id, self.layout = pad_id, layout
         self.optim, self.eval_config = optim, eval_config
         self.output_dir = Path(output_dir)
         self.save_every, self.keep = save_every, keep_checkpoints
         self.callbacks = list(callbacks)
+        lengths = tuple(p.length for p in self.train_pairs) if group_by_length else None
         self.plan = BatchPlan(
-            len(self.train_pairs), optim.batch_size, optim.seed, accelerator.num_processes, optim.grad_accumulation
-        )
+            len(self.train_pairs), optim.batch_size, optim.seed, accelerator.num_processes, optim.grad_accumulation,
+            lengths,
+        )  # fmt: skip
         self.total_steps = self.plan.total_steps(optim.epochs, optim.max_steps)
         self.model = model
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise PreftuneError("the model has no trainable parameters")
-        optimizer = torch.optim.AdamW(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
+        optimizer = make_optimizer(trainable, optim)
         self.scheduler = get_scheduler(
             optim.schedule,
             optimizer,
@@ -119,12 +122,11 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def _batch(self, indices: torch.Tensor) -> TokenBatch:
-        return collate([self.train_pairs[i] for i in indices.tolist()], indices, self.pad_id).to(
-            self.accelerator.device
-        )
+    def _batch(self, indices: torch.Tensor) -> Batch:
+        pairs = [self.train_pairs[i] for i in indices.tolist()]
+        return build_batch(pairs, indices, self.pad_id, self.layout).to(self.accelerator.device)
 
-    def _record(self, batch: TokenBatch, reference: ReferenceFn | None, with_tokens: bool) -> PairRecord:
+    def _record(self, batch: Batch, reference: ReferenceFn | None, with_tokens: bool) -> PairRecord:
         with self.accelerator.autocast():
             chosen, rejected = self.policy(batch, with_tokens=with_tokens)
         ref_chosen = ref_rejected = None
@@ -140,7 +142,7 @@ class Trainer:
         finite = True
         for i, indices in enumerate(micro):
             batch = self._batch(indices)
-            tokens += int(batch.attention_mask.sum())
+            tokens += batch.num_tokens
             sync = i == len(micro) - 1
             context = nullcontext() if sync else self.accelerator.no_sync(self.policy)
             with context:
@@ -188,7 +190,7 @@ class Trainer:
         was_training = self.policy.training
         self.policy.eval()
 
-        def policy(batch: TokenBatch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+        def policy(batch: Batch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
             with self.accelerator.autocast():
                 return self.policy(batch)
 
@@ -196,7 +198,7 @@ class Trainer:
         scorer = reference if initial and reference is not None else policy
         per_pair = pair_values(
             scorer, reference, self.eval_pairs, mine, self.pad_id, self.eval_config.batch_size,
-            self.accelerator.device, self.metric_beta, self.metric_average,
+            self.accelerator.device, self.metric_beta, self.metric_average, self.layout,
         )  # fmt: skip
         self.policy.train(was_training)
         merged: dict[str, list[float]] = {}
@@ -290,3 +292,12 @@ class Trainer:
         result.steps = self.total_steps
         result.seconds = time.perf_counter() - began
         return result
+
+
+def make_optimizer(parameters: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where torch has one for the parameters' device (CPU and CUDA in
+    torch ≥ 2.4: one pass over each tensor instead of a dozen elementwise ones)."""
+    try:
+        return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)

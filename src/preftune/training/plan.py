@@ -1,7 +1,8 @@
 """Which pairs each optimiser step reads: a deterministic plan, so runs resume exactly.
 
-Epoch e visits the pairs in the order of a permutation seeded by (seed, e); step k of the
-epoch takes the k-th block of ``batch_size`` pairs (a last incomplete block is dropped, so
+Epoch e visits the pairs in the order of a permutation seeded by (seed, e) (with ``lengths``,
+one grouped by length: :func:`preftune.data.length_grouped_batches`); step k of the epoch
+takes the k-th block of ``batch_size`` pairs (a last incomplete block is dropped, so
 every step has the same size and two processes split it evenly). A process of rank r out of
 W takes the r-th contiguous share of the block, and splits it into ``grad_accumulation``
 micro-batches. The data position is therefore just the global step.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from preftune.data.sampling import length_grouped_batches
 from preftune.errors import SpecError
 
 
@@ -24,8 +26,11 @@ class BatchPlan:
     seed: int = 0
     world_size: int = 1
     grad_accumulation: int = 1
+    lengths: tuple[int, ...] | None = None  # each pair's length, to group batches by length
 
     def __post_init__(self) -> None:
+        if self.lengths is not None and len(self.lengths) != self.num_examples:
+            raise SpecError(f"{len(self.lengths)} lengths for {self.num_examples} pairs")
         if self.num_examples < self.batch_size:
             raise SpecError(
                 f"only {self.num_examples} training pairs, fewer than one batch of {self.batch_size}: "
@@ -45,8 +50,12 @@ class BatchPlan:
         return max_steps if max_steps is not None else max(1, math.ceil(epochs * self.steps_per_epoch))
 
     def order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.num_examples, generator=generator)
+        seed = self.seed * 100_003 + epoch
+        if self.lengths is not None:
+            # Only the last of these batches can be short, so the first steps_per_epoch are full.
+            batches = length_grouped_batches(self.lengths, self.batch_size, seed=seed, drop_last=True)
+            return torch.tensor([i for batch in batches for i in batch], dtype=torch.long)
+        return torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(seed))
 
     def step_indices(self, step: int) -> torch.Tensor:
         """``[batch_size]`` dataset indices read by global step ``step`` (all processes)."""

@@ -212,6 +212,8 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             save_every=config.save_every,
             keep_checkpoints=config.keep_checkpoints,
             logit_chunk=config.logit_chunk,
+            layout=config.data.layout,
+            group_by_length=config.data.group_by_length,
             callbacks=callbacks,
         )
         result = trainer.train(resume=config.resume)
