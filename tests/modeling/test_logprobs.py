@@ -60,12 +60,26 @@ def test_head_never_sees_more_than_a_chunk(tiny) -> None:
     shapes: list[tuple[int, ...]] = []
     tiny.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     batch = random_batch(pairs=3, length=24, seed=4)
-    chosen, rejected = sequence_logprobs(tiny, batch, with_tokens=False, chunk_size=16)
+    chosen, rejected = sequence_logprobs(tiny, batch, with_tokens=False, chunk_size=16, checkpoint_head=True)
     (chosen.sum.sum() + rejected.sum.sum()).backward()
     vocab = tiny.config.vocab_size
     assert shapes and all(len(s) == 2 and s[0] <= 16 and s[1] == vocab for s in shapes)  # never [N, L, V]
     forward = len(shapes) // 2  # checkpointing runs each chunk's head again in the backward pass
     assert sum(s[0] for s in shapes[:forward]) == batch.num_response_tokens
+
+
+@pytest.mark.parametrize("budget", [0, 2**40])
+def test_head_recomputes_only_when_logits_are_large(tiny, monkeypatch, budget: int) -> None:
+    import preftune.modeling.logprobs as logprobs
+
+    monkeypatch.setattr(logprobs, "KEEP_LOGITS_BYTES", budget)
+    calls: list[int] = []
+    tiny.lm_head.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    batch = random_batch(pairs=3, length=24, seed=4)
+    chosen, rejected = sequence_logprobs(tiny, batch, with_tokens=False, chunk_size=16)
+    (chosen.sum.sum() + rejected.sum.sum()).backward()
+    passes = 2 if budget == 0 else 1  # over budget: each chunk's head runs again in the backward pass
+    assert sum(calls) == passes * batch.num_response_tokens
 
 
 def _vocab_sized_saved_tensors(model, compute) -> list[tuple[int, ...]]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from preftune.cli.config import load_config
+from preftune.data import Batcher
 from preftune.evaluation.statistical import pair_values, summarise
 from preftune.modeling import ModelReference, load_model, load_tokenizer, sequence_logprobs
 from preftune.objectives import build
@@ -37,8 +38,9 @@ def _eval_metrics(model: torch.nn.Module, run: Run) -> dict[str, float]:
         return sequence_logprobs(model, batch, with_tokens=False)
 
     values = pair_values(
-        policy, reference, eval_pairs, torch.arange(len(eval_pairs)), tokenizer.pad_token_id, 8, "cpu", beta, average
-    )
+        policy, reference, eval_pairs, torch.arange(len(eval_pairs)), Batcher(tokenizer.pad_token_id), 8, "cpu",
+        beta, average,
+    )  # fmt: skip
     return {k: v.mean for k, v in summarise({k: torch.tensor(v) for k, v in values.items()}).items()}
 
 

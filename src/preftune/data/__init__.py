@@ -10,7 +10,7 @@ Imports nothing of preftune beyond :mod:`preftune.errors`: data never sees a mod
 """
 
 from preftune.data.batch import Batch, PackedBatch, TokenBatch
-from preftune.data.collate import LAYOUTS, build_batch, collate
+from preftune.data.collate import LAYOUTS, Batcher, build_batch, collate
 from preftune.data.examples import Message, Origin, PreferenceExample
 from preftune.data.formats import FORMATS, detect_format
 from preftune.data.load import load_preference_data
@@ -25,8 +25,8 @@ from preftune.data.unpaired import load_unpaired
 
 __all__ = [
     "FORMATS", "LAYOUTS", "PAIRINGS",
-    "Batch", "DataSummary", "LengthStats", "Message", "Origin", "PackedBatch", "PreferenceExample", "RawRows",
-    "TokenBatch", "TokenizedPair",
+    "Batch", "Batcher", "DataSummary", "LengthStats", "Message", "Origin", "PackedBatch", "PreferenceExample",
+    "RawRows", "TokenBatch", "TokenizedPair",
     "build_batch", "bundled_path", "collate", "detect_format", "end_of_turn_ids", "length_grouped_batches",
     "load_preference_data", "load_rows", "load_unpaired", "pack", "rank_pairs", "tokenize_examples",
 ]  # fmt: skip

@@ -8,6 +8,7 @@ With ``include_rejected=False`` (``mle`` on good responses only) N = B and ``pai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -76,13 +77,35 @@ def build_batch(
     layout: str = "shared",
     *,
     include_rejected: bool = True,
+    attention_length: int | None = None,
 ) -> Batch:
     """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per pair),
-    ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response)."""
+    ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response).
+    ``attention_length`` sizes packed rows (see :func:`preftune.data.packing.pack`)."""
     from preftune.data.packing import pack
 
     if layout == "padded":
         return collate(pairs, indices, pad_id, include_rejected=include_rejected)
     if layout in ("shared", "packed"):
-        return pack(pairs, indices, pad_id, include_rejected=include_rejected, share_prompt=layout == "shared")
+        return pack(
+            pairs, indices, pad_id, include_rejected=include_rejected, share_prompt=layout == "shared",
+            attention_length=attention_length,
+        )  # fmt: skip
     raise PreftuneError(f"unknown batch layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+@dataclass(frozen=True)
+class Batcher:
+    """How a run lays out its batches: ``batcher(pairs, indices)`` is :func:`build_batch` with these settings."""
+
+    pad_id: int
+    layout: str = "shared"
+    attention_length: int | None = None
+
+    def __call__(
+        self, pairs: Sequence[TokenizedPair], indices: Sequence[int] | torch.Tensor, *, include_rejected: bool = True
+    ) -> Batch:
+        return build_batch(
+            pairs, indices, self.pad_id, self.layout, include_rejected=include_rejected,
+            attention_length=self.attention_length,
+        )  # fmt: skip

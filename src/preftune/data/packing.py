@@ -38,6 +38,7 @@ def pack(
     *,
     include_rejected: bool = True,
     share_prompt: bool = True,
+    attention_length: int | None = None,
     pad_to_multiple_of: int | None = None,
 ) -> PackedBatch:
     """Pack a batch of pairs (see the module docstring for the layout).
@@ -49,6 +50,10 @@ def pack(
         include_rejected: False for a chosen-only batch (N = B records, ``paired=False``).
         share_prompt: one prompt per pair (a pair whose rejected response has a prompt of its
             own, from unpaired data, always gets a second block); False: one per response.
+        attention_length: the row length at which a position's attention costs as much as the rest
+            of the model's work on it (about 6 × the hidden size for a standard transformer; the
+            mask is dense, so attention grows with L). Rows are then sized to minimise the modelled
+            cost R·L·(1 + L / attention_length); None: rows as long as the longest block.
         pad_to_multiple_of: round the row length L up to a multiple of this.
     """
     if not pairs:
@@ -74,7 +79,7 @@ def pack(
         if separate is not None:
             blocks.append(separate)
     sizes = [len(prompt) + sum(len(r) for _, r in responses) for prompt, responses in blocks]
-    rows = _first_fit_decreasing(sizes, capacity=max(sizes))
+    rows = _cheapest_rows(sizes, attention_length)
     width = max(sum(sizes[k] for k in row) for row in rows)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -110,6 +115,27 @@ def pack(
     else:
         example_ids = torch.tensor(list(indices), dtype=torch.long)
     return PackedBatch(input_ids, position_ids, block_ids, branch_ids, *spans, example_ids, include_rejected)
+
+
+def _cheapest_rows(sizes: Sequence[int], attention_length: int | None) -> list[list[int]]:
+    """First-fit-decreasing rows at the capacity (the longest block, or a longer one) of least modelled cost."""
+    longest, total = max(sizes), sum(sizes)
+    best = _first_fit_decreasing(sizes, longest)
+    if attention_length is None or attention_length <= 0:
+        return best
+
+    def cost(rows: list[list[int]]) -> float:
+        width = max(sum(sizes[k] for k in row) for row in rows)
+        return len(rows) * width * (1 + width / attention_length)
+
+    best_cost = cost(best)
+    capacity = longest
+    while capacity < total:
+        capacity = min(total, capacity + max(1, longest // 4))
+        rows = _first_fit_decreasing(sizes, capacity)
+        if (c := cost(rows)) < best_cost:
+            best, best_cost = rows, c
+    return best
 
 
 def _first_fit_decreasing(sizes: Sequence[int], capacity: int) -> list[list[int]]:

@@ -63,12 +63,11 @@ def pair_values(
     reference: Callable[[Batch], tuple[SequenceLogProbs, SequenceLogProbs | None]] | None,
     pairs: Sequence[Any],
     indices: Tensor,
-    pad_id: int,
+    batcher: Callable[[Sequence[Any], Tensor], Batch],
     batch_size: int,
     device: torch.device | str = "cpu",
     beta: float = 0.1,
     average: bool = False,
-    layout: str = "shared",
 ) -> dict[str, list[float]]:
     """Per-pair metric values of ``pairs[indices]``, in batches, without gradient.
 
@@ -76,14 +75,12 @@ def pair_values(
     one pass (h = 0: at the start of a stage the policy is its reference, so only the
     likelihood metrics carry information).
     """
-    from preftune.data import build_batch
-
     values: dict[str, list[float]] = {}
     with torch.no_grad():
         for block in indices.split(batch_size):
             if not len(block):
                 continue
-            batch = build_batch([pairs[i] for i in block.tolist()], block, pad_id, layout).to(device)
+            batch = batcher([pairs[i] for i in block.tolist()], block).to(device)
             chosen, rejected = policy(batch)
             ref_chosen = ref_rejected = None
             if reference is not None:

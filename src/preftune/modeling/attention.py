@@ -49,3 +49,15 @@ def packed_attention_mask(model: nn.Module, block_ids: Tensor, branch_ids: Tenso
             f"uses {implementation!r}: set data.layout=padded"
         )
     return block_attention_mask(block_ids, branch_ids, additive_dtype=None if implementation == "sdpa" else dtype)
+
+
+def attention_length(model: nn.Module) -> int | None:
+    """The row length at which a position's dense-mask attention costs as much as the rest of its work.
+
+    Per layer and position the linear maps cost about 2·12·H² FLOPs (attention projections and an
+    MLP four times wider), attention about 4·H per position attended to: equal at L ≈ 6·H. Used
+    to size packed rows; None when the config has no hidden size.
+    """
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None)
+    return 6 * int(hidden) if hidden else None

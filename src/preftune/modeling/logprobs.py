@@ -6,8 +6,8 @@ it, while only the response tokens (often a small share of the positions) are ne
 decoder runs alone (hidden states ``[N, L, H]``), the hidden states that predict response tokens
 are gathered (``[M, H]``, M = response tokens in the batch) and the head runs on chunks of
 ``chunk_size`` of them, so the largest vocabulary-sized tensor is ``[chunk_size, V]``. Under
-autograd each chunk is checkpointed: its logits are recomputed in the backward pass rather than
-kept, so memory does not grow with M × V either.
+autograd each chunk is checkpointed when the batch's logits would be large: its logits are
+recomputed in the backward pass rather than kept, so memory does not grow with M × V either.
 
 Per-token log-probs are ``logit[token] − logsumexp(logits)`` in float32 for half-precision and
 float32 models (float64 for a float64 one, which the tests use for exact comparisons).
@@ -23,6 +23,8 @@ from preftune.data.batch import Batch, PackedBatch, TokenBatch
 from preftune.errors import PreftuneError
 from preftune.modeling.attention import packed_attention_mask
 from preftune.objectives.records import SequenceLogProbs
+
+KEEP_LOGITS_BYTES = 256 * 2**20  # response logits up to this size are kept for the backward pass
 
 
 def sequence_logprobs(
@@ -43,7 +45,8 @@ def sequence_logprobs(
             T = the longest response in the batch, left-aligned per row.
         chunk_size: response positions per LM-head call; bounds the ``[chunk_size, V]`` logits.
         checkpoint_head: recompute each chunk's logits in the backward pass instead of keeping
-            them; default: whenever autograd is recording.
+            them; default: when autograd is recording and the batch's response logits would take
+            more than ``KEEP_LOGITS_BYTES``.
     Returns:
         ``(chosen, rejected)``, each with ``sum [B]`` and ``count [B]`` in float32, float64 for a
         float64 model (gradients flow
@@ -69,7 +72,9 @@ def sequence_logprobs(
         counts = batch.response_mask.sum(1)  # [N]
         slot = (batch.response_mask.cumsum(1) - 1)[owner, cols] if with_tokens else None
     if checkpoint_head is None:
-        checkpoint_head = torch.is_grad_enabled()
+        # Recomputing the logits costs a third of the head's work; keep them when they are small.
+        kept_bytes = targets.shape[0] * head.weight.shape[0] * 4
+        checkpoint_head = torch.is_grad_enabled() and kept_bytes > KEEP_LOGITS_BYTES
     logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
 
     n_records = counts.shape[0]

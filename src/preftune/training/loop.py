@@ -23,10 +23,11 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import get_scheduler
 
-from preftune.data import Batch, TokenizedPair, build_batch
+from preftune.data import Batch, Batcher, TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
 from preftune.modeling import sequence_logprobs
+from preftune.modeling.attention import attention_length
 from preftune.objectives import Objective, PairRecord, SequenceLogProbs
 from preftune.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from preftune.training.config import EvalConfig, OptimConfig
@@ -94,7 +95,7 @@ class Trainer:
         self.objective = objective
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         self.train_reference, self.eval_reference = train_reference, eval_reference
-        self.pad_id, self.layout = pad_id, layout
+        self.batcher = Batcher(pad_id, layout, attention_length(model))
         self.optim, self.eval_config = optim, eval_config
         self.output_dir = Path(output_dir)
         self.save_every, self.keep = save_every, keep_checkpoints
@@ -124,7 +125,7 @@ class Trainer:
 
     def _batch(self, indices: torch.Tensor) -> Batch:
         pairs = [self.train_pairs[i] for i in indices.tolist()]
-        return build_batch(pairs, indices, self.pad_id, self.layout).to(self.accelerator.device)
+        return self.batcher(pairs, indices).to(self.accelerator.device)
 
     def _record(self, batch: Batch, reference: ReferenceFn | None, with_tokens: bool) -> PairRecord:
         with self.accelerator.autocast():
@@ -197,8 +198,8 @@ class Trainer:
         reference = self.eval_reference
         scorer = reference if initial and reference is not None else policy
         per_pair = pair_values(
-            scorer, reference, self.eval_pairs, mine, self.pad_id, self.eval_config.batch_size,
-            self.accelerator.device, self.metric_beta, self.metric_average, self.layout,
+            scorer, reference, self.eval_pairs, mine, self.batcher, self.eval_config.batch_size,
+            self.accelerator.device, self.metric_beta, self.metric_average,
         )  # fmt: skip
         self.policy.train(was_training)
         merged: dict[str, list[float]] = {}

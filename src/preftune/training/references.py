@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from preftune.data import TokenizedPair, build_batch
+from preftune.data import Batcher, TokenizedPair
 from preftune.modeling import AdapterDisabledReference, FrozenCopyReference, ModelReference, PrecomputedReference
+from preftune.modeling.attention import attention_length
 from preftune.objectives import Objective
 from preftune.training.config import RunConfig
 
@@ -27,14 +28,14 @@ def _is_peft(model: Any) -> bool:
 
 
 def _precompute(
-    source: Any, pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int, layout: str, accelerator: Accelerator
+    source: Any, pairs: Sequence[TokenizedPair], batcher: Batcher, batch_size: int, accelerator: Accelerator
 ):
     """Main process computes (or loads) the cache first; the others then load it."""
     device = accelerator.device
     # Pairs of similar length batched together waste less padding; the table is keyed by id.
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     batches = [
-        build_batch([pairs[i] for i in block], block, pad_id, layout).to(device)
+        batcher([pairs[i] for i in block], block).to(device)
         for block in (order[k : k + batch_size] for k in range(0, len(order), batch_size))
     ]
     with accelerator.main_process_first(), torch.no_grad(), accelerator.autocast():
@@ -52,7 +53,8 @@ def make_reference(
     accelerator: Accelerator,
 ) -> tuple[Any, Any]:
     """(training reference or None when the objective needs none, held-out reference or None)."""
-    chunk, layout = config.logit_chunk, config.data.layout
+    chunk = config.logit_chunk
+    batcher = Batcher(pad_id, config.data.layout, attention_length(model))
     if kind == "adapter":
         live = AdapterDisabledReference(model, chunk_size=chunk)
     elif kind == "copy":
@@ -65,10 +67,8 @@ def make_reference(
         )
         batch_size = config.eval.batch_size
         train_ref = (
-            _precompute(source, train_pairs, pad_id, batch_size, layout, accelerator)
-            if objective.needs_reference
-            else None
+            _precompute(source, train_pairs, batcher, batch_size, accelerator) if objective.needs_reference else None
         )
-        eval_ref = _precompute(source, eval_pairs, pad_id, batch_size, layout, accelerator) if eval_pairs else None
+        eval_ref = _precompute(source, eval_pairs, batcher, batch_size, accelerator) if eval_pairs else None
         return train_ref, eval_ref
     return (live if objective.needs_reference else None), (live if eval_pairs else None)

@@ -23,11 +23,12 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from preftune.data import DataSummary, TokenizedPair, bundled_path, load_preference_data, tokenize_examples
+from preftune.data import Batcher, DataSummary, TokenizedPair, bundled_path, load_preference_data, tokenize_examples
 from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import MetricSummary, gain_verdict
 from preftune.generation import greedy_responses
 from preftune.modeling import apply_lora, load_model, load_tokenizer, save_lora
+from preftune.modeling.attention import attention_length
 from preftune.objectives import build
 from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
 from preftune.training.config import RunConfig, StageConfig, check, to_dict
@@ -416,8 +417,9 @@ def evaluate_model(
     else:
         ref_fn, ref_name = policy, f"{model} itself (h = 0: margin and accuracy say nothing)"
     values = pair_values(
-        policy, ref_fn, pairs, torch.arange(len(pairs)), tokenizer.pad_token_id, batch_size, device, beta, average
-    )
+        policy, ref_fn, pairs, torch.arange(len(pairs)), Batcher(tokenizer.pad_token_id, "shared",
+        attention_length(policy_model)), batch_size, device, beta, average,
+    )  # fmt: skip
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
 
     names = [n for n in EVAL_ORDER if n in metrics] + sorted(set(metrics) - set(EVAL_ORDER))
