@@ -47,7 +47,7 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
     from accelerate.state import AcceleratorState
     from workloads import benchmark_pairs
 
-    from preftune.data import build_batch, load_preference_data, tokenize_examples
+    from preftune.data import Batcher, load_preference_data, tokenize_examples
     from preftune.modeling import (
         AdapterDisabledReference,
         FrozenCopyReference,
@@ -57,6 +57,7 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
         load_model,
         load_tokenizer,
     )
+    from preftune.modeling.attention import attention_length
     from preftune.objectives import build
     from preftune.training.config import EvalConfig, OptimConfig
     from preftune.training.loop import Trainer
@@ -98,8 +99,10 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
                 live = ModelReference(model)
             t0 = time.perf_counter()
             order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
-            blocks = [order[k : k + workload.batch_size] for k in range(0, len(order), workload.batch_size)]
-            batches = [build_batch([pairs[i] for i in b], b, pad_id, layout).to(accelerator.device) for b in blocks]
+            size = EvalConfig().batch_size  # as `preftune train` precomputes
+            blocks = [order[k : k + size] for k in range(0, len(order), size)]
+            batcher = Batcher(pad_id, layout, attention_length(model))
+            batches = [batcher([pairs[i] for i in b], b).to(accelerator.device) for b in blocks]
             with torch.no_grad(), accelerator.autocast():
                 reference = PrecomputedReference.build(live, batches, cache_dir=Path(tmp) / "reference")
             reference_seconds = _synced(cuda) - t0
