@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install test lint demo gradients clean
+.PHONY: install test lint demo gradients bench clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ demo: $(STAMP)
 # P1's gradient analysis: PNG plots, CSV and JSON in out/gradients.
 gradients: $(STAMP)
 	$(VENV)/bin/preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out out/gradients
+
+# preftune against TRL's DPOTrainer on the same work, side by side (README, Performance): about
+# 40 minutes on 2 CPU cores. Results in out/bench/compare_trl.{json,md}.
+bench: $(STAMP)
+	$(PY) benchmarks/compare_trl.py --workloads tiny,smollm2-lora,smollm2-full --repeats 3
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info
