@@ -20,8 +20,29 @@ import torch
 from torch import Tensor
 
 
+class _Records:
+    """What both layouts answer alike, from ``example_ids`` and ``response_counts()``."""
+
+    example_ids: Tensor
+
+    def response_counts(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example_ids.shape[0])
+
+    @property
+    def num_records(self) -> int:
+        return int(self.response_counts().shape[0])
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_counts().sum())
+
+
 @dataclass
-class TokenBatch:
+class TokenBatch(_Records):
     """Token ids and masks for one batch.
 
     Attributes:
@@ -40,18 +61,6 @@ class TokenBatch:
     response_mask: Tensor
     example_ids: Tensor
     paired: bool = True
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.example_ids.shape[0])
-
-    @property
-    def num_response_tokens(self) -> int:
-        return int(self.response_mask.sum())
-
-    @property
-    def num_records(self) -> int:
-        return int(self.input_ids.shape[0])
 
     @property
     def num_tokens(self) -> int:
@@ -79,7 +88,7 @@ class TokenBatch:
 
 
 @dataclass
-class PackedBatch:
+class PackedBatch(_Records):
     """B pairs (or B single examples) packed into R rows of length L.
 
     The N = 2B *records* (chosen 0..B-1, then rejected B..2B-1; N = B when unpaired) are the
@@ -107,18 +116,6 @@ class PackedBatch:
     response_length: Tensor
     example_ids: Tensor
     paired: bool = True
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.example_ids.shape[0])
-
-    @property
-    def num_records(self) -> int:
-        return int(self.response_length.shape[0])
-
-    @property
-    def num_response_tokens(self) -> int:
-        return int(self.response_length.sum())
 
     @property
     def num_tokens(self) -> int:
