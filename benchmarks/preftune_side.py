@@ -86,22 +86,19 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
             )
         else:
             model.requires_grad_(True)
-        pad_id = tokenizer.pad_token_id
         layout = settings["layout"]
+        batcher = Batcher(tokenizer.pad_token_id, layout, attention_length(model))
 
-        live = AdapterDisabledReference(model) if workload.lora else FrozenCopyReference(model)
         reference_seconds = 0.0
         if settings["live_reference"]:
-            reference = live
+            reference = AdapterDisabledReference(model) if workload.lora else FrozenCopyReference(model)
         else:
-            if not workload.lora:
-                del live  # the policy at step 0 is the reference: no copy is kept
-                live = ModelReference(model)
+            # The policy at step 0 is the reference: no frozen copy is made.
+            live = AdapterDisabledReference(model) if workload.lora else ModelReference(model)
             t0 = time.perf_counter()
             order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
             size = EvalConfig().batch_size  # as `preftune train` precomputes
             blocks = [order[k : k + size] for k in range(0, len(order), size)]
-            batcher = Batcher(pad_id, layout, attention_length(model))
             batches = [batcher([pairs[i] for i in b], b).to(accelerator.device) for b in blocks]
             with torch.no_grad(), accelerator.autocast():
                 reference = PrecomputedReference.build(live, batches, cache_dir=Path(tmp) / "reference")
@@ -121,7 +118,7 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
             eval_pairs=[],
             train_reference=reference,
             eval_reference=None,
-            pad_id=pad_id,
+            batcher=batcher,
             optim=OptimConfig(
                 lr=LEARNING_RATE,
                 batch_size=workload.batch_size,
@@ -135,7 +132,6 @@ def run(workload: Workload, steps: int, seed: int, variant: str) -> dict[str, An
             eval_config=EvalConfig(),
             output_dir=Path(tmp) / "run",
             save_every=10**9,
-            layout=layout,
             group_by_length=settings["group_by_length"],
             callbacks=[lambda step, stats: ends.append(_synced(cuda))],
         )

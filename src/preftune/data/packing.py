@@ -11,8 +11,9 @@ then the chosen and the rejected response side by side, both continuing from the
 A token may attend to an earlier token of its own block when that token is in the prompt
 (branch 0) or in its own response, so ``r0`` sees the prompt but not the chosen response, and
 with the position ids above every response token is computed exactly as in a padded row of
-its own. Blocks are then packed, first-fit by decreasing length, into rows no longer than the
-longest block; whatever is left at the end of a row is padding (block -1). The attention rule
+its own. Blocks are then packed, first-fit by decreasing length, into rows at least as long as
+the longest block, of the length a cost model prefers (``attention_length``); whatever is left
+at the end of a row is padding (block -1). The attention rule
 is turned into a ``[R, 1, L, L]`` mask on the model side (:mod:`preftune.modeling.attention`).
 
 With ``share_prompt=False`` every response gets its own copy of the prompt (packing only),
@@ -39,7 +40,6 @@ def pack(
     include_rejected: bool = True,
     share_prompt: bool = True,
     attention_length: int | None = None,
-    pad_to_multiple_of: int | None = None,
 ) -> PackedBatch:
     """Pack a batch of pairs (see the module docstring for the layout).
 
@@ -54,7 +54,6 @@ def pack(
             of the model's work on it (about 6 × the hidden size for a standard transformer; the
             mask is dense, so attention grows with L). Rows are then sized to minimise the modelled
             cost R·L·(1 + L / attention_length); None: rows as long as the longest block.
-        pad_to_multiple_of: round the row length L up to a multiple of this.
     """
     if not pairs:
         raise PreftuneError("cannot pack an empty batch")
@@ -81,8 +80,6 @@ def pack(
     sizes = [len(prompt) + sum(len(r) for _, r in responses) for prompt, responses in blocks]
     rows = _cheapest_rows(sizes, attention_length)
     width = max(sum(sizes[k] for k in row) for row in rows)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
 
     n_records = 2 * b if include_rejected else b
     shape = (len(rows), width)

@@ -61,7 +61,6 @@ def sequence_logprobs(
         hidden = out[0].reshape(-1, out[0].shape[-1])  # [R·L, H]
         owner, slot, target_at, source_at = packed_response_positions(batch)
         states, targets = hidden[source_at], batch.input_ids.reshape(-1)[target_at]  # [M, H], [M]
-        counts = batch.response_length  # [N]
     else:
         check_batch(batch)
         out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -69,7 +68,6 @@ def sequence_logprobs(
         owner, cols = batch.response_mask.nonzero(as_tuple=True)  # [M] each, row-major
         states = hidden[owner, cols - 1]  # [M, H]: the state at t-1 predicts the token at t
         targets = batch.input_ids[owner, cols]  # [M]
-        counts = batch.response_mask.sum(1)  # [N]
         slot = (batch.response_mask.cumsum(1) - 1)[owner, cols] if with_tokens else None
     if checkpoint_head is None:
         # Recomputing the logits costs a third of the head's work; keep them when they are small.
@@ -77,6 +75,7 @@ def sequence_logprobs(
         checkpoint_head = torch.is_grad_enabled() and kept_bytes > KEEP_LOGITS_BYTES
     logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
 
+    counts = batch.response_counts()  # [N]
     n_records = counts.shape[0]
     if with_tokens:
         width = int(counts.max())

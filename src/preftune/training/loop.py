@@ -27,7 +27,6 @@ from preftune.data import Batch, Batcher, TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
 from preftune.modeling import sequence_logprobs
-from preftune.modeling.attention import attention_length
 from preftune.objectives import Objective, PairRecord, SequenceLogProbs
 from preftune.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from preftune.training.config import EvalConfig, OptimConfig
@@ -78,14 +77,13 @@ class Trainer:
         eval_pairs: Sequence[TokenizedPair],
         train_reference: ReferenceFn | None,
         eval_reference: ReferenceFn | None,
-        pad_id: int,
+        batcher: Batcher,
         optim: OptimConfig,
         eval_config: EvalConfig,
         output_dir: Path,
         save_every: int,
         keep_checkpoints: int = 2,
         logit_chunk: int = 1024,
-        layout: str = "shared",
         group_by_length: bool = False,
         callbacks: Sequence[StepCallback] = (),
     ) -> None:
@@ -95,7 +93,7 @@ class Trainer:
         self.objective = objective
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         self.train_reference, self.eval_reference = train_reference, eval_reference
-        self.batcher = Batcher(pad_id, layout, attention_length(model))
+        self.batcher = batcher
         self.optim, self.eval_config = optim, eval_config
         self.output_dir = Path(output_dir)
         self.save_every, self.keep = save_every, keep_checkpoints

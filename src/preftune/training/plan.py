@@ -11,7 +11,7 @@ micro-batches. The data position is therefore just the global step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,8 @@ class BatchPlan:
     world_size: int = 1
     grad_accumulation: int = 1
     lengths: tuple[int, ...] | None = None  # each pair's length, to group batches by length
+    # Every step asks for its epoch's order; it is computed once per epoch (the latest one kept).
+    _orders: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.lengths is not None and len(self.lengths) != self.num_examples:
@@ -50,6 +52,12 @@ class BatchPlan:
         return max_steps if max_steps is not None else max(1, math.ceil(epochs * self.steps_per_epoch))
 
     def order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            self._orders.clear()
+            self._orders[epoch] = self._new_order(epoch)
+        return self._orders[epoch]
+
+    def _new_order(self, epoch: int) -> torch.Tensor:
         seed = self.seed * 100_003 + epoch
         if self.lengths is not None:
             # Only the last of these batches can be short, so the first steps_per_epoch are full.

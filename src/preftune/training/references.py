@@ -16,7 +16,6 @@ from accelerate import Accelerator
 
 from preftune.data import Batcher, TokenizedPair
 from preftune.modeling import AdapterDisabledReference, FrozenCopyReference, ModelReference, PrecomputedReference
-from preftune.modeling.attention import attention_length
 from preftune.objectives import Objective
 from preftune.training.config import RunConfig
 
@@ -49,12 +48,12 @@ def make_reference(
     config: RunConfig,
     train_pairs: Sequence[TokenizedPair],
     eval_pairs: Sequence[TokenizedPair],
-    pad_id: int,
+    batcher: Batcher,
     accelerator: Accelerator,
 ) -> tuple[Any, Any]:
-    """(training reference or None when the objective needs none, held-out reference or None)."""
+    """(training reference or None when the objective needs none, held-out reference or None);
+    precomputed references read the pairs in the run's layout (``batcher``)."""
     chunk = config.logit_chunk
-    batcher = Batcher(pad_id, config.data.layout, attention_length(model))
     if kind == "adapter":
         live = AdapterDisabledReference(model, chunk_size=chunk)
     elif kind == "copy":

@@ -168,6 +168,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     model = load_model(config.model.name, dtype=config.model.dtype)
     model.config.use_cache = False
     stages = config.resolved_stages()
+    batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model))
     sample_prompts = [p.prompt_ids for p in eval_pairs[: config.eval.samples]]
     samples_before = greedy_responses(model, tokenizer, sample_prompts, config.eval.max_new_tokens)
 
@@ -190,7 +191,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         say(f"stage '{stage.name}': {objective.describe()}")
         t0 = time.perf_counter()
         train_ref, eval_ref = make_reference(
-            stage.reference, objective, model, config, train_pairs, eval_pairs, tokenizer.pad_token_id, accelerator
+            stage.reference, objective, model, config, train_pairs, eval_pairs, batcher, accelerator
         )
         say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s")
         if main:
@@ -206,14 +207,13 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             eval_pairs=eval_pairs,
             train_reference=train_ref,
             eval_reference=eval_ref,
-            pad_id=tokenizer.pad_token_id,
+            batcher=batcher,
             optim=_stage_optim(config, stage),
             eval_config=config.eval,
             output_dir=stage_dir,
             save_every=config.save_every,
             keep_checkpoints=config.keep_checkpoints,
             logit_chunk=config.logit_chunk,
-            layout=config.data.layout,
             group_by_length=config.data.group_by_length,
             callbacks=callbacks,
         )
@@ -417,8 +417,8 @@ def evaluate_model(
     else:
         ref_fn, ref_name = policy, f"{model} itself (h = 0: margin and accuracy say nothing)"
     values = pair_values(
-        policy, ref_fn, pairs, torch.arange(len(pairs)), Batcher(tokenizer.pad_token_id, "shared",
-        attention_length(policy_model)), batch_size, device, beta, average,
+        policy, ref_fn, pairs, torch.arange(len(pairs)), Batcher(tokenizer.pad_token_id,
+        attention_length=attention_length(policy_model)), batch_size, device, beta, average,
     )  # fmt: skip
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
 
