@@ -23,7 +23,7 @@ from tests.helpers import random_pairs
         ("ipo(beta=0.0)", "beta must be > 0"),
         ("dpo(label_smoothing=0.5)", "label_smoothing"),
         ("exmate(lamb=0.1)", "did you mean 'lam'"),
-        ("dpo(beta='high')", "beta must be float"),
+        ("dpo(beta='high')", "dpo: beta must be a number, got str 'high'"),
         ("dpo(average=1)", "average must be bool"),
         ("dpo(0.1)", "by name"),
         ("dpo - mle", "subtraction"),

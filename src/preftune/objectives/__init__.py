@@ -13,6 +13,7 @@ from preftune.objectives.base import Objective, ObjectiveOutput, Term
 from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood, log1m_exp
 from preftune.objectives.margin import DPO, IPO, Hinge, margin
 from preftune.objectives.metrics import group_metrics, pair_metrics
+from preftune.objectives.params import param
 from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
 from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs
 from preftune.objectives.registry import TERMS, build, make_term, parse, register
@@ -28,6 +29,6 @@ __all__ = [
     "BestOfN", "BestOfNNegative", "ExMATE", "GroupRecord", "Hinge", "Objective", "ObjectiveOutput",
     "PairRecord", "Record", "Reinforce", "SequenceLogProbs", "Term", "Unlikelihood",
     "bcr", "bon", "bon_neg", "build", "dpo", "dpop", "exmate", "group_metrics", "hinge", "ipo",
-    "log1m_exp", "make_term", "margin", "mate", "mle", "pair_metrics", "parse", "register",
+    "log1m_exp", "make_term", "margin", "mate", "mle", "pair_metrics", "param", "parse", "register",
     "reinforce", "rwr", "ul",
 ]  # fmt: skip

@@ -9,6 +9,7 @@ METHODS.md §6, all ``[B]`` tensors so that a trainer can reduce them across pro
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,12 +17,21 @@ import torch
 from torch import Tensor
 
 from preftune.errors import SpecError
+from preftune.objectives.params import check_params, check_weight, is_number
 from preftune.objectives.records import GroupRecord, PairRecord, Record
+
+NO_SUBTRACTION = "terms are added with positive weights; subtraction is not allowed"
+DIVIDE_BY_TERM = "an objective can be divided by a number, not a number by a term"
 
 
 @dataclass(frozen=True)
 class Term:
     """One loss term. Subclasses are frozen dataclasses whose fields are hyper-parameters.
+
+    Every field is checked on construction against its declared type and its bounds, declared
+    with :func:`~preftune.objectives.params.param` (``beta: float = param(0.1, gt=0)``); a
+    subclass's own ``__post_init__`` must call ``super().__post_init__()`` (an objective checks
+    its terms again anyway).
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
@@ -35,33 +45,44 @@ class Term:
     needs_token_logps: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
 
+    def __post_init__(self) -> None:
+        # One validator for every term, reading the field types and bounds: no per-term copies.
+        check_params(self)
+
     def loss(self, record: Record) -> Tensor:
         """Per-example loss ``[B]`` (pairs) or ``[P]`` (groups)."""
         raise NotImplementedError
-
-    def _check_positive(self, **values: float) -> None:
-        for key, value in values.items():
-            if not value > 0:
-                raise SpecError(f"{self.name}: {key} must be > 0, got {value}")
-
-    def _check_non_negative(self, **values: float) -> None:
-        for key, value in values.items():
-            if not value >= 0:
-                raise SpecError(f"{self.name}: {key} must be >= 0, got {value}")
 
     def describe(self) -> str:
         """``name(key=value, ...)`` with every hyper-parameter, parseable by :func:`parse`."""
         args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{self.name}({args})"
 
-    # Python composition: dpo() + 0.5 * exmate()
+    # Python composition, with the same rules as parse(): dpo() + 0.5 * exmate(), (dpo() + mle()) / 2.
     def __add__(self, other: Term | Objective) -> Objective:
         return Objective.of(self) + other
 
+    def __radd__(self, other: object) -> Objective:
+        return Objective.of(other) + self  # reached only for a non-term on the left: `of` refuses it
+
     def __mul__(self, weight: float) -> Objective:
-        return Objective(((float(weight), self),))
+        return Objective.of(self) * weight
 
     __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> Objective:
+        return Objective.of(self) / divisor
+
+    def __rtruediv__(self, other: object) -> Objective:
+        raise SpecError(DIVIDE_BY_TERM)
+
+    def __sub__(self, other: object) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
+
+    __rsub__ = __sub__
+
+    def __neg__(self) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
 
 
 @dataclass(frozen=True)
@@ -90,33 +111,74 @@ class Objective:
     weighted_terms: tuple[tuple[float, Term], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not self.weighted_terms:
+        pairs = self.weighted_terms
+        if not isinstance(pairs, tuple | list):
+            kind = type(pairs).__name__
+            raise SpecError(f"Objective takes (weight, term) pairs, got {kind}; Objective.of(term) wraps one term")
+        if not pairs:
             raise SpecError("an objective needs at least one term")
+        checked = []
+        for pair in pairs:
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise SpecError(f"an objective holds (weight, term) pairs, got {type(pair).__name__} {pair!r}")
+            weight, term = pair
+            if not isinstance(term, Term):
+                raise SpecError(f"an objective holds terms such as dpo(), got {type(term).__name__} {term!r}")
+            # Again here, for a user's term whose own __post_init__ does not call Term's.
+            check_params(term)
+            checked.append((check_weight(weight, term.name), term))
+        object.__setattr__(self, "weighted_terms", tuple(checked))
         kinds = {term.record_type for _, term in self.weighted_terms}
         if len(kinds) > 1:
-            pair = [t.name for _, t in self.weighted_terms if t.record_type is PairRecord]
-            group = [t.name for _, t in self.weighted_terms if t.record_type is GroupRecord]
+            pair_names = [t.name for _, t in self.weighted_terms if t.record_type is PairRecord]
+            group_names = [t.name for _, t in self.weighted_terms if t.record_type is GroupRecord]
             raise SpecError(
-                f"cannot combine pairwise terms {pair} with sampled-group terms {group}: "
+                f"cannot combine pairwise terms {pair_names} with sampled-group terms {group_names}: "
                 "they read different data (pairs vs C samples per prompt with rewards)"
             )
-        for weight, term in self.weighted_terms:
-            if weight != weight or weight in (float("inf"), float("-inf")):
-                raise SpecError(f"weight of '{term.name}' must be finite, got {weight}")
 
     @classmethod
-    def of(cls, term: Term | Objective) -> Objective:
-        return term if isinstance(term, Objective) else cls(((1.0, term),))
+    def of(cls, term: object) -> Objective:
+        """``term`` as an objective (weight 1); an objective as is; anything else refused."""
+        if isinstance(term, Objective):
+            return term
+        if isinstance(term, Term):
+            return cls(((1.0, term),))
+        raise SpecError(
+            f"cannot add {type(term).__name__} {term!r} to an objective: add terms, e.g. dpo() + 0.5*exmate()"
+        )
 
     def __add__(self, other: Term | Objective) -> Objective:
         return Objective(self.weighted_terms + Objective.of(other).weighted_terms)
 
-    __radd__ = __add__
+    def __radd__(self, other: object) -> Objective:
+        return Objective.of(other) + self
 
     def __mul__(self, weight: float) -> Objective:
+        if isinstance(weight, Term | Objective):
+            raise SpecError("a product must be a number times a term, not two terms")
+        check_weight(weight, str(self))  # the factor itself, before it multiplies the weights
         return Objective(tuple((w * float(weight), t) for w, t in self.weighted_terms))
 
     __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> Objective:
+        if isinstance(divisor, Term | Objective):
+            raise SpecError(DIVIDE_BY_TERM)
+        if not (is_number(divisor) and math.isfinite(divisor) and divisor > 0):  # type: ignore[arg-type]
+            raise SpecError(f"an objective can only be divided by a finite number > 0, got {divisor!r}")
+        return Objective(tuple((w / float(divisor), t) for w, t in self.weighted_terms))
+
+    def __rtruediv__(self, other: object) -> Objective:
+        raise SpecError(DIVIDE_BY_TERM)
+
+    def __sub__(self, other: object) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
+
+    __rsub__ = __sub__
+
+    def __neg__(self) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
 
     @property
     def terms(self) -> tuple[Term, ...]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from preftune.objectives.base import Term
+from preftune.objectives.params import param
 from preftune.objectives.records import PairRecord, SequenceLogProbs, as_float, require
 
 # log π is clamped to at most this before log(1 - π) so that π = 1 cannot give log 0.
@@ -29,12 +30,16 @@ LOG_PROB_CEILING = -1e-6
 
 
 def log1m_exp(log_p: Tensor) -> Tensor:
-    """log(1 - exp(log_p)) computed as log(-expm1(log_p)), stable for log_p near 0 and -inf.
+    """log(1 - exp(log_p)) computed as log(-expm1(log_p)), stable for log_p near 0 and -inf; any shape.
 
     ``log_p`` is clamped to at most :data:`LOG_PROB_CEILING` with a straight-through gradient,
     so the UL weight p/(1-p) stays finite (≈1e6) instead of becoming inf or being cut to 0.
+    ``log_p = -inf`` (p = 0) gives exactly 0 with gradient 0, never NaN (METHODS.md §2, Numerics).
     """
-    clamped = log_p - (log_p - log_p.clamp(max=LOG_PROB_CEILING)).detach()
+    # The clamp is a `where`, not `log_p - (log_p - clamp).detach()` everywhere: at -inf that arithmetic is
+    # -inf - (-inf) = NaN. The unselected branch's NaN never reaches the gradient: where() routes zeros to it.
+    above = log_p > LOG_PROB_CEILING
+    clamped = torch.where(above, log_p - (log_p - LOG_PROB_CEILING).detach(), log_p)
     return torch.log(-torch.expm1(clamped))
 
 
@@ -64,23 +69,25 @@ class MLE(Term):
 class Unlikelihood(Term):
     """``ul``: CE(y_w) + α·(-1/n_l) Σ_t log(1 - π(y_l,t)) (Welleck et al. 2020, sequence form).
 
-    w_bad(t) = α·p/(1-p)/n_l with p = π(y_l,t): unbounded as p -> 1 (METHODS.md §3).
+    w_bad(t) = α·p/(1-p)/n_l with p = π(y_l,t): unbounded as p -> 1 (METHODS.md §3). A token with
+    p = 0 (log-prob -inf) adds no penalty and no gradient.
     """
 
     name: ClassVar[str] = "ul"
     needs_rejected: ClassVar[bool] = True
     needs_token_logps: ClassVar[bool] = True
-    alpha: float = 1.0
+    alpha: float = param(1.0, ge=0)
     average: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_non_negative(alpha=self.alpha)
 
     def loss(self, record: PairRecord) -> Tensor:
         rejected = _rejected(record, self.name)
         require(rejected.tokens, "per-token log-probs of rejected responses", self.name)
         assert rejected.tokens is not None and rejected.mask is not None
-        log_not_p = log1m_exp(as_float(rejected.tokens)).masked_fill(~rejected.mask, 0.0)
+        mask = rejected.mask
+        # Select, never multiply: padding may hold anything (even -inf or NaN in a caller's own record), and
+        # 0·NaN in the backward pass would still be NaN.
+        safe = torch.where(mask, as_float(rejected.tokens), -1.0)
+        log_not_p = torch.where(mask, log1m_exp(safe), 0.0)
         penalty = -log_not_p.sum(-1)
         if self.average:
             penalty = penalty / rejected.count
@@ -89,15 +96,18 @@ class Unlikelihood(Term):
 
 @dataclass(frozen=True)
 class MATE(Term):
-    """``mate``: CE(y_w) - λ·CE(y_l) (P1 author code). Unbounded below: it can diverge."""
+    """``mate``: CE(y_w) - λ·CE(y_l) (P1 author code). Unbounded below: it can diverge.
+
+    A rejected token with log-prob -inf makes the loss -inf (its true value); the gradient stays λ/n_l.
+    """
 
     name: ClassVar[str] = "mate"
     needs_rejected: ClassVar[bool] = True
-    lam: float = 0.05
+    lam: float = param(0.05, ge=0)
     average: bool = True
 
     def __post_init__(self) -> None:
-        self._check_non_negative(lam=self.lam)
+        super().__post_init__()
         if self.lam > 0:
             warnings.warn(
                 "mate is unbounded below (the penalty -λ·CE(y_l) can fall without limit); exmate is its bounded form",
@@ -113,16 +123,14 @@ class MATE(Term):
 class ExMATE(Term):
     """``exmate``: CE(y_w) + λ·exp(-CE(y_l)) (P1, author code's token-mean CE).
 
-    w_bad(t) = λ·exp(A_l)/n_l ≤ λ/n_l: bounded, and it fades as y_l becomes unlikely.
+    w_bad(t) = λ·exp(A_l)/n_l ≤ λ/n_l: bounded, and it fades as y_l becomes unlikely; a rejected
+    token with log-prob -inf gives a penalty of 0 and a weight of 0.
     """
 
     name: ClassVar[str] = "exmate"
     needs_rejected: ClassVar[bool] = True
-    lam: float = 0.05
+    lam: float = param(0.05, ge=0)
     average: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_non_negative(lam=self.lam)
 
     def loss(self, record: PairRecord) -> Tensor:
         rejected = _rejected(record, self.name)

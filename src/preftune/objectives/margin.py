@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from preftune.errors import SpecError
 from preftune.objectives.base import Term
+from preftune.objectives.params import param
 from preftune.objectives.records import PairRecord, as_float, require
 
 
@@ -36,11 +36,8 @@ class MarginTerm(Term):
     needs_rejected: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = True
     builds_margin: ClassVar[bool] = True
-    beta: float = 0.1
+    beta: float = param(0.1, gt=0)
     average: bool = False
-
-    def __post_init__(self) -> None:
-        self._check_positive(beta=self.beta)
 
 
 @dataclass(frozen=True)
@@ -53,12 +50,7 @@ class DPO(MarginTerm):
     """
 
     name: ClassVar[str] = "dpo"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise SpecError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+    label_smoothing: float = param(0.0, ge=0, lt=0.5)
 
     def loss(self, record: PairRecord) -> Tensor:
         logits = self.beta * margin(record, self.average, self.name)

@@ -4,6 +4,13 @@ Each reads a :class:`GroupRecord` with fields shaped ``[P, C]`` and returns a ``
 the mean over a prompt's samples. Rewards and baselines are constants: gradients flow only
 through the policy's log-probs. ``bon`` has no negative gradient; ``bon_neg``, ``reinforce``
 (negative advantages) and the pairwise terms do: that contrast is P3's central question.
+
+Rewards: NaN is refused when the :class:`GroupRecord` is built (a NaN is a failed label, and
+argmax would take it for the best sample), so every term here sees NaN-free rewards; ±inf is
+allowed where it has a meaning (``bon``/``bon_neg``: +inf is the best, -inf never is unless
+all are; ``rwr``: weight w_max or 0) and refused by ``reinforce``, whose advantage r - b would
+be inf - inf. A sample whose weight is zero contributes exactly zero, even if its log-prob is
+-inf (0·-inf is NaN in floating point, so the sums below select instead of multiplying).
 """
 
 from __future__ import annotations
@@ -17,12 +24,11 @@ from torch import Tensor
 
 from preftune.errors import SpecError
 from preftune.objectives.base import Term
+from preftune.objectives.params import param
 from preftune.objectives.records import GroupRecord, as_float, require
 
 
 def _need_samples(record: GroupRecord, name: str, minimum: int) -> None:
-    if record.rewards.ndim != 2:
-        raise SpecError(f"{name}: rewards must be [prompts, samples], got shape {tuple(record.rewards.shape)}")
     if record.rewards.shape[1] < minimum:
         raise SpecError(f"{name} needs at least {minimum} samples per prompt, got {record.rewards.shape[1]}")
 
@@ -33,6 +39,12 @@ def _best_mask(rewards: Tensor) -> Tensor:
     return torch.zeros_like(rewards, dtype=torch.bool).scatter_(-1, best, True)
 
 
+def _weighted_sum(weights: Tensor, score: Tensor) -> Tensor:
+    """``[P]`` Σ_c weights·score over ``[P, C]`` constants and scores; a zero weight adds exactly 0
+    (and no gradient) even where the score is -inf."""
+    return torch.where(weights != 0, weights * score, torch.zeros_like(score)).sum(-1)
+
+
 @dataclass(frozen=True)
 class Reinforce(Term):
     """``reinforce``: -(r - b)·S(y), averaged over a prompt's samples (Williams 1992).
@@ -40,19 +52,15 @@ class Reinforce(Term):
     ``baseline``: ``"loo"`` (leave-one-out mean of the prompt's other samples, RLOO),
     ``"mean"`` (mean of all samples, biased), ``"given"`` (``record.baseline``, e.g. a
     moving average kept by the trainer), ``"none"``. ``kl_coef`` > 0 shapes the reward with
-    the sampled KL estimate: r - kl_coef·(S - S_ref), detached (needs ``record.ref``).
+    the sampled KL estimate: r - kl_coef·(S - S_ref), detached (needs ``record.ref``). Rewards
+    (after that shaping) must be finite: ±inf is refused, as r - b would be inf - inf = NaN.
     """
 
     name: ClassVar[str] = "reinforce"
     record_type: ClassVar[type] = GroupRecord
     baseline: Literal["loo", "mean", "given", "none"] = "loo"
-    kl_coef: float = 0.0
+    kl_coef: float = param(0.0, ge=0)
     average: bool = False
-
-    def __post_init__(self) -> None:
-        if self.baseline not in ("loo", "mean", "given", "none"):
-            raise SpecError(f"reinforce: baseline must be loo, mean, given or none, got {self.baseline!r}")
-        self._check_non_negative(kl_coef=self.kl_coef)
 
     @property
     def needs_reference(self) -> bool:  # type: ignore[override]
@@ -67,6 +75,12 @@ class Reinforce(Term):
             assert record.ref is not None
             kl = (as_float(record.samples.sum) - as_float(record.ref.sum)).detach()
             rewards = rewards - self.kl_coef * kl
+        bad = int((~torch.isfinite(rewards)).sum())
+        if bad:
+            raise SpecError(
+                f"reinforce: rewards must be finite (after the KL penalty, if any), {bad} of {rewards.numel()} are "
+                "not: the advantage r - b would be inf - inf"
+            )
         n = rewards.shape[-1]
         if self.baseline == "loo":
             base = (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)
@@ -78,36 +92,39 @@ class Reinforce(Term):
             base = as_float(record.baseline).detach()
         else:
             base = torch.zeros_like(rewards)
-        return (-(rewards - base) * score).mean(-1)
+        return _weighted_sum(-(rewards - base), score) / n
 
 
 @dataclass(frozen=True)
 class RWR(Term):
     """``rwr``: -w·A(y), w = exp(r/T) clipped to [0, w_max] (reward-weighted regression).
 
-    Weights are positive, so there is no negative gradient: it is filtered imitation.
+    Weights are positive, so there is no negative gradient: it is filtered imitation. A reward of
+    +inf gets w_max, one of -inf gets 0 (that sample then adds nothing, even at log-prob -inf).
     """
 
     name: ClassVar[str] = "rwr"
     record_type: ClassVar[type] = GroupRecord
-    temperature: float = 1.0
-    w_max: float = 20.0
+    temperature: float = param(1.0, gt=0)
+    w_max: float = param(20.0, gt=0)
     average: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_positive(temperature=self.temperature, w_max=self.w_max)
 
     def loss(self, record: GroupRecord) -> Tensor:
         _need_samples(record, self.name, 1)
         # exp(min(r/T, log w_max)) equals the clipped weight and cannot overflow.
         scaled = as_float(record.rewards).detach() / self.temperature
         weights = torch.exp(scaled.clamp(max=math.log(self.w_max)))
-        return (-weights * as_float(record.samples.score(self.average))).mean(-1)
+        return _weighted_sum(-weights, as_float(record.samples.score(self.average))) / weights.shape[-1]
 
 
 @dataclass(frozen=True)
 class BestOfN(Term):
-    """``bon``: -A(y*) for the best-reward sample y* of each prompt (filtered BC)."""
+    """``bon``: -A(y*) for the best-reward sample y* of each prompt (filtered BC).
+
+    y* is the first sample of highest reward; +inf counts as the highest. NaN rewards never reach
+    here: the :class:`GroupRecord` refuses them (a NaN is a failed label, not a score; treating it as
+    missing would silently train on fewer samples than asked).
+    """
 
     name: ClassVar[str] = "bon"
     record_type: ClassVar[type] = GroupRecord
@@ -117,24 +134,25 @@ class BestOfN(Term):
         _need_samples(record, self.name, 1)
         best = _best_mask(record.rewards)
         score = as_float(record.samples.score(self.average))
-        return -(score * best).sum(-1)
+        return -_weighted_sum(best.to(score.dtype), score)
 
 
 @dataclass(frozen=True)
 class BestOfNNegative(Term):
-    """``bon_neg``: -A(y*) + β/(C-1)·Σ_{y≠y*} A(y): best-of-N with a negative gradient (P3)."""
+    """``bon_neg``: -A(y*) + β/(C-1)·Σ_{y≠y*} A(y): best-of-N with a negative gradient (P3).
+
+    y* is chosen as in ``bon`` (first highest reward; NaN rewards are refused by the record).
+    """
 
     name: ClassVar[str] = "bon_neg"
     record_type: ClassVar[type] = GroupRecord
-    beta: float = 0.1
+    beta: float = param(0.1, gt=0)
     average: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_positive(beta=self.beta)
 
     def loss(self, record: GroupRecord) -> Tensor:
         _need_samples(record, self.name, 2)
         best = _best_mask(record.rewards)
         score = as_float(record.samples.score(self.average))
         n = score.shape[-1]
-        return -(score * best).sum(-1) + self.beta / (n - 1) * (score * ~best).sum(-1)
+        best_f = best.to(score.dtype)
+        return -_weighted_sum(best_f, score) + self.beta / (n - 1) * _weighted_sum(1.0 - best_f, score)

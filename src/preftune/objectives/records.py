@@ -32,6 +32,32 @@ class SequenceLogProbs:
     tokens: Tensor | None = None
     mask: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Shapes are checked here, once, because a [B, 1] field against a [B] one would broadcast into a
+        # [B, B] loss without a word.
+        for name in ("sum", "count"):
+            if not isinstance(getattr(self, name), Tensor):
+                raise SpecError(f"log-prob record: {name} must be a tensor, got {type(getattr(self, name)).__name__}")
+        if self.sum.shape != self.count.shape:
+            raise SpecError(f"log-prob record: sum {_shape(self.sum)} and count {_shape(self.count)} differ in shape")
+        if (self.tokens is None) != (self.mask is None):
+            raise SpecError("log-prob record: tokens and mask come together (both or neither)")
+        if self.tokens is not None and self.mask is not None:
+            if self.tokens.shape != self.mask.shape:
+                raise SpecError(f"tokens {_shape(self.tokens)} and mask {_shape(self.mask)} differ in shape")
+            if self.mask.dtype != torch.bool:
+                raise SpecError(f"log-prob record: mask must be bool, got {self.mask.dtype}")
+            if self.tokens.shape[:-1] != self.sum.shape:
+                raise SpecError(
+                    f"log-prob record: tokens {_shape(self.tokens)} must be sum's shape {_shape(self.sum)} plus one "
+                    "token axis"
+                )
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The shape of ``sum`` and ``count``: ``(B,)`` for pairs, ``(P, C)`` for groups."""
+        return tuple(self.sum.shape)
+
     @classmethod
     def from_tokens(cls, tokens: Tensor, mask: Tensor) -> SequenceLogProbs:
         """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``.
@@ -78,6 +104,14 @@ class PairRecord:
     ref_chosen: SequenceLogProbs | None = None
     ref_rejected: SequenceLogProbs | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.chosen, SequenceLogProbs):
+            raise SpecError(f"PairRecord: chosen must be a SequenceLogProbs, got {type(self.chosen).__name__}")
+        if len(self.chosen.batch_shape) != 1:
+            raise SpecError(f"PairRecord: fields must be [B] (one value per pair), chosen is {self.chosen.batch_shape}")
+        for name in ("rejected", "ref_chosen", "ref_rejected"):
+            _same_shape(getattr(self, name), name, self.chosen.batch_shape, "PairRecord", "chosen")
+
     @property
     def batch_size(self) -> int:
         return int(self.chosen.sum.shape[0])
@@ -100,12 +134,48 @@ class GroupRecord:
     ref: SequenceLogProbs | None = None
     baseline: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, SequenceLogProbs):
+            raise SpecError(f"GroupRecord: samples must be a SequenceLogProbs, got {type(self.samples).__name__}")
+        if not isinstance(self.rewards, Tensor) or self.rewards.ndim != 2:
+            shape = _shape(self.rewards) if isinstance(self.rewards, Tensor) else type(self.rewards).__name__
+            raise SpecError(f"GroupRecord: rewards must be a [prompts, samples] tensor, got {shape}")
+        shape = tuple(self.rewards.shape)
+        _same_shape(self.samples, "samples", shape, "GroupRecord", "rewards")
+        _same_shape(self.ref, "ref", shape, "GroupRecord", "rewards")
+        if self.baseline is not None and not (isinstance(self.baseline, Tensor) and self.baseline.shape == shape):
+            got = _shape(self.baseline) if isinstance(self.baseline, Tensor) else type(self.baseline).__name__
+            raise SpecError(f"GroupRecord: baseline {got} and rewards {shape} differ in shape")
+        # A NaN reward is a failed label: argmax would pick it as the best sample and any advantage built on it
+        # is NaN, so it is refused here, once, for every on-policy term (see policy_gradient.py).
+        nan = int(torch.isnan(self.rewards).sum())
+        if nan:
+            raise SpecError(
+                f"GroupRecord: {nan} of {self.rewards.numel()} rewards are NaN; score those samples or drop them"
+            )
+        if self.baseline is not None and not bool(torch.isfinite(self.baseline).all()):
+            raise SpecError("GroupRecord: the baseline must be finite, it holds NaN or inf")
+
     @property
     def batch_size(self) -> int:
         return int(self.rewards.shape[0])
 
 
 Record = PairRecord | GroupRecord
+
+
+def _shape(x: Tensor) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def _same_shape(record: object, name: str, shape: tuple[int, ...], owner: str, against: str) -> None:
+    """Refuse an optional log-prob record whose batch shape differs from ``shape`` (that of ``against``)."""
+    if record is None:
+        return
+    if not isinstance(record, SequenceLogProbs):
+        raise SpecError(f"{owner}: {name} must be a SequenceLogProbs or None, got {type(record).__name__}")
+    if record.batch_shape != shape:
+        raise SpecError(f"{owner}: {name} {record.batch_shape} and {against} {shape} differ in shape")
 
 
 def require(value: object, what: str, term: str) -> None:

@@ -1,9 +1,11 @@
 """Names of terms, and objectives parsed from strings such as ``"dpo + 0.5*exmate(lam=0.1)"``.
 
 The grammar is a sum of products, read with Python's own :mod:`ast` and nothing evaluated:
-``term``, ``weight*term``, ``term*weight`` and ``term(key=value, ...)`` with literal values.
-Weights are positive; anything else is refused with a message that says what was expected
-and, for a misspelt name, the closest valid one.
+``term``, ``weight*term``, ``term*weight``, ``term/number`` and ``term(key=value, ...)`` with
+literal values, each by name. Weights are finite and positive and every value is checked by the
+term itself, exactly as for an objective built in Python; anything else (``*args``, ``**kwargs``,
+subtraction, calls of calls...) is refused with a message that says what was expected and, for a
+misspelt name, the closest valid one.
 """
 
 from __future__ import annotations
@@ -40,25 +42,20 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def make_term(name: str, **params: object) -> Term:
-    """Build one term by registry name with keyword hyper-parameters, checking every one."""
+    """Build one term by registry name with keyword hyper-parameters; the term checks their values."""
     key = name.lower()
     if key not in TERMS:
         raise SpecError(f"unknown objective term '{name}'{_suggest(key, list(TERMS))}")
     cls = TERMS[key]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for param, value in params.items():
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for param in params:
         if param not in fields:
             raise SpecError(f"{key} has no parameter '{param}'{_suggest(param, list(fields))}")
-        default = fields[param].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float | int):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            raise SpecError(f"{key}: {param} must be {type(default).__name__}, got {value!r}")
-    return cls(**{k: float(v) if isinstance(fields[k].default, float) else v for k, v in params.items()})
+    for f in fields.values():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and f.name not in params:
+            raise SpecError(f"{key} needs parameter '{f.name}', e.g. {key}({f.name}=...)")
+    return cls(**params)  # type: ignore[arg-type]
 
 
 def _number(node: ast.expr) -> float | None:
@@ -73,8 +70,25 @@ def _number(node: ast.expr) -> float | None:
 def _literal(node: ast.expr, where: str) -> object:
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise SpecError(f"{where}: values must be literals (numbers, True/False, strings)") from None
+
+
+def _call(node: ast.Call, text: str) -> Objective:
+    """``term(key=value, ...)``: every argument by name, with a literal value; nothing else."""
+    name = node.func.id  # type: ignore[attr-defined]
+    if any(isinstance(arg, ast.Starred) for arg in node.args):
+        raise SpecError(f"objective '{text}': *args is not allowed; give parameters by name, e.g. {name}(beta=0.1)")
+    if node.args:
+        raise SpecError(f"objective '{text}': give parameters by name, e.g. {name}(beta=0.1)")
+    if any(kw.arg is None for kw in node.keywords):
+        raise SpecError(f"objective '{text}': **kwargs is not allowed; give parameters by name, e.g. {name}(beta=0.1)")
+    names = [kw.arg for kw in node.keywords]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpecError(f"objective '{text}': {name} is given {', '.join(map(str, twice))} more than once")
+    params = {kw.arg: _literal(kw.value, f"objective '{text}'") for kw in node.keywords}
+    return Objective.of(make_term(name, **params))  # type: ignore[arg-type]
 
 
 def _parse_node(node: ast.expr, text: str) -> Objective:
@@ -84,17 +98,17 @@ def _parse_node(node: ast.expr, text: str) -> Objective:
         for weight_node, term_node in ((node.left, node.right), (node.right, node.left)):
             weight = _number(weight_node)
             if weight is not None:
-                if not weight > 0:
-                    raise SpecError(f"objective '{text}': weights must be > 0, got {weight:g}")
-                return _parse_node(term_node, text) * weight
+                return _parse_node(term_node, text) * weight  # the objective checks the weight (> 0, finite)
         raise SpecError(f"objective '{text}': a product must be a number times a term")
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        divisor = _number(node.right)
+        if divisor is None:
+            raise SpecError(f"objective '{text}': a term can be divided by a number only, e.g. 'dpo/2'")
+        return _parse_node(node.left, text) / divisor
     if isinstance(node, ast.Name):
         return Objective.of(make_term(node.id))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        if node.args:
-            raise SpecError(f"objective '{text}': give parameters by name, e.g. {node.func.id}(beta=0.1)")
-        params = {kw.arg: _literal(kw.value, f"objective '{text}'") for kw in node.keywords if kw.arg}
-        return Objective.of(make_term(node.func.id, **params))
+        return _call(node, text)
     if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub)) or isinstance(node, ast.UnaryOp):
         raise SpecError(f"objective '{text}': terms are added with positive weights; subtraction is not allowed")
     raise SpecError(f"objective '{text}': expected terms like 'dpo + 0.5*exmate(lam=0.1)'")
@@ -108,9 +122,16 @@ def parse(text: str) -> Objective:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise SpecError(f"cannot parse objective '{text}': {err.msg}; e.g. 'dpo + 0.5*exmate'") from None
+    except ValueError as err:  # e.g. null bytes
+        raise SpecError(f"cannot parse objective {text[:80]!r}: {err}") from None
+    except (MemoryError, RecursionError):
+        raise SpecError(f"cannot parse objective '{text[:80]}...': too long or too deeply nested") from None
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        return _parse_node(tree.body, text)
+        try:
+            return _parse_node(tree.body, text)
+        except RecursionError:
+            raise SpecError(f"objective '{text[:80]}...': too many terms nested in one expression") from None
 
 
 def build(spec: str | Term | Objective) -> Objective:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from preftune.objectives.base import Term
+from preftune.objectives.params import param
 from preftune.objectives.records import PairRecord, as_float, require
 
 
@@ -26,12 +27,9 @@ class BCR(Term):
 
     name: ClassVar[str] = "bcr"
     needs_reference: ClassVar[bool] = True
-    lam: float = 1.0
-    delta: float = 0.05
+    lam: float = param(1.0, ge=0)
+    delta: float = param(0.05, ge=0)
     average: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_non_negative(lam=self.lam, delta=self.delta)
 
     def loss(self, record: PairRecord) -> Tensor:
         require(record.ref_chosen, "reference log-probs of chosen responses", self.name)
