@@ -62,3 +62,29 @@ def naive_logprobs(model, batch: TokenBatch) -> torch.Tensor:
         logits = logits.float()
     logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
     return (logps * batch.response_mask[:, 1:]).sum(1)
+
+
+def chat_examples(examples: list[tuple[str, str, str]]) -> list:
+    """Conversational :class:`~preftune.data.examples.PreferenceExample` s from ``(prompt, chosen, rejected)`` texts."""
+    from preftune.data.examples import Origin, PreferenceExample
+
+    return [
+        PreferenceExample(
+            [{"role": "user", "content": prompt}],
+            [{"role": "assistant", "content": chosen}],
+            [{"role": "assistant", "content": rejected}],
+            Origin("test", row),
+        )
+        for row, (prompt, chosen, rejected) in enumerate(examples, start=1)
+    ]
+
+
+def pipeline_batch(tokenizer, examples: list[tuple[str, str, str]], layout: str, attention_length: int | None = None):
+    """A batch the way a run builds one: chat template and response masks through
+    :func:`preftune.data.tokenize_examples`, then ``layout`` (padded, packed or shared)."""
+    from preftune.data.collate import build_batch
+    from preftune.data.tokenize import tokenize_examples
+
+    pairs, _ = tokenize_examples(chat_examples(examples), tokenizer, max_length=None)
+    indices = list(range(len(pairs)))
+    return build_batch(pairs, indices, tokenizer.pad_token_id, layout, attention_length=attention_length)

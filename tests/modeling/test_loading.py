@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from preftune.errors import PreftuneError
-from preftune.modeling import load_model, load_tokenizer, resolve_model
+from preftune.modeling import DTYPES, load_model, load_tokenizer, resolve_model
 
 
 def test_builtin_names_and_folders(tiny_path: Path) -> None:
@@ -59,3 +59,9 @@ def test_tokenizer_without_pad_gets_eos(tiny_path: Path, tmp_path: Path) -> None
 def test_bad_dtype(tiny_path: Path) -> None:
     with pytest.raises(PreftuneError, match="dtype 'int8'"):
         load_model(tiny_path, dtype="int8")
+
+
+def test_dtype_names_are_exposed_and_a_bad_one_fails_before_loading() -> None:
+    assert DTYPES == ("auto", "float32", "bfloat16", "float16")
+    with pytest.raises(PreftuneError, match=r"^dtype 'float33' is not one of auto, float32, bfloat16, float16$"):
+        load_model("./nope", dtype="float33")  # the dtype is checked before the (missing) model is looked for

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import ListConfig
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -66,3 +69,90 @@ def test_last_layers_adapts_only_the_top_of_the_stack(tiny: torch.nn.Module) -> 
     assert len(names) == 7 and all(".layers.1." in n for n in names)
     with pytest.raises(PreftuneError, match="between 1 and 2"):
         apply_lora(load_model("tiny-random"), last_layers=3)
+
+
+def _adapted(lora) -> list[str]:
+    """``layer.leaf`` of every module that got an adapter, e.g. ``1.q_proj``."""
+    names = [n.removesuffix(".lora_A") for n, _ in lora.named_modules() if n.endswith(".lora_A")]
+    return sorted(f"{n.split('.layers.')[1].split('.')[0]}.{n.rsplit('.', 1)[1]}" for n in names)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        "q_proj,v_proj",
+        " q_proj , v_proj ",
+        ["q_proj", "v_proj"],
+        ("q_proj", "v_proj"),
+        ListConfig(["q_proj", "v_proj"]),
+        ["self_attn.q_proj", "v_proj", "q_proj"],  # a dotted suffix; duplicates are harmless
+        r".*\.(q|v)_proj",  # a regex, matched in full as peft does
+    ],
+)
+def test_target_modules_in_every_form(tiny: torch.nn.Module, targets) -> None:
+    assert _adapted(apply_lora(tiny, target_modules=targets)) == ["0.q_proj", "0.v_proj", "1.q_proj", "1.v_proj"]
+
+
+@pytest.mark.parametrize("targets", [["all-linear"], "ALL-LINEAR", ListConfig(["all-linear"])])
+def test_all_linear_in_other_spellings(tiny: torch.nn.Module, targets) -> None:
+    assert len(_adapted(apply_lora(tiny, target_modules=targets))) == 2 * 7
+
+
+def test_a_single_plain_name_is_a_name_not_a_regex(tiny: torch.nn.Module) -> None:
+    # peft reads a bare string as a regex over full names, which "q_proj" never matches in full
+    assert _adapted(apply_lora(tiny, target_modules="q_proj")) == ["0.q_proj", "1.q_proj"]
+
+
+@pytest.mark.parametrize("targets", ["q_proj,v_proj", r".*_proj", r"model\.layers\.\d+\.mlp\.up_proj"])
+def test_target_modules_compose_with_last_layers(tiny: torch.nn.Module, targets: str) -> None:
+    adapted = _adapted(apply_lora(tiny, target_modules=targets, last_layers=1))
+    assert adapted and all(name.startswith("1.") for name in adapted)
+
+
+def test_unknown_names_are_one_line_with_the_linear_modules(tiny_path: Path) -> None:
+    linear = "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
+    with pytest.raises(PreftuneError) as info:
+        apply_lora(load_model(tiny_path), target_modules=["qproj"])
+    assert str(info.value) == f"lora.target_modules: no module named 'qproj' in the model; linear modules: {linear}"
+    with pytest.raises(PreftuneError, match=r"^lora.target_modules: no modules named 'qproj', 'vv' in the model; "):
+        apply_lora(load_model(tiny_path), target_modules="qproj,v_proj,vv")
+    with pytest.raises(PreftuneError, match=r"pattern '.\*qproj' matches no layer of the model; linear modules: down"):
+        apply_lora(load_model(tiny_path), target_modules=".*qproj")
+    with pytest.raises(PreftuneError, match=r"no module named 'embed_tokens' in the adapted layers \[1\]"):
+        apply_lora(load_model(tiny_path), target_modules="embed_tokens", last_layers=1)
+    with pytest.raises(PreftuneError, match=r"^lora.target_modules: 'self_attn' names LlamaAttention blocks"):
+        apply_lora(load_model(tiny_path), target_modules="self_attn")
+    with pytest.raises(PreftuneError, match=r"matches only the output layer"):
+        apply_lora(load_model(tiny_path), target_modules="lm_h.*")
+    for bad in ("", [], [1]):
+        with pytest.raises(PreftuneError, match=r"^lora.target_modules"):
+            apply_lora(load_model(tiny_path), target_modules=bad)
+
+
+def test_what_peft_refuses_is_one_line(tiny: torch.nn.Module) -> None:
+    with pytest.raises(PreftuneError, match=r"^LoRA could not be applied: dropout probability has to be between"):
+        apply_lora(tiny, dropout=2.0)
+
+
+def test_adapter_saved_on_another_base_names_and_loads_that_base(tiny_path: Path, tmp_path: Path) -> None:
+    """A staged run: stage 2 trains an adapter on stage 1's merged weights, held in memory."""
+    stage1 = _perturbed_lora(load_model(tiny_path))
+    merged_dir = save_lora(stage1, tmp_path / "stage1-merged", merged=True)
+    stage2 = _perturbed_lora(copy.deepcopy(stage1).merge_and_unload())  # still named after the tiny model
+    ids = torch.randint(3, 49152, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = stage2(ids).logits
+
+    plain = save_lora(stage2, tmp_path / "plain")
+    assert json.loads((plain / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_path)
+    adapter = save_lora(stage2, tmp_path / "adapter", base_model=merged_dir)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(merged_dir.resolve())
+    assert stage2.peft_config["default"].base_model_name_or_path == str(tiny_path)  # the model itself unchanged
+    with torch.no_grad():
+        reloaded = AutoModelForCausalLM.from_pretrained(adapter).eval()(ids).logits
+        wrong = AutoModelForCausalLM.from_pretrained(plain).eval()(ids).logits
+    assert (reloaded - expected).abs().max() <= 1e-4
+    assert (wrong - expected).abs().max() > 1e-3  # what naming the original base gives
+    with pytest.raises(PreftuneError, match="merged save"):
+        save_lora(stage2, tmp_path / "x", merged=True, base_model=merged_dir)

@@ -2,12 +2,15 @@
 
     >>> from preftune.modeling import load_model, load_tokenizer, apply_lora, sequence_logprobs
     >>> model = apply_lora(load_model("smollm2-135m-instruct"))
+    >>> enable_gradient_checkpointing(model)  # optional: less memory, about a third more compute
     >>> chosen, rejected = sequence_logprobs(model, batch, with_tokens=False)
 
 Imports only ``preftune.errors``, ``preftune.objectives`` (records) and ``preftune.data.batch``.
 """
 
-from preftune.modeling.cache import atomic_directory, cache_root
+from preftune.modeling.cache import atomic_directory, cache_root, chmod_as_created, write_atomic
+from preftune.modeling.chat_template import CHAT_TEMPLATES, apply_chat_template_setting, check_chat_template
+from preftune.modeling.checkpointing import enable_gradient_checkpointing, gradient_checkpointing_enabled
 from preftune.modeling.embedded import (
     EMBEDDED_NAME,
     convert_embedded_model,
@@ -16,9 +19,9 @@ from preftune.modeling.embedded import (
     verify_embedded_model,
 )
 from preftune.modeling.fingerprint import batches_fingerprint, model_fingerprint
-from preftune.modeling.loading import load_model, load_tokenizer, resolve_model
+from preftune.modeling.loading import DTYPES, load_model, load_tokenizer, resolve_model
 from preftune.modeling.logprobs import causal_lm_parts, check_batch, response_token_logprobs, sequence_logprobs
-from preftune.modeling.lora import apply_lora, save_lora
+from preftune.modeling.lora import apply_lora, check_lora_targets, save_lora
 from preftune.modeling.reference import (
     AdapterDisabledReference,
     FrozenCopyReference,
@@ -29,6 +32,8 @@ from preftune.modeling.reference import (
 from preftune.modeling.tiny import TINY_NAME, build_tiny_model, tiny_model_path
 
 __all__ = [
+    "CHAT_TEMPLATES",
+    "DTYPES",
     "EMBEDDED_NAME",
     "TINY_NAME",
     "AdapterDisabledReference",
@@ -36,6 +41,7 @@ __all__ = [
     "ModelReference",
     "PrecomputedReference",
     "ReferenceLogProbs",
+    "apply_chat_template_setting",
     "apply_lora",
     "atomic_directory",
     "batches_fingerprint",
@@ -43,9 +49,14 @@ __all__ = [
     "cache_root",
     "causal_lm_parts",
     "check_batch",
+    "check_chat_template",
+    "check_lora_targets",
+    "chmod_as_created",
     "convert_embedded_model",
     "embedded_gguf_path",
+    "enable_gradient_checkpointing",
     "ensure_embedded_model",
+    "gradient_checkpointing_enabled",
     "load_model",
     "load_tokenizer",
     "model_fingerprint",
@@ -55,4 +66,5 @@ __all__ = [
     "sequence_logprobs",
     "tiny_model_path",
     "verify_embedded_model",
+    "write_atomic",
 ]

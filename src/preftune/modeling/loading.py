@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -24,6 +24,7 @@ from preftune.modeling.embedded import EMBEDDED_NAME, ensure_embedded_model
 from preftune.modeling.tiny import TINY_NAME, tiny_model_path
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(DType)  # the names ``load_model(dtype=)`` takes, for config checks
 HUB_TIMEOUT_S = 10.0
 
 
@@ -64,8 +65,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    kwargs = {"dtype": dtype if dtype == "auto" else _torch_dtype(dtype)}  # a bad name fails before any loading
     source = resolve_model(name_or_path)
-    kwargs = {"dtype": dtype if dtype == "auto" else _torch_dtype(dtype)}
     model = _from_local_or_hub(
         AutoModelForCausalLM, source, name_or_path, "config.json", attn_implementation="sdpa", **kwargs
     )
@@ -167,5 +168,5 @@ def _looks_like_path(text: str) -> bool:
 def _torch_dtype(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
-        raise PreftuneError(f"dtype '{name}' is not one of auto, {', '.join(dtypes)}")
+        raise PreftuneError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
     return dtypes[name]

@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from preftune.modeling.cache import write_atomic
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -32,11 +34,8 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON to ``path`` through a unique temporary file and a rename, with the umask's file mode."""
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

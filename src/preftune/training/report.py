@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from preftune.modeling.cache import write_atomic
+
 CURVES = [
     ("loss", "loss (and each term)"),
     ("accuracy", "preference accuracy (h > 0)"),
@@ -49,9 +51,8 @@ def plot_curves(history: Sequence[dict[str, float]], evals: Sequence[dict[str, A
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write UTF-8 ``text`` to ``path`` through a unique temporary file and a rename, with the umask's file mode."""
+    write_atomic(path, text)
 
 
 def format_eval_table(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
