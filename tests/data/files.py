@@ -9,6 +9,7 @@ from typing import Any
 SHARED = Path("/work/shared/data")
 HH_FILE = SHARED / "hh-rlhf-harmless-base-test.jsonl.gz"
 OASST_FILE = SHARED / "oasst-en-100-tree.jsonl"
+PANDALM_FILE = SHARED / "pandalm-testset-v1.json"
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -208,7 +208,7 @@ def test_wrong_column_names_suggest_the_closest(tmp_path: Path) -> None:
         load_preference_data(path)
     assert str(excinfo.value) == (
         "data.jsonl: no 'chosen' column; found ['prompt', 'chosen_response', 'rejected_response']; "
-        "did you mean 'chosen_response'? (pass columns={'chosen': 'chosen_response'})"
+        "did you mean 'chosen_response'? (set data.columns.chosen=chosen_response)"
     )
     examples, _ = load_preference_data(path, columns={"chosen": "chosen_response", "rejected": "rejected_response"})
     assert (examples[0].chosen, examples[0].rejected) == ("A", "B")
@@ -221,7 +221,9 @@ def test_typo_in_column_name_and_in_mapping(tmp_path: Path) -> None:
     ):
         load_preference_data(path)
     with pytest.raises(
-        PreftuneError, match=r"columns maps 'prompt' to 'prompts', which is not a column; .* did you mean 'promt'\?"
+        PreftuneError,
+        match=r"^t.jsonl: data.columns.prompt=prompts names no column; .* did you mean 'promt'\? "
+        r"\(set data.columns.prompt=promt\)$",
     ):
         load_preference_data(path, columns={"prompt": "prompts"})
 

@@ -9,29 +9,35 @@ Formats (``format=`` of :func:`preftune.data.load_preference_data`):
   or HH-RLHF transcripts (see :mod:`preftune.data.dialogues`); like TRL, a ``prompt`` column that
   is text while the dialogues are message lists is ignored;
 - ``"ranked"``: ``prompt``, ``completions``, ``ranks`` or ``scores`` (see :mod:`preftune.data.ranked`);
-- ``"oasst"``: OpenAssistant message trees in a ``prompt`` column.
+- ``"oasst"``: OpenAssistant message trees in a ``prompt`` column;
+- ``"labelled"``: a prompt, two responses and a label saying which is better (AlpacaEval,
+  LLMBar, PandaLM; see :mod:`preftune.data.labelled`).
 
-``"auto"`` picks one from the column names and the first row. A missing column is reported with
-the columns found and the closest one (``difflib``); ``columns={"chosen": "chosen_response"}``
-maps the expected names onto the file's.
+``"auto"`` picks one from the column names and the first row: ``labelled`` when there is no
+``chosen``/``rejected`` but two response columns (``output_1``/``output_2``, ``response1``/
+``response2``...). A missing column is reported with the columns found and the closest one
+(``difflib``); ``columns={"chosen": "chosen_response"}`` (``data.columns.chosen=chosen_response``)
+maps the expected names onto the file's (:mod:`preftune.data.columns`).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from preftune.data.columns import EXPECTED, apply_columns, closest, missing_column
 from preftune.data.dialogues import is_hh_transcript, parse_implicit
 from preftune.data.examples import Origin, PreferenceExample
+from preftune.data.labelled import LabelledParser, LabelSpec, response_columns
 from preftune.data.ranked import PAIRINGS, TREE_TURNS, parse_ranked, parse_tree
-from preftune.data.sources import RawRows
+from preftune.data.rows import RawRows
 from preftune.data.validation import as_messages, as_text, is_messages
 from preftune.errors import PreftuneError
 
-FORMATS = ("auto", "standard", "conversational", "implicit", "ranked", "oasst")
-EXPECTED = ("prompt", "chosen", "rejected", "completions", "ranks", "scores", "completion", "label")
+__all__ = ["EXPECTED", "FORMATS", "apply_columns", "closest", "detect_format", "missing_column", "resolve_format"]
+
+FORMATS = ("auto", "standard", "conversational", "implicit", "ranked", "oasst", "labelled")
 REQUIRED = {
     "standard": ("chosen", "rejected", "prompt"),
     "conversational": ("chosen", "rejected", "prompt"),
@@ -41,48 +47,6 @@ REQUIRED = {
 }
 
 RowParser = Callable[[dict[str, Any], Origin], list[PreferenceExample]]
-
-
-def closest(name: str, found: list[str]) -> str | None:
-    """The column most like ``name``: one containing it, else difflib's closest match."""
-    containing = [c for c in found if name in c.lower()]
-    if containing:
-        return min(containing, key=len)
-    matches = difflib.get_close_matches(name, found, n=1, cutoff=0.5)
-    return matches[0] if matches else None
-
-
-def missing_column(raw: RawRows, name: str, why: str = "") -> PreftuneError:
-    """``data.jsonl: no 'chosen' column; found [...]; did you mean 'chosen_response'? (...)``."""
-    unclaimed = [c for c in raw.columns if c not in EXPECTED]
-    guess = closest(name, unclaimed)
-    message = f"{raw.name}: no '{name}' column{why}; found {raw.columns}"
-    if guess:
-        message += f"; did you mean '{guess}'? (pass columns={{'{name}': '{guess}'}})"
-    return PreftuneError(message)
-
-
-def apply_columns(raw: RawRows, columns: dict[str, str] | None) -> RawRows:
-    """Rename the file's columns to the expected names: ``columns`` maps expected -> found."""
-    if not columns:
-        return raw
-    for expected, found in columns.items():
-        if expected not in EXPECTED:
-            raise PreftuneError(f"columns: unknown name '{expected}' (expected one of {list(EXPECTED)})")
-        if found not in raw.columns:
-            guess = closest(found, raw.columns)
-            hint = f"; did you mean '{guess}'?" if guess else ""
-            raise PreftuneError(
-                f"{raw.name}: columns maps '{expected}' to '{found}', which is not a column; found {raw.columns}{hint}"
-            )
-    renamed = {found: expected for expected, found in columns.items()}
-
-    def keep(key: str) -> bool:  # drop a column whose name is taken over by a mapped one
-        return key in renamed or key not in columns
-
-    rows = [{renamed.get(key, key): value for key, value in row.items() if keep(key)} for row in raw.rows]
-    names = list(dict.fromkeys(renamed.get(c, c) for c in raw.columns if keep(c)))
-    return RawRows(raw.name, rows, names)
 
 
 def _first(raw: RawRows, column: str) -> Any:
@@ -97,6 +61,8 @@ def detect_format(raw: RawRows) -> str:
     prompt = _first(raw, "prompt")
     if isinstance(prompt, dict) and "replies" in prompt:
         return "oasst"
+    if "chosen" not in columns and "rejected" not in columns and response_columns(raw.columns):
+        return "labelled"
     for name in ("chosen", "rejected"):
         if name not in columns:
             raise missing_column(raw, name)
@@ -113,6 +79,8 @@ def resolve_format(raw: RawRows, format: str) -> str:
     if format not in FORMATS:
         raise PreftuneError(f"unknown data format '{format}' (expected one of {', '.join(FORMATS)})")
     chosen = detect_format(raw) if format == "auto" else format
+    if chosen == "labelled":
+        return chosen  # its columns have other names: LabelledParser finds them
     for name in REQUIRED[chosen]:
         if name not in raw.columns:
             raise missing_column(raw, name)
@@ -130,8 +98,23 @@ def _parse_implicit(row: dict[str, Any], origin: Origin) -> list[PreferenceExamp
     return [PreferenceExample(*parse_implicit(row.get("chosen"), row.get("rejected")), origin)]
 
 
-def row_parser(format: str, *, pairing: str = "best_vs_worst", tree_turns: str = "all") -> RowParser:
-    """The function turning one row of ``format`` into examples (a ranked row may give several)."""
+def row_parser(
+    format: str,
+    *,
+    pairing: str = "best_vs_worst",
+    tree_turns: str = "all",
+    raw: RawRows | None = None,
+    labels: LabelSpec | None = None,
+) -> RowParser:
+    """The function turning one row of ``format`` into examples (a ranked row may give several).
+
+    ``labelled`` needs the rows (``raw``, to find its columns) and reads ``labels``; its parser
+    is a :class:`~preftune.data.labelled.LabelledParser`, which counts the label outcomes.
+    """
+    if format == "labelled":
+        if raw is None:
+            raise ValueError("the labelled format needs the rows (raw=) to find its columns")
+        return LabelledParser(raw, labels or LabelSpec())
     if pairing not in PAIRINGS:
         raise PreftuneError(f"unknown pairing '{pairing}' (expected one of {', '.join(PAIRINGS)})")
     if tree_turns not in TREE_TURNS:

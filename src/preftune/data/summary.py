@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from preftune.data.split import SplitSummary
+    from preftune.data.tokenize import TokenizedPair
+
+NOT_USED = "not used (beyond data.train_size)"
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,16 @@ class LengthStats:
         return f"{self.min}/{self.mean:.1f}/{self.median:g}/{self.max}"
 
 
+def pair_lengths(pairs: Sequence[TokenizedPair]) -> dict[str, LengthStats]:
+    """Token-length statistics of tokenised pairs, by part: prompt, chosen, rejected, pair."""
+    return {
+        "prompt": LengthStats.of([len(p.prompt_ids) for p in pairs]),
+        "chosen": LengthStats.of([len(p.chosen_ids) for p in pairs]),
+        "rejected": LengthStats.of([len(p.rejected_ids) for p in pairs]),
+        "pair": LengthStats.of([p.length for p in pairs]),
+    }
+
+
 @dataclass(frozen=True)
 class DataSummary:
     """Counts from loading (and tokenising) one dataset.
@@ -43,6 +60,11 @@ class DataSummary:
         lengths: token-length statistics after truncation, by part: ``prompt``, ``chosen``,
             ``rejected``, ``pair`` (prompt + longer response); empty before tokenisation.
         notes: anything else worth a line (e.g. how unpaired sets were cycled).
+        labels: for labelled pairs, the label outcomes of the rows read (``first``, ``second``,
+            ``tie``, and ``weighted``, ``not_unanimous``, ``no_majority`` where not zero; see
+            :mod:`preftune.data.labelled`); empty for other formats.
+        split: how the held-out pairs were taken from these (:func:`preftune.data.split.hold_out`),
+            or None.
     """
 
     source: str
@@ -54,6 +76,8 @@ class DataSummary:
     truncated_responses: int = 0
     lengths: dict[str, LengthStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)
+    split: SplitSummary | None = None
 
     @property
     def num_dropped(self) -> int:
@@ -71,12 +95,43 @@ class DataSummary:
             rows_read=self.rows_read,
             dropped=dropped,
             notes=self.notes + later.notes,
+            labels=self.labels or later.labels,
+            split=self.split or later.split,
+        )
+
+    def with_split(self, split: SplitSummary) -> DataSummary:
+        """This summary carrying the hold-out's (``data_summary.json`` then says it)."""
+        return replace(self, split=split)
+
+    def limited(self, pairs: Sequence[TokenizedPair]) -> DataSummary:
+        """This summary of tokenised pairs, for only ``pairs``: the first of them, those really used.
+
+        After ``data.train_size`` cuts the training pairs, the counts must describe what was
+        trained on: ``kept``, the truncation counts and the lengths are recomputed from
+        ``pairs``, and the pairs left out are counted under ``dropped["not used (beyond
+        data.train_size)"]``.
+        """
+        if isinstance(pairs, int):
+            raise TypeError("limited() takes the pairs used (e.g. train[:train_size]), not their number")
+        if len(pairs) > self.kept:
+            raise ValueError(f"limited: {len(pairs)} pairs, but the summary describes only {self.kept}")
+        dropped = dict(self.dropped)
+        if len(pairs) < self.kept:
+            dropped[NOT_USED] = dropped.get(NOT_USED, 0) + self.kept - len(pairs)
+        return replace(
+            self,
+            kept=len(pairs),
+            dropped=dropped,
+            truncated_prompts=sum(p.prompt_truncated for p in pairs),
+            truncated_responses=sum(p.responses_truncated for p in pairs),
+            lengths=pair_lengths(pairs) if self.lengths else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = asdict(self)
         data["notes"] = list(self.notes)
+        data["split"] = self.split.to_dict() if self.split is not None else None
         return data
 
     def save(self, path: str | Path) -> None:
@@ -94,5 +149,18 @@ class DataSummary:
         if self.lengths:
             parts = ", ".join(f"{name} {stats}" for name, stats in self.lengths.items())
             lines.append(f"  tokens min/mean/median/max: {parts}")
+        if self.labels:
+            lines.append(f"  labels: {labels_line(self.labels)}")
+        if self.split is not None:
+            lines.append(f"  {self.split}")
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def labels_line(counts: dict[str, int]) -> str:
+    """``368 first better, 426 second better, 85 ties (29 not unanimous, 4 without a majority)``."""
+    first, second, ties = (counts.get(key, 0) for key in ("first", "second", "tie"))
+    head = f"{first} first better, {second} second better, {ties} ties"
+    words = {"weighted": "weighted", "not_unanimous": "not unanimous", "no_majority": "without a majority"}
+    extra = ", ".join(f"{counts[key]} {word}" for key, word in words.items() if counts.get(key))
+    return f"{head} ({extra})" if extra else head

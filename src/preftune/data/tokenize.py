@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from preftune.data.examples import Origin, PreferenceExample, Text
-from preftune.data.summary import DataSummary, LengthStats
+from preftune.data.summary import DataSummary, pair_lengths
 from preftune.data.validation import Tally, one_line
 from preftune.errors import PreftuneError
 
@@ -50,6 +50,8 @@ class TokenizedPair:
         rejected_ids: ``[Rr]`` the rejected response, likewise.
         origin: the file and row of the example.
         rejected_prompt_ids: ``[P']`` the rejected response's own prompt (unpaired data only).
+        prompt_truncated: whether a prompt of the pair was cut (from the left).
+        responses_truncated: how many of its two responses were cut (from the right).
     """
 
     prompt_ids: list[int]
@@ -57,6 +59,8 @@ class TokenizedPair:
     rejected_ids: list[int]
     origin: Origin
     rejected_prompt_ids: list[int] | None = None
+    prompt_truncated: bool = False
+    responses_truncated: int = 0
 
     @property
     def length(self) -> int:
@@ -171,6 +175,17 @@ def _no_pair_fits(max_length: int | None, shortest_prompt: int, tally: Tally) ->
     return PreftuneError(f"no pair fits within max_length {max_length} ({reasons})")
 
 
+def _summary(examples: list[PreferenceExample], pairs: list[TokenizedPair], tally: Tally) -> DataSummary:
+    """What tokenising ``examples`` into ``pairs`` did (drops, truncations, lengths)."""
+    source = examples[0].origin.source if len({e.origin.source for e in examples}) == 1 else "examples"
+    truncated_prompts = sum(p.prompt_truncated for p in pairs)
+    truncated_responses = sum(p.responses_truncated for p in pairs)
+    return DataSummary(
+        source, "tokenized", len(examples), len(pairs), tally.as_dict(), truncated_prompts, truncated_responses,
+        pair_lengths(pairs),
+    )  # fmt: skip
+
+
 def tokenize_examples(
     examples: list[PreferenceExample],
     tokenizer: Any,
@@ -203,7 +218,6 @@ def tokenize_examples(
     encoder = _Encoder(tokenizer, kinds.pop())
     pairs: list[TokenizedPair] = []
     tally, shortest_prompt = Tally(), None
-    truncated_prompts = truncated_responses = 0
     for example in examples:
         (prompt, chosen), (rejected_prompt, rejected) = encoder.pair(example)
         shortest = min(len(prompt), len(rejected_prompt))
@@ -217,19 +231,11 @@ def tokenize_examples(
             tally.add(reason)
             continue
         (p, c), (rp, r) = rows
-        truncated_prompts += len(p) < len(prompt) or len(rp) < len(rejected_prompt)
-        truncated_responses += (len(c) < len(chosen)) + (len(r) < len(rejected))
-        pairs.append(TokenizedPair(p, c, r, example.origin, None if example.rejected_prompt is None else rp))
+        own_prompt = None if example.rejected_prompt is None else rp
+        cut_prompt = len(p) < len(prompt) or len(rp) < len(rejected_prompt)
+        cut_responses = (len(c) < len(chosen)) + (len(r) < len(rejected))
+        pairs.append(TokenizedPair(p, c, r, example.origin, own_prompt, cut_prompt, cut_responses))
     if not pairs:
         raise _no_pair_fits(max_length, shortest_prompt or 0, tally)
-    lengths = {
-        "prompt": LengthStats.of([len(p.prompt_ids) for p in pairs]),
-        "chosen": LengthStats.of([len(p.chosen_ids) for p in pairs]),
-        "rejected": LengthStats.of([len(p.rejected_ids) for p in pairs]),
-        "pair": LengthStats.of([p.length for p in pairs]),
-    }
-    source = examples[0].origin.source if len({e.origin.source for e in examples}) == 1 else "examples"
-    result = DataSummary(
-        source, "tokenized", len(examples), len(pairs), tally.as_dict(), truncated_prompts, truncated_responses, lengths
-    )
+    result = _summary(examples, pairs, tally)
     return pairs, (summary.followed_by(result) if summary is not None else result)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preftune.data.columns import apply_columns, missing_column
 from preftune.data.examples import Origin, PreferenceExample, Text
-from preftune.data.formats import apply_columns, missing_column
 from preftune.data.load import no_valid_rows
-from preftune.data.sources import RawRows, load_rows
+from preftune.data.rows import RawRows
+from preftune.data.sources import load_rows
 from preftune.data.summary import DataSummary
 from preftune.data.validation import RowProblem, Tally, as_messages, as_text, check_part, is_messages, validate_rows
 from preftune.errors import PreftuneError
@@ -64,13 +65,11 @@ def _check(item: Completion) -> None:
 def _read(
     source: str | Path, label: bool | None, columns: dict[str, str] | None, split: str | None, skip: bool, tally: Tally
 ) -> tuple[RawRows, list[Completion]]:
-    raw = apply_columns(load_rows(source, split), columns)
+    raw = apply_columns(load_rows(source, split, skip_invalid=skip), columns)
     for name in ("prompt", "completion") + (("label",) if label is None else ()):
         if name not in raw.columns:
             raise missing_column(raw, name)
-    items = validate_rows(
-        raw.name, raw.rows, _parser(label), _check, skip_invalid=skip, tally=tally, origin_of=lambda c: c.origin
-    )
+    items = validate_rows(raw, _parser(label), _check, skip_invalid=skip, tally=tally, origin_of=lambda c: c.origin)
     return raw, items
 
 
@@ -110,11 +109,11 @@ def load_unpaired(
     """
     tally = Tally()
     raw_good, items = _read(good_source, None if bad_source is None else True, columns, split, skip_invalid, tally)
-    rows_read, name = len(raw_good.rows), raw_good.name
+    rows_read, name = raw_good.rows_read, raw_good.name
     if bad_source is not None:
         raw_bad, bad_items = _read(bad_source, False, columns, split, skip_invalid, tally)
         items += bad_items
-        rows_read, name = rows_read + len(raw_bad.rows), f"{raw_good.name} + {raw_bad.name}"
+        rows_read, name = rows_read + raw_bad.rows_read, f"{raw_good.name} + {raw_bad.name}"
     good = [c for c in items if c.good]
     bad = [c for c in items if not c.good]
     for kind, chosen in (("good", good), ("bad", bad)):

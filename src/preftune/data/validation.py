@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from preftune.data.examples import Message, Origin, PreferenceExample, Text
+from preftune.data.rows import RawRows
 from preftune.errors import PreftuneError
 
 T = TypeVar("T")
@@ -165,8 +166,7 @@ class Tally:
 
 
 def validate_rows(
-    source: str,
-    rows: list[dict[str, Any]],
+    raw: RawRows,
     parse: Callable[[dict[str, Any], Origin], list[T]],
     check: Callable[[T], None],
     *,
@@ -180,10 +180,13 @@ def validate_rows(
     ``parse`` turns a row into items (several for a ranked row, none when nothing can be
     paired, which is counted under ``no_item_reason`` and never an error); ``check`` validates
     each item. Problems raise a one-line error naming the row and field unless ``skip_invalid``.
+    Lines the reader already dropped (``raw.dropped``) are counted in ``tally`` first.
     """
+    for reason, n in raw.dropped.items():
+        tally.add(reason, n)
     items: list[T] = []
-    for number, row in enumerate(rows, start=1):
-        origin = Origin(source, number)
+    for index, row in enumerate(raw.rows):
+        origin = raw.origin(index)
         try:
             produced = parse(row, origin)
         except RowProblem as problem:

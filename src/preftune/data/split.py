@@ -1,0 +1,155 @@
+"""Holding out evaluation pairs without leakage (``data.eval_size``, ``data.split_by``).
+
+A seeded shuffle of row indices holds out pairs whose copies, or other pairs on the same prompt,
+stay in training: the held-out score then measures memory, not generalisation. So pairs are
+grouped first, and the held-out set takes whole groups:
+
+- ``group_by="prompt"`` (default): all pairs sharing an identical prompt form one group;
+- ``group_by="pair"``: only identical pairs (same prompt, chosen and rejected) do.
+
+Values are compared by their canonical JSON (keys sorted), so a text prompt and a message list
+never match, while two message lists with the same content always do. Identical pairs are kept
+(as TRL keeps them) and counted in :attr:`SplitSummary.duplicate_pairs`; under either grouping
+they fall on one side of the split.
+
+The groups, in order of first appearance, are shuffled with ``random.Random(seed)`` (seed 0
+by default, whatever the training seed, so every run holds out the same pairs), and taken in
+that order until the held-out pairs reach ``eval_size``: the last group taken may overshoot it
+by fewer pairs than it holds, so the held-out set has at least ``eval_size`` pairs (exactly
+``eval_size`` when every group is one pair). Both lists keep the source order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from preftune.data.examples import PreferenceExample
+from preftune.errors import PreftuneError
+
+GROUP_BY = ("prompt", "pair")
+
+
+def canonical(value: Any) -> str:
+    """A value as canonical JSON: equal for equal content, whatever the key order."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def pair_key(example: PreferenceExample) -> str:
+    """Identical for identical pairs (prompt, chosen, rejected, and an unpaired rejected's own prompt)."""
+    return canonical([example.prompt, example.chosen, example.rejected, example.rejected_prompt])
+
+
+def prompt_key(example: PreferenceExample) -> str:
+    """Identical for pairs on the same prompt."""
+    return canonical(example.prompt)
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What :func:`hold_out` did.
+
+    Attributes:
+        group_by: ``"prompt"`` or ``"pair"``.
+        seed: the seed of the group shuffle.
+        eval_size: the held-out pairs asked for.
+        pairs: the pairs split.
+        duplicate_pairs: pairs identical to an earlier one (kept, and never across the split).
+        groups: the groups the pairs form.
+        shared_groups: groups of more than one pair.
+        largest_group: pairs in the largest group.
+        held_out: pairs held out (at least ``eval_size``; see the module docstring).
+        held_out_groups: groups held out.
+        train: pairs left for training.
+    """
+
+    group_by: str
+    seed: int
+    eval_size: int
+    pairs: int
+    duplicate_pairs: int
+    groups: int
+    shared_groups: int
+    largest_group: int
+    held_out: int
+    held_out_groups: int
+    train: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"held out {self.held_out} of {self.pairs} pairs (asked {self.eval_size}) in {self.held_out_groups} whole "
+            f"groups by {self.group_by} (seed {self.seed}), {self.train} for training; {self.groups} groups, "
+            f"{self.shared_groups} of several pairs (largest {self.largest_group}); "
+            f"{self.duplicate_pairs} duplicate pairs (kept)"
+        )
+
+
+def _groups(examples: list[PreferenceExample], group_by: str) -> list[list[int]]:
+    """Indices of the examples by group, groups in order of first appearance."""
+    key = prompt_key if group_by == "prompt" else pair_key
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(key(example), []).append(index)
+    return list(groups.values())
+
+
+def hold_out(
+    examples: list[PreferenceExample], eval_size: int, *, group_by: str = "prompt", seed: int = 0
+) -> tuple[list[PreferenceExample], list[PreferenceExample], SplitSummary]:
+    """Split ``examples`` into training and held-out pairs, whole groups at a time (see the module docstring).
+
+    Args:
+        examples: the validated examples.
+        eval_size: how many pairs to hold out (0: none).
+        group_by: ``"prompt"`` (pairs sharing a prompt stay together) or ``"pair"`` (identical pairs do).
+        seed: the seed of the group shuffle (keep it fixed so that runs hold out the same pairs).
+
+    Returns:
+        (training examples, held-out examples, summary), both lists in source order.
+
+    Raises:
+        PreftuneError: ``eval_size`` below 0, or one that leaves no training pairs.
+    """
+    if group_by not in GROUP_BY:
+        raise PreftuneError(f"unknown data.split_by '{group_by}' (expected one of {', '.join(GROUP_BY)})")
+    if eval_size < 0:
+        raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
+    if eval_size and eval_size >= len(examples):
+        raise PreftuneError(f"data.eval_size {eval_size} leaves no training pairs out of {len(examples)}")
+    groups = _groups(examples, group_by)
+    order = groups[:]
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    taken = 0
+    for members in order:
+        if len(held) >= eval_size:
+            break
+        held.update(members)
+        taken += 1
+    if held and len(held) == len(examples):
+        raise PreftuneError(
+            f"data.eval_size {eval_size} leaves no training pairs: the {len(examples)} pairs form only {len(groups)} "
+            f"groups by {group_by} and whole groups are held out; lower data.eval_size"
+        )
+    train = [e for i, e in enumerate(examples) if i not in held]
+    held_out = [e for i, e in enumerate(examples) if i in held]
+    summary = SplitSummary(
+        group_by=group_by,
+        seed=seed,
+        eval_size=eval_size,
+        pairs=len(examples),
+        duplicate_pairs=len(examples) - len({pair_key(e) for e in examples}),
+        groups=len(groups),
+        shared_groups=sum(len(g) > 1 for g in groups),
+        largest_group=max((len(g) for g in groups), default=0),
+        held_out=len(held_out),
+        held_out_groups=taken,
+        train=len(train),
+    )
+    return train, held_out, summary
