@@ -92,6 +92,7 @@ def lora_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
     3 warm-up steps then cosine decay, a checkpoint every 2 steps, adapter and merged outputs."""
     settings: dict[str, Any] = {
         "model.name": "tiny-random",
+        "objective": "dpo + exmate",
         "output_dir": str(out),
         "data.train": str(data.train),
         "data.eval": str(data.eval),
@@ -113,9 +114,10 @@ def lora_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
 
 
 def full_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
-    """Full fine-tuning, 8 pairs of the training file held out, 4 steps of 4 pairs."""
+    """Full fine-tuning, ``dpo + exmate``, 8 pairs of the training file held out, 4 steps of 4 pairs."""
     settings: dict[str, Any] = {
         "model.name": "tiny-random",
+        "objective": "dpo + exmate",
         "output_dir": str(out),
         "data.train": str(data.train),
         "data.eval_size": 8,
@@ -198,8 +200,8 @@ def metric_means(evals: dict) -> dict[str, float]:
 # --- subprocesses ---------------------------------------------------------------------------------
 
 
-def subprocess_env(threads: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
+def subprocess_env(threads: int = 1, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | (extra or {})
     env.update(
         OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
     )
@@ -207,9 +209,12 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = TIMEOUT, threads: int = 1) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = TIMEOUT, threads: int = 1, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``preftune ARGS`` in a subprocess; ``env``: variables to set on top of this process's."""
     return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, timeout=timeout, env=subprocess_env(threads), cwd=BIN.parent
+        [EXE, *args], capture_output=True, text=True, timeout=timeout, env=subprocess_env(threads, env), cwd=BIN.parent
     )
 
 

@@ -18,7 +18,8 @@ from preftune.data import Batcher
 from preftune.evaluation.statistical import pair_values, summarise
 from preftune.modeling import ModelReference, load_model, load_tokenizer, sequence_logprobs
 from preftune.objectives import build
-from preftune.training.run import evaluate_model, prepare_data
+from preftune.training.evaluate import evaluate_model
+from preftune.training.inputs import load_examples, tokenize_inputs
 from tests.training.common import Run, metric_means, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +30,7 @@ def _eval_metrics(model: torch.nn.Module, run: Run) -> dict[str, float]:
     tiny model as the reference."""
     config = load_config(None, run.overrides)
     tokenizer = load_tokenizer(config.model.name)
-    _, eval_pairs, _ = prepare_data(config, tokenizer)
+    eval_pairs = tokenize_inputs(load_examples(config.data), tokenizer, config.data).held_out
     beta, average = build(config.objective).margin_settings()
     reference = ModelReference(load_model(config.model.name))
     model.eval()
@@ -134,7 +135,7 @@ def test_cli_evaluate_reproduces_the_runs_final_evaluation(lora_run: Run, tmp_pa
 def test_evaluate_a_full_model_against_a_given_reference_and_against_itself(full_run: Run, tmp_path: Path) -> None:
     # the held-out pairs of the full run are 8 of its training file: write them out as a data file
     config = load_config(None, full_run.overrides)
-    _, eval_pairs, _ = prepare_data(config, load_tokenizer("tiny-random"))
+    eval_pairs = tokenize_inputs(load_examples(config.data), load_tokenizer("tiny-random"), config.data).held_out
     rows = [json.loads(line) for line in Path(config.data.train).read_text(encoding="utf-8").splitlines()]
     held = [rows[pair.origin.row - 1] for pair in eval_pairs]
     data = tmp_path / "held.jsonl"

@@ -2,12 +2,17 @@
 
 OmegaConf does the merging and the type conversion against the dataclass schema; this module
 turns its failures into one line that names the key and, for a misspelt one, the closest valid key.
+
+Values are read as YAML 1.2 reads them: only ``true``/``false`` are booleans, so a documented
+setting such as ``optim.mixed_precision=no`` stays the string ``"no"`` (YAML 1.1, PyYAML's
+default, would read ``no``, ``off`` and ``yes`` as booleans).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,29 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from preftune.errors import PreftuneError
-from preftune.training.config import RunConfig, StageConfig
+from preftune.training.config import RunConfig, StageConfig, resolve_defaults
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: ``true``/``false`` only."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    Yaml12Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    )
+
+
+def parse_value(text: str):
+    """A command-line value as YAML 1.2 reads it (``5`` an int, ``[a, b]`` a list, ``no`` a string)."""
+    try:
+        return yaml.load(text, Loader=Yaml12Loader) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
 
 
 def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -63,13 +90,14 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
 def load_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
     """Schema defaults, then the YAML file, then ``key=value`` overrides, checked at each layer."""
     base = OmegaConf.structured(RunConfig)
+    OmegaConf.set_readonly(base.data.labels, False)  # a frozen section still takes the file and overrides
     layers = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise PreftuneError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=Yaml12Loader) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise PreftuneError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(raw, dict):
@@ -83,17 +111,21 @@ def load_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
         _check_key(item.split("=", 1)[0].strip(), "command line")
     try:
         merged = OmegaConf.merge(base, *layers)
+        OmegaConf.set_readonly(merged.data.labels, False)
         # key by key onto the merged config, so that `stages.1.max_steps=5` indexes the YAML's list
         # (merging a dotlist config would try to merge a mapping {"1": ...} into it, a TypeError)
-        merged.merge_with_dotlist(overrides)
+        for item in overrides:
+            key, value = item.split("=", 1)
+            OmegaConf.update(merged, key.strip(), parse_value(value), merge=True)
         config = OmegaConf.to_object(merged)
     except (OmegaConfBaseException, TypeError) as err:
         key = getattr(err, "full_key", None)
         message = str(err).splitlines()[0]
         raise PreftuneError(f"config key '{key}': {message}" if key else f"config: {message}") from None
     assert isinstance(config, RunConfig)
-    return config
+    return resolve_defaults(config)
 
 
 def dump_config(config: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The resolved config as YAML, defaults filled in (``optim.lr`` included), ready to save and reuse."""
+    return OmegaConf.to_yaml(OmegaConf.structured(resolve_defaults(config)))

@@ -35,14 +35,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Statistical evaluation (METHODS.md §6) of a model against a reference on preference pairs: "
             "preference accuracy (ties half), likelihood accuracy, mean margin, chosen drift, chosen "
-            "perplexity, each with its standard error."
+            "perplexity, each with its standard error. The data are read as 'preftune train' reads them: "
+            "data.* settings (data.columns.chosen=..., data.labels.column=..., data.format=...) follow as "
+            "key=value. --run DIR scores a run's last model on that run's own held-out pairs."
         ),
     )
-    evaluate.add_argument("--model", required=True, help="model folder, adapter folder, or embedded name")
+    evaluate.add_argument("overrides", nargs="*", metavar="data.key=value", help="data settings, as for train")
+    evaluate.add_argument(
+        "--run", dest="run_dir", type=Path, default=None, help="a preftune train output folder: its model and split"
+    )
+    evaluate.add_argument("--model", default=None, help="model folder, adapter folder, or embedded name")
     evaluate.add_argument("--reference", default=None, help="reference model (default: the adapter's base, or itself)")
-    evaluate.add_argument("--data", required=True, help="preference data file, folder or bundled:NAME")
-    evaluate.add_argument("--max-length", type=int, default=512)
+    evaluate.add_argument("--data", default=None, help="preference data file, folder or bundled:NAME")
+    evaluate.add_argument("--max-length", type=int, default=None, help="tokens per pair (default: data.max_length)")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass (default 16)")
     evaluate.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
     evaluate.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     evaluate.set_defaults(run=run_evaluate)
@@ -74,6 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(config))
         return 0
+    from preftune.training.checks import check
+
+    check(config)  # a bad setting is refused before the trainer's heavy imports (peft, transformers' trainer)
     quiet_libraries()
     from preftune.training.run import run_training
 
@@ -82,16 +92,36 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from preftune.errors import PreftuneError
+
+    if args.run_dir is not None:
+        given = [name for name in ("model", "reference", "data", "max_length", "limit") if getattr(args, name)]
+        if given or args.overrides:
+            shown = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "data settings"
+            raise PreftuneError(f"--run takes the model, reference and data from the run: drop {shown}")
+        quiet_libraries()
+        from preftune.training.evaluate import evaluate_run
+
+        evaluate_run(args.run_dir, out=args.out, batch_size=args.batch_size)
+        return 0
+    if args.model is None or args.data is None:
+        raise PreftuneError("evaluate needs --model and --data, or --run DIR (a preftune train output folder)")
+    bad = [item for item in args.overrides if not item.startswith("data.")]
+    if bad:
+        raise PreftuneError(f"evaluate takes only data.* settings, not '{bad[0]}'")
+    data_config = load_config(None, list(args.overrides)).data
     quiet_libraries()
-    from preftune.training.run import evaluate_model
+    from preftune.training.evaluate import evaluate_model
 
     evaluate_model(
         model=args.model,
         reference=args.reference,
         data=args.data,
+        data_config=data_config,
         max_length=args.max_length,
         limit=args.limit,
-        skip_invalid=args.skip_invalid,
+        skip_invalid=True if args.skip_invalid else None,
         out=args.out,
+        batch_size=args.batch_size or 16,
     )
     return 0

@@ -3,7 +3,12 @@
 One dataclass per concern (model, data, LoRA, optimisation, evaluation, output); a run is a
 list of stages that share these defaults and override a few fields each (P1's sequential
 DPO+ExMATE: an ``exmate`` stage, then a ``dpo`` stage whose reference is the first stage's
-result). :func:`check` refuses an impossible combination before anything is loaded.
+result). :func:`preftune.training.checks.check` refuses an impossible combination before
+anything is loaded.
+
+Defaults are what a user of TRL's ``DPOTrainer`` expects: the objective is plain ``dpo``
+(β = 0.1), and the learning rate, unless set, is TRL's 1e-6 for full fine-tuning and 5e-4 with
+LoRA (adapters start at zero and need a larger step; the rate our LoRA recipes use).
 """
 
 from __future__ import annotations
@@ -11,9 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from preftune.data.collate import LAYOUTS
-from preftune.errors import SpecError
-from preftune.objectives import build
+from preftune.data.labelled import LabelSpec
 
 
 @dataclass
@@ -21,7 +24,9 @@ class ModelConfig:
     """Which model to train: ``smollm2-135m-instruct`` (embedded), ``tiny-random``, a folder or a hub name."""
 
     name: str = "smollm2-135m-instruct"
-    dtype: str = "float32"  # float32 | bfloat16 | auto (the weights' own)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (the weights' own)
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~30% slower
+    chat_template: str | None = None  # for a base model without one: a .jinja file or a built-in name (chatml)
 
 
 @dataclass
@@ -32,7 +37,7 @@ class LoraSettings:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: str = "all-linear"
+    target_modules: Any = "all-linear"  # "all-linear", a module name, "q_proj,v_proj", or a list of names
     last_layers: int | None = None  # adapt only the last N layers: the backward pass stops there
 
 
@@ -43,10 +48,13 @@ class DataConfig:
     train: str = "bundled:hh-harmless"
     eval: str | None = None  # a separate file, or None to hold out `eval_size` pairs of `train`
     eval_size: int = 100
+    split_by: str = "prompt"  # held-out pairs: whole groups of pairs sharing a prompt (or only identical pairs: pair)
+    split: str | None = None  # the split of a dataset folder or hub dataset (default: train, or its only one)
     train_size: int | None = None  # use only the first N training pairs (after the hold-out)
     format: str = "auto"
     pairing: str = "best_vs_worst"
     columns: dict[str, str] = field(default_factory=dict)
+    labels: LabelSpec = field(default_factory=LabelSpec)  # two responses and a label: which value means which
     skip_invalid: bool = False
     max_length: int = 512
     max_prompt_length: int | None = None  # None: half of max_length (prompts are cut from the left)
@@ -58,7 +66,7 @@ class DataConfig:
 class OptimConfig:
     """The optimiser, its schedule, and the batch arithmetic."""
 
-    lr: float = 5e-4
+    lr: float | None = None  # None: 1e-6 for full fine-tuning (TRL's default), 5e-4 with LoRA
     weight_decay: float = 0.0
     batch_size: int = 8  # global: pairs per optimiser step, over all processes and accumulation
     grad_accumulation: int = 1
@@ -103,7 +111,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    objective: str = "dpo + exmate"
+    objective: str = "dpo"
     reference: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)
     output_dir: str = "out/run"
@@ -114,6 +122,9 @@ class RunConfig:
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     resume: bool = False
 
+    def __post_init__(self) -> None:
+        resolve_defaults(self)
+
     def resolved_stages(self) -> list[StageConfig]:
         """The stages to run: the configured ones, or one stage from the top-level objective."""
         if self.stages:
@@ -121,51 +132,15 @@ class RunConfig:
         return [StageConfig(name="train", objective=self.objective, reference=self.reference)]
 
 
-REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
+FULL_FINE_TUNING_LR = 1e-6  # TRL's DPOConfig default
+LORA_LR = 5e-4
 
 
-def check(config: RunConfig) -> None:
-    """Refuse impossible settings with one clear line, before any model or data is loaded."""
-    o = config.optim
-    positive = {"optim.lr": o.lr, "optim.batch_size": o.batch_size, "optim.grad_accumulation": o.grad_accumulation}
-    for key, value in positive.items():
-        if not value > 0:
-            raise SpecError(f"{key} must be > 0, got {value}")
-    if o.batch_size % o.grad_accumulation:
-        raise SpecError(
-            f"optim.batch_size {o.batch_size} is not a multiple of optim.grad_accumulation {o.grad_accumulation}"
-        )
-    if o.max_steps is None and not o.epochs > 0:
-        raise SpecError(f"optim.epochs must be > 0, got {o.epochs}")
-    if not 0 <= o.warmup_ratio < 1:
-        raise SpecError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
-    if o.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        raise SpecError(f"optim.mixed_precision must be auto, no, bf16 or fp16, got {o.mixed_precision!r}")
-    if config.data.max_length < 2:
-        raise SpecError(f"data.max_length must be at least 2, got {config.data.max_length}")
-    if config.data.layout not in LAYOUTS:
-        raise SpecError(f"data.layout must be one of {', '.join(LAYOUTS)}, got {config.data.layout!r}")
-    if config.data.pairing not in ("best_vs_worst", "all"):
-        raise SpecError(f"data.pairing must be best_vs_worst or all, got {config.data.pairing!r}")
-    if config.lora.enabled and config.lora.rank < 1:
-        raise SpecError(f"lora.rank must be >= 1, got {config.lora.rank}")
-    if config.save_every < 1:
-        raise SpecError(f"save_every must be >= 1, got {config.save_every}")
-    if config.keep_checkpoints < 1:
-        raise SpecError(f"keep_checkpoints must be >= 1 (--resume needs one), got {config.keep_checkpoints}")
-    for index, stage in enumerate(config.resolved_stages()):
-        where = f"stage '{stage.name}'" if config.stages else "objective"
-        objective = build(stage.objective)
-        if objective.record_type.__name__ != "PairRecord":
-            raise SpecError(f"{where}: '{stage.objective}' is an on-policy objective; offline training needs pairs")
-        if stage.reference not in REFERENCE_CHOICES:
-            raise SpecError(
-                f"{where}: reference must be one of {', '.join(REFERENCE_CHOICES)}, got {stage.reference!r}"
-            )
-        if stage.reference == "previous" and index == 0:
-            raise SpecError(f"{where}: reference 'previous' needs an earlier stage")
-        if stage.reference == "adapter" and not config.lora.enabled:
-            raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """Fill the defaults that depend on other settings (the learning rate on LoRA); idempotent."""
+    if config.optim.lr is None:
+        config.optim.lr = LORA_LR if config.lora.enabled else FULL_FINE_TUNING_LR
+    return config
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from rich.console import Console
 from torch import nn
 from transformers import get_scheduler
 
@@ -86,6 +87,7 @@ class Trainer:
         logit_chunk: int = 1024,
         group_by_length: bool = False,
         callbacks: Sequence[StepCallback] = (),
+        console: Console | None = None,
     ) -> None:
         if objective.needs_reference and train_reference is None:
             raise PreftuneError(f"objective '{objective}' needs a reference model, and none was set up")
@@ -98,11 +100,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.save_every, self.keep = save_every, keep_checkpoints
         self.callbacks = list(callbacks)
-        lengths = tuple(p.length for p in self.train_pairs) if group_by_length else None
-        self.plan = BatchPlan(
-            len(self.train_pairs), optim.batch_size, optim.seed, accelerator.num_processes, optim.grad_accumulation,
-            lengths,
-        )  # fmt: skip
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.plan = make_plan(self.train_pairs, optim, accelerator.num_processes, group_by_length)
         self.total_steps = self.plan.total_steps(optim.epochs, optim.max_steps)
         self.model = model
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -229,6 +228,9 @@ class Trainer:
         if summary:
             result.evals.append({"step": step, **{k: v.to_dict() for k, v in summary.items()}})
             self.accelerator.log({f"eval/{k}": v.mean for k, v in summary.items()}, step=step)
+            if self.accelerator.is_main_process:
+                shown = ", ".join(f"{k} {summary[k]}" for k in ("accuracy", "margin", "chosen_drift") if k in summary)
+                self.console.print(f"held-out at step {step}/{self.total_steps}: {shown}", highlight=False)
         return summary
 
     def train(self, resume: bool = False) -> TrainResult:
@@ -255,7 +257,7 @@ class Trainer:
         self.policy.train()
         bad_streak = 0
         began = time.perf_counter()
-        progress = StepProgress(self.total_steps, start, enabled=self.accelerator.is_main_process)
+        progress = StepProgress(self.total_steps, start, enabled=self.accelerator.is_main_process, console=self.console)
         with progress:
             for step in range(start, self.total_steps):
                 t0 = time.perf_counter()
@@ -291,6 +293,12 @@ class Trainer:
         result.steps = self.total_steps
         result.seconds = time.perf_counter() - began
         return result
+
+
+def make_plan(pairs: Sequence[TokenizedPair], optim: OptimConfig, processes: int, group_by_length: bool) -> BatchPlan:
+    """The batch plan of a stage: which pairs each step reads (the trainer's, and the reference's to precompute)."""
+    lengths = tuple(p.length for p in pairs) if group_by_length else None
+    return BatchPlan(len(pairs), optim.batch_size, optim.seed, processes, optim.grad_accumulation, lengths)
 
 
 def make_optimizer(parameters: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:

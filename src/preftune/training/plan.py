@@ -70,6 +70,15 @@ class BatchPlan:
         epoch, k = divmod(step, self.steps_per_epoch)
         return self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
 
+    def indices_read(self, total_steps: int, start: int = 0) -> list[int]:
+        """The dataset indices that steps ``start .. total_steps - 1`` read, sorted, each once."""
+        read: set[int] = set()
+        for step in range(start, total_steps):
+            read.update(self.step_indices(step).tolist())
+            if len(read) == self.num_examples:
+                break
+        return sorted(read)
+
     def micro_batches(self, step: int, rank: int) -> list[torch.Tensor]:
         """This process's share of the step, split into ``grad_accumulation`` index blocks."""
         share = self.batch_size // self.world_size

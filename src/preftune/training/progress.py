@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def describe(stats: dict[str, float]) -> str:
-    shown = [f"loss {stats['loss']:.4f}"]
+    shown = [f"loss {stats['loss']:.4f}"] if "loss" in stats else []
     for key, label in (("accuracy", "acc"), ("margin", "margin"), ("tokens_per_s", "tok/s")):
         if key in stats:
             shown.append(f"{label} {stats[key]:.3g}")
@@ -25,10 +25,18 @@ def describe(stats: dict[str, float]) -> str:
 class StepProgress:
     """``with StepProgress(total, start): ... progress.advance(stats)``."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training") -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        enabled: bool = True,
+        description: str = "training",
+        console: Console | None = None,
+    ) -> None:
         self.total, self.done, self.start = total, start, start
         self.enabled = enabled
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.description = description
         self.live = enabled and self.console.is_terminal
         self.every = max(1, total // 20)
         self.began = time.perf_counter()
@@ -61,4 +69,5 @@ class StepProgress:
         if self.enabled and not self.live and (self.done % self.every == 0 or self.done == self.total):
             elapsed = time.perf_counter() - self.began
             eta = elapsed / (self.done - self.start) * (self.total - self.done)
-            print(f"step {self.done}/{self.total}  {info}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
+            unit = "step " if self.description == "training" else f"{self.description}: batch "
+            print(f"{unit}{self.done}/{self.total}  {info}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s", file=sys.stderr)

@@ -1,0 +1,159 @@
+"""Refusing an impossible run before anything is loaded: one clear line naming the config key.
+
+:func:`check` reads only the config and the file system (no model, no data rows), so a typo
+costs the user nothing: every number is range-checked, every choice compared with its list,
+every stage's objective built, the trackers found installed and the output folder found
+writable. Checks that need the data (columns, rows) follow in :mod:`preftune.training.inputs`,
+still before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from preftune.data.collate import LAYOUTS
+from preftune.data.ranked import PAIRINGS
+from preftune.errors import SpecError
+from preftune.modeling.loading import DTYPES
+from preftune.objectives import build
+from preftune.training.config import RunConfig, resolve_defaults
+
+REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+# transformers schedulers that need nothing beyond warm-up and total steps
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt")  # fmt: skip
+SPLIT_BY = ("prompt", "pair")
+
+
+def check(config: RunConfig) -> None:
+    """Refuse impossible settings with one clear line, before any model or data is loaded."""
+    resolve_defaults(config)
+    _check_numbers(config)
+    _check_choices(config)
+    _check_stages(config)
+    check_trackers(config.trackers)
+    check_output_dir(Path(config.output_dir))
+
+
+def _require(key: str, value: float | None, low: float, *, strict: bool = False, high: float | None = None) -> None:
+    """``value`` must be finite and >= ``low`` (> with ``strict``), and < ``high`` when given."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(f"{key} must be a finite number, got {value!r}")
+    if value < low or (strict and value == low) or (high is not None and value >= high):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise SpecError(f"{key} must be {bound}{f' and < {high:g}' if high is not None else ''}, got {value}")
+
+
+def _check_numbers(config: RunConfig) -> None:
+    o, d, e, lora = config.optim, config.data, config.eval, config.lora
+    for key, value in {"optim.lr": o.lr, "optim.max_grad_norm": o.max_grad_norm}.items():
+        _require(key, value, 0, strict=True)
+    _require("optim.epochs", o.epochs, 0, strict=True)
+    _require("optim.warmup_ratio", o.warmup_ratio, 0, high=1)
+    _require("optim.weight_decay", o.weight_decay, 0)
+    at_least_one = {"optim.batch_size": o.batch_size, "optim.grad_accumulation": o.grad_accumulation,
+                    "optim.max_steps": o.max_steps, "optim.max_bad_steps": o.max_bad_steps,
+                    "data.train_size": d.train_size, "data.max_prompt_length": d.max_prompt_length,
+                    "eval.batch_size": e.batch_size, "eval.max_new_tokens": e.max_new_tokens,
+                    "logit_chunk": config.logit_chunk, "save_every": config.save_every,
+                    "keep_checkpoints": config.keep_checkpoints}  # fmt: skip
+    for key, value in at_least_one.items():
+        _require(key, value, 1)
+    for key, value in {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples}.items():
+        _require(key, value, 0)
+    _require("data.max_length", d.max_length, 2)
+    if d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
+        raise SpecError(
+            f"data.max_prompt_length {d.max_prompt_length} leaves no room for a response in "
+            f"data.max_length {d.max_length}: make it smaller"
+        )
+    if o.batch_size % o.grad_accumulation:
+        raise SpecError(
+            f"optim.batch_size {o.batch_size} is not a multiple of optim.grad_accumulation {o.grad_accumulation}"
+        )
+    if lora.enabled:
+        _require("lora.rank", lora.rank, 1)
+        _require("lora.alpha", lora.alpha, 0, strict=True)
+        _require("lora.dropout", lora.dropout, 0, high=1)
+        _require("lora.last_layers", lora.last_layers, 1)
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_choices(config: RunConfig) -> None:
+    _choice("optim.mixed_precision", config.optim.mixed_precision, MIXED_PRECISION)
+    _choice("optim.schedule", config.optim.schedule, SCHEDULES)
+    _choice("model.dtype", config.model.dtype, DTYPES)
+    _choice("data.layout", config.data.layout, LAYOUTS)
+    _choice("data.pairing", config.data.pairing, PAIRINGS)
+    _choice("data.split_by", config.data.split_by, SPLIT_BY)
+    if not str(config.model.name).strip():
+        raise SpecError("model.name is empty")
+    if config.data.eval and config.data.eval == config.data.train:
+        raise SpecError("data.eval is the training data itself: leave it unset to hold out data.eval_size pairs")
+
+
+def _check_stages(config: RunConfig) -> None:
+    stages = config.resolved_stages()
+    names = [stage.name for stage in stages]
+    for index, stage in enumerate(stages):
+        where = f"stage '{stage.name}'" if config.stages else "objective"
+        if config.stages and (not stage.name or Path(stage.name).name != stage.name or stage.name in (".", "..")):
+            raise SpecError(f"stages.{index}.name must be a plain folder name, got {stage.name!r}")
+        if stage.name in names[:index]:
+            raise SpecError(f"stages.{index}.name '{stage.name}' is used by two stages: each needs its own folder")
+        _require(f"stages.{index}.lr", stage.lr, 0, strict=True)
+        _require(f"stages.{index}.epochs", stage.epochs, 0, strict=True)
+        _require(f"stages.{index}.max_steps", stage.max_steps, 1)
+        objective = build(stage.objective)
+        if objective.record_type.__name__ != "PairRecord":
+            raise SpecError(f"{where}: '{stage.objective}' is an on-policy objective; offline training needs pairs")
+        _choice(f"{where}: reference", stage.reference, REFERENCE_CHOICES)
+        if stage.reference == "previous" and index == 0:
+            raise SpecError(f"{where}: reference 'previous' needs an earlier stage")
+        if stage.reference == "adapter" and not config.lora.enabled:
+            raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Each tracker must be one accelerate knows, and installed: a missing one would log nothing, silently."""
+    import importlib.util
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    known = sorted(LOGGER_TYPE_TO_CLASS)
+    for name in trackers:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SpecError(f"trackers: unknown tracker '{name}'; {hint}(known: {', '.join(known)})")
+        module = "torch.utils.tensorboard" if name == "tensorboard" else name
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise SpecError(f"trackers: '{name}' is not installed (pip install {name}), or drop it from trackers")
+
+
+def check_output_dir(path: Path) -> None:
+    """The output folder must be a folder (or creatable as one) that this user can write to."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"output_dir {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():  # the nearest existing parent is where the folder will be made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(f"output_dir {path}: {existing} is a file, not a folder")
+    # os.access says yes to root everywhere, also on a read-only file system: try, and leave nothing
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".preftune-write-test-", dir=existing))
+    except OSError as err:
+        raise SpecError(f"output_dir {path}: cannot write in {existing} ({err.strerror})") from None

@@ -1,0 +1,67 @@
+"""A run's ending for a person: the held-out verdicts and samples on the console, ``summary.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from preftune.data import DataSummary
+from preftune.evaluation.statistical import MetricSummary
+from preftune.training.config import RunConfig, StageConfig
+from preftune.training.report import format_eval_table, write_text_atomic
+
+
+def print_outcome(console: Console, outcome: dict[str, Any], output_dir: Path) -> None:
+    """The end of a run on the console: held-out before -> after, samples, where the files are."""
+    console.print(f"\nheld-out pairs, before -> after training ({outcome['seconds']:.0f} s in all; ties count half):")
+    for line in outcome["verdicts"]:
+        console.print(f"  {line}", soft_wrap=True)
+    for sample in outcome.get("samples", []):
+        prompt = sample["prompt"].split("<|im_start|>user")[-1].split("<|im_end|>")[0].strip()
+        console.print(f"\n[bold]prompt[/bold]: {prompt[-300:]}", soft_wrap=True, markup=True)
+        console.print(f"  [bold]before[/bold]: {sample['before']}", soft_wrap=True, markup=True)
+        console.print(f"  [bold]after[/bold]:  {sample['after']}", soft_wrap=True, markup=True)
+    console.print(f"\nsummary: {output_dir / 'summary.md'}; curves: {output_dir}/**/curves.png")
+
+
+def flat_config(config: RunConfig, stage: StageConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {"stage": stage.name, "objective": stage.objective, "reference": stage.reference}
+    for section in ("model", "lora", "data", "optim"):
+        for key, value in vars(getattr(config, section)).items():
+            if isinstance(value, bool | int | float | str):
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+def metric_line(name: str, before: dict | None, after: dict | None) -> str:
+    def show(entry: dict | None) -> str:
+        if not entry or name not in entry:
+            return "–"
+        return str(MetricSummary(entry[name]["mean"], entry[name]["stderr"], entry[name]["count"]))
+
+    return f"{name}: {show(before)} -> {show(after)}"
+
+
+def write_summary(
+    output_dir: Path, config: RunConfig, outcome: dict[str, Any], data: dict[str, DataSummary | None]
+) -> None:
+    lines = [f"# preftune run: {output_dir}", "", f"model: `{config.model.name}`; LoRA: {config.lora.enabled}", ""]
+    lines += ["## Data", ""] + [f"- {split}: {summary}" for split, summary in data.items() if summary] + [""]
+    for record in outcome["stages"]:
+        lines += [f"## Stage `{record['stage']}`: `{record['objective']}`", ""]
+        lines += [f"{record['steps']} steps in {record['seconds']:.0f} s; model: `{record['model']}`", ""]
+        lines += [format_eval_table(record.get("eval_before"), record.get("eval_after")), ""]
+        if "curves" in record:
+            lines += [f"![curves]({Path(record['curves']).relative_to(output_dir)})", ""]
+    if outcome.get("verdicts"):
+        lines += ["## Held-out gain (first stage's start -> last stage's end)", ""]
+        lines += [f"- {line}" for line in outcome["verdicts"]] + [""]
+    if outcome.get("samples"):
+        lines += ["## Held-out prompts, greedy responses before and after", ""]
+        for sample in outcome["samples"]:
+            lines += ["**Prompt**", "", "```", sample["prompt"][-1200:], "```", ""]
+            lines += ["**Before**", "", "```", sample["before"], "```", "", "**After**", "", "```", sample["after"],
+                      "```", ""]  # fmt: skip
+    write_text_atomic(output_dir / "summary.md", "\n".join(lines))

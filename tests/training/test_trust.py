@@ -1,0 +1,134 @@
+"""A run says what it does and does only that: ``--resume`` refuses a changed run, the held-out split
+is saved and never shares a prompt with training, the reference is computed for the pairs the run
+reads and no more, held-out evaluations and Ctrl-C speak on the console, and the data summary
+counts what was really used."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from preftune.cli.config import load_config
+from preftune.data.split import pair_key, prompt_key
+from preftune.errors import PreftuneError
+from preftune.training.inputs import load_examples
+from preftune.training.resume import changed_keys
+from preftune.training.run import run_training
+from tests.training.common import DataFiles, Run, full_overrides, metric_means, run_cli, train, write_jsonl
+
+
+def _copy_run(run: Run, tmp_path: Path) -> tuple[Path, list[str]]:
+    out = tmp_path / "copy"
+    shutil.copytree(run.out, out)
+    return out, [o for o in run.overrides if not o.startswith("output_dir=")] + [f"output_dir={out}"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [("objective=dpo", "objective"), ("lora.rank=8", "lora.rank (4 -> 8)"), ("optim.max_steps=7", "optim.max_steps")],
+)
+def test_resume_refuses_a_change_to_what_is_trained(lora_run: Run, tmp_path: Path, change: str, named: str) -> None:
+    out, overrides = _copy_run(lora_run, tmp_path)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(PreftuneError, match="--resume would change what is trained: ") as refused:
+        train([*overrides, change, "resume=true"])
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+
+
+def test_resume_refuses_changed_data_behind_the_same_path(data_files: DataFiles, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in data_files.train.read_text(encoding="utf-8").splitlines()]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    overrides = full_overrides(data_files, tmp_path / "run", **{"data.train": str(data), "optim.max_steps": 2})
+    train(overrides)
+    rows[5] = {**rows[5], "chosen": rows[5]["chosen"] + " Edited."}
+    write_jsonl(data, rows)
+    with pytest.raises(PreftuneError, match=r"the (training|held-out) pairs differ from the run's"):
+        train([*overrides, "resume=true"])
+
+
+def test_settings_that_do_not_change_training_may_change_on_resume() -> None:
+    saved = {"objective": "dpo", "trackers": ["tensorboard"], "save_every": 50, "eval": {"every": 0, "batch_size": 16},
+             "optim": {"lr": 1e-4}}  # fmt: skip
+    now = {"objective": "dpo", "trackers": [], "save_every": 5, "eval": {"every": 10, "batch_size": 4},
+           "optim": {"lr": 2e-4}}  # fmt: skip
+    assert changed_keys(saved, now) == ["optim.lr"]
+
+
+def test_duplicated_pairs_and_shared_prompts_never_straddle_the_split(data_files: DataFiles, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in data_files.train.read_text(encoding="utf-8").splitlines()]
+    doubled = write_jsonl(tmp_path / "doubled.jsonl", rows + rows)  # every pair twice
+    config = load_config(None, [f"data.train={doubled}", "data.eval_size=4"])
+    examples = load_examples(config.data)
+    assert len(examples.held_out) >= 4 and len(examples.train) + len(examples.held_out) == 2 * len(rows)
+    trained = {pair_key(e) for e in examples.train}
+    assert not any(pair_key(e) in trained for e in examples.held_out)
+    assert not {prompt_key(e) for e in examples.held_out} & {prompt_key(e) for e in examples.train}
+    assert examples.summaries["train"].to_dict()["split"]["duplicate_pairs"] == len(rows)
+
+
+def _console() -> tuple[Console, StringIO]:
+    text = StringIO()
+    return Console(file=text, width=300, soft_wrap=True), text
+
+
+def test_the_reference_is_computed_for_the_pairs_the_run_reads(data_files: DataFiles, tmp_path: Path) -> None:
+    console, text = _console()
+    overrides = full_overrides(data_files, tmp_path / "run", **{"optim.max_steps": 1, "data.eval_size": 4})
+    run_training(load_config(None, overrides), console=console)
+    assert "(4 of 20 training pairs read by this stage)" in text.getvalue()  # one step of 4 pairs
+
+
+def test_a_precomputed_reference_holds_only_the_pairs_asked_for(data_files: DataFiles) -> None:
+    from accelerate import Accelerator
+
+    from preftune.data import Batcher
+    from preftune.modeling import load_model, load_tokenizer
+    from preftune.objectives import build
+    from preftune.training.inputs import tokenize_inputs
+    from preftune.training.references import make_reference
+
+    config = load_config(None, full_overrides(data_files, Path("unused"), **{"data.eval_size": 4}))
+    tokenizer = load_tokenizer("tiny-random")
+    inputs = tokenize_inputs(load_examples(config.data), tokenizer, config.data)
+    model = load_model("tiny-random")
+    batcher = Batcher(tokenizer.pad_token_id, "padded")
+    train_ref, eval_ref = make_reference("precomputed", build("dpo"), model, config, inputs.train, inputs.held_out,
+                                         batcher, Accelerator(cpu=True), train_ids=[3, 7, 11])  # fmt: skip
+    assert train_ref.table["example_ids"].tolist() == [3, 7, 11]
+    assert eval_ref.table["example_ids"].tolist() == [0, 1, 2, 3]
+
+
+def test_evaluations_and_ctrl_c_speak_on_the_console(data_files: DataFiles, tmp_path: Path) -> None:
+    def interrupt(step: int, stats: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    console, text = _console()
+    out = tmp_path / "run"
+    overrides = full_overrides(data_files, out, **{"eval.every": 1, "optim.max_steps": 4})
+    with pytest.raises(KeyboardInterrupt):
+        run_training(load_config(None, overrides), callbacks=[interrupt], console=console)
+    shown = text.getvalue()
+    assert "held-out at step 0/4: accuracy 0.5000" in shown and "held-out at step 2/4: accuracy " in shown
+    assert f"interrupted in stage 'train'; --resume continues from {out / 'checkpoints' / 'step-000002'}" in shown
+
+
+def test_the_held_out_split_is_saved_and_evaluate_run_scores_it(full_run: Run) -> None:
+    held = [json.loads(line) for line in (full_run.out / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(held) == 8 and all(row.keys() == {"prompt", "chosen", "rejected"} for row in held)
+    result = run_cli("evaluate", "--run", str(full_run.out))
+    assert result.returncode == 0, result.stderr
+    accuracy = next(line for line in result.stdout.splitlines() if line.startswith("accuracy "))
+    expected = metric_means(full_run.outcome["stages"][0]["eval_after"])["accuracy"]
+    assert accuracy.split()[1] == f"{expected:.4f}" and accuracy.endswith("(8)")
+
+
+def test_the_data_summary_counts_what_was_used(lora_run: Run) -> None:
+    summary = json.loads((lora_run.out / "data_summary.json").read_text(encoding="utf-8"))
+    assert summary["train"]["kept"] == 16  # data.train_size=16 of the file's 24 pairs
