@@ -87,8 +87,11 @@ def test_max_bad_steps_in_a_row_stop_with_a_usable_checkpoint(
     assert_same_tensors(checkpoint_weights(out_dir, 5), checkpoint_weights(skipping_run.out, 3))
     assert [h["step"] for h in trainer_state(out_dir, 5)["history"]] == [1, 2, 3, 4, 5]
 
-    # usable: resumed with the fault gone, the run ends exactly as the run that skipped the same steps
-    outcome = train([*_config(data_files, out_dir, first=0, last=0, max_bad_steps=2), "resume=true"])
+    # usable: resumed as it was (a changed objective would be refused; the fault was at steps 4-5 only),
+    # the run ends exactly as the run that skipped the same steps
+    terms.STATE["step"] = 6
+    resumed = [*_config(data_files, out_dir, first=4, last=5, max_bad_steps=2), "resume=true"]
+    outcome = train(resumed, callbacks=[terms.track_step])
     assert outcome["stages"][0]["steps"] == 6
     assert [h["step"] for h in trainer_state(out_dir, 6)["history"]] == [1, 2, 3, 4, 5, 6]
     assert_same_tensors(model_weights(out_dir / "model"), model_weights(skipping_run.out / "model"))

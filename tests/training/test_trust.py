@@ -132,3 +132,22 @@ def test_the_held_out_split_is_saved_and_evaluate_run_scores_it(full_run: Run) -
 def test_the_data_summary_counts_what_was_used(lora_run: Run) -> None:
     summary = json.loads((lora_run.out / "data_summary.json").read_text(encoding="utf-8"))
     assert summary["train"]["kept"] == 16  # data.train_size=16 of the file's 24 pairs
+
+
+def test_gradient_checkpointing_trains_the_same_model(data_files: DataFiles, tmp_path: Path) -> None:
+    settings = {"optim.max_steps": 2, "data.eval_size": 4}
+    plain = train(full_overrides(data_files, tmp_path / "plain", **settings))
+    recomputed = train(
+        full_overrides(data_files, tmp_path / "gc", **settings, **{"model.gradient_checkpointing": True})
+    )
+    after, again = (metric_means(o["stages"][0]["eval_after"]) for o in (plain, recomputed))
+    assert after["margin"] != 0  # it trained
+    for name, value in after.items():
+        assert again[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(data_files: DataFiles, tmp_path: Path) -> None:
+    result = run_cli("train", *full_overrides(data_files, tmp_path / "run", **{"optim.max_steps": 1}))
+    assert result.returncode == 0, result.stderr
+    stage = next(line for line in result.stderr.splitlines() if line.startswith("stage 'train': 1.0*dpo("))
+    assert len(stage) > 80 and stage.rstrip().endswith(")")  # the whole objective on one line
