@@ -151,3 +151,21 @@ def test_piped_output_is_not_wrapped_at_80_columns(data_files: DataFiles, tmp_pa
     assert result.returncode == 0, result.stderr
     stage = next(line for line in result.stderr.splitlines() if line.startswith("stage 'train': 1.0*dpo("))
     assert len(stage) > 80 and stage.rstrip().endswith(")")  # the whole objective on one line
+
+
+def test_evaluate_reads_labelled_pairs_by_their_label(full_run: Run, data_files: DataFiles, tmp_path: Path) -> None:
+    """AlpacaEval-shaped rows with the better response second (``preference`` 2) score exactly as the
+    same pairs given as chosen/rejected: the label decides, not the column order."""
+    from preftune.training.evaluate import evaluate_model
+
+    rows = [json.loads(line) for line in data_files.eval.read_text(encoding="utf-8").splitlines()]
+    labelled = write_jsonl(tmp_path / "annotations.jsonl", [
+        {"instruction": r["prompt"], "output_1": r["rejected"], "output_2": r["chosen"], "preference": 2} for r in rows
+    ])  # fmt: skip
+    model = str(full_run.out / "model")
+    plain = evaluate_model(model, "tiny-random", str(data_files.eval), max_length=64)
+    by_label = evaluate_model(model, "tiny-random", str(labelled), max_length=64,
+                              data_config=load_config(None, ["data.labels.column=preference"]).data)  # fmt: skip
+    assert plain["accuracy"].count == by_label["accuracy"].count == len(rows)
+    for name, value in plain.items():
+        assert by_label[name].mean == pytest.approx(value.mean, rel=1e-6, abs=1e-7), name

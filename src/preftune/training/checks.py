@@ -18,6 +18,7 @@ from preftune.data.collate import LAYOUTS
 from preftune.data.ranked import PAIRINGS
 from preftune.errors import SpecError
 from preftune.modeling.loading import DTYPES
+from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import build
 from preftune.training.config import RunConfig, resolve_defaults
 
@@ -96,6 +97,8 @@ def _check_choices(config: RunConfig) -> None:
     _choice("data.layout", config.data.layout, LAYOUTS)
     _choice("data.pairing", config.data.pairing, PAIRINGS)
     _choice("data.split_by", config.data.split_by, SPLIT_BY)
+    if config.lora.enabled:
+        parse_target_modules(config.lora.target_modules)  # the form; the names need the model
     if not str(config.model.name).strip():
         raise SpecError("model.name is empty")
     if config.data.eval and config.data.eval == config.data.train:

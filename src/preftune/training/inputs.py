@@ -15,8 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune.data.split import hold_out
-
 from preftune.data import (
     DataSummary,
     PreferenceExample,
@@ -25,6 +23,7 @@ from preftune.data import (
     load_preference_data,
     tokenize_examples,
 )
+from preftune.data.split import hold_out
 from preftune.errors import PreftuneError
 from preftune.training.config import DataConfig
 from preftune.training.report import write_text_atomic
