@@ -251,3 +251,13 @@ def test_print_config_states_the_defaults_a_trl_user_expects() -> None:
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"]["mixed_precision"] == "no" and printed["resume"] is True
     assert printed["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_yaml_reads_documented_words_as_strings(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML's default) reads `no` as false; a documented value must stay the word."""
+    config = tmp_path / "run.yaml"
+    config.write_text("optim:\n  mixed_precision: no\nlora:\n  target_modules: [q_proj, v_proj]\n", encoding="utf-8")
+    loaded = load_config(config, ["model.name=off"])
+    assert loaded.optim.mixed_precision == "no" and loaded.model.name == "off"
+    assert loaded.lora.target_modules == ["q_proj", "v_proj"]
+    assert load_config(None, ["merge_lora=true"]).merge_lora is True  # true/false are still booleans
