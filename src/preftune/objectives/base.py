@@ -24,8 +24,23 @@ NO_SUBTRACTION = "terms are added with positive weights; subtraction is not allo
 DIVIDE_BY_TERM = "an objective can be divided by a number, not a number by a term"
 
 
+class _PositiveSums:
+    """What a sum of terms with positive weights refuses: subtraction, negation, a number over a term."""
+
+    def __rtruediv__(self, other: object) -> Objective:
+        raise SpecError(DIVIDE_BY_TERM)
+
+    def __sub__(self, other: object) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
+
+    __rsub__ = __sub__
+
+    def __neg__(self) -> Objective:
+        raise SpecError(NO_SUBTRACTION)
+
+
 @dataclass(frozen=True)
-class Term:
+class Term(_PositiveSums):
     """One loss term. Subclasses are frozen dataclasses whose fields are hyper-parameters.
 
     Every field is checked on construction against its declared type and its bounds, declared
@@ -73,17 +88,6 @@ class Term:
     def __truediv__(self, divisor: float) -> Objective:
         return Objective.of(self) / divisor
 
-    def __rtruediv__(self, other: object) -> Objective:
-        raise SpecError(DIVIDE_BY_TERM)
-
-    def __sub__(self, other: object) -> Objective:
-        raise SpecError(NO_SUBTRACTION)
-
-    __rsub__ = __sub__
-
-    def __neg__(self) -> Objective:
-        raise SpecError(NO_SUBTRACTION)
-
 
 @dataclass(frozen=True)
 class ObjectiveOutput:
@@ -101,7 +105,7 @@ class ObjectiveOutput:
 
 
 @dataclass(frozen=True)
-class Objective:
+class Objective(_PositiveSums):
     """A weighted sum of terms, e.g. ``dpo + 0.5*exmate``.
 
     Every term must read the same kind of record (pairs or groups); the constructor refuses a
@@ -168,17 +172,6 @@ class Objective:
         if not (is_number(divisor) and math.isfinite(divisor) and divisor > 0):  # type: ignore[arg-type]
             raise SpecError(f"an objective can only be divided by a finite number > 0, got {divisor!r}")
         return Objective(tuple((w / float(divisor), t) for w, t in self.weighted_terms))
-
-    def __rtruediv__(self, other: object) -> Objective:
-        raise SpecError(DIVIDE_BY_TERM)
-
-    def __sub__(self, other: object) -> Objective:
-        raise SpecError(NO_SUBTRACTION)
-
-    __rsub__ = __sub__
-
-    def __neg__(self) -> Objective:
-        raise SpecError(NO_SUBTRACTION)
 
     @property
     def terms(self) -> tuple[Term, ...]:
