@@ -181,17 +181,26 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         for p, b, a in zip(sample_prompts, samples_before, samples_after, strict=True)
     ]
     outcome["seconds"] = time.perf_counter() - began
-    first, last = outcome["stages"][0], outcome["stages"][-1]
-    outcome["verdicts"] = [
-        line
-        for name in ("accuracy", "margin")
-        if (line := gain_verdict(name, first.get("eval_before"), last.get("eval_after"))) is not None
-    ]
+    outcome["verdicts"] = _verdicts(outcome["stages"])
     if main:
-        write_json_atomic(output_dir / "outcome.json", outcome)
-        write_summary(output_dir, config, outcome, inputs.summaries)
-        print_outcome(console, outcome, output_dir)
+        _report(outcome, config, inputs, console)
     return outcome
+
+
+def _verdicts(stages: list[dict[str, Any]]) -> list[str]:
+    """Whether held-out accuracy and margin gained more than two standard errors, first stage's start
+    to last stage's end."""
+    first, last = stages[0], stages[-1]
+    lines = (gain_verdict(name, first.get("eval_before"), last.get("eval_after")) for name in ("accuracy", "margin"))
+    return [line for line in lines if line is not None]
+
+
+def _report(outcome: dict[str, Any], config: RunConfig, inputs: Inputs, console: Console) -> None:
+    """``outcome.json``, ``summary.md`` and the console's last words (main process only)."""
+    output_dir = Path(config.output_dir)
+    write_json_atomic(output_dir / "outcome.json", outcome)
+    write_summary(output_dir, config, outcome, inputs.summaries)
+    print_outcome(console, outcome, output_dir)
 
 
 def _run_stage(
