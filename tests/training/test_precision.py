@@ -76,3 +76,44 @@ def test_the_chosen_precision_changes_the_matmul_dtype_under_accelerate() -> Non
     assert layer.weight.dtype == torch.float32  # master weights stay float32; only the product is bf16
     assert out.dtype == (torch.bfloat16 if chosen == "bf16" else torch.float32)
     assert chosen == ("bf16" if cpu_has_native_bf16() else "no")
+
+
+# --- examples/demo_size.py: `make demo` sized from the measured speed ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_size():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_size", ROOT / "examples" / "demo_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_holds_out_more_on_a_faster_cpu_and_fits_the_budget(demo_size) -> None:
+    budget = 480.0
+    chosen = [demo_size.choose_held_out(rate, "no", budget) for rate in (100, 200, 300, 600, 5000)]
+    assert chosen == sorted(chosen) and chosen[0] == demo_size.MIN_HELD_OUT and chosen[-1] == demo_size.MAX_HELD_OUT
+    for rate, held_out in zip((100, 200, 300, 600, 5000), chosen, strict=True):
+        assert held_out % demo_size.STEP == 0
+        if held_out > demo_size.MIN_HELD_OUT:  # a chosen size fits; one more step would not
+            assert demo_size.run_seconds(held_out, rate, "no") <= budget
+        if held_out < demo_size.MAX_HELD_OUT:
+            assert demo_size.run_seconds(held_out + demo_size.STEP, rate, "no") > budget
+
+
+def test_demo_size_prints_overrides_that_the_demo_config_accepts(demo_size, monkeypatch, capsys) -> None:
+    from preftune.cli.config import load_config
+
+    monkeypatch.setattr(demo_size, "measure_tokens_per_s", lambda precision: 250.0)
+    monkeypatch.setattr(precision, "auto_mixed_precision", lambda: "no")
+    assert demo_size.main(["--budget", "600"]) == 0
+    out, err = capsys.readouterr()
+    config = load_config(ROOT / "examples" / "demo.yaml", out.split())
+    expected = demo_size.choose_held_out(250.0, "no", 600)  # the mocked calibration takes no time
+    assert config.data.eval_size == expected and config.data.train_size == demo_size.TRAIN_PAIRS
+    assert config.optim.mixed_precision == "no"
+    assert f"holding out {expected}" in err and "250 tokens/s in a float32 forward pass" in err
