@@ -44,13 +44,12 @@ A single measurement, printing one ``RESULT {json}`` line on stdout::
     .venv/bin/python benchmarks/compare_trl.py --child matmul
 
 Results: a table on stdout, JSON at ``--out`` (default ``out/bench/compare_trl.json``) and a Markdown table beside it
-(``compare_trl.md``), both written atomically (a temporary file, then ``os.replace``) after every measurement.
+(``compare_trl.md``), both written atomically (``preftune.files.write_atomic``) after every measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -62,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,6 +82,8 @@ from workloads import (  # noqa: E402  (the folder above is put on the path firs
     benchmark_pairs,
     get_workload,
 )
+
+from preftune.files import write_atomic  # noqa: E402
 
 RESULT_PREFIX = "RESULT "
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
@@ -593,37 +594,23 @@ def matmul_line(matmul: dict[str, Any] | None) -> str:
     return line
 
 
-@contextlib.contextmanager
-def _atomic_write(path: Path) -> Iterator[Any]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_outputs(out: Path, report: dict[str, Any], text_table: str, md_table: str) -> Path:
     """The JSON report at ``out`` and the Markdown table beside it (same name, ``.md``); returns the latter."""
-    with _atomic_write(out) as handle:
-        json.dump(report, handle, indent=2)
-        handle.write("\n")
+    write_atomic(out, json.dumps(report, indent=2) + "\n")
     md_path = out.with_suffix(".md")
     meta = report["meta"]
-    with _atomic_write(md_path) as handle:
-        handle.write("# preftune vs TRL DPOTrainer\n\n")
-        steps = ", ".join(f"{name} {n}" for name, n in meta["steps"].items())
-        handle.write(f"{meta['started']}, {meta['machine']}; steps: {steps}; repeats: {meta['repeats']}; ")
-        handle.write(f"malloc thresholds {'set' if meta['malloc_env'] else 'unset'}.\n\n")
-        handle.write(f"{matmul_line(report['matmul'])}\n\n{md_table}\n")
-        if report["failures"]:
-            handle.write("\nFailures:\n\n")
-            for f in report["failures"]:
-                handle.write(f"- {f['workload']} {f['side']}:{f['variant']} repeat {f['repeat']}: {f['error']}\n")
+    steps = ", ".join(f"{name} {n}" for name, n in meta["steps"].items())
+    lines = [
+        "# preftune vs TRL DPOTrainer\n\n",
+        f"{meta['started']}, {meta['machine']}; steps: {steps}; repeats: {meta['repeats']}; ",
+        f"malloc thresholds {'set' if meta['malloc_env'] else 'unset'}.\n\n",
+        f"{matmul_line(report['matmul'])}\n\n{md_table}\n",
+    ]
+    if report["failures"]:
+        lines.append("\nFailures:\n\n")
+        for f in report["failures"]:
+            lines.append(f"- {f['workload']} {f['side']}:{f['variant']} repeat {f['repeat']}: {f['error']}\n")
+    write_atomic(md_path, "".join(lines))
     return md_path
 
 

@@ -44,7 +44,7 @@ def make_batch(pairs: int = 8, length: int = 256, vocab: int = 49152, seed: int 
     position = torch.arange(length)[None, :]
     response = position >= (length - responses)[:, None]
     attention = torch.ones(rows, length, dtype=torch.long)
-    return TokenBatch(ids, attention, response, torch.arange(pairs), True)
+    return TokenBatch(ids, attention, response, torch.arange(pairs), 2)
 
 
 def naive_sum(model, batch: TokenBatch) -> torch.Tensor:

@@ -29,8 +29,7 @@ from preftune.data import bundled_path, load_preference_data
 from preftune.modeling.embedded import ensure_embedded_model
 from preftune.modeling.tiny import tiny_model_path
 
-# The objective and optimiser settings both sides use.
-OBJECTIVE = "dpo"
+# The DPO and optimiser settings both sides use.
 BETA = 0.1
 LEARNING_RATE = 5e-6
 

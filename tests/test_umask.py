@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from preftune.modeling.cache import atomic_directory, atomic_write_target, current_umask, write_atomic
-from preftune.training.checkpoint import write_json_atomic
-from preftune.training.report import write_text_atomic
+from preftune.files import atomic_write_target, current_umask, write_atomic, write_json_atomic
+from preftune.modeling.cache import atomic_directory
+from preftune.training.report import plot_curves
 
 
 def _mode(path: Path) -> int:
@@ -39,13 +39,15 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, file_mode: i
         "text": tmp_path / "summary.md",
         "bytes": tmp_path / "blob.bin",
         "target": tmp_path / "table.safetensors",
+        "png": tmp_path / "curves.png",
     }
     write_json_atomic(written["json"], {"a": 1})
-    write_text_atomic(written["text"], "# summary\n")
+    write_atomic(written["text"], "# summary\n")
     write_atomic(written["bytes"], b"\x00\x01")
     tmp = atomic_write_target(written["target"])  # the reference cache's way: a writer fills it, then a rename
     tmp.write_bytes(b"table")
     os.replace(tmp, written["target"])
+    plot_curves([{"step": 1, "loss": 1.0}], [], written["png"], "curves")  # matplotlib writes the target
     with atomic_directory(tmp_path / "model") as folder:
         (folder / "config.json").write_text("{}")
     for kind, path in written.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from preftune.analysis import GradientReport, shared_token_weight, token_weights, write_gradient_report
-from preftune.analysis.report import atomic_write
 from preftune.analysis.synthetic import margin_pairs, shared_prefix_pairs, uniform_pairs
 from preftune.errors import SpecError
 from preftune.objectives import parse
@@ -117,21 +115,3 @@ def test_a_bad_spec_fails_before_anything_is_written(tmp_path: Path) -> None:
         with pytest.raises(SpecError):
             write_gradient_report(bad, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-
-
-def test_atomic_write_replaces_whole_files_and_cleans_up_on_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "a.csv"
-    atomic_write(target, b"old")
-    atomic_write(target, b"new")
-    assert target.read_bytes() == b"new"
-
-    def broken(*_: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, b"half")
-    assert target.read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]

@@ -47,7 +47,7 @@ def test_indices_may_be_a_tensor() -> None:
 
 def test_chosen_only_and_padding_multiple() -> None:
     pairs = [pair([1, 2, 3], [4, 5], [6]), pair([7], [8], [9])]
-    batch = collate(pairs, [0, 1], pad_id=PAD, include_rejected=False, pad_to_multiple_of=8)
+    batch = collate(pairs, [0, 1], pad_id=PAD, group_size=1, pad_to_multiple_of=8)
     assert not batch.paired and batch.input_ids.shape == (2, 8)
     assert batch.input_ids[1].tolist() == [7, 8] + [PAD] * 6
 
@@ -62,7 +62,7 @@ def test_unpaired_rejected_rows_use_their_prompt() -> None:
 def test_errors() -> None:
     with pytest.raises(PreftuneError, match="empty batch"):
         collate([], [], pad_id=0)
-    with pytest.raises(PreftuneError, match="1 indices for 2 pairs"):
+    with pytest.raises(PreftuneError, match="1 indices for 2 examples"):
         collate([pair([1], [2], [3])] * 2, [0], pad_id=0)
 
 

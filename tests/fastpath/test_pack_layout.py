@@ -85,7 +85,7 @@ def test_token_savings(hh_pairs) -> None:
 
 
 def test_unpaired_and_own_prompts() -> None:
-    single = pack([pair([1], [2], [3]), pair([4, 5], [6], [7])], [0, 1], PAD, include_rejected=False)
+    single = pack([pair([1], [2], [3]), pair([4, 5], [6], [7])], [0, 1], PAD, group_size=1)
     assert not single.paired and single.num_records == 2 and single.num_tokens == 5
     # a rejected response with a prompt of its own gets a block of its own
     own = pack([pair([1], [2], [3], rejected_prompt=[8, 9])], [0], PAD)

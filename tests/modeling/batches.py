@@ -29,7 +29,7 @@ def random_batch(
     response = (position >= prompts[:, None]) & attention
     ids = ids.masked_fill(~attention, PAD)
     example_ids = torch.arange(first_id, first_id + pairs)
-    return TokenBatch(ids, attention.long(), response, example_ids, paired)
+    return TokenBatch(ids, attention.long(), response, example_ids, 2 if paired else 1)
 
 
 def chat_batch(tokenizer, examples: list[tuple[str, str, str]], first_id: int = 0) -> TokenBatch:
@@ -52,7 +52,7 @@ def chat_batch(tokenizer, examples: list[tuple[str, str, str]], first_id: int = 
         ids[i, : len(p) + len(r)] = torch.tensor(p + r)
         attention[i, : len(p) + len(r)] = 1
         response[i, len(p) : len(p) + len(r)] = True
-    return TokenBatch(ids, attention, response, torch.arange(first_id, first_id + len(examples)), True)
+    return TokenBatch(ids, attention, response, torch.arange(first_id, first_id + len(examples)), 2)
 
 
 def naive_logprobs(model, batch: TokenBatch) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import pytest
 
-from preftune.modeling import atomic_directory, cache_root, write_atomic
+from preftune.modeling import atomic_directory, cache_root
 
 
 def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -53,23 +52,3 @@ def test_racing_writers_leave_one_complete_folder(tmp_path: Path) -> None:
     assert not errors
     assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text()
     assert list(tmp_path.iterdir()) == [dest]
-
-
-def test_concurrent_atomic_writes_never_collide(tmp_path: Path) -> None:
-    dest = tmp_path / "state.json"
-    errors: list[BaseException] = []
-
-    def write(i: int) -> None:
-        try:
-            for j in range(25):
-                write_atomic(dest, json.dumps({"writer": i, "write": j}))
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert json.loads(dest.read_text())["write"] == 24 and list(tmp_path.iterdir()) == [dest]  # no temporary left

@@ -167,7 +167,7 @@ def test_bad_batches_are_refused(tiny) -> None:
         sequence_logprobs(
             tiny, TokenBatch(batch.input_ids, batch.attention_mask, first, batch.example_ids), with_tokens=False
         )
-    with pytest.raises(PreftuneError, match="4 rows for 3 pairs"):
+    with pytest.raises(PreftuneError, match="4 rows for 3 examples of 2 responses"):
         sequence_logprobs(
             tiny,
             TokenBatch(batch.input_ids, batch.attention_mask, batch.response_mask, torch.arange(3)),

@@ -15,10 +15,10 @@ import torch
 
 from preftune.cli.config import load_config
 from preftune.data import Batcher
+from preftune.evaluation.command import evaluate_model
 from preftune.evaluation.statistical import pair_values, summarise
 from preftune.modeling import ModelReference, load_model, load_tokenizer, sequence_logprobs
 from preftune.objectives import build
-from preftune.training.evaluate import evaluate_model
 from preftune.training.inputs import load_examples, tokenize_inputs
 from tests.training.common import Run, metric_means, run_cli
 

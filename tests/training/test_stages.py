@@ -140,8 +140,8 @@ def test_every_stage_model_loads_to_the_policy_it_trained(
     the run's in-memory policy did at the end of that stage. Under LoRA the second stage's adapter
     sits on the first stage's merged weights, and its ``adapter_config.json`` must say so: naming the
     original base, it loaded a different model (margin 2.87 against 5.40 in the issue's run)."""
+    from preftune.evaluation.command import evaluate_model, evaluate_run
     from preftune.objectives import build
-    from preftune.training.evaluate import evaluate_model, evaluate_run
 
     run = staged if mode == "lora" else staged_full
     records = run.outcome["stages"]

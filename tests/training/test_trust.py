@@ -156,7 +156,7 @@ def test_piped_output_is_not_wrapped_at_80_columns(data_files: DataFiles, tmp_pa
 def test_evaluate_reads_labelled_pairs_by_their_label(full_run: Run, data_files: DataFiles, tmp_path: Path) -> None:
     """AlpacaEval-shaped rows with the better response second (``preference`` 2) score exactly as the
     same pairs given as chosen/rejected: the label decides, not the column order."""
-    from preftune.training.evaluate import evaluate_model
+    from preftune.evaluation.command import evaluate_model
 
     rows = [json.loads(line) for line in data_files.eval.read_text(encoding="utf-8").splitlines()]
     labelled = write_jsonl(tmp_path / "annotations.jsonl", [

@@ -2,8 +2,8 @@
 
 :func:`write_gradient_report` parses every objective first (a bad one fails with
 :class:`~preftune.errors.SpecError` before anything is written), computes the four analyses of
-METHODS.md §3 by autograd on synthetic pairs, and writes each file atomically (a temporary file
-in the same folder, then :func:`os.replace`), so a reader never sees half a file.
+METHODS.md §3 by autograd on synthetic pairs, and writes each file atomically
+(:func:`preftune.files.write_atomic`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from preftune.analysis.logit_space import SMOLLM2_VOCAB, logit_space
 from preftune.analysis.summary import headline
 from preftune.analysis.table import Analysis
 from preftune.errors import SpecError
+from preftune.files import write_atomic
 from preftune.objectives import Objective, PairRecord, build
 
 JSON_NAME = "gradient_analysis.json"
@@ -51,21 +50,6 @@ def parse_specs(specs: Sequence[str]) -> dict[str, Objective]:
     if not objectives:
         raise SpecError("the gradient report needs at least one objective, e.g. ['mle', 'dpo']")
     return objectives
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and :func:`os.replace`."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _csv(analysis: Analysis) -> bytes:
@@ -152,5 +136,5 @@ def write_gradient_report(
     outputs[JSON_NAME] = _json(objectives, analyses, lines)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    files = [atomic_write(folder / name, data) for name, data in outputs.items()]
+    files = [write_atomic(folder / name, data) for name, data in outputs.items()]
     return GradientReport(files=files, headline=lines)

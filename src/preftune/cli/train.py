@@ -100,7 +100,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             shown = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "data settings"
             raise PreftuneError(f"--run takes the model, reference and data from the run: drop {shown}")
         quiet_libraries()
-        from preftune.training.evaluate import evaluate_run
+        from preftune.evaluation.command import evaluate_run
 
         evaluate_run(args.run_dir, out=args.out, batch_size=args.batch_size)
         return 0
@@ -111,7 +111,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise PreftuneError(f"evaluate takes only data.* settings, not '{bad[0]}'")
     data_config = load_config(None, list(args.overrides)).data
     quiet_libraries()
-    from preftune.training.evaluate import evaluate_model
+    from preftune.evaluation.command import evaluate_model
 
     evaluate_model(
         model=args.model,

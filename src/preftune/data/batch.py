@@ -1,14 +1,17 @@
 """Token batches: what the model side receives from the data side.
 
-Two layouts share one contract: N *records* (the chosen responses of B pairs, then their rejected
-responses; or B single examples), each a prompt followed by one response.
+Two layouts share one contract: N = C·B *records* for B examples of C responses each (C = 2: the
+chosen responses of B pairs, then their rejected responses; C = 1: B single responses; C > 2: groups
+of sampled or ranked responses), each a prompt followed by one response. Record k·B + i is the k-th
+response of example i.
 :class:`TokenBatch` gives each record a right-padded row of its own; :class:`PackedBatch`
 (built by :func:`preftune.data.packing.pack`) packs pairs padding-free with one shared prompt
 per pair. The model side accepts either (``Batch``).
 
 In the padded layout a batch of B pairs is laid out as N = 2B rows, chosen rows first (0..B-1), then rejected rows
-(B..2B-1), each row the prompt followed by one response, right-padded. A batch of unpaired
-examples (``mle`` on good responses only) has N = B rows and ``paired=False``.
+(B..2B-1), each row the prompt followed by one response, right-padded. A chosen-only batch (``mle``
+reads nothing else) has N = B rows and ``group_size=1``. Rewards, where the examples carry them
+(groups), travel with the batch: ``rewards [B, C]``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ from torch import Tensor
 
 
 class _Records:
-    """What both layouts answer alike, from ``example_ids`` and ``response_counts()``."""
+    """What both layouts answer alike, from ``example_ids``, ``group_size`` and ``response_counts()``."""
 
     example_ids: Tensor
+    group_size: int
+
+    @property
+    def paired(self) -> bool:
+        """True for a batch of pairs (records B..2B-1 are the rejected responses of records 0..B-1)."""
+        return self.group_size == 2
 
     def response_counts(self) -> Tensor:
         raise NotImplementedError
@@ -53,14 +62,16 @@ class TokenBatch(_Records):
             logits at position t-1, so position 0 is never a response position.
         example_ids: ``[B]`` long, the index of each pair (or example) in its dataset, for the
             reference cache and for exact resumption.
-        paired: True when rows B..2B-1 are the rejected responses of rows 0..B-1.
+        group_size: C, responses per example (rows k·B..k·B+B-1 hold the k-th responses).
+        rewards: ``[B, C]`` float, each response's reward, or None.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     response_mask: Tensor
     example_ids: Tensor
-    paired: bool = True
+    group_size: int = 2
+    rewards: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -83,17 +94,18 @@ class TokenBatch(_Records):
             self.attention_mask.to(device),
             self.response_mask.to(device),
             self.example_ids.to(device),
-            self.paired,
+            self.group_size,
+            None if self.rewards is None else self.rewards.to(device),
         )
 
 
 @dataclass
 class PackedBatch(_Records):
-    """B pairs (or B single examples) packed into R rows of length L.
+    """B examples of C responses each packed into R rows of length L.
 
-    The N = 2B *records* (chosen 0..B-1, then rejected B..2B-1; N = B when unpaired) are the
-    logical rows of a :class:`~preftune.data.batch.TokenBatch`; each is located by offsets into
-    the flattened ``[R·L]`` token buffer.
+    The N = C·B *records* (record k·B + i: the k-th response of example i; for pairs chosen
+    0..B-1, then rejected B..2B-1) are the logical rows of a :class:`~preftune.data.batch.TokenBatch`;
+    each is located by offsets into the flattened ``[R·L]`` token buffer.
 
     Attributes:
         input_ids: ``[R, L]`` long, padded with the pad id.
@@ -102,8 +114,9 @@ class PackedBatch(_Records):
         branch_ids: ``[R, L]`` long, 0 on a prompt token, k > 0 on the k-th response of its block.
         prompt_start, prompt_length: ``[N]`` long, each record's prompt in the flat buffer.
         response_start, response_length: ``[N]`` long, each record's response in the flat buffer.
-        example_ids: ``[B]`` long, each pair's index in its dataset.
-        paired: True when records B..2B-1 are the rejected responses of records 0..B-1.
+        example_ids: ``[B]`` long, each example's index in its dataset.
+        group_size: C, responses per example.
+        rewards: ``[B, C]`` float, each response's reward, or None.
     """
 
     input_ids: Tensor
@@ -115,7 +128,8 @@ class PackedBatch(_Records):
     response_start: Tensor
     response_length: Tensor
     example_ids: Tensor
-    paired: bool = True
+    group_size: int = 2
+    rewards: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -140,7 +154,9 @@ class PackedBatch(_Records):
 
     def to(self, device: torch.device | str) -> PackedBatch:
         moved = [t.to(device) for t in (self.input_ids, self.position_ids, self.block_ids, self.branch_ids)]
-        return PackedBatch(*moved, *(t.to(device) for t in self._spans()), self.example_ids.to(device), self.paired)
+        rewards = None if self.rewards is None else self.rewards.to(device)
+        spans = (t.to(device) for t in self._spans())
+        return PackedBatch(*moved, *spans, self.example_ids.to(device), self.group_size, rewards)
 
 
 Batch = TokenBatch | PackedBatch

@@ -1,52 +1,87 @@
-"""Collation: tokenized pairs -> the fixed :class:`~preftune.data.batch.TokenBatch` layout.
+"""Collation: tokenized examples -> the fixed :class:`~preftune.data.batch.TokenBatch` layout.
 
-B pairs become N = 2B rows: rows 0..B-1 are prompt + chosen, rows B..2B-1 prompt + rejected
-(the rejected response's own prompt for unpaired data), right-padded to the longest row.
-With ``include_rejected=False`` (``mle`` on good responses only) N = B and ``paired=False``.
+B examples of C responses each become N = C·B rows: row k·B + i is the prompt of example i
+followed by its k-th response (pairs: rows 0..B-1 prompt + chosen, rows B..2B-1 prompt +
+rejected, the rejected response's own prompt for unpaired data), right-padded to the longest row.
+``group_size`` takes the first C responses of each example: 1 for a chosen-only batch (``mle``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from preftune.data.batch import Batch, TokenBatch
-from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 
 
+class Responses(Protocol):
+    """What a batch is built from: a :class:`~preftune.data.tokenize.TokenizedPair` (C = 2) or a
+    :class:`~preftune.data.groups.TokenizedGroup` (C responses with rewards)."""
+
+    prompt_ids: list[int]
+    num_responses: int
+    rewards: tuple[float, ...] | None
+
+    def branch(self, k: int) -> tuple[list[int], list[int]]: ...
+
+
+def group_size_of(items: Sequence[Responses], group_size: int | None) -> int:
+    """The C a batch of ``items`` takes: ``group_size``, or every response when None (one C for all)."""
+    sizes = {item.num_responses for item in items}
+    if group_size is None:
+        if len(sizes) > 1:
+            raise PreftuneError(f"a batch needs one number of responses per example, got {sorted(sizes)}")
+        return sizes.pop()
+    if group_size < 1 or group_size > min(sizes):
+        raise PreftuneError(f"cannot take {group_size} responses from examples with {min(sizes)}")
+    return group_size
+
+
+def example_ids_of(indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``[B]`` long example ids, on the CPU."""
+    if isinstance(indices, torch.Tensor):
+        return indices.detach().to(device="cpu", dtype=torch.long).reshape(-1).clone()
+    return torch.tensor(list(indices), dtype=torch.long)
+
+
+def rewards_of(items: Sequence[Responses], group_size: int) -> torch.Tensor | None:
+    """``[B, C]`` float32 rewards of the first C responses, or None when the examples carry none."""
+    if any(item.rewards is None for item in items):
+        return None
+    return torch.tensor([list(item.rewards)[:group_size] for item in items], dtype=torch.float32)  # type: ignore[arg-type]
+
+
 def collate(
-    pairs: Sequence[TokenizedPair],
+    pairs: Sequence[Responses],
     indices: Sequence[int] | torch.Tensor,
     pad_id: int,
     *,
-    include_rejected: bool = True,
+    group_size: int | None = None,
     pad_to_multiple_of: int | None = None,
 ) -> TokenBatch:
-    """Lay out a batch of pairs as a :class:`TokenBatch`.
+    """Lay out a batch as a :class:`TokenBatch`.
 
     Args:
-        pairs: B tokenized pairs.
-        indices: ``[B]`` each pair's index in its dataset (``TokenBatch.example_ids``), ints or a tensor.
+        pairs: B tokenized pairs or groups.
+        indices: ``[B]`` each example's index in its dataset (``TokenBatch.example_ids``), ints or a tensor.
         pad_id: the id written on padding positions (they are masked out by ``attention_mask``).
-        include_rejected: False for a chosen-only batch (N = B, ``paired=False``).
+        group_size: C, the first responses taken of each example (default all; 1: chosen only).
         pad_to_multiple_of: round the width L up to a multiple of this.
 
     Returns:
         ``input_ids [N, L]``, ``attention_mask [N, L]``, ``response_mask [N, L]`` (True on the
-        response tokens, never at position 0), ``example_ids [B]``.
+        response tokens, never at position 0), ``example_ids [B]``, ``rewards [B, C]`` or None.
     """
     if not pairs:
         raise PreftuneError("cannot collate an empty batch")
     if len(indices) != len(pairs):
-        raise PreftuneError(f"collate: {len(indices)} indices for {len(pairs)} pairs")
-    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
-    if include_rejected:
-        rows += [
-            (p.prompt_ids if p.rejected_prompt_ids is None else p.rejected_prompt_ids, p.rejected_ids) for p in pairs
-        ]
+        raise PreftuneError(f"collate: {len(indices)} indices for {len(pairs)} examples")
+    c = group_size_of(pairs, group_size)
+    rows = [item.branch(k) for k in range(c) for item in pairs]
     width = max(len(prompt) + len(response) for prompt, response in rows)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -60,35 +95,32 @@ def collate(
         input_ids[i, :n] = torch.tensor(prompt + response, dtype=torch.long)
         attention_mask[i, :n] = 1
         response_mask[i, len(prompt) : n] = True
-    if isinstance(indices, torch.Tensor):
-        example_ids = indices.detach().to(device="cpu", dtype=torch.long).reshape(-1).clone()
-    else:
-        example_ids = torch.tensor(list(indices), dtype=torch.long)
-    return TokenBatch(input_ids, attention_mask, response_mask, example_ids, paired=include_rejected)
+    return TokenBatch(input_ids, attention_mask, response_mask, example_ids_of(indices), c, rewards_of(pairs, c))
 
 
 LAYOUTS = ("shared", "packed", "padded")
 
 
 def build_batch(
-    pairs: Sequence[TokenizedPair],
+    pairs: Sequence[Responses],
     indices: Sequence[int] | torch.Tensor,
     pad_id: int,
     layout: str = "shared",
     *,
-    include_rejected: bool = True,
+    group_size: int | None = None,
     attention_length: int | None = None,
 ) -> Batch:
-    """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per pair),
+    """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per example),
     ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response).
-    ``attention_length`` sizes packed rows (see :func:`preftune.data.packing.pack`)."""
+    ``group_size``: the first C responses of each example (default all); ``attention_length``
+    sizes packed rows (see :func:`preftune.data.packing.pack`)."""
     from preftune.data.packing import pack
 
     if layout == "padded":
-        return collate(pairs, indices, pad_id, include_rejected=include_rejected)
+        return collate(pairs, indices, pad_id, group_size=group_size)
     if layout in ("shared", "packed"):
         return pack(
-            pairs, indices, pad_id, include_rejected=include_rejected, share_prompt=layout == "shared",
+            pairs, indices, pad_id, group_size=group_size, share_prompt=layout == "shared",
             attention_length=attention_length,
         )  # fmt: skip
     raise PreftuneError(f"unknown batch layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -96,16 +128,15 @@ def build_batch(
 
 @dataclass(frozen=True)
 class Batcher:
-    """How a run lays out its batches: ``batcher(pairs, indices)`` is :func:`build_batch` with these settings."""
+    """How a run lays out its batches: ``batcher(items, indices)`` is :func:`build_batch` with these settings."""
 
     pad_id: int
     layout: str = "shared"
     attention_length: int | None = None
 
     def __call__(
-        self, pairs: Sequence[TokenizedPair], indices: Sequence[int] | torch.Tensor, *, include_rejected: bool = True
+        self, pairs: Sequence[Responses], indices: Sequence[int] | torch.Tensor, *, group_size: int | None = None
     ) -> Batch:
         return build_batch(
-            pairs, indices, self.pad_id, self.layout, include_rejected=include_rejected,
-            attention_length=self.attention_length,
-        )  # fmt: skip
+            pairs, indices, self.pad_id, self.layout, group_size=group_size, attention_length=self.attention_length
+        )

@@ -28,28 +28,28 @@ import torch
 from torch import Tensor
 
 from preftune.data.batch import PackedBatch
-from preftune.data.tokenize import TokenizedPair
+from preftune.data.collate import Responses, example_ids_of, group_size_of, rewards_of
 from preftune.errors import PreftuneError
 
 
 def pack(
-    pairs: Sequence[TokenizedPair],
+    pairs: Sequence[Responses],
     indices: Sequence[int] | Tensor,
     pad_id: int,
     *,
-    include_rejected: bool = True,
+    group_size: int | None = None,
     share_prompt: bool = True,
     attention_length: int | None = None,
 ) -> PackedBatch:
-    """Pack a batch of pairs (see the module docstring for the layout).
+    """Pack a batch of pairs or groups (see the module docstring for the layout).
 
     Args:
-        pairs: B tokenized pairs.
-        indices: ``[B]`` each pair's index in its dataset (``example_ids``).
+        pairs: B tokenized pairs or groups.
+        indices: ``[B]`` each example's index in its dataset (``example_ids``).
         pad_id: the id written on padding positions.
-        include_rejected: False for a chosen-only batch (N = B records, ``paired=False``).
-        share_prompt: one prompt per pair (a pair whose rejected response has a prompt of its
-            own, from unpaired data, always gets a second block); False: one per response.
+        group_size: C, the first responses taken of each example (default all; 1: chosen only).
+        share_prompt: one prompt per example (a response with a prompt of its own, as the
+            rejected response of unpaired data has, gets a block of its own); False: one per response.
         attention_length: the row length at which a position's attention costs as much as the rest
             of the model's work on it (about 6 × the hidden size for a standard transformer; the
             mask is dense, so attention grows with L). Rows are then sized to minimise the modelled
@@ -58,36 +58,18 @@ def pack(
     if not pairs:
         raise PreftuneError("cannot pack an empty batch")
     if len(indices) != len(pairs):
-        raise PreftuneError(f"pack: {len(indices)} indices for {len(pairs)} pairs")
-    b = len(pairs)
-    # A block: (prompt ids, [(record, response ids), ...]).
-    blocks: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
-    for i, pair in enumerate(pairs):
-        if not pair.prompt_ids or not pair.chosen_ids or (include_rejected and not pair.rejected_ids):
-            raise PreftuneError(f"pack: pair {i} has an empty prompt or response")
-        responses = [(i, pair.chosen_ids)]
-        separate = None
-        if include_rejected:
-            own_prompt = pair.rejected_prompt_ids is not None and pair.rejected_prompt_ids != pair.prompt_ids
-            if share_prompt and not own_prompt:
-                responses.append((b + i, pair.rejected_ids))
-            else:
-                rejected_prompt = pair.prompt_ids if pair.rejected_prompt_ids is None else pair.rejected_prompt_ids
-                separate = (rejected_prompt, [(b + i, pair.rejected_ids)])
-        blocks.append((pair.prompt_ids, responses))
-        if separate is not None:
-            blocks.append(separate)
+        raise PreftuneError(f"pack: {len(indices)} indices for {len(pairs)} examples")
+    c = group_size_of(pairs, group_size)
+    blocks = _blocks(pairs, c, share_prompt)
     sizes = [len(prompt) + sum(len(r) for _, r in responses) for prompt, responses in blocks]
     rows = _cheapest_rows(sizes, attention_length)
     width = max(sum(sizes[k] for k in row) for row in rows)
-
-    n_records = 2 * b if include_rejected else b
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     block_ids = torch.full(shape, -1, dtype=torch.long)
     branch_ids = torch.zeros(shape, dtype=torch.long)
-    spans = torch.zeros(4, n_records, dtype=torch.long)  # prompt start, length, response start, length
+    spans = torch.zeros(4, c * len(pairs), dtype=torch.long)  # prompt start, length, response start, length
     for r, row in enumerate(rows):
         at = 0
         for k in row:
@@ -107,11 +89,33 @@ def pack(
                 spans[:, record] = torch.tensor([base + at, p, base + cursor, s])
                 cursor += s
             at = cursor
-    if isinstance(indices, Tensor):
-        example_ids = indices.detach().to(device="cpu", dtype=torch.long).reshape(-1).clone()
-    else:
-        example_ids = torch.tensor(list(indices), dtype=torch.long)
-    return PackedBatch(input_ids, position_ids, block_ids, branch_ids, *spans, example_ids, include_rejected)
+    return PackedBatch(
+        input_ids, position_ids, block_ids, branch_ids, *spans, example_ids_of(indices), c, rewards_of(pairs, c)
+    )
+
+
+Block = tuple[list[int], list[tuple[int, list[int]]]]  # (prompt ids, [(record, response ids), ...])
+
+
+def _blocks(items: Sequence[Responses], c: int, share_prompt: bool) -> list[Block]:
+    """Each example's block (its prompt once, then the responses that continue it), and a block of
+    its own for every response whose prompt differs (or for every response but the first, unshared)."""
+    b = len(items)
+    blocks: list[Block] = []
+    for i, item in enumerate(items):
+        prompt = item.prompt_ids
+        own: list[Block] = []
+        shared: list[tuple[int, list[int]]] = []
+        for k in range(c):
+            response_prompt, response = item.branch(k)
+            if not response_prompt or not response:
+                raise PreftuneError(f"pack: example {i} has an empty prompt or response")
+            if k == 0 or (share_prompt and response_prompt == prompt):
+                shared.append((k * b + i, response))
+            else:
+                own.append((response_prompt, [(k * b + i, response)]))
+        blocks += [(prompt, shared), *own]
+    return blocks
 
 
 def _cheapest_rows(sizes: Sequence[int], attention_length: int | None) -> list[list[int]]:

@@ -17,6 +17,9 @@ by default, whatever the training seed, so every run holds out the same pairs), 
 that order until the held-out pairs reach ``eval_size``: the last group taken may overshoot it
 by fewer pairs than it holds, so the held-out set has at least ``eval_size`` pairs (exactly
 ``eval_size`` when every group is one pair). Both lists keep the source order.
+
+Groups of ranked completions (:class:`~preftune.data.grouped.GroupExample`) are held out the same
+way by :func:`hold_out_groups`: every group on one prompt falls on one side.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from preftune.data.examples import PreferenceExample
 from preftune.errors import PreftuneError
+
+if TYPE_CHECKING:
+    from preftune.data.grouped import GroupExample
 
 GROUP_BY = ("prompt", "pair")
 
@@ -99,6 +105,20 @@ def _groups(examples: list[PreferenceExample], group_by: str) -> list[list[int]]
     return list(groups.values())
 
 
+def _take_whole(groups: list[list[int]], eval_size: int, seed: int) -> tuple[set[int], int]:
+    """(indices held out, groups taken): whole groups in seeded order until at least ``eval_size`` items."""
+    order = groups[:]
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    taken = 0
+    for members in order:
+        if len(held) >= eval_size:
+            break
+        held.update(members)
+        taken += 1
+    return held, taken
+
+
 def hold_out(
     examples: list[PreferenceExample], eval_size: int, *, group_by: str = "prompt", seed: int = 0
 ) -> tuple[list[PreferenceExample], list[PreferenceExample], SplitSummary]:
@@ -123,15 +143,7 @@ def hold_out(
     if eval_size and eval_size >= len(examples):
         raise PreftuneError(f"data.eval_size {eval_size} leaves no training pairs out of {len(examples)}")
     groups = _groups(examples, group_by)
-    order = groups[:]
-    random.Random(seed).shuffle(order)
-    held: set[int] = set()
-    taken = 0
-    for members in order:
-        if len(held) >= eval_size:
-            break
-        held.update(members)
-        taken += 1
+    held, taken = _take_whole(groups, eval_size, seed)
     if held and len(held) == len(examples):
         raise PreftuneError(
             f"data.eval_size {eval_size} leaves no training pairs: the {len(examples)} pairs form only {len(groups)} "
@@ -150,6 +162,98 @@ def hold_out(
         largest_group=max((len(g) for g in groups), default=0),
         held_out=len(held_out),
         held_out_groups=taken,
+        train=len(train),
+    )
+    return train, held_out, summary
+
+
+def group_key(group: GroupExample) -> str:
+    """Identical for identical groups (prompt, completions and rewards)."""
+    return canonical([group.prompt, list(group.completions), list(group.rewards)])
+
+
+@dataclass(frozen=True)
+class GroupSplitSummary:
+    """What :func:`hold_out_groups` did (:class:`SplitSummary`'s counts, for groups of completions).
+
+    Attributes:
+        seed: the seed of the prompt shuffle.
+        eval_size: the held-out groups asked for.
+        groups: the groups split.
+        duplicate_groups: groups identical to an earlier one (kept, and never across the split).
+        prompts: the distinct prompts of the groups.
+        shared_prompts: prompts with more than one group.
+        largest_prompt: groups on the most shared prompt.
+        held_out: groups held out (at least ``eval_size``, as for :func:`hold_out`).
+        held_out_prompts: prompts held out.
+        train: groups left for training.
+    """
+
+    seed: int
+    eval_size: int
+    groups: int
+    duplicate_groups: int
+    prompts: int
+    shared_prompts: int
+    largest_prompt: int
+    held_out: int
+    held_out_prompts: int
+    train: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"held out {self.held_out} of {self.groups} groups (asked {self.eval_size}) with {self.held_out_prompts} "
+            f"whole prompts (seed {self.seed}), {self.train} for training; {self.prompts} prompts, "
+            f"{self.shared_prompts} with several groups (largest {self.largest_prompt}); "
+            f"{self.duplicate_groups} duplicate groups (kept)"
+        )
+
+
+def hold_out_groups(
+    groups: list[GroupExample], eval_size: int, *, seed: int = 0
+) -> tuple[list[GroupExample], list[GroupExample], GroupSplitSummary]:
+    """Split groups of completions into training and held-out groups, all groups of a prompt on one side.
+
+    The same split as :func:`hold_out` with ``group_by="prompt"``, counted in groups instead of pairs:
+    the prompts, in order of first appearance, are shuffled with ``random.Random(seed)`` and taken
+    whole until at least ``eval_size`` groups are held out.
+
+    Returns:
+        (training groups, held-out groups, summary), both lists in source order.
+
+    Raises:
+        PreftuneError: ``eval_size`` below 0, or one that leaves no training groups.
+    """
+    if eval_size < 0:
+        raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
+    if eval_size and eval_size >= len(groups):
+        raise PreftuneError(f"data.eval_size {eval_size} leaves no training groups out of {len(groups)}")
+    by_prompt: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_prompt.setdefault(canonical(group.prompt), []).append(index)
+    prompts = list(by_prompt.values())
+    held, taken = _take_whole(prompts, eval_size, seed)
+    if held and len(held) == len(groups):
+        raise PreftuneError(
+            f"data.eval_size {eval_size} leaves no training groups: the {len(groups)} groups have only "
+            f"{len(prompts)} prompts and each prompt's groups are held out together; lower data.eval_size"
+        )
+    train = [g for i, g in enumerate(groups) if i not in held]
+    held_out = [g for i, g in enumerate(groups) if i in held]
+    summary = GroupSplitSummary(
+        seed=seed,
+        eval_size=eval_size,
+        groups=len(groups),
+        duplicate_groups=len(groups) - len({group_key(g) for g in groups}),
+        prompts=len(prompts),
+        shared_prompts=sum(len(p) > 1 for p in prompts),
+        largest_prompt=max((len(p) for p in prompts), default=0),
+        held_out=len(held_out),
+        held_out_prompts=taken,
         train=len(train),
     )
     return train, held_out, summary

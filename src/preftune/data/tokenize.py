@@ -68,6 +68,18 @@ class TokenizedPair:
         rejected_prompt = self.prompt_ids if self.rejected_prompt_ids is None else self.rejected_prompt_ids
         return max(len(self.prompt_ids) + len(self.chosen_ids), len(rejected_prompt) + len(self.rejected_ids))
 
+    num_responses = 2
+    rewards = None
+
+    def branch(self, k: int) -> tuple[list[int], list[int]]:
+        """``(prompt ids, response ids)`` of response 0 (chosen) or 1 (rejected, after its own prompt if it has one)."""
+        if k == 0:
+            return self.prompt_ids, self.chosen_ids
+        if k == 1:
+            own = self.rejected_prompt_ids
+            return (self.prompt_ids if own is None else own), self.rejected_ids
+        raise IndexError(f"a pair has responses 0 and 1, not {k}")
+
 
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
     """Ids that close an assistant turn: EOS and the known end-of-turn tokens the tokenizer has added."""

@@ -1,4 +1,8 @@
-"""Generation beside the trainer: responses from a policy for prompts (token ids in, text out)."""
+"""Generation beside the trainer: responses from a policy for prompts (token ids in, ids and text out).
+
+:func:`sample` draws N responses per prompt in left-padded batches (:mod:`.sampling`);
+:func:`greedy_responses` is the trainer's handful of before/after texts for its report.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from preftune.generation.sampling import Sample, SamplingConfig, sample
+
+__all__ = ["Sample", "SamplingConfig", "greedy_responses", "sample"]
 
 
 @torch.no_grad()

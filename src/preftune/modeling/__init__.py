@@ -8,7 +8,7 @@
 Imports only ``preftune.errors``, ``preftune.objectives`` (records) and ``preftune.data.batch``.
 """
 
-from preftune.modeling.cache import atomic_directory, cache_root, chmod_as_created, write_atomic
+from preftune.modeling.cache import atomic_directory, cache_root, chmod_as_created
 from preftune.modeling.chat_template import CHAT_TEMPLATES, apply_chat_template_setting, check_chat_template
 from preftune.modeling.checkpointing import enable_gradient_checkpointing, gradient_checkpointing_enabled
 from preftune.modeling.embedded import (
@@ -20,7 +20,14 @@ from preftune.modeling.embedded import (
 )
 from preftune.modeling.fingerprint import batches_fingerprint, model_fingerprint
 from preftune.modeling.loading import DTYPES, load_model, load_tokenizer, resolve_model
-from preftune.modeling.logprobs import causal_lm_parts, check_batch, response_token_logprobs, sequence_logprobs
+from preftune.modeling.logprobs import (
+    as_pair,
+    causal_lm_parts,
+    check_batch,
+    response_logprobs,
+    response_token_logprobs,
+    sequence_logprobs,
+)
 from preftune.modeling.lora import apply_lora, check_lora_targets, save_lora
 from preftune.modeling.reference import (
     AdapterDisabledReference,
@@ -43,6 +50,7 @@ __all__ = [
     "ReferenceLogProbs",
     "apply_chat_template_setting",
     "apply_lora",
+    "as_pair",
     "atomic_directory",
     "batches_fingerprint",
     "build_tiny_model",
@@ -61,10 +69,10 @@ __all__ = [
     "load_tokenizer",
     "model_fingerprint",
     "resolve_model",
+    "response_logprobs",
     "response_token_logprobs",
     "save_lora",
     "sequence_logprobs",
     "tiny_model_path",
     "verify_embedded_model",
-    "write_atomic",
 ]

@@ -67,8 +67,8 @@ def batches_fingerprint(batches: Iterable[Batch]) -> str:
         for i, example in enumerate(batch.example_ids.cpu().tolist()):
             if example in per_example:
                 raise PreftuneError(f"example id {example} appears twice in the data")
-            row_digest = hashlib.sha256(b"paired" if batch.paired else b"single")
-            for r in [i, i + b] if batch.paired else [i]:
+            row_digest = hashlib.sha256(f"responses:{batch.group_size}".encode())
+            for r in range(i, batch.group_size * b, b):
                 ids, response = rows[r]
                 row_digest.update(_tensor_bytes(ids.to(torch.int64)))
                 row_digest.update(_tensor_bytes(response.to(torch.uint8)))

@@ -27,31 +27,28 @@ from preftune.objectives.records import SequenceLogProbs
 KEEP_LOGITS_BYTES = 256 * 2**20  # response logits up to this size are kept for the backward pass
 
 
-def sequence_logprobs(
+def response_logprobs(
     model: nn.Module,
     batch: Batch,
     *,
     with_tokens: bool,
     chunk_size: int = 1024,
     checkpoint_head: bool | None = None,
-) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
-    """Log-probs of each row's response tokens, split into chosen and rejected.
+) -> SequenceLogProbs:
+    """Log-probs of every response of a batch of B examples with C responses each.
 
     Args:
         model: a transformers causal LM, or a peft model wrapping one (LoRA and the like).
-        batch: N records, padded (a row each) or packed (:class:`PackedBatch`, prompts shared);
-            records 0..B-1 chosen and B..2B-1 rejected when ``batch.paired``.
-        with_tokens: also return per-token log-probs ``tokens [B, T]`` and ``mask [B, T]``,
-            T = the longest response in the batch, left-aligned per row.
+        batch: N = C·B records, padded (a row each) or packed (:class:`PackedBatch`, prompts shared).
+        with_tokens: also return per-token log-probs ``tokens [B, C, T]`` and ``mask [B, C, T]``,
+            T = the longest response in the batch, left-aligned.
         chunk_size: response positions per LM-head call; bounds the ``[chunk_size, V]`` logits.
         checkpoint_head: recompute each chunk's logits in the backward pass instead of keeping
             them; default: when autograd is recording and the batch's response logits would take
             more than ``KEEP_LOGITS_BYTES``.
     Returns:
-        ``(chosen, rejected)``, each with ``sum [B]`` and ``count [B]`` in float32, float64 for a
-        float64 model (gradients flow
-        to the model's parameters unless called under ``torch.no_grad()``); ``rejected`` is
-        ``None`` for an unpaired batch.
+        A record with ``sum [B, C]`` and ``count [B, C]`` in float32 (float64 for a float64
+        model); gradients flow to the model's parameters unless called under ``torch.no_grad()``.
     """
     decoder, head, transform = causal_lm_parts(model)
     if isinstance(batch, PackedBatch):
@@ -74,21 +71,46 @@ def sequence_logprobs(
         kept_bytes = targets.shape[0] * head.weight.shape[0] * 4
         checkpoint_head = torch.is_grad_enabled() and kept_bytes > KEEP_LOGITS_BYTES
     logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
+    return _grouped(logps, owner, slot, batch, with_tokens)
 
+
+def _grouped(logps: Tensor, owner: Tensor, slot: Tensor | None, batch: Batch, with_tokens: bool) -> SequenceLogProbs:
+    """``[M]`` token log-probs of records ``owner`` -> a ``[B, C]`` record (record k·B + i at ``[i, k]``)."""
     counts = batch.response_counts()  # [N]
-    n_records = counts.shape[0]
+    n_records, c = counts.shape[0], batch.group_size
+    b = n_records // c
     if with_tokens:
         width = int(counts.max())
         tokens = logps.new_zeros(n_records, width).index_put((owner, slot), logps)  # [N, T]
         mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]  # [N, T]
-        record = SequenceLogProbs.from_tokens(tokens, mask)
-    else:
-        sums = logps.new_zeros(n_records).index_add(0, owner, logps)  # [N]
-        record = SequenceLogProbs(sum=sums, count=counts.to(logps.dtype))
-    if not batch.paired:
-        return record, None
-    b = batch.num_examples
-    return _rows(record, slice(0, b)), _rows(record, slice(b, 2 * b))
+        return SequenceLogProbs.from_tokens(
+            tokens.view(c, b, width).transpose(0, 1), mask.view(c, b, width).transpose(0, 1)
+        )
+    sums = logps.new_zeros(n_records).index_add(0, owner, logps)  # [N]
+    return SequenceLogProbs(sum=sums.view(c, b).T, count=counts.to(logps.dtype).view(c, b).T)
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    with_tokens: bool,
+    chunk_size: int = 1024,
+    checkpoint_head: bool | None = None,
+) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+    """:func:`response_logprobs` of a batch of pairs (or of single responses) as ``(chosen, rejected)``,
+    each ``[B]`` (tokens ``[B, T]``); ``rejected`` is None for a batch of one response per example."""
+    record = response_logprobs(model, batch, with_tokens=with_tokens, chunk_size=chunk_size,
+                               checkpoint_head=checkpoint_head)  # fmt: skip
+    return as_pair(record)
+
+
+def as_pair(record: SequenceLogProbs) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+    """A ``[B, C]`` record with C ≤ 2 as ``(first [B], second [B] or None)``."""
+    c = record.batch_shape[1]
+    if c > 2:
+        raise PreftuneError(f"a batch of {c} responses per example is a group, not a pair")
+    return record.response(0), (record.response(1) if c == 2 else None)
 
 
 def packed_response_positions(batch: PackedBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -171,7 +193,7 @@ def causal_lm_parts(model: nn.Module):
 
 def check_packed(batch: PackedBatch) -> None:
     """Refuse a packed batch whose spans disagree with its records or that has an empty response."""
-    expected = 2 * batch.num_examples if batch.paired else batch.num_examples
+    expected = batch.group_size * batch.num_examples
     if batch.num_records != expected:
         raise PreftuneError(f"packed batch has {batch.num_records} records for {batch.num_examples} examples")
     if (batch.response_length < 1).any() or (batch.prompt_length < 1).any():
@@ -188,11 +210,11 @@ def check_batch(batch: TokenBatch) -> None:
             f"token batch shapes differ: input_ids {tuple(ids.shape)}, attention_mask {tuple(attention.shape)}, "
             f"response_mask {tuple(response.shape)}"
         )
-    expected = 2 * batch.num_examples if batch.paired else batch.num_examples
+    expected = batch.group_size * batch.num_examples
     if ids.shape[0] != expected:
         raise PreftuneError(
-            f"token batch has {ids.shape[0]} rows for {batch.num_examples} "
-            f"{'pairs' if batch.paired else 'examples'}; expected {expected}"
+            f"token batch has {ids.shape[0]} rows for {batch.num_examples} examples of {batch.group_size} "
+            f"responses; expected {expected}"
         )
     response = response.bool()
     if response[:, 0].any():
@@ -202,10 +224,9 @@ def check_batch(batch: TokenBatch) -> None:
     empty = (response.sum(1) == 0).nonzero().flatten().tolist()
     if empty:
         b = batch.num_examples
-        which = [
-            f"example {int(batch.example_ids[r % b])} ({'rejected' if batch.paired and r >= b else 'chosen'})"
-            for r in empty
-        ]
+        c = batch.group_size
+        names = ("chosen", "rejected")[:c] if c <= 2 else tuple(f"response {k}" for k in range(c))
+        which = [f"example {int(batch.example_ids[r % b])} ({names[r // b]})" for r in empty]
         raise PreftuneError(f"empty response (no response tokens, e.g. after truncation): {', '.join(which)}")
 
 
@@ -244,12 +265,3 @@ def _logit_transform(config):
         return logits
 
     return transform
-
-
-def _rows(record: SequenceLogProbs, rows: slice) -> SequenceLogProbs:
-    return SequenceLogProbs(
-        sum=record.sum[rows],
-        count=record.count[rows],
-        tokens=None if record.tokens is None else record.tokens[rows],
-        mask=None if record.mask is None else record.mask[rows],
-    )

@@ -69,7 +69,7 @@ def apply_lora(
             lora_alpha=alpha,
             lora_dropout=dropout,
             target_modules=targets,
-            exclude_modules=sorted(output_names) or None,
+            exclude_modules=sorted(output_names),
             task_type="CAUSAL_LM",
             layers_to_transform=layers,
         )

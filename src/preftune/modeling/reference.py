@@ -1,16 +1,18 @@
 """Reference policies π_ref: where the reference log-probs of a batch come from.
 
-Every strategy maps a :class:`Batch` to ``(chosen, rejected)`` records with ``sum [B]`` and
-``count [B]`` (no per-token values, no gradient), on the batch's device:
+Every strategy maps a :class:`Batch` of B examples with C responses each to a record with
+``sum [B, C]`` and ``count [B, C]`` (``records(batch)``; no per-token values, no gradient), on the
+batch's device; calling it gives the pair view ``(chosen [B], rejected [B] | None)``:
 
 - :class:`AdapterDisabledReference`: the policy itself with its LoRA adapters switched off; no
   second copy of the weights (the usual choice with LoRA).
 - :class:`FrozenCopyReference`: a frozen deep copy of the model taken at construction (full
   fine-tuning); :class:`ModelReference` uses a separately loaded model as is (e.g. a checkpoint
   from an earlier stage, as in P1's two-stage DPO-after-ExMATE recipe).
-- :class:`PrecomputedReference`: computed once for a whole dataset before training by one of the
-  above and cached on disk, keyed by the model's and the data's fingerprints
-  (:mod:`preftune.modeling.fingerprint`); rows are looked up by ``batch.example_ids``.
+- :class:`PrecomputedReference`: computed once before training by one of the above, for a
+  dataset (cached on disk, keyed by the model's and the data's fingerprints and the autocast
+  precision, :mod:`preftune.modeling.fingerprint`) or for the samples of one round (in memory);
+  rows are looked up by ``batch.example_ids``.
 
 Model-backed references run in eval mode (no dropout) under ``torch.no_grad()``.
 """
@@ -32,20 +34,24 @@ from preftune.data.batch import Batch
 from preftune.errors import PreftuneError
 from preftune.modeling.cache import atomic_write_target, cache_root
 from preftune.modeling.fingerprint import batches_fingerprint, is_adapter_parameter, model_fingerprint
-from preftune.modeling.logprobs import sequence_logprobs
+from preftune.modeling.logprobs import as_pair, response_logprobs
 from preftune.objectives.records import SequenceLogProbs
 
 Pair = tuple[SequenceLogProbs, SequenceLogProbs | None]
-CACHE_FORMAT = "preftune-reference-v1"
+CACHE_FORMAT = "preftune-reference-v2"
 
 
 class ReferenceLogProbs(ABC):
-    """Reference log-probs for token batches: ``reference(batch) -> (chosen, rejected | None)``."""
+    """Reference log-probs for token batches: ``reference.records(batch) -> [B, C]`` record;
+    ``reference(batch) -> (chosen, rejected | None)`` for pairs."""
 
     @abstractmethod
+    def records(self, batch: Batch) -> SequenceLogProbs:
+        """``sum``/``count`` ``[B, C]`` for the C responses of each of the B examples of ``batch``."""
+
     def __call__(self, batch: Batch) -> Pair:
-        """``(chosen, rejected)`` records (``sum``/``count`` ``[B]``) for ``batch``; ``rejected`` is
-        ``None`` for an unpaired batch."""
+        """The pair view of :meth:`records`: ``(chosen [B], rejected [B])``, ``rejected`` None for C = 1."""
+        return as_pair(self.records(batch))
 
     def fingerprint(self) -> str:
         """A digest of what computes these values (for :class:`PrecomputedReference`'s cache key)."""
@@ -59,7 +65,7 @@ class ModelReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def __call__(self, batch: Batch) -> Pair:
+    def records(self, batch: Batch) -> SequenceLogProbs:
         with _eval_mode(self.model):
             return _compute(self.model, batch, self.chunk_size)
 
@@ -86,7 +92,7 @@ class AdapterDisabledReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def __call__(self, batch: Batch) -> Pair:
+    def records(self, batch: Batch) -> SequenceLogProbs:
         with _eval_mode(self.model), self.model.disable_adapter():
             return _compute(self.model, batch, self.chunk_size)
 
@@ -95,20 +101,28 @@ class AdapterDisabledReference(ReferenceLogProbs):
 
 
 class PrecomputedReference(ReferenceLogProbs):
-    """Reference sums and counts for a whole dataset, held in memory and cached on disk.
+    """Reference sums and counts of a set of examples, held in memory (and cached on disk by :meth:`build`).
 
-    Build it with :meth:`build`; ``hit`` says whether it came from the cache. Looking up a batch
-    checks that each example's response lengths match those computed, which catches a change of
-    tokenisation that the cache key could not see (data given to :meth:`build` differs from the
-    data trained on).
+    ``table``: ``example_ids [E]``, ``sum [E, C]``, ``count [E, C]``. A batch of the first C' ≤ C
+    responses of these examples reads the first C' columns. Looking up a batch checks that each
+    response's length matches the one computed, which catches a change of tokenisation that the
+    cache key could not see (data given to :meth:`build` differs from the data trained on).
     """
 
     def __init__(self, table: dict[str, Tensor], *, path: Path | None = None, hit: bool = False) -> None:
         order = torch.argsort(table["example_ids"])
         self.table = {name: values[order] for name, values in table.items()}
-        self.paired = "rejected_sum" in self.table
+        self.group_size = int(self.table["sum"].shape[1])
         self.path = path
         self.hit = hit
+
+    @classmethod
+    def compute(cls, source: ReferenceLogProbs | nn.Module, batches: Iterable[Batch]) -> PrecomputedReference:
+        """Compute the reference over ``batches`` (every example once) with ``source``, in memory only
+        (the samples of one on-policy round: nothing to find again)."""
+        if isinstance(source, nn.Module):
+            source = ModelReference(source)
+        return cls(compute_table(source, _checked(batches)))
 
     @classmethod
     def build(
@@ -128,18 +142,12 @@ class PrecomputedReference(ReferenceLogProbs):
         """
         if isinstance(source, nn.Module):
             source = ModelReference(source)
-        batches = list(batches)
-        if not batches:
-            raise PreftuneError("cannot precompute a reference for an empty dataset")
-        if len({b.paired for b in batches}) > 1:
-            raise PreftuneError("cannot precompute a reference for a mix of paired and unpaired batches")
-        key = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint()}|{batches_fingerprint(batches)}".encode())
-        folder = Path(cache_dir) if cache_dir is not None else cache_root() / "reference"
-        path = folder / f"{key.hexdigest()[:40]}.safetensors"
+        batches = _checked(batches)
+        path = cache_path(source, batches, cache_dir)
         if path.is_file():
             return cls.load(path)
-        table = _compute_table(source, batches)
-        _save(table, path)
+        table = compute_table(source, batches)
+        save_table(table, path)
         return cls(table, path=path, hit=False)
 
     @classmethod
@@ -149,62 +157,77 @@ class PrecomputedReference(ReferenceLogProbs):
 
         return cls(load_file(str(path)), path=Path(path), hit=True)
 
-    def __call__(self, batch: Batch) -> Pair:
-        if batch.paired != self.paired:
-            raise PreftuneError(
-                f"the precomputed reference is {'paired' if self.paired else 'unpaired'}, the batch is not"
-            )
-        device = batch.input_ids.device
+    def records(self, batch: Batch) -> SequenceLogProbs:
+        c = batch.group_size
+        if c > self.group_size:
+            raise PreftuneError(f"the precomputed reference holds {self.group_size} responses per example, not {c}")
         known = self.table["example_ids"]
         wanted = batch.example_ids.cpu()
         slots = torch.searchsorted(known, wanted).clamp(max=known.numel() - 1)
         missing = wanted[known[slots] != wanted]
         if missing.numel():
             raise PreftuneError(f"examples {missing.tolist()[:10]} are not in the precomputed reference")
-        counts = batch.response_counts().cpu()
-        b = batch.num_examples
-        out = []
-        for side, rows in (("chosen", slice(0, b)), ("rejected", slice(b, 2 * b))):
-            if side == "rejected" and not self.paired:
-                out.append(None)
-                continue
-            count = self.table[f"{side}_count"][slots]
-            if not torch.equal(count.to(counts.dtype), counts[rows]):
-                raise PreftuneError(
-                    f"the batch's {side} response lengths differ from those in the precomputed reference: "
-                    "was it built from the same data and tokenisation?"
-                )
-            out.append(SequenceLogProbs(sum=self.table[f"{side}_sum"][slots].to(device), count=count.to(device)))
-        return out[0], out[1]
+        counts = batch.response_counts().cpu().view(c, -1).T  # [B, C]
+        count = self.table["count"][slots, :c]
+        if not torch.equal(count.to(counts.dtype), counts):
+            raise PreftuneError(
+                "the batch's response lengths differ from those in the precomputed reference: "
+                "was it built from the same data and tokenisation?"
+            )
+        device = batch.input_ids.device
+        return SequenceLogProbs(sum=self.table["sum"][slots, :c].to(device), count=count.to(device))
 
 
-def _compute(model: nn.Module, batch: Batch, chunk_size: int) -> Pair:
-    """Reference records for ``batch``, computed on the model's device and returned on the batch's."""
+def _checked(batches: Iterable[Batch]) -> list[Batch]:
+    batches = list(batches)
+    if not batches:
+        raise PreftuneError("cannot precompute a reference for an empty dataset")
+    if len({b.group_size for b in batches}) > 1:
+        raise PreftuneError("cannot precompute a reference for batches of different numbers of responses")
+    return batches
+
+
+def _autocast_state() -> str:
+    """The autocast precision in force (bf16 and fp32 reference values differ by up to ~0.5 nats)."""
+    states = []
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            states.append(f"{device}:{torch.get_autocast_dtype(device)}")
+    return ",".join(states) or "none"
+
+
+def cache_path(source: ReferenceLogProbs, batches: list[Batch], cache_dir: str | os.PathLike[str] | None) -> Path:
+    """Where :meth:`PrecomputedReference.build` keeps the table of ``source`` over ``batches``."""
+    parts = (CACHE_FORMAT, source.fingerprint(), batches_fingerprint(batches), _autocast_state())
+    key = hashlib.sha256("|".join(parts).encode())
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "reference"
+    return folder / f"{key.hexdigest()[:40]}.safetensors"
+
+
+def _compute(model: nn.Module, batch: Batch, chunk_size: int) -> SequenceLogProbs:
+    """Reference ``[B, C]`` record for ``batch``, computed on the model's device and returned on the batch's."""
     device = batch.input_ids.device
     model_device = next(model.parameters()).device
     with torch.no_grad():
-        chosen, rejected = sequence_logprobs(model, batch.to(model_device), with_tokens=False, chunk_size=chunk_size)
-    move = lambda r: None if r is None else SequenceLogProbs(sum=r.sum.to(device), count=r.count.to(device))  # noqa: E731
-    return move(chosen), move(rejected)
+        record = response_logprobs(model, batch.to(model_device), with_tokens=False, chunk_size=chunk_size)
+    return SequenceLogProbs(sum=record.sum.to(device), count=record.count.to(device))
 
 
-def _compute_table(source: ReferenceLogProbs, batches: list[Batch]) -> dict[str, Tensor]:
-    """``example_ids [E]``, ``chosen_sum/count [E]`` (and ``rejected_*`` when paired), on the CPU."""
-    columns: dict[str, list[Tensor]] = {"example_ids": []}
+def compute_table(source: ReferenceLogProbs, batches: list[Batch]) -> dict[str, Tensor]:
+    """``example_ids [E]``, ``sum [E, C]``, ``count [E, C]``, on the CPU."""
+    columns: dict[str, list[Tensor]] = {"example_ids": [], "sum": [], "count": []}
     for batch in batches:
-        chosen, rejected = source(batch)
+        record = source.records(batch)
         columns["example_ids"].append(batch.example_ids.cpu().to(torch.int64))
-        for side, record in (("chosen", chosen), ("rejected", rejected)):
-            if record is not None:
-                columns.setdefault(f"{side}_sum", []).append(record.sum.detach().cpu())
-                columns.setdefault(f"{side}_count", []).append(record.count.detach().cpu())
+        columns["sum"].append(record.sum.detach().cpu())
+        columns["count"].append(record.count.detach().cpu())
     table = {name: torch.cat(parts) for name, parts in columns.items()}
     if table["example_ids"].unique().numel() != table["example_ids"].numel():
         raise PreftuneError("an example id appears twice in the data given to the precomputed reference")
     return table
 
 
-def _save(table: dict[str, Tensor], path: Path) -> None:
+def save_table(table: dict[str, Tensor], path: Path) -> None:
     """Write the table to ``path`` atomically (a temporary file beside it, then ``os.replace``)."""
     from safetensors.torch import save_file
 

@@ -15,7 +15,7 @@ from preftune.objectives.margin import DPO, IPO, Hinge, margin
 from preftune.objectives.metrics import group_metrics, pair_metrics
 from preftune.objectives.params import param
 from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
-from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs
+from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs, record_for
 from preftune.objectives.registry import TERMS, build, make_term, parse, register
 from preftune.objectives.regularisers import BCR, DPOP
 
@@ -29,6 +29,6 @@ __all__ = [
     "BestOfN", "BestOfNNegative", "ExMATE", "GroupRecord", "Hinge", "Objective", "ObjectiveOutput",
     "PairRecord", "Record", "Reinforce", "SequenceLogProbs", "Term", "Unlikelihood",
     "bcr", "bon", "bon_neg", "build", "dpo", "dpop", "exmate", "group_metrics", "hinge", "ipo",
-    "log1m_exp", "make_term", "margin", "mate", "mle", "pair_metrics", "param", "parse", "register",
-    "reinforce", "rwr", "ul",
+    "log1m_exp", "make_term", "margin", "mate", "mle", "pair_metrics", "param", "parse",
+    "record_for", "register", "reinforce", "rwr", "ul",
 ]  # fmt: skip

@@ -81,6 +81,17 @@ class SequenceLogProbs:
         """``[*batch]`` A(y), the per-token mean log-likelihood."""
         return self.sum / self.count
 
+    def response(self, k: int) -> SequenceLogProbs:
+        """The k-th response of each example of a ``[B, C]`` record, as a ``[B]`` record."""
+        if len(self.batch_shape) != 2:
+            raise SpecError(f"log-prob record: response(k) needs a [B, C] record, this one is {self.batch_shape}")
+        return SequenceLogProbs(
+            self.sum[:, k],
+            self.count[:, k],
+            None if self.tokens is None else self.tokens[:, k],
+            None if self.mask is None else self.mask[:, k],
+        )
+
     def detach(self) -> SequenceLogProbs:
         """The same record with no gradient (for metrics and references)."""
         return SequenceLogProbs(
@@ -162,6 +173,35 @@ class GroupRecord:
 
 
 Record = PairRecord | GroupRecord
+
+
+def record_for(
+    record_type: type,
+    policy: SequenceLogProbs,
+    reference: SequenceLogProbs | None = None,
+    rewards: Tensor | None = None,
+) -> Record:
+    """The record an objective reads, from ``[B, C]`` log-probs of the policy (and reference).
+
+    ``PairRecord``: response 0 is the chosen, response 1 (when C = 2) the rejected one;
+    ``GroupRecord``: the C responses are the samples, ``rewards [B, C]`` their rewards.
+    """
+    if len(policy.batch_shape) != 2:
+        raise SpecError(f"record_for: the policy's log-probs must be [B, C], got {policy.batch_shape}")
+    if record_type is GroupRecord:
+        if rewards is None:
+            raise SpecError("this objective reads rewards, and the batch carries none: the data must be labelled")
+        return GroupRecord(policy, rewards.to(policy.sum.device), reference)
+    c = policy.batch_shape[1]
+    if c > 2:
+        raise SpecError(f"a pairwise objective reads one or two responses per example, the batch has {c}")
+    second = lambda r: r.response(1) if c == 2 else None  # noqa: E731
+    return PairRecord(
+        policy.response(0),
+        second(policy),
+        None if reference is None else reference.response(0),
+        None if reference is None else second(reference),
+    )
 
 
 def _shape(x: Tensor) -> tuple[int, ...]:

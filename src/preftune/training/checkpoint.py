@@ -2,8 +2,9 @@
 
 A checkpoint is a folder ``checkpoints/step-000042`` with the trainable weights only
 (``trainable.safetensors``: the LoRA adapter, or every weight when fine-tuning fully), the
-optimizer and scheduler states, every RNG state, and ``trainer_state.json`` (the global step —
-which is also the data position, see :mod:`preftune.training.plan` — and the metric history).
+optimizer and scheduler states, every RNG state, the batch source's position (``source.pt``: a
+dataset's step, or a round's buffer of samples and its step, see :mod:`preftune.training.sources`)
+and ``trainer_state.json`` (the global step and the metric history).
 
 Not ``accelerate.save_state``: it saves the whole model, 0.5 GB of frozen base weights per
 checkpoint under LoRA. The folder is written under a temporary name and renamed into place,
@@ -24,18 +25,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from preftune.modeling.cache import write_atomic
+from preftune.files import write_json_atomic  # also imported from here by training modules
 
 STATE_FILE = "trainer_state.json"
+SOURCE_FILE = "source.pt"
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"step-{step:06d}"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a unique temporary file and a rename, with the umask's file mode."""
-    write_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,8 +54,10 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    source_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save everything needed to continue from ``step`` (main process only); keep the newest ``keep``."""
+    """Save everything needed to continue from ``step`` (main process only); keep the newest ``keep``.
+    ``source_state``: the batch source's position (and a buffer's samples), in ``source.pt``."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,6 +67,8 @@ def save_checkpoint(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
         tmp / "optimizer.pt",
     )
+    if source_state is not None:
+        torch.save(source_state, tmp / SOURCE_FILE)
     write_json_atomic(tmp / STATE_FILE, state)
     if final.exists():
         shutil.rmtree(final)
@@ -99,4 +100,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    if (path / SOURCE_FILE).is_file():
+        state["source"] = torch.load(path / SOURCE_FILE, weights_only=True)
+    return state

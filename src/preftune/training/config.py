@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from preftune.data.labelled import LabelSpec
+from preftune.data.config import DataConfig
 
 
 @dataclass
@@ -39,27 +39,6 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: Any = "all-linear"  # "all-linear", a module name, "q_proj,v_proj", or a list of names
     last_layers: int | None = None  # adapt only the last N layers: the backward pass stops there
-
-
-@dataclass
-class DataConfig:
-    """Where the pairs come from and how they are cut to length."""
-
-    train: str = "bundled:hh-harmless"
-    eval: str | None = None  # a separate file, or None to hold out `eval_size` pairs of `train`
-    eval_size: int = 100
-    split_by: str = "prompt"  # held-out pairs: whole groups of pairs sharing a prompt (or only identical pairs: pair)
-    split: str | None = None  # the split of a dataset folder or hub dataset (default: train, or its only one)
-    train_size: int | None = None  # use only the first N training pairs (after the hold-out)
-    format: str = "auto"
-    pairing: str = "best_vs_worst"
-    columns: dict[str, str] = field(default_factory=dict)
-    labels: LabelSpec = field(default_factory=LabelSpec)  # two responses and a label: which value means which
-    skip_invalid: bool = False
-    max_length: int = 512
-    max_prompt_length: int | None = None  # None: half of max_length (prompts are cut from the left)
-    layout: str = "shared"  # shared: packed, one prompt per pair | packed: one prompt per response | padded
-    group_by_length: bool = False  # batches of similar lengths (less padding in the padded layout)
 
 
 @dataclass

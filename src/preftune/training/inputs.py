@@ -15,31 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune.data import (
-    DataSummary,
-    PreferenceExample,
-    TokenizedPair,
-    bundled_path,
-    load_preference_data,
-    tokenize_examples,
-)
+from preftune.data import DataSummary, PreferenceExample, TokenizedPair, load_preference_data, tokenize_examples
+from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.data.split import hold_out
-from preftune.errors import PreftuneError
+from preftune.files import write_atomic as write_text_atomic
+from preftune.run_layout import HELD_OUT_FILE as HELD_OUT_FILE  # re-exported: run.py imports it from here
 from preftune.training.config import DataConfig
-from preftune.training.report import write_text_atomic
-
-HELD_OUT_FILE = "heldout.jsonl"
-
-
-def resolve_source(source: str) -> str:
-    """``bundled:NAME`` -> the bundled file; anything else is passed on as is."""
-    return str(bundled_path(source.split(":", 1)[1])) if source.startswith("bundled:") else source
-
-
-def data_options(d: DataConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`preftune.data.load_preference_data` that ``data.*`` sets."""
-    return {"format": d.format, "columns": d.columns or None, "pairing": d.pairing, "skip_invalid": d.skip_invalid,
-            "split": d.split, "labels": d.labels}  # fmt: skip
 
 
 @dataclass
@@ -95,29 +76,6 @@ def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs
     kept = {id(p.origin) for p in held}
     held_examples = [e for e in examples.held_out if id(e.origin) in kept] if held else []
     return Inputs(train, held, held_examples, {"train": train_summary, "eval": held_summary})
-
-
-def check_prompt_room(examples: Sequence[Any], tokenizer: Any, max_length: int, summary: DataSummary) -> None:
-    """Refuse a ``max_length`` shorter than every prompt.
-
-    The prompt budget cuts long prompts from the left, so such a run would not fail: it would
-    train on prompt ends of a few tokens each, silently. Only when every prompt was cut are the
-    untruncated prompt lengths worth computing.
-    """
-    if not summary.kept or summary.truncated_prompts < summary.kept:
-        return
-
-    def prompt_tokens(prompt: Any) -> int:
-        if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
-            return len(ids["input_ids"])
-        return len(tokenizer(prompt)["input_ids"])
-
-    shortest = min(prompt_tokens(e.prompt) for e in examples)
-    if shortest > max_length:
-        raise PreftuneError(
-            f"data.max_length {max_length} is shorter than every prompt (shortest: {shortest} tokens): raise it"
-        )
 
 
 def example_row(example: PreferenceExample) -> dict[str, Any]:

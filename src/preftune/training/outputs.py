@@ -16,12 +16,12 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from preftune.files import write_json_atomic
 from preftune.modeling import load_model, save_lora
-from preftune.training.checkpoint import write_json_atomic
+from preftune.run_layout import DONE_FILE
 from preftune.training.config import RunConfig, StageConfig
 from preftune.training.loop import TrainResult
 from preftune.training.report import plot_curves
-from preftune.training.resume import DONE_FILE
 
 
 def finish_stage(

@@ -2,8 +2,9 @@
 
 ``auto``/``previous``/``precomputed``: reference log-probs computed once for the training pairs
 the run will read (a run of a few steps reads a few batches, not the whole set) and the held-out
-pairs, with a progress bar, and cached on disk (keyed by weights, data and tokenisation), so the
-loop pays no reference forward and a rerun pays nothing. ``adapter``: the same LoRA model with its adapters
+pairs, with a progress bar, the batches shared out over the processes, and cached on disk (keyed
+by weights, data, tokenisation and autocast precision), so the loop pays no reference forward
+and a rerun pays nothing. ``adapter``: the same LoRA model with its adapters
 disabled, per batch (no second copy). ``copy``: a frozen copy, per batch (full fine-tuning).
 """
 
@@ -14,10 +15,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from preftune.data import Batch, Batcher, TokenizedPair
 from preftune.modeling import AdapterDisabledReference, FrozenCopyReference, ModelReference, PrecomputedReference
-from preftune.modeling.reference import ReferenceLogProbs
+from preftune.modeling.reference import ReferenceLogProbs, cache_path, compute_table, save_table
 from preftune.objectives import Objective
 from preftune.training.config import RunConfig
 from preftune.training.progress import StepProgress
@@ -29,8 +31,8 @@ class _Counting(ReferenceLogProbs):
     def __init__(self, inner: ReferenceLogProbs, progress: StepProgress) -> None:
         self.inner, self.progress = inner, progress
 
-    def __call__(self, batch: Batch):
-        out = self.inner(batch)
+    def records(self, batch: Batch):
+        out = self.inner.records(batch)
         self.progress.advance({})
         return out
 
@@ -44,27 +46,38 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _precompute(
-    source: Any,
-    pairs: Sequence[TokenizedPair],
+def precompute(
+    source: ReferenceLogProbs,
+    items: Sequence[Any],
     batcher: Batcher,
     batch_size: int,
     accelerator: Accelerator,
     what: str,
     ids: Sequence[int] | None = None,
-):
-    """Main process computes (or loads) the cache first; the others then load it. ``ids``: the
-    pairs to score (default all); the table is keyed by these ids, the indices the trainer uses."""
+    group_size: int | None = None,
+) -> PrecomputedReference:
+    """The reference of ``items[ids]`` (default all; ``group_size`` responses each), from the disk
+    cache or computed with the batches shared out over the processes; the main process writes the
+    cache. The table is keyed by these ids, the indices the trainer uses."""
     device = accelerator.device
-    # Pairs of similar length batched together waste less padding; the table is keyed by id.
-    order = sorted(range(len(pairs)) if ids is None else ids, key=lambda i: pairs[i].length)
-    batches = [
-        batcher([pairs[i] for i in block], block).to(device)
-        for block in (order[k : k + batch_size] for k in range(0, len(order), batch_size))
-    ]
-    progress = StepProgress(len(batches), enabled=accelerator.is_main_process, description=what)
-    with progress, accelerator.main_process_first(), torch.no_grad(), accelerator.autocast():
-        return PrecomputedReference.build(_Counting(source, progress), batches)
+    # Examples of similar length batched together waste less padding; the table is keyed by id.
+    order = sorted(range(len(items)) if ids is None else ids, key=lambda i: items[i].length)
+    blocks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    batches = [batcher([items[i] for i in block], block, group_size=group_size).to(device) for block in blocks]
+    with torch.no_grad(), accelerator.autocast():
+        path = cache_path(source, batches, None)  # the autocast precision is part of the key
+        if path.is_file():
+            return PrecomputedReference.load(path)
+        mine = batches[accelerator.process_index :: accelerator.num_processes]
+        progress = StepProgress(len(mine), enabled=accelerator.is_main_process, description=what)
+        with progress:
+            table = compute_table(_Counting(source, progress), mine) if mine else None
+    parts = [t for t in gather_object([table]) if t is not None]
+    merged = {name: torch.cat([t[name] for t in parts]) for name in parts[0]}
+    if accelerator.is_main_process:
+        save_table(merged, path)
+    accelerator.wait_for_everyone()
+    return PrecomputedReference(merged, path=path)
 
 
 def make_reference(
@@ -72,15 +85,17 @@ def make_reference(
     objective: Objective,
     model: Any,
     config: RunConfig,
-    train_pairs: Sequence[TokenizedPair],
+    train_items: Sequence[Any],
     eval_pairs: Sequence[TokenizedPair],
     batcher: Batcher,
     accelerator: Accelerator,
     train_ids: Sequence[int] | None = None,
+    group_size: int | None = None,
 ) -> tuple[Any, Any]:
     """(training reference or None when the objective needs none, held-out reference or None);
-    precomputed references read the pairs in the run's layout (``batcher``), for the training
-    pairs only those of ``train_ids`` (the pairs the run's steps read; default all)."""
+    precomputed references read the examples in the run's layout (``batcher``), for the training
+    examples only those of ``train_ids`` (those the run's steps read; default all), ``group_size``
+    responses each (as the training batches hold them)."""
     chunk = config.logit_chunk
     if kind == "adapter":
         live = AdapterDisabledReference(model, chunk_size=chunk)
@@ -92,14 +107,16 @@ def make_reference(
             if _is_peft(model)
             else ModelReference(model, chunk_size=chunk)
         )
-        batch_size = config.eval.batch_size
+        size = config.eval.batch_size
         train_ref = (
-            _precompute(source, train_pairs, batcher, batch_size, accelerator, "reference: training pairs", train_ids)
+            precompute(
+                source, train_items, batcher, size, accelerator, "reference: training data", train_ids, group_size
+            )
             if objective.needs_reference
             else None
         )
         eval_ref = (
-            _precompute(source, eval_pairs, batcher, batch_size, accelerator, "reference: held-out pairs")
+            precompute(source, eval_pairs, batcher, size, accelerator, "reference: held-out pairs")
             if eval_pairs
             else None
         )

@@ -1,4 +1,4 @@
-"""What a run leaves for a person: a PNG of the training curves and a Markdown summary."""
+"""What a run leaves for a person: a PNG of the training curves and the held-out table of ``summary.md``."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from preftune.modeling.cache import write_atomic
+from preftune.evaluation.names import CONSOLE_METRICS, DESCRIPTIONS, SUMMARY_METRICS
+from preftune.files import atomic_write_target
 
+# The loss, the metrics a run prints at each held-out evaluation, and the optimiser's state.
 CURVES = [
     ("loss", "loss (and each term)"),
-    ("accuracy", "preference accuracy (h > 0)"),
-    ("margin", "margin h"),
-    ("chosen_drift", "chosen drift A_w − A_ref,w"),
+    *((name, DESCRIPTIONS[name]) for name in CONSOLE_METRICS),
     ("grad_norm", "gradient norm"),
     ("lr", "learning rate"),
 ]
@@ -26,9 +26,12 @@ CURVES = [
 
 def plot_curves(history: Sequence[dict[str, float]], evals: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Training curves (per step) with held-out evaluations as markers; written atomically."""
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    rows = -(-len(CURVES) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.75 * rows), constrained_layout=True, squeeze=False)
     steps = [h["step"] for h in history]
-    for ax, (key, label) in zip(axes.flat, CURVES, strict=True):
+    for ax in axes.flat[len(CURVES) :]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat, CURVES, strict=False):
         keys = [key] + ([k for k in history[0] if k.startswith("loss/")] if key == "loss" and history else [])
         for k in keys:
             values = [h.get(k, float("nan")) for h in history]
@@ -43,22 +46,18 @@ def plot_curves(history: Sequence[dict[str, float]], evals: Sequence[dict[str, A
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = atomic_write_target(path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` through a unique temporary file and a rename, with the umask's file mode."""
-    write_atomic(path, text)
 
 
 def format_eval_table(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
     """A Markdown table of held-out metrics before → after, with standard errors."""
-    names = ["accuracy", "margin", "likelihood_accuracy", "chosen_drift", "rewards/chosen", "rewards/rejected",
-             "chosen_perplexity"]  # fmt: skip
     rows = ["| metric | before | after |", "|---|---|---|"]
 
     def cell(entry: dict[str, Any] | None, name: str) -> str:
@@ -68,7 +67,7 @@ def format_eval_table(before: dict[str, Any] | None, after: dict[str, Any] | Non
         stderr = value.get("stderr")
         return f"{value['mean']:.4f}" + (f" ± {stderr:.4f}" if stderr == stderr and stderr is not None else "")
 
-    for name in names:
+    for name in SUMMARY_METRICS:
         if (before and name in before) or (after and name in after):
             rows.append(f"| {name} | {cell(before, name)} | {cell(after, name)} |")
     return "\n".join(rows)

@@ -19,22 +19,14 @@ from typing import Any
 
 from preftune.data import TokenizedPair
 from preftune.errors import PreftuneError
+from preftune.run_layout import CONFIG_FILE, DONE_FILE, INPUTS_FILE, stage_dirs
 from preftune.training.checkpoint import latest_checkpoint
-
-CONFIG_FILE = "run_config.json"
-INPUTS_FILE = "run_inputs.json"
-DONE_FILE = "stage_done.json"
 
 # Keys that may change on resume: they change logging, checkpoint keeping, evaluation batching,
 # how the LM head is chunked (same numbers) or what is written at the end, not the training.
 MAY_CHANGE = ("output_dir", "resume", "trackers", "save_every", "keep_checkpoints", "merge_lora", "logit_chunk",
               "eval.every", "eval.batch_size", "eval.samples", "eval.max_new_tokens",
               "model.gradient_checkpointing")  # fmt: skip
-
-
-def stage_dirs(output_dir: Path, stage_names: Sequence[str]) -> list[Path]:
-    """Each stage's folder: the output folder itself for a single stage, a subfolder otherwise."""
-    return [output_dir / name if len(stage_names) > 1 else output_dir for name in stage_names]
 
 
 def has_progress(output_dir: Path, stage_names: Sequence[str]) -> bool:

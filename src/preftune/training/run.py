@@ -43,8 +43,17 @@ from preftune.objectives import build
 from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
 from preftune.training.checks import check
 from preftune.training.config import RunConfig, StageConfig, to_dict
+from preftune.training.hooks import (
+    Callbacks,
+    Checkpoints,
+    HeldOutEvaluation,
+    Logging,
+    Progress,
+    StepCallback,
+    StopOnNonFinite,
+)  # fmt: skip
 from preftune.training.inputs import HELD_OUT_FILE, Examples, Inputs, load_examples, save_held_out, tokenize_inputs
-from preftune.training.loop import StepCallback, Trainer, make_plan
+from preftune.training.loop import Trainer, make_plan, responses_read
 from preftune.training.outputs import finish_stage, load_stage_result
 from preftune.training.references import make_reference
 from preftune.training.resume import (
@@ -57,6 +66,7 @@ from preftune.training.resume import (
     inputs_record,
     stage_dirs,
 )  # fmt: skip
+from preftune.training.sources import DatasetSource
 from preftune.training.summary import flat_config, print_outcome, write_summary
 
 
@@ -228,26 +238,29 @@ def _run_stage(
     say(f"stage '{stage.name}': {objective.describe()}", highlight=False)
     t0 = time.perf_counter()
     plan = make_plan(inputs.train, optim, accelerator.num_processes, config.data.group_by_length)
-    read = plan.indices_read(plan.total_steps(optim.epochs, optim.max_steps))
-    train_ref, eval_ref = make_reference(
-        stage.reference, objective, model, config, inputs.train, inputs.held_out, batcher, accelerator, read
-    )
+    total = plan.total_steps(optim.epochs, optim.max_steps)
+    read, group_size = plan.indices_read(total), responses_read(objective)
+    train_ref, eval_ref = make_reference(stage.reference, objective, model, config, inputs.train, inputs.held_out,
+                                         batcher, accelerator, read, group_size)  # fmt: skip
     say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
-        f"({len(read)} of {len(inputs.train)} training pairs read by this stage)", highlight=False)  # fmt: skip
+        f"({len(read)} of {len(inputs.train)} training examples read by this stage)", highlight=False)  # fmt: skip
     if main:
         for tracker in accelerator.trackers:  # the earlier stage's run: close it, or it gets this stage's logs too
             tracker.finish()
         accelerator.trackers = []
         accelerator.init_trackers(stage.name, config=flat_config(config, stage))
-    trainer = Trainer(
-        accelerator=accelerator, model=model, objective=objective, train_pairs=inputs.train,
-        eval_pairs=inputs.held_out, train_reference=train_ref, eval_reference=eval_ref, batcher=batcher,
-        optim=optim, eval_config=config.eval, output_dir=dirs[index], save_every=config.save_every,
-        keep_checkpoints=config.keep_checkpoints, logit_chunk=config.logit_chunk,
-        group_by_length=config.data.group_by_length, callbacks=callbacks, console=console,
-    )  # fmt: skip
+    trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=optim, total_steps=total,
+                      reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
+    source = DatasetSource(inputs.train, batcher, plan, total, rank=accelerator.process_index,
+                           group_size=group_size, device=accelerator.device)  # fmt: skip
+    checkpoints = Checkpoints(dirs[index], config.save_every, config.keep_checkpoints, total)
+    hooks = [StopOnNonFinite(optim.max_bad_steps, checkpoints), Logging(), Progress(console),
+             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
+             Callbacks(callbacks)]  # fmt: skip
+    saved = latest_checkpoint(dirs[index]) if config.resume else None
     try:
-        result = trainer.train(resume=config.resume)
+        so_far = trainer.restore(saved, source) if saved is not None else None
+        result = trainer.fit(source, hooks=hooks, result=so_far)
     except KeyboardInterrupt:
         saved = latest_checkpoint(dirs[index])
         where = f"--resume continues from {saved}" if saved else "no checkpoint was written yet: --resume has none"

@@ -8,9 +8,9 @@ from typing import Any
 from rich.console import Console
 
 from preftune.data import DataSummary
-from preftune.evaluation.statistical import MetricSummary
+from preftune.files import write_atomic
 from preftune.training.config import RunConfig, StageConfig
-from preftune.training.report import format_eval_table, write_text_atomic
+from preftune.training.report import format_eval_table
 
 
 def print_outcome(console: Console, outcome: dict[str, Any], output_dir: Path) -> None:
@@ -35,15 +35,6 @@ def flat_config(config: RunConfig, stage: StageConfig) -> dict[str, Any]:
     return flat
 
 
-def metric_line(name: str, before: dict | None, after: dict | None) -> str:
-    def show(entry: dict | None) -> str:
-        if not entry or name not in entry:
-            return "–"
-        return str(MetricSummary(entry[name]["mean"], entry[name]["stderr"], entry[name]["count"]))
-
-    return f"{name}: {show(before)} -> {show(after)}"
-
-
 def write_summary(
     output_dir: Path, config: RunConfig, outcome: dict[str, Any], data: dict[str, DataSummary | None]
 ) -> None:
@@ -64,4 +55,4 @@ def write_summary(
             lines += ["**Prompt**", "", "```", sample["prompt"][-1200:], "```", ""]
             lines += ["**Before**", "", "```", sample["before"], "```", "", "**After**", "", "```", sample["after"],
                       "```", ""]  # fmt: skip
-    write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+    write_atomic(output_dir / "summary.md", "\n".join(lines))

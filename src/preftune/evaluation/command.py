@@ -5,6 +5,8 @@ format, columns, labels, pairing, lengths) and validated before any weights load
 ``--run DIR`` everything comes from the run: its last stage's model, the reference that stage
 was scored against (the model the stage started from), its held-out pairs (``heldout.jsonl``),
 its lengths and its objective's β and averaging — so the numbers are the run's ``eval_after``.
+
+Reads a run folder by its layout (:mod:`preftune.run_layout`) and imports nothing of training.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from typing import Any
 import torch
 
 from preftune.data import Batcher, load_preference_data, tokenize_examples
+from preftune.data.config import DataConfig
+from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.errors import PreftuneError
-from preftune.evaluation.statistical import MetricSummary
-from preftune.modeling import load_model, load_tokenizer
+from preftune.evaluation.names import ordered
+from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
+from preftune.files import write_json_atomic
+from preftune.modeling import (
+    AdapterDisabledReference,
+    ModelReference,
+    load_model,
+    load_tokenizer,
+    sequence_logprobs,
+)
 from preftune.modeling.attention import attention_length
 from preftune.objectives import build
-from preftune.training.checkpoint import write_json_atomic
-from preftune.training.config import DataConfig
-from preftune.training.inputs import HELD_OUT_FILE, check_prompt_room, data_options, resolve_source
-from preftune.training.resume import CONFIG_FILE, stage_dirs
-
-EVAL_ORDER = ("accuracy", "margin", "likelihood_accuracy", "chosen_drift", "rewards/chosen", "rewards/rejected",
-              "logps/chosen", "logps/rejected", "chosen_perplexity")  # fmt: skip
+from preftune.run_layout import CONFIG_FILE, DONE_FILE, HELD_OUT_FILE, stage_dirs
 
 
 def _adapter_base(folder: Path) -> str | None:
@@ -80,13 +86,11 @@ def evaluate_model(
     check_prompt_room(examples, tokenizer, d.max_length, tok_summary)
 
     policy, ref_fn, ref_name, size = _scorers(model, base_name, reference, logit_chunk)
-    from preftune.evaluation.statistical import pair_values, summarise
-
     batcher = Batcher(tokenizer.pad_token_id, d.layout, attention_length=size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     values = pair_values(policy, ref_fn, pairs, torch.arange(len(pairs)), batcher, batch_size, device, beta, average)
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
-    names = [n for n in EVAL_ORDER if n in metrics] + sorted(set(metrics) - set(EVAL_ORDER))
+    names = ordered(metrics)
     print(_table(model, ref_name, f"{tok_summary.source}: {len(pairs)} pairs", names, metrics))
     if out is not None:
         write_json_atomic(
@@ -109,8 +113,6 @@ def _check_numbers(d: DataConfig, limit: int | None, batch_size: int) -> None:
 def _scorers(model: str, base_name: str | None, reference: str | None, chunk: int) -> tuple[Any, Any, str, int]:
     """(policy log-probs, reference log-probs, how the reference is named, the model's attention length)."""
     from peft import PeftModel
-
-    from preftune.modeling import AdapterDisabledReference, ModelReference, sequence_logprobs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if base_name is not None:
@@ -144,8 +146,6 @@ def _table(model: str, ref_name: str, data: str, names: list[str], metrics: dict
 
 def evaluate_run(run_dir: Path, *, out: Path | None = None, batch_size: int | None = None) -> dict[str, MetricSummary]:
     """Score a finished run's last model on the run's own held-out pairs, as the run scored it."""
-    from preftune.training.resume import DONE_FILE
-
     run_dir = Path(run_dir)
     saved_file, held_file = run_dir / CONFIG_FILE, run_dir / HELD_OUT_FILE
     if not saved_file.is_file():
