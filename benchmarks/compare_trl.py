@@ -3,7 +3,17 @@
 Both sides train the same model (:mod:`workloads`: ``tiny``, ``smollm2-lora``, ``smollm2-full``) on the same pairs
 (the first ``steps * batch`` usable HH-RLHF harmless pairs, visited in order), with the same batch size, maximum
 length, objective (DPO, sigmoid loss, β = 0.1), learning rate (5e-6) and number of optimiser steps, no gradient
-accumulation, no activation checkpointing, float32 on CPU (bfloat16 on CUDA).
+accumulation, no activation checkpointing, and the same precision (``--precision``, one or both of):
+
+- ``fp32``: float32 weights and arithmetic throughout (the default on the CPU);
+- ``bf16``: autocast mixed precision, bfloat16 matrix products over float32 weights, which are also the optimiser's
+  master weights (the default on CUDA). preftune: ``Accelerator(mixed_precision="bf16")`` and
+  ``OptimConfig(mixed_precision="bf16")``, as ``preftune train`` sets up for ``optim.mixed_precision: bf16``; TRL:
+  ``bf16=True`` in its ``DPOConfig`` (with ``use_cpu=True`` off CUDA, where transformers requires it for bf16). Both
+  load the weights in float32. A forward hook on each model's embeddings records the autocast state of every
+  forward (``forwards_by_precision``) and a child fails if any ran in another precision than the one asked for.
+
+Each (workload, precision) is its own comparison: ratios are to TRL in the same precision and repeat.
 
 What is timed: the training steps only. ``seconds`` runs from the start of step 1 to the end of the last step (TRL: a
 ``TrainerCallback``'s ``on_step_begin`` of the first step to ``on_step_end`` of the last, ``time.perf_counter``, the
@@ -21,9 +31,17 @@ non-padding tokens of prompt + chosen and prompt + rejected after truncation.
 Why subprocesses: each measurement runs in a fresh Python process (``--child``), so its peak resident set
 (``ru_maxrss``) is its own and not the high-water mark of earlier runs, no allocator cache or thread pool is shared,
 and one side's imports do not tax the other's memory. The parent alternates the sides, preftune then TRL, repeat after
-repeat (A B A B ...), so slow drifts of the machine (thermal state, a neighbour's load) fall on both, and reports each
-preftune/TRL ratio within a repeat as min, median and max over repeats. A ``torch.mm`` child first gives the machine's
-float32 GFLOP/s, to compare runs made on different machines.
+repeat (A B A B ..., each precision in turn within a repeat), so slow drifts of the machine (thermal state, a
+neighbour's load) fall on both, and reports each preftune/TRL ratio within a repeat as min, median and max over
+repeats.
+
+Useful FLOP/s: ``useful_flops`` (``preftune_side.useful_flops``) counts the work itself, the same for both sides: one
+reference forward and one training step per pair, each prompt once, no padding, the LM head on response tokens only,
+attention over the positions a token attends to; each side counts it from its own tokens after truncation.
+``useful_gflop_per_s`` is that over ``seconds``. A ``torch.mm`` child runs first and gives the best GFLOP/s of
+2048 x 2048 products in float32 and in bfloat16 (CPU, and the GPU with CUDA: best of a few timed rounds); each run's
+``matmul_fraction`` is its useful GFLOP/s over the matmul of its own precision and device, so runs on different
+machines, and fp32 against bf16, compare on how much of the machine they use.
 
 Why ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` (4 GiB, set for both sides): glibc serves allocations
 above its mmap threshold (dynamic, at most 32 MiB on 64-bit) with fresh ``mmap`` calls and unmaps them on free, so the
@@ -37,10 +55,11 @@ With both thresholds raised, freed memory stays in the heap for reuse, at the co
 Run (the whole comparison; ``--sides``, ``--variants``, ``--steps`` narrow or extend it)::
 
     .venv/bin/python benchmarks/compare_trl.py --workloads tiny,smollm2-lora,smollm2-full --repeats 3
+    .venv/bin/python benchmarks/compare_trl.py --workloads tiny --repeats 1 --precision fp32,bf16
 
 A single measurement, printing one ``RESULT {json}`` line on stdout::
 
-    .venv/bin/python benchmarks/compare_trl.py --child trl --workload tiny --steps 2 --seed 0
+    .venv/bin/python benchmarks/compare_trl.py --child trl --workload tiny --steps 2 --seed 0 --precision bf16
     .venv/bin/python benchmarks/compare_trl.py --child matmul
 
 Results: a table on stdout, JSON at ``--out`` (default ``out/bench/compare_trl.json``) and a Markdown table beside it
@@ -77,9 +96,13 @@ from workloads import (  # noqa: E402  (the folder above is put on the path firs
     LORA_DROPOUT,
     LORA_R,
     LORA_TARGET_MODULES,
+    PRECISIONS,
     WORKLOADS,
+    AutocastProbe,
     Workload,
     benchmark_pairs,
+    check_precision,
+    default_precision,
     get_workload,
 )
 
@@ -90,7 +113,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": 
 # No network here, and nothing should be fetched: keep the hub client offline and quiet in the children.
 CHILD_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
 MATMUL_N = 2048
-MATMUL_SECONDS = 3.0
+MATMUL_SECONDS = 3.0  # per dtype and device, over all timed rounds
+MATMUL_ROUNDS = 5
+MATMUL_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 STDERR_TAIL_LINES = 25
 GB = 1e9
 
@@ -163,12 +188,15 @@ class _NoGradForwardTimer:
             self._start = None
 
 
-def trl_config_kwargs(workload: Workload, steps: int, seed: int, output_dir: str, cuda: bool) -> dict[str, Any]:
+def trl_config_kwargs(
+    workload: Workload, steps: int, seed: int, output_dir: str, cuda: bool, precision: str
+) -> dict[str, Any]:
     """``DPOConfig`` keyword arguments for a workload, adapted to the installed TRL's field names.
 
     TRL 1.16 has no ``max_prompt_length`` (it truncates prompt + response together, keeping the start), defaults
-    ``bf16`` to True even on CPU (so it is set explicitly) and ``gradient_checkpointing`` to True; transformers 5 calls
-    that option ``activation_checkpointing`` and keeps the old name as a deprecated alias.
+    ``bf16`` to True even on CPU (so it is set explicitly: bf16 autocast for ``precision="bf16"``, off for ``fp32``)
+    and ``gradient_checkpointing`` to True; transformers 5 calls that option ``activation_checkpointing`` and keeps the
+    old name as a deprecated alias. Off CUDA ``use_cpu=True``, which transformers also requires for ``bf16`` on a CPU.
     """
     import trl
 
@@ -186,7 +214,8 @@ def trl_config_kwargs(workload: Workload, steps: int, seed: int, output_dir: str
         "save_strategy": "no",
         "logging_steps": 10**6,
         "use_cpu": not cuda,
-        "bf16": cuda,
+        "bf16": precision == "bf16",
+        "fp16": False,
         "dataloader_num_workers": 0,
         "seed": seed,
         "precompute_ref_log_probs": False,
@@ -204,8 +233,11 @@ def trl_config_kwargs(workload: Workload, steps: int, seed: int, output_dir: str
     return kwargs
 
 
-def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
-    """Train ``steps`` steps with TRL's ``DPOTrainer`` in this process; the result fields (see the module docstring)."""
+def run_trl(workload: Workload, steps: int, seed: int, precision: str) -> dict[str, Any]:
+    """Train ``steps`` steps with TRL's ``DPOTrainer`` in this process; the result fields (see the module docstring).
+
+    The weights are loaded in float32 in either precision: with ``bf16`` TRL's accelerator autocasts the forwards
+    (policy and reference), so the master weights stay float32 as on the preftune side."""
     start = time.perf_counter()
     import torch
     import trl
@@ -216,6 +248,7 @@ def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
 
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
+    from preftune_side import useful_flops
 
     class StepTimer(_StepTimer, TrainerCallback):
         pass
@@ -231,7 +264,7 @@ def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
     path = workload.model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     pairs = benchmark_pairs(workload, steps, tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if cuda:
         model = model.to("cuda")
     peft_config = (
@@ -247,8 +280,9 @@ def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
     )
     timer = StepTimer(cuda)
     ref_timer = _NoGradForwardTimer(cuda)
+    probe = AutocastProbe()
     with tempfile.TemporaryDirectory(prefix="compare-trl-") as output_dir:
-        args = trl.DPOConfig(**trl_config_kwargs(workload, steps, seed, output_dir, cuda))
+        args = trl.DPOConfig(**trl_config_kwargs(workload, steps, seed, output_dir, cuda, precision))
         trainer_class = trl.DPOTrainer if hasattr(args, "train_sampling_strategy") else SequentialDPOTrainer
         trainer = trainer_class(
             model=model,
@@ -263,29 +297,42 @@ def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
         if len(data) != len(pairs):
             raise RuntimeError(f"TRL kept {len(data)} of the {len(pairs)} pairs (it drops prompts >= max_length)")
         length = workload.max_length
-        tokens = sum(
-            min(len(p) + len(c), length) + min(len(p) + len(r), length)
+        # Tokens after TRL's truncation: prompt + response cut to max_length, keeping the start (the prompt is at
+        # most half of it, so only a response is ever cut).
+        lengths = [
+            (len(p), min(len(c), length - len(p)), min(len(r), length - len(p)))
             for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"], strict=True)
-        )
+        ]
+        tokens = sum(2 * p + c + r for p, c, r in lengths)
+        flops = useful_flops(trainer.model, lengths, lora=workload.lora)
         ref_timer.attach(trainer.ref_model if trainer.ref_model is not None else trainer.model)
+        probe.attach(trainer.model)
+        if trainer.ref_model is not None:
+            probe.attach(trainer.ref_model)
         trainer.train()
 
     if len(timer.begins) != steps or len(timer.ends) != steps:
         raise RuntimeError(f"expected {steps} steps, timed {len(timer.begins)} begins and {len(timer.ends)} ends")
     if ref_timer.calls != steps:
         raise RuntimeError(f"expected {steps} reference forwards, saw {ref_timer.calls}")
+    forwards = probe.check(precision)
+    seconds = timer.ends[-1] - timer.begins[0]
     return {
         "side": "trl",
         "workload": workload.name,
         "variant": "default",
+        "precision": precision,
         "steps": steps,
         "pairs": steps * workload.batch_size,
         "tokens": tokens,
-        "seconds": timer.ends[-1] - timer.begins[0],
+        "seconds": seconds,
         "step_seconds": [end - begin for begin, end in zip(timer.begins, timer.ends, strict=True)],
         "setup_seconds": timer.begins[0] - start,
         "import_seconds": import_seconds,
         "reference_seconds": ref_timer.seconds,
+        "useful_flops": flops,
+        "useful_gflop_per_s": flops / seconds / 1e9,
+        "forwards_by_precision": forwards,
         "optim": str(args.optim),
         "versions": {name: _version(name) for name in ("trl", "transformers", "torch", "peft")},
     }
@@ -294,43 +341,56 @@ def run_trl(workload: Workload, steps: int, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- child: matmul
 
 
-def run_matmul(n: int = MATMUL_N, seconds: float = MATMUL_SECONDS) -> dict[str, Any]:
-    """float32 ``torch.mm`` of two n x n matrices on the CPU: warm up, then repeat for at least ``seconds`` (and 3
-    times); GFLOP/s counts 2 n³ per product. With CUDA, the same on the GPU as ``cuda_gflops``."""
+def run_matmul(n: int = MATMUL_N, seconds: float = MATMUL_SECONDS, rounds: int = MATMUL_ROUNDS) -> dict[str, Any]:
+    """``torch.mm`` of two n x n matrices in float32 and in bfloat16, on the CPU and, with CUDA, on the GPU.
+
+    For each dtype and device: three products to warm up, then ``rounds`` timed rounds of at least ``seconds /
+    rounds`` (and two products) each; GFLOP/s counts 2 n³ per product, and ``gflops`` is the best round, the most
+    this machine does in that precision (``median_gflops`` beside it shows how steady it was). ``cpu`` and ``cuda``
+    map ``fp32``/``bf16`` to those figures (``cuda`` is None without a GPU)."""
     import torch
 
-    def measure(device: str) -> tuple[float, int, float]:
+    def measure(device: str, dtype: torch.dtype) -> dict[str, Any]:
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device)
-        b = torch.randn(n, n, generator=g).to(device)
-        out = torch.empty(n, n, device=device)
+        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         for _ in range(3):
             torch.mm(a, b, out=out)
         sync()
-        reps, begin = 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - begin < seconds:
-            torch.mm(a, b, out=out)
-            reps += 1
-            if device == "cuda" and reps % 50 == 0:
-                sync()
-        sync()
-        elapsed = time.perf_counter() - begin
-        return 2 * n**3 * reps / elapsed / 1e9, reps, elapsed
+        rates, total_reps, total_seconds = [], 0, 0.0
+        for _ in range(rounds):
+            reps, begin = 0, time.perf_counter()
+            while reps < 2 or time.perf_counter() - begin < seconds / rounds:
+                torch.mm(a, b, out=out)
+                reps += 1
+                if device == "cuda" and reps % 50 == 0:
+                    sync()
+            sync()
+            elapsed = time.perf_counter() - begin
+            rates.append(2 * n**3 * reps / elapsed / 1e9)
+            total_reps, total_seconds = total_reps + reps, total_seconds + elapsed
+        return {
+            "gflops": max(rates),
+            "median_gflops": statistics.median(rates),
+            "round_gflops": rates,
+            "reps": total_reps,
+            "seconds": total_seconds,
+        }
 
-    gflops, reps, elapsed = measure("cpu")
-    result: dict[str, Any] = {
-        "side": "matmul",
-        "n": n,
-        "dtype": "float32",
-        "gflops": gflops,
-        "reps": reps,
-        "seconds": elapsed,
-        "cuda_gflops": None,
-    }
-    if torch.cuda.is_available():
-        result["cuda_gflops"] = measure("cuda")[0]
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    result: dict[str, Any] = {"side": "matmul", "n": n, "rounds": rounds, "cpu": None, "cuda": None}
+    for device in devices:
+        result[device] = {name: measure(device, getattr(torch, dtype)) for name, dtype in MATMUL_DTYPES.items()}
     return result
+
+
+def matmul_gflops(matmul: dict[str, Any] | None, device: str | None, precision: str | None) -> float | None:
+    """The best ``torch.mm`` GFLOP/s of ``precision`` on ``device`` from the matmul child's result (None if unknown)."""
+    if not matmul or "error" in matmul or device is None or precision is None:
+        return None
+    return ((matmul.get(device) or {}).get(precision) or {}).get("gflops")
 
 
 # ------------------------------------------------------------------------------------------------------ child: main
@@ -349,8 +409,12 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def run_child(side: str, workload_name: str | None, steps: int | None, seed: int, variant: str) -> dict[str, Any]:
+def run_child(
+    side: str, workload_name: str | None, steps: int | None, seed: int, variant: str, precision: str | None
+) -> dict[str, Any]:
     """One measurement in this process; adds the fields common to every side (peaks, threads, environment).
+
+    ``precision``: ``fp32`` or ``bf16`` (None: bf16 on CUDA, fp32 on the CPU).
 
     ``peak_rss_bytes`` and ``peak_gpu_bytes`` are read here, after the run, for both sides alike: the process's
     high-water marks over its whole life (imports, setup and training).
@@ -364,15 +428,21 @@ def run_child(side: str, workload_name: str | None, steps: int | None, seed: int
             raise SystemExit("--child trl/preftune needs --workload")
         workload = get_workload(workload_name)
         steps = workload.steps if steps is None else steps
+        if precision is None:
+            import torch
+
+            precision = default_precision(torch.cuda.is_available())
+        check_precision(precision)
         if side == "trl":
             if variant != "default":
                 raise SystemExit(f"the TRL side has only the 'default' variant, not '{variant}'")
-            result = run_trl(workload, steps, seed)
+            result = run_trl(workload, steps, seed, precision)
         elif side == "preftune":
             from preftune_side import run as run_preftune
 
-            result = dict(run_preftune(workload, steps, seed, variant))
-            for key, value in (("side", "preftune"), ("workload", workload.name), ("variant", variant)):
+            result = dict(run_preftune(workload, steps, seed, variant, precision))
+            defaults = {"side": "preftune", "workload": workload.name, "variant": variant, "precision": precision}
+            for key, value in defaults.items():
                 result.setdefault(key, value)
             result.setdefault("steps", steps)
             result.setdefault("pairs", steps * workload.batch_size)
@@ -383,6 +453,8 @@ def run_child(side: str, workload_name: str | None, steps: int | None, seed: int
 
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    if side != "matmul":
+        result["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     result["threads"] = torch.get_num_threads()
     result["seed"] = seed
     result["env"] = {key: os.environ.get(key) for key in (*MALLOC_ENV, "OMP_NUM_THREADS")}
@@ -401,18 +473,21 @@ class Job:
     variant: str = "default"
     repeat: int = 0
     steps: int | None = None
+    precision: str | None = None
 
     @property
     def label(self) -> str:
         if self.side == "matmul":
             return "matmul"
         name = self.side if self.variant == "default" else f"{self.side}:{self.variant}"
-        return f"{self.workload} {name} repeat {self.repeat}"
+        return f"{self.workload} {self.precision} {name} repeat {self.repeat}"
 
     def argv(self, seed: int) -> list[str]:
         args = [sys.executable, str(Path(__file__).resolve()), "--child", self.side, "--seed", str(seed)]
         if self.workload is not None:
             args += ["--workload", self.workload, "--variant", self.variant]
+        if self.precision is not None:
+            args += ["--precision", self.precision]
         if self.steps is not None:
             args += ["--steps", str(self.steps)]
         return args
@@ -448,7 +523,13 @@ def one_line(text: str, limit: int = 300) -> str:
 
 def run_job(job: Job, seed: int, env: dict[str, str], timeout: float | None) -> dict[str, Any]:
     """Run one child; its result, or a failure record ``{"error": one line, ...}`` after printing its stderr tail."""
-    record = {"side": job.side, "workload": job.workload, "variant": job.variant, "repeat": job.repeat}
+    record = {
+        "side": job.side,
+        "workload": job.workload,
+        "variant": job.variant,
+        "precision": job.precision,
+        "repeat": job.repeat,
+    }
     try:
         proc = subprocess.run(job.argv(seed), env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
@@ -471,17 +552,23 @@ def _print_tail(stderr: str) -> None:
 
 
 def plan_jobs(
-    workloads: Sequence[str], repeats: int, sides: Sequence[str], variants: Sequence[str], steps: int | None
+    workloads: Sequence[str],
+    repeats: int,
+    sides: Sequence[str],
+    variants: Sequence[str],
+    steps: int | None,
+    precisions: Sequence[str],
 ) -> list[Job]:
-    """Matmul first, then per workload and repeat: preftune, TRL (A B), then each extra preftune variant."""
+    """Matmul first, then per workload, repeat and precision: preftune, TRL (A B), then each extra preftune variant."""
     jobs = [Job("matmul")]
     for name in workloads:
         for repeat in range(1, repeats + 1):
-            for side in ("preftune", "trl"):
-                if side in sides:
-                    jobs.append(Job(side, name, "default", repeat, steps))
-            if "preftune" in sides:
-                jobs.extend(Job("preftune", name, variant, repeat, steps) for variant in variants)
+            for precision in precisions:
+                for side in ("preftune", "trl"):
+                    if side in sides:
+                        jobs.append(Job(side, name, "default", repeat, steps, precision))
+                if "preftune" in sides:
+                    jobs.extend(Job("preftune", name, variant, repeat, steps, precision) for variant in variants)
     return jobs
 
 
@@ -494,52 +581,81 @@ def _stats(values: Sequence[float]) -> tuple[float, float, float] | None:
     return (min(values), statistics.median(values), max(values)) if values else None
 
 
+def matmul_fraction(run: dict[str, Any], matmul: dict[str, Any] | None) -> float | None:
+    """A run's useful GFLOP/s over the best ``torch.mm`` GFLOP/s of its precision on its device."""
+    best = matmul_gflops(matmul, run.get("device"), run.get("precision"))
+    useful = run.get("useful_gflop_per_s")
+    return useful / best if useful is not None and best else None
+
+
 def summarise(
-    runs: Sequence[dict[str, Any]], workloads: Sequence[str], variants: Sequence[str]
+    runs: Sequence[dict[str, Any]],
+    workloads: Sequence[str],
+    variants: Sequence[str],
+    precisions: Sequence[str],
+    matmul: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per workload and side/variant: medians over repeats, and ratios to TRL of the same repeat."""
+    """One row per workload, precision and side/variant: medians over repeats, and ratios to TRL of the same
+    workload, precision and repeat."""
     ok = [r for r in runs if "error" not in r and r.get("side") in ("preftune", "trl")]
     rows = []
     for name in workloads:
-        trl_by_repeat = {r["repeat"]: r for r in ok if r["workload"] == name and r["side"] == "trl"}
-        labels = [("preftune", "default"), *(("preftune", v) for v in variants), ("trl", "default")]
-        for side, variant in labels:
-            mine = [r for r in ok if r["workload"] == name and r["side"] == side and r.get("variant") == variant]
-            if not mine:
-                continue
-            pairs_rates = [v for r in mine if (v := _rate(r, "pairs")) is not None]
-            token_rates = [v for r in mine if (v := _rate(r, "tokens")) is not None]
-            rss = [r["peak_rss_bytes"] for r in mine if r.get("peak_rss_bytes")]
-            flops = [r["useful_gflop_per_s"] for r in mine if r.get("useful_gflop_per_s")]
-            gpu = [r["peak_gpu_bytes"] for r in mine if r.get("peak_gpu_bytes")]
-            speed_ratios, rss_ratios, gpu_ratios = [], [], []
-            for r in mine:
-                base = trl_by_repeat.get(r["repeat"])
-                if base is None:
-                    continue
-                if (a := _rate(r, "pairs")) and (b := _rate(base, "pairs")):
-                    speed_ratios.append(a / b)
-                if r.get("peak_rss_bytes") and base.get("peak_rss_bytes"):
-                    rss_ratios.append(r["peak_rss_bytes"] / base["peak_rss_bytes"])
-                if r.get("peak_gpu_bytes") and base.get("peak_gpu_bytes"):
-                    gpu_ratios.append(r["peak_gpu_bytes"] / base["peak_gpu_bytes"])
-            rows.append(
-                {
-                    "workload": name,
-                    "side": side,
-                    "variant": variant,
-                    "repeats": len(mine),
-                    "pairs_per_s": statistics.median(pairs_rates) if pairs_rates else None,
-                    "tokens_per_s": statistics.median(token_rates) if token_rates else None,
-                    "peak_rss_gb": statistics.median(rss) / GB if rss else None,
-                    "useful_gflop_per_s": statistics.median(flops) if flops else None,
-                    "peak_gpu_gb": statistics.median(gpu) / GB if gpu else None,
-                    "ratio_pairs_per_s": _stats(speed_ratios),
-                    "ratio_peak_rss": _stats(rss_ratios),
-                    "ratio_peak_gpu": _stats(gpu_ratios),
-                }
-            )
+        for precision in precisions:
+            here = [r for r in ok if r["workload"] == name and r.get("precision") == precision]
+            trl_by_repeat = {r["repeat"]: r for r in here if r["side"] == "trl"}
+            labels = [("preftune", "default"), *(("preftune", v) for v in variants), ("trl", "default")]
+            for side, variant in labels:
+                mine = [r for r in here if r["side"] == side and r.get("variant") == variant]
+                if mine:
+                    rows.append(_summary_row(name, precision, side, variant, mine, trl_by_repeat, matmul))
     return rows
+
+
+def _summary_row(
+    name: str,
+    precision: str,
+    side: str,
+    variant: str,
+    mine: Sequence[dict[str, Any]],
+    trl_by_repeat: dict[int, dict[str, Any]],
+    matmul: dict[str, Any] | None,
+) -> dict[str, Any]:
+    pairs_rates = [v for r in mine if (v := _rate(r, "pairs")) is not None]
+    token_rates = [v for r in mine if (v := _rate(r, "tokens")) is not None]
+    rss = [r["peak_rss_bytes"] for r in mine if r.get("peak_rss_bytes")]
+    flops = [r["useful_gflop_per_s"] for r in mine if r.get("useful_gflop_per_s")]
+    fractions = [v for r in mine if (v := matmul_fraction(r, matmul)) is not None]
+    gpu = [r["peak_gpu_bytes"] for r in mine if r.get("peak_gpu_bytes")]
+    speed_ratios, rss_ratios, gpu_ratios = [], [], []
+    for r in mine:
+        base = trl_by_repeat.get(r["repeat"])
+        if base is None:
+            continue
+        if (a := _rate(r, "pairs")) and (b := _rate(base, "pairs")):
+            speed_ratios.append(a / b)
+        if r.get("peak_rss_bytes") and base.get("peak_rss_bytes"):
+            rss_ratios.append(r["peak_rss_bytes"] / base["peak_rss_bytes"])
+        if r.get("peak_gpu_bytes") and base.get("peak_gpu_bytes"):
+            gpu_ratios.append(r["peak_gpu_bytes"] / base["peak_gpu_bytes"])
+    devices = sorted({r.get("device") or "cpu" for r in mine})
+    return {
+        "workload": name,
+        "precision": precision,
+        "side": side,
+        "variant": variant,
+        "repeats": len(mine),
+        "device": ",".join(devices),
+        "pairs_per_s": statistics.median(pairs_rates) if pairs_rates else None,
+        "tokens_per_s": statistics.median(token_rates) if token_rates else None,
+        "peak_rss_gb": statistics.median(rss) / GB if rss else None,
+        "useful_gflop_per_s": statistics.median(flops) if flops else None,
+        "matmul_fraction": statistics.median(fractions) if fractions else None,
+        "matmul_gflops": matmul_gflops(matmul, devices[0], precision) if len(devices) == 1 else None,
+        "peak_gpu_gb": statistics.median(gpu) / GB if gpu else None,
+        "ratio_pairs_per_s": _stats(speed_ratios),
+        "ratio_peak_rss": _stats(rss_ratios),
+        "ratio_peak_gpu": _stats(gpu_ratios),
+    }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -553,18 +669,20 @@ def _fmt_stats(stats: Sequence[float] | None) -> str:
 def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the results table (a GPU memory column only when some run had CUDA)."""
     gpu = any(row["peak_gpu_gb"] is not None for row in rows)
-    header = ["workload", "side/variant", "pairs/s", "tokens/s", "peak RSS GB"]
+    header = ["workload", "precision", "side/variant", "pairs/s", "tokens/s", "peak RSS GB"]
     header += ["peak GPU GB"] if gpu else []
-    header += ["pairs/s ÷ TRL (min/med/max)", "RSS ÷ TRL (min/med/max)", "useful GFLOP/s"]
+    header += ["pairs/s ÷ TRL (min/med/max)", "RSS ÷ TRL (min/med/max)", "useful GFLOP/s", "% of matmul"]
     header += ["GPU mem ÷ TRL (min/med/max)"] if gpu else []
     cells = []
     for row in rows:
         label = row["side"] if row["variant"] == "default" else f"{row['side']}:{row['variant']}"
-        line = [row["workload"], f"{label} (n={row['repeats']})", _fmt(row["pairs_per_s"], ".3f")]
+        line = [row["workload"], row["precision"], f"{label} (n={row['repeats']})", _fmt(row["pairs_per_s"], ".3f")]
         line += [_fmt(row["tokens_per_s"], ".0f"), _fmt(row["peak_rss_gb"], ".2f")]
         line += [_fmt(row["peak_gpu_gb"], ".2f")] if gpu else []
         line += [_fmt_stats(row["ratio_pairs_per_s"]), _fmt_stats(row["ratio_peak_rss"])]
+        fraction = row.get("matmul_fraction")
         line += [_fmt(row.get("useful_gflop_per_s"), ".1f")]
+        line += ["—" if fraction is None else f"{100 * fraction:.0f}% of {row['precision']}"]
         line += [_fmt_stats(row["ratio_peak_gpu"])] if gpu else []
         cells.append(line)
     return header, cells
@@ -587,11 +705,14 @@ def markdown_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str
 def matmul_line(matmul: dict[str, Any] | None) -> str:
     if not matmul or "error" in matmul:
         return "matmul: failed" if matmul else "matmul: not run"
-    line = f"matmul: float32 torch.mm {matmul['n']}x{matmul['n']}: {matmul['gflops']:.1f} GFLOP/s (CPU"
-    line += f", {matmul['threads']} threads)"
-    if matmul.get("cuda_gflops"):
-        line += f", {matmul['cuda_gflops']:.0f} GFLOP/s on CUDA"
-    return line
+    n = matmul["n"]
+    parts = []
+    for device in ("cpu", "cuda"):
+        if figures := matmul.get(device):
+            rates = ", ".join(f"{p} {figures[p]['gflops']:.1f}" for p in MATMUL_DTYPES if p in figures)
+            where = f"CPU, {matmul['threads']} threads" if device == "cpu" else "CUDA"
+            parts.append(f"{rates} GFLOP/s ({where})")
+    return f"matmul: torch.mm {n}x{n}, best of {matmul['rounds']} rounds: " + "; ".join(parts)
 
 
 def write_outputs(out: Path, report: dict[str, Any], text_table: str, md_table: str) -> Path:
@@ -603,13 +724,15 @@ def write_outputs(out: Path, report: dict[str, Any], text_table: str, md_table: 
     lines = [
         "# preftune vs TRL DPOTrainer\n\n",
         f"{meta['started']}, {meta['machine']}; steps: {steps}; repeats: {meta['repeats']}; ",
+        f"precision: {', '.join(meta['precisions'])}; ",
         f"malloc thresholds {'set' if meta['malloc_env'] else 'unset'}.\n\n",
         f"{matmul_line(report['matmul'])}\n\n{md_table}\n",
     ]
     if report["failures"]:
         lines.append("\nFailures:\n\n")
         for f in report["failures"]:
-            lines.append(f"- {f['workload']} {f['side']}:{f['variant']} repeat {f['repeat']}: {f['error']}\n")
+            what = f"{f['workload']} {f.get('precision')} {f['side']}:{f['variant']} repeat {f['repeat']}"
+            lines.append(f"- {what}: {f['error']}\n")
     write_atomic(md_path, "".join(lines))
     return md_path
 
@@ -617,6 +740,18 @@ def write_outputs(out: Path, report: dict[str, Any], text_table: str, md_table: 
 def _elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes:02d}:{secs:02d}"
+
+
+def parse_precisions(value: str | None) -> list[str]:
+    """``--precision``: comma-separated ``fp32``/``bf16``; unset: bf16 on CUDA, fp32 on the CPU."""
+    if value is None:
+        import torch
+
+        return [default_precision(torch.cuda.is_available())]
+    precisions = list(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    if not precisions:
+        raise SystemExit(f"--precision: name one or more of {', '.join(PRECISIONS)}")
+    return [check_precision(p) for p in precisions]
 
 
 def run_parent(args: argparse.Namespace) -> int:
@@ -627,8 +762,9 @@ def run_parent(args: argparse.Namespace) -> int:
     if unknown := set(sides) - {"preftune", "trl"}:
         raise SystemExit(f"--sides: unknown {sorted(unknown)} (preftune, trl)")
     variants = [v for v in args.variants.split(",") if v and v != "default"]
+    precisions = parse_precisions(args.precision)
     env = child_env(not args.no_malloc_env)
-    jobs = plan_jobs(workloads, args.repeats, sides, variants, args.steps)
+    jobs = plan_jobs(workloads, args.repeats, sides, variants, args.steps, precisions)
     out = Path(args.out)
     steps = {name: args.steps or WORKLOADS[name].steps for name in workloads}
     report: dict[str, Any] = {
@@ -646,6 +782,7 @@ def run_parent(args: argparse.Namespace) -> int:
             "repeats": args.repeats,
             "sides": sides,
             "variants": variants,
+            "precisions": precisions,
             "seed": args.seed,
             "malloc_env": not args.no_malloc_env,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -667,9 +804,14 @@ def run_parent(args: argparse.Namespace) -> int:
             print(f"    {matmul_line(result)}", flush=True)
         else:
             report["runs"].append(result)
+            result["matmul_fraction"] = matmul_fraction(result, report["matmul"])
             rate, gb = _rate(result, "pairs"), result["peak_rss_bytes"] / GB
-            print(f"    {rate:.3f} pairs/s, {result['seconds']:.1f} s of steps, peak RSS {gb:.2f} GB", flush=True)
-        report["summary"] = summarise(report["runs"], workloads, variants)
+            line = f"    {rate:.3f} pairs/s, {result['seconds']:.1f} s of steps, peak RSS {gb:.2f} GB"
+            line += f", useful {result['useful_gflop_per_s']:.1f} GFLOP/s"
+            if result["matmul_fraction"] is not None:
+                line += f" ({100 * result['matmul_fraction']:.0f}% of the {result['precision']} matmul)"
+            print(line, flush=True)
+        report["summary"] = summarise(report["runs"], workloads, variants, precisions, report["matmul"])
         header, cells = table(report["summary"])
         text_table, md_table = plain_table(header, cells), markdown_table(header, cells)
         md_path = write_outputs(out, report, text_table, md_table)
@@ -694,12 +836,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", default="preftune,trl", help="comma-separated: preftune, trl")
     parser.add_argument("--variants", default="", help="extra preftune variants, comma-separated, once per repeat")
+    parser.add_argument(
+        "--precision",
+        help="comma-separated: fp32 (float32), bf16 (bf16 autocast over float32 weights); "
+        "both sides run each (default: bf16 on CUDA, fp32 on the CPU); a child takes one",
+    )
     parser.add_argument("--no-malloc-env", action="store_true", help="leave glibc's malloc thresholds at default")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a child is stopped")
     parser.add_argument("--out", default="out/bench/compare_trl.json", help="JSON report (Markdown beside it)")
     args = parser.parse_args(argv)
     if args.child:
-        result = run_child(args.child, args.workload, args.steps, args.seed, args.variant)
+        result = run_child(args.child, args.workload, args.steps, args.seed, args.variant, args.precision)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
     return run_parent(args)

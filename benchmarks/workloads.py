@@ -1,4 +1,4 @@
-"""Workloads shared by both sides of ``compare_trl.py``: model, batch, lengths, steps, and the pairs themselves.
+"""Workloads shared by both sides of ``compare_trl.py``: model, batch, lengths, steps, precision, and the pairs.
 
 Both preftune and TRL import their settings and data from here, so the two sides cannot drift apart. The data are the
 HH-RLHF harmless pairs bundled with preftune (``bundled_path("hh-harmless")``), parsed by preftune's own loader into
@@ -16,6 +16,11 @@ from the left to ``max_prompt_length``, then the responses, and drops a pair wit
 at most half of ``max_length`` neither side drops a pair or cuts a prompt, and both cut an over-long response to the
 same room, so both train on the same pairs with the same tokens (up to the newline TRL keeps after ChatML's
 ``<|im_end|>``).
+
+Precision (:data:`PRECISIONS`): ``fp32`` trains in float32 throughout; ``bf16`` is autocast mixed precision over
+float32 weights (the master weights and the optimiser state stay float32; matrix products run in bfloat16). Both sides
+load the weights in float32 and differ only in how they switch autocast on (preftune: ``Accelerator(mixed_precision=
+"bf16")``, TRL: ``bf16=True``); :class:`AutocastProbe` checks what each model forward actually ran under.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ LORA_DROPOUT = 0.0
 LORA_TARGET_MODULES = "all-linear"
 
 DATA = "hh-harmless"
+
+# Precisions both sides can run in: float32, or bf16 autocast over float32 weights.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,52 @@ WORKLOADS: dict[str, Workload] = {
         Workload("smollm2-full", ensure_embedded_model, lora=False, batch_size=4, max_length=256, steps=6),
     )
 }
+
+
+def default_precision(cuda: bool) -> str:
+    """The precision used when none is asked for: ``bf16`` on CUDA, ``fp32`` on the CPU."""
+    return "bf16" if cuda else "fp32"
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` (a ``SystemExit`` naming them otherwise)."""
+    if precision not in PRECISIONS:
+        raise SystemExit(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    return precision
+
+
+class AutocastProbe:
+    """Records the precision every forward of the models it is attached to runs under.
+
+    A forward pre-hook on each model's input embeddings (so once per model forward, LoRA-wrapped or not) notes
+    ``bf16``/``fp16`` where autocast to that type is on for the embeddings' device, else ``fp32``. :meth:`check`
+    fails when a forward ran in another precision than the one asked for: the two sides are then compared in the
+    same precision by construction, not by assumption. The hook is a closure, so a deep copy of a model (a frozen
+    reference copy) reports here too.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def attach(self, model: Any) -> None:
+        import torch
+
+        def note(module: Any, args: Any) -> None:
+            device = module.weight.device.type
+            if torch.is_autocast_enabled(device):
+                dtype = torch.get_autocast_dtype(device)
+                state = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+            else:
+                state = "fp32"
+            self.seen[state] = self.seen.get(state, 0) + 1
+
+        model.get_input_embeddings().register_forward_pre_hook(note)
+
+    def check(self, precision: str) -> dict[str, int]:
+        """The forwards seen per precision; raises ``RuntimeError`` unless all ran in ``precision``."""
+        if set(self.seen) != {precision}:
+            raise RuntimeError(f"asked for {precision}, but the model forwards ran in {self.seen}")
+        return dict(self.seen)
 
 
 def get_workload(name: str) -> Workload:

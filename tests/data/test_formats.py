@@ -11,6 +11,7 @@ import pytest
 from preftune.data import PreferenceExample, load_preference_data, load_rows, rank_pairs
 from preftune.data.dialogues import parse_hh
 from preftune.data.formats import detect_format
+from preftune.data.load import NO_PAIR
 from preftune.errors import PreftuneError
 from tests.data.files import HH_FILE, OASST_FILE, write_jsonl
 
@@ -165,7 +166,7 @@ def test_d_scores_are_higher_better_and_ties_make_no_pair(tmp_path: Path) -> Non
     ]
     examples, summary = load_preference_data(write_jsonl(tmp_path / "s.jsonl", rows), pairing="all")
     assert [(e.chosen, e.rejected) for e in examples] == [([assistant("high")], [assistant("low")])]
-    assert summary.dropped == {"no pair (fewer than two distinct ranks)": 1}
+    assert summary.dropped == {NO_PAIR: 1}
 
 
 def test_rank_pairs() -> None:
@@ -186,7 +187,7 @@ def test_d_oasst_trees(pairing: str, tree_turns: str, pairs: int) -> None:
     examples, summary = load_preference_data(OASST_FILE, pairing=pairing, tree_turns=tree_turns)
     assert summary.format == "oasst" and summary.rows_read == 100
     assert len(examples) == pairs
-    assert summary.dropped == ({"no pair (fewer than two distinct ranks)": 1} if tree_turns == "first" else {})
+    assert summary.dropped == ({NO_PAIR: 1} if tree_turns == "first" else {})
     root = json.loads(OASST_FILE.read_text(encoding="utf-8").splitlines()[0])["prompt"]
     first = examples[0]
     assert first.prompt == [user(root["text"])]

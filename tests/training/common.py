@@ -86,6 +86,12 @@ def make_data_files(folder: Path) -> DataFiles:
 
 # --- configs --------------------------------------------------------------------------------------
 
+# The runs here compare runs at tight tolerances (layouts, one process against two, resumed against
+# uninterrupted, the saved model re-scored by `preftune evaluate` in float32), so they train in
+# float32 whatever the CPU: `optim.mixed_precision=auto` would choose bf16 on one with AMX or
+# AVX-512 BF16. A test about precision sets it after these (a later override wins).
+FP32 = {"optim.mixed_precision": "no"}
+
 
 def lora_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
     """LoRA, ``dpo + exmate``, a separate eval file, 6 steps of 4 pairs (1.5 epochs of 16 pairs),
@@ -108,6 +114,7 @@ def lora_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
         "save_every": 2,
         "merge_lora": "true",
         "trackers": "[]",
+        **FP32,
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
@@ -130,17 +137,21 @@ def full_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
         "eval.batch_size": 8,
         "save_every": 2,
         "trackers": "[]",
+        **FP32,
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
 
 
 def train(overrides: Sequence[str], callbacks: Sequence[Any] = (), config_file: Path | None = None) -> dict:
-    """Run the trainer in this process, as ``preftune train [CONFIG] OVERRIDES`` would."""
+    """Run the trainer in this process, as ``preftune train [CONFIG] OVERRIDES`` would, in float32
+    unless ``overrides`` set ``optim.mixed_precision`` (the pin comes first, so it also covers a
+    ``config_file`` written by a test, and outranks a precision set there)."""
     from preftune.cli.config import load_config
     from preftune.training.run import run_training
 
-    return run_training(load_config(config_file, list(overrides)), callbacks=callbacks)
+    pin = [f"{k}={v}" for k, v in FP32.items()]
+    return run_training(load_config(config_file, [*pin, *overrides]), callbacks=callbacks)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ class DataConfig:
     split: str | None = None  # the split of a dataset folder or hub dataset (default: train, or its only one)
     train_size: int | None = None  # use only the first N training pairs (after the hold-out)
     format: str = "auto"
-    pairing: str = "best_vs_worst"
+    pairing: str = "best_vs_worst"  # ranked completions -> pairs: best_vs_worst | all
+    score_gap: float = 0.0  # pairing=all: only pairs whose scores (or ranks) differ by more than this
+    group_size: int | None = None  # group objectives: completions per prompt (None: every group must have one size)
+    bad: str | None = None  # unpaired data: the bad examples (prompt, completion); `train` holds the good ones
     columns: dict[str, str] = field(default_factory=dict)
     labels: LabelSpec = field(default_factory=LabelSpec)  # two responses and a label: which value means which
     skip_invalid: bool = False

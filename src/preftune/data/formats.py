@@ -105,6 +105,7 @@ def row_parser(
     tree_turns: str = "all",
     raw: RawRows | None = None,
     labels: LabelSpec | None = None,
+    min_gap: float = 0.0,
 ) -> RowParser:
     """The function turning one row of ``format`` into examples (a ranked row may give several).
 
@@ -123,7 +124,7 @@ def row_parser(
         "standard": partial(_parse_explicit, conversational=False),
         "conversational": partial(_parse_explicit, conversational=True),
         "implicit": _parse_implicit,
-        "ranked": partial(parse_ranked, pairing=pairing),
-        "oasst": partial(parse_tree, pairing=pairing, tree_turns=tree_turns),
+        "ranked": partial(parse_ranked, pairing=pairing, min_gap=min_gap),
+        "oasst": partial(parse_tree, pairing=pairing, tree_turns=tree_turns, min_gap=min_gap),
     }
     return parsers[format]

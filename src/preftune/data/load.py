@@ -21,6 +21,9 @@ def no_valid_rows(source: str, tally: Tally) -> PreftuneError:
     return PreftuneError(f"{source}: no valid rows left ({tally.total} dropped: {reasons})")
 
 
+NO_PAIR = "no pair (fewer than two distinct ranks, or none far enough apart)"
+
+
 def load_preference_data(
     source: str | Path,
     *,
@@ -31,6 +34,7 @@ def load_preference_data(
     split: str | None = None,
     tree_turns: str = "all",
     labels: LabelSpec | Mapping[str, Any] | None = None,
+    score_gap: float = 0.0,
 ) -> tuple[list[PreferenceExample], DataSummary]:
     """Read preference data and validate every row before anything else happens.
 
@@ -46,6 +50,8 @@ def load_preference_data(
             the summary, instead of raising on the first one.
         split: the split of a folder or Hub dataset (default: 'train', or the only one).
         tree_turns: for message trees, ``"all"`` ranked turns or only the ``"first"`` (replies to the root).
+        score_gap: for ranked data with ``pairing="all"``, only pairs whose scores (or ranks) differ
+            by more than this (P3's pairs above a reward gap).
         labels: for labelled pairs, where the label is and what its values mean
             (:class:`~preftune.data.labelled.LabelSpec`, or a mapping / config with its fields).
 
@@ -63,9 +69,13 @@ def load_preference_data(
     if format == "auto":
         refuse_reversible_mapping(original, columns, spec)
     chosen_format = resolve_format(raw, format)
-    parse = row_parser(chosen_format, pairing=pairing, tree_turns=tree_turns, raw=raw, labels=spec)
+    parse = row_parser(chosen_format, pairing=pairing, tree_turns=tree_turns, raw=raw, labels=spec, min_gap=score_gap)
     tally = Tally()
-    no_item = TIE_REASON if isinstance(parse, LabelledParser) else "no pair (fewer than two distinct ranks)"
+    no_item = (
+        TIE_REASON
+        if isinstance(parse, LabelledParser)
+        else "no pair (fewer than two distinct ranks, or none far enough apart)"
+    )
     examples = validate_rows(
         raw,
         parse,

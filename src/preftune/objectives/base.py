@@ -228,6 +228,8 @@ class Objective(_PositiveSums):
             if isinstance(record, PairRecord):
                 beta, average = self.margin_settings()
                 metrics = pair_metrics(record, beta=beta, average=average)
+                if not any(term.builds_margin for term in self.terms):  # no β: implicit rewards mean nothing
+                    metrics = {k: v for k, v in metrics.items() if not k.startswith("rewards/")}
             else:
                 metrics = group_metrics(record)
         return ObjectiveOutput(loss=total, terms=term_losses, metrics=metrics)

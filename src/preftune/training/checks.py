@@ -19,7 +19,7 @@ from preftune.data.ranked import PAIRINGS
 from preftune.errors import SpecError
 from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
-from preftune.objectives import build
+from preftune.objectives import GroupRecord, Objective, build
 from preftune.training.config import RunConfig, resolve_defaults
 
 REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
@@ -69,6 +69,8 @@ def _check_numbers(config: RunConfig) -> None:
     for key, value in {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples}.items():
         _require(key, value, 0)
     _require("data.max_length", d.max_length, 2)
+    _require("data.group_size", d.group_size, 2)
+    _require("data.score_gap", d.score_gap, 0)
     if d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
         raise SpecError(
             f"data.max_prompt_length {d.max_prompt_length} leaves no room for a response in "
@@ -117,14 +119,30 @@ def _check_stages(config: RunConfig) -> None:
         _require(f"stages.{index}.lr", stage.lr, 0, strict=True)
         _require(f"stages.{index}.epochs", stage.epochs, 0, strict=True)
         _require(f"stages.{index}.max_steps", stage.max_steps, 1)
-        objective = build(stage.objective)
-        if objective.record_type.__name__ != "PairRecord":
-            raise SpecError(f"{where}: '{stage.objective}' is an on-policy objective; offline training needs pairs")
+        _check_data_kind(config, build(stage.objective), stage.objective, where)
         _choice(f"{where}: reference", stage.reference, REFERENCE_CHOICES)
         if stage.reference == "previous" and index == 0:
             raise SpecError(f"{where}: reference 'previous' needs an earlier stage")
         if stage.reference == "adapter" and not config.lora.enabled:
             raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
+
+
+def _check_data_kind(config: RunConfig, objective: Objective, spec: str, where: str) -> None:
+    """Group terms read ranked groups, pairwise terms pairs: each stage's objective must fit the run's data."""
+    groups = objective.record_type is GroupRecord
+    if config.data.bad:
+        if groups or any(term.builds_margin for term in objective.terms):
+            raise SpecError(
+                f"{where}: '{spec}' compares a chosen and a rejected response of one prompt, and data.bad gives "
+                "unpaired examples: use mle, ul, mate, exmate (or bcr, dpop), or pairs without data.bad"
+            )
+    stages = config.resolved_stages()
+    kinds = {build(stage.objective).record_type is GroupRecord for stage in stages}
+    if len(kinds) > 1:
+        raise SpecError("stages mix group objectives (reinforce, rwr, bon, bon_neg) with pairwise ones: "
+                        "they read different data (ranked groups vs pairs); run them separately")  # fmt: skip
+    if config.data.group_size is not None and not groups:
+        raise SpecError(f"data.group_size is for group objectives (reinforce, rwr, bon, bon_neg), not '{spec}'")
 
 
 def check_trackers(trackers: list[str]) -> None:

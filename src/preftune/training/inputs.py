@@ -1,5 +1,11 @@
 """A run's data, in two steps: rows -> validated, split examples (no tokenizer, no model), then
-examples -> token pairs.
+examples -> token pairs (or groups).
+
+Three kinds of data (:func:`data_kind`): preference pairs; unpaired good and bad examples
+(``data.bad``, P1's setting: each good example drawn with a bad one at random, for the likelihood
+terms); and groups of C ranked completions with rewards (scores, or minus the ranks) for the
+sampled-group terms trained offline (P3). Held-out data are always pairs: a held-out group is
+scored by its best against its worst completion.
 
 The first step runs before anything is loaded or converted, so a missing file, a wrong column
 or a bad row costs the user nothing. The held-out pairs are whole groups of pairs (by default
@@ -15,37 +21,64 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune.data import DataSummary, PreferenceExample, TokenizedPair, load_preference_data, tokenize_examples
+from preftune.data import (
+    DataSummary,
+    PreferenceExample,
+    TokenizedPair,
+    load_preference_data,
+    load_unpaired,
+    tokenize_examples,
+)  # fmt: skip
+from preftune.data.grouped import GroupExample, fit_group_size, load_groups, tokenize_groups
+from preftune.data.groups import TokenizedGroup
 from preftune.data.options import check_prompt_room, data_options, resolve_source
-from preftune.data.split import hold_out
-from preftune.files import write_atomic as write_text_atomic
+from preftune.data.split import hold_out, hold_out_groups
+from preftune.files import write_atomic
+from preftune.objectives import GroupRecord, build
 from preftune.run_layout import HELD_OUT_FILE as HELD_OUT_FILE  # re-exported: run.py imports it from here
-from preftune.training.config import DataConfig
+from preftune.training.config import DataConfig, RunConfig
+
+KINDS = ("pairs", "unpaired", "groups")
 
 
 @dataclass
 class Examples:
     """Validated examples of a run, split into training and held-out, with their summaries."""
 
-    train: list[PreferenceExample]
+    train: list[PreferenceExample] | list[GroupExample]
     held_out: list[PreferenceExample]
     summaries: dict[str, DataSummary | None]
 
 
 @dataclass
 class Inputs:
-    """Token pairs of a run: what the trainer reads."""
+    """Token pairs (or groups) of a run: what the trainer reads."""
 
-    train: list[TokenizedPair]
+    train: list[TokenizedPair] | list[TokenizedGroup]
     held_out: list[TokenizedPair]
     held_out_examples: list[PreferenceExample]
     summaries: dict[str, DataSummary | None]
 
 
-def load_examples(d: DataConfig) -> Examples:
-    """Read and validate every row, then hold out ``data.eval_size`` pairs (or read ``data.eval``)."""
+def data_kind(config: RunConfig) -> str:
+    """``groups`` when the run's objectives read sampled groups, ``unpaired`` with ``data.bad``, else ``pairs``."""
+    if any(build(stage.objective).record_type is GroupRecord for stage in config.resolved_stages()):
+        return "groups"
+    return "unpaired" if config.data.bad else "pairs"
+
+
+def load_examples(d: DataConfig, kind: str = "pairs") -> Examples:
+    """Read and validate every row, then hold out ``data.eval_size`` examples (or read ``data.eval``)."""
+    if kind == "groups":
+        return _load_groups(d)
     options = data_options(d)
-    examples, summary = load_preference_data(resolve_source(d.train), **options)
+    if kind == "unpaired":
+        good, bad = resolve_source(d.train), resolve_source(str(d.bad))
+        examples, summary = load_unpaired(
+            good, bad, columns=d.columns or None, skip_invalid=d.skip_invalid, split=d.split
+        )
+    else:
+        examples, summary = load_preference_data(resolve_source(d.train), **options)
     if d.eval:
         # data.split picks a split of data.train; a separate held-out source is read whole (its train split)
         held_out, held_summary = load_preference_data(resolve_source(d.eval), **{**options, "split": None})
@@ -56,18 +89,39 @@ def load_examples(d: DataConfig) -> Examples:
     return Examples(train, held_out, {"train": summary, "eval": held_summary})
 
 
+def _load_groups(d: DataConfig) -> Examples:
+    """Ranked groups of ``data.group_size`` completions; the held-out groups as best-vs-worst pairs."""
+    options = {"format": d.format, "columns": d.columns or None, "skip_invalid": d.skip_invalid}
+    groups, summary = load_groups(resolve_source(d.train), split=d.split, **options)
+    groups, too_small = fit_group_size(groups, d.group_size)
+    if too_small:
+        reason = f"fewer than data.group_size={d.group_size} ranked completions"
+        summary = replace(summary, kept=len(groups), dropped={**summary.dropped, reason: too_small})
+    if d.eval:
+        held_groups, held_summary = load_groups(resolve_source(d.eval), **options)
+        train = groups
+    else:
+        train, held_groups, split = hold_out_groups(groups, d.eval_size)
+        summary = summary.with_split(split)
+        held_summary = replace(summary, kept=len(held_groups)) if held_groups else None
+    held_out = [pair for pair in (g.best_vs_worst() for g in held_groups) if pair is not None]
+    return Examples(train, held_out, {"train": summary, "eval": held_summary})
+
+
 def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs:
     """Tokenise both splits with the model's chat template; cut to ``data.max_length`` and ``train_size``."""
     # Without a prompt budget, a long prompt would leave no room and its pair would be dropped:
     # by default the prompt keeps at most half of max_length (cut from the left).
     max_prompt = d.max_prompt_length if d.max_prompt_length is not None else d.max_length // 2
     summaries = examples.summaries
-    train, train_summary = tokenize_examples(examples.train, tokenizer, d.max_length, max_prompt,
-                                             summary=summaries["train"])  # fmt: skip
+    groups = bool(examples.train) and isinstance(examples.train[0], GroupExample)
+    tokenize = tokenize_groups if groups else tokenize_examples
+    train, train_summary = tokenize(examples.train, tokenizer, d.max_length, max_prompt,  # type: ignore[arg-type]
+                                    summary=summaries["train"])  # fmt: skip
     check_prompt_room(examples.train, tokenizer, d.max_length, train_summary)
     if d.train_size is not None and d.train_size < len(train):
         train = train[: d.train_size]
-        train_summary = train_summary.limited(train)
+        train_summary = replace(train_summary, kept=len(train)) if groups else train_summary.limited(train)
     held: list[TokenizedPair] = []
     held_summary: DataSummary | None = None
     if examples.held_out:
@@ -85,4 +139,4 @@ def example_row(example: PreferenceExample) -> dict[str, Any]:
 
 def save_held_out(examples: Sequence[PreferenceExample], path: Path) -> None:
     """The held-out pairs as JSON Lines, written atomically (``preftune evaluate --run`` reads them)."""
-    write_text_atomic(path, "".join(json.dumps(example_row(e), ensure_ascii=False) + "\n" for e in examples))
+    write_atomic(path, "".join(json.dumps(example_row(e), ensure_ascii=False) + "\n" for e in examples))

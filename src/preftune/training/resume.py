@@ -76,16 +76,20 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def pairs_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
-    """A sha256 of the token ids of ``pairs``, in order (order matters: it fixes what each step reads)."""
+def pairs_fingerprint(pairs: Sequence[Any]) -> str:
+    """A sha256 of the token ids of ``pairs`` (or groups, with their rewards), in order (order
+    matters: it fixes what each step reads)."""
     digest = hashlib.sha256()
     for pair in pairs:
-        ids = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids, pair.rejected_prompt_ids)
+        if isinstance(pair, TokenizedPair):
+            ids: tuple[Any, ...] = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids, pair.rejected_prompt_ids)
+        else:
+            ids = (pair.prompt_ids, list(pair.responses), pair.rewards)
         digest.update(json.dumps(ids).encode())
     return digest.hexdigest()
 
 
-def inputs_record(train: Sequence[TokenizedPair], held_out: Sequence[TokenizedPair]) -> dict[str, Any]:
+def inputs_record(train: Sequence[Any], held_out: Sequence[TokenizedPair]) -> dict[str, Any]:
     return {
         "train": {"pairs": len(train), "sha256": pairs_fingerprint(train)},
         "eval": {"pairs": len(held_out), "sha256": pairs_fingerprint(held_out)},

@@ -52,7 +52,15 @@ from preftune.training.hooks import (
     StepCallback,
     StopOnNonFinite,
 )  # fmt: skip
-from preftune.training.inputs import HELD_OUT_FILE, Examples, Inputs, load_examples, save_held_out, tokenize_inputs
+from preftune.training.inputs import (
+    HELD_OUT_FILE,
+    Examples,
+    Inputs,
+    data_kind,
+    load_examples,
+    save_held_out,
+    tokenize_inputs,
+)  # fmt: skip
 from preftune.training.loop import Trainer, make_plan, responses_read
 from preftune.training.outputs import finish_stage, load_stage_result
 from preftune.training.references import make_reference
@@ -90,9 +98,14 @@ def _stage_optim(config: RunConfig, stage: StageConfig):
 
 
 def _mixed_precision(setting: str) -> str:
+    """``optim.mixed_precision`` as accelerate takes it: ``auto`` is bf16 where the hardware multiplies
+    bf16 natively (a capable CUDA GPU, or a CPU with AMX / AVX-512 BF16), else ``no``. Under bf16
+    autocast only the products run in bf16: the weights (the optimiser's master copy) stay float32."""
     if setting != "auto":
         return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    from preftune.training import precision  # the module, so tests can substitute its answer
+
+    return precision.auto_mixed_precision()
 
 
 def _accelerator(config: RunConfig) -> Accelerator:
@@ -147,7 +160,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     console = console or Console(stderr=True, soft_wrap=True)
     output_dir = Path(config.output_dir)
     _refuse_earlier_run(config, output_dir)
-    examples = load_examples(config.data)  # rows validated and split: no tokenizer, no model yet
+    examples = load_examples(config.data, data_kind(config))  # rows validated and split: no model yet
     began = time.perf_counter()
     tokenizer = _tokenizer(config, examples)
     inputs = tokenize_inputs(examples, tokenizer, config.data)
