@@ -177,11 +177,15 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     for split, summary in inputs.summaries.items():
         if summary is not None:
             say(f"{split} data: {summary}", highlight=False)
+    say(
+        f"precision: {accelerator.mixed_precision} (optim.mixed_precision={config.optim.mixed_precision})",
+        highlight=False,
+    )
 
     batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model))
     sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]
     samples_before = greedy_responses(model, tokenizer, sample_prompts, config.eval.max_new_tokens)
-    outcome: dict[str, Any] = {"stages": []}
+    outcome: dict[str, Any] = {"stages": [], "mixed_precision": accelerator.mixed_precision}
     stages = config.resolved_stages()
     dirs = stage_dirs(output_dir, [s.name for s in stages])
     for index, stage in enumerate(stages):
