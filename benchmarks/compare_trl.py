@@ -682,7 +682,7 @@ def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         line += [_fmt_stats(row["ratio_pairs_per_s"]), _fmt_stats(row["ratio_peak_rss"])]
         fraction = row.get("matmul_fraction")
         line += [_fmt(row.get("useful_gflop_per_s"), ".1f")]
-        line += ["—" if fraction is None else f"{100 * fraction:.0f}% of {row['precision']}"]
+        line += ["—" if fraction is None else f"{100 * fraction:.1f}% of {row['precision']}"]
         line += [_fmt_stats(row["ratio_peak_gpu"])] if gpu else []
         cells.append(line)
     return header, cells

@@ -25,7 +25,14 @@ from safetensors.torch import load_file
 
 from preftune.data import Batcher, bundled_path, load_preference_data, tokenize_examples
 from preftune.errors import PreftuneError
-from preftune.modeling import AdapterDisabledReference, apply_lora, causal_lm_parts, load_model, tiny_model_path
+from preftune.modeling import (
+    AdapterDisabledReference,
+    apply_lora,
+    causal_lm_parts,
+    load_model,
+    load_tokenizer,
+    tiny_model_path,
+)
 from preftune.objectives import build
 from preftune.training.config import OptimConfig
 from preftune.training.loop import Trainer, make_plan, responses_read
@@ -65,11 +72,17 @@ def test_a_buffer_source_resumes_exactly_after_sigkill_mid_round(tmp_path: Path)
     running only the 3 lost steps. The resumed process builds its buffer from other HH pairs with
     other rewards: equality proves the round's samples and its position in the second pass came
     back from the checkpoint (``source.pt``), not from the script. The checkpoint's source state
-    is also refused by a buffer of other settings (passes, seed)."""
+    is also refused by a buffer of other settings (passes, seed, round)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     # the two independent runs side by side, one thread each
     processes = [_worker(whole, "whole"), _worker(killed, "killed", "--kill-after", str(KILL_AT))]
-    (whole_rc, whole_err), (killed_rc, killed_err) = (_finish(p) for p in processes)
+    try:
+        (whole_rc, whole_err), (killed_rc, killed_err) = [_finish(p) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert whole_rc == 0, whole_err
     assert killed_rc == -signal.SIGKILL, killed_err
     checkpoint = killed / "checkpoints" / f"step-{KILL_AT:06d}"
@@ -124,8 +137,6 @@ def lora_model() -> torch.nn.Module:
 def hh(lora_model) -> tuple[list, int]:
     """8 real HH-RLHF pairs (tiny model's tokenizer, 96 tokens) and a pad id none of them holds, so
     that counting ids other than the pad id at the decoder's input counts real tokens exactly."""
-    from preftune.modeling import load_tokenizer
-
     tokenizer = load_tokenizer(tiny_model_path())
     examples, _ = load_preference_data(bundled_path("hh-harmless"))
     pairs, _ = tokenize_examples(examples[:8], tokenizer, max_length=96, max_prompt_length=64)
@@ -217,3 +228,21 @@ def test_a_step_feeds_the_decoder_only_the_responses_its_objective_reads(
     else:
         assert reads_rejected <= stats.keys()
         assert bool(reads_reference <= stats.keys()) == (spec == "dpo")
+
+
+def test_a_restored_buffer_follows_the_checkpoints_samples_whatever_the_new_buffer_holds() -> None:
+    """A resumed process cannot sample the round again: its placeholder buffer may be of any size, and the
+    steps after the restore must read the checkpoint's samples in the checkpoint's order."""
+    samples, pad_id = buffer_samples()
+    batcher = Batcher(pad_id, "padded")
+    settings = {"batch_size": BATCH, "passes": PASSES, "seed": SEED}
+    original = BufferSource(samples, batcher, **settings)
+    for _ in range(5):
+        next(original)
+    state = original.state_dict()
+    expected = [[b.example_ids.tolist() for b in micro] for micro in original]
+    for size in (12, 17, 20):
+        restored = BufferSource(samples[:1] * size, batcher, **settings)
+        restored.load_state_dict(state)
+        got = [[b.example_ids.tolist() for b in micro] for micro in restored]
+        assert got == expected and len(restored.items) == len(samples)

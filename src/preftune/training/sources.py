@@ -125,9 +125,14 @@ class BufferSource(PlannedSource):
             raise PreftuneError(f"a buffer needs at least one pass over its samples, not {passes}")
         self.settings = {"batch_size": batch_size, "passes": passes, "seed": seed, "round": round,
                          "world_size": world_size, "grad_accumulation": grad_accumulation}  # fmt: skip
-        plan = BatchPlan(len(samples), batch_size, seed * 100_003 + round, world_size, grad_accumulation)
+        plan = self._plan(len(samples))
         super().__init__(samples, batcher, plan, plan.total_steps(passes, None), rank=rank, group_size=group_size,
                          device=device)  # fmt: skip
+
+    def _plan(self, num_samples: int) -> BatchPlan:
+        k = self.settings
+        return BatchPlan(num_samples, k["batch_size"], k["seed"] * 100_003 + k["round"], k["world_size"],
+                         k["grad_accumulation"])  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         samples = [_group_state(g) for g in self.items]  # type: ignore[arg-type]
@@ -138,8 +143,12 @@ class BufferSource(PlannedSource):
             raise PreftuneError(
                 f"the checkpoint's buffer was made with {state.get('settings')}, this run's with {self.settings}"
             )
-        super().load_state_dict(state)
+        # The plan follows the checkpoint's samples: a resumed process cannot sample the round again,
+        # so it may hold a buffer of another size.
         self.items = [_group_from_state(s) for s in state["samples"]]
+        self.plan = self._plan(len(self.items))
+        self.total_steps = self.plan.total_steps(self.settings["passes"], None)
+        super().load_state_dict(state)
 
 
 def _group_state(group: TokenizedGroup) -> dict[str, Any]:
