@@ -81,9 +81,10 @@ CASES = {
         "optim.batch_size 6 is not a multiple of optim.grad_accumulation 4",
     ),
     "beta zero": (lambda f: _train(f, "objective=dpo(beta=0)"), "dpo: beta must be > 0, got 0.0"),
-    "on-policy objective": (
+    "group objective on pairs": (
         lambda f: _train(f, "objective=reinforce"),
-        "objective: 'reinforce' is an on-policy objective; offline training needs pairs",
+        "good.jsonl: group objectives need ranked completions ('completions' with 'scores' or 'ranks', or "
+        "OpenAssistant message trees); this is standard pair data",
     ),
     "earlier run without --resume": (
         lambda f: _train(f, out="earlier"),
