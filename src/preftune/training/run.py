@@ -262,10 +262,7 @@ def _run_stage(
     say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
         f"({len(read)} of {len(inputs.train)} training examples read by this stage)", highlight=False)  # fmt: skip
     if main:
-        for tracker in accelerator.trackers:  # the earlier stage's run: close it, or it gets this stage's logs too
-            tracker.finish()
-        accelerator.trackers = []
-        accelerator.init_trackers(stage.name, config=flat_config(config, stage))
+        _start_trackers(accelerator, config, stage)
     trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=optim, total_steps=total,
                       reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
     source = DatasetSource(inputs.train, batcher, plan, total, rank=accelerator.process_index,
@@ -274,18 +271,31 @@ def _run_stage(
     hooks = [StopOnNonFinite(optim.max_bad_steps, checkpoints), Logging(), Progress(console),
              HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
              Callbacks(callbacks)]  # fmt: skip
-    saved = latest_checkpoint(dirs[index]) if config.resume else None
-    try:
-        so_far = trainer.restore(saved, source) if saved is not None else None
-        result = trainer.fit(source, hooks=hooks, result=so_far)
-    except KeyboardInterrupt:
-        saved = latest_checkpoint(dirs[index])
-        where = f"--resume continues from {saved}" if saved else "no checkpoint was written yet: --resume has none"
-        say(f"\ninterrupted in stage '{stage.name}'; {where}", highlight=False)
-        raise
+    result = _fit(trainer, source, hooks, dirs[index], config.resume, f"stage '{stage.name}'", say)
     base_dir = dirs[index - 1] / "merged" if index > 0 and config.lora.enabled else None
     later = index + 1 < len(dirs)
     record = finish_stage(stage, dirs[index], result, model, tokenizer, config, accelerator,
                           base_dir=base_dir, later_stage=later)  # fmt: skip
     say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
+
+
+def _start_trackers(accelerator: Accelerator, config: RunConfig, stage: StageConfig) -> None:
+    """A tracker run per stage: the earlier stage's is closed, or it would get this stage's logs too."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+    accelerator.init_trackers(stage.name, config=flat_config(config, stage))
+
+
+def _fit(trainer: Trainer, source: DatasetSource, hooks: list, stage_dir: Path, resume: bool, what: str, say) -> Any:
+    """Fit the stage from its newest checkpoint when resuming; on Ctrl-C, say where ``--resume`` continues."""
+    saved = latest_checkpoint(stage_dir) if resume else None
+    try:
+        so_far = trainer.restore(saved, source) if saved is not None else None
+        return trainer.fit(source, hooks=hooks, result=so_far)
+    except KeyboardInterrupt:
+        saved = latest_checkpoint(stage_dir)
+        where = f"--resume continues from {saved}" if saved else "no checkpoint was written yet: --resume has none"
+        say(f"\ninterrupted in {what}; {where}", highlight=False)
+        raise
