@@ -133,3 +133,29 @@ def test_lookups_refuse_unknown_or_retokenised_examples(tiny, tmp_path: Path) ->
     shorter[0, shorter[0].nonzero()[-1]] = False
     with pytest.raises(PreftuneError, match="response lengths differ"):
         reference(TokenBatch(changed.input_ids, changed.attention_mask, shorter, changed.example_ids))
+
+
+def test_cache_misses_when_the_autocast_precision_changes(tiny_path: Path, tmp_path: Path) -> None:
+    """bf16 and fp32 reference values differ (up to ~0.5 nats on SmolLM2): one must never be read for the other."""
+    model, data = load_model(tiny_path), _dataset()
+    fp32 = PrecomputedReference.build(model, data, cache_dir=tmp_path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = PrecomputedReference.build(model, data, cache_dir=tmp_path)
+        again = PrecomputedReference.build(model, data, cache_dir=tmp_path)
+    assert not bf16.hit and bf16.path != fp32.path and again.hit and again.path == bf16.path
+    assert not torch.equal(bf16.table["sum"], fp32.table["sum"])
+
+
+def test_a_round_of_groups_is_precomputed_in_memory_and_read_by_columns(tiny_path: Path, tmp_path: Path) -> None:
+    """``compute`` keeps a [E, C] table in memory (nothing on disk); a batch of the first C' columns reads them."""
+    model = load_model(tiny_path)
+    data = _dataset()
+    table = PrecomputedReference.compute(model, data)
+    assert table.path is None and table.group_size == 2
+    live = ModelReference(model)
+    for batch in data:
+        expected = live.records(batch)
+        torch.testing.assert_close(table.records(batch).sum, expected.sum)
+        chosen_only = TokenBatch(batch.input_ids[:2], batch.attention_mask[:2], batch.response_mask[:2],
+                                 batch.example_ids, 1)  # fmt: skip
+        torch.testing.assert_close(table.records(chosen_only).sum, expected.sum[:, :1])
