@@ -7,7 +7,7 @@ from pathlib import Path
 
 import preftune.modeling
 
-ALLOWED = {"preftune.errors", "preftune.objectives.records", "preftune.data.batch"}
+ALLOWED = {"preftune.errors", "preftune.files", "preftune.objectives.records", "preftune.data.batch"}
 PACKAGE = Path(preftune.modeling.__file__).parent
 
 

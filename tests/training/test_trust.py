@@ -81,7 +81,7 @@ def test_the_reference_is_computed_for_the_pairs_the_run_reads(data_files: DataF
     console, text = _console()
     overrides = full_overrides(data_files, tmp_path / "run", **{"optim.max_steps": 1, "data.eval_size": 4})
     run_training(load_config(None, overrides), console=console)
-    assert "(4 of 20 training pairs read by this stage)" in text.getvalue()  # one step of 4 pairs
+    assert "(4 of 20 training examples read by this stage)" in text.getvalue()  # one step of 4 pairs
 
 
 def test_a_precomputed_reference_holds_only_the_pairs_asked_for(data_files: DataFiles) -> None:
