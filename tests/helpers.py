@@ -33,3 +33,23 @@ def random_pairs(batch: int = 6, width: int = 12, seed: int = 0, low: float = -6
         (s.tokens + 0.5 * torch.randn(s.tokens.shape, generator=g, dtype=torch.float64)).clamp(max=-1e-3), s.mask
     )
     return PairRecord(chosen, rejected, ref(chosen), ref(rejected))
+
+
+def concurrently(work, threads: int) -> list[BaseException]:
+    """Run ``work(i)`` in ``threads`` threads at once; return what any of them raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as error:  # pragma: no cover - reported by the caller
+            errors.append(error)
+
+    started = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return errors

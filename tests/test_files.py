@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
 from preftune.files import atomic_write_target, write_atomic, write_json_atomic
+from tests.helpers import concurrently
 
 
 def test_write_atomic_replaces_whole_files_and_cleans_up_on_failure(
@@ -46,19 +46,10 @@ def test_a_write_target_is_a_fresh_file_beside_its_destination(tmp_path: Path) -
 
 def test_concurrent_atomic_writes_never_collide(tmp_path: Path) -> None:
     dest = tmp_path / "state.json"
-    errors: list[BaseException] = []
 
     def write(i: int) -> None:
-        try:
-            for j in range(25):
-                write_atomic(dest, json.dumps({"writer": i, "write": j}))
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
+        for j in range(25):
+            write_atomic(dest, json.dumps({"writer": i, "write": j}))
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    assert not concurrently(write, 4)
     assert json.loads(dest.read_text())["write"] == 24 and list(tmp_path.iterdir()) == [dest]  # no temporary left

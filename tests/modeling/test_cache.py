@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from preftune.modeling import atomic_directory, cache_root
+from tests.helpers import concurrently
 
 
 def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -33,22 +34,13 @@ def test_folder_appears_complete_or_not_at_all(tmp_path: Path) -> None:
 def test_racing_writers_leave_one_complete_folder(tmp_path: Path) -> None:
     dest = tmp_path / "model"
     barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def write(i: int) -> None:
-        try:
-            with atomic_directory(dest) as tmp:
-                (tmp / "a.txt").write_text(str(i))
-                (tmp / "b.txt").write_text(str(i))
-                barrier.wait()
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
+        with atomic_directory(dest) as tmp:
+            (tmp / "a.txt").write_text(str(i))
+            (tmp / "b.txt").write_text(str(i))
+            barrier.wait()
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    assert not concurrently(write, 4)
     assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text()
     assert list(tmp_path.iterdir()) == [dest]
