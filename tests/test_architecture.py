@@ -20,7 +20,8 @@ ALLOWED = {
     "modeling": {"objectives", "data"},
     "evaluation": {"objectives", "data", "modeling"},
     "generation": {"data", "modeling"},
-    "training": {"objectives", "data", "modeling", "evaluation", "generation"},
+    "judging": {"data"},  # rank_file.py reads prompt/candidate rows through preftune.data
+    "training": {"objectives", "data", "modeling", "evaluation", "generation", "judging"},
     "cli": {"objectives", "analysis", "data", "modeling", "training", "evaluation", "generation", "judging"},
 }
 

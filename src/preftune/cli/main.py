@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, objectives, train
+from preftune.cli import analyze, objectives, rank, train
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(commands)
     analyze.register(commands)
     objectives.register(commands)
+    rank.register(commands)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""``preftune rank``: rank each prompt's completions with a pairwise judge (P4's IPR) into
+ranked rows and preference pairs that ``preftune train`` reads."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from preftune.errors import PreftuneError
+
+JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rank",
+        help="rank N completions per prompt with a pairwise judge (IPR) into rankings and pairs (P4)",
+        description=(
+            "Ranks each prompt's completions by iterative pairwise ranking (binary insertion; the judge "
+            "asked in both orders, a disagreement is a tie) or round robin. Verdicts are kept in SQLite as "
+            "they arrive: a killed ranking resumes with no call repeated."
+        ),
+        epilog="example: preftune rank --input generated.jsonl --judge longer --out out/ranked.jsonl "
+        "--pairs out/pairs.jsonl",
+    )
+    parser.add_argument("--input", type=Path, required=True, help="jsonl rows with 'prompt' and 'completions'")
+    parser.add_argument("--judge", default="longer", help=f"the judge: {JUDGES} (default: longer)")
+    parser.add_argument("--method", default="ipr", choices=("ipr", "round_robin"), help="ranking method")
+    parser.add_argument("--out", type=Path, required=True, help="ranked rows (prompt, completions, ranks)")
+    parser.add_argument("--pairs", type=Path, help="preference pairs (prompt, chosen, rejected)")
+    parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
+    parser.add_argument("--store", type=Path, help="verdict store (default: OUT with .verdicts.sqlite)")
+    parser.set_defaults(run=run_rank)
+
+
+def make_judge(spec: str):
+    """A judge from its command-line name (see ``JUDGES``)."""
+    from preftune.judging.functions import FunctionJudge, RandomJudge, longer_is_better, shorter_is_better
+
+    if spec == "longer":
+        return FunctionJudge(longer_is_better)
+    if spec == "shorter":
+        return FunctionJudge(shorter_is_better)
+    if spec == "random" or spec.startswith("random:"):
+        seed = spec.partition(":")[2] or "0"
+        if not seed.isdigit():
+            raise PreftuneError(f"--judge {spec}: the seed must be a whole number")
+        return RandomJudge(int(seed))
+    if spec.startswith("function:"):
+        return FunctionJudge(spec.removeprefix("function:"))
+    raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    from preftune.judging.rank_file import rank_rows, read_candidates, write_outputs
+    from preftune.judging.store import VerdictStore
+    from preftune.training.progress import StepProgress
+
+    if not args.input.is_file():
+        raise PreftuneError(f"no such file: {args.input}")
+    judge = make_judge(args.judge)
+    rows = read_candidates(args.input)  # every row checked before the first call
+    store = VerdictStore(args.store or args.out.with_suffix(".verdicts.sqlite"))
+    console = Console(stderr=True, soft_wrap=True)
+    with StepProgress(len(rows), description="rank", console=console) as bar:
+        report = rank_rows(rows, judge, method=args.method, store=store, progress=lambda: bar.advance({}))
+    write_outputs(rows, report, args.out, args.pairs, args.pairing)
+    console.print(str(report), highlight=False)
+    return 0

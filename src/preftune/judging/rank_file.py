@@ -1,0 +1,147 @@
+"""``preftune rank``: prompts with N completions -> full rankings and preference pairs (P4, METHODS.md §5).
+
+Every row holds a ``prompt`` (a string, or messages ending with a user turn) and ``completions``
+(N ≥ 2 strings, or assistant messages). All rows are validated before the first judge call. Each
+prompt's completions are ranked by iterative pairwise ranking (binary insertion, the judge asked in
+both orders, disagreements a tie) or by round robin; every verdict goes to the SQLite store as it
+arrives, so a killed ranking resumes with no call repeated.
+
+Two outputs, both read by ``preftune train`` as they are: the rankings as ranked rows (``prompt``,
+``completions``, ``ranks`` with 0 the best: group objectives train on them), and pairs
+(``prompt``, ``chosen``, ``rejected``: best vs worst, or every ordered pair).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preftune.data.examples import Origin
+from preftune.data.sources import load_rows
+from preftune.errors import PreftuneError
+from preftune.files import write_atomic
+from preftune.judging.base import BothOrders, PairwiseJudge
+from preftune.judging.ranking import Ranking, ipr_rank, pairs_from_ranking, round_robin_rank
+from preftune.judging.store import VerdictStore
+
+METHODS = {"ipr": ipr_rank, "round_robin": round_robin_rank}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One row: the prompt and its completions as given, and as the judge reads them (text)."""
+
+    prompt: Any
+    completions: list[Any]
+    origin: Origin
+
+    @property
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in self.prompt)
+
+    def completion_text(self, k: int) -> str:
+        completion = self.completions[k]
+        return completion if isinstance(completion, str) else "\n\n".join(m["content"] for m in completion)
+
+
+@dataclass
+class RankReport:
+    """What a ranking did: prompts, judge calls (ordered, reaching the judge), comparisons, failures."""
+
+    prompts: int = 0
+    judge_calls: int = 0
+    comparisons: int = 0
+    failed: int = 0
+    pairs: int = 0
+    rankings: list[Ranking] = field(default_factory=list)
+    decided: list[bool] = field(default_factory=list)  # whether each prompt's best beats its worst outright
+
+    def __str__(self) -> str:
+        per = self.judge_calls / max(self.prompts, 1)
+        return (f"{self.prompts} prompts ranked: {self.comparisons} comparisons, {self.judge_calls} judge calls "
+                f"({per:.1f} per prompt; the store answered the rest), {self.failed} failed, {self.pairs} pairs; "
+                f"{self.decided.count(False)} prompts whose best and worst the judge could not tell apart")  # fmt: skip
+
+
+def read_candidates(source: str | Path) -> list[Candidates]:
+    """Every row validated up front: a bad row is named by file and row, before any judge call."""
+    raw = load_rows(source)
+    out = []
+    for index, row in enumerate(raw.rows):
+        origin = raw.origin(index)
+        prompt, completions = row.get("prompt"), row.get("completions")
+        if not (isinstance(prompt, str) and prompt.strip()) and not _messages(prompt):
+            raise PreftuneError(f"{origin}: 'prompt' must be a non-empty string or a list of messages")
+        if not isinstance(completions, list) or len(completions) < 2:
+            raise PreftuneError(f"{origin}: 'completions' must be a list of at least 2 completions")
+        for k, completion in enumerate(completions):
+            if not (isinstance(completion, str) and completion.strip()) and not _messages(completion):
+                raise PreftuneError(f"{origin}: completions[{k}] must be a non-empty string or a list of messages")
+        out.append(Candidates(prompt, completions, origin))
+    if not out:
+        raise PreftuneError(f"{raw.name}: no rows to rank")
+    return out
+
+
+def _messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value)
+    )  # fmt: skip
+
+
+def rank_rows(
+    rows: Sequence[Candidates], judge: PairwiseJudge, *, method: str = "ipr", store: VerdictStore | None = None,
+    progress: Any = None,
+) -> RankReport:  # fmt: skip
+    """Rank every row's completions with ``judge`` (both orders, through ``store``)."""
+    if method not in METHODS:
+        raise PreftuneError(f"unknown ranking method '{method}' (expected one of {', '.join(METHODS)})")
+    # one ordered call at a time, each verdict stored as it comes back: a kill loses only the call in flight
+    both = BothOrders(judge, store, batch_size=1)
+    report = RankReport()
+    for row in rows:
+        prompt = row.prompt_text
+
+        def compare(i: int, j: int, row: Candidates = row, prompt: str = prompt):
+            return both.compare(prompt, row.completion_text(i), row.completion_text(j))
+
+        ranking = METHODS[method](len(row.completions), compare)
+        # best vs worst is a training pair only if the judge really prefers one (not a tie, not a failure)
+        decided = compare(ranking.order[0], ranking.order[-1]).name == "A"
+        report.decided.append(decided)
+        report.rankings.append(ranking)
+        report.prompts += 1
+        report.comparisons += ranking.comparisons
+        report.failed += ranking.failed
+        if progress is not None:
+            progress()
+    report.judge_calls = both.calls
+    return report
+
+
+def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pairs_out: Path | None,
+                  pairing: str) -> None:  # fmt: skip
+    """Ranked rows to ``out``; pairs (best vs worst, or all) to ``pairs_out``; each written atomically."""
+    ranked, pairs = [], []
+    for row, ranking, decided in zip(rows, report.rankings, report.decided, strict=True):
+        ranks = [0] * len(row.completions)
+        for place, k in enumerate(ranking.order):
+            ranks[k] = place
+        ranked.append({"prompt": row.prompt, "completions": row.completions, "ranks": ranks})
+        if not decided:  # an undecided best vs worst: no pair of this prompt is trustworthy
+            continue
+        for better, worse in pairs_from_ranking(ranking.order, pairing):
+            pairs.append({"prompt": row.prompt, "chosen": row.completions[better],
+                          "rejected": row.completions[worse]})  # fmt: skip
+    write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked))
+    if pairs_out is not None:
+        write_atomic(pairs_out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    report.pairs = len(pairs)

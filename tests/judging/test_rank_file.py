@@ -1,0 +1,105 @@
+"""``preftune rank``: rankings and pairs that ``preftune train`` reads, and a ranking killed mid-way
+that resumes with no judge call repeated (the calls are counted by the judge itself, in a file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preftune.data import load_preference_data
+from preftune.data.grouped import load_groups
+from preftune.errors import PreftuneError
+from preftune.judging import FIRST, BothOrders, FunctionJudge, PairwiseJudge, VerdictStore, longer_is_better
+from preftune.judging.rank_file import rank_rows, read_candidates, write_outputs
+from preftune.judging.ranking import comparisons_bound
+
+EXE = str(Path(sys.executable).parent / "preftune")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_prompts(path: Path, prompts: int = 6, n: int = 5, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(prompts):
+        lengths = rng.sample(range(1, 40), n)  # distinct lengths: longer-is-better gives one true order
+        rows.append({"prompt": f"Question {i}?", "completions": [("w " * k).strip() for k in lengths]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_rankings_and_pairs_are_what_train_reads(tmp_path: Path) -> None:
+    rows = read_candidates(write_prompts(tmp_path / "gen.jsonl"))
+    report = rank_rows(rows, FunctionJudge(longer_is_better), store=VerdictStore(tmp_path / "v.sqlite"))
+    write_outputs(rows, report, tmp_path / "ranked.jsonl", tmp_path / "pairs.jsonl", "best_vs_worst")
+    for row, ranking in zip(rows, report.rankings, strict=True):
+        lengths = [len(c) for c in row.completions]
+        assert list(ranking.order) == sorted(range(5), key=lambda k: -lengths[k])
+        assert ranking.comparisons <= comparisons_bound(5)
+    # both orders of every comparison, and of each prompt's best-vs-worst check, reached the judge once
+    assert report.judge_calls <= 2 * (report.comparisons + len(rows))
+    groups, _ = load_groups(tmp_path / "ranked.jsonl")
+    pairs, _ = load_preference_data(tmp_path / "pairs.jsonl")
+    assert len(groups) == len(pairs) == 6 and report.pairs == 6
+    for group, pair, row in zip(groups, pairs, rows, strict=True):
+        assert max(group.completions, key=len) == pair.chosen == max(row.completions, key=len)
+        assert pair.rejected == min(row.completions, key=len)
+
+
+class PositionBiased(PairwiseJudge):
+    def identity(self) -> str:
+        return "test:always-first"
+
+    def judge(self, prompts, pairs) -> list[int]:
+        return [FIRST] * len(pairs)
+
+
+def test_a_judge_that_cannot_decide_gives_no_pairs(tmp_path: Path) -> None:
+    rows = read_candidates(write_prompts(tmp_path / "gen.jsonl", prompts=3))
+    report = rank_rows(rows, PositionBiased())
+    write_outputs(rows, report, tmp_path / "ranked.jsonl", tmp_path / "pairs.jsonl", "all")
+    assert report.decided == [False] * 3 and report.pairs == 0
+    assert (tmp_path / "pairs.jsonl").read_text() == ""
+
+
+def test_bad_rows_are_refused_with_file_and_row_before_any_call(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "b", "completions": ["only one"]}\n')
+    with pytest.raises(PreftuneError, match=r"bad.jsonl row 2: 'completions' must be a list of at least 2"):
+        read_candidates(path)
+
+
+def _rank(tmp_path: Path, store: str, kill_after: int = 0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFTUNE_TEST_CALLS": str(tmp_path / f"{store}.calls"),
+           "PREFTUNE_TEST_KILL_AFTER": str(kill_after), "PYTHONPATH": str(REPO)}  # fmt: skip
+    command = [EXE, "rank", "--input", str(tmp_path / "gen.jsonl"), "--judge", "function:tests.judging.counting:judge",
+               "--out", str(tmp_path / f"{store}.jsonl"), "--store", str(tmp_path / f"{store}.sqlite")]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_killed_ranking_resumes_with_no_call_repeated(tmp_path: Path) -> None:
+    write_prompts(tmp_path / "gen.jsonl", prompts=4, n=6)
+    whole = _rank(tmp_path, "whole")
+    assert whole.returncode == 0, whole.stderr
+    calls = (tmp_path / "whole.calls").read_text().splitlines()
+    killed = _rank(tmp_path, "resumed", kill_after=len(calls) // 2)
+    assert killed.returncode == -9 and not (tmp_path / "resumed.jsonl").exists()
+    resumed = _rank(tmp_path, "resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    made = (tmp_path / "resumed.calls").read_text().splitlines()
+    in_flight = made[len(calls) // 2 - 1]  # the call the process died in: its answer never came back
+    assert set(made) == set(calls) and len(made) == len(calls) + 1 and made.count(in_flight) == 2
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+
+
+def test_the_store_answers_a_second_wrapper(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite")
+    first = BothOrders(FunctionJudge(longer_is_better), store)
+    first.compare("p", "long answer", "short")
+    second = BothOrders(FunctionJudge(longer_is_better), VerdictStore(tmp_path / "v.sqlite"))
+    assert second.compare("p", "short", "long answer").name == "B" and second.calls == 0
