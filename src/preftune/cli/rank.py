@@ -9,8 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from preftune.errors import PreftuneError
-
-JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION"
+from preftune.judging.specs import JUDGES, make_judge
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -33,24 +32,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
     parser.add_argument("--store", type=Path, help="verdict store (default: OUT with .verdicts.sqlite)")
     parser.set_defaults(run=run_rank)
-
-
-def make_judge(spec: str):
-    """A judge from its command-line name (see ``JUDGES``)."""
-    from preftune.judging.functions import FunctionJudge, RandomJudge, longer_is_better, shorter_is_better
-
-    if spec == "longer":
-        return FunctionJudge(longer_is_better)
-    if spec == "shorter":
-        return FunctionJudge(shorter_is_better)
-    if spec == "random" or spec.startswith("random:"):
-        seed = spec.partition(":")[2] or "0"
-        if not seed.isdigit():
-            raise PreftuneError(f"--judge {spec}: the seed must be a whole number")
-        return RandomJudge(int(seed))
-    if spec.startswith("function:"):
-        return FunctionJudge(spec.removeprefix("function:"))
-    raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")
 
 
 def run_rank(args: argparse.Namespace) -> int:

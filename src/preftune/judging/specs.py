@@ -1,0 +1,26 @@
+"""Judges by name, as the command line gives them: ``longer``, ``shorter``, ``random[:SEED]``,
+``function:MODULE:FUNCTION``. One place, so every command that takes ``--judge`` reads it alike."""
+
+from __future__ import annotations
+
+from preftune.errors import PreftuneError
+from preftune.judging.base import PairwiseJudge
+from preftune.judging.functions import FunctionJudge, RandomJudge, longer_is_better, shorter_is_better
+
+JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION"
+
+
+def make_judge(spec: str) -> PairwiseJudge:
+    """A judge from its command-line name (see ``JUDGES``); an unknown name is one clear error."""
+    if spec == "longer":
+        return FunctionJudge(longer_is_better)
+    if spec == "shorter":
+        return FunctionJudge(shorter_is_better)
+    if spec == "random" or spec.startswith("random:"):
+        seed = spec.partition(":")[2] or "0"
+        if not seed.isdigit():
+            raise PreftuneError(f"--judge {spec}: the seed must be a whole number")
+        return RandomJudge(int(seed))
+    if spec.startswith("function:"):
+        return FunctionJudge(spec.removeprefix("function:"))
+    raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")
