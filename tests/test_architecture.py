@@ -20,7 +20,7 @@ ALLOWED = {
     "modeling": {"objectives", "data"},
     "evaluation": {"objectives", "data", "modeling"},
     "generation": {"data", "modeling"},
-    "judging": {"data"},  # rank_file.py reads prompt/candidate rows through preftune.data
+    "judging": {"data", "modeling"},  # rows through preftune.data; the local judge loads a model
     "training": {"objectives", "data", "modeling", "evaluation", "generation", "judging"},
     "cli": {"objectives", "analysis", "data", "modeling", "training", "evaluation", "generation", "judging"},
 }

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, objectives, rank, train
+from preftune.cli import analyze, generate, judge, objectives, rank, train
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.register(commands)
     objectives.register(commands)
     rank.register(commands)
+    generate.register(commands)
+    judge.register(commands)
     return parser
 
 

@@ -1,5 +1,5 @@
 """Judges by name, as the command line gives them: ``longer``, ``shorter``, ``random[:SEED]``,
-``function:MODULE:FUNCTION``. One place, so every command that takes ``--judge`` reads it alike."""
+``function:MODULE:FUNCTION``, ``local:MODEL``. One place, so every command that takes ``--judge`` reads it alike."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from preftune.errors import PreftuneError
 from preftune.judging.base import PairwiseJudge
 from preftune.judging.functions import FunctionJudge, RandomJudge, longer_is_better, shorter_is_better
 
-JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION"
+JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION | local:MODEL"
 
 
 def make_judge(spec: str) -> PairwiseJudge:
@@ -23,4 +23,11 @@ def make_judge(spec: str) -> PairwiseJudge:
         return RandomJudge(int(seed))
     if spec.startswith("function:"):
         return FunctionJudge(spec.removeprefix("function:"))
+    if spec.startswith("local:"):
+        from preftune.judging.local import LocalJudge  # torch and the model code only when asked for
+
+        model = spec.removeprefix("local:")
+        if not model:
+            raise PreftuneError(f"--judge {spec}: name the model, e.g. local:smollm2-135m-instruct")
+        return LocalJudge(model)
     raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")

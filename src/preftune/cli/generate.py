@@ -1,0 +1,80 @@
+"""``preftune generate``: sample N completions per prompt into JSON Lines that ``preftune rank`` reads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from rich.console import Console
+
+from preftune.errors import PreftuneError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="sample N completions per prompt from a model, for preftune rank (resumable)",
+        description=(
+            "Reads prompts (a 'prompt' column, MT-Bench 'turns' (first turn), AlpacaEval 'instruction', or the "
+            "prompts of preference data such as bundled:hh-harmless), samples N completions each and appends "
+            "one row per prompt to OUT as soon as it is done. Rerun the same command after a kill to resume: "
+            "prompts already in OUT are skipped; other settings are refused."
+        ),
+        epilog="example: preftune generate --input mt-bench-questions.jsonl --model smollm2-135m-instruct --n 4 "
+        "--out generated.jsonl && preftune rank --input generated.jsonl --out ranked.jsonl",
+    )
+    parser.add_argument("--input", required=True, help="prompts: a file, folder, Hub name or bundled:NAME")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder (default: embedded)")
+    parser.add_argument("--n", type=int, default=4, help="completions per prompt (default: 4)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON Lines output (prompt, completions, ...)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 keeps every token (default: 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest completion (default: 128)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default: 16)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--limit", type=int, help="only the first K distinct prompts")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.set_defaults(run=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from preftune.generation.command import Settings, generate_file, open_output
+    from preftune.generation.prompts import load_prompts, prompt_key
+    from preftune.generation.sampling import SamplingConfig
+
+    # everything checked before a model loads
+    if not math.isfinite(args.temperature):
+        raise PreftuneError(f"--temperature must be a finite number ≥ 0, not {args.temperature}")
+    config = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    if args.limit is not None and args.limit < 1:
+        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+    if args.out.is_dir():
+        raise PreftuneError(f"--out {args.out} is a folder")
+    prompts = load_prompts(args.input, args.limit)
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(str(prompts), highlight=False)
+    done = open_output(args.out, Settings.of(args.model, config))
+    left = sum(1 for p in prompts.prompts if prompt_key(p) not in done)
+    if not left:
+        console.print(f"all {len(prompts.prompts)} prompts are already in {args.out}", highlight=False)
+        return 0
+    if config.n < 2:
+        console.print("note: preftune rank needs at least 2 completions per prompt", highlight=False)
+
+    import torch
+
+    from preftune.modeling import load_model, load_tokenizer
+    from preftune.training.progress import StepProgress
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=device)
+    total, start = len(prompts.prompts), len(prompts.prompts) - left
+    with StepProgress(total, start, description="generate", console=console) as bar:
+        report = generate_file(model, tokenizer, prompts.prompts, args.out, config, model_name=args.model,
+                               done=done, progress=lambda: bar.advance({}))  # fmt: skip
+    console.print(str(report), highlight=False)
+    return 0

@@ -1,0 +1,117 @@
+"""``preftune judge eval``: a pairwise judge's agreement with human labels, beside the
+longer-is-better baseline (P4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from preftune.errors import PreftuneError
+from preftune.judging.specs import JUDGES, make_judge
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "judge",
+        help="measure a pairwise judge against human preference labels (P4)",
+        description="Pairwise judges. 'eval' measures a judge's agreement with human labels.",
+    )
+    kinds = parser.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
+    evaluate = kinds.add_parser(
+        "eval",
+        help="a judge's agreement with human labels, beside the longer-is-better baseline",
+        description=(
+            "Shows each labelled pair (people's tie rows dropped) to the judge in a seeded random order, "
+            "asks both orders (disagreeing answers are a tie), and reports: agreement with people (1 for "
+            "the human choice, 1/2 for a tie, failed comparisons left out) with its standard error; the "
+            "tie (position-bias) rate; how often the raw answer is the first position; failures; and the "
+            "same for the longer-is-better judge on the same pairs."
+        ),
+        epilog="example: preftune judge eval --judge longer --data pandalm-testset-v1.json --skip-invalid "
+        "--out out/judge.json",
+    )
+    evaluate.add_argument("--judge", required=True, help=f"the judge: {JUDGES}")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        help="labelled pairs (PandaLM, AlpacaEval, LLMBar; or prompt/chosen/rejected): a file, folder or Hub name",
+    )
+    evaluate.add_argument("--format", default="auto", help="the data format (default: auto; e.g. labelled, standard)")
+    evaluate.add_argument("--skip-invalid", action="store_true", help="drop bad rows (counted) instead of stopping")
+    evaluate.add_argument("--limit", type=int, help="only the first K pairs (after dropping human ties)")
+    evaluate.add_argument("--store", type=Path, help="verdict store (SQLite) for the judge's ordered calls")
+    evaluate.add_argument("--batch-size", type=int, help="ordered calls per judge batch (default: all at once)")
+    evaluate.add_argument("--out", type=Path, help="write the report as JSON here")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the per-pair presentation order (default: 0)")
+    evaluate.set_defaults(run=run_eval)
+
+
+def _load(args: argparse.Namespace):  # -> tuple[list[PreferenceExample], DataSummary]
+    from preftune.data.load import load_preference_data
+
+    try:
+        return load_preference_data(args.data, format=args.format, skip_invalid=args.skip_invalid)
+    except PreftuneError as error:
+        if args.skip_invalid or " row " not in str(error):
+            raise
+        raise PreftuneError(f"{error} (--skip-invalid drops such rows and counts them)") from None
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from preftune.files import write_json_atomic
+    from preftune.judging.agreement import judge_agreement
+
+    if args.limit is not None and args.limit < 1:
+        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise PreftuneError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.out is not None and args.out.is_dir():
+        raise PreftuneError(f"--out {args.out} is a folder; give a file name (report.json)")
+    examples, summary = _load(args)  # every row checked before any judge (or model) is made
+    if args.limit is not None:
+        examples = examples[: args.limit]
+    judge = make_judge(args.judge)
+    store = None
+    if args.store is not None:
+        from preftune.judging.store import VerdictStore
+
+        store = VerdictStore(args.store)
+    try:
+        report = judge_agreement(
+            judge,
+            examples,
+            store,
+            seed=args.seed,
+            name=args.judge,
+            batch_size=args.batch_size,
+            human_ties=summary.labels.get("tie") if summary.labels else None,
+        )
+    finally:
+        if store is not None:
+            store.close()
+    dropped = sum(summary.dropped.values())
+    print(
+        f"{summary.source}: {report.pairs} pairs judged ({summary.kept} kept of {summary.rows_read} rows; "
+        f"human ties dropped: {report.human_ties if report.human_ties is not None else 'n/a'}; "
+        f"all dropped: {dropped})"
+    )
+    print(report.table())
+    if args.out is not None:
+        payload = {
+            **report.to_dict(),
+            "judge_spec": args.judge,
+            "identity": judge.identity(),
+            "data": {
+                "source": summary.source,
+                "format": summary.format,
+                "rows_read": summary.rows_read,
+                "kept": summary.kept,
+                "dropped": summary.dropped,
+                "labels": summary.labels,
+                "limit": args.limit,
+            },
+        }
+        write_json_atomic(args.out, payload)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,235 @@
+"""A judge from a local causal LM: one forward pass per ordered pair, the verdict read from the
+log-probabilities of the answers "1" and "2" (METHODS.md §5). No sampling, so it is deterministic.
+
+    >>> judge = LocalJudge("smollm2-135m-instruct")
+    >>> judge.judge(["What is 2+2?"], [("4", "5")])
+    [0]
+
+The prompt is a template (a shipped name such as ``"pairwise"``, from ``templates/<name>.txt``, or
+the path of a text file) with the placeholders ``{instruction}``, ``{output_1}`` and ``{output_2}``,
+filled in one pass (a placeholder inside an inserted text is left as it is). The template encloses
+each text in XML-like tags; every tag the template uses (``<response_1>``, ``</response_1>``, ...)
+is neutralised inside the inserted texts (its ``<`` becomes ``&lt;``), so a response cannot close
+its own delimiter and pose as the judge's instructions. The filled template is one user message,
+rendered through the model's chat template with the generation prompt.
+
+The answer "1" or "2" is the token the tokenizer gives each alone (``add_special_tokens=False``),
+which is what follows the generation prompt; each must be a single token, or the judge refuses to
+be built. The verdict compares log p("1") with log p("2") at the last prompt position: FIRST when
+"1" is likelier, SECOND when "2" is, FIRST on an exact tie (asked in both orders, a tie), FAILED
+when either is NaN or both are −inf. The tokenizer is loaded at construction (to check the answer
+tokens); the model on the first :meth:`LocalJudge.judge` call, in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from preftune.errors import PreftuneError
+from preftune.judging.base import FAILED, FIRST, SECOND, PairwiseJudge
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("instruction", "output_1", "output_2")
+ANSWERS = ("1", "2")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w.-]*)[^<>]*>")
+
+
+def shipped_templates() -> list[str]:
+    """The names of the templates shipped with preftune (``templates/<name>.txt``)."""
+    folder = resources.files("preftune.judging") / "templates"
+    return sorted(entry.name.removesuffix(".txt") for entry in folder.iterdir() if entry.name.endswith(".txt"))
+
+
+def read_template(template: str | Path) -> str:
+    """The text of a template: a shipped name (``"pairwise"``) or the path of a text file.
+
+    Raises :class:`PreftuneError` when neither, or when a placeholder is missing.
+    """
+    text: str | None = None
+    if isinstance(template, str) and re.fullmatch(r"[\w-]+", template):
+        entry = resources.files("preftune.judging") / "templates" / f"{template}.txt"
+        if entry.is_file():
+            text = entry.read_text(encoding="utf-8")
+    if text is None:
+        path = Path(template).expanduser()
+        if not path.is_file():
+            names = ", ".join(shipped_templates())
+            raise PreftuneError(f"judge template '{template}' is neither a shipped template ({names}) nor a file")
+        text = path.read_text(encoding="utf-8")
+    missing = [name for name in PLACEHOLDERS if "{" + name + "}" not in text]
+    if missing:
+        raise PreftuneError(f"judge template '{template}' lacks the placeholder(s) {', '.join(missing)}")
+    return text
+
+
+def template_tags(template_text: str) -> list[str]:
+    """The tag names the template delimits its texts with (``instruction``, ``response_1``, ...)."""
+    return sorted({match.group(1).lower() for match in _TAG.finditer(template_text)})
+
+
+def neutralise(text: str, tags: Sequence[str]) -> str:
+    """``text`` with every opening or closing tag named in ``tags`` defused (``<`` → ``&lt;``).
+
+    Case and spaces inside the tag do not matter: ``</ RESPONSE_1 >`` is defused as well.
+    """
+    if not tags:
+        return text
+    wanted = {tag.lower() for tag in tags}
+
+    def defuse(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        return "&lt;" + whole[1:] if match.group(1).lower() in wanted else whole
+
+    return _TAG.sub(defuse, text)
+
+
+def fill_template(template_text: str, instruction: str, first: str, second: str) -> str:
+    """The template with its placeholders replaced in one pass, each text's delimiter tags defused."""
+    tags = template_tags(template_text)
+    values = {
+        "instruction": neutralise(instruction, tags),
+        "output_1": neutralise(first, tags),
+        "output_2": neutralise(second, tags),
+    }
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template_text).strip()
+
+
+def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """The ids of "1" and "2" as the tokenizer encodes each alone; each must be one token, and distinct."""
+    ids = []
+    for answer in ANSWERS:
+        encoded = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if len(encoded) != 1:
+            raise PreftuneError(
+                f"the judge's tokenizer encodes the answer {answer!r} as {len(encoded)} tokens {encoded}, not one"
+            )
+        ids.append(int(encoded[0]))
+    if ids[0] == ids[1]:
+        raise PreftuneError(f"the judge's tokenizer encodes '1' and '2' as the same token {ids[0]}")
+    return ids[0], ids[1]
+
+
+def verdict(logprob_1: float, logprob_2: float) -> int:
+    """FIRST or SECOND from the answers' log-probs; FAILED when either is NaN or both are −inf."""
+    if math.isnan(logprob_1) or math.isnan(logprob_2) or (logprob_1 == logprob_2 == -math.inf):
+        return FAILED
+    return SECOND if logprob_2 > logprob_1 else FIRST
+
+
+class LocalJudge(PairwiseJudge):
+    """Judges with a local causal LM by the log-probs of the answers "1" and "2" (see the module docstring).
+
+    Args:
+        model_name: anything :func:`preftune.modeling.load_model` takes (a built-in name, a folder,
+            a hub name).
+        template: a shipped template name or the path of a template file.
+        batch_size: ordered pairs per forward pass (the items are sorted by length first, so
+            little padding is computed).
+        device: where the model runs (default: CUDA when available, else CPU).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        template: str | Path = "pairwise",
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+    ):
+        if batch_size < 1:
+            raise PreftuneError(f"the judge's batch_size must be at least 1, not {batch_size}")
+        from preftune.modeling import load_tokenizer
+
+        self.model_name = str(model_name)
+        self.template_text = read_template(template)
+        self.template_sha256 = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.tokenizer = load_tokenizer(self.model_name)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise PreftuneError(f"the judge model '{model_name}' has no chat template (an instruct model is needed)")
+        self.answer_ids = answer_token_ids(self.tokenizer)
+        self._model: Any = None
+
+    def identity(self) -> str:
+        return f"local:{self.model_name}:{self.template_sha256[:12]}"
+
+    @property
+    def model(self) -> Any:
+        """The judge model, loaded on first use, in eval mode."""
+        if self._model is None:
+            from preftune.modeling import load_model
+
+            self._model = load_model(self.model_name, device=self.device).eval()
+        return self._model
+
+    def render(self, prompt: str, first: str, second: str) -> str:
+        """The user message asking for ``(prompt, first, second)``: the filled template."""
+        return fill_template(self.template_text, prompt, first, second)
+
+    def input_ids(self, prompt: str, first: str, second: str) -> list[int]:
+        """The ids the model reads: the user message through the chat template, with the generation prompt."""
+        messages = [{"role": "user", "content": self.render(prompt, first, second)}]
+        out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
+        return list(out["input_ids"])
+
+    def answer_logprobs(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:
+        """``(log p("1"), log p("2"))`` at the end of each rendered item; NaN for one that failed to render."""
+        if len(prompts) != len(pairs):
+            raise ValueError(f"{len(prompts)} prompts but {len(pairs)} pairs")
+        encoded: list[list[int] | None] = []
+        for prompt, (first, second) in zip(prompts, pairs, strict=True):
+            try:
+                encoded.append(self.input_ids(prompt, first, second))
+            except Exception as error:  # one bad item (a non-string, a template error) fails alone
+                logger.warning("local judge could not render an item: %s", error)
+                encoded.append(None)
+        results = [(math.nan, math.nan)] * len(encoded)
+        order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i] or ()))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            scores = self._score([encoded[i] or [] for i in chunk])
+            for i, score in zip(chunk, scores, strict=True):
+                results[i] = score
+        return results
+
+    def judge(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[int]:
+        return [verdict(lp1, lp2) for lp1, lp2 in self.answer_logprobs(prompts, pairs)]
+
+    @torch.no_grad()
+    def _score(self, rows: list[list[int]]) -> list[tuple[float, float]]:
+        """One right-padded forward; the answers' log-probs at each row's last real position."""
+        model = self.model
+        device = next(model.parameters()).device
+        lengths = torch.tensor([len(row) for row in rows], device=device)
+        width = int(lengths.max())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long, device=device)
+        for r, row in enumerate(rows):
+            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        attention_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+        positions = lengths - 1
+        keep = torch.unique(positions)  # sorted; only these positions go through the LM head
+        try:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+            columns = torch.searchsorted(keep, positions)
+        except TypeError:  # a model whose forward has no logits_to_keep: all positions
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            columns = positions
+        last = logits[torch.arange(len(rows), device=device), columns].float()
+        logprobs = torch.log_softmax(last, dim=-1)[:, list(self.answer_ids)].cpu().tolist()
+        return [(float(a), float(b)) for a, b in logprobs]
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
