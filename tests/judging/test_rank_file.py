@@ -103,3 +103,17 @@ def test_the_store_answers_a_second_wrapper(tmp_path: Path) -> None:
     first.compare("p", "long answer", "short")
     second = BothOrders(FunctionJudge(longer_is_better), VerdictStore(tmp_path / "v.sqlite"))
     assert second.compare("p", "short", "long answer").name == "B" and second.calls == 0
+
+
+def test_string_completions_of_conversational_prompts_become_assistant_messages(tmp_path: Path) -> None:
+    """``preftune generate`` writes completions as text; after a message-list prompt, training needs messages."""
+    path = tmp_path / "gen.jsonl"
+    row = {"prompt": [{"role": "user", "content": "Hi?"}], "completions": ["Hello there, friend.", "Yo."]}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    rows = read_candidates(path)
+    report = rank_rows(rows, FunctionJudge(longer_is_better))
+    write_outputs(rows, report, tmp_path / "ranked.jsonl", tmp_path / "pairs.jsonl", "best_vs_worst")
+    pairs, _ = load_preference_data(tmp_path / "pairs.jsonl")
+    groups, _ = load_groups(tmp_path / "ranked.jsonl")
+    assert pairs[0].chosen == [{"role": "assistant", "content": "Hello there, friend."}]
+    assert groups[0].is_conversational and len(groups[0].completions) == 2

@@ -127,6 +127,14 @@ def rank_rows(
     return report
 
 
+def _as_response(prompt: Any, completion: Any) -> Any:
+    """A completion in its prompt's format: after a conversational prompt, a string becomes one
+    assistant message (TRL's conversational format, which ``preftune train`` reads)."""
+    if isinstance(prompt, list) and isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return completion
+
+
 def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pairs_out: Path | None,
                   pairing: str) -> None:  # fmt: skip
     """Ranked rows to ``out``; pairs (best vs worst, or all) to ``pairs_out``; each written atomically."""
@@ -135,12 +143,12 @@ def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pai
         ranks = [0] * len(row.completions)
         for place, k in enumerate(ranking.order):
             ranks[k] = place
-        ranked.append({"prompt": row.prompt, "completions": row.completions, "ranks": ranks})
+        completions = [_as_response(row.prompt, c) for c in row.completions]
+        ranked.append({"prompt": row.prompt, "completions": completions, "ranks": ranks})
         if not decided:  # an undecided best vs worst: no pair of this prompt is trustworthy
             continue
         for better, worse in pairs_from_ranking(ranking.order, pairing):
-            pairs.append({"prompt": row.prompt, "chosen": row.completions[better],
-                          "rejected": row.completions[worse]})  # fmt: skip
+            pairs.append({"prompt": row.prompt, "chosen": completions[better], "rejected": completions[worse]})
     write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked))
     if pairs_out is not None:
         write_atomic(pairs_out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
