@@ -176,3 +176,23 @@ def test_a_bad_item_fails_alone_and_empty_input_is_empty(judge: LocalJudge) -> N
     assert answers[1] == FAILED and answers[0] in (FIRST, SECOND) and answers[2] in (FIRST, SECOND)
     with pytest.raises(ValueError, match="prompts but"):
         judge.judge(["Q"], [])
+
+
+def test_the_debiased_judge_compares_margins_across_orders(judge: LocalJudge) -> None:
+    """A model biased towards "1" by a constant: the plain judge ties everything, the debiased one
+    answers by m(a, b) − m(b, a) (by hand from the plain log-probs), consistently in both orders."""
+    plain = LocalJudge("tiny-random", device="cpu")
+    debiased = LocalJudge("tiny-random", device="cpu", debias=True)
+    for biased in (plain, debiased):
+        biased._model = Shifted(judge.model, bonus={biased.answer_ids[0]: 3.0})
+    prompts = [p for p, _, _ in ITEMS]
+    forward = plain.answer_logprobs(prompts, [(a, b) for _, a, b in ITEMS])
+    backward = plain.answer_logprobs(prompts, [(b, a) for _, a, b in ITEMS])
+    margins = [(f1 - f2) - (b1 - b2) for (f1, f2), (b1, b2) in zip(forward, backward, strict=True)]
+    expected = [FIRST if m >= 0 else SECOND for m in margins]
+    assert debiased.judge(prompts, [(a, b) for _, a, b in ITEMS]) == expected
+    assert set(expected) == {FIRST, SECOND}  # the margins differ per item, whatever the shared bias
+    verdicts = BothOrders(debiased).compare_many(ITEMS)
+    assert Verdict.TIE not in verdicts and [v == Verdict.A for v in verdicts] == [e == FIRST for e in expected]
+    assert debiased.identity() == plain.identity() + ":debiased"
+    assert make_judge("local-debiased:tiny-random").debias

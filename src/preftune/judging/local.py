@@ -137,6 +137,11 @@ class LocalJudge(PairwiseJudge):
         batch_size: ordered pairs per forward pass (the items are sorted by length first, so
             little padding is computed).
         device: where the model runs (default: CUDA when available, else CPU).
+        debias: answer an ordered call (a, b) by the margin m = log p("1") − log p("2") of both
+            orders: "1" when m(a, b) > m(b, a). A small model that says "1" whatever it reads still
+            says it more or less firmly, and the difference of the two margins cancels the position
+            bias; the answers for (a, b) and (b, a) are then always consistent, so a tie needs equal
+            margins. Each ordered call then costs two forwards (each remembered for the other order).
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class LocalJudge(PairwiseJudge):
         template: str | Path = "pairwise",
         batch_size: int = 8,
         device: torch.device | str | None = None,
+        debias: bool = False,
     ):
         if batch_size < 1:
             raise PreftuneError(f"the judge's batch_size must be at least 1, not {batch_size}")
@@ -159,10 +165,12 @@ class LocalJudge(PairwiseJudge):
         if not getattr(self.tokenizer, "chat_template", None):
             raise PreftuneError(f"the judge model '{model_name}' has no chat template (an instruct model is needed)")
         self.answer_ids = answer_token_ids(self.tokenizer)
+        self.debias = debias
         self._model: Any = None
+        self._margins: dict[tuple[str, str, str], float] = {}  # (prompt, first, second) -> m, for debias
 
     def identity(self) -> str:
-        return f"local:{self.model_name}:{self.template_sha256[:12]}"
+        return f"local:{self.model_name}:{self.template_sha256[:12]}" + (":debiased" if self.debias else "")
 
     @property
     def model(self) -> Any:
@@ -204,7 +212,26 @@ class LocalJudge(PairwiseJudge):
         return results
 
     def judge(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[int]:
-        return [verdict(lp1, lp2) for lp1, lp2 in self.answer_logprobs(prompts, pairs)]
+        if not self.debias:
+            return [verdict(lp1, lp2) for lp1, lp2 in self.answer_logprobs(prompts, pairs)]
+        return self._debiased(prompts, pairs)
+
+    def _debiased(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """FIRST when m(a, b) > m(b, a) (ties answer FIRST, so both orders make them a TIE)."""
+        wanted = [(p, a, b) for p, (a, b) in zip(prompts, pairs, strict=True)]
+        wanted += [(p, b, a) for p, a, b in wanted]
+        todo = list(dict.fromkeys(k for k in wanted if k not in self._margins))
+        if len(self._margins) > 4096:  # remembered only for the other order of recent calls
+            self._margins.clear()
+        scored = self.answer_logprobs([k[0] for k in todo], [(k[1], k[2]) for k in todo]) if todo else []
+        for key, (lp1, lp2) in zip(todo, scored, strict=True):
+            self._margins[key] = lp1 - lp2
+        out = []
+        for p, (a, b) in zip(prompts, pairs, strict=True):
+            forward, backward = self._margins[(p, a, b)], self._margins[(p, b, a)]
+            difference = forward - backward
+            out.append(FAILED if difference != difference else (SECOND if difference < 0 else FIRST))
+        return out
 
     @torch.no_grad()
     def _score(self, rows: list[list[int]]) -> list[tuple[float, float]]:

@@ -7,7 +7,7 @@ from preftune.errors import PreftuneError
 from preftune.judging.base import PairwiseJudge
 from preftune.judging.functions import FunctionJudge, RandomJudge, longer_is_better, shorter_is_better
 
-JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION | local:MODEL"
+JUDGES = "longer | shorter | random[:SEED] | function:MODULE:FUNCTION | local:MODEL | local-debiased:MODEL"
 
 
 def make_judge(spec: str) -> PairwiseJudge:
@@ -23,11 +23,11 @@ def make_judge(spec: str) -> PairwiseJudge:
         return RandomJudge(int(seed))
     if spec.startswith("function:"):
         return FunctionJudge(spec.removeprefix("function:"))
-    if spec.startswith("local:"):
+    if spec.startswith(("local:", "local-debiased:")):
         from preftune.judging.local import LocalJudge  # torch and the model code only when asked for
 
-        model = spec.removeprefix("local:")
+        kind, _, model = spec.partition(":")
         if not model:
-            raise PreftuneError(f"--judge {spec}: name the model, e.g. local:smollm2-135m-instruct")
-        return LocalJudge(model)
+            raise PreftuneError(f"--judge {spec}: name the model, e.g. {kind}:smollm2-135m-instruct")
+        return LocalJudge(model, debias=kind == "local-debiased")
     raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")
