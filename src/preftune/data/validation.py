@@ -94,6 +94,16 @@ def is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
 
+def is_message_list(value: Any) -> bool:
+    """True for a non-empty list of messages, each a dict with string ``role`` and ``content``."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value)
+    )  # fmt: skip
+
+
 def _check_text(value: str, field: str) -> None:
     if not value.strip():
         raise RowProblem(field, "empty string" if not value else "empty string (only whitespace)")

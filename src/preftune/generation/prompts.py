@@ -31,6 +31,7 @@ from typing import Any
 
 from preftune.data.options import resolve_source
 from preftune.data.sources import load_rows
+from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
 
 Prompt = str | list[dict[str, str]]
@@ -55,15 +56,6 @@ def prompt_key(prompt: Prompt) -> str:
     return json.dumps(prompt, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def _messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in value)
-    )  # fmt: skip
-
-
 def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -74,7 +66,7 @@ def _row_prompt(row: dict[str, Any], origin: object) -> Prompt:
         prompt = row["prompt"]
         if _text(prompt):
             return prompt
-        if _messages(prompt):
+        if is_message_list(prompt):
             if prompt[-1]["role"] == "assistant":
                 raise PreftuneError(f"{origin}: 'prompt' ends with an assistant turn; there is nothing to answer")
             return [{"role": m["role"], "content": m["content"]} for m in prompt]

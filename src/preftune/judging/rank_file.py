@@ -21,6 +21,7 @@ from typing import Any
 
 from preftune.data.examples import Origin
 from preftune.data.sources import load_rows
+from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
 from preftune.judging.base import BothOrders, PairwiseJudge
@@ -75,26 +76,17 @@ def read_candidates(source: str | Path) -> list[Candidates]:
     for index, row in enumerate(raw.rows):
         origin = raw.origin(index)
         prompt, completions = row.get("prompt"), row.get("completions")
-        if not (isinstance(prompt, str) and prompt.strip()) and not _messages(prompt):
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
             raise PreftuneError(f"{origin}: 'prompt' must be a non-empty string or a list of messages")
         if not isinstance(completions, list) or len(completions) < 2:
             raise PreftuneError(f"{origin}: 'completions' must be a list of at least 2 completions")
         for k, completion in enumerate(completions):
-            if not (isinstance(completion, str) and completion.strip()) and not _messages(completion):
+            if not (isinstance(completion, str) and completion.strip()) and not is_message_list(completion):
                 raise PreftuneError(f"{origin}: completions[{k}] must be a non-empty string or a list of messages")
         out.append(Candidates(prompt, completions, origin))
     if not out:
         raise PreftuneError(f"{raw.name}: no rows to rank")
     return out
-
-
-def _messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in value)
-    )  # fmt: skip
 
 
 def rank_rows(
