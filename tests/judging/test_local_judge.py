@@ -12,15 +12,8 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.judging import FAILED, FIRST, SECOND, BothOrders, Verdict
-from preftune.judging.local import (
-    LocalJudge,
-    answer_token_ids,
-    fill_template,
-    neutralise,
-    read_template,
-    shipped_templates,
-    verdict,
-)
+from preftune.judging.local import LocalJudge, answer_token_ids, verdict
+from preftune.judging.prompting import fill_template, neutralise, read_template, shipped_templates
 from preftune.judging.specs import make_judge
 
 ITEMS = [

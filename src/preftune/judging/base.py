@@ -24,6 +24,7 @@ A failed call is never stored, so a rerun asks it again. ``a == b`` is a tie wit
 from __future__ import annotations
 
 import enum
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -47,7 +48,13 @@ class Verdict(enum.Enum):
 
 
 class PairwiseJudge(ABC):
-    """Says which completion of an ordered pair is better, one answer per item."""
+    """Says which completion of an ordered pair is better, one answer per item.
+
+    ``concurrency``: how many ordered calls the judge serves at once from different threads (an
+    API judge's request limit); a ranking works on that many prompts at a time. 1: one at a time.
+    """
+
+    concurrency: int = 1
 
     @abstractmethod
     def identity(self) -> str:
@@ -100,6 +107,7 @@ class BothOrders:
         self.batch_size = batch_size
         self.identity = judge.identity()
         self.calls = 0
+        self._lock = threading.Lock()  # compare_many may run in several threads (a ranking's prompts)
 
     def compare(self, prompt: str, a: str, b: str) -> Verdict:
         """The verdict on ``a`` against ``b`` for ``prompt``."""
@@ -129,7 +137,8 @@ class BothOrders:
                 raise RuntimeError(
                     f"judge {self.identity!r} returned {len(raw)} answers for {len(batch)} ordered pairs"
                 )
-            self.calls += len(batch)
+            with self._lock:
+                self.calls += len(batch)
             for call, answer in zip(batch, raw, strict=True):
                 value = _normalise(answer)
                 answers[call] = value

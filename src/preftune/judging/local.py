@@ -5,20 +5,17 @@ log-probabilities of the answers "1" and "2" (METHODS.md §5). No sampling, so i
     >>> judge.judge(["What is 2+2?"], [("4", "5")])
     [0]
 
-The prompt is a template (a shipped name such as ``"pairwise"``, from ``templates/<name>.txt``, or
-the path of a text file) with the placeholders ``{instruction}``, ``{output_1}`` and ``{output_2}``,
-filled in one pass (a placeholder inside an inserted text is left as it is). The template encloses
-each text in XML-like tags; every tag the template uses (``<response_1>``, ``</response_1>``, ...)
-is neutralised inside the inserted texts (its ``<`` becomes ``&lt;``), so a response cannot close
-its own delimiter and pose as the judge's instructions. The filled template is one user message,
-rendered through the model's chat template with the generation prompt.
+The prompt is a template (:mod:`preftune.judging.prompting`: a shipped name or a file, each
+response enclosed in tags it cannot close), filled as one user message and rendered through the
+model's chat template with the generation prompt.
 
-The answer "1" or "2" is the token the tokenizer gives each alone (``add_special_tokens=False``),
-which is what follows the generation prompt; each must be a single token, or the judge refuses to
-be built. The verdict compares log p("1") with log p("2") at the last prompt position: FIRST when
-"1" is likelier, SECOND when "2" is, FIRST on an exact tie (asked in both orders, a tie), FAILED
-when either is NaN or both are −inf. The tokenizer is loaded at construction (to check the answer
-tokens); the model on the first :meth:`LocalJudge.judge` call, in eval mode.
+The answer "1" or "2" (or the two answers the template declares) is the token the tokenizer gives
+each alone (``add_special_tokens=False``), which is what follows the generation prompt; each must
+be a single token, or the judge refuses to be built. The verdict compares log p("1") with
+log p("2") at the last prompt position: FIRST when "1" is likelier, SECOND when "2" is, FIRST on an
+exact tie (asked in both orders, a tie), FAILED when either is NaN or both are −inf. The tokenizer
+is loaded at construction (to check the answer tokens); the model on the first
+:meth:`LocalJudge.judge` call, in eval mode.
 """
 
 from __future__ import annotations
@@ -26,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,79 +31,17 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.judging.base import FAILED, FIRST, SECOND, PairwiseJudge
+from preftune.judging.prompting import DEFAULT_ANSWERS, fill_template, load_template
+
+ANSWERS = DEFAULT_ANSWERS
 
 logger = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("instruction", "output_1", "output_2")
-ANSWERS = ("1", "2")
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-_TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w.-]*)[^<>]*>")
 
-
-def shipped_templates() -> list[str]:
-    """The names of the templates shipped with preftune (``templates/<name>.txt``)."""
-    folder = resources.files("preftune.judging") / "templates"
-    return sorted(entry.name.removesuffix(".txt") for entry in folder.iterdir() if entry.name.endswith(".txt"))
-
-
-def read_template(template: str | Path) -> str:
-    """The text of a template: a shipped name (``"pairwise"``) or the path of a text file.
-
-    Raises :class:`PreftuneError` when neither, or when a placeholder is missing.
-    """
-    text: str | None = None
-    if isinstance(template, str) and re.fullmatch(r"[\w-]+", template):
-        entry = resources.files("preftune.judging") / "templates" / f"{template}.txt"
-        if entry.is_file():
-            text = entry.read_text(encoding="utf-8")
-    if text is None:
-        path = Path(template).expanduser()
-        if not path.is_file():
-            names = ", ".join(shipped_templates())
-            raise PreftuneError(f"judge template '{template}' is neither a shipped template ({names}) nor a file")
-        text = path.read_text(encoding="utf-8")
-    missing = [name for name in PLACEHOLDERS if "{" + name + "}" not in text]
-    if missing:
-        raise PreftuneError(f"judge template '{template}' lacks the placeholder(s) {', '.join(missing)}")
-    return text
-
-
-def template_tags(template_text: str) -> list[str]:
-    """The tag names the template delimits its texts with (``instruction``, ``response_1``, ...)."""
-    return sorted({match.group(1).lower() for match in _TAG.finditer(template_text)})
-
-
-def neutralise(text: str, tags: Sequence[str]) -> str:
-    """``text`` with every opening or closing tag named in ``tags`` defused (``<`` → ``&lt;``).
-
-    Case and spaces inside the tag do not matter: ``</ RESPONSE_1 >`` is defused as well.
-    """
-    if not tags:
-        return text
-    wanted = {tag.lower() for tag in tags}
-
-    def defuse(match: re.Match[str]) -> str:
-        whole = match.group(0)
-        return "&lt;" + whole[1:] if match.group(1).lower() in wanted else whole
-
-    return _TAG.sub(defuse, text)
-
-
-def fill_template(template_text: str, instruction: str, first: str, second: str) -> str:
-    """The template with its placeholders replaced in one pass, each text's delimiter tags defused."""
-    tags = template_tags(template_text)
-    values = {
-        "instruction": neutralise(instruction, tags),
-        "output_1": neutralise(first, tags),
-        "output_2": neutralise(second, tags),
-    }
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template_text).strip()
-
-
-def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
-    """The ids of "1" and "2" as the tokenizer encodes each alone; each must be one token, and distinct."""
+def answer_token_ids(tokenizer: Any, answers: Sequence[str] = ANSWERS) -> tuple[int, int]:
+    """The ids of the two answers as the tokenizer encodes each alone; each one token, the two distinct."""
     ids = []
-    for answer in ANSWERS:
+    for answer in answers:
         encoded = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         if len(encoded) != 1:
             raise PreftuneError(
@@ -116,7 +49,7 @@ def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
             )
         ids.append(int(encoded[0]))
     if ids[0] == ids[1]:
-        raise PreftuneError(f"the judge's tokenizer encodes '1' and '2' as the same token {ids[0]}")
+        raise PreftuneError(f"the judge's tokenizer encodes {answers[0]!r} and {answers[1]!r} as one token {ids[0]}")
     return ids[0], ids[1]
 
 
@@ -157,14 +90,15 @@ class LocalJudge(PairwiseJudge):
         from preftune.modeling import load_tokenizer
 
         self.model_name = str(model_name)
-        self.template_text = read_template(template)
+        loaded = load_template(template)
+        self.template_text = loaded.text
         self.template_sha256 = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else _default_device()
         self.tokenizer = load_tokenizer(self.model_name)
         if not getattr(self.tokenizer, "chat_template", None):
             raise PreftuneError(f"the judge model '{model_name}' has no chat template (an instruct model is needed)")
-        self.answer_ids = answer_token_ids(self.tokenizer)
+        self.answer_ids = answer_token_ids(self.tokenizer, loaded.answers)
         self.debias = debias
         self._model: Any = None
         self._margins: dict[tuple[str, str, str], float] = {}  # (prompt, first, second) -> m, for debias

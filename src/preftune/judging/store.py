@@ -3,8 +3,9 @@
 One row per ordered call: (judge identity, sha256 of the prompt, of the first completion, of the
 second) → the raw verdict (FIRST/SECOND) and when it was written. Only hashes of texts are stored,
 never the texts. Each write is its own committed transaction in a WAL journal, so a process
-killed with SIGKILL loses at most the call in flight; two processes may share one file (writers
-wait on a busy timeout rather than fail).
+killed with SIGKILL loses at most the calls in flight; two processes may share one file (writers
+wait on a busy timeout rather than fail), and threads of one process share one connection under a
+lock.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +44,8 @@ class VerdictStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, so every put is committed on its own.
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across a process kill
@@ -54,24 +57,27 @@ class VerdictStore:
 
     def get(self, identity: str, prompt: str, first: str, second: str) -> int | None:
         """The stored verdict of ``judge(prompt, first, second)``, or None if never answered."""
-        row = self._db.execute(
-            "SELECT verdict FROM verdicts WHERE judge = ? AND prompt_sha256 = ? AND first_sha256 = ?"
-            " AND second_sha256 = ?",
-            self._key(identity, prompt, first, second),
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT verdict FROM verdicts WHERE judge = ? AND prompt_sha256 = ? AND first_sha256 = ?"
+                " AND second_sha256 = ?",
+                self._key(identity, prompt, first, second),
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def put(self, identity: str, prompt: str, first: str, second: str, verdict: int) -> None:
         """Store (and commit) one answered call; only FIRST or SECOND — a failure is not a verdict."""
         if verdict not in (FIRST, SECOND):
             raise ValueError(f"only FIRST ({FIRST}) or SECOND ({SECOND}) is stored, not {verdict!r}")
-        self._db.execute(
-            "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
-            (*self._key(identity, prompt, first, second), int(verdict), time.time()),
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
+                (*self._key(identity, prompt, first, second), int(verdict), time.time()),
+            )
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
