@@ -20,9 +20,22 @@ ALLOWED = {
     "modeling": {"objectives", "data"},
     "evaluation": {"objectives", "data", "modeling"},
     "generation": {"data", "modeling"},
-    "judging": {"data", "modeling"},  # rows through preftune.data; the local judge loads a model
+    "reward": {"data", "modeling"},  # Bradley-Terry reward models: pairs through preftune.data, models through modeling
+    "judging": {"data", "modeling", "reward"},  # rows through preftune.data; the local judge loads a model
+    "serving": {"modeling"},  # llama.cpp's server; modeling only to find the embedded GGUF
     "training": {"objectives", "data", "modeling", "evaluation", "generation", "judging"},
-    "cli": {"objectives", "analysis", "data", "modeling", "training", "evaluation", "generation", "judging"},
+    "cli": {
+        "objectives",
+        "analysis",
+        "data",
+        "modeling",
+        "training",
+        "evaluation",
+        "generation",
+        "judging",
+        "reward",
+        "serving",
+    },
 }
 
 

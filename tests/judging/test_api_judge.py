@@ -74,6 +74,7 @@ def expected(first: str, second: str) -> int:
 @pytest.mark.parametrize(
     ("text", "answer"),
     [("1", FIRST), (" 2.", SECOND), ("(1)", FIRST), ("Response 2", SECOND), ("Response 2 is better.", SECOND),
+     ("The answer is 2.", SECOND),
      ("I think response 1 is clearly better; response 1 wins.", FIRST), ("Both are good.", FAILED),
      ("Response 1 is better than response 2", FAILED), ("", FAILED), ("12", FAILED), ("3", FAILED)],
 )  # fmt: skip

@@ -36,13 +36,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--limit", type=int, help="only the first K distinct prompts")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                        help="sampler: vllm (installed, CUDA GPU), hf (transformers), or auto: vllm when it can run, "
+                        "else hf (default: auto); a resume must use the backend the output began with")  # fmt: skip
     parser.set_defaults(run=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from preftune.generation.command import Settings, generate_file, open_output
     from preftune.generation.prompts import load_prompts, prompt_key
-    from preftune.generation.sampling import SamplingConfig
+    from preftune.generation.sampling import SamplingConfig, sample
+    from preftune.generation.vllm_backend import resolve_backend
 
     # everything checked before a model loads
     if not math.isfinite(args.temperature):
@@ -53,10 +57,11 @@ def run_generate(args: argparse.Namespace) -> int:
         raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
     if args.out.is_dir():
         raise PreftuneError(f"--out {args.out} is a folder")
+    backend = resolve_backend(args.backend, args.model, args.device)
     prompts = load_prompts(args.input, args.limit)
     console = Console(stderr=True, soft_wrap=True)
     console.print(str(prompts), highlight=False)
-    done = open_output(args.out, Settings.of(args.model, config))
+    done = open_output(args.out, Settings.of(args.model, config, backend))
     left = sum(1 for p in prompts.prompts if prompt_key(p) not in done)
     if not left:
         console.print(f"all {len(prompts.prompts)} prompts are already in {args.out}", highlight=False)
@@ -71,10 +76,18 @@ def run_generate(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=device)
+    sampler = sample
+    if backend == "vllm":
+        from preftune.generation.vllm_backend import VllmSampler, sample_vllm
+
+        console.print("sampling with vLLM", highlight=False)
+        model, sampler = VllmSampler(args.model, tokenizer=tokenizer, seed=args.seed), sample_vllm
+    else:
+        model = load_model(args.model, device=device)
     total, start = len(prompts.prompts), len(prompts.prompts) - left
     with StepProgress(total, start, description="generate", console=console) as bar:
         report = generate_file(model, tokenizer, prompts.prompts, args.out, config, model_name=args.model,
-                               done=done, progress=lambda: bar.advance({}))  # fmt: skip
+                               done=done, progress=lambda: bar.advance({}), sampler=sampler,
+                               backend=backend)  # fmt: skip
     console.print(str(report), highlight=False)
     return 0

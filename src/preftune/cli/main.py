@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, generate, judge, objectives, rank, train
+from preftune.cli import analyze, generate, judge, objectives, rank, serve, train, train_rm
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank.register(commands)
     generate.register(commands)
     judge.register(commands)
+    train_rm.register(commands)
+    serve.register(commands)
     return parser
 
 

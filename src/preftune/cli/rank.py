@@ -26,7 +26,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", type=Path, required=True, help="jsonl rows with 'prompt' and 'completions'")
     parser.add_argument("--judge", default="longer", help=f"the judge: {JUDGES} (default: longer)")
-    parser.add_argument("--method", default="ipr", choices=("ipr", "round_robin"), help="ranking method")
+    parser.add_argument(
+        "--method", default="ipr", choices=("ipr", "round_robin", "score"),
+        help="ranking method (score: by a reward model's scores, --score-model; no judge)",
+    )  # fmt: skip
+    parser.add_argument("--score-model", help="--method score: the reward model folder (preftune train-rm)")
     parser.add_argument("--out", type=Path, required=True, help="ranked rows (prompt, completions, ranks)")
     parser.add_argument("--pairs", type=Path, help="preference pairs (prompt, chosen, rejected)")
     parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
@@ -41,12 +45,32 @@ def run_rank(args: argparse.Namespace) -> int:
 
     if not args.input.is_file():
         raise PreftuneError(f"no such file: {args.input}")
+    if (args.method == "score") != (args.score_model is not None):
+        raise PreftuneError("--method score ranks by a reward model: give both --method score and --score-model PATH")
+    if args.method == "score":
+        return run_score_rank(args)
     judge = make_judge(args.judge)
     rows = read_candidates(args.input)  # every row checked before the first call
     store = VerdictStore(args.store or args.out.with_suffix(".verdicts.sqlite"))
     console = Console(stderr=True, soft_wrap=True)
     with StepProgress(len(rows), description="rank", console=console) as bar:
         report = rank_rows(rows, judge, method=args.method, store=store, progress=lambda: bar.advance({}))
+    write_outputs(rows, report, args.out, args.pairs, args.pairing)
+    console.print(str(report), highlight=False)
+    return 0
+
+
+def run_score_rank(args: argparse.Namespace) -> int:
+    """``--method score``: every row checked, then each prompt's completions ranked by the reward model."""
+    from preftune.judging.rank_file import read_candidates, score_rank_rows, write_outputs
+    from preftune.reward import RewardModel
+    from preftune.training.progress import StepProgress
+
+    rows = read_candidates(args.input)  # every row checked before the model loads
+    model = RewardModel(args.score_model)
+    console = Console(stderr=True, soft_wrap=True)
+    with StepProgress(len(rows), description="rank", console=console) as bar:
+        report = score_rank_rows(rows, model.score, progress=lambda: bar.advance({}))
     write_outputs(rows, report, args.out, args.pairs, args.pairing)
     console.print(str(report), highlight=False)
     return 0

@@ -10,7 +10,8 @@ string or messages), so ``preftune rank --input OUT`` reads the file as is (with
 Resuming: :func:`open_output` reads an existing ``OUT``; a last line without its newline (a kill
 mid-write) is dropped and the file rewritten atomically without it; the prompts already there
 (matched by content) are skipped. The settings are kept in ``OUT.meta.json`` (written atomically);
-a rerun with a different model, n, seed or sampling setting is refused in one line.
+a rerun with a different model, n, seed, sampling setting or backend (``hf``, ``vllm``; a meta file
+without one was written by ``hf``) is refused in one line.
 
 Chunks and seeds: the prompt list is cut into fixed chunks of ``chunk_prompts`` (default: as
 many as fit one batch of ``batch_size`` sequences); each chunk's prompts not yet in ``OUT`` go to
@@ -44,10 +45,11 @@ from typing import Any
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic, write_json_atomic
 from preftune.generation.prompts import Prompt, check_tokenizer, encode_prompt, prompt_key
-from preftune.generation.sampling import SamplingConfig, sample
+from preftune.generation.sampling import Sample, SamplingConfig, sample
 
 REDRAWS = 3
 KILL_HOOK = "PREFTUNE_TEST_KILL_AFTER_CHUNKS"
+Sampler = Callable[[Any, Any, list[list[int]], SamplingConfig], list[Sample]]  # ``sample``'s signature
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,12 @@ class Settings:
     top_p: float
     top_k: int
     max_new_tokens: int
+    backend: str = "hf"
 
     @classmethod
-    def of(cls, model: str, config: SamplingConfig) -> Settings:
+    def of(cls, model: str, config: SamplingConfig, backend: str = "hf") -> Settings:
         return cls(model, config.n, config.seed, config.temperature, config.top_p, config.top_k,
-                   config.max_new_tokens)  # fmt: skip
+                   config.max_new_tokens, backend)  # fmt: skip
 
 
 @dataclass
@@ -113,7 +116,7 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
                             "remove it or choose another --out")  # fmt: skip
     if meta.is_file() and data:
         try:
-            before = json.loads(meta.read_text(encoding="utf-8"))
+            before = {"backend": "hf", **json.loads(meta.read_text(encoding="utf-8"))}  # older files: hf
         except (OSError, ValueError) as err:
             raise PreftuneError(f"{meta}: unreadable ({err})") from None
         now = asdict(settings)
@@ -160,6 +163,8 @@ def generate_file(
     done: set[str] | None = None,
     chunk_prompts: int | None = None,
     progress: Callable[[], None] | None = None,
+    sampler: Sampler | None = None,
+    backend: str = "hf",
 ) -> GenerateReport:
     """Sample ``config.n`` completions per prompt not already in ``out`` and append a row for each.
 
@@ -172,10 +177,14 @@ def generate_file(
         done: the keys :func:`open_output` returned; None calls it here.
         chunk_prompts: prompts per ``sample`` call (default: ``max(1, batch_size // n)``).
         progress: called once per prompt written.
+        sampler: a function with ``sample``'s signature (default: ``sample``; ``vllm_backend.sample_vllm``
+            with a ``VllmSampler`` as ``model``).
+        backend: the sampler's name in the meta file when ``done`` is None (``hf``, ``vllm``).
     """
     out = Path(out)
+    sampler = sampler or sample
     if done is None:
-        done = open_output(out, Settings.of(model_name, config))
+        done = open_output(out, Settings.of(model_name, config, backend))
     check_tokenizer(tokenizer, list(prompts))
     todo = [p for p in prompts if prompt_key(p) not in done]
     report = GenerateReport(prompts=len(prompts), skipped=len(prompts) - len(todo))
@@ -190,11 +199,11 @@ def generate_file(
             keys = [prompt_key(p) for p in chunk]
             seed = None if config.seed is None else chunk_seed(config.seed, keys)
             ids = [encode_prompt(tokenizer, p) for p in chunk]
-            samples = sample(model, tokenizer, ids, _with(config, seed=seed))
+            samples = sampler(model, tokenizer, ids, _with(config, seed=seed))
             texts = [s.text for s in samples]
             finished = [s.finished for s in samples]
             report.tokens += sum(len(s.response_ids) for s in samples)
-            _redraw_empty(model, tokenizer, ids, config, seed, texts, finished, report)
+            _redraw_empty(sampler, model, tokenizer, ids, config, seed, texts, finished, report)
             n = config.n
             for k, prompt in enumerate(chunk):
                 _append(handle, {"prompt": prompt, "completions": texts[k * n : (k + 1) * n],
@@ -214,15 +223,16 @@ def _with(config: SamplingConfig, **changes: Any) -> SamplingConfig:
     return SamplingConfig(**{**asdict(config), **changes})
 
 
-def _redraw_empty(model: Any, tokenizer: Any, ids: list[list[int]], config: SamplingConfig, seed: int | None,
-                  texts: list[str], finished: list[bool], report: GenerateReport) -> None:  # fmt: skip
+def _redraw_empty(sampler: Sampler, model: Any, tokenizer: Any, ids: list[list[int]], config: SamplingConfig,
+                  seed: int | None, texts: list[str], finished: list[bool],
+                  report: GenerateReport) -> None:  # fmt: skip
     """Draw empty completions again (one sequence each), up to ``REDRAWS`` rounds; count what stays empty."""
     for round_ in range(1, REDRAWS + 1):
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if not empty:
             return
-        again = sample(model, tokenizer, [ids[i // config.n] for i in empty],
-                       _with(config, n=1, seed=None if seed is None else seed + 7919 * round_))  # fmt: skip
+        again = sampler(model, tokenizer, [ids[i // config.n] for i in empty],
+                        _with(config, n=1, seed=None if seed is None else seed + 7919 * round_))  # fmt: skip
         report.redrawn += len(empty)
         report.tokens += sum(len(s.response_ids) for s in again)
         for i, s in zip(empty, again, strict=True):

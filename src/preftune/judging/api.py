@@ -144,14 +144,15 @@ def parse_verdict(text: str, answers: Sequence[str] = ("1", "2")) -> int:
     """FIRST/SECOND from an answer text; FAILED when it names neither response, or both.
 
     Accepted: the bare answer ("1", "(a)", "b."), or the answer named once or more in the text as
-    "Response 1", "Output (a)", "answer: 2" — always the same one.
+    "Response 1", "Output (a)", "answer: 2", "The answer is 2" — always the same one.
     """
     labels = {answers[0].lower(): FIRST, answers[1].lower(): SECOND}
     alternatives = "|".join(re.escape(a) for a in sorted(labels, key=len, reverse=True))
     bare = re.fullmatch(rf"\W*\(?\s*({alternatives})\s*\)?\W*", text.strip().lower())
     if bare:
         return labels[bare.group(1)]
-    named = re.findall(rf"\b(?:response|output|answer|verdict)\s*:?\s*\(?\s*({alternatives})\b", text.lower())
+    lead = r"\b(?:response|output|answer|verdict)(?:\s+is)?\s*:?\s*\(?\s*"
+    named = re.findall(rf"{lead}({alternatives})\b", text.lower())
     found = {labels[n] for n in named}
     return found.pop() if len(found) == 1 else FAILED
 

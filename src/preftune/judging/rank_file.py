@@ -14,7 +14,8 @@ Two outputs, both read by ``preftune train`` as they are: the rankings as ranked
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
 from preftune.judging.base import BothOrders, PairwiseJudge
-from preftune.judging.ranking import Ranking, ipr_rank, pairs_from_ranking, round_robin_rank
+from preftune.judging.ranking import Ranking, ipr_rank, pairs_from_ranking, round_robin_rank, score_rank
 from preftune.judging.store import VerdictStore
 
 METHODS = {"ipr": ipr_rank, "round_robin": round_robin_rank}
@@ -93,29 +94,67 @@ def rank_rows(
     rows: Sequence[Candidates], judge: PairwiseJudge, *, method: str = "ipr", store: VerdictStore | None = None,
     progress: Any = None,
 ) -> RankReport:  # fmt: skip
-    """Rank every row's completions with ``judge`` (both orders, through ``store``)."""
+    """Rank every row's completions with ``judge`` (both orders, through ``store``).
+
+    Prompts are ranked ``judge.concurrency`` at a time (each prompt's comparisons in sequence: IPR
+    chooses the next from the last); the report keeps the rows' order.
+    """
     if method not in METHODS:
         raise PreftuneError(f"unknown ranking method '{method}' (expected one of {', '.join(METHODS)})")
-    # one ordered call at a time, each verdict stored as it comes back: a kill loses only the call in flight
+    # one ordered call at a time per prompt, each verdict stored as it comes back: a kill loses only
+    # the calls in flight
     both = BothOrders(judge, store, batch_size=1)
-    report = RankReport()
-    for row in rows:
+
+    def rank_one(row: Candidates) -> tuple[Ranking, bool]:
         prompt = row.prompt_text
 
-        def compare(i: int, j: int, row: Candidates = row, prompt: str = prompt):
+        def compare(i: int, j: int):
             return both.compare(prompt, row.completion_text(i), row.completion_text(j))
 
         ranking = METHODS[method](len(row.completions), compare)
         # best vs worst is a training pair only if the judge really prefers one (not a tie, not a failure)
         decided = compare(ranking.order[0], ranking.order[-1]).name == "A"
+        if progress is not None:
+            progress()
+        return ranking, decided
+
+    workers = max(1, min(int(getattr(judge, "concurrency", 1)), len(rows)))
+    if workers == 1:
+        results = [rank_one(row) for row in rows]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(rank_one, rows))
+    report = RankReport()
+    for ranking, decided in results:
         report.decided.append(decided)
         report.rankings.append(ranking)
         report.prompts += 1
         report.comparisons += ranking.comparisons
         report.failed += ranking.failed
+    report.judge_calls = both.calls
+    return report
+
+
+def score_rank_rows(
+    rows: Sequence[Candidates], score: Callable[[list[Any], list[str]], list[float]], *, progress: Any = None
+) -> RankReport:
+    """Rank every row's completions by a scorer's values (``--method score``: a reward model), no judge.
+
+    ``score(prompts, completions)`` gives one number per completion, higher better (e.g.
+    :meth:`preftune.reward.RewardModel.score`); each row is ranked by
+    :func:`~preftune.judging.ranking.score_rank`. Best vs worst is decided when the best scores higher.
+    """
+    report = RankReport()
+    for row in rows:
+        texts = [row.completion_text(k) for k in range(len(row.completions))]
+        values = score([row.prompt] * len(texts), texts)
+        ranking = score_rank(values)
+        report.rankings.append(ranking)
+        report.decided.append(values[ranking.order[0]] > values[ranking.order[-1]])
+        report.prompts += 1
+        report.judge_calls += len(values)
         if progress is not None:
             progress()
-    report.judge_calls = both.calls
     return report
 
 
