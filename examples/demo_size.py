@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "bf16", "no"), default="auto", help="as optim.mixed_precision")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    from preftune.training.precision import auto_mixed_precision
+    from preftune.modeling.precision import auto_mixed_precision
 
     precision = auto_mixed_precision() if args.precision == "auto" else args.precision
     rate = measure_tokens_per_s(precision)

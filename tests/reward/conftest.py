@@ -33,9 +33,10 @@ def write_marker_pairs(path: Path, n: int = 40, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny model gains nothing from more on a busy machine."""
+    """One intra-op thread for this package's tests (the tiny model gains nothing from more on a busy
+    machine); package scope, so the tests after these get their threads back."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -50,7 +51,8 @@ def marker_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(data: Path, out: Path, **changes) -> RewardConfig:
     """A fast run on the tiny model: 40 pairs, 12 held out, LoRA rank 8, lr 1e-2, 2 epochs."""
     settings = {"model": "tiny-random", "output_dir": str(out), "lora_rank": 8, "lr": 1e-2, "epochs": 2,
-                "batch_size": 8, "data": DataConfig(train=str(data), eval_size=12, max_length=64)}  # fmt: skip
+                "precision": "no", "batch_size": 8,
+                "data": DataConfig(train=str(data), eval_size=12, max_length=64)}  # fmt: skip
     settings.update(changes)
     return RewardConfig(**settings)
 

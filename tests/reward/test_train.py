@@ -55,6 +55,14 @@ def test_training_lowers_the_loss_and_raises_accuracy(trained: tuple[Prepared, R
     assert saved["held_out_before"]["accuracy"] == pytest.approx(result.before.accuracy)
 
 
+def test_bf16_autocast_trains_too(marker_pairs: Path, tmp_path: Path) -> None:
+    """``precision=bf16`` (what ``auto`` picks on a CPU with AMX or AVX-512 BF16) still learns the marker."""
+    result = train_reward_model(prepare(tiny_config(marker_pairs, tmp_path / "rm", precision="bf16")), save=False)
+    assert result.epoch_losses[-1] < result.epoch_losses[0] and result.after.accuracy > result.before.accuracy
+    with pytest.raises(PreftuneError, match="precision"):
+        prepare(tiny_config(marker_pairs, tmp_path / "rm2", precision="fp8"))
+
+
 def test_saved_folder_loads_with_transformers_and_scores_alike(trained: tuple[Prepared, RewardResult]) -> None:
     prepared, result = trained
     chosen, rejected = sequences(prepared.held_out)

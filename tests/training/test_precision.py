@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from preftune.training import precision
-from preftune.training.precision import NATIVE_BF16_FLAGS, auto_mixed_precision, cpu_flags, cpu_has_native_bf16
+from preftune.modeling import precision
+from preftune.modeling.precision import NATIVE_BF16_FLAGS, auto_mixed_precision, cpu_flags, cpu_has_native_bf16
 from tests.training.common import checkpoint_weights, lora_overrides, model_weights, train, trainer_state
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8"

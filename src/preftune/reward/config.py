@@ -14,6 +14,9 @@ from preftune.errors import PreftuneError
 METRICS_FILE = "metrics.json"  # what a run saved beside the weights (settings, held-out accuracy)
 
 
+PRECISIONS = ("auto", "bf16", "no")
+
+
 @dataclass
 class RewardConfig:
     """One reward-model run.
@@ -29,6 +32,8 @@ class RewardConfig:
         epochs, lr, batch_size, weight_decay: AdamW over ``epochs`` passes of ``batch_size`` pairs.
         seed: the score head's initialisation and the order of the pairs (same seed, same model).
         chat_template: for a tokenizer without one (``chatml``, ``zephyr``, a .jinja file).
+        precision: ``auto`` (bf16 autocast where the hardware multiplies bf16 natively:
+            :func:`preftune.modeling.precision.auto_mixed_precision`), ``bf16`` or ``no`` (float32).
     """
 
     model: str = "smollm2-135m-instruct"
@@ -45,6 +50,7 @@ class RewardConfig:
     weight_decay: float = 0.0
     seed: int = 0
     chat_template: str | None = None
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (saved in ``metrics.json``)."""
@@ -63,6 +69,8 @@ def check_config(config: RewardConfig) -> None:
             raise PreftuneError(f"{name} must be a whole number of at least 1, not {value}")
     if config.lora_last_layers is not None and config.lora_last_layers < 1:
         raise PreftuneError(f"lora_last_layers must be at least 1, not {config.lora_last_layers}")
+    if config.precision not in PRECISIONS:
+        raise PreftuneError(f"precision must be one of {', '.join(PRECISIONS)}, not {config.precision!r}")
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise PreftuneError(f"lr must be a finite number above 0, not {config.lr}")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):

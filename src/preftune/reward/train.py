@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from preftune.data.split import SplitSummary
 from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
+from preftune.modeling.precision import auto_mixed_precision
 from preftune.reward.config import METRICS_FILE, RewardConfig, check_config
 from preftune.reward.data import load_pairs, sequences, tokenize_pairs
 from preftune.reward.model import (
@@ -65,6 +66,17 @@ class PairAccuracy:
 
     def __str__(self) -> str:
         return f"{self.accuracy:.3f} ± {self.stderr:.3f} (n={self.pairs}, margin {self.margin:+.3f})"
+
+
+def autocast(model: nn.Module, precision: str) -> AbstractContextManager[Any]:
+    """bf16 autocast on the model's device for ``bf16`` (and ``auto`` where the hardware has bf16 units).
+
+    Training only: held-out accuracy is measured in float32, as the saved model scores.
+    """
+    chosen = auto_mixed_precision() if precision == "auto" else precision
+    if chosen != "bf16":
+        return nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 def evaluate_pairs(model: nn.Module, pairs: list[TokenizedPair], pad_id: int, batch_size: int) -> PairAccuracy:
@@ -152,7 +164,8 @@ def run_epochs(
         for start in range(0, len(order), config.batch_size):
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
             chosen, rejected = sequences(batch)
-            scores = rewards(model, chosen + rejected, pad_id)  # [2B]: chosen rows, then rejected rows
+            with autocast(model, config.precision):
+                scores = rewards(model, chosen + rejected, pad_id).float()  # [2B]: chosen rows, then rejected
             c, r = scores[: len(batch)], scores[len(batch) :]
             loss = bt_loss(c, r)
             optimizer.zero_grad(set_to_none=True)

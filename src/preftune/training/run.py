@@ -103,7 +103,7 @@ def _mixed_precision(setting: str) -> str:
     autocast only the products run in bf16: the weights (the optimiser's master copy) stay float32."""
     if setting != "auto":
         return setting
-    from preftune.training import precision  # the module, so tests can substitute its answer
+    from preftune.modeling import precision  # the module, so tests can substitute its answer
 
     return precision.auto_mixed_precision()
 
