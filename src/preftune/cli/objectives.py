@@ -11,8 +11,6 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from preftune.objectives import TERMS, parse
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -28,6 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from preftune.objectives import TERMS, parse  # torch: only for this command, not every start-up
+
     console = Console()
     if args.expression:
         objective = parse(args.expression)
