@@ -231,3 +231,23 @@ def test_a_killed_ranking_resumes_with_no_call_repeated_and_no_key_in_any_output
         assert len(best) == max(len(c) for c in row["completions"])
     leaked = [p for p in out.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaked == [] and KEY not in stdout + stderr
+
+
+def test_judge_eval_with_a_key_writes_it_nowhere(tmp_path, monkeypatch, capsys):
+    from preftune.cli.main import main
+
+    monkeypatch.setenv("PREFTUNE_TEST_KEY", KEY)
+    rows = [{"instruction": f"q{i}", "input": "", "response1": "a" * (i + 2), "response2": "b" * 4}
+            | {f"annotator{k}": "1" for k in (1, 2, 3)} for i in range(4)]  # fmt: skip
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    with openai_server("--key-env", "PREFTUNE_TEST_KEY", env={"PREFTUNE_TEST_KEY": KEY}) as (url, stats):
+        spec = f"api:{url},model=length-judge,api_key_env=PREFTUNE_TEST_KEY"
+        args = ["judge", "eval", "--judge", spec, "--data", str(data), "--out", str(out / "report.json")]
+        assert main([*args, "--store", str(out / "verdicts.sqlite")]) == 0
+        assert stats()["authorized"] == 8 and stats()["unauthorized"] == 0
+    printed = capsys.readouterr()
+    leaked = [p for p in out.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert leaked == [] and KEY not in printed.out + printed.err
+    assert json.loads((out / "report.json").read_text())["judge"]["agreement"] == 0.375  # 0, 0, a tie, 1
