@@ -25,8 +25,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers (pytest-xdist), one test file each at a time, one torch thread each
+# (tests/conftest.py): the 2 cores both busy, nothing oversubscribed.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The main job on the embedded default: SmolLM2-135M-Instruct, LoRA, DPO on bundled HH-RLHF
 # pairs; held-out accuracy and margin before -> after with the verdict, samples, curves, summary.

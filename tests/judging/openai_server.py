@@ -4,7 +4,8 @@ Run as a process: ``python tests/judging/openai_server.py [--faults slow,429,...
 ``PORT <n>`` on its first line. Its "model" judges by length: the longer of the two responses the
 judge prompt encloses wins ("1"/"2", or "a"/"b" for templates tagging ``output_a``/``output_b``).
 
-Faults, injected on the first attempt of the i-th distinct request body, i cycling over the list:
+Faults, injected on the first attempt (``--fault-attempts``) of the i-th distinct request body, i
+cycling over the list:
 ``slow`` (answers after ``--slow-s``, beyond the client's timeout), ``429`` (with ``Retry-After``),
 ``500``, ``malformed`` (a 200 whose body is not JSON), ``neither`` (an answer naming neither
 response), ``none`` (no fault). Later attempts of that body are answered. ``--hang-after K``:
@@ -111,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["hanging"] = True
                 return "hang"
             faults = self.options.faults
-            fault = faults[index % len(faults)] if faults and attempt == 0 else "none"
+            fault = faults[index % len(faults)] if faults and attempt < self.options.fault_attempts else "none"
             if fault != "none":
                 STATE["faults"] += 1
             return fault
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--faults", default="", type=lambda s: [f for f in s.split(",") if f])
     parser.add_argument("--slow-s", type=float, default=3.0)
     parser.add_argument("--retry-after", default="1")
+    parser.add_argument("--fault-attempts", type=int, default=1, help="attempts of a body that get its fault")
     parser.add_argument("--hang-after", type=int)
     parser.add_argument("--key-env")
     options = parser.parse_args()

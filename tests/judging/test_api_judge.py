@@ -171,6 +171,12 @@ def test_retries_run_out_into_failed_and_the_budget_stops_requests():
     assert answers.count(FAILED) >= len(ITEMS) - 3 and budget.budget.used == 3
 
 
+def test_an_answer_naming_neither_response_is_asked_once_more_then_fails():
+    with openai_server("--faults", "neither", "--fault-attempts", "9") as (url, stats):
+        assert ApiJudge(config(url, max_retries=5)).judge(["q"], [("long answer", "short")]) == [FAILED]
+        assert stats()["requests"] == 2  # not five retries of a deterministic answer
+
+
 def test_a_refused_key_stops_with_one_clear_error(monkeypatch):
     monkeypatch.setenv("PREFTUNE_TEST_KEY", "wrong")
     with openai_server("--key-env", "EXPECTED_KEY", env={"EXPECTED_KEY": KEY}) as (url, _):

@@ -233,3 +233,24 @@ def test_random_judge_is_reproducible_and_fair() -> None:
     assert 70 <= answers.count(FIRST) <= 130  # ~half (binomial sd ≈ 7)
     assert answers != RandomJudge(seed=4).judge(prompts, pairs)
     assert RandomJudge(seed=3).identity() == "random:seed=3" != RandomJudge(seed=4).identity()
+
+
+def test_a_judge_serving_several_calls_gets_batches_of_four_times_its_concurrency(tmp_path):
+    class Concurrent(PairwiseJudge):
+        concurrency = 3
+
+        def __init__(self):
+            self.batches: list[int] = []
+
+        def identity(self) -> str:
+            return "concurrent"
+
+        def judge(self, prompts, pairs):
+            self.batches.append(len(pairs))
+            return [FIRST if len(a) >= len(b) else SECOND for a, b in pairs]
+
+    judge = Concurrent()
+    both = BothOrders(judge, VerdictStore(tmp_path / "v.sqlite"))
+    both.compare_many([(f"q{i}", "long answer", "short") for i in range(15)])  # 30 ordered calls
+    assert judge.batches == [12, 12, 6]  # stored every 12 calls, not once at the end
+    assert BothOrders(judge, batch_size=5).batch_size == 5

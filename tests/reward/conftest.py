@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from preftune.data.config import DataConfig
 from preftune.reward import Prepared, RewardConfig, RewardResult, prepare, train_reward_model
@@ -31,16 +29,6 @@ def write_marker_pairs(path: Path, n: int = 40, seed: int = 0) -> Path:
         })  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for this package's tests (the tiny model gains nothing from more on a busy
-    machine); package scope, so the tests after these get their threads back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -3,23 +3,11 @@ and a full fine-tuning run, each uninterrupted: the references the resumed runs 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.training.common import DataFiles, Run, full_overrides, lora_overrides, make_data_files, train
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny model's matrices are too small to gain from more, and on a busy
-    machine two threads waiting on each other make every step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

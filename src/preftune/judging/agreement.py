@@ -163,6 +163,7 @@ class _Recording(PairwiseJudge):
 
     def __init__(self, inner: PairwiseJudge):
         self.inner = inner
+        self.concurrency = inner.concurrency
         self.answers: dict[tuple[str, str, str], int] = {}
 
     def identity(self) -> str:

@@ -9,12 +9,12 @@ first position (``scoring="logprobs"``: the server must return ``top_logprobs``;
 is sure of, rather than what it happens to write first).
 
 Robustness, all in :meth:`ApiJudge._ask`: a timeout per request; retries with exponential backoff
-and jitter on 408/409/425/429/5xx, connection errors, timeouts, malformed bodies and answers naming
-neither response; a ``Retry-After`` header is honoured; at most ``concurrency`` requests in
-flight (one semaphore for every thread that shares the judge); at most ``max_requests`` requests in
-all (retries count), after which calls fail (FAILED, never stored, so a rerun asks them). A call
-that still fails after its retries is FAILED; a 401/403/404 is a configuration error and stops the
-run with one line.
+and jitter on 408/409/425/429/5xx, connection errors, timeouts and malformed bodies, honouring a
+``Retry-After`` header; an answer naming neither response asked again once, at once; at most
+``concurrency`` requests in flight (one semaphore for every thread that shares the judge); at
+most ``max_requests`` requests in all (retries count), after which calls fail (FAILED, never
+stored, so a rerun asks them). A call that still fails after its retries is FAILED; a
+401/403/404 is a configuration error and stops the run with one line.
 
 The key is read from the environment variable *named* by ``api_key_env`` when a request is sent;
 it is never an attribute, never in :meth:`identity` (which keys the verdict store) and never
@@ -51,6 +51,7 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
 FATAL_STATUS = {401: "the endpoint refused the key", 403: "the key may not use this model",
                 404: "no such endpoint or model"}  # fmt: skip
 SCORINGS = ("text", "logprobs")
+UNREADABLE_RETRIES = 1  # an answer naming neither response is asked again once, then the call fails
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,16 @@ class RequestBudget:
 
 
 class _Retry(Exception):
-    """One attempt failed in a way worth retrying; ``wait`` overrides the backoff (Retry-After)."""
+    """One attempt failed in a way worth retrying; ``wait`` overrides the backoff (Retry-After).
 
-    def __init__(self, reason: str, wait: float | None = None):
+    ``unreadable``: the server answered, but named neither response. Asked once more at once (an
+    endpoint's "temperature 0" is not always deterministic), not with backoff: nothing is overloaded.
+    """
+
+    def __init__(self, reason: str, wait: float | None = None, unreadable: bool = False):
         super().__init__(reason)
-        self.wait = wait
+        self.wait = 0.0 if unreadable else wait
+        self.unreadable = unreadable
 
 
 class ApiJudge(PairwiseJudge):
@@ -268,6 +274,7 @@ class ApiJudge(PairwiseJudge):
     def _ask(self, prompt: str, first: str, second: str) -> int:
         """One ordered call, with retries; FAILED when they run out or the budget does."""
         body = self.payload(prompt, first, second)
+        unreadable = 0
         for attempt in range(self.config.max_retries + 1):
             if not self.budget.take():
                 self._budget_spent()
@@ -277,16 +284,21 @@ class ApiJudge(PairwiseJudge):
             except _Failed:
                 return FAILED
             except _Retry as problem:
-                if attempt == self.config.max_retries:
+                unreadable += problem.unreadable
+                if attempt == self.config.max_retries or unreadable > UNREADABLE_RETRIES:
                     logger.warning("api judge: giving up on a call after %d attempts (%s)", attempt + 1, problem)
                     break
-                wait = problem.wait
-                if wait is None:
-                    with self._lock:
-                        wait = backoff_s(attempt, self.config.backoff_s, self.config.max_backoff_s, self._rng)
-                logger.info("api judge: %s; retrying in %.2f s", problem, wait)
-                self._sleep(wait)
+                self._wait(attempt, problem)
         return FAILED
+
+    def _wait(self, attempt: int, problem: _Retry) -> None:
+        wait = problem.wait
+        if wait is None:
+            with self._lock:
+                wait = backoff_s(attempt, self.config.backoff_s, self.config.max_backoff_s, self._rng)
+        logger.info("api judge: %s; retrying in %.2f s", problem, wait)
+        if wait > 0:
+            self._sleep(wait)
 
     def _attempt(self, body: dict[str, Any]) -> int:
         """One HTTP request: the verdict, or :class:`_Retry`, or a fatal :class:`PreftuneError`."""
@@ -321,7 +333,7 @@ class ApiJudge(PairwiseJudge):
         if verdict == FAILED:
             verdict = parse_verdict(str(content), answers)
         if verdict == FAILED:
-            raise _Retry(f"an answer naming neither response ({str(content)[:40]!r})")
+            raise _Retry(f"an answer naming neither response ({str(content)[:40]!r})", unreadable=True)
         return verdict
 
     def _headers(self) -> dict[str, str]:

@@ -95,8 +95,10 @@ class BothOrders:
     """Asks a judge both orders of each comparison, through an optional verdict store.
 
     ``calls`` counts the ordered calls that reached the judge (store hits do not count).
-    ``batch_size`` (default: all at once) bounds how many ordered calls go to the judge in one
-    ``judge.judge`` list; each batch's answers are stored as soon as it returns.
+    ``batch_size`` bounds how many ordered calls go to the judge in one ``judge.judge`` list; each
+    batch's answers are stored as soon as it returns. Default: all at once for a judge that serves
+    one call at a time (a local model batches them itself), ``4 × concurrency`` for one that serves
+    several (an API judge), so that its verdicts reach the store as they come, not at the end.
     """
 
     def __init__(self, judge: PairwiseJudge, store: VerdictStore | None = None, batch_size: int | None = None):
@@ -104,6 +106,8 @@ class BothOrders:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.judge = judge
         self.store = store
+        if batch_size is None and judge.concurrency > 1:
+            batch_size = 4 * judge.concurrency
         self.batch_size = batch_size
         self.identity = judge.identity()
         self.calls = 0
