@@ -16,8 +16,8 @@ from preftune.data import load_preference_data
 from preftune.data.grouped import load_groups
 from preftune.errors import PreftuneError
 from preftune.judging import FIRST, BothOrders, FunctionJudge, PairwiseJudge, VerdictStore, longer_is_better
-from preftune.judging.rank_file import rank_rows, read_candidates, write_outputs
-from preftune.judging.ranking import comparisons_bound
+from preftune.judging.rank_file import _row_key, rank_rows, read_candidates, write_outputs
+from preftune.judging.ranking import Ranking, comparisons_bound
 
 EXE = str(Path(sys.executable).parent / "preftune")
 REPO = Path(__file__).resolve().parents[2]
@@ -117,3 +117,36 @@ def test_string_completions_of_conversational_prompts_become_assistant_messages(
     groups, _ = load_groups(tmp_path / "ranked.jsonl")
     assert pairs[0].chosen == [{"role": "assistant", "content": "Hello there, friend."}]
     assert groups[0].is_conversational and len(groups[0].completions) == 2
+
+
+def test_compare_reports_kendall_tau_and_top1_against_another_ranking(tmp_path, capsys):
+    from preftune.cli.main import main
+
+    rows = [{"prompt": f"q{i}", "completions": ["aa", "a" * (5 + i), "aaa", "a" * 9]} for i in range(3)]
+    source = tmp_path / "gen.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    longer, shorter = tmp_path / "longer.jsonl", tmp_path / "shorter.jsonl"
+    assert main(["rank", "--input", str(source), "--judge", "longer", "--out", str(longer)]) == 0
+    capsys.readouterr()
+    argv = ["rank", "--input", str(source), "--judge", "shorter", "--out", str(shorter), "--compare", str(longer)]
+    assert main(argv) == 0
+    assert "agreement over 3 prompts: Kendall tau -1.000 ± 0.000, same best completion 0.000" in capsys.readouterr().err
+    argv = ["rank", "--input", str(source), "--method", "round_robin", "--out", str(tmp_path / "rr.jsonl"),
+            "--compare", str(longer)]  # fmt: skip
+    assert main(argv) == 0
+    assert "Kendall tau 1.000 ± 0.000, same best completion 1.000" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q0", "completions": ["a", "b"]}) + "\n")
+    assert main(["rank", "--input", str(source), "--out", str(tmp_path / "x.jsonl"), "--compare", str(bad)]) == 2
+    assert "'ranks'" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_compare_rankings_by_hand(tmp_path):
+    from preftune.judging.rank_file import RankReport, compare_rankings
+
+    (tmp_path / "g.jsonl").write_text(json.dumps({"prompt": "p", "completions": ["x", "y", "z"]}) + "\n")
+    rows = read_candidates(tmp_path / "g.jsonl")
+    report = RankReport(rankings=[Ranking(order=(0, 1, 2), comparisons=3, failed=0, method="ipr")])
+    other = {_row_key("p", ["x", "y", "z"]): [1, 0, 2]}  # one of three pairs swapped: tau = (2 - 1) / 3
+    agreement = compare_rankings(rows, report, other)
+    assert agreement.prompts == 1 and agreement.tau == pytest.approx(1 / 3) and agreement.top1 == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -34,12 +35,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="ranked rows (prompt, completions, ranks)")
     parser.add_argument("--pairs", type=Path, help="preference pairs (prompt, chosen, rejected)")
     parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
+    parser.add_argument("--compare", type=Path, metavar="RANKED",
+                        help="another ranking of the same rows (e.g. --method score's): report Kendall tau and top-1 "
+                        "agreement with it")  # fmt: skip
     parser.add_argument("--store", type=Path, help="verdict store (default: OUT with .verdicts.sqlite)")
     parser.set_defaults(run=run_rank)
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from preftune.judging.rank_file import rank_rows, read_candidates, write_outputs
+    from preftune.judging.rank_file import rank_rows, read_candidates, read_rankings, write_outputs
     from preftune.judging.store import VerdictStore
     from preftune.training.progress import StepProgress
 
@@ -47,8 +51,9 @@ def run_rank(args: argparse.Namespace) -> int:
         raise PreftuneError(f"no such file: {args.input}")
     if (args.method == "score") != (args.score_model is not None):
         raise PreftuneError("--method score ranks by a reward model: give both --method score and --score-model PATH")
+    other = read_rankings(args.compare) if args.compare is not None else None  # checked before any work
     if args.method == "score":
-        return run_score_rank(args)
+        return run_score_rank(args, other)
     judge = make_judge(args.judge)
     rows = read_candidates(args.input)  # every row checked before the first call
     store = VerdictStore(args.store or args.out.with_suffix(".verdicts.sqlite"))
@@ -56,11 +61,19 @@ def run_rank(args: argparse.Namespace) -> int:
     with StepProgress(len(rows), description="rank", console=console) as bar:
         report = rank_rows(rows, judge, method=args.method, store=store, progress=lambda: bar.advance({}))
     write_outputs(rows, report, args.out, args.pairs, args.pairing)
-    console.print(str(report), highlight=False)
+    _print(console, rows, report, other)
     return 0
 
 
-def run_score_rank(args: argparse.Namespace) -> int:
+def _print(console: Console, rows: list, report: Any, other: dict[str, list[int]] | None) -> None:
+    from preftune.judging.rank_file import compare_rankings
+
+    console.print(str(report), highlight=False)
+    if other is not None:
+        console.print(str(compare_rankings(rows, report, other)), highlight=False)
+
+
+def run_score_rank(args: argparse.Namespace, other: dict[str, list[int]] | None) -> int:
     """``--method score``: every row checked, then each prompt's completions ranked by the reward model."""
     from preftune.judging.rank_file import read_candidates, score_rank_rows, write_outputs
     from preftune.reward import RewardModel
@@ -72,5 +85,5 @@ def run_score_rank(args: argparse.Namespace) -> int:
     with StepProgress(len(rows), description="rank", console=console) as bar:
         report = score_rank_rows(rows, model.score, progress=lambda: bar.advance({}))
     write_outputs(rows, report, args.out, args.pairs, args.pairing)
-    console.print(str(report), highlight=False)
+    _print(console, rows, report, other)
     return 0

@@ -26,7 +26,15 @@ from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
 from preftune.judging.base import BothOrders, PairwiseJudge
-from preftune.judging.ranking import Ranking, ipr_rank, pairs_from_ranking, round_robin_rank, score_rank
+from preftune.judging.ranking import (
+    Ranking,
+    ipr_rank,
+    kendall_tau,
+    pairs_from_ranking,
+    round_robin_rank,
+    score_rank,
+    top1_agreement,
+)
 from preftune.judging.store import VerdictStore
 
 METHODS = {"ipr": ipr_rank, "round_robin": round_robin_rank}
@@ -184,3 +192,56 @@ def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pai
     if pairs_out is not None:
         write_atomic(pairs_out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     report.pairs = len(pairs)
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How two rankings of the same prompts agree: Kendall τ (mean ± s.e. over prompts), top-1."""
+
+    prompts: int
+    tau: float
+    tau_stderr: float
+    top1: float
+
+    def __str__(self) -> str:
+        return (f"agreement over {self.prompts} prompts: Kendall tau {self.tau:.3f} ± {self.tau_stderr:.3f}, "
+                f"same best completion {self.top1:.3f}")  # fmt: skip
+
+
+def _row_key(prompt: Any, completions: Sequence[Any]) -> str:
+    return json.dumps([prompt, list(completions)], sort_keys=True, ensure_ascii=False)
+
+
+def read_rankings(source: str | Path) -> dict[str, list[int]]:
+    """A ranked file (``prompt``, ``completions``, ``ranks`` with 0 the best) as {row key: order, best first}.
+
+    Every row checked up front; equal ranks are ordered by position.
+    """
+    raw = load_rows(source)
+    out = {}
+    for index, row in enumerate(raw.rows):
+        completions, ranks = row.get("completions"), row.get("ranks")
+        if not isinstance(completions, list) or not isinstance(ranks, list) or len(ranks) != len(completions):
+            raise PreftuneError(f"{raw.origin(index)}: a ranked row needs 'completions' and as many 'ranks'")
+        if not all(isinstance(r, int | float) and not isinstance(r, bool) for r in ranks):
+            raise PreftuneError(f"{raw.origin(index)}: 'ranks' must be numbers (0 = the best)")
+        out[_row_key(row.get("prompt"), completions)] = sorted(range(len(ranks)), key=lambda k: (ranks[k], k))
+    return out
+
+
+def compare_rankings(rows: Sequence[Candidates], report: RankReport, other: dict[str, list[int]]) -> RankAgreement:
+    """Kendall τ and top-1 agreement between this ranking and ``other`` on the prompts both ranked."""
+    taus, tops = [], []
+    for row, ranking in zip(rows, report.rankings, strict=True):
+        order = other.get(_row_key(row.prompt, [_as_response(row.prompt, c) for c in row.completions]))
+        order = order or other.get(_row_key(row.prompt, row.completions))
+        if order is None:
+            continue
+        taus.append(kendall_tau(ranking.order, order))
+        tops.append(1.0 if top1_agreement(ranking.order, order) else 0.0)
+    if not taus:
+        raise PreftuneError("the file to compare with ranks none of these prompts with the same completions")
+    n = len(taus)
+    mean = sum(taus) / n
+    stderr = (sum((t - mean) ** 2 for t in taus) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
+    return RankAgreement(n, mean, stderr, sum(tops) / n)
