@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -67,7 +67,7 @@ def load_model(
 
     kwargs = {"dtype": dtype if dtype == "auto" else _torch_dtype(dtype)}  # a bad name fails before any loading
     source = resolve_model(name_or_path)
-    model = _from_local_or_hub(
+    model = from_local_or_hub(
         AutoModelForCausalLM, source, name_or_path, "config.json", attn_implementation="sdpa", **kwargs
     )
     if device is not None:
@@ -85,7 +85,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]):
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
-    tokenizer = _from_local_or_hub(AutoTokenizer, source, name_or_path, "tokenizer_config.json")
+    tokenizer = from_local_or_hub(AutoTokenizer, source, name_or_path, "tokenizer_config.json")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PreftuneError(f"the tokenizer of '{name_or_path}' has neither a pad nor an eos token")
@@ -94,7 +94,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]):
     return tokenizer
 
 
-def _from_local_or_hub(auto_class, source: str, name: object, marker: str, **kwargs):
+def from_local_or_hub(auto_class: Any, source: str, name: object, marker: str, **kwargs: Any) -> Any:
     """``auto_class.from_pretrained(source)``: a folder directly; a hub name from its snapshot in the
     local hub cache when there is one (``marker`` is a file that snapshot must hold), else from the
     hub after a quick reachability probe (transformers alone retries for about 30 s offline)."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from preftune.errors import PreftuneError
 from preftune.modeling.cache import atomic_directory
 from preftune.modeling.chat_template import apply_chat_template_setting, check_chat_template
-from preftune.modeling.loading import _from_local_or_hub, load_tokenizer, resolve_model
+from preftune.modeling.loading import from_local_or_hub, load_tokenizer, resolve_model
 from preftune.modeling.lora_targets import resolve_target_modules
 from preftune.reward.data import pad_rows
 
@@ -48,7 +48,7 @@ def load_reward_model(name_or_path: str, tokenizer: Any, *, require_head: bool =
     hf_logging.set_verbosity_error()  # the "newly initialized: score.weight" report is expected here
     hf_logging.disable_progress_bar()
     try:
-        model, info = _from_local_or_hub(
+        model, info = from_local_or_hub(
             AutoModelForSequenceClassification, source, name_or_path, "config.json",
             num_labels=1, dtype=torch.float32, output_loading_info=True,
         )  # fmt: skip
