@@ -1,0 +1,285 @@
+"""P3's unified fine-tuning loop (Algorithm 1, METHODS.md §4) over the one :class:`Trainer`.
+
+Each round takes B/C prompts (``prompts_per_round``), samples C responses to each from the
+*current* policy, labels them (a reward model, a judge with iterative pairwise ranking, a reward
+function: :mod:`preftune.judging.labellers`), and makes T passes (``passes``) of minibatches of M
+items (``batch_size``) with the run's objective:
+
+- a **group** objective (``reinforce``, ``rwr``, ``bon``, ``bon_neg``) trains on each prompt's C
+  samples and their rewards;
+- a **pairwise** objective (``dpo``, ``ipo``, ``bcr``, ``dpo + exmate``, ...) trains on pairs formed
+  from the rewards: best vs worst, or every pair more than ``reward_gap`` apart (``pairing``);
+  a ``mix`` fraction of each round's items are offline pairs instead (``mix=0.5``: half).
+
+The trainer never knows where its batches came from: each round hands it a
+:class:`~preftune.training.sources.BufferSource`. Offline training is one round over a dataset.
+
+    >>> loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"),
+    ...                   OnlineSettings(rounds=4, prompts_per_round=8, samples_per_prompt=4),
+    ...                   SamplingConfig(n=4, temperature=1.0, max_new_tokens=64), Batcher(pad_id))
+    >>> for stats in loop.run():
+    ...     print(stats)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from preftune.data.collate import Batcher
+from preftune.data.examples import Origin
+from preftune.data.groups import TokenizedGroup
+from preftune.data.tokenize import TokenizedPair
+from preftune.errors import PreftuneError
+from preftune.generation.sampling import Sample, SamplingConfig, sample
+from preftune.objectives import GroupRecord
+from preftune.training.hooks import Hook
+from preftune.training.loop import Trainer, responses_read
+from preftune.training.sources import BufferSource
+
+PAIRINGS = ("best_vs_worst", "all")
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """The four knobs of P3's Algorithm 1 and what pairs and mixes them.
+
+    Attributes:
+        rounds: sampling rounds.
+        prompts_per_round: B/C, the prompts sampled each round.
+        samples_per_prompt: C, responses sampled per prompt (≥ 2: rewards compare them).
+        passes: T, passes over each round's items (T > 1 reuses samples).
+        batch_size: M, items (pairs or groups) per optimiser step.
+        pairing: for pairwise objectives: ``best_vs_worst`` (one pair per prompt) or ``all``
+            (every pair of responses whose rewards differ by more than ``reward_gap``).
+        reward_gap: the least reward difference that makes a pair.
+        mix: the fraction of a round's items that are offline pairs (pairwise objectives only).
+        missing_eos_penalty: subtracted from the reward of a response cut by the length limit
+            (TRL's ``missing_eos_penalty``); None leaves rewards as the labeller gave them.
+        seed: the prompts' order, the sampling and the buffers' order.
+    """
+
+    rounds: int
+    prompts_per_round: int
+    samples_per_prompt: int = 4
+    passes: int = 1
+    batch_size: int = 8
+    pairing: str = "best_vs_worst"
+    reward_gap: float = 0.0
+    mix: float = 0.0
+    missing_eos_penalty: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "prompts_per_round", "passes", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PreftuneError(f"online.{name} must be at least 1, not {getattr(self, name)}")
+        if self.samples_per_prompt < 2:
+            raise PreftuneError(f"online.samples_per_prompt must be at least 2, not {self.samples_per_prompt}")
+        if self.pairing not in PAIRINGS:
+            raise PreftuneError(f"online.pairing must be one of {', '.join(PAIRINGS)}, not {self.pairing!r}")
+        if not 0 <= self.mix < 1:
+            raise PreftuneError(f"online.mix is a fraction in [0, 1), not {self.mix}")
+        if self.reward_gap < 0 or (self.missing_eos_penalty is not None and self.missing_eos_penalty < 0):
+            raise PreftuneError("online.reward_gap and online.missing_eos_penalty must be >= 0")
+
+    def items_per_round(self, group_objective: bool) -> int:
+        """The most items a round can hold (what sizes the run's schedule)."""
+        c = self.samples_per_prompt
+        per_prompt = 1 if group_objective or self.pairing == "best_vs_worst" else c * (c - 1) // 2
+        online = self.prompts_per_round * per_prompt
+        return online + offline_count(online, self.mix)
+
+    def steps_per_round(self, group_objective: bool) -> int:
+        return self.passes * math.ceil(self.items_per_round(group_objective) / self.batch_size)
+
+
+def offline_count(online_items: int, mix: float) -> int:
+    """Offline items beside ``online_items`` so that they are a ``mix`` fraction of the round."""
+    return round(online_items * mix / (1 - mix)) if mix > 0 else 0
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    """What one round did (logged per round; the time split is generation / labelling / training)."""
+
+    round: int
+    prompts: int
+    samples: int
+    reward_mean: float
+    reward_std: float
+    mean_length: float
+    finished: float
+    items: int
+    offline_items: int
+    steps: int
+    loss: float
+    generate_s: float
+    label_s: float
+    train_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+    def __str__(self) -> str:
+        return (f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}, length "
+                f"{self.mean_length:.1f} tokens, finished {self.finished:.2f}, {self.items} items "
+                f"({self.offline_items} offline), {self.steps} steps, loss {self.loss:.4f}; time generate "
+                f"{self.generate_s:.1f} s / label {self.label_s:.1f} s / train {self.train_s:.1f} s")  # fmt: skip
+
+
+def round_prompts(num_prompts: int, per_round: int, round_index: int, seed: int) -> list[int]:
+    """The prompt indices of round ``round_index``: consecutive slices of seeded epoch-wise shuffles."""
+    out: list[int] = []
+    start = round_index * per_round
+    while len(out) < per_round:
+        epoch, offset = divmod(start + len(out), num_prompts)
+        order = list(range(num_prompts))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.extend(order[offset : offset + per_round - len(out)])
+    return out
+
+
+def labelled_groups(
+    samples: Sequence[Sample], prompt_ids: Sequence[list[int]], rewards: Sequence[Sequence[float]], round_index: int
+) -> list[TokenizedGroup]:
+    """One group per prompt (responses in sampling order), NaN-rewarded responses dropped; groups
+    left with fewer than two responses are dropped (nothing to compare)."""
+    by_prompt: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt_index, []).append(s)
+    groups = []
+    for i, ids in enumerate(prompt_ids):
+        kept = [(s, r) for s, r in zip(by_prompt.get(i, []), rewards[i], strict=True) if not math.isnan(r)]
+        if len(kept) < 2:
+            continue
+        groups.append(TokenizedGroup(
+            list(ids), tuple(list(s.response_ids) for s, _ in kept), tuple(float(r) for _, r in kept),
+            Origin(f"round {round_index}", i + 1), finished=tuple(bool(s.finished) for s, _ in kept),
+        ))  # fmt: skip
+    return groups
+
+
+def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap: float) -> list[TokenizedGroup]:
+    """(chosen, rejected) groups of two from each group's rewards: best vs worst (first of equals),
+    or every pair more than ``reward_gap`` apart; a group whose rewards are all equal gives none."""
+    out = []
+    for g in groups:
+        rewards = g.rewards or ()
+        order = sorted(range(len(rewards)), key=lambda k: -rewards[k])
+        candidates = [(order[0], order[-1])] if pairing == "best_vs_worst" else [
+            (a, b) for i, a in enumerate(order) for b in order[i + 1 :]
+        ]  # fmt: skip
+        for a, b in candidates:
+            if rewards[a] - rewards[b] > reward_gap:
+                out.append(TokenizedGroup(g.prompt_ids, (g.responses[a], g.responses[b]),
+                                          (rewards[a], rewards[b]), g.origin))  # fmt: skip
+    return out
+
+
+def offline_items(pairs: Sequence[TokenizedPair], k: int, rng: random.Random) -> list[TokenizedGroup]:
+    """``k`` offline pairs drawn without replacement (with, past the dataset's size) as groups of two."""
+    if k == 0:
+        return []
+    if not pairs:
+        raise PreftuneError("online.mix > 0 needs offline pairs (data.train)")
+    picks = rng.sample(range(len(pairs)), k) if k <= len(pairs) else [rng.randrange(len(pairs)) for _ in range(k)]
+    return [TokenizedGroup(pairs[i].prompt_ids, (list(pairs[i].chosen_ids), list(pairs[i].rejected_ids)),
+                           (1.0, 0.0), pairs[i].origin) for i in picks]  # fmt: skip
+
+
+class OnlineLoop:
+    """Rounds of sample → label → T passes of training, through one :class:`Trainer` (see the module docstring).
+
+    Args:
+        trainer: built with ``total_steps = settings.rounds * settings.steps_per_round(...)``
+            (:meth:`total_steps`).
+        tokenizer: the policy's (sampling, decoding).
+        prompts: as the labeller reads them (text or messages), one per prompt.
+        prompt_ids: ``[P_i]`` token ids of each prompt (chat template and generation prompt).
+        labeller: ``rewards(prompts, responses) -> [[float] * C] * P`` (:mod:`preftune.judging.labellers`).
+        settings: the loop's knobs.
+        sampling: how to sample (``n`` is set to ``samples_per_prompt``; the seed per round).
+        batcher: builds batches from the round's items.
+        offline: pairs to mix in (``settings.mix``).
+    """
+
+    def __init__(
+        self, trainer: Trainer, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
+        labeller: Any, settings: OnlineSettings, sampling: SamplingConfig, batcher: Batcher,
+        offline: Sequence[TokenizedPair] = (),
+    ) -> None:  # fmt: skip
+        if len(prompts) != len(prompt_ids) or not prompts:
+            raise PreftuneError(f"{len(prompts)} prompts but {len(prompt_ids)} tokenised prompts")
+        self.group_objective = trainer.objective.record_type is GroupRecord
+        if self.group_objective and settings.mix > 0:
+            raise PreftuneError("online.mix blends offline *pairs* in: it needs a pairwise objective")
+        self.trainer, self.tokenizer, self.labeller = trainer, tokenizer, labeller
+        self.prompts, self.prompt_ids, self.settings = list(prompts), [list(p) for p in prompt_ids], settings
+        self.sampling = replace(sampling, n=settings.samples_per_prompt)
+        self.batcher, self.offline = batcher, list(offline)
+
+    @staticmethod
+    def total_steps(settings: OnlineSettings, objective: Any) -> int:
+        """The run's optimiser steps at most: every round full."""
+        return settings.rounds * settings.steps_per_round(objective.record_type is GroupRecord)
+
+    def run(self, hooks: Sequence[Hook] = (), start_round: int = 0) -> list[RoundStats]:
+        return [self.run_round(r, hooks) for r in range(start_round, self.settings.rounds)]
+
+    def run_round(self, round_index: int, hooks: Sequence[Hook] = ()) -> RoundStats:
+        """Sample, label and train one round; its statistics."""
+        s = self.settings
+        chosen = round_prompts(len(self.prompts), s.prompts_per_round, round_index, s.seed)
+        t0 = time.perf_counter()
+        samples = sample(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in chosen],
+                         replace(self.sampling, seed=s.seed * 1_000_003 + round_index))  # fmt: skip
+        t1 = time.perf_counter()
+        rewards = self._rewards(chosen, samples)
+        t2 = time.perf_counter()
+        groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
+        items = groups if self.group_objective else pairs_from_groups(groups, s.pairing, s.reward_gap)
+        extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))
+        steps, loss = self._train(items + extra, round_index, hooks)
+        flat = [r for row in rewards for r in row if not math.isnan(r)]
+        mean = sum(flat) / max(len(flat), 1)
+        std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1))
+        return RoundStats(
+            round_index, len(chosen), len(samples), mean, std,
+            sum(len(x.response_ids) for x in samples) / max(len(samples), 1),
+            sum(bool(x.finished) for x in samples) / max(len(samples), 1),
+            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2,
+        )  # fmt: skip
+
+    def _rewards(self, chosen: list[int], samples: Sequence[Sample]) -> list[list[float]]:
+        """The labeller's rewards per prompt (sampling order), with the missing-EOS penalty."""
+        c = self.settings.samples_per_prompt
+        texts = [[x.text for x in samples[j * c : (j + 1) * c]] for j in range(len(chosen))]
+        rewards = [list(map(float, row)) for row in self.labeller.rewards([self.prompts[i] for i in chosen], texts)]
+        penalty = self.settings.missing_eos_penalty
+        if penalty:
+            for j, row in enumerate(rewards):
+                for k in range(len(row)):
+                    row[k] -= penalty * (not samples[j * c + k].finished)
+        return rewards
+
+    def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
+        """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
+        if not items:
+            return 0, math.nan
+        s, trainer = self.settings, self.trainer
+        accelerator = trainer.accelerator
+        source = BufferSource(
+            items, self.batcher, batch_size=s.batch_size, passes=s.passes, seed=s.seed, round=round_index,
+            world_size=accelerator.num_processes, rank=accelerator.process_index,
+            grad_accumulation=trainer.optim.grad_accumulation, group_size=responses_read(trainer.objective),
+            device=accelerator.device,
+        )  # fmt: skip
+        before = trainer.global_step
+        result = trainer.fit(source, hooks=hooks)
+        losses = [h["loss"] for h in result.history if "loss" in h]
+        return trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan

@@ -1,0 +1,131 @@
+"""P3's unified loop (METHODS.md §4) on the tiny model: B, C, M, T and the mixing ratio do what they say."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from preftune.data import Batcher, bundled_path, load_preference_data, tokenize_examples
+from preftune.errors import PreftuneError
+from preftune.generation.prompts import encode_prompt
+from preftune.generation.sampling import SamplingConfig
+from preftune.modeling import AdapterDisabledReference, apply_lora, load_model, load_tokenizer, tiny_model_path
+from preftune.objectives import build
+from preftune.training.config import OptimConfig
+from preftune.training.loop import Trainer
+from preftune.training.online import (
+    OnlineLoop,
+    OnlineSettings,
+    offline_count,
+    pairs_from_groups,
+    round_prompts,
+)
+
+PROMPTS = [f"Say something about topic {i}." for i in range(12)]
+
+
+class LengthLabeller:
+    """The reward is the response's length in characters (P3's length tasks)."""
+
+    def identity(self) -> str:
+        return "length"
+
+    def rewards(self, prompts, responses):
+        return [[float(len(r)) for r in row] for row in responses]
+
+
+class RecordingBatcher(Batcher):
+    """Remembers every item index it batched and the rewards it put in the batches."""
+
+    def __init__(self, pad_id: int) -> None:
+        super().__init__(pad_id)
+        self.seen: list[tuple[int, int]] = []  # (id of the items list, index)
+        self.rewards: list[torch.Tensor] = []
+
+    def __call__(self, items, indices, *, group_size=None):
+        batch = super().__call__(items, indices, group_size=group_size)
+        self.seen += [(id(items), int(i)) for i in indices]
+        self.rewards.append(batch.rewards)
+        return batch
+
+
+def make_loop(objective: str, settings: OnlineSettings, offline=()) -> tuple[OnlineLoop, RecordingBatcher]:
+    AcceleratorState._reset_state()
+    tokenizer = load_tokenizer(tiny_model_path())
+    torch.manual_seed(0)
+    model = apply_lora(load_model(tiny_model_path(), dtype="float32"), rank=4)
+    built = build(objective)
+    trainer = Trainer(
+        accelerator=Accelerator(cpu=True, mixed_precision="no"), model=model, objective=built,
+        optim=OptimConfig(lr=1e-3, batch_size=settings.batch_size, warmup_ratio=0.0),
+        total_steps=OnlineLoop.total_steps(settings, built),
+        reference=AdapterDisabledReference(model) if built.needs_reference else None,
+    )  # fmt: skip
+    batcher = RecordingBatcher(tokenizer.pad_token_id)
+    ids = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, batch_size=16)
+    return OnlineLoop(trainer, tokenizer, PROMPTS, ids, LengthLabeller(), settings, sampling, batcher, offline), batcher
+
+
+def test_round_prompts_walk_seeded_epochs_without_repeats():
+    rounds = [round_prompts(12, 4, r, seed=3) for r in range(3)]
+    assert sorted(i for r in rounds for i in r) == list(range(12))  # one epoch: every prompt once
+    assert round_prompts(12, 4, 0, seed=3) != round_prompts(12, 4, 0, seed=4)
+    assert len(round_prompts(5, 4, 1, seed=0)) == 4  # crosses into the next epoch
+
+
+def test_pairs_from_rewards_best_vs_worst_and_all_above_a_gap():
+    from preftune.data.examples import Origin
+    from preftune.data.groups import TokenizedGroup
+
+    group = TokenizedGroup([1], ([10], [11], [12]), (0.5, 2.0, 1.0), Origin("r", 1))
+    (best,) = pairs_from_groups([group], "best_vs_worst", 0.0)
+    assert best.responses == ([11], [10]) and best.rewards == (2.0, 0.5)
+    every = pairs_from_groups([group], "all", 0.6)  # 1.0 vs 0.5 is only 0.5 apart: no pair
+    assert [p.rewards for p in every] == [(2.0, 1.0), (2.0, 0.5)]
+    tied = TokenizedGroup([1], ([10], [11]), (1.0, 1.0), Origin("r", 2))
+    assert pairs_from_groups([tied], "best_vs_worst", 0.0) == []
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_each_sample_is_read_passes_times_with_its_labelled_reward(passes):
+    settings = OnlineSettings(rounds=1, prompts_per_round=4, samples_per_prompt=3, passes=passes, batch_size=2)
+    loop, batcher = make_loop("reinforce", settings)
+    (stats,) = loop.run()
+    assert stats.prompts == 4 and stats.samples == 12 and stats.items == 4
+    assert stats.steps == passes * math.ceil(4 / 2)
+    counts = Counter(index for _, index in batcher.seen)
+    assert sorted(counts) == [0, 1, 2, 3] and set(counts.values()) == {passes}  # T = 2 reads each twice
+    rewards = torch.cat(batcher.rewards)
+    assert rewards.shape == (4 * passes, 3) and bool((rewards >= 0).all())  # lengths in characters
+    assert math.isfinite(stats.loss) and stats.reward_mean == pytest.approx(float(rewards.mean()))
+
+
+def test_pairwise_rounds_train_on_best_vs_worst_and_mix_half_offline_pairs():
+    tokenizer = load_tokenizer(tiny_model_path())
+    examples, _ = load_preference_data(bundled_path("hh-harmless"))
+    offline, _ = tokenize_examples(examples[:20], tokenizer, max_length=96, max_prompt_length=64)
+    settings = OnlineSettings(rounds=2, prompts_per_round=4, samples_per_prompt=2, batch_size=4, mix=0.5)
+    loop, batcher = make_loop("dpo", settings, offline)
+    history = loop.run()
+    assert [h.round for h in history] == [0, 1]
+    for stats in history:
+        assert stats.offline_items == stats.items == offline_count(stats.items, 0.5)  # half of the round
+        assert stats.steps == math.ceil(2 * stats.items / 4)
+    assert loop.trainer.global_step == sum(h.steps for h in history)
+    offline_rewards = [r for r in torch.cat(batcher.rewards).tolist() if r == [1.0, 0.0]]
+    assert len(offline_rewards) >= sum(h.offline_items for h in history)
+
+
+def test_settings_and_combinations_are_refused_in_one_line():
+    with pytest.raises(PreftuneError, match="samples_per_prompt"):
+        OnlineSettings(rounds=1, prompts_per_round=2, samples_per_prompt=1)
+    with pytest.raises(PreftuneError, match="mix"):
+        OnlineSettings(rounds=1, prompts_per_round=2, mix=1.0)
+    with pytest.raises(PreftuneError, match="pairwise objective"):
+        make_loop("reinforce", OnlineSettings(rounds=1, prompts_per_round=2, mix=0.5))
