@@ -129,3 +129,27 @@ def test_settings_and_combinations_are_refused_in_one_line():
         OnlineSettings(rounds=1, prompts_per_round=2, mix=1.0)
     with pytest.raises(PreftuneError, match="pairwise objective"):
         make_loop("reinforce", OnlineSettings(rounds=1, prompts_per_round=2, mix=0.5))
+
+
+def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
+    """`preftune train online.rounds=2 ...`: rounds logged, rounds.jsonl written, the missing-EOS
+    penalty applied (8 new tokens: no response finishes), the model saved."""
+    import json
+
+    from preftune.cli.main import main
+
+    out = tmp_path / "run"
+    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
+            "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
+            "online.samples_per_prompt=3", "online.max_new_tokens=8", "online.missing_eos_penalty=100",
+            "online.labeller=length", "optim.batch_size=4", "optim.mixed_precision=no", "objective=reinforce",
+            f"output_dir={out}", "trackers=[]"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "round 0: reward" in err and "round 1: reward" in err
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0.0, 1.0] and all(r["finished"] == 0.0 for r in rounds)
+    assert all(r["reward_mean"] < 0 for r in rounds)  # ~40 characters, less the penalty of 100
+    assert (out / "model" / "adapter_config.json").exists()
+    assert main([*argv[:-2], f"output_dir={tmp_path / 'r2'}", "trackers=[]", "online.mix=0.5"]) == 2
+    assert "needs a pairwise objective" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, generate, judge, objectives, rank, serve, train, train_rm
+from preftune.cli import analyze, generate, judge, objectives, rank, serve, train, train_rm, winrate
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.register(commands)
     train_rm.register(commands)
     serve.register(commands)
+    winrate.register(commands)
     return parser
 
 

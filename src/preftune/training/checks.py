@@ -36,6 +36,7 @@ def check(config: RunConfig) -> None:
     _check_numbers(config)
     _check_choices(config)
     _check_stages(config)
+    _check_online(config)
     check_trackers(config.trackers)
     check_output_dir(Path(config.output_dir))
 
@@ -127,9 +128,35 @@ def _check_stages(config: RunConfig) -> None:
             raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
 
 
+def _check_online(config: RunConfig) -> None:
+    """An on-policy run: one stage, a reference the policy's samples can be scored against, valid knobs."""
+    online = config.online
+    _require("online.rounds", online.rounds, 0)
+    if not online.rounds:
+        return
+    from preftune.training.online import OnlineSettings
+
+    OnlineSettings(rounds=online.rounds, prompts_per_round=online.prompts_per_round,
+                   samples_per_prompt=online.samples_per_prompt, passes=online.passes,
+                   batch_size=config.optim.batch_size, pairing=online.pairing, reward_gap=online.reward_gap,
+                   mix=online.mix, missing_eos_penalty=online.missing_eos_penalty)  # fmt: skip
+    _require("online.temperature", online.temperature, 0)
+    _require("online.max_new_tokens", online.max_new_tokens, 1)
+    if len(config.resolved_stages()) > 1:
+        raise SpecError("online.rounds trains one objective: use the top-level objective, not stages")
+    if config.resolved_stages()[0].reference in ("precomputed", "previous"):
+        raise SpecError("an on-policy run scores new samples each round: reference must be auto, adapter or copy")
+    if config.data.bad:
+        raise SpecError("online.rounds samples its own responses: data.bad (an unpaired bad set) does not apply")
+    if online.mix > 0 and build(config.resolved_stages()[0].objective).record_type is GroupRecord:
+        raise SpecError("online.mix blends offline *pairs* in: it needs a pairwise objective, not a group one")
+
+
 def _check_data_kind(config: RunConfig, objective: Objective, spec: str, where: str) -> None:
     """Group terms read ranked groups, pairwise terms pairs: each stage's objective must fit the run's data."""
     groups = objective.record_type is GroupRecord
+    if config.online.rounds:  # data.train gives prompts (and offline pairs): any objective fits
+        return
     if config.data.bad:
         if groups or any(term.builds_margin for term in objective.terms):
             raise SpecError(

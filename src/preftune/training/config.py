@@ -82,6 +82,30 @@ class StageConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """P3's unified loop (METHODS.md §4): ``rounds`` > 0 trains on-policy; 0 trains offline on data.train.
+
+    Each round samples ``samples_per_prompt`` (C) responses to ``prompts_per_round`` (B/C) prompts of
+    data.train from the current policy, labels them with ``labeller``, and makes ``passes`` (T) passes
+    of ``optim.batch_size`` (M) pairs or groups. See :mod:`preftune.training.online`.
+    """
+
+    rounds: int = 0
+    labeller: str = "length"  # length | neg_length | length_target:N | function:MOD:FN | rm:PATH | judge:SPEC
+    prompts_per_round: int = 8
+    samples_per_prompt: int = 4
+    passes: int = 1
+    pairing: str = "best_vs_worst"  # best_vs_worst | all (every pair more than reward_gap apart)
+    reward_gap: float = 0.0
+    mix: float = 0.0  # the fraction of each round's items that are offline pairs of data.train
+    missing_eos_penalty: float | None = None  # subtracted from the reward of a response cut by the limit
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs; YAML files and ``key=value`` overrides fill it."""
 
@@ -90,6 +114,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     objective: str = "dpo"
     reference: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)

@@ -62,6 +62,8 @@ class Inputs:
 
 def data_kind(config: RunConfig) -> str:
     """``groups`` when the run's objectives read sampled groups, ``unpaired`` with ``data.bad``, else ``pairs``."""
+    if config.online.rounds:  # prompts (and offline pairs to mix in) come from pairs
+        return "pairs"
     if any(build(stage.objective).record_type is GroupRecord for stage in config.resolved_stages()):
         return "groups"
     return "unpaired" if config.data.bad else "pairs"

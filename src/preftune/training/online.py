@@ -37,7 +37,7 @@ from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.objectives import GroupRecord
-from preftune.training.hooks import Hook
+from preftune.training.hooks import Hook, TrainResult
 from preftune.training.loop import Trainer, responses_read
 from preftune.training.sources import BufferSource
 
@@ -222,6 +222,7 @@ class OnlineLoop:
         self.prompts, self.prompt_ids, self.settings = list(prompts), [list(p) for p in prompt_ids], settings
         self.sampling = replace(sampling, n=settings.samples_per_prompt)
         self.batcher, self.offline = batcher, list(offline)
+        self.result: TrainResult | None = None  # the run's history and evaluations, over all rounds
 
     @staticmethod
     def total_steps(settings: OnlineSettings, objective: Any) -> int:
@@ -256,16 +257,15 @@ class OnlineLoop:
         )  # fmt: skip
 
     def _rewards(self, chosen: list[int], samples: Sequence[Sample]) -> list[list[float]]:
-        """The labeller's rewards per prompt (sampling order), with the missing-EOS penalty."""
+        """The labeller's rewards per prompt (sampling order), less the missing-EOS penalty."""
+        from preftune.judging.labellers import apply_missing_eos_penalty
+
         c = self.settings.samples_per_prompt
         texts = [[x.text for x in samples[j * c : (j + 1) * c]] for j in range(len(chosen))]
-        rewards = [list(map(float, row)) for row in self.labeller.rewards([self.prompts[i] for i in chosen], texts)]
-        penalty = self.settings.missing_eos_penalty
-        if penalty:
-            for j, row in enumerate(rewards):
-                for k in range(len(row)):
-                    row[k] -= penalty * (not samples[j * c + k].finished)
-        return rewards
+        finished = [[bool(x.finished) for x in samples[j * c : (j + 1) * c]] for j in range(len(chosen))]
+        rewards = self.labeller.rewards([self.prompts[i] for i in chosen], texts)
+        return apply_missing_eos_penalty([list(map(float, row)) for row in rewards], finished,
+                                         self.settings.missing_eos_penalty)  # fmt: skip
 
     def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
         """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
@@ -279,7 +279,7 @@ class OnlineLoop:
             grad_accumulation=trainer.optim.grad_accumulation, group_size=responses_read(trainer.objective),
             device=accelerator.device,
         )  # fmt: skip
-        before = trainer.global_step
-        result = trainer.fit(source, hooks=hooks)
-        losses = [h["loss"] for h in result.history if "loss" in h]
+        before, seen = trainer.global_step, len(self.result.history) if self.result is not None else 0
+        self.result = trainer.fit(source, hooks=hooks, result=self.result)
+        losses = [h["loss"] for h in self.result.history[seen:] if "loss" in h]
         return trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan

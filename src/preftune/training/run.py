@@ -196,9 +196,15 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             model = load_stage_result(model, dirs[index], config)
             outcome["stages"].append(json.loads((dirs[index] / DONE_FILE).read_text(encoding="utf-8")))
             continue
-        model, record = _run_stage(
-            config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator, console, callbacks
-        )
+        if config.online.rounds:
+            from preftune.training.online_run import run_online_stage
+
+            model, record = run_online_stage(config, stage, dirs[index], model, tokenizer, examples.train, inputs,
+                                             batcher, accelerator, console, callbacks)  # fmt: skip
+        else:
+            model, record = _run_stage(
+                config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator, console, callbacks
+            )
         outcome["stages"].append(record)
     accelerator.end_training()
 

@@ -1,0 +1,143 @@
+"""``preftune win-rate``: a model's completions against a baseline's with a pairwise judge (METHODS.md §6).
+
+Both files are JSON Lines with a ``prompt`` and a ``completion`` per row, or ``completions`` (a list,
+as ``preftune generate`` writes; the first is taken). Rows are matched by prompt. Everything is
+checked before the judge is built; the report gives the win rate and AlpacaEval 2's
+length-controlled win rate (fractions in [0, 1]) with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from preftune.errors import PreftuneError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "win-rate",
+        help="win rate and length-controlled win rate of completions against a baseline's, with a judge",
+        description=(
+            "Compares each prompt's completion in --outputs with the baseline's in --baseline (matched by prompt), "
+            "the judge asked in both orders (disagreement = tie, ties count half). Reports the win rate and "
+            "AlpacaEval 2's length-controlled win rate (length_controlled_minimal), as fractions with bootstrap "
+            "intervals over prompts."
+        ),
+        epilog="example: preftune win-rate --outputs tuned.jsonl --baseline base.jsonl --judge longer "
+        "--out report.json",
+    )
+    parser.add_argument("--outputs", type=Path, required=True, help="the model's rows: prompt, completion(s)")
+    parser.add_argument("--baseline", type=Path, required=True, help="the baseline's rows: prompt, completion(s)")
+    parser.add_argument("--judge", required=True, help="pairwise judge (longer, api:..., local:MODEL, ...)")
+    parser.add_argument("--store", type=Path, help="verdict store (SQLite), so a rerun asks no call twice")
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="win-rate bootstrap resamples (default: 2000)")
+    parser.add_argument("--lc-bootstrap", type=int, default=200,
+                        help="length-controlled bootstrap resamples, each a refit (default: 200)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.set_defaults(run=run_win_rate)
+
+
+def _prompt_text(prompt: Any) -> str:
+    """A prompt as the judge reads it: a string as is, messages as ``role: content`` blocks."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def _valid_prompt(prompt: Any) -> bool:
+    if isinstance(prompt, str):
+        return bool(prompt.strip())
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in prompt)
+    )  # fmt: skip
+
+
+def read_completions(path: Path, flag: str) -> dict[str, tuple[Any, str]]:
+    """``{prompt key: (prompt, completion)}`` from a JSON Lines file; a bad row is one error naming its line."""
+    if not path.is_file():
+        raise PreftuneError(f"{flag} {path}: no such file")
+    rows: dict[str, tuple[Any, str]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{flag} {path} line {number}"
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise PreftuneError(f"{where}: not JSON ({err})") from None
+            if not isinstance(row, dict) or not _valid_prompt(row.get("prompt")):
+                raise PreftuneError(f"{where}: needs a 'prompt' (a non-empty string or a list of messages)")
+            completion = row.get("completion")
+            if completion is None and isinstance(row.get("completions"), list) and row["completions"]:
+                completion = row["completions"][0]
+            if not isinstance(completion, str):
+                raise PreftuneError(f"{where}: needs a 'completion' string (or a non-empty 'completions' list of them)")
+            key = json.dumps(row["prompt"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            if key in rows:
+                raise PreftuneError(f"{where}: this prompt already appeared earlier in the file")
+            rows[key] = (row["prompt"], completion)
+    if not rows:
+        raise PreftuneError(f"{flag} {path}: no rows")
+    return rows
+
+
+def run_win_rate(args: argparse.Namespace) -> int:
+    for flag, value in (("--bootstrap", args.bootstrap), ("--lc-bootstrap", args.lc_bootstrap)):
+        if value < 0:
+            raise PreftuneError(f"{flag} must be at least 0, not {value}")
+    if args.out is not None and args.out.is_dir():
+        raise PreftuneError(f"--out {args.out} is a folder")
+    outputs = read_completions(args.outputs, "--outputs")
+    baseline = read_completions(args.baseline, "--baseline")
+    missing = [key for key in outputs if key not in baseline]
+    if missing:
+        raise PreftuneError(f"{len(missing)} of {len(outputs)} prompts of --outputs {args.outputs} are not in "
+                            f"--baseline {args.baseline}, e.g. {missing[0][:80]}")  # fmt: skip
+
+    from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
+    from preftune.files import write_json_atomic
+    from preftune.judging.specs import make_judge
+    from preftune.judging.store import VerdictStore
+
+    judge = make_judge(args.judge)
+    keys = list(outputs)
+    prompts = [_prompt_text(outputs[k][0]) for k in keys]
+    model_texts, base_texts = [outputs[k][1] for k in keys], [baseline[k][1] for k in keys]
+    store = VerdictStore(args.store) if args.store is not None else None
+    try:
+        scores = win_scores(judge, prompts, model_texts, base_texts, store=store)
+    finally:
+        if store is not None:
+            store.close()
+    lengths, base_lengths = [len(t) for t in model_texts], [len(t) for t in base_texts]
+    raw = win_rate(scores, lengths, base_lengths, bootstrap=args.bootstrap, seed=args.seed)
+    lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=args.lc_bootstrap, seed=args.seed)
+    print(_summary(raw, lc))
+    if args.out is not None:
+        report = {"judge": judge.identity(), "outputs": str(args.outputs), "baseline": str(args.baseline),
+                  "seed": args.seed, "win_rate": _clean(vars(raw)), "length_controlled": _clean(vars(lc))}  # fmt: skip
+        write_json_atomic(args.out, report)
+    return 0
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    """NaN as null, so the report is strict JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+def _summary(raw: Any, lc: Any) -> str:
+    return "\n".join([
+        f"win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (ties count half)",
+        f"LC win rate  {lc.win_rate:.3f} [{lc.ci_low:.3f}, {lc.ci_high:.3f}]  (AlpacaEval 2, minimal GLM)",
+        f"n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
+        f"mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
+    ])  # fmt: skip

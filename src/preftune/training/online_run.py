@@ -1,0 +1,115 @@
+"""``preftune train`` with ``online.rounds`` > 0: one stage of P3's unified loop (METHODS.md §4).
+
+The prompts are data.train's (each distinct prompt once, those with room for ``max_new_tokens``);
+data.train's pairs are also what ``online.mix`` blends in, and the held-out pairs are scored before
+the first round and after each. Each round's statistics go to the console, the trackers
+(``online/*``) and ``rounds.jsonl`` in the stage folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from rich.console import Console
+
+from preftune.data.collate import Batcher
+from preftune.errors import PreftuneError
+from preftune.files import write_atomic
+from preftune.generation.prompts import encode_prompt
+from preftune.generation.sampling import SamplingConfig
+from preftune.modeling import apply_lora
+from preftune.objectives import build
+from preftune.training.config import RunConfig, StageConfig
+from preftune.training.hooks import Callbacks, Checkpoints, HeldOutEvaluation, Logging, Progress, StopOnNonFinite
+from preftune.training.loop import Trainer
+from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats
+from preftune.training.outputs import finish_stage
+from preftune.training.references import make_reference
+
+ROUNDS_FILE = "rounds.jsonl"
+
+
+def online_settings(config: RunConfig) -> OnlineSettings:
+    o = config.online
+    return OnlineSettings(
+        rounds=o.rounds, prompts_per_round=o.prompts_per_round, samples_per_prompt=o.samples_per_prompt,
+        passes=o.passes, batch_size=config.optim.batch_size, pairing=o.pairing, reward_gap=o.reward_gap,
+        mix=o.mix, missing_eos_penalty=o.missing_eos_penalty, seed=config.optim.seed,
+    )  # fmt: skip
+
+
+def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tuple[list[Any], list[list[int]]]:
+    """Each distinct prompt of ``examples`` once, with its ids, if it leaves ``room`` tokens for the response."""
+    prompts, ids, seen = [], [], set()
+    for example in examples:
+        key = json.dumps(example.prompt, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            continue
+        seen.add(key)
+        encoded = encode_prompt(tokenizer, example.prompt)
+        if len(encoded) <= room:
+            prompts.append(example.prompt)
+            ids.append(encoded)
+    if not prompts:
+        raise PreftuneError(f"no prompt of data.train fits data.max_length less online.max_new_tokens ({room} tokens)")
+    return prompts, ids
+
+
+def run_online_stage(
+    config: RunConfig, stage: StageConfig, stage_dir: Path, model: Any, tokenizer: Any, train_examples: Sequence[Any],
+    inputs: Any, batcher: Batcher, accelerator: Accelerator, console: Console, callbacks: Sequence[Any],
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record."""
+    from preftune.judging.labellers import make_labeller
+
+    if config.resume:
+        raise PreftuneError("resuming an on-policy run is not supported yet: start it again without --resume")
+    say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
+    o, settings = config.online, online_settings(config)
+    labeller = make_labeller(o.labeller)
+    if config.lora.enabled:
+        lora = config.lora
+        model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                           target_modules=lora.target_modules, last_layers=lora.last_layers)  # fmt: skip
+    objective = build(stage.objective)
+    kind = stage.reference if stage.reference in ("adapter", "copy") else ("adapter" if config.lora.enabled else "copy")
+    train_ref, eval_ref = make_reference(kind, objective, model, config, [], inputs.held_out, batcher, accelerator)
+    total = OnlineLoop.total_steps(settings, objective)
+    trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=config.optim,
+                      total_steps=total, reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
+    prompts, prompt_ids = round_prompts_of(train_examples, tokenizer, config.data.max_length - o.max_new_tokens)
+    sampling = SamplingConfig(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, max_new_tokens=o.max_new_tokens,
+                              batch_size=config.eval.batch_size)  # fmt: skip
+    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, labeller, settings, sampling, batcher, inputs.train)
+    say(f"stage '{stage.name}': {objective.describe()}; on-policy: {o.rounds} rounds of {o.prompts_per_round} "
+        f"prompts x {o.samples_per_prompt} samples (of {len(prompts)} prompts), labeller {labeller.identity()}",
+        highlight=False)  # fmt: skip
+    checkpoints = Checkpoints(stage_dir, config.save_every, config.keep_checkpoints, total)
+    hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console),
+             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
+             Callbacks(callbacks)]  # fmt: skip
+    began, rounds = time.perf_counter(), []
+    for r in range(settings.rounds):
+        stats = loop.run_round(r, hooks)
+        rounds.append(stats)
+        _log_round(stats, trainer, stage_dir, rounds, say)
+    result = loop.result
+    result.seconds = time.perf_counter() - began
+    record = finish_stage(stage, stage_dir, result, model, tokenizer, config, accelerator, base_dir=None,
+                          later_stage=False)  # fmt: skip
+    record["rounds"] = [s.to_dict() for s in rounds]
+    say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
+    return model, record
+
+
+def _log_round(stats: RoundStats, trainer: Trainer, stage_dir: Path, rounds: list[RoundStats], say: Any) -> None:
+    """The round on the console, in the trackers and in ``rounds.jsonl`` (rewritten atomically)."""
+    say(str(stats), highlight=False)
+    trainer.accelerator.log({f"online/{k}": v for k, v in stats.to_dict().items()}, step=trainer.global_step)
+    if trainer.accelerator.is_main_process:
+        write_atomic(stage_dir / ROUNDS_FILE, "".join(json.dumps(s.to_dict()) + "\n" for s in rounds))
