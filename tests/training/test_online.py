@@ -153,3 +153,32 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
     assert (out / "model" / "adapter_config.json").exists()
     assert main([*argv[:-2], f"output_dir={tmp_path / 'r2'}", "trackers=[]", "online.mix=0.5"]) == 2
     assert "needs a pairwise objective" in capsys.readouterr().err
+
+
+def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
+    """Stopped after step 3 (the middle of round 1, checkpoint every step) and resumed: the same
+    weights and per-step losses as the run that was never stopped."""
+    from tests.training.common import assert_same_tensors, model_weights, train
+
+    def overrides(out):
+        return ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
+                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
+                "online.samples_per_prompt=3", "online.max_new_tokens=8", "optim.batch_size=2",
+                "objective=reinforce", "save_every=1", f"output_dir={out}", "trackers=[]"]  # fmt: skip
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(done, stats):
+        if done == 3:
+            raise Stop
+
+    whole = train(overrides(tmp_path / "whole"))
+    with pytest.raises(Stop):
+        train(overrides(tmp_path / "cut"), callbacks=[stop_after_3])
+    again = train([*overrides(tmp_path / "cut"), "resume=true"])
+    assert whole["stages"][0]["steps"] == again["stages"][0]["steps"] == 4
+    assert_same_tensors(model_weights(tmp_path / "cut" / "model"), model_weights(tmp_path / "whole" / "model"))
+    losses = [[round(r["loss"], 5) for r in o["stages"][0]["rounds"]] for o in (whole, again)]
+    assert losses[0][0] == losses[1][0]  # round 0 read back from rounds.jsonl
+    assert [r["round"] for r in again["stages"][0]["rounds"]] == [0, 1]

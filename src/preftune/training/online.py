@@ -267,19 +267,48 @@ class OnlineLoop:
         return apply_missing_eos_penalty([list(map(float, row)) for row in rewards], finished,
                                          self.settings.missing_eos_penalty)  # fmt: skip
 
-    def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
-        """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
-        if not items:
-            return 0, math.nan
+    def buffer(self, items: list[TokenizedGroup], round_index: int) -> BufferSource:
+        """The round's source: T passes of M-item minibatches over ``items``, shared over the processes."""
         s, trainer = self.settings, self.trainer
         accelerator = trainer.accelerator
-        source = BufferSource(
+        return BufferSource(
             items, self.batcher, batch_size=s.batch_size, passes=s.passes, seed=s.seed, round=round_index,
             world_size=accelerator.num_processes, rank=accelerator.process_index,
             grad_accumulation=trainer.optim.grad_accumulation, group_size=responses_read(trainer.objective),
             device=accelerator.device,
         )  # fmt: skip
+
+    def resume_round(self, checkpoint: Any, hooks: Sequence[Hook] = ()) -> RoundStats:
+        """Finish the round a checkpoint was taken in, on the samples the checkpoint holds (a resumed
+        process cannot sample that round again); its statistics, from the items it trained on (no
+        generation or labelling time, no lengths)."""
+        import torch
+
+        from preftune.training.checkpoint import SOURCE_FILE
+
+        state = torch.load(checkpoint / SOURCE_FILE, weights_only=True)
+        round_index, items = BufferSource.saved_samples(state)
+        source = self.buffer(items, round_index)
+        self.result = self.trainer.restore(checkpoint, source)
+        t0, before = time.perf_counter(), self.trainer.global_step
+        seen = len(self.result.history)
+        self.result = self.trainer.fit(source, hooks=hooks, result=self.result)
+        losses = [h["loss"] for h in self.result.history[seen:] if "loss" in h]
+        flat = [r for g in items if g.rewards for r in g.rewards]
+        mean = sum(flat) / len(flat) if flat else math.nan
+        std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1)) if flat else math.nan
+        return RoundStats(
+            round_index, len(items), 0, mean, std, math.nan, math.nan, len(items), 0,
+            self.trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan,
+            0.0, 0.0, time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
+        """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
+        if not items:
+            return 0, math.nan
+        trainer = self.trainer
         before, seen = trainer.global_step, len(self.result.history) if self.result is not None else 0
-        self.result = trainer.fit(source, hooks=hooks, result=self.result)
+        self.result = trainer.fit(self.buffer(items, round_index), hooks=hooks, result=self.result)
         losses = [h["loss"] for h in self.result.history[seen:] if "loss" in h]
         return trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan

@@ -24,6 +24,7 @@ from preftune.generation.prompts import encode_prompt
 from preftune.generation.sampling import SamplingConfig
 from preftune.modeling import apply_lora
 from preftune.objectives import build
+from preftune.training.checkpoint import latest_checkpoint
 from preftune.training.config import RunConfig, StageConfig
 from preftune.training.hooks import Callbacks, Checkpoints, HeldOutEvaluation, Logging, Progress, StopOnNonFinite
 from preftune.training.loop import Trainer
@@ -67,8 +68,6 @@ def run_online_stage(
     """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record."""
     from preftune.judging.labellers import make_labeller
 
-    if config.resume:
-        raise PreftuneError("resuming an on-policy run is not supported yet: start it again without --resume")
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     o, settings = config.online, online_settings(config)
     labeller = make_labeller(o.labeller)
@@ -93,8 +92,17 @@ def run_online_stage(
     hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console),
              HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
              Callbacks(callbacks)]  # fmt: skip
-    began, rounds = time.perf_counter(), []
-    for r in range(settings.rounds):
+    began, rounds, start = time.perf_counter(), [], 0
+    saved = latest_checkpoint(stage_dir) if config.resume else None
+    if saved is not None:  # finish the round the checkpoint was taken in, on its samples
+        say(f"resuming from {saved}", highlight=False)
+        earlier = _read_rounds(stage_dir)
+        stats = loop.resume_round(saved, hooks)
+        done = [r for r in earlier if r.round == stats.round]
+        rounds = [r for r in earlier if r.round < stats.round] + (done if stats.steps == 0 and done else [stats])
+        _log_round(rounds[-1], trainer, stage_dir, rounds, say)
+        start = int(stats.round) + 1
+    for r in range(start, settings.rounds):
         stats = loop.run_round(r, hooks)
         rounds.append(stats)
         _log_round(stats, trainer, stage_dir, rounds, say)
@@ -105,6 +113,12 @@ def run_online_stage(
     record["rounds"] = [s.to_dict() for s in rounds]
     say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
+
+
+def _read_rounds(stage_dir: Path) -> list[RoundStats]:
+    path = stage_dir / ROUNDS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [RoundStats(**{k: int(v) if k == "round" else v for k, v in json.loads(line).items()}) for line in lines]
 
 
 def _log_round(stats: RoundStats, trainer: Trainer, stage_dir: Path, rounds: list[RoundStats], say: Any) -> None:

@@ -134,6 +134,11 @@ class BufferSource(PlannedSource):
         return BatchPlan(num_samples, k["batch_size"], k["seed"] * 100_003 + k["round"], k["world_size"],
                          k["grad_accumulation"])  # fmt: skip
 
+    @staticmethod
+    def saved_samples(state: dict[str, Any]) -> tuple[int, list[TokenizedGroup]]:
+        """The round and the samples of a buffer's saved state (``source.pt`` of a checkpoint)."""
+        return int(state["settings"]["round"]), [_group_from_state(s) for s in state["samples"]]
+
     def state_dict(self) -> dict[str, Any]:
         samples = [_group_state(g) for g in self.items]  # type: ignore[arg-type]
         return {**super().state_dict(), "settings": self.settings, "samples": samples}
