@@ -54,7 +54,7 @@ class RecordingBatcher(Batcher):
         return batch
 
 
-def make_loop(objective: str, settings: OnlineSettings, offline=()) -> tuple[OnlineLoop, RecordingBatcher]:
+def make_loop(objective: str, settings: OnlineSettings, offline=(), kl=False) -> tuple[OnlineLoop, RecordingBatcher]:
     AcceleratorState._reset_state()
     tokenizer = load_tokenizer(tiny_model_path())
     torch.manual_seed(0)
@@ -69,7 +69,9 @@ def make_loop(objective: str, settings: OnlineSettings, offline=()) -> tuple[Onl
     batcher = RecordingBatcher(tokenizer.pad_token_id)
     ids = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, batch_size=16)
-    return OnlineLoop(trainer, tokenizer, PROMPTS, ids, LengthLabeller(), settings, sampling, batcher, offline), batcher
+    loop = OnlineLoop(trainer, tokenizer, PROMPTS, ids, LengthLabeller(), settings, sampling, batcher, offline,
+                      kl_reference=AdapterDisabledReference(model) if kl else None)  # fmt: skip
+    return loop, batcher
 
 
 def test_round_prompts_walk_seeded_epochs_without_repeats():
@@ -111,14 +113,17 @@ def test_pairwise_rounds_train_on_best_vs_worst_and_mix_half_offline_pairs():
     examples, _ = load_preference_data(bundled_path("hh-harmless"))
     offline, _ = tokenize_examples(examples[:20], tokenizer, max_length=96, max_prompt_length=64)
     settings = OnlineSettings(rounds=2, prompts_per_round=4, samples_per_prompt=2, batch_size=4, mix=0.5)
-    loop, batcher = make_loop("dpo", settings, offline)
+    loop, batcher = make_loop("dpo", settings, offline, kl=True)
     history = loop.run()
     assert [h.round for h in history] == [0, 1]
     for stats in history:
         assert stats.offline_items == stats.items == offline_count(stats.items, 0.5)  # half of the round
         assert stats.steps == math.ceil(2 * stats.items / 4)
     assert loop.trainer.global_step == sum(h.steps for h in history)
-    offline_rewards = [r for r in torch.cat(batcher.rewards).tolist() if r == [1.0, 0.0]]
+    # round 0 samples the untrained policy: LoRA's B is zero, so it is its reference, KL 0; round 1 not
+    assert history[0].kl == pytest.approx(0.0, abs=1e-5) and abs(history[1].kl) > 1e-6
+    trained = [r for r in batcher.rewards if r.shape[1] == 2]  # the KL passes batch C = 2 samples too
+    offline_rewards = [r for r in torch.cat(trained).tolist() if r == [1.0, 0.0]]
     assert len(offline_rewards) >= sum(h.offline_items for h in history)
 
 

@@ -37,8 +37,11 @@ def register(commands: argparse._SubParsersAction) -> None:
             "preference accuracy (ties half), likelihood accuracy, mean margin, chosen drift, chosen "
             "perplexity, each with its standard error. The data are read as 'preftune train' reads them: "
             "data.* settings (data.columns.chosen=..., data.labels.column=..., data.format=...) follow as "
-            "key=value. --run DIR scores a run's last model on that run's own held-out pairs."
+            "key=value. --run DIR scores a run's last model on that run's own held-out pairs. --generate "
+            "instead answers --prompts greedily and reports the win rate against --baseline by --judge."
         ),
+        epilog="example: preftune evaluate --generate --model out/run/model --prompts bundled:hh-harmless "
+        "--limit 24 --baseline model:smollm2-135m-instruct --judge longer --out out/run/winrate",
     )
     evaluate.add_argument("overrides", nargs="*", metavar="data.key=value", help="data settings, as for train")
     evaluate.add_argument(
@@ -51,7 +54,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     evaluate.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass (default 16)")
     evaluate.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
-    evaluate.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="write the metrics as JSON here (--generate: a folder)"
+    )
+    generate = evaluate.add_argument_group("generative evaluation (--generate)")
+    generate.add_argument("--generate", action="store_true", help="win rate of the model's greedy answers")
+    generate.add_argument("--prompts", default=None, help="prompts: a file, folder or bundled:NAME (as generate reads)")
+    generate.add_argument(
+        "--judge", action="append", default=[], help="pairwise judge (repeatable): longer, local:M, ..."
+    )
+    generate.add_argument(
+        "--baseline", default="chosen", help="chosen | model:NAME_OR_PATH | file:PATH (default: chosen)"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: 128)")
     evaluate.set_defaults(run=run_evaluate)
 
 
@@ -94,6 +109,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from preftune.errors import PreftuneError
 
+    if args.generate:
+        return run_generative_evaluate(args)
+    given = [flag for flag, on in (("--prompts", args.prompts), ("--judge", args.judge),
+                                   ("--max-new-tokens", args.max_new_tokens is not None)) if on]  # fmt: skip
+    if given:
+        raise PreftuneError(f"{given[0]} belongs to generative evaluation: add --generate")
     if args.run_dir is not None:
         given = [name for name in ("model", "reference", "data", "max_length", "limit") if getattr(args, name)]
         if given or args.overrides:
@@ -124,4 +145,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         batch_size=args.batch_size or 16,
     )
+    return 0
+
+
+def run_generative_evaluate(args: argparse.Namespace) -> int:
+    from preftune.errors import PreftuneError
+
+    flags = (("--run", args.run_dir), ("--data", args.data), ("--reference", args.reference),
+             ("--max-length", args.max_length), ("data settings", args.overrides))  # fmt: skip
+    given = [flag for flag, on in flags if on]
+    if given:
+        raise PreftuneError(f"--generate reads --model, --prompts, --baseline and --judge: drop {given[0]}")
+    if args.model is None or args.prompts is None:
+        raise PreftuneError("--generate needs --model and --prompts")
+    from preftune.evaluation.generate_eval import evaluate_generation
+
+    quiet_libraries()
+    evaluate_generation(args.model, args.prompts, args.judge, args.baseline, limit=args.limit,
+                        max_new_tokens=args.max_new_tokens or 128, batch_size=args.batch_size or 16,
+                        out=args.out)  # fmt: skip
     return 0

@@ -121,6 +121,7 @@ class RoundStats:
     generate_s: float
     label_s: float
     train_s: float
+    kl: float = math.nan  # mean log π(y|x) − log π_ref(y|x) over the round's samples, before training on them
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -128,7 +129,8 @@ class RoundStats:
     def __str__(self) -> str:
         return (f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}, length "
                 f"{self.mean_length:.1f} tokens, finished {self.finished:.2f}, {self.items} items "
-                f"({self.offline_items} offline), {self.steps} steps, loss {self.loss:.4f}; time generate "
+                f"({self.offline_items} offline), KL {self.kl:.4f}, {self.steps} steps, loss {self.loss:.4f}; "
+                f"time generate "
                 f"{self.generate_s:.1f} s / label {self.label_s:.1f} s / train {self.train_s:.1f} s")  # fmt: skip
 
 
@@ -206,12 +208,14 @@ class OnlineLoop:
         sampling: how to sample (``n`` is set to ``samples_per_prompt``; the seed per round).
         batcher: builds batches from the round's items.
         offline: pairs to mix in (``settings.mix``).
+        kl_reference: scores the round's samples (``records(batch) -> [B, C]``) for the logged KL to
+            the reference; None logs no KL.
     """
 
     def __init__(
         self, trainer: Trainer, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
         labeller: Any, settings: OnlineSettings, sampling: SamplingConfig, batcher: Batcher,
-        offline: Sequence[TokenizedPair] = (),
+        offline: Sequence[TokenizedPair] = (), kl_reference: Any = None,
     ) -> None:  # fmt: skip
         if len(prompts) != len(prompt_ids) or not prompts:
             raise PreftuneError(f"{len(prompts)} prompts but {len(prompt_ids)} tokenised prompts")
@@ -221,7 +225,7 @@ class OnlineLoop:
         self.trainer, self.tokenizer, self.labeller = trainer, tokenizer, labeller
         self.prompts, self.prompt_ids, self.settings = list(prompts), [list(p) for p in prompt_ids], settings
         self.sampling = replace(sampling, n=settings.samples_per_prompt)
-        self.batcher, self.offline = batcher, list(offline)
+        self.batcher, self.offline, self.kl_reference = batcher, list(offline), kl_reference
         self.result: TrainResult | None = None  # the run's history and evaluations, over all rounds
 
     @staticmethod
@@ -243,6 +247,7 @@ class OnlineLoop:
         rewards = self._rewards(chosen, samples)
         t2 = time.perf_counter()
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
+        kl = self.kl_to_reference(groups)
         items = groups if self.group_objective else pairs_from_groups(groups, s.pairing, s.reward_gap)
         extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))
         steps, loss = self._train(items + extra, round_index, hooks)
@@ -253,8 +258,25 @@ class OnlineLoop:
             round_index, len(chosen), len(samples), mean, std,
             sum(len(x.response_ids) for x in samples) / max(len(samples), 1),
             sum(bool(x.finished) for x in samples) / max(len(samples), 1),
-            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2,
+            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2, kl,
         )  # fmt: skip
+
+    def kl_to_reference(self, groups: Sequence[TokenizedGroup]) -> float:
+        """Mean log π(y|x) − log π_ref(y|x) over the groups' responses (y drawn from π: a Monte Carlo
+        estimate of KL(π ‖ π_ref) per response); NaN without a reference. Groups of C responses only."""
+        full = [g for g in groups if g.num_responses == self.settings.samples_per_prompt]
+        if self.kl_reference is None or not full:
+            return math.nan
+        import torch
+
+        trainer, total, count = self.trainer, 0.0, 0
+        with torch.no_grad(), trainer.eval_mode(), trainer.accelerator.autocast():
+            for start in range(0, len(full), self.settings.batch_size):
+                indices = list(range(start, min(start + self.settings.batch_size, len(full))))
+                batch = self.batcher([full[i] for i in indices], indices).to(trainer.accelerator.device)
+                gap = trainer.policy(batch).sum.float() - self.kl_reference.records(batch).sum.float()
+                total, count = total + float(gap.sum()), count + gap.numel()
+        return total / count
 
     def _rewards(self, chosen: list[int], samples: Sequence[Sample]) -> list[list[float]]:
         """The labeller's rewards per prompt (sampling order), less the missing-EOS penalty."""

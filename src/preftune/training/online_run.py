@@ -22,7 +22,7 @@ from preftune.errors import PreftuneError
 from preftune.files import write_atomic
 from preftune.generation.prompts import encode_prompt
 from preftune.generation.sampling import SamplingConfig
-from preftune.modeling import apply_lora
+from preftune.modeling import AdapterDisabledReference, apply_lora
 from preftune.objectives import build
 from preftune.training.checkpoint import latest_checkpoint
 from preftune.training.config import RunConfig, StageConfig
@@ -84,7 +84,11 @@ def run_online_stage(
     prompts, prompt_ids = round_prompts_of(train_examples, tokenizer, config.data.max_length - o.max_new_tokens)
     sampling = SamplingConfig(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, max_new_tokens=o.max_new_tokens,
                               batch_size=config.eval.batch_size)  # fmt: skip
-    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, labeller, settings, sampling, batcher, inputs.train)
+    # the KL logged per round: against the training reference, else the adapters switched off
+    kl_reference = train_ref or (AdapterDisabledReference(model, chunk_size=config.logit_chunk)
+                                 if config.lora.enabled else None)  # fmt: skip
+    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, labeller, settings, sampling, batcher, inputs.train,
+                      kl_reference)  # fmt: skip
     say(f"stage '{stage.name}': {objective.describe()}; on-policy: {o.rounds} rounds of {o.prompts_per_round} "
         f"prompts x {o.samples_per_prompt} samples (of {len(prompts)} prompts), labeller {labeller.identity()}",
         highlight=False)  # fmt: skip

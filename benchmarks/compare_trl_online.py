@@ -1,0 +1,413 @@
+"""preftune's on-policy loop (``OnlineLoop``) against TRL's ``OnlineDPOTrainer`` and ``RLOOTrainer`` (issue 11).
+
+Two workloads, each run by three sides in fresh subprocesses (``--child``), so each peak resident set is its own:
+
+- ``dpo-c2``: preftune ``OnlineLoop`` with on-policy ``dpo(beta=0.1)``, C = 2 samples per prompt, best vs worst,
+  against TRL ``OnlineDPOTrainer`` (which samples exactly 2 per prompt, sigmoid loss, beta = 0.1). Both use the
+  policy with its LoRA adapter disabled as the reference.
+- ``reinforce-c4``: preftune ``reinforce`` (leave-one-out baseline, no KL), C = 4, against TRL ``RLOOTrainer`` with
+  ``num_generations=4`` and ``beta=0`` (no KL term, so no reference forward, like preftune's ``reinforce``).
+- ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
+  KV cache on, the same sampling settings): the generation speed both libraries are measured against.
+
+Shared settings: the embedded SmolLM2-135M-Instruct (``ensure_embedded_model``: one local folder for both sides),
+LoRA (``workloads.LORA_*``), fp32, the first ``rounds * prompts`` distinct conversational prompts of the bundled
+HH-RLHF harmless subset whose chat-templated prompt has at most ``--max-prompt-tokens`` tokens, temperature 1,
+top-p 1, top-k 0, ``--max-new-tokens``, learning rate 5e-6, gradient clipping at 1, no gradient checkpointing, one
+optimiser step per round (preftune: ``batch_size = prompts``; TRL: ``per_device_train_batch_size = prompts`` for
+online DPO, ``prompts * 4`` completions with one generation per step for RLOO), ``rounds`` steps, seed fixed.
+All rows of a round are generated in one ``generate`` call on every side. The reward is the response's length in
+characters (preftune: ``make_labeller("length")``; TRL: a reward function returning ``len(text.strip())``).
+
+What is timed: ``wall_s`` is the on-policy training itself (preftune: ``loop.run()``; TRL: from the first step's
+``on_step_begin`` to the last step's ``on_step_end``), not imports nor model loading (``setup_s``). ``samples/s`` is
+the sampled responses over ``wall_s``. ``gen share`` is generation time over ``wall_s`` (preftune: ``RoundStats``'
+``generate_s``; TRL: a timer wrapped around the trainer's ``_generate``, which also tokenises the prompts and, for
+RLOO, decodes the completions). ``gen tok/s`` is generated tokens (response tokens up to and including EOS) over
+generation time. ``peak RSS`` is the child's ``ru_maxrss``.
+
+Run::
+
+    .venv/bin/python benchmarks/compare_trl_online.py --rounds 2 --prompts 8 --max-new-tokens 64 --repeats 1
+
+Results: a Markdown table on stdout and JSON at ``--out`` (default ``out/bench/compare_trl_online.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from compare_trl import CHILD_ENV_DEFAULTS, MALLOC_ENV, RESULT_PREFIX  # noqa: E402
+from workloads import DATA, LEARNING_RATE, LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES  # noqa: E402
+
+BETA = 0.1
+# workload -> (samples per prompt, preftune objective, TRL trainer)
+WORKLOADS = {
+    "dpo-c2": (2, f"dpo(beta={BETA})", "OnlineDPOTrainer"),
+    "reinforce-c4": (4, "reinforce", "RLOOTrainer"),
+}
+SIDES = ("preftune", "trl", "generate")
+MB = 1024 * 1024
+
+
+def benchmark_prompts(tokenizer: Any, count: int, max_prompt_tokens: int) -> list[list[dict[str, str]]]:
+    """The first ``count`` distinct conversational prompts of the bundled subset that fit ``max_prompt_tokens``."""
+    from workloads import prompt_tokens
+
+    from preftune.data import bundled_path, load_preference_data
+
+    examples, _ = load_preference_data(bundled_path(DATA))
+    out, seen = [], set()
+    for example in examples:
+        if not example.is_conversational:
+            continue
+        key = json.dumps(example.prompt, sort_keys=True)
+        if key in seen or prompt_tokens(tokenizer, example.prompt) > max_prompt_tokens:
+            continue
+        seen.add(key)
+        out.append([dict(m) for m in example.prompt])
+        if len(out) == count:
+            return out
+    raise SystemExit(f"only {len(out)} distinct prompts of at most {max_prompt_tokens} tokens")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+
+
+def _length_reward(completions: list[Any], **_: Any) -> list[float]:
+    """TRL reward function: the response's length in characters (preftune's ``length`` labeller strips too)."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(len(t.strip())) for t in texts]
+
+
+# --------------------------------------------------------------------------------------------------- children
+def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    from preftune.data import Batcher
+    from preftune.generation.prompts import encode_prompt
+    from preftune.generation.sampling import SamplingConfig
+    from preftune.judging.labellers import make_labeller
+    from preftune.modeling import AdapterDisabledReference, apply_lora, load_model, load_tokenizer
+    from preftune.modeling.attention import attention_length
+    from preftune.modeling.embedded import ensure_embedded_model
+    from preftune.objectives import build
+    from preftune.training.config import OptimConfig
+    from preftune.training.loop import Trainer
+    from preftune.training.online import OnlineLoop, OnlineSettings
+
+    t0 = time.perf_counter()
+    path = ensure_embedded_model()
+    tokenizer = load_tokenizer(path)
+    prompts = benchmark_prompts(tokenizer, args.rounds * args.prompts, args.max_prompt_tokens)
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision="no")
+    set_seed(args.seed)
+    model = load_model(path, dtype="float32", device=accelerator.device)
+    model.config.use_cache = False
+    model = apply_lora(model, rank=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=LORA_TARGET_MODULES)
+    objective = build(objective_spec)
+    reference = AdapterDisabledReference(model) if objective.needs_reference else None
+    settings = OnlineSettings(
+        rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=c, batch_size=args.prompts, seed=args.seed
+    )
+    optim = OptimConfig(
+        lr=LEARNING_RATE,
+        batch_size=args.prompts,
+        epochs=1.0,
+        warmup_ratio=0.0,
+        schedule="linear",
+        max_grad_norm=1.0,
+        seed=args.seed,
+        mixed_precision="no",
+    )
+    trainer = Trainer(
+        accelerator=accelerator,
+        model=model,
+        objective=objective,
+        optim=optim,
+        total_steps=OnlineLoop.total_steps(settings, objective),
+        reference=reference,
+    )
+    sampling = SamplingConfig(
+        temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * c
+    )
+    batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
+    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher)
+    t1 = time.perf_counter()
+    rounds = loop.run()
+    wall = time.perf_counter() - t1
+    samples = sum(r.samples for r in rounds)
+    gen_tokens = sum(r.mean_length * r.samples for r in rounds)
+    gen_s = sum(r.generate_s for r in rounds)
+    return {
+        "wall_s": wall,
+        "setup_s": t1 - t0,
+        "samples": samples,
+        "steps": sum(r.steps for r in rounds),
+        "gen_s": gen_s,
+        "label_s": sum(r.label_s for r in rounds),
+        "train_s": sum(r.train_s for r in rounds),
+        "gen_tokens": gen_tokens,
+        "reward_mean": [r.reward_mean for r in rounds],
+        "rounds": [r.to_dict() for r in rounds],
+    }
+
+
+class _GenTimer:
+    """Wraps a trainer's ``_generate``: wall time and generated tokens (completion mask / ids) per call."""
+
+    def __init__(self, fn: Any, kind: str) -> None:
+        self.fn, self.kind, self.seconds, self.tokens, self.calls = fn, kind, 0.0, 0, 0
+
+    def __call__(self, *a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        out = self.fn(*a, **k)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        if self.kind == "online_dpo":  # (prompt_ids, prompt_mask, completion_ids, completion_mask, ...)
+            self.tokens += int(out[3].sum())
+        else:  # rloo: (prompt_ids, completion_ids, completions), completion_ids a list of lists
+            self.tokens += sum(len(ids) for ids in out[1])
+        return out
+
+
+def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, Any]:
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from preftune.modeling.embedded import ensure_embedded_model
+
+    t0 = time.perf_counter()
+    path = str(ensure_embedded_model())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = benchmark_prompts(tokenizer, args.rounds * args.prompts, args.max_prompt_tokens)
+    dataset = Dataset.from_list([{"prompt": p} for p in prompts])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    peft_config = LoraConfig(
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=LORA_TARGET_MODULES,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    ends: list[float] = []
+    begins: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            begins.append(time.perf_counter())
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            ends.append(time.perf_counter())
+
+    tmp = tempfile.mkdtemp(prefix="trl-online-")
+    common = dict(
+        output_dir=tmp, max_steps=args.rounds, learning_rate=LEARNING_RATE, lr_scheduler_type="linear",
+        warmup_steps=0, max_grad_norm=1.0, gradient_accumulation_steps=1, gradient_checkpointing=False,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+        seed=args.seed, data_seed=args.seed, dataloader_num_workers=0, temperature=1.0, top_p=1.0, top_k=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    if trainer_name == "OnlineDPOTrainer":
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+        config = OnlineDPOConfig(
+            **common, per_device_train_batch_size=args.prompts, max_new_tokens=args.max_new_tokens,
+            max_length=args.max_prompt_tokens + args.max_new_tokens, beta=BETA, loss_type="sigmoid",
+        )  # fmt: skip
+        trainer = OnlineDPOTrainer(
+            model=model, reward_funcs=_length_reward, args=config, train_dataset=dataset,
+            processing_class=tokenizer, reward_processing_classes=[tokenizer], peft_config=peft_config,
+            callbacks=[Timer()],
+        )  # fmt: skip
+        kind = "online_dpo"
+    else:
+        from trl import RLOOConfig, RLOOTrainer
+
+        config = RLOOConfig(
+            **common, per_device_train_batch_size=args.prompts * c, num_generations=c,
+            steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens, beta=0.0,
+            shuffle_dataset=False,
+        )  # fmt: skip
+        trainer = RLOOTrainer(
+            model=model, reward_funcs=_length_reward, args=config, train_dataset=dataset,
+            processing_class=tokenizer, peft_config=peft_config, callbacks=[Timer()],
+        )  # fmt: skip
+        kind = "rloo"
+    timer = _GenTimer(trainer._generate, kind)
+    trainer._generate = timer
+    t1 = time.perf_counter()
+    trainer.train()
+    t2 = time.perf_counter()
+    if len(ends) != args.rounds:
+        raise RuntimeError(f"expected {args.rounds} steps, timed {len(ends)}")
+    wall = ends[-1] - begins[0]
+    samples = args.rounds * args.prompts * c
+    rewards = [h.get("reward", h.get("rewards/_length_reward/mean")) for h in trainer.state.log_history]
+    return {
+        "wall_s": wall,
+        "train_call_s": t2 - t1,
+        "setup_s": t1 - t0,
+        "samples": samples,
+        "steps": len(ends),
+        "gen_s": timer.seconds,
+        "gen_calls": timer.calls,
+        "gen_tokens": timer.tokens,
+        "reward_mean": [r for r in rewards if r is not None],
+    }
+
+
+def child_generate(args: argparse.Namespace, c: int) -> dict[str, Any]:
+    """A plain ``model.generate`` loop: per round, the round's prompts x c rows, left-padded, one call."""
+    import torch
+
+    from preftune.generation.prompts import encode_prompt
+    from preftune.modeling import apply_lora, load_model, load_tokenizer
+    from preftune.modeling.embedded import ensure_embedded_model
+
+    t0 = time.perf_counter()
+    path = ensure_embedded_model()
+    tokenizer = load_tokenizer(path)
+    prompts = benchmark_prompts(tokenizer, args.rounds * args.prompts, args.max_prompt_tokens)
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    torch.manual_seed(args.seed)
+    model = load_model(path, dtype="float32")
+    model = apply_lora(model, rank=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=LORA_TARGET_MODULES)
+    model.eval()
+    eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pad = tokenizer.pad_token_id
+    t1 = time.perf_counter()
+    gen_tokens = 0
+    for r in range(args.rounds):
+        rows = [p for p in ids[r * args.prompts : (r + 1) * args.prompts] for _ in range(c)]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
+            )  # fmt: skip
+        for row in out[:, width:].tolist():
+            n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            gen_tokens += n
+    wall = time.perf_counter() - t1
+    samples = args.rounds * args.prompts * c
+    return {"wall_s": wall, "setup_s": t1 - t0, "samples": samples, "gen_s": wall, "gen_tokens": gen_tokens}
+
+
+def run_child(args: argparse.Namespace) -> None:
+    import torch
+
+    c, objective, trainer_name = WORKLOADS[args.workload]
+    if args.child == "preftune":
+        out = child_preftune(args, c, objective)
+    elif args.child == "trl":
+        out = child_trl(args, c, trainer_name)
+    else:
+        out = child_generate(args, c)
+    out.update(side=args.child, workload=args.workload, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
+    print(RESULT_PREFIX + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- parent
+def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", side, "--workload", workload, "--rounds", str(args.rounds),
+           "--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
+           "--max-prompt-tokens", str(args.max_prompt_tokens), "--seed", str(args.seed)]  # fmt: skip
+    env = {**os.environ, **CHILD_ENV_DEFAULTS, **MALLOC_ENV}
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    took = time.perf_counter() - began
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            res = json.loads(line[len(RESULT_PREFIX) :])
+            res["process_s"] = took
+            return res
+    tail = "\n".join(proc.stderr.splitlines()[-25:])
+    return {"side": side, "workload": workload, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workload | side | repeat | wall s | samples/s | ratio to TRL | peak RSS MB | ratio | gen share | gen tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(r["workload"], r["side"], r["repeat"]): r for r in results}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['workload']} | {r['side']} | {r['repeat']} | error: {r['error'][-200:]!r} |")
+            continue
+        trl = by.get((r["workload"], "trl", r["repeat"]), {})
+        sps = r["samples"] / r["wall_s"]
+        trl_sps = trl["samples"] / trl["wall_s"] if "wall_s" in trl else None
+        ratio = _fmt(sps / trl_sps, ".2f") if trl_sps and r["side"] != "trl" else ("1.00" if trl_sps else "n/a")
+        mem_ratio = _fmt(r["peak_rss_mb"] / trl["peak_rss_mb"], ".2f") if "peak_rss_mb" in trl else "n/a"
+        share = r["gen_s"] / r["wall_s"] if r.get("gen_s") is not None else None
+        tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") else None
+        name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(r["side"], "preftune")
+        lines.append(
+            f"| {r['workload']} | {name} | {r['repeat']} | {r['wall_s']:.1f} | {sps:.2f} | {ratio} | "
+            f"{r['peak_rss_mb']:.0f} | {mem_ratio} | {_fmt(share, '.0%') if r['side'] != 'generate' else '(all)'} | "
+            f"{_fmt(tok)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=2, help="rounds = optimiser steps on every side")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per round")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-tokens", type=int, default=192, help="only prompts at most this long")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--sides", default=",".join(SIDES))
+    p.add_argument("--out", type=Path, default=Path("out/bench/compare_trl_online.json"))
+    p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--workload", choices=list(WORKLOADS), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        run_child(args)
+        return
+    results: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for workload in args.workloads.split(","):
+            for side in args.sides.split(","):
+                res = spawn(args, side, workload)
+                res["repeat"] = repeat
+                results.append(res)
+                print(f"# {workload} {side} repeat {repeat}: " + json.dumps(res)[:400], file=sys.stderr, flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                meta = {"argv": sys.argv, "machine": platform.processor() or platform.machine()}
+                args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

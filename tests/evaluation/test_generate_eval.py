@@ -1,0 +1,101 @@
+"""``preftune evaluate --generate``: greedy answers against a baseline's, judged, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import preftune.modeling
+from preftune.cli.main import main
+
+ARGS = ["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--limit", "4",
+        "--max-new-tokens", "8", "--judge", "longer"]  # fmt: skip
+
+
+def test_against_the_chosen_responses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    assert main([*ARGS, "--baseline", "chosen", "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "win rate" in shown and "LC win rate" in shown and "significant" in shown
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_prompts"] == 4 and report["baseline"] == "chosen"
+    (judged,) = report["judges"]
+    rate = judged["win_rate"]
+    assert rate["n"] + rate["failed"] == 4 and 0 <= rate["win_rate"] <= 1
+    assert rate["wins"] + rate["ties"] + rate["losses"] == rate["n"]
+    for key in ("ci_low", "ci_high", "mean_length", "baseline_mean_length"):
+        assert key in rate
+    assert {"win_rate", "ci_low", "ci_high", "coef_length"} <= set(judged["length_controlled"])
+    assert "0.5" in judged["significance"]
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    base = [json.loads(line) for line in (out / "baseline.jsonl").read_text().splitlines()]
+    assert len(rows) == len(base) == 4 and all("completion" in r and "longer" in r["scores"] for r in rows)
+    assert not [p for p in out.iterdir() if p.name not in ("report.json", "outputs.jsonl", "baseline.jsonl")]
+
+
+def test_the_model_against_itself_ties_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "self"
+    assert main([*ARGS, "--baseline", "model:tiny-random", "--judge", "shorter", "--out", str(out)]) == 0
+    assert "not significantly different from 0.5" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    outputs = [json.loads(line)["completion"] for line in (out / "outputs.jsonl").read_text().splitlines()]
+    baseline = [json.loads(line)["completion"] for line in (out / "baseline.jsonl").read_text().splitlines()]
+    assert outputs == baseline  # greedy decoding: the same model answers alike
+    for judged in report["judges"]:  # longer and shorter
+        rate = judged["win_rate"]
+        assert rate["win_rate"] == 0.5 and rate["ties"] == rate["n"] == 4 and rate["failed"] == 0
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(preftune.modeling, "load_model", refuse)
+    monkeypatch.setattr(preftune.modeling, "load_tokenizer", refuse)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"--judge": None}, "--judge"),
+        ({"--judge": "oracle"}, "unknown or incomplete judge"),
+        ({"--judge": "local:"}, "unknown or incomplete judge"),
+        ({"--baseline": "best"}, "--baseline must be"),
+        ({"--baseline": "file:missing.jsonl"}, "no such file"),
+        ({"--baseline": "model:./no/such/model"}, "no such model folder"),
+        ({"--prompts": "missing.jsonl"}, "missing.jsonl"),
+        ({"--limit": "0"}, "--limit must be at least 1"),
+        ({"--max-new-tokens": "0"}, "--max-new-tokens must be at least 1"),
+        ({"--model": "./no/such/model"}, "no such model folder"),
+        ({"--data": "bundled:hh-harmless"}, "drop --data"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_model(
+    tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str], change: dict, says: str
+) -> None:
+    options = {"--model": "tiny-random", "--prompts": "bundled:hh-harmless", "--limit": "4", "--max-new-tokens": "8",
+               "--judge": "longer", "--baseline": "chosen", "--out": str(tmp_path / "out")}  # fmt: skip
+    options.update(change)
+    args = ["evaluate", "--generate", *[x for k, v in options.items() if v is not None for x in (k, v)]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and says in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_chosen_needs_preference_data(tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n{"prompt": "Count to three."}\n')
+    assert (
+        main(["evaluate", "--generate", "--model", "tiny-random", "--prompts", str(prompts), "--judge", "longer"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--baseline chosen needs preference data" in err and "\n" not in err
+
+
+def test_generation_options_need_generate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", "tiny-random", "--data", "bundled:hh-harmless", "--judge", "longer"]) == 2
+    assert "add --generate" in capsys.readouterr().err
