@@ -187,3 +187,42 @@ def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     losses = [[round(r["loss"], 5) for r in o["stages"][0]["rounds"]] for o in (whole, again)]
     assert losses[0][0] == losses[1][0]  # round 0 read back from rounds.jsonl
     assert [r["round"] for r in again["stages"][0]["rounds"]] == [0, 1]
+
+
+def test_two_processes_train_online_as_one(tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo): each process samples the round (same seeds, same samples)
+    and trains on its half of the buffer; the weights equal one process's."""
+    import subprocess
+    from pathlib import Path
+
+    from tests.training.common import TIMEOUT, TORCHRUN, assert_same_tensors, model_weights, subprocess_env, train
+
+    def overrides(out):
+        return ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
+                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
+                "online.samples_per_prompt=3", "online.max_new_tokens=8", "optim.batch_size=4",
+                "objective=reinforce", "optim.mixed_precision=no", f"output_dir={out}", "trackers=[]"]  # fmt: skip
+
+    train(overrides(tmp_path / "single"))
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(worker), *overrides(tmp_path / "double")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=subprocess_env(1))
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stderr.count("round 1: reward") == 1  # one run of two processes (the main one speaks)
+    single, double = model_weights(tmp_path / "single" / "model"), model_weights(tmp_path / "double" / "model")
+    assert_same_tensors(double, single, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "objective", ["ipo", "dpo + bcr", "dpo + 0.5*exmate", "rwr", "bon", "bon_neg", "reinforce(kl_coef=0.1)"]
+)
+def test_each_objective_family_trains_through_the_loop(objective):
+    settings = OnlineSettings(rounds=1, prompts_per_round=4, samples_per_prompt=3, batch_size=4)
+    loop, batcher = make_loop(objective, settings)
+    before = {n: p.detach().clone() for n, p in loop.trainer.model.named_parameters() if p.requires_grad}
+    (stats,) = loop.run()
+    assert stats.steps == 1 and math.isfinite(stats.loss)
+    group = loop.group_objective
+    assert stats.items == (4 if group else sum(1 for r in batcher.rewards for _ in r))  # groups, or pairs made
+    changed = [n for n, p in loop.trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed, "the step changed no weight"
