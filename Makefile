@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
+DEMO_ONLINE_OUT ?= out/demo_online
 
-.PHONY: install test lint demo gradients bench clean
+.PHONY: install test lint demo demo-online gradients bench clean
 
 install: $(STAMP)
 
@@ -40,6 +41,16 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	overrides="$$($(PY) examples/demo_size.py --budget $(DEMO_BUDGET))" && \
 		$(VENV)/bin/preftune train examples/demo.yaml output_dir=$(DEMO_OUT) $$overrides
+
+# On-policy training on the embedded SmolLM2 (examples/demo_online.yaml: 4 rounds, labelled by the
+# `longer` judge), then the trained policy's win rate against the starting one on the 24 held-out
+# prompts, by the training judge and by one it was not trained on (README, The on-policy demo).
+demo-online: $(STAMP)
+	rm -rf $(DEMO_ONLINE_OUT)
+	$(VENV)/bin/preftune train examples/demo_online.yaml output_dir=$(DEMO_ONLINE_OUT)
+	$(VENV)/bin/preftune evaluate --generate --model $(DEMO_ONLINE_OUT)/model \
+		--prompts $(DEMO_ONLINE_OUT)/heldout.jsonl --baseline model:smollm2-135m-instruct --max-new-tokens 32 \
+		--judge longer --judge local-debiased:smollm2-135m-instruct --out $(DEMO_ONLINE_OUT)/winrate
 
 # P1's gradient analysis: PNG plots, CSV and JSON in out/gradients.
 gradients: $(STAMP)

@@ -126,7 +126,11 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     objective = build(objective_spec)
     reference = AdapterDisabledReference(model) if objective.needs_reference else None
     settings = OnlineSettings(
-        rounds=args.rounds, prompts_per_round=args.prompts, samples_per_prompt=c, batch_size=args.prompts, seed=args.seed
+        rounds=args.rounds,
+        prompts_per_round=args.prompts,
+        samples_per_prompt=c,
+        batch_size=args.prompts,
+        seed=args.seed,
     )
     optim = OptimConfig(
         lr=LEARNING_RATE,
@@ -263,7 +267,7 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
         raise RuntimeError(f"expected {args.rounds} steps, timed {len(ends)}")
     wall = ends[-1] - begins[0]
     samples = args.rounds * args.prompts * c
-    rewards = [h.get("reward", h.get("rewards/_length_reward/mean")) for h in trainer.state.log_history]
+    rewards = [h.get("objective/scores", h.get("reward")) for h in trainer.state.log_history]
     return {
         "wall_s": wall,
         "train_call_s": t2 - t1,
@@ -336,6 +340,8 @@ def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
            "--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
            "--max-prompt-tokens", str(args.max_prompt_tokens), "--seed", str(args.seed)]  # fmt: skip
     env = {**os.environ, **CHILD_ENV_DEFAULTS, **MALLOC_ENV}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     began = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     took = time.perf_counter() - began
@@ -354,7 +360,8 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| workload | side | repeat | wall s | samples/s | ratio to TRL | peak RSS MB | ratio | gen share | gen tok/s |",
+        "| workload | side | repeat | wall s | samples/s | ratio to TRL | peak RSS MB | ratio | gen share "
+        "| gen tok/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["workload"], r["side"], r["repeat"]): r for r in results}
@@ -386,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=192, help="only prompts at most this long")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS in the children (0: torch's default)")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--sides", default=",".join(SIDES))
     p.add_argument("--out", type=Path, default=Path("out/bench/compare_trl_online.json"))

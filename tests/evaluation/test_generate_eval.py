@@ -11,7 +11,7 @@ import preftune.modeling
 from preftune.cli.main import main
 
 ARGS = ["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--limit", "4",
-        "--max-new-tokens", "8", "--judge", "longer"]  # fmt: skip
+        "--max-new-tokens", "8", "--lc-bootstrap", "10", "--judge", "longer"]  # fmt: skip
 
 
 def test_against_the_chosen_responses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,6 +69,8 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"--prompts": "missing.jsonl"}, "missing.jsonl"),
         ({"--limit": "0"}, "--limit must be at least 1"),
         ({"--max-new-tokens": "0"}, "--max-new-tokens must be at least 1"),
+        ({"--lc-bootstrap": "-1"}, "--lc-bootstrap must be at least 0"),
+        ({"--batch-size": "0"}, "--batch-size must be at least 1"),
         ({"--model": "./no/such/model"}, "no such model folder"),
         ({"--data": "bundled:hh-harmless"}, "drop --data"),
     ],

@@ -67,6 +67,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--baseline", default="chosen", help="chosen | model:NAME_OR_PATH | file:PATH (default: chosen)"
     )
     generate.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: 128)")
+    generate.add_argument("--bootstrap", type=int, default=2000, help="win-rate bootstrap resamples (default: 2000)")
+    generate.add_argument(
+        "--lc-bootstrap",
+        type=int,
+        default=200,
+        help="length-controlled bootstrap resamples, each a refit (default: 200)",
+    )
     evaluate.set_defaults(run=run_evaluate)
 
 
@@ -162,6 +169,7 @@ def run_generative_evaluate(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     evaluate_generation(args.model, args.prompts, args.judge, args.baseline, limit=args.limit,
-                        max_new_tokens=args.max_new_tokens or 128, batch_size=args.batch_size or 16,
-                        out=args.out)  # fmt: skip
+                        max_new_tokens=128 if args.max_new_tokens is None else args.max_new_tokens,
+                        batch_size=16 if args.batch_size is None else args.batch_size,
+                        out=args.out, bootstrap=args.bootstrap, lc_bootstrap=args.lc_bootstrap)  # fmt: skip
     return 0

@@ -152,7 +152,7 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 
 def check_inputs(
     model: str, prompts: str, judges: Sequence[str], baseline: str, limit: int | None, max_new_tokens: int,
-    batch_size: int, out: Path | None,
+    batch_size: int, out: Path | None, bootstrap: int = 0, lc_bootstrap: int = 0,
 ) -> tuple[Baseline, list[Prompt], str]:  # fmt: skip
     """Everything a run needs, checked before any model loads: (baseline, prompts, the prompts' description)."""
     from preftune.generation.prompts import load_prompts
@@ -162,6 +162,9 @@ def check_inputs(
     for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise PreftuneError(f"{flag} must be at least 1, not {value}")
+    for flag, value in (("--bootstrap", bootstrap), ("--lc-bootstrap", lc_bootstrap)):
+        if value < 0:
+            raise PreftuneError(f"{flag} must be at least 0, not {value}")
     if out is not None and out.exists() and not out.is_dir():
         raise PreftuneError(f"--out {out} is a file; give a folder")
     parsed = Baseline.parse(baseline)
@@ -210,7 +213,7 @@ def evaluate_generation(
     from preftune.judging.specs import make_judge
 
     parsed, prompt_list, described = check_inputs(model, prompts, judges, baseline, limit, max_new_tokens,
-                                                  batch_size, out)  # fmt: skip
+                                                  batch_size, out, bootstrap, lc_bootstrap)  # fmt: skip
     base_texts = None
     if parsed.kind == "chosen":
         base_texts = chosen_responses(prompts, prompt_list)

@@ -166,6 +166,7 @@ class HeldOutEvaluation(Hook):
     ) -> None:
         self.pairs, self.reference, self.batcher, self.config = list(pairs), reference, batcher, config
         self.console = console or Console(stderr=True, soft_wrap=True)
+        self.at_end = True
 
     def start(self, fit: Fit) -> None:
         if fit.trainer.global_step == 0:
@@ -177,7 +178,8 @@ class HeldOutEvaluation(Hook):
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
-        self.log(fit)
+        if self.at_end:  # an on-policy run turns this off for every round but its last
+            self.log(fit)
 
     def log(self, fit: Fit, initial: bool = False) -> dict[str, MetricSummary]:
         trainer = fit.trainer

@@ -2,8 +2,8 @@
 
 The prompts are data.train's (each distinct prompt once, those with room for ``max_new_tokens``);
 data.train's pairs are also what ``online.mix`` blends in, and the held-out pairs are scored before
-the first round and after each. Each round's statistics go to the console, the trackers
-(``online/*``) and ``rounds.jsonl`` in the stage folder.
+the first round, every ``eval.every`` steps and after the last round. Each round's statistics go
+to the console, the trackers (``online/*``) and ``rounds.jsonl`` in the stage folder.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def run_online_stage(
         f"prompts x {o.samples_per_prompt} samples (of {len(prompts)} prompts), labeller {labeller.identity()}",
         highlight=False)  # fmt: skip
     checkpoints = Checkpoints(stage_dir, config.save_every, config.keep_checkpoints, total)
-    hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console),
-             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
-             Callbacks(callbacks)]  # fmt: skip
+    evaluation = HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console)
+    hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console), evaluation,
+             checkpoints, Callbacks(callbacks)]  # fmt: skip
     began, rounds, start = time.perf_counter(), [], 0
     saved = latest_checkpoint(stage_dir) if config.resume else None
     if saved is not None:  # finish the round the checkpoint was taken in, on its samples
@@ -107,6 +107,7 @@ def run_online_stage(
         _log_round(rounds[-1], trainer, stage_dir, rounds, say)
         start = int(stats.round) + 1
     for r in range(start, settings.rounds):
+        evaluation.at_end = r == settings.rounds - 1  # held-out pairs before the first round and after the last
         stats = loop.run_round(r, hooks)
         rounds.append(stats)
         _log_round(stats, trainer, stage_dir, rounds, say)
