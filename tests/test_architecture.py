@@ -18,7 +18,7 @@ ALLOWED = {
     "analysis": {"objectives"},
     "data": set(),
     "modeling": {"objectives", "data"},
-    "evaluation": {"objectives", "data", "modeling", "judging"},
+    "evaluation": {"objectives", "data", "modeling", "generation", "judging"},  # generative evaluation samples
     "generation": {"data", "modeling"},
     "reward": {"data", "modeling"},  # Bradley-Terry reward models: pairs through preftune.data, models through modeling
     "judging": {"data", "modeling", "reward"},  # rows through preftune.data; the local judge loads a model

@@ -9,7 +9,6 @@ length-controlled win rate (fractions in [0, 1]) with bootstrap intervals.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -42,55 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_win_rate)
 
 
-def _prompt_text(prompt: Any) -> str:
-    """A prompt as the judge reads it: a string as is, messages as ``role: content`` blocks."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-def _valid_prompt(prompt: Any) -> bool:
-    if isinstance(prompt, str):
-        return bool(prompt.strip())
-    return (
-        isinstance(prompt, list)
-        and bool(prompt)
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt)
-    )  # fmt: skip
-
-
-def read_completions(path: Path, flag: str) -> dict[str, tuple[Any, str]]:
-    """``{prompt key: (prompt, completion)}`` from a JSON Lines file; a bad row is one error naming its line."""
-    if not path.is_file():
-        raise PreftuneError(f"{flag} {path}: no such file")
-    rows: dict[str, tuple[Any, str]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{flag} {path} line {number}"
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise PreftuneError(f"{where}: not JSON ({err})") from None
-            if not isinstance(row, dict) or not _valid_prompt(row.get("prompt")):
-                raise PreftuneError(f"{where}: needs a 'prompt' (a non-empty string or a list of messages)")
-            completion = row.get("completion")
-            if completion is None and isinstance(row.get("completions"), list) and row["completions"]:
-                completion = row["completions"][0]
-            if not isinstance(completion, str):
-                raise PreftuneError(f"{where}: needs a 'completion' string (or a non-empty 'completions' list of them)")
-            key = json.dumps(row["prompt"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-            if key in rows:
-                raise PreftuneError(f"{where}: this prompt already appeared earlier in the file")
-            rows[key] = (row["prompt"], completion)
-    if not rows:
-        raise PreftuneError(f"{flag} {path}: no rows")
-    return rows
-
-
 def run_win_rate(args: argparse.Namespace) -> int:
+    from preftune.evaluation.completions import read_completions
+
     for flag, value in (("--bootstrap", args.bootstrap), ("--lc-bootstrap", args.lc_bootstrap)):
         if value < 0:
             raise PreftuneError(f"{flag} must be at least 0, not {value}")
@@ -105,12 +58,13 @@ def run_win_rate(args: argparse.Namespace) -> int:
 
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
     from preftune.files import write_json_atomic
+    from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
     from preftune.judging.store import VerdictStore
 
     judge = make_judge(args.judge)
     keys = list(outputs)
-    prompts = [_prompt_text(outputs[k][0]) for k in keys]
+    prompts = [prompt_text(outputs[k][0]) for k in keys]
     model_texts, base_texts = [outputs[k][1] for k in keys], [baseline[k][1] for k in keys]
     store = VerdictStore(args.store) if args.store is not None else None
     try:

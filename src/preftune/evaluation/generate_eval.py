@@ -92,7 +92,7 @@ def chosen_responses(source: str, prompts: Sequence[Prompt]) -> list[str]:
 
 
 def file_responses(path: Path, prompts: Sequence[Prompt]) -> list[str]:
-    from preftune.cli.winrate import read_completions
+    from preftune.evaluation.completions import read_completions
 
     rows = read_completions(path, "--baseline file:")
     missing = [p for p in prompts if prompt_key(p) not in rows]

@@ -81,7 +81,8 @@ def run_online_stage(
     total = OnlineLoop.total_steps(settings, objective)
     trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=config.optim,
                       total_steps=total, reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
-    prompts, prompt_ids = round_prompts_of(train_examples, tokenizer, config.data.max_length - o.max_new_tokens)
+    examples = train_examples[: config.data.train_size] if config.data.train_size else train_examples
+    prompts, prompt_ids = round_prompts_of(examples, tokenizer, config.data.max_length - o.max_new_tokens)
     sampling = SamplingConfig(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, max_new_tokens=o.max_new_tokens,
                               batch_size=config.eval.batch_size)  # fmt: skip
     # the KL logged per round: against the training reference, else the adapters switched off
