@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+import preftune.modeling
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
@@ -19,3 +21,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model or tokenizer fails the test: for input refused before any model work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(preftune.modeling, "load_model", refuse)
+    monkeypatch.setattr(preftune.modeling, "load_tokenizer", refuse)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import preftune.modeling
 from preftune.cli.main import main
 
 ARGS = ["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--limit", "4",
@@ -46,15 +45,6 @@ def test_the_model_against_itself_ties_everywhere(tmp_path: Path, capsys: pytest
     for judged in report["judges"]:  # longer and shorter
         rate = judged["win_rate"]
         assert rate["win_rate"] == 0.5 and rate["ties"] == rate["n"] == 4 and rate["failed"] == 0
-
-
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(preftune.modeling, "load_model", refuse)
-    monkeypatch.setattr(preftune.modeling, "load_tokenizer", refuse)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import preftune.modeling
 from preftune.cli.main import main
 from preftune.errors import PreftuneError
 from preftune.generation import command
@@ -184,15 +183,6 @@ def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path
 
 
 # ---- the command line: refusals before any model loads ------------------------------------------------
-
-
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(preftune.modeling, "load_model", refuse)
-    monkeypatch.setattr(preftune.modeling, "load_tokenizer", refuse)
 
 
 @pytest.mark.parametrize(
