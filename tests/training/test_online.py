@@ -226,3 +226,14 @@ def test_each_objective_family_trains_through_the_loop(objective):
     assert stats.items == (4 if group else sum(1 for r in batcher.rewards for _ in r))  # groups, or pairs made
     changed = [n for n, p in loop.trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert changed, "the step changed no weight"
+
+
+def test_a_bad_labeller_is_refused_in_one_line(tmp_path, capsys):
+    from preftune.cli.main import main
+
+    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=8",
+            "online.rounds=1", "online.labeller=rm:/no/such/reward-model", f"output_dir={tmp_path / 'r'}",
+            "trackers=[]"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "/no/such/reward-model" in err

@@ -9,6 +9,7 @@ from typing import Any
 
 from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
+from preftune.generation.prompts import prompt_key
 
 
 def _valid_prompt(prompt: Any) -> bool:
@@ -36,7 +37,7 @@ def read_completions(path: Path, flag: str) -> dict[str, tuple[Any, str]]:
                 completion = row["completions"][0]
             if not isinstance(completion, str):
                 raise PreftuneError(f"{where}: needs a 'completion' string (or a non-empty 'completions' list of them)")
-            key = json.dumps(row["prompt"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            key = prompt_key(row["prompt"])
             if key in rows:
                 raise PreftuneError(f"{where}: this prompt already appeared earlier in the file")
             rows[key] = (row["prompt"], completion)

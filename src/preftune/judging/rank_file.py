@@ -241,7 +241,7 @@ def compare_rankings(rows: Sequence[Candidates], report: RankReport, other: dict
         tops.append(1.0 if top1_agreement(ranking.order, order) else 0.0)
     if not taus:
         raise PreftuneError("the file to compare with ranks none of these prompts with the same completions")
-    n = len(taus)
-    mean = sum(taus) / n
-    stderr = (sum((t - mean) ** 2 for t in taus) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
-    return RankAgreement(n, mean, stderr, sum(tops) / n)
+    from preftune.judging.agreement import mean_stderr
+
+    mean, stderr = mean_stderr(taus)
+    return RankAgreement(len(taus), mean, stderr, sum(tops) / len(tops))

@@ -20,7 +20,7 @@ from rich.console import Console
 from preftune.data.collate import Batcher
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
-from preftune.generation.prompts import encode_prompt
+from preftune.generation.prompts import encode_prompt, prompt_key
 from preftune.generation.sampling import SamplingConfig
 from preftune.modeling import AdapterDisabledReference, apply_lora
 from preftune.objectives import build
@@ -48,7 +48,7 @@ def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tupl
     """Each distinct prompt of ``examples`` once, with its ids, if it leaves ``room`` tokens for the response."""
     prompts, ids, seen = [], [], set()
     for example in examples:
-        key = json.dumps(example.prompt, sort_keys=True, ensure_ascii=False)
+        key = prompt_key(example.prompt)
         if key in seen:
             continue
         seen.add(key)
@@ -64,13 +64,15 @@ def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tupl
 def run_online_stage(
     config: RunConfig, stage: StageConfig, stage_dir: Path, model: Any, tokenizer: Any, train_examples: Sequence[Any],
     inputs: Any, batcher: Batcher, accelerator: Accelerator, console: Console, callbacks: Sequence[Any],
+    labeller: Any,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record."""
-    from preftune.judging.labellers import make_labeller
+    """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record.
 
+    ``labeller``: built from ``online.labeller`` by the caller before the policy loads, so a bad
+    spec or a missing reward model stops the run before any model work.
+    """
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     o, settings = config.online, online_settings(config)
-    labeller = make_labeller(o.labeller)
     if config.lora.enabled:
         lora = config.lora
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,

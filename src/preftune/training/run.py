@@ -166,6 +166,11 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     inputs = tokenize_inputs(examples, tokenizer, config.data)
     if config.resume:
         check_same_inputs(output_dir, inputs_record(inputs.train, inputs.held_out))
+    labeller = None
+    if config.online.rounds:  # a bad labeller (or a missing reward model) stops the run before the policy loads
+        from preftune.judging.labellers import make_labeller
+
+        labeller = make_labeller(config.online.labeller)
     model = _model(config)
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
@@ -200,7 +205,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             from preftune.training.online_run import run_online_stage
 
             model, record = run_online_stage(config, stage, dirs[index], model, tokenizer, examples.train, inputs,
-                                             batcher, accelerator, console, callbacks)  # fmt: skip
+                                             batcher, accelerator, console, callbacks, labeller)  # fmt: skip
         else:
             model, record = _run_stage(
                 config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator, console, callbacks
