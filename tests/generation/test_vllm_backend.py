@@ -137,3 +137,17 @@ def test_cli_vllm_refused_before_any_model(tmp_path: Path, monkeypatch: pytest.M
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "--backend vllm" in err[0]
     assert not out.exists()
+
+
+def test_colocated_sampling_needs_vllm_a_full_checkpoint_and_one_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reason = vllm_backend.vllm_missing()
+    assert reason is not None and vllm_backend.colocate_missing("tiny-random") == reason
+    with pytest.raises(PreftuneError, match="vLLM cannot sample here"):
+        vllm_backend.ColocatedVllmSampler("tiny-random", None)
+    monkeypatch.setattr(vllm_backend, "vllm_missing", lambda: None)
+    assert vllm_backend.colocate_missing("tiny-random") is None
+    assert "one training process, not 2" in str(vllm_backend.colocate_missing("tiny-random", processes=2))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert "only an adapter" in str(vllm_backend.colocate_missing(str(tmp_path)))

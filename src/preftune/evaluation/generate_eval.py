@@ -66,7 +66,7 @@ class Baseline:
         return self.kind if self.kind == "chosen" else f"{self.kind}:{self.value}"
 
 
-def _text(response: Any) -> str:
+def response_text(response: Any) -> str:
     """A response as text: a string as is, a message list as its messages' contents."""
     if isinstance(response, str):
         return response.strip()
@@ -84,7 +84,7 @@ def chosen_responses(source: str, prompts: Sequence[Prompt]) -> list[str]:
         raise PreftuneError(f"--baseline chosen needs preference data (chosen/rejected) in --prompts: {err}") from None
     chosen: dict[str, str] = {}
     for example in examples:
-        chosen.setdefault(prompt_key(example.prompt), _text(example.chosen))
+        chosen.setdefault(prompt_key(example.prompt), response_text(example.chosen))
     missing = [p for p in prompts if prompt_key(p) not in chosen]
     if missing:
         raise PreftuneError(f"--baseline chosen: {len(missing)} prompts of --prompts {source} have no chosen response")
@@ -174,21 +174,21 @@ def check_inputs(
     if _looks_like_path(model) and not folder.is_dir():
         raise PreftuneError(f"--model {model}: no such model folder")
     for spec in judges:
-        _check_judge(spec)
+        check_judge_spec(spec)
     found = load_prompts(prompts, limit)
     return parsed, found.prompts, str(found)
 
 
-def _check_judge(spec: str) -> None:
+def check_judge_spec(spec: str, flag: str = "--judge") -> None:
     """A judge spec's form (the judge itself is built later: some load a tokenizer or a model)."""
     from preftune.judging.specs import JUDGES
 
     simple = spec in ("longer", "shorter", "random") or spec.startswith("random:")
     prefixed = spec.startswith(("function:", "local:", "local-debiased:", "api:", "rm:"))
     if not (simple or prefixed) or (prefixed and not spec.partition(":")[2]):
-        raise PreftuneError(f"--judge {spec}: unknown or incomplete judge (expected {JUDGES})")
+        raise PreftuneError(f"{flag} {spec}: unknown or incomplete judge (expected {JUDGES})")
     if spec.startswith("rm:") and not Path(spec.removeprefix("rm:")).is_dir():
-        raise PreftuneError(f"--judge {spec}: no such reward-model folder")
+        raise PreftuneError(f"{flag} {spec}: no such reward-model folder")
 
 
 def evaluate_generation(

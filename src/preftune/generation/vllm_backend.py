@@ -20,7 +20,7 @@ say) do not apply when explicit ``SamplingParams`` are passed, and seeds give ot
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,19 @@ def vllm_missing() -> str | None:
 def vllm_available() -> bool:
     """Whether ``vllm`` is installed and a CUDA GPU is available."""
     return vllm_missing() is None
+
+
+def colocate_missing(model: str, processes: int = 1) -> str | None:
+    """Why vLLM cannot sample in the training loop here (:class:`ColocatedVllmSampler`), or None when it can.
+
+    Beyond :func:`vllm_missing`: the engine loads ``model``'s checkpoint (not an adapter alone), and
+    it runs in one training process (each process would build an engine on the same GPU).
+    """
+    if _adapter_only(model):
+        return f"vLLM needs a full checkpoint and {model} holds only an adapter"
+    if processes > 1:
+        return f"the colocated vLLM engine runs in one training process, not {processes}"
+    return vllm_missing()
 
 
 def _adapter_only(model: str) -> bool:
@@ -177,3 +190,144 @@ def sample_vllm(model: VllmSampler, tokenizer: Any, prompts: Sequence[Sequence[i
                 progress: bool = False) -> list[Sample]:  # fmt: skip
     """:func:`.sampling.sample`'s signature over a :class:`VllmSampler` (which holds its own stop ids)."""
     return model.sample(prompts, config)
+
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def _base_name(name: str) -> str:
+    """A PEFT parameter's name in the base model: no ``base_model.model.`` prefix, no ``.base_layer``."""
+    name = name.removeprefix(_PEFT_PREFIX)
+    return name.replace(".base_layer.", ".")
+
+
+def _lora_delta(layer: Any, adapter: str) -> Any:
+    """``scaling · B · A`` of one adapter of a LoRA linear layer, in float32 (what its forward adds to W x)."""
+    if adapter not in layer.lora_A:
+        raise PreftuneError(f"cannot merge LoRA adapter {adapter!r} of a {type(layer).__name__}: only linear "
+                            "layers (lora_A/lora_B) are merged for vLLM")  # fmt: skip
+    if getattr(layer, "use_dora", {}).get(adapter, False):
+        raise PreftuneError("DoRA adapters cannot be merged for vLLM: train plain LoRA or use online.backend=hf")
+    a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
+    delta = (b @ a) * layer.scaling[adapter]
+    return delta.T if getattr(layer, "fan_in_fan_out", False) else delta
+
+
+def merged_weights(model: Any) -> Iterator[tuple[str, Any]]:
+    """The model's current weights under the base model's parameter names, LoRA merged in: ``(name, tensor)``.
+
+    For a PEFT LoRA model each LoRA layer's weight is ``W + scaling · B · A`` summed over the active
+    adapters, computed into new tensors from ``base_layer.weight``, ``lora_A``/``lora_B`` and
+    ``scaling``: the trained model is never touched (PEFT's merge/unmerge would add and subtract
+    the delta in place, and the float rounding would move the weights the adapter-off reference
+    reads). Names lose ``base_model.model.`` and ``.base_layer``; ``lora_*`` tensors are dropped.
+    A plain model gives its ``state_dict``. A generator: one merged tensor lives at a time, so a
+    consumer such as vLLM's ``load_weights`` streams them in. Runs on any device (the model's).
+    """
+    import torch
+
+    if not hasattr(model, "peft_config"):
+        with torch.no_grad():
+            yield from ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+        return
+    from peft.tuners.lora import LoraLayer
+
+    lora_layers = {f"{name}.base_layer.weight": m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if ".lora_" in name:
+                continue
+            layer = lora_layers.get(name)
+            if layer is not None and not layer.merged and not layer.disable_adapters:
+                merged = tensor.float()
+                for adapter in layer.active_adapters:
+                    merged = merged + _lora_delta(layer, adapter)
+                tensor = merged.to(tensor.dtype)
+            yield _base_name(name), tensor.detach()
+
+
+def _load_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
+    """Run inside a vLLM worker by ``collective_rpc``: load ``weights`` into its model."""
+    worker.model_runner.model.load_weights(weights=weights)
+
+
+def _engine_model(llm: Any) -> Any:
+    """The ``nn.Module`` a colocated (in-process) vLLM engine runs, or None where it lives in another process."""
+    executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
+    worker = getattr(executor, "driver_worker", None)
+    for holder in (worker, getattr(worker, "worker", None)):  # vLLM 0.6-0.7 (V0); then V1 in process, 0.8+
+        model = getattr(getattr(holder, "model_runner", None), "model", None)
+        if model is not None and hasattr(model, "load_weights"):
+            return model
+    return None
+
+
+def load_weights_into_vllm(llm: Any, weights: Iterable[tuple[str, Any]]) -> None:
+    """Hand ``(name, tensor)`` pairs (base-model names) to a ``vllm.LLM``'s model, as TRL's colocate mode does.
+
+    Tries the in-process model first (``llm_engine.model_executor.driver_worker[.worker].model_runner
+    .model.load_weights``: vLLM's V0 engine, and V1 with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), then
+    ``llm.collective_rpc`` (V1 with the engine in another process: the tensors are sent to it).
+    vLLM's ``load_weights`` maps HF names onto its fused layers (q/k/v into ``qkv_proj``, ...).
+    Afterwards the prefix cache is reset: its KV blocks were computed with the old weights.
+
+    Raises:
+        PreftuneError: no known path fits this vLLM (the message names its version).
+    """
+    model = _engine_model(llm)
+    if model is not None:
+        model.load_weights(weights=iter(weights))
+    elif callable(getattr(llm, "collective_rpc", None)):
+        llm.collective_rpc(_load_in_worker, args=([(name, tensor.cpu()) for name, tensor in weights],))
+    else:
+        raise PreftuneError(f"cannot load the trainer's weights into vLLM {_vllm_version()}: neither "
+                            "llm_engine.model_executor.driver_worker[.worker].model_runner.model nor "
+                            "LLM.collective_rpc is there; use online.backend=hf")  # fmt: skip
+    reset = getattr(llm, "reset_prefix_cache", None)
+    if callable(reset):
+        reset()
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vllm")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+class ColocatedVllmSampler:
+    """vLLM in the training process, sampling each round from the trainer's *current* weights (TRL's colocate mode).
+
+    An :class:`~preftune.training.online.OnlineLoop` sampler: each call first loads
+    :func:`merged_weights` of the model it is given into the engine (built once, from the base
+    checkpoint ``model``), then samples with :meth:`VllmSampler.sample`. The engine takes
+    ``gpu_memory_utilization`` of the GPU beside the trainer, so that share must leave the training
+    room. vLLM's V1 engine is kept in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set)
+    so that the weights are copied on the GPU rather than sent to another process.
+
+    Args:
+        model: the base checkpoint the trainer started from (as ``load_model`` takes it).
+        tokenizer: the policy's tokenizer (end-of-turn ids).
+        seed: the engine's seed.
+        gpu_memory_utilization: the share of GPU memory vLLM may take.
+        **engine_kwargs: anything else for ``vllm.LLM``.
+    """
+
+    def __init__(self, model: str, tokenizer: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.3,
+                 **engine_kwargs: Any) -> None:  # fmt: skip
+        import os
+
+        reason = vllm_missing()
+        if reason is not None:  # refused before the environment is touched
+            raise PreftuneError(f"vLLM cannot sample here: {reason}")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm.LLM reads it
+        self.engine = VllmSampler(model, tokenizer=tokenizer, seed=seed,
+                                  gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)  # fmt: skip
+
+    def __call__(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
+                 config: SamplingConfig) -> list[Sample]:  # fmt: skip
+        """Load ``model``'s current weights into the engine, then sample ``config.n`` responses per prompt."""
+        load_weights_into_vllm(self.engine.llm, merged_weights(model))
+        return self.engine.sample(prompts, config)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from preftune.data.collate import LAYOUTS
 from preftune.data.ranked import PAIRINGS
-from preftune.errors import SpecError
+from preftune.errors import PreftuneError, SpecError
 from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import GroupRecord, Objective, build
@@ -37,6 +37,7 @@ def check(config: RunConfig) -> None:
     _check_choices(config)
     _check_stages(config)
     _check_online(config)
+    _check_win_rates(config)
     check_trackers(config.trackers)
     check_output_dir(Path(config.output_dir))
 
@@ -67,7 +68,9 @@ def _check_numbers(config: RunConfig) -> None:
                     "keep_checkpoints": config.keep_checkpoints}  # fmt: skip
     for key, value in at_least_one.items():
         _require(key, value, 1)
-    for key, value in {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples}.items():
+    zero_or_more = {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples,
+                    "eval.win_rate_every": e.win_rate_every}  # fmt: skip
+    for key, value in zero_or_more.items():
         _require(key, value, 0)
     _require("data.max_length", d.max_length, 2)
     _require("data.group_size", d.group_size, 2)
@@ -128,6 +131,25 @@ def _check_stages(config: RunConfig) -> None:
             raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
 
 
+def _check_win_rates(config: RunConfig) -> None:
+    """``eval.judges``: each judge's form, a baseline, and held-out prompts to answer."""
+    e = config.eval
+    if not e.judges:
+        return
+    from preftune.evaluation.generate_eval import check_judge_spec
+    from preftune.training.win_rates import WIN_RATE_BASELINES
+
+    _choice("eval.baseline", e.baseline, WIN_RATE_BASELINES)
+    _require("eval.win_rate_prompts", e.win_rate_prompts, 1)
+    for spec in e.judges:
+        try:
+            check_judge_spec(str(spec), "eval.judges:")
+        except PreftuneError as err:
+            raise SpecError(str(err)) from None
+    if not config.data.eval and not config.data.eval_size:
+        raise SpecError("eval.judges needs held-out prompts: set data.eval_size > 0 or data.eval")
+
+
 def _check_online(config: RunConfig) -> None:
     """An on-policy run: one stage, a reference the policy's samples can be scored against, valid knobs."""
     online = config.online
@@ -150,6 +172,13 @@ def _check_online(config: RunConfig) -> None:
         raise SpecError("online.rounds samples its own responses: data.bad (an unpaired bad set) does not apply")
     if online.mix > 0 and build(config.resolved_stages()[0].objective).record_type is GroupRecord:
         raise SpecError("online.mix blends offline *pairs* in: it needs a pairwise objective, not a group one")
+    from preftune.generation.vllm_backend import BACKENDS, colocate_missing
+
+    _choice("online.backend", online.backend, BACKENDS)
+    _require("online.vllm_gpu_memory", online.vllm_gpu_memory, 0, strict=True, high=1)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the run's processes are not made yet
+    if online.backend == "vllm" and (reason := colocate_missing(config.model.name, processes)):
+        raise SpecError(f"online.backend=vllm cannot sample here: {reason}; use online.backend=hf (or auto)")
 
 
 def _check_data_kind(config: RunConfig, objective: Objective, spec: str, where: str) -> None:

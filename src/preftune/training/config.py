@@ -61,12 +61,17 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Periodic evaluation on the held-out pairs (METHODS.md §6 statistics)."""
+    """Periodic evaluation on the held-out pairs (METHODS.md §6 statistics) and, with ``judges``, win
+    rates of the policy's greedy answers to held-out prompts (:mod:`preftune.training.win_rates`)."""
 
     every: int = 0  # steps; 0: only before and after training
     batch_size: int = 16
     samples: int = 0  # held-out prompts answered (greedy) before and after training, for the summary
     max_new_tokens: int = 64
+    judges: list[str] = field(default_factory=list)  # pairwise judges of the win rate; empty: no win rate
+    baseline: str = "start"  # start (the starting policy's answers) | chosen (the held-out chosen responses)
+    win_rate_every: int = 0  # steps; 0: at the end of each stage only
+    win_rate_prompts: int = 24  # distinct held-out prompts answered
 
 
 @dataclass
@@ -103,6 +108,8 @@ class OnlineConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    backend: str = "auto"  # auto (vLLM when installed, on a CUDA GPU, one process) | hf | vllm: who samples
+    vllm_gpu_memory: float = 0.3  # the GPU share the colocated vLLM engine takes beside the trainer
 
 
 @dataclass

@@ -42,6 +42,7 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     skipped_steps: int = 0
+    win_rates: list[dict[str, Any]] = field(default_factory=list)  # :mod:`preftune.training.win_rates`
 
 
 @dataclass
@@ -108,7 +109,9 @@ class Checkpoints(Hook):
 
     def save(self, fit: Fit) -> None:
         trainer = fit.trainer
-        state = {"total_steps": self.total_steps, "history": fit.result.history, "evals": fit.result.evals}
+        result = fit.result
+        state = {"total_steps": self.total_steps, "history": result.history, "evals": result.evals,
+                 "win_rates": result.win_rates}  # fmt: skip
         trainer.save(self.output_dir, state, fit.source.state_dict(), self.keep)
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:

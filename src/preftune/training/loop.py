@@ -228,7 +228,8 @@ class Trainer:
         self.global_step = int(state["step"])
         source.load_state_dict(state.get("source") or {"step": self.global_step})
         skipped = sum(int(h.get("skipped", 0)) for h in state["history"])
-        return TrainResult(self.global_step, list(state["history"]), list(state["evals"]), skipped_steps=skipped)
+        return TrainResult(self.global_step, list(state["history"]), list(state["evals"]), skipped_steps=skipped,
+                           win_rates=list(state.get("win_rates", [])))  # fmt: skip
 
 
 def responses_read(objective: Objective) -> int | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,6 +42,10 @@ from preftune.training.loop import Trainer, responses_read
 from preftune.training.sources import BufferSource
 
 PAIRINGS = ("best_vs_worst", "all")
+
+# ``sampler(model, tokenizer, prompt_ids, config) -> [Sample] * (len(prompt_ids) * config.n)``, prompt-major:
+# :func:`~preftune.generation.sampling.sample`'s contract (the HF sampler is the default)
+Sampler = Callable[[Any, Any, Sequence[list[int]], SamplingConfig], list[Sample]]
 
 
 @dataclass(frozen=True)
@@ -210,12 +214,17 @@ class OnlineLoop:
         offline: pairs to mix in (``settings.mix``).
         kl_reference: scores the round's samples (``records(batch) -> [B, C]``) for the logged KL to
             the reference; None logs no KL.
+        sampler: draws each round's responses, called as ``sampler(trainer.model, tokenizer,
+            prompt_ids, config)`` with :func:`~preftune.generation.sampling.sample`'s contract
+            (:data:`Sampler`); None is that HF sampler. A seam, so that a faster engine can sample
+            (:class:`~preftune.generation.vllm_backend.ColocatedVllmSampler` loads the current
+            weights into vLLM first) while the loop stays the same: it never knows which it has.
     """
 
     def __init__(
         self, trainer: Trainer, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
         labeller: Any, settings: OnlineSettings, sampling: SamplingConfig, batcher: Batcher,
-        offline: Sequence[TokenizedPair] = (), kl_reference: Any = None,
+        offline: Sequence[TokenizedPair] = (), kl_reference: Any = None, sampler: Sampler | None = None,
     ) -> None:  # fmt: skip
         if len(prompts) != len(prompt_ids) or not prompts:
             raise PreftuneError(f"{len(prompts)} prompts but {len(prompt_ids)} tokenised prompts")
@@ -226,6 +235,7 @@ class OnlineLoop:
         self.prompts, self.prompt_ids, self.settings = list(prompts), [list(p) for p in prompt_ids], settings
         self.sampling = replace(sampling, n=settings.samples_per_prompt)
         self.batcher, self.offline, self.kl_reference = batcher, list(offline), kl_reference
+        self.sampler: Sampler = sampler if sampler is not None else sample
         self.result: TrainResult | None = None  # the run's history and evaluations, over all rounds
 
     @staticmethod
@@ -241,8 +251,8 @@ class OnlineLoop:
         s = self.settings
         chosen = round_prompts(len(self.prompts), s.prompts_per_round, round_index, s.seed)
         t0 = time.perf_counter()
-        samples = sample(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in chosen],
-                         replace(self.sampling, seed=s.seed * 1_000_003 + round_index))  # fmt: skip
+        samples = self.sampler(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in chosen],
+                               replace(self.sampling, seed=s.seed * 1_000_003 + round_index))  # fmt: skip
         t1 = time.perf_counter()
         rewards = self._rewards(chosen, samples)
         t2 = time.perf_counter()

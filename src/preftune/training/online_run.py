@@ -28,7 +28,7 @@ from preftune.training.checkpoint import latest_checkpoint
 from preftune.training.config import RunConfig, StageConfig
 from preftune.training.hooks import Callbacks, Checkpoints, HeldOutEvaluation, Logging, Progress, StopOnNonFinite
 from preftune.training.loop import Trainer
-from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats
+from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats, Sampler
 from preftune.training.outputs import finish_stage
 from preftune.training.references import make_reference
 
@@ -61,15 +61,38 @@ def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tupl
     return prompts, ids
 
 
+def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, say: Any) -> Sampler | None:
+    """Who samples each round (``online.backend``): None, the HF sampler, or a colocated vLLM engine.
+
+    ``auto`` takes vLLM where it is installed, the run is on a CUDA GPU in one process and the model
+    is a full checkpoint; ``vllm`` was checked possible before any model loaded
+    (:func:`~preftune.training.checks.check`). The engine is built here, after the policy, so that
+    its ``online.vllm_gpu_memory`` share is taken from what the trainer left.
+    """
+    from preftune.generation.vllm_backend import ColocatedVllmSampler, colocate_missing
+
+    o = config.online
+    if o.backend == "hf" or accelerator.device.type != "cuda":
+        return None
+    if o.backend == "auto" and colocate_missing(config.model.name, accelerator.num_processes) is not None:
+        return None
+    say(f"sampling with vLLM in this process ({o.vllm_gpu_memory:.0%} of the GPU), the weights loaded each round",
+        highlight=False)  # fmt: skip
+    return ColocatedVllmSampler(config.model.name, tokenizer, seed=config.optim.seed,
+                                gpu_memory_utilization=o.vllm_gpu_memory)  # fmt: skip
+
+
 def run_online_stage(
     config: RunConfig, stage: StageConfig, stage_dir: Path, model: Any, tokenizer: Any, train_examples: Sequence[Any],
     inputs: Any, batcher: Batcher, accelerator: Accelerator, console: Console, callbacks: Sequence[Any],
-    labeller: Any,
+    labeller: Any, win_rates: Any = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record.
 
     ``labeller``: built from ``online.labeller`` by the caller before the policy loads, so a bad
-    spec or a missing reward model stops the run before any model work.
+    spec or a missing reward model stops the run before any model work. ``win_rates``: the stage's
+    :class:`~preftune.training.win_rates.WinRateEvaluation` (after every ``eval.win_rate_every``
+    steps and the last round), if any.
     """
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     o, settings = config.online, online_settings(config)
@@ -91,13 +114,14 @@ def run_online_stage(
     kl_reference = train_ref or (AdapterDisabledReference(model, chunk_size=config.logit_chunk)
                                  if config.lora.enabled else None)  # fmt: skip
     loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, labeller, settings, sampling, batcher, inputs.train,
-                      kl_reference)  # fmt: skip
+                      kl_reference, sampler=online_sampler(config, tokenizer, accelerator, say))  # fmt: skip
     say(f"stage '{stage.name}': {objective.describe()}; on-policy: {o.rounds} rounds of {o.prompts_per_round} "
         f"prompts x {o.samples_per_prompt} samples (of {len(prompts)} prompts), labeller {labeller.identity()}",
         highlight=False)  # fmt: skip
     checkpoints = Checkpoints(stage_dir, config.save_every, config.keep_checkpoints, total)
     evaluation = HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console)
-    hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console), evaluation,
+    periodic = [evaluation] if win_rates is None else [evaluation, win_rates]
+    hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console), *periodic,
              checkpoints, Callbacks(callbacks)]  # fmt: skip
     began, rounds, start = time.perf_counter(), [], 0
     saved = latest_checkpoint(stage_dir) if config.resume else None
@@ -110,7 +134,8 @@ def run_online_stage(
         _log_round(rounds[-1], trainer, stage_dir, rounds, say)
         start = int(stats.round) + 1
     for r in range(start, settings.rounds):
-        evaluation.at_end = r == settings.rounds - 1  # held-out pairs before the first round and after the last
+        for hook in periodic:  # held-out pairs before the first round and after the last
+            hook.at_end = r == settings.rounds - 1
         stats = loop.run_round(r, hooks)
         rounds.append(stats)
         _log_round(stats, trainer, stage_dir, rounds, say)

@@ -43,6 +43,8 @@ def finish_stage(
     if result.evals:
         record["eval_before"] = result.evals[0]
         record["eval_after"] = result.evals[-1]
+    if result.win_rates:
+        record["win_rates"] = result.win_rates
     if accelerator.is_main_process:
         if config.lora.enabled:
             save_adapter(model, stage_dir / "model", tokenizer, base_dir)

@@ -171,6 +171,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         from preftune.judging.labellers import make_labeller
 
         labeller = make_labeller(config.online.labeller)
+    judges = _win_rate_judges(config)
     model = _model(config)
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
@@ -201,15 +202,16 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             model = load_stage_result(model, dirs[index], config)
             outcome["stages"].append(json.loads((dirs[index] / DONE_FILE).read_text(encoding="utf-8")))
             continue
+        win_rates = _win_rate_hook(judges, config, inputs, tokenizer, dirs[index], console)
         if config.online.rounds:
             from preftune.training.online_run import run_online_stage
 
             model, record = run_online_stage(config, stage, dirs[index], model, tokenizer, examples.train, inputs,
-                                             batcher, accelerator, console, callbacks, labeller)  # fmt: skip
+                                             batcher, accelerator, console, callbacks, labeller,
+                                             win_rates)  # fmt: skip
         else:
-            model, record = _run_stage(
-                config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator, console, callbacks
-            )
+            model, record = _run_stage(config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator,
+                                       console, callbacks, win_rates)  # fmt: skip
         outcome["stages"].append(record)
     accelerator.end_training()
 
@@ -223,6 +225,24 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     if main:
         _report(outcome, config, inputs, console)
     return outcome
+
+
+def _win_rate_judges(config: RunConfig) -> list[tuple[str, Any]]:
+    """``eval.judges``, built before the policy loads (a bad api: setting stops the run first)."""
+    from preftune.judging.specs import make_judge
+
+    return [(str(spec), make_judge(str(spec))) for spec in config.eval.judges]
+
+
+def _win_rate_hook(judges: list[tuple[str, Any]], config: RunConfig, inputs: Inputs, tokenizer: Any,
+                   stage_dir: Path, console: Console) -> Any:  # fmt: skip
+    """The stage's periodic win rates (:mod:`preftune.training.win_rates`), or None without ``eval.judges``."""
+    if not judges:
+        return None
+    from preftune.training.win_rates import WinRateEvaluation
+
+    return WinRateEvaluation(inputs.held_out_examples, tokenizer, judges, config.eval, Path(config.output_dir),
+                             stage_dir, console)  # fmt: skip
 
 
 def _verdicts(stages: list[dict[str, Any]]) -> list[str]:
@@ -253,8 +273,10 @@ def _run_stage(
     accelerator: Accelerator,
     console: Console,
     callbacks: Sequence[StepCallback],
+    win_rates: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train one stage from ``model`` (the earlier stage's result); return the trained model and its record."""
+    """Train one stage from ``model`` (the earlier stage's result); return the trained model and its record.
+    ``win_rates``: the stage's :class:`~preftune.training.win_rates.WinRateEvaluation`, if any."""
     main = accelerator.is_main_process
     say = console.print if main else (lambda *a, **k: None)
     if config.lora.enabled:
@@ -280,8 +302,8 @@ def _run_stage(
                            group_size=group_size, device=accelerator.device)  # fmt: skip
     checkpoints = Checkpoints(dirs[index], config.save_every, config.keep_checkpoints, total)
     hooks = [StopOnNonFinite(optim.max_bad_steps, checkpoints), Logging(), Progress(console),
-             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console), checkpoints,
-             Callbacks(callbacks)]  # fmt: skip
+             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console),
+             *([win_rates] if win_rates is not None else []), checkpoints, Callbacks(callbacks)]  # fmt: skip
     result = _fit(trainer, source, hooks, dirs[index], config.resume, f"stage '{stage.name}'", say)
     base_dir = dirs[index - 1] / "merged" if index > 0 and config.lora.enabled else None
     later = index + 1 < len(dirs)

@@ -44,6 +44,8 @@ def write_summary(
         lines += [f"## Stage `{record['stage']}`: `{record['objective']}`", ""]
         lines += [f"{record['steps']} steps in {record['seconds']:.0f} s; model: `{record['model']}`", ""]
         lines += [format_eval_table(record.get("eval_before"), record.get("eval_after")), ""]
+        if record.get("win_rates"):
+            lines += [win_rate_table(record["win_rates"], config.eval.baseline), ""]
         if "curves" in record:
             lines += [f"![curves]({Path(record['curves']).relative_to(output_dir)})", ""]
     if outcome.get("verdicts"):
@@ -56,3 +58,15 @@ def write_summary(
             lines += ["**Before**", "", "```", sample["before"], "```", "", "**After**", "", "```", sample["after"],
                       "```", ""]  # fmt: skip
     write_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def win_rate_table(records: list[dict[str, Any]], baseline: str) -> str:
+    """The stage's win rates (:mod:`preftune.training.win_rates`) as a Markdown table."""
+    lines = [f"Win rates of greedy answers to held-out prompts against {baseline} (ties half; 95% bootstrap):", "",
+             "| step | judge | win rate | LC win rate | wins / ties / losses | mean length (baseline) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        lines.append(f"| {r['step']} | {r['judge']} | {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
+                     f"{r['lc_win_rate']:.3f} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{r['mean_length']:.0f} ({r['baseline_mean_length']:.0f}) |")  # fmt: skip
+    return "\n".join(lines)
