@@ -156,6 +156,14 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
     assert [r["round"] for r in rounds] == [0.0, 1.0] and all(r["finished"] == 0.0 for r in rounds)
     assert all(r["reward_mean"] < 0 for r in rounds)  # ~40 characters, less the penalty of 100
     assert (out / "model" / "adapter_config.json").exists()
+    # the run's report: a few samples of each round, best and worst by reward, and a table of rounds
+    shown = [json.loads(line) for line in (out / "round_samples.jsonl").read_text().splitlines()]
+    assert [s["round"] for s in shown] == [0, 0, 1, 1]
+    for s in shown:  # length labeller: characters, less the penalty (nothing finished)
+        assert s["best_reward"] == len(s["best"]) - 100 and s["worst_reward"] == len(s["worst"]) - 100
+        assert s["best_reward"] >= s["worst_reward"]
+    summary = (out / "summary.md").read_text()
+    assert "| round | reward |" in summary and "Round 1, prompt" in summary
     assert main([*argv[:-2], f"output_dir={tmp_path / 'r2'}", "trackers=[]", "online.mix=0.5"]) == 2
     assert "needs a pairwise objective" in capsys.readouterr().err
 

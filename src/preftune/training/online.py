@@ -170,6 +170,21 @@ def labelled_groups(
     return groups
 
 
+def shown_samples(round_index: int, prompts: Sequence[Any], samples: Sequence[Sample],
+                  rewards: Sequence[Sequence[float]], c: int, count: int = 2) -> list[dict[str, Any]]:  # fmt: skip
+    """The best- and worst-rewarded response to the round's first ``count`` prompts (the run's report)."""
+    from preftune.judging.labellers import prompt_text
+
+    out = []
+    for j, prompt in enumerate(prompts[:count]):
+        ranked = sorted((r, x.text) for r, x in zip(rewards[j], samples[j * c : (j + 1) * c], strict=True)
+                        if not math.isnan(r))  # fmt: skip
+        if ranked:
+            out.append({"round": round_index, "prompt": prompt_text(prompt), "best": ranked[-1][1],
+                        "best_reward": ranked[-1][0], "worst": ranked[0][1], "worst_reward": ranked[0][0]})  # fmt: skip
+    return out
+
+
 def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap: float) -> list[TokenizedGroup]:
     """(chosen, rejected) groups of two from each group's rewards: best vs worst (first of equals),
     or every pair more than ``reward_gap`` apart; a group whose rewards are all equal gives none."""
@@ -237,6 +252,7 @@ class OnlineLoop:
         self.batcher, self.offline, self.kl_reference = batcher, list(offline), kl_reference
         self.sampler: Sampler = sampler if sampler is not None else sample
         self.result: TrainResult | None = None  # the run's history and evaluations, over all rounds
+        self.shown: list[dict[str, Any]] = []  # a few of the last round's samples, for the run's report
 
     @staticmethod
     def total_steps(settings: OnlineSettings, objective: Any) -> int:
@@ -257,6 +273,8 @@ class OnlineLoop:
         rewards = self._rewards(chosen, samples)
         t2 = time.perf_counter()
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
+        self.shown = shown_samples(round_index, [self.prompts[i] for i in chosen], samples, rewards,
+                                   s.samples_per_prompt)  # fmt: skip
         kl = self.kl_to_reference(groups)
         items = groups if self.group_objective else pairs_from_groups(groups, s.pairing, s.reward_gap)
         extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))

@@ -32,7 +32,7 @@ from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats, Sam
 from preftune.training.outputs import finish_stage
 from preftune.training.references import make_reference
 
-ROUNDS_FILE = "rounds.jsonl"
+ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
 
 
 def online_settings(config: RunConfig) -> OnlineSettings:
@@ -139,13 +139,33 @@ def run_online_stage(
         stats = loop.run_round(r, hooks)
         rounds.append(stats)
         _log_round(stats, trainer, stage_dir, rounds, say)
+        if accelerator.is_main_process:
+            _append_samples(stage_dir / SAMPLES_FILE, loop.shown)
     result = loop.result
     result.seconds = time.perf_counter() - began
     record = finish_stage(stage, stage_dir, result, model, tokenizer, config, accelerator, base_dir=None,
                           later_stage=False)  # fmt: skip
     record["rounds"] = [s.to_dict() for s in rounds]
+    record["round_samples"] = _last_samples(stage_dir / SAMPLES_FILE)
     say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
+
+
+def _append_samples(path: Path, shown: list[dict[str, Any]]) -> None:
+    """The round's shown samples added to ``round_samples.jsonl`` (rewritten atomically; a round
+    redone after a resume replaces its earlier lines)."""
+    rounds = {row["round"] for row in shown}
+    old = [line for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else [])
+           if json.loads(line)["round"] not in rounds]  # fmt: skip
+    new = [json.dumps(row, ensure_ascii=False) for row in shown]
+    write_atomic(path, "".join(line + "\n" for line in old + new))
+
+
+def _last_samples(path: Path) -> list[dict[str, Any]]:
+    """The last round's shown samples."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    last = max((row["round"] for row in rows), default=None)
+    return [row for row in rows if row["round"] == last]
 
 
 def _read_rounds(stage_dir: Path) -> list[RoundStats]:

@@ -44,6 +44,12 @@ def write_summary(
         lines += [f"## Stage `{record['stage']}`: `{record['objective']}`", ""]
         lines += [f"{record['steps']} steps in {record['seconds']:.0f} s; model: `{record['model']}`", ""]
         lines += [format_eval_table(record.get("eval_before"), record.get("eval_after")), ""]
+        if record.get("rounds"):
+            lines += [rounds_table(record["rounds"]), ""]
+        for shown in record.get("round_samples", []):
+            lines += [f"Round {shown['round']}, prompt: `{shown['prompt'][-300:]}`", "",
+                      f"- best ({shown['best_reward']:+.3f}): {shown['best']}",
+                      f"- worst ({shown['worst_reward']:+.3f}): {shown['worst']}", ""]  # fmt: skip
         if record.get("win_rates"):
             lines += [win_rate_table(record["win_rates"], config.eval.baseline), ""]
         if "curves" in record:
@@ -69,4 +75,16 @@ def win_rate_table(records: list[dict[str, Any]], baseline: str) -> str:
         lines.append(f"| {r['step']} | {r['judge']} | {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
                      f"{r['lc_win_rate']:.3f} | {r['wins']} / {r['ties']} / {r['losses']} | "
                      f"{r['mean_length']:.0f} ({r['baseline_mean_length']:.0f}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def rounds_table(rounds: list[dict[str, float]]) -> str:
+    """An on-policy stage's rounds (:class:`~preftune.training.online.RoundStats`) as a Markdown table."""
+    lines = ["| round | reward | length (tokens) | finished | KL | items | loss | generate / label / train s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rounds:
+        lines.append(f"| {int(r['round'])} | {r['reward_mean']:+.3f} ± {r['reward_std']:.3f} | "
+                     f"{r['mean_length']:.1f} | {r['finished']:.2f} | {r['kl']:.4f} | {int(r['items'])} | "
+                     f"{r['loss']:.4f} | {r['generate_s']:.0f} / {r['label_s']:.0f} / "
+                     f"{r['train_s']:.0f} |")  # fmt: skip
     return "\n".join(lines)
