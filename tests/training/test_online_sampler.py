@@ -15,8 +15,9 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import SamplingConfig, sample
-from preftune.generation.vllm_backend import load_weights_into_vllm, merged_weights
+from preftune.generation.vllm_backend import load_weights_into_vllm
 from preftune.modeling import apply_lora, load_model
+from preftune.modeling.merged import merged_weights
 from preftune.training.online import OnlineLoop, OnlineSettings
 from tests.training.test_online import make_loop
 
@@ -147,6 +148,7 @@ def test_online_backend_choice(monkeypatch):
     monkeypatch.setattr(vllm_backend, "ColocatedVllmSampler", lambda *a, **k: built.append((a, k)) or "vllm")
     config = RunConfig()
     config.model.name, config.online.vllm_gpu_memory = "tiny-random", 0.25
+    config.online.sample_dtype = "float32"  # not vLLM: the policy itself (a bf16 copy: test_copy_sampler.py)
 
     def accelerator(kind, processes=1):
         return SimpleNamespace(device=torch.device(kind), num_processes=processes)

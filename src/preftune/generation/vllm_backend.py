@@ -20,7 +20,7 @@ say) do not apply when explicit ``SamplingParams`` are passed, and seeds give ot
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from preftune.data.tokenize import end_of_turn_ids
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig
+from preftune.modeling.merged import merged_weights
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -190,60 +191,6 @@ def sample_vllm(model: VllmSampler, tokenizer: Any, prompts: Sequence[Sequence[i
                 progress: bool = False) -> list[Sample]:  # fmt: skip
     """:func:`.sampling.sample`'s signature over a :class:`VllmSampler` (which holds its own stop ids)."""
     return model.sample(prompts, config)
-
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def _base_name(name: str) -> str:
-    """A PEFT parameter's name in the base model: no ``base_model.model.`` prefix, no ``.base_layer``."""
-    name = name.removeprefix(_PEFT_PREFIX)
-    return name.replace(".base_layer.", ".")
-
-
-def _lora_delta(layer: Any, adapter: str) -> Any:
-    """``scaling · B · A`` of one adapter of a LoRA linear layer, in float32 (what its forward adds to W x)."""
-    if adapter not in layer.lora_A:
-        raise PreftuneError(f"cannot merge LoRA adapter {adapter!r} of a {type(layer).__name__}: only linear "
-                            "layers (lora_A/lora_B) are merged for vLLM")  # fmt: skip
-    if getattr(layer, "use_dora", {}).get(adapter, False):
-        raise PreftuneError("DoRA adapters cannot be merged for vLLM: train plain LoRA or use online.backend=hf")
-    a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
-    delta = (b @ a) * layer.scaling[adapter]
-    return delta.T if getattr(layer, "fan_in_fan_out", False) else delta
-
-
-def merged_weights(model: Any) -> Iterator[tuple[str, Any]]:
-    """The model's current weights under the base model's parameter names, LoRA merged in: ``(name, tensor)``.
-
-    For a PEFT LoRA model each LoRA layer's weight is ``W + scaling · B · A`` summed over the active
-    adapters, computed into new tensors from ``base_layer.weight``, ``lora_A``/``lora_B`` and
-    ``scaling``: the trained model is never touched (PEFT's merge/unmerge would add and subtract
-    the delta in place, and the float rounding would move the weights the adapter-off reference
-    reads). Names lose ``base_model.model.`` and ``.base_layer``; ``lora_*`` tensors are dropped.
-    A plain model gives its ``state_dict``. A generator: one merged tensor lives at a time, so a
-    consumer such as vLLM's ``load_weights`` streams them in. Runs on any device (the model's).
-    """
-    import torch
-
-    if not hasattr(model, "peft_config"):
-        with torch.no_grad():
-            yield from ((name, tensor.detach()) for name, tensor in model.state_dict().items())
-        return
-    from peft.tuners.lora import LoraLayer
-
-    lora_layers = {f"{name}.base_layer.weight": m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if ".lora_" in name:
-                continue
-            layer = lora_layers.get(name)
-            if layer is not None and not layer.merged and not layer.disable_adapters:
-                merged = tensor.float()
-                for adapter in layer.active_adapters:
-                    merged = merged + _lora_delta(layer, adapter)
-                tensor = merged.to(tensor.dtype)
-            yield _base_name(name), tensor.detach()
 
 
 def _load_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:

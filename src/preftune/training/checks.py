@@ -172,9 +172,11 @@ def _check_online(config: RunConfig) -> None:
         raise SpecError("online.rounds samples its own responses: data.bad (an unpaired bad set) does not apply")
     if online.mix > 0 and build(config.resolved_stages()[0].objective).record_type is GroupRecord:
         raise SpecError("online.mix blends offline *pairs* in: it needs a pairwise objective, not a group one")
+    from preftune.generation.copy_sampler import SAMPLE_DTYPES
     from preftune.generation.vllm_backend import BACKENDS, colocate_missing
 
     _choice("online.backend", online.backend, BACKENDS)
+    _choice("online.sample_dtype", online.sample_dtype, SAMPLE_DTYPES)
     _require("online.vllm_gpu_memory", online.vllm_gpu_memory, 0, strict=True, high=1)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the run's processes are not made yet
     if online.backend == "vllm" and (reason := colocate_missing(config.model.name, processes)):

@@ -109,6 +109,7 @@ class OnlineConfig:
     top_k: int = 0
     max_new_tokens: int = 64
     backend: str = "auto"  # auto (vLLM when installed, on a CUDA GPU, one process) | hf | vllm: who samples
+    sample_dtype: str = "auto"  # hf sampling: auto (a bf16 copy where bf16 is native) | float32 (the policy) | bfloat16
     vllm_gpu_memory: float = 0.3  # the GPU share the colocated vLLM engine takes beside the trainer
 
 

@@ -62,24 +62,31 @@ def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tupl
 
 
 def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, say: Any) -> Sampler | None:
-    """Who samples each round (``online.backend``): None, the HF sampler, or a colocated vLLM engine.
+    """Who samples each round: a colocated vLLM engine (``online.backend``), a bfloat16 copy of the
+    policy (``online.sample_dtype``), or None: the policy itself through transformers' ``generate``.
 
-    ``auto`` takes vLLM where it is installed, the run is on a CUDA GPU in one process and the model
-    is a full checkpoint; ``vllm`` was checked possible before any model loaded
+    ``backend=auto`` takes vLLM where it is installed, the run is on a CUDA GPU in one process and the
+    model is a full checkpoint; ``vllm`` was checked possible before any model loaded
     (:func:`~preftune.training.checks.check`). The engine is built here, after the policy, so that
-    its ``online.vllm_gpu_memory`` share is taken from what the trainer left.
+    its ``online.vllm_gpu_memory`` share is taken from what the trainer left. Otherwise
+    ``sample_dtype=auto`` samples from a bfloat16 copy where bf16 is native
+    (:mod:`preftune.generation.copy_sampler`).
     """
+    from preftune.generation.copy_sampler import copy_sampler_for
     from preftune.generation.vllm_backend import ColocatedVllmSampler, colocate_missing
 
     o = config.online
-    if o.backend == "hf" or accelerator.device.type != "cuda":
-        return None
-    if o.backend == "auto" and colocate_missing(config.model.name, accelerator.num_processes) is not None:
-        return None
-    say(f"sampling with vLLM in this process ({o.vllm_gpu_memory:.0%} of the GPU), the weights loaded each round",
-        highlight=False)  # fmt: skip
-    return ColocatedVllmSampler(config.model.name, tokenizer, seed=config.optim.seed,
-                                gpu_memory_utilization=o.vllm_gpu_memory)  # fmt: skip
+    on_gpu_vllm = o.backend != "hf" and accelerator.device.type == "cuda"
+    if on_gpu_vllm and (o.backend == "vllm" or colocate_missing(config.model.name, accelerator.num_processes) is None):
+        say(f"sampling with vLLM in this process ({o.vllm_gpu_memory:.0%} of the GPU), the weights loaded each "
+            "round", highlight=False)  # fmt: skip
+        return ColocatedVllmSampler(config.model.name, tokenizer, seed=config.optim.seed,
+                                    gpu_memory_utilization=o.vllm_gpu_memory)  # fmt: skip
+    copy = copy_sampler_for(o.sample_dtype, config.model.dtype)
+    if copy is not None:
+        say("sampling from a bfloat16 copy of the policy, its weights refreshed each round "
+            f"(online.sample_dtype={o.sample_dtype})", highlight=False)  # fmt: skip
+    return copy
 
 
 def run_online_stage(
