@@ -7,6 +7,9 @@ Two workloads, each run by three sides in fresh subprocesses (``--child``), so e
   policy with its LoRA adapter disabled as the reference.
 - ``reinforce-c4``: preftune ``reinforce`` (leave-one-out baseline, no KL), C = 4, against TRL ``RLOOTrainer`` with
   ``num_generations=4`` and ``beta=0`` (no KL term, so no reference forward, like preftune's ``reinforce``).
+- ``preftune`` samples as ``preftune train`` does by default (``online.sample_dtype=auto``): from a bfloat16 copy of
+  the policy, its weights refreshed each round, where bf16 is native (AMX, AVX-512 BF16), else with the policy;
+  ``preftune-fp32`` always samples with the float32 policy itself, as TRL does. Training is float32 on every side.
 - ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
   KV cache on, the same sampling settings): the generation speed both libraries are measured against.
 
@@ -59,7 +62,9 @@ WORKLOADS = {
     "dpo-c2": (2, f"dpo(beta={BETA})", "OnlineDPOTrainer"),
     "reinforce-c4": (4, "reinforce", "RLOOTrainer"),
 }
-SIDES = ("preftune", "trl", "generate")
+# preftune samples from a bfloat16 copy of the policy where bf16 is native (online.sample_dtype=auto);
+# preftune-fp32 samples with the float32 policy itself, as TRL does
+SIDES = ("preftune", "preftune-fp32", "trl", "generate")
 MB = 1024 * 1024
 
 
@@ -101,6 +106,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     from accelerate.utils import set_seed
 
     from preftune.data import Batcher
+    from preftune.generation.copy_sampler import copy_sampler_for
     from preftune.generation.prompts import encode_prompt
     from preftune.generation.sampling import SamplingConfig
     from preftune.judging.labellers import make_labeller
@@ -154,7 +160,9 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * c
     )
     batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
-    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher)
+    sampler = copy_sampler_for("float32" if args.child == "preftune-fp32" else "auto", "float32")
+    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher,
+                      sampler=sampler)  # fmt: skip
     t1 = time.perf_counter()
     rounds = loop.run()
     wall = time.perf_counter() - t1
@@ -172,6 +180,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         "gen_tokens": gen_tokens,
         "reward_mean": [r.reward_mean for r in rounds],
         "rounds": [r.to_dict() for r in rounds],
+        "sampler": "bfloat16 copy" if sampler is not None else "float32 policy",
     }
 
 
@@ -324,7 +333,7 @@ def run_child(args: argparse.Namespace) -> None:
     import torch
 
     c, objective, trainer_name = WORKLOADS[args.workload]
-    if args.child == "preftune":
+    if args.child in ("preftune", "preftune-fp32"):
         out = child_preftune(args, c, objective)
     elif args.child == "trl":
         out = child_trl(args, c, trainer_name)
@@ -377,6 +386,8 @@ def table(results: list[dict[str, Any]]) -> str:
         share = r["gen_s"] / r["wall_s"] if r.get("gen_s") is not None else None
         tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") else None
         name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(r["side"], "preftune")
+        if r["side"].startswith("preftune"):
+            name = f"preftune ({r.get('sampler', 'float32 policy')} samples)"
         lines.append(
             f"| {r['workload']} | {name} | {r['repeat']} | {r['wall_s']:.1f} | {sps:.2f} | {ratio} | "
             f"{r['peak_rss_mb']:.0f} | {mem_ratio} | {_fmt(share, '.0%') if r['side'] != 'generate' else '(all)'} | "
