@@ -65,11 +65,13 @@ def _check_numbers(config: RunConfig) -> None:
                     "data.train_size": d.train_size, "data.max_prompt_length": d.max_prompt_length,
                     "eval.batch_size": e.batch_size, "eval.max_new_tokens": e.max_new_tokens,
                     "logit_chunk": config.logit_chunk, "save_every": config.save_every,
-                    "keep_checkpoints": config.keep_checkpoints}  # fmt: skip
+                    "keep_checkpoints": config.keep_checkpoints,
+                    "eval.gradient_cosine_pairs": e.gradient_cosine_pairs}  # fmt: skip
     for key, value in at_least_one.items():
         _require(key, value, 1)
     zero_or_more = {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples,
-                    "eval.win_rate_every": e.win_rate_every}  # fmt: skip
+                    "eval.win_rate_every": e.win_rate_every,
+                    "eval.gradient_cosine_every": e.gradient_cosine_every}  # fmt: skip
     for key, value in zero_or_more.items():
         _require(key, value, 0)
     _require("data.max_length", d.max_length, 2)

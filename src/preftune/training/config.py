@@ -72,6 +72,8 @@ class EvalConfig:
     baseline: str = "start"  # start (the starting policy's answers) | chosen (the held-out chosen responses)
     win_rate_every: int = 0  # steps; 0: at the end of each stage only
     win_rate_prompts: int = 24  # distinct held-out prompts answered
+    gradient_cosine_every: int = 0  # steps; 0: off (:mod:`preftune.training.gradient_cosine_hook`, P3 Lemma 6.2)
+    gradient_cosine_pairs: int = 8  # the first held-out pairs measured
 
 
 @dataclass

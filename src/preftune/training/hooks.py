@@ -43,6 +43,7 @@ class TrainResult:
     seconds: float = 0.0
     skipped_steps: int = 0
     win_rates: list[dict[str, Any]] = field(default_factory=list)  # :mod:`preftune.training.win_rates`
+    gradient_cosines: list[dict[str, Any]] = field(default_factory=list)  # P3 Lemma 6.2, gradient_cosine_hook
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Checkpoints(Hook):
         trainer = fit.trainer
         result = fit.result
         state = {"total_steps": self.total_steps, "history": result.history, "evals": result.evals,
-                 "win_rates": result.win_rates}  # fmt: skip
+                 "win_rates": result.win_rates, "gradient_cosines": result.gradient_cosines}  # fmt: skip
         trainer.save(self.output_dir, state, fit.source.state_dict(), self.keep)
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:

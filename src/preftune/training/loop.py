@@ -229,7 +229,8 @@ class Trainer:
         source.load_state_dict(state.get("source") or {"step": self.global_step})
         skipped = sum(int(h.get("skipped", 0)) for h in state["history"])
         return TrainResult(self.global_step, list(state["history"]), list(state["evals"]), skipped_steps=skipped,
-                           win_rates=list(state.get("win_rates", [])))  # fmt: skip
+                           win_rates=list(state.get("win_rates", [])),
+                           gradient_cosines=list(state.get("gradient_cosines", [])))  # fmt: skip
 
 
 def responses_read(objective: Objective) -> int | None:

@@ -45,6 +45,8 @@ def finish_stage(
         record["eval_after"] = result.evals[-1]
     if result.win_rates:
         record["win_rates"] = result.win_rates
+    if result.gradient_cosines:
+        record["gradient_cosines"] = result.gradient_cosines
     if accelerator.is_main_process:
         if config.lora.enabled:
             save_adapter(model, stage_dir / "model", tokenizer, base_dir)
