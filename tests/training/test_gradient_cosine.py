@@ -156,6 +156,9 @@ def test_the_hook_logs_at_the_start_every_k_steps_and_at_the_end(
     assert [r["step"] for r in trainer_state(out, 2)["gradient_cosines"]] == [0, 2]
     saved = json.loads((out / "outcome.json").read_text(encoding="utf-8"))
     assert saved["stages"][0]["gradient_cosines"] == records
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    last = records[-1]
+    assert f"| 4 | {last['mean']:.4f} ± {last['stderr']:.4f} | {last['nonpositive']} of 3 |" in summary
     err = capsys.readouterr().err
     assert "gradient cosine at step 0/4" in err and "gradient cosine at step 4/4" in err
 

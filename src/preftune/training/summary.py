@@ -50,6 +50,8 @@ def write_summary(
             lines += [f"Round {shown['round']}, prompt: `{shown['prompt'][-300:]}`", "",
                       f"- best ({shown['best_reward']:+.3f}): {shown['best']}",
                       f"- worst ({shown['worst_reward']:+.3f}): {shown['worst']}", ""]  # fmt: skip
+        if record.get("gradient_cosines"):
+            lines += [gradient_cosine_table(record["gradient_cosines"]), ""]
         if record.get("win_rates"):
             lines += [win_rate_table(record["win_rates"], config.eval.baseline), ""]
         if "curves" in record:
@@ -87,4 +89,13 @@ def rounds_table(rounds: list[dict[str, float]]) -> str:
                      f"{r['mean_length']:.1f} | {r['finished']:.2f} | {r['kl']:.4f} | {int(r['items'])} | "
                      f"{r['loss']:.4f} | {r['generate_s']:.0f} / {r['label_s']:.0f} / "
                      f"{r['train_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def gradient_cosine_table(records: list[dict[str, Any]]) -> str:
+    """P3's Lemma 6.2 quantity over training (:mod:`preftune.training.gradient_cosine_hook`) as a table."""
+    lines = ["cos(∇θ log π(y_w), ∇θ log π(y_l)) on held-out pairs (P3, Lemma 6.2: a negative gradient raises "
+             "log π(y_w) when it is ≤ 0):", "", "| step | mean ± s.e. | pairs ≤ 0 |", "|---|---|---|"]  # fmt: skip
+    for r in records:
+        lines.append(f"| {r['step']} | {r['mean']:.4f} ± {r['stderr']:.4f} | {r['nonpositive']} of {r['count']} |")
     return "\n".join(lines)
