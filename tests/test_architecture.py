@@ -24,7 +24,11 @@ ALLOWED = {
     "judging": {"data", "modeling", "reward"},  # rows through preftune.data; the local judge loads a model
     "serving": {"modeling"},  # llama.cpp's server; modeling only to find the embedded GGUF
     "training": {"objectives", "data", "modeling", "evaluation", "generation", "judging"},
+    "lab": {"objectives", "data", "modeling", "generation", "training"},  # P3's studies; the length tasks train a model
+    "reproduce": {"lab", "training", "data"},  # paper reproductions: the lab's studies, training runs, their data
     "cli": {
+        "lab",
+        "reproduce",
         "objectives",
         "analysis",
         "data",

@@ -127,6 +127,17 @@ def test_pairwise_rounds_train_on_best_vs_worst_and_mix_half_offline_pairs():
     assert len(offline_rewards) >= sum(h.offline_items for h in history)
 
 
+def test_a_round_with_fewer_items_than_a_batch_trains_one_step_on_them():
+    """Best vs worst of 2 prompts gives at most 2 pairs, fewer than M = 4: one step on all of them
+    (a tie would leave a prompt without a pair; no pair at all: no step), not a crash mid-run."""
+    settings = OnlineSettings(rounds=1, prompts_per_round=2, samples_per_prompt=2, batch_size=4)
+    loop, batcher = make_loop("dpo", settings)
+    (stats,) = loop.run()
+    assert stats.items <= 2 and stats.steps == (1 if stats.items else 0)
+    assert sorted(index for _, index in batcher.seen) == list(range(stats.items))
+    assert loop.round_batch_size(3) == 3 and loop.round_batch_size(9) == 4 and loop.round_batch_size(0) == 0
+
+
 def test_settings_and_combinations_are_refused_in_one_line():
     with pytest.raises(PreftuneError, match="samples_per_prompt"):
         OnlineSettings(rounds=1, prompts_per_round=2, samples_per_prompt=1)

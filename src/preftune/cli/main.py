@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from preftune import __version__
-from preftune.cli import analyze, generate, judge, objectives, rank, serve, train, train_rm, winrate
+from preftune.cli import analyze, generate, judge, lab, objectives, rank, reproduce, serve, train, train_rm, winrate
 from preftune.errors import PreftuneError
 
 EXIT_USAGE = 2
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.register(commands)
     serve.register(commands)
     winrate.register(commands)
+    lab.register(commands)
+    reproduce.register(commands)
     return parser
 
 

@@ -317,12 +317,22 @@ class OnlineLoop:
         return apply_missing_eos_penalty([list(map(float, row)) for row in rewards], finished,
                                          self.settings.missing_eos_penalty)  # fmt: skip
 
+    def round_batch_size(self, items: int) -> int:
+        """M, or for a round with fewer than M items (ties leave prompts without a pair) the most of them
+        that the processes and accumulation steps divide evenly; 0 when not even that: no step."""
+        trainer = self.trainer
+        if items >= self.settings.batch_size:
+            return self.settings.batch_size
+        unit = trainer.accelerator.num_processes * trainer.optim.grad_accumulation
+        return items // unit * unit
+
     def buffer(self, items: list[TokenizedGroup], round_index: int) -> BufferSource:
         """The round's source: T passes of M-item minibatches over ``items``, shared over the processes."""
         s, trainer = self.settings, self.trainer
         accelerator = trainer.accelerator
         return BufferSource(
-            items, self.batcher, batch_size=s.batch_size, passes=s.passes, seed=s.seed, round=round_index,
+            items, self.batcher, batch_size=self.round_batch_size(len(items)), passes=s.passes, seed=s.seed,
+            round=round_index,
             world_size=accelerator.num_processes, rank=accelerator.process_index,
             grad_accumulation=trainer.optim.grad_accumulation, group_size=responses_read(trainer.objective),
             device=accelerator.device,
@@ -355,7 +365,7 @@ class OnlineLoop:
 
     def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
         """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
-        if not items:
+        if not self.round_batch_size(len(items)):
             return 0, math.nan
         trainer = self.trainer
         before, seen = trainer.global_step, len(self.result.history) if self.result is not None else 0

@@ -1,0 +1,259 @@
+"""``preftune lab``: P3's didactic studies (Tajwar et al. 2024, METHODS.md §7) as tables, PNG and JSON.
+
+- ``preftune lab bandit``: the 100-action bandit, every method offline and on-policy, scored by the
+  exact true reward against gradient steps and samples drawn.
+- ``preftune lab kl-toy``: gradient steps on forward vs reverse KL over four categories.
+- ``preftune lab length``: the synthetic length tasks (min, mode, skew length) on a small language
+  model, offline vs on-policy methods.
+
+Every option is checked (and the study's config built) before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from preftune.errors import PreftuneError
+
+if TYPE_CHECKING:
+    from preftune.lab.bandit import BanditResult
+    from preftune.lab.kl_toy import KLToyResult
+    from preftune.lab.length import LengthResult
+
+DEFAULT_OUT = Path("out/lab")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "lab",
+        help="P3's didactic studies: the bandit, the forward/reverse KL toy and the length tasks",
+        description="Didactic studies of P3 (Tajwar et al. 2024) run with preftune's own objectives.",
+    )
+    studies = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
+    _register_bandit(studies)
+    _register_kl_toy(studies)
+    _register_length(studies)
+
+
+def _register_bandit(studies: argparse._SubParsersAction) -> None:
+    from preftune.lab.bandit import METHODS, REGIMES
+
+    bandit = studies.add_parser(
+        "bandit",
+        help="offline vs on-policy, with vs without a negative gradient, on P3's 100-action bandit",
+        description=(
+            "Trains a policy that starts at the reference (tanh-Cauchy histogram, peak near action 20) with each "
+            "objective, offline (a fixed dataset drawn once from the reference) and on-policy (fresh samples each "
+            "step), and tracks the exact true reward against gradient steps and samples drawn, over seeds. "
+            "Prints a table and writes PNGs and JSON to --out."
+        ),
+        epilog="example: preftune lab bandit --peak far --methods dpo bon --seeds 5 --out out/lab",
+    )
+    bandit.add_argument(
+        "--peak",
+        choices=("far", "near"),
+        default="far",
+        help="reward peak far from the reference's (a = 70) or near it (a = 20); default far",
+    )
+    bandit.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
+    )
+    bandit.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
+    bandit.add_argument("--seeds", type=int, default=5, help="seeds per method × regime (default: 5)")
+    bandit.add_argument("--steps", type=int, default=300, help="gradient steps per run (default: 300)")
+    bandit.add_argument("--samples", type=int, default=4, help="C, samples per context per step (default: 4)")
+    bandit.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
+    bandit.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
+    bandit.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    bandit.set_defaults(run=run_bandit_command)
+
+
+def _register_kl_toy(studies: argparse._SubParsersAction) -> None:
+    toy = studies.add_parser(
+        "kl-toy",
+        help="gradient steps on forward KL(q‖p) vs reverse KL(p‖q) over four categories",
+        description=(
+            "From p0 = [0.3, 0.3, 0.1, 0.3] (softmax logits log p0) towards q = [0.2, 0.1, 0.6, 0.1]: plain gradient "
+            "descent on each KL, each category's mass after every step. Prints milestones and writes a PNG and "
+            "JSON to --out."
+        ),
+        epilog="example: preftune lab kl-toy --steps 100 --lr 0.5 --out out/lab",
+    )
+    toy.add_argument("--steps", type=int, default=100, help="gradient steps (default: 100)")
+    toy.add_argument("--lr", type=float, default=0.5, help="step size on the logits (default: 0.5)")
+    toy.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    toy.set_defaults(run=run_kl_toy_command)
+
+
+LENGTH_TASKS = ("min", "mode", "skew")  # as preftune.lab.length.TASKS, which is imported only to run
+LENGTH_METHODS = ("offline_dpo", "onpolicy_dpo", "rwr", "reinforce", "pref_ft")
+
+
+def _register_length(studies: argparse._SubParsersAction) -> None:
+    length = studies.add_parser(
+        "length",
+        help="synthetic length tasks on a small language model: offline vs on-policy methods",
+        description=(
+            "Warms the tiny model up to recite the alphabet with lengths spread around a mode, samples an offline "
+            "dataset from it paired by the task (min: shorter preferred; mode: closer to the dataset's mode length; "
+            "skew: shorter, the dataset truncated to its longer half), then trains each method from it with LoRA "
+            "(offline_dpo and pref_ft on the pairs, onpolicy_dpo, rwr and reinforce on their own samples, rewarded "
+            "-length or -|length - mode|) and measures the mean length (or distance to the mode) on held-out prompts "
+            "at a few steps. Prints a table and writes a PNG and JSON to --out."
+        ),
+        epilog="example: preftune lab length --task skew --methods onpolicy_dpo offline_dpo --steps 20 --out out/lab",
+    )
+    length.add_argument("--task", default="min", help=f"{' | '.join(LENGTH_TASKS)} (default: min)")
+    length.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(LENGTH_METHODS),
+        help=f"methods, space- or comma-separated (default: {' '.join(LENGTH_METHODS)})",
+    )
+    length.add_argument("--steps", type=int, default=20, help="optimiser steps per method (default: 20)")
+    length.add_argument("--seed", type=int, default=0, help="seed of the warm-up, data and sampling (default: 0)")
+    length.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    length.set_defaults(run=run_length_command)
+
+
+def _names(values: list[str]) -> list[str]:
+    """``["dpo,bon", "ipo"]`` -> ``["dpo", "bon", "ipo"]``; an empty item is refused."""
+    names = [name.strip() for value in values for name in value.split(",")]
+    if any(not name for name in names):
+        raise PreftuneError(f"'{' '.join(values)}' has an empty item; separate names with spaces or single commas")
+    return names
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PreftuneError(f"--out {out} exists and is not a folder")
+
+
+def run_bandit_command(args: argparse.Namespace) -> int:
+    from preftune.lab.bandit import BanditConfig, run_bandit
+
+    config = BanditConfig(
+        peak=args.peak,
+        methods=tuple(_names(args.methods)),
+        regimes=tuple(_names(args.regimes)),
+        seeds=args.seeds,
+        steps=args.steps,
+        samples_per_context=args.samples,
+        lr=args.lr,
+        threshold=args.threshold,
+    )
+    _check_out(args.out)
+    result = run_bandit(config)
+
+    from preftune.files import write_json_atomic
+    from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure, save_png
+
+    print(bandit_table(result))
+    stem = f"bandit_{config.peak}"
+    files = [
+        write_json_atomic(args.out / f"{stem}.json", result.to_json()),
+        save_png(bandit_reward_figure(result), args.out / f"{stem}_reward.png"),
+        save_png(bandit_histogram_figure(result), args.out / f"{stem}_histograms.png"),
+    ]
+    print(f"wrote {', '.join(str(path) for path in files)}")
+    return 0
+
+
+def bandit_table(result: BanditResult) -> str:
+    """The summary as a console table: final reward ± 95% CI over seeds, steps/samples to the threshold."""
+    config = result.config
+    lines = [
+        f"P3 bandit, {config.peak} peak: {config.seeds} seed(s), {config.steps} steps, "
+        f"C = {config.samples_per_context}, "
+        f"lr {config.lr:g}; reward under π_ref {result.initial_reward:.4f}; {result.seconds:.1f} s",
+        f"{'method':<10} {'regime':<10} {'final reward ± 95% CI':>22} {'reached':>8} "
+        f"{'steps to ' + format(config.threshold, 'g'):>13} {'samples to ' + format(config.threshold, 'g'):>15}",
+    ]
+    for row in result.summary():
+        ci = "n/a" if math.isnan(row.ci) else f"{row.ci:.4f}"
+        steps = "-" if row.steps_to_threshold is None else f"{row.steps_to_threshold:g}"
+        samples = "-" if row.samples_to_threshold is None else f"{row.samples_to_threshold:g}"
+        lines.append(
+            f"{row.method:<10} {row.regime:<10} {row.final:>12.4f} ± {ci:<7} "
+            f"{row.reached:>4}/{row.seeds:<3} {steps:>13} {samples:>15}"
+        )
+    return "\n".join(lines)
+
+
+def run_kl_toy_command(args: argparse.Namespace) -> int:
+    from preftune.lab.kl_toy import KLToyConfig, run_kl_toy
+
+    config = KLToyConfig(steps=args.steps, lr=args.lr)
+    _check_out(args.out)
+    result = run_kl_toy(config)
+
+    from preftune.files import write_json_atomic
+    from preftune.lab.plots import kl_toy_figure, save_png
+
+    print(kl_toy_table(result))
+    files = [
+        write_json_atomic(args.out / "kl_toy.json", result.to_json()),
+        save_png(kl_toy_figure(result), args.out / "kl_toy.png"),
+    ]
+    print(f"wrote {', '.join(str(path) for path in files)}")
+    return 0
+
+
+def kl_toy_table(result: KLToyResult) -> str:
+    """Each category's mass at a few steps, for both KLs."""
+    steps = sorted({0, 1, 5, 10, 25, 50, result.config.steps} & set(range(result.config.steps + 1)))
+    width = len(result.config.q)
+    header = "  ".join(f"p[{i}]" + " " * 2 for i in range(width))
+    lines = [
+        f"P3 KL toy: p0 = {list(result.config.p0)}, q = {list(result.config.q)}, lr {result.config.lr:g}",
+        f"{'KL':<8} {'step':>5}  {header}",
+    ]
+    for name, masses in (("forward", result.forward), ("reverse", result.reverse)):
+        for step in steps:
+            lines.append(f"{name:<8} {step:>5}  " + "  ".join(f"{float(p):.4f}" for p in masses[step]))
+    return "\n".join(lines)
+
+
+def run_length_command(args: argparse.Namespace) -> int:
+    from preftune.lab.length import LengthConfig, run_length_study
+
+    config = LengthConfig(task=args.task, methods=tuple(_names(args.methods)), steps=args.steps, seed=args.seed)
+    _check_out(args.out)
+    result = run_length_study(config)
+
+    from preftune.files import write_json_atomic
+    from preftune.lab.plots import length_figure, save_png
+
+    print(length_table(result))
+    stem = f"length_{config.task}"
+    files = [
+        write_json_atomic(args.out / f"{stem}.json", result.to_dict()),
+        save_png(length_figure(result), args.out / f"{stem}.png"),
+    ]
+    print(f"wrote {', '.join(str(path) for path in files)}")
+    return 0
+
+
+def length_table(result: LengthResult) -> str:
+    """Per method: the task's measure at each checkpoint, and the training time."""
+    config, data = result.config, result.dataset.summary()
+    steps = result.curves[0].steps if result.curves else []
+    kept = "" if data["floor"] is None else f", kept >= {data['floor']}"
+    lines = [
+        f"P3 {config.task} length: {config.steps} steps, M = {config.batch_size}, C = {config.samples_per_prompt}, "
+        f"lr {config.lr:g}; dataset {data['samples']} samples (mean length {data['mean_length']:.1f}, "
+        f"mode {data['mode']}{kept}), {data['pairs']} pairs; "
+        f"warm-up {result.warmup_seconds:.1f} s, total {result.seconds:.1f} s",
+        f"mean {result.target} (tokens) on held-out prompts at steps {' '.join(map(str, steps))}",
+        f"{'method':<13} " + " ".join(f"{s:>6}" for s in steps) + f" {'finished':>9} {'seconds':>8}",
+    ]
+    for curve in result.curves:
+        values = " ".join(f"{v:>6.2f}" for v in curve.values(config.task))
+        lines.append(f"{curve.method:<13} {values} {curve.measures[-1].finished:>9.2f} {curve.seconds:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Didactic studies of P3 (Tajwar et al. 2024, METHODS.md §7), run with preftune's own objectives.
+
+- :mod:`preftune.lab.bandit`: the 100-action contextual bandit, offline vs on-policy, with and
+  without a negative gradient, scored by the exact true reward.
+- :mod:`preftune.lab.kl_toy`: gradient steps on forward KL(q‖p) vs reverse KL(p‖q) over four
+  categories (mode covering vs mode seeking).
+- :mod:`preftune.lab.length`: the synthetic length tasks (min, mode, skew length) on a small
+  language model, offline vs on-policy, through preftune's own trainer and on-policy loop.
+- :mod:`preftune.lab.plots`: their figures (matplotlib, Agg, PNG written atomically).
+
+The bandit and the KL toy import :mod:`preftune.objectives` (the losses) and the leaves only; the
+length study also trains a model (``training``, ``modeling``, ``generation``, ``data``). It is
+exported lazily (module ``__getattr__``), so importing this package stays light.
+"""
+
+from preftune.lab.bandit import BanditConfig, BanditResult, run_bandit
+from preftune.lab.kl_toy import KLToyConfig, KLToyResult, run_kl_toy
+
+__all__ = [
+    "BanditConfig",
+    "BanditResult",
+    "KLToyConfig",
+    "KLToyResult",
+    "LengthConfig",
+    "LengthResult",
+    "run_bandit",
+    "run_kl_toy",
+    "run_length_study",
+]
+
+_LENGTH = ("LengthConfig", "LengthResult", "run_length_study")
+
+
+def __getattr__(name: str) -> object:
+    """The length study's names, imported on first use (it pulls in the trainer and transformers)."""
+    if name in _LENGTH:
+        from preftune.lab import length
+
+        return getattr(length, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

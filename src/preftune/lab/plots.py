@@ -1,0 +1,146 @@
+"""Figures of P3's didactic studies (Tajwar et al. 2024, METHODS.md §7), PNGs written atomically.
+
+Built on :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global state); each
+PNG is rendered to memory and published by :func:`preftune.files.write_atomic`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from preftune.files import write_atomic
+from preftune.lab.bandit import BanditResult, Curve, t_quantile
+from preftune.lab.kl_toy import KLToyResult
+
+if TYPE_CHECKING:
+    from preftune.lab.length import LengthResult
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+REGIME_STYLE = {"on_policy": "-", "offline": "--"}
+KL_LINESTYLES = ("-", "-", "-", (0, (4, 3)))
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Render ``figure`` with Agg and write it to ``path`` atomically."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return write_atomic(path, buffer.getvalue())
+
+
+def _band(ax: Axes, xs: list[float], curve: Curve, colour: str) -> None:
+    """Mean over seeds with a shaded 95% t interval (none for one seed)."""
+    rewards = curve.rewards  # [S, T+1]
+    mean = rewards.mean(0)
+    label = f"{curve.method} ({curve.regime.replace('_', '-')})"
+    ax.plot(xs, mean.tolist(), color=colour, linestyle=REGIME_STYLE[curve.regime], linewidth=1.6, label=label)
+    n = rewards.shape[0]
+    if n > 1:
+        half = t_quantile(n - 1) * rewards.std(0, correction=1) / n**0.5
+        ax.fill_between(xs, (mean - half).tolist(), (mean + half).tolist(), color=colour, alpha=0.15, linewidth=0)
+
+
+def bandit_reward_figure(result: BanditResult) -> Figure:
+    """True reward against gradient steps (left) and samples drawn (right), one line per method × regime."""
+    figure = Figure(figsize=(12, 4.6), layout="constrained")
+    by_steps, by_samples = figure.subplots(1, 2, sharey=True)
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(result.config.methods)}
+    for curve in result.curves:
+        _band(by_steps, list(range(curve.rewards.shape[1])), curve, colours[curve.method])
+        _band(by_samples, curve.samples.tolist(), curve, colours[curve.method])
+    for ax, xlabel in ((by_steps, "gradient steps"), (by_samples, "samples drawn")):
+        ax.axhline(result.config.threshold, color="#999", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    by_steps.set_ylabel("true reward E_π[r(a)]")
+    by_samples.legend(fontsize=7, ncol=2, loc="best")
+    seeds = result.config.seeds
+    figure.suptitle(
+        f"P3 bandit, {result.config.peak} peak: mean over {seeds} seed(s), shaded 95% CI "
+        "(solid on-policy, dashed offline)"
+    )
+    return figure
+
+
+def bandit_histogram_figure(result: BanditResult) -> Figure:
+    """π_θ (mean over contexts and seeds) at the snapshot steps: rows regimes, columns methods."""
+    config = result.config
+    rows, cols = len(config.regimes), len(config.methods)
+    figure = Figure(figsize=(2.6 * cols + 1, 2.2 * rows + 0.8), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    steps = config.snapshot_steps()
+    reward = result.bandit.rewards
+    for curve in result.curves:
+        ax = axes[config.regimes.index(curve.regime)][config.methods.index(curve.method)]
+        peak = float(curve.histograms.max())
+        ax.fill_between(range(len(reward)), (reward * peak).tolist(), color="#ccc", label="r(a), scaled")
+        for i, step in enumerate(steps):
+            shade = 0.25 + 0.75 * i / max(len(steps) - 1, 1)
+            ax.plot(curve.histograms[i].tolist(), color=(0.1, 0.3, 0.7, shade), linewidth=1.2, label=f"step {step}")
+        ax.set_title(f"{curve.method}, {curve.regime.replace('_', '-')}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("action a")
+    axes[0][-1].legend(fontsize=6)
+    figure.suptitle(f"P3 bandit, {config.peak} peak: policy histograms π_θ(a) (mean over contexts and seeds)")
+    return figure
+
+
+def kl_toy_figure(result: KLToyResult) -> Figure:
+    """Mass of each category against steps, forward KL (left) and reverse KL (right); dotted: target q."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    panels = figure.subplots(1, 2, sharey=True)
+    for ax, (name, masses) in zip(
+        panels, (("forward KL(q‖p)", result.forward), ("reverse KL(p‖q)", result.reverse)), strict=True
+    ):
+        for i in range(masses.shape[1]):
+            colour = PALETTE[i % len(PALETTE)]
+            style = KL_LINESTYLES[i % len(KL_LINESTYLES)]  # categories with equal mass (1 and 3) stay visible
+            ax.plot(masses[:, i].tolist(), color=colour, linestyle=style, linewidth=1.8, label=f"category {i}")
+            ax.axhline(result.config.q[i], color=colour, linestyle=":", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlabel("gradient steps")
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("p_θ(category)")
+    panels[1].legend(fontsize=8)
+    figure.suptitle(f"P3 KL toy: p0 = {list(result.config.p0)}, q = {list(result.config.q)}, lr = {result.config.lr:g}")
+    return figure
+
+
+def length_figure(result: LengthResult) -> Figure:
+    """P3's length tasks: the task's measure (mean length, or distance to the mode) on held-out prompts
+    against steps per method (left; solid on-policy, dashed offline), and the offline dataset's lengths (right)."""
+    from preftune.lab.length import ON_POLICY
+
+    config, data = result.config, result.dataset
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    curves_ax, data_ax = figure.subplots(1, 2, width_ratios=(3, 2))
+    for i, curve in enumerate(result.curves):
+        style = REGIME_STYLE["on_policy" if curve.method in ON_POLICY else "offline"]
+        curves_ax.plot(curve.steps, curve.values(config.task), color=PALETTE[i % len(PALETTE)], linestyle=style,
+                       marker="o", markersize=3, linewidth=1.6, label=curve.method)  # fmt: skip
+    curves_ax.set_xlabel("optimiser steps")
+    curves_ax.set_ylabel(f"mean {result.target} (tokens)")
+    curves_ax.set_ylim(bottom=0)
+    curves_ax.grid(alpha=0.3)
+    curves_ax.legend(fontsize=8)
+    histogram = data.summary()["histogram"]
+    kept = [data.floor is None or n >= data.floor for n in histogram]
+    data_ax.bar(list(histogram), list(histogram.values()), color=["#1f77b4" if k else "#ccc" for k in kept])
+    data_ax.axvline(data.mode, color="#d62728", linestyle=":", linewidth=1.2, label=f"mode {data.mode}")
+    if data.floor is not None:
+        data_ax.axvline(data.floor - 0.5, color="#555", linestyle="--", linewidth=1, label=f"kept ≥ {data.floor}")
+    data_ax.set_xlabel("response length (tokens)")
+    data_ax.set_ylabel("dataset samples")
+    data_ax.set_title(f"offline data: {data.summary()['pairs']} pairs", fontsize=9)
+    data_ax.legend(fontsize=8)
+    figure.suptitle(
+        f"P3 {config.task} length: {config.model} warmed up, LoRA r={config.lora_rank}, lr {config.lr:g}, "
+        f"M = {config.batch_size}, C = {config.samples_per_prompt}; held-out prompts, fixed sampling seed"
+    )
+    return figure

@@ -1,0 +1,19 @@
+"""Reproductions of papers' claims: run the studies, compare with what the paper reports, write a report.
+
+- :mod:`preftune.reproduce.p3`: P3 (Tajwar et al. 2024): the bandit, the KL toy, the length study
+  (when given) and Lemma 6.2's gradient cosine, with a verdict per claim.
+- :mod:`preftune.reproduce.verdicts`: intervals and the rules that turn them into verdicts.
+- :mod:`preftune.reproduce.report`: claim sections and the Markdown report.
+- :mod:`preftune.reproduce.plots`: the report's own figures.
+
+Imports :mod:`preftune.lab` (the didactic studies), :mod:`preftune.training` (the Lemma 6.2 runs),
+:mod:`preftune.data` (their data settings) and the leaves.
+"""
+
+from preftune.reproduce.p3 import SCALES, LengthStudy, reproduce_p3
+from preftune.reproduce.report import ClaimSection, not_run_section
+
+PAPERS = {"P3": reproduce_p3}
+"""Paper name -> its reproduction, ``(scale, out, say=print) -> results``."""
+
+__all__ = ["PAPERS", "SCALES", "ClaimSection", "LengthStudy", "not_run_section", "reproduce_p3"]

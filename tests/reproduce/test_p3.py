@@ -1,0 +1,223 @@
+"""``preftune reproduce P3``: the verdict rules on hand-made numbers, a whole report at the test scale,
+and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from preftune.cli.main import main
+from preftune.lab.bandit import BanditConfig, BanditResult, Curve, make_bandit, samples_drawn
+from preftune.reproduce import ClaimSection, reproduce_p3
+from preftune.reproduce.p3 import length_section
+from preftune.reproduce.p3_bandit import bandit_section
+from preftune.reproduce.p3_kl import KLRun, kl_section, run_kl_sweep
+from preftune.reproduce.report import render_section
+from preftune.reproduce.verdicts import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    NOT_RUN,
+    PARTLY,
+    Interval,
+    aggregate,
+    clearly_above,
+    mean_interval,
+    wilson,
+    within_margin,
+)
+
+MARGIN = 0.05
+
+
+# --- the rules -------------------------------------------------------------------------------------
+
+
+def test_aggregate_maps_checks_to_verdicts() -> None:
+    assert aggregate([True, True, True]) == HOLDS
+    assert aggregate([True, False, True]) == PARTLY
+    assert aggregate([False, False]) == DOES_NOT_HOLD
+    assert aggregate([]) == DOES_NOT_HOLD  # nothing checked is nothing shown
+
+
+def test_interval_rules() -> None:
+    assert clearly_above(Interval(0.3, 0.2, 0.4), MARGIN)
+    assert not clearly_above(Interval(0.3, 0.04, 0.56), MARGIN)  # overlaps the margin
+    assert within_margin(Interval(0.0, -0.03, 0.04), MARGIN)
+    assert not within_margin(Interval(0.0, -0.06, 0.04), MARGIN)
+    unknown = Interval(0.3, math.nan, math.nan)  # one seed: no interval, so no check passes
+    assert not clearly_above(unknown, MARGIN) and not within_margin(unknown, MARGIN)
+
+
+def test_mean_interval_and_wilson() -> None:
+    interval = mean_interval([1.0, 2.0, 3.0])
+    assert interval.estimate == pytest.approx(2.0)
+    assert interval.high - interval.estimate == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-4)
+    assert not mean_interval([1.0]).known
+    share = wilson(8, 8)
+    assert share.estimate == 1.0 and share.high == 1.0 and 0.6 < share.low < 0.7
+    assert not wilson(0, 0).known
+
+
+# --- bandit sections from hand-made curves ---------------------------------------------------------
+
+
+def _result(peak: str, scores: dict[tuple[str, str], float]) -> BanditResult:
+    """A bandit result whose every step's reward is the given score plus a small per-seed offset."""
+    config = BanditConfig(peak=peak, methods=("bon", "dpo"), seeds=4, steps=5)
+    offsets = torch.tensor([-0.01, 0.0, 0.005, 0.01], dtype=torch.float64)
+    curves = []
+    for method in config.methods:
+        for regime in config.regimes:
+            offsets = offsets.roll(1)  # each curve's seeds differ a little, differently
+            rewards = (scores[method, regime] + offsets).unsqueeze(1).expand(-1, config.steps + 1).clone()
+            histograms = torch.zeros(len(config.snapshot_steps()), 100, dtype=torch.float64)
+            curves.append(Curve(method, regime, rewards, samples_drawn(config, regime), histograms))
+    return BanditResult(config, make_bandit(config), tuple(curves), 0.0, 0.05)
+
+
+def _scores(bon_off: float, bon_on: float, dpo_off: float, dpo_on: float) -> dict[tuple[str, str], float]:
+    return {
+        ("bon", "offline"): bon_off,
+        ("bon", "on_policy"): bon_on,
+        ("dpo", "offline"): dpo_off,
+        ("dpo", "on_policy"): dpo_on,
+    }
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict"),
+    [
+        (_scores(0.1, 0.5, 0.5, 0.9), HOLDS),  # on-policy and the negative gradient both far ahead
+        (_scores(0.1, 0.9, 0.1, 0.9), PARTLY),  # on-policy ahead, the negative gradient no help
+        (_scores(0.1, 0.5, 0.12, 0.5), PARTLY),  # ... and one regime's gap below the margin
+        (_scores(0.3, 0.3, 0.3, 0.3), DOES_NOT_HOLD),  # all alike
+        (_scores(0.9, 0.1, 0.5, 0.1), DOES_NOT_HOLD),  # the opposite
+    ],
+)
+def test_far_peak_verdict_from_hand_made_curves(scores: dict, verdict: str) -> None:
+    section = bandit_section(_result("far", scores), MARGIN, ())
+    assert section.verdict == verdict, section.reason
+    assert len(section.data["contrasts"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict"),
+    [
+        (_scores(0.6, 0.61, 0.6, 0.62), HOLDS),
+        (_scores(0.6, 0.6, 0.6, 0.9), PARTLY),  # dpo on-policy pulls away: two contrasts leave the margin
+        (_scores(0.1, 0.9, 0.5, 1.0), DOES_NOT_HOLD),
+    ],
+)
+def test_near_peak_verdict_from_hand_made_curves(scores: dict, verdict: str) -> None:
+    section = bandit_section(_result("near", scores), MARGIN, ())
+    assert section.verdict == verdict, section.reason
+
+
+# --- the KL toy --------------------------------------------------------------------------------------
+
+
+def _masses(mode: list[float], first: list[float]) -> torch.Tensor:
+    """``[T+1, 4]`` masses with the given category 2 and category 0 paths (the rest split evenly)."""
+    mode_t, first_t = torch.tensor(mode, dtype=torch.float64), torch.tensor(first, dtype=torch.float64)
+    rest = (1 - mode_t - first_t) / 2
+    return torch.stack([first_t, rest, mode_t, rest], dim=1)
+
+
+def test_kl_verdict_from_hand_made_masses() -> None:
+    fast, slow = [0.1, 0.3, 0.55, 0.6], [0.1, 0.2, 0.3, 0.4]
+    raising, falling = [0.3, 0.35, 0.3, 0.2], [0.3, 0.25, 0.2, 0.2]
+    holds = KLRun("gradient descent", 0.5, forward=_masses(slow, raising), reverse=_masses(fast, falling))
+    opposite = KLRun("gradient descent", 0.5, forward=_masses(fast, falling), reverse=_masses(slow, raising))
+    assert kl_section([holds], ()).verdict == HOLDS
+    assert kl_section([opposite], ()).verdict == DOES_NOT_HOLD
+    assert kl_section([holds, opposite], ()).verdict == PARTLY
+
+
+def test_kl_toy_as_measured_contradicts_the_claim() -> None:
+    """Exact gradient descent and Adam from P3's p0: forward KL reaches p₂ ≥ 0.5 first and reverse KL,
+    not forward, raises category 0 (the report says so)."""
+    section = kl_section(run_kl_sweep(100, (0.5,), (0.1,)), ())
+    assert section.verdict == DOES_NOT_HOLD, section.reason
+    for run in section.data["runs"]:
+        assert run["forward_steps_to_level"] < run["reverse_steps_to_level"]
+        assert run["reverse_category0_rise"] > 0 >= run["forward_category0_rise"]
+
+
+# --- the whole report ----------------------------------------------------------------------------------
+
+
+def _fake_length(scale: str, out: Path, say) -> ClaimSection:
+    say(f"fake length study at {scale}")
+    return ClaimSection("length", "Length", "paper says", "we measured", HOLDS, "because")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("p3")
+    lines: list[str] = []
+    results = reproduce_p3("test", out, say=lines.append, length=_fake_length)
+    assert "fake length study at test" in lines
+    return out, results
+
+
+def test_report_has_every_section_with_a_verdict_line(report: tuple[Path, dict]) -> None:
+    out, results = report
+    text = (out / "report.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    assert len(headings) == 1 + 5 + 1  # at a glance, the five sections, how verdicts are decided
+    for section in re.split(r"^## ", text, flags=re.MULTILINE)[2:-1]:
+        assert "**What the paper reports.**" in section and "**What we measured.**" in section, section[:200]
+        assert re.search(r"^\*\*Verdict: (holds|partly|does not hold here|not run|n/a)", section, re.MULTILINE), section
+    assert set(results["claims"]) == {"far_peak", "near_peak", "kl", "length", "lemma_6_2"}
+    assert results["claims"]["length"]["verdict"] == HOLDS  # the study given, its section in place
+    assert results["claims"]["kl"]["verdict"] == DOES_NOT_HOLD
+    for key in ("far_peak", "near_peak"):
+        assert results["claims"][key]["verdict"] in (HOLDS, PARTLY, DOES_NOT_HOLD)
+    assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
+
+
+def test_report_figures_exist_and_are_linked(report: tuple[Path, dict]) -> None:
+    out, results = report
+    text = (out / "report.md").read_text(encoding="utf-8")
+    figures = [name for claim in results["claims"].values() for name in claim["figures"]]
+    assert "gradient_cosine.png" in figures and "bandit_far_reward.png" in figures and "kl_toy.png" in figures
+    for name in figures:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in text
+
+
+def test_lemma_records_cover_both_objectives(report: tuple[Path, dict]) -> None:
+    runs = report[1]["claims"]["lemma_6_2"]["data"]["runs"]
+    assert set(runs) == {"dpo", "mle"}
+    for run in runs.values():
+        steps = [record["step"] for record in run["records"]]
+        assert steps == [0, 1, 2]  # before the first step, after step 1, at the end
+    # both runs start from the same model and adapter, so their first measurement is the same
+    assert runs["dpo"]["records"][0]["values"] == pytest.approx(runs["mle"]["records"][0]["values"], abs=1e-9)
+
+
+def test_without_a_length_study_its_section_says_not_run(tmp_path: Path) -> None:
+    section = length_section(None, "test", tmp_path, print)
+    assert section.verdict == NOT_RUN and section.key == "length"
+    assert "**Verdict: not run.**" in render_section(section)
+    assert length_section(_fake_length, "test", tmp_path, print).verdict == HOLDS
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_an_unknown_paper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "P9", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "P9" in err[0] and "P3" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_unknown_scale(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["reproduce", "P3", "--scale", "test", "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
