@@ -221,3 +221,19 @@ def test_cli_refuses_an_unknown_paper(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_refuses_an_unknown_scale(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["reproduce", "P3", "--scale", "test", "--out", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_length_verdict_from_hand_made_scores() -> None:
+    """On-policy DPO lowest on min and skew, mode scores within one token: holds; else partly / not."""
+    from preftune.reproduce.p3_length import curve_score, length_checks
+    from preftune.reproduce.verdicts import aggregate
+
+    assert curve_score([6.0, 2.0, 0.0]) == 1.0  # step 0 left out
+    good = {"min": {"onpolicy_dpo": 0.5, "offline_dpo": 2.0}, "skew": {"onpolicy_dpo": 0.4, "pref_ft": 6.0},
+            "mode": {"onpolicy_dpo": 0.4, "rwr": 1.3}}  # fmt: skip
+    assert [p for _, p, _ in length_checks(good)] == [True, True, True]
+    assert aggregate([p for _, p, _ in length_checks(good)]) == "holds"
+    bad = {**good, "skew": {"onpolicy_dpo": 3.0, "reinforce": 0.2}, "mode": {"onpolicy_dpo": 0.1, "rwr": 2.0}}
+    checks = length_checks(bad)
+    assert [p for _, p, _ in checks] == [True, False, False] and "lowest reinforce 0.20" in checks[1][2]
+    assert aggregate([p for _, p, _ in checks]) == "partly"

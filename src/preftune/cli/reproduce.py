@@ -54,8 +54,9 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         raise PreftuneError(f"--out {args.out} exists and is not a folder")
 
     from preftune.reproduce import PAPERS
+    from preftune.reproduce.p3_length import length_study
 
-    results = PAPERS[paper](args.scale, args.out, say=print)
+    results = PAPERS[paper](args.scale, args.out, say=print, length=length_study)
     for key, claim in results["claims"].items():
         print(f"{key}: {claim['verdict'] or 'n/a (lemma)'}")
     return 0
