@@ -107,7 +107,12 @@ def gain_verdict(name: str, before: Mapping[str, Any] | None, after: Mapping[str
     if not stderr or stderr != stderr:
         return f"{name}: {before[name]['mean']:.4f} -> {after[name]['mean']:.4f} (no standard error)"
     ratio = gain / stderr
-    verdict = "significant (> 2 s.e.)" if ratio > 2 else "NOT significant (< 2 s.e.)"
+    if ratio > 2:
+        verdict = "significant (> 2 s.e.)"
+    elif ratio < -2:
+        verdict = "significant LOSS (< -2 s.e.)"
+    else:
+        verdict = "NOT significant (within 2 s.e.)"
     return (
         f"{name}: {before[name]['mean']:.4f} -> {after[name]['mean']:.4f} ± {stderr:.4f}, "
         f"gain {gain:+.4f} = {ratio:.1f} s.e.: {verdict}"
