@@ -53,3 +53,14 @@ def test_concurrent_atomic_writes_never_collide(tmp_path: Path) -> None:
 
     assert not concurrently(write, 4)
     assert json.loads(dest.read_text())["write"] == 24 and list(tmp_path.iterdir()) == [dest]  # no temporary left
+
+
+def test_strict_json_turns_non_finite_floats_into_null_at_any_depth() -> None:
+    import json
+    import math
+
+    from preftune.files import strict_json
+
+    value = {"a": math.nan, "b": [1.0, math.inf, (-math.inf, 2)], "c": {"d": math.nan, "e": "x"}}
+    assert strict_json(value) == {"a": None, "b": [1.0, None, [None, 2]], "c": {"d": None, "e": "x"}}
+    json.dumps(strict_json(value), allow_nan=False)  # strict JSON: raises on a NaN left behind

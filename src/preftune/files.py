@@ -15,6 +15,7 @@ A leaf like :mod:`preftune.errors`: anything may import it; it imports nothing o
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -60,6 +61,18 @@ def write_atomic(dest: str | os.PathLike[str], data: str | bytes, *, fsync: bool
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN and ±inf float as ``None``, recursively (tuples as lists): JSON that
+    strict parsers read (Python's ``json`` would write ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def write_json_atomic(dest: str | os.PathLike[str], payload: Any) -> Path:

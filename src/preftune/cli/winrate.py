@@ -9,7 +9,6 @@ length-controlled win rate (fractions in [0, 1]) with bootstrap intervals.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ def run_win_rate(args: argparse.Namespace) -> int:
                             f"--baseline {args.baseline}, e.g. {missing[0][:80]}")  # fmt: skip
 
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
-    from preftune.files import write_json_atomic
+    from preftune.files import strict_json, write_json_atomic
     from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
     from preftune.judging.store import VerdictStore
@@ -78,14 +77,10 @@ def run_win_rate(args: argparse.Namespace) -> int:
     print(_summary(raw, lc))
     if args.out is not None:
         report = {"judge": judge.identity(), "outputs": str(args.outputs), "baseline": str(args.baseline),
-                  "seed": args.seed, "win_rate": _clean(vars(raw)), "length_controlled": _clean(vars(lc))}  # fmt: skip
+                  "seed": args.seed, "win_rate": strict_json(vars(raw)),
+                  "length_controlled": strict_json(vars(lc))}  # fmt: skip
         write_json_atomic(args.out, report)
     return 0
-
-
-def _clean(values: dict[str, Any]) -> dict[str, Any]:
-    """NaN as null, so the report is strict JSON."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def _summary(raw: Any, lc: Any) -> str:

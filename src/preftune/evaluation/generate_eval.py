@@ -146,10 +146,6 @@ def significance(rate: float, low: float, high: float) -> str:
     return f"not significantly different from 0.5 (the 95% interval [{low:.3f}, {high:.3f}] contains 0.5)"
 
 
-def _clean(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
-
-
 def check_inputs(
     model: str, prompts: str, judges: Sequence[str], baseline: str, limit: int | None, max_new_tokens: int,
     batch_size: int, out: Path | None, bootstrap: int = 0, lc_bootstrap: int = 0,
@@ -208,7 +204,7 @@ def evaluate_generation(
 ) -> dict[str, Any]:
     """Generate, judge, report (see the module docstring); returns the report (as written to ``out``)."""
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
-    from preftune.files import write_atomic, write_json_atomic
+    from preftune.files import strict_json, write_atomic, write_json_atomic
     from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
 
@@ -237,12 +233,12 @@ def evaluate_generation(
         lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=lc_bootstrap, seed=seed)
         verdict = significance(raw.win_rate, raw.ci_low, raw.ci_high)
         say(_summary(spec, raw, lc, verdict))
-        report["judges"].append({"judge": spec, "identity": judge.identity(), "win_rate": _clean(vars(raw)),
-                                 "length_controlled": _clean(vars(lc)), "significance": verdict})  # fmt: skip
+        report["judges"].append({"judge": spec, "identity": judge.identity(), "win_rate": strict_json(vars(raw)),
+                                 "length_controlled": strict_json(vars(lc)), "significance": verdict})  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        rows = [json.dumps({"prompt": p, "completion": o, "scores": {j: _nan_none(s[i]) for j, s in all_scores.items()},
-                            "model": model}, ensure_ascii=False)
+        rows = [json.dumps({"prompt": p, "completion": o, "model": model,
+                            "scores": {j: strict_json(s[i]) for j, s in all_scores.items()}}, ensure_ascii=False)
                 for i, (p, o) in enumerate(zip(prompt_list, outputs, strict=True))]  # fmt: skip
         base_rows = [json.dumps({"prompt": p, "completion": b, "baseline": str(parsed)}, ensure_ascii=False)
                      for p, b in zip(prompt_list, base_texts, strict=True)]  # fmt: skip
@@ -251,10 +247,6 @@ def evaluate_generation(
         write_json_atomic(out / REPORT_FILE, report)
         say(f"written: {out / OUTPUTS_FILE}, {out / BASELINE_FILE}, {out / REPORT_FILE}")
     return report
-
-
-def _nan_none(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def _summary(spec: str, raw: Any, lc: Any, verdict: str) -> str:

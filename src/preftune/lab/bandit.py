@@ -24,7 +24,6 @@ and samples drawn.
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from preftune.errors import SpecError
+from preftune.files import strict_json
+from preftune.lab.validate import choose, integers_at_least, number_in
 from preftune.objectives import Objective, PairRecord, Record, SequenceLogProbs, build, record_for
 
 N_ACTIONS = 100
@@ -53,35 +54,6 @@ _MINIMUMS = {
     "snapshots": 2,
     "env_seed": 0,
 }
-
-
-def _choose(kind: str, values: object, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    """``values`` as a non-empty tuple of distinct names from ``allowed``; a misspelling gets a suggestion."""
-    if isinstance(values, str) or not isinstance(values, tuple | list):
-        raise SpecError(f"bandit: {kind} must be a list of names from {', '.join(allowed)}, got {values!r}")
-    if not values:
-        raise SpecError(f"bandit: give at least one of the {kind} ({', '.join(allowed)})")
-    for value in values:
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(allowed)}"
-            raise SpecError(f"bandit: unknown {kind[:-1]} '{value}'{hint}")
-    twice = sorted({v for v in values if list(values).count(v) > 1})
-    if twice:
-        raise SpecError(f"bandit: {kind} {', '.join(twice)} given more than once")
-    return tuple(values)
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SpecError(f"bandit: {name} must be an integer ≥ {minimum}, got {value!r}")
-
-
-def _number_in(name: str, value: object, low: float, high: float) -> None:
-    """A finite number in the open interval (low, high)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and low < value < high):  # type: ignore[operator]
-        raise SpecError(f"bandit: {name} must be a number in ({low:g}, {high:g}), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -123,13 +95,12 @@ class BanditConfig:
     def __post_init__(self) -> None:
         if self.peak not in PEAKS:
             raise SpecError(f"bandit: peak must be one of {', '.join(PEAKS)}, got {self.peak!r}")
-        object.__setattr__(self, "methods", _choose("methods", self.methods, METHODS))
-        object.__setattr__(self, "regimes", _choose("regimes", self.regimes, REGIMES))
-        for name, minimum in _MINIMUMS.items():
-            _int_at_least(name, getattr(self, name), minimum)
-        _number_in("lr", self.lr, 0.0, 10.0)
-        _number_in("floor", self.floor, 0.0, 1.0)
-        _number_in("threshold", self.threshold, 0.0, 1.0)
+        object.__setattr__(self, "methods", choose("bandit", "methods", self.methods, METHODS))
+        object.__setattr__(self, "regimes", choose("bandit", "regimes", self.regimes, REGIMES))
+        integers_at_least("bandit", self, _MINIMUMS)
+        number_in("bandit", "lr", self.lr, 0.0, 10.0)
+        number_in("bandit", "floor", self.floor, 0.0, 1.0)
+        number_in("bandit", "threshold", self.threshold, 0.0, 1.0)
 
     def snapshot_steps(self) -> tuple[int, ...]:
         """The steps whose policy histogram is kept: evenly spaced, first 0, last ``steps``."""
@@ -372,7 +343,7 @@ class BanditResult:
 
     def to_json(self) -> dict[str, Any]:
         """Plain numbers (NaN as null): config, π_ref, r, summary, per-step curves and histograms."""
-        return _clean(
+        return strict_json(
             {
                 "study": "P3 didactic bandit (Tajwar et al. 2024)",
                 "config": asdict(self.config),
@@ -394,17 +365,6 @@ class BanditResult:
                 ],
             }
         )
-
-
-def _clean(value: Any) -> Any:
-    """NaN and ±inf as ``None``, recursively, so the JSON is strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def run_bandit(config: BanditConfig) -> BanditResult:

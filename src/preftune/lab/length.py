@@ -60,8 +60,6 @@ that finished by themselves.
 from __future__ import annotations
 
 import copy
-import difflib
-import math
 import random
 import time
 from collections import Counter
@@ -76,6 +74,7 @@ from preftune.data import Batcher, Origin, TokenizedPair
 from preftune.errors import SpecError
 from preftune.generation.prompts import encode_prompt
 from preftune.generation.sampling import Sample, SamplingConfig, sample
+from preftune.lab.validate import choose, integers_at_least, number_in
 from preftune.modeling import TINY_NAME, AdapterDisabledReference, apply_lora, load_model, load_tokenizer
 from preftune.modeling.cache import atomic_directory, models_dir
 from preftune.objectives import build
@@ -110,28 +109,6 @@ _MINIMUMS = {
     "warmup_examples": WARMUP_BATCH,
     "seed": 0,
 }
-
-
-def _choose_methods(values: object) -> tuple[str, ...]:
-    """``values`` as a non-empty tuple of distinct names from :data:`METHODS` (a misspelling gets a hint)."""
-    if isinstance(values, str) or not isinstance(values, tuple | list) or not values:
-        raise SpecError(f"length: methods must be a non-empty list of names from {', '.join(METHODS)}, got {values!r}")
-    for value in values:
-        if value not in METHODS:
-            close = difflib.get_close_matches(str(value), METHODS, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(METHODS)}"
-            raise SpecError(f"length: unknown method '{value}'{hint}")
-    twice = sorted({v for v in values if list(values).count(v) > 1})
-    if twice:
-        raise SpecError(f"length: methods {', '.join(twice)} given more than once")
-    return tuple(values)
-
-
-def _number_in(name: str, value: object, low: float, high: float) -> None:
-    """A finite number in the open interval (low, high)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and low < value < high):  # type: ignore[operator]
-        raise SpecError(f"length: {name} must be a number in ({low:g}, {high:g}), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -186,18 +163,15 @@ class LengthConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise SpecError(f"length: task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        object.__setattr__(self, "methods", _choose_methods(self.methods))
+        object.__setattr__(self, "methods", choose("length", "methods", self.methods, METHODS))
         if self.model != TINY_NAME:
             raise SpecError(f"length: only the {TINY_NAME} model is supported (warmed up first), got {self.model!r}")
-        for name, minimum in _MINIMUMS.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise SpecError(f"length: {name} must be an integer ≥ {minimum}, got {value!r}")
-        _number_in("lr", self.lr, 0.0, 1.0)
-        _number_in("warmup_lr", self.warmup_lr, 0.0, 1.0)
-        _number_in("skew_quantile", self.skew_quantile, 0.0, 1.0)
-        _number_in("warmup_mean", self.warmup_mean, 0.0, float(WARMUP_MAX_LETTERS + 1))
-        _number_in("warmup_sd", self.warmup_sd, 0.0, 100.0)
+        integers_at_least("length", self, _MINIMUMS)
+        number_in("length", "lr", self.lr, 0.0, 1.0)
+        number_in("length", "warmup_lr", self.warmup_lr, 0.0, 1.0)
+        number_in("length", "skew_quantile", self.skew_quantile, 0.0, 1.0)
+        number_in("length", "warmup_mean", self.warmup_mean, 0.0, float(WARMUP_MAX_LETTERS + 1))
+        number_in("length", "warmup_sd", self.warmup_sd, 0.0, 100.0)
 
     def checkpoint_steps(self) -> tuple[int, ...]:
         """The measured steps: evenly spaced, first 0, last ``steps``."""

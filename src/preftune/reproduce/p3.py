@@ -34,7 +34,7 @@ import torch
 
 from preftune import __version__
 from preftune.errors import SpecError
-from preftune.files import write_atomic, write_json_atomic
+from preftune.files import strict_json, write_atomic, write_json_atomic
 from preftune.lab.bandit import METHODS, BanditConfig, BanditResult, run_bandit
 from preftune.lab.kl_toy import KLToyConfig, KLToyResult
 from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure, kl_toy_figure, save_png
@@ -42,7 +42,7 @@ from preftune.reproduce.p3_bandit import bandit_contrasts, bandit_section
 from preftune.reproduce.p3_kl import LEVEL, kl_section, run_kl_sweep
 from preftune.reproduce.p3_lemma import lemma_section, run_lemma_study
 from preftune.reproduce.plots import contrast_figure, gradient_cosine_figure, kl_sweep_figure
-from preftune.reproduce.report import ClaimSection, not_run_section, plain, render_report
+from preftune.reproduce.report import ClaimSection, not_run_section, render_report
 from preftune.reproduce.verdicts import DOES_NOT_HOLD, HOLDS, PARTLY
 
 T = TypeVar("T")
@@ -218,7 +218,7 @@ def length_section(length: LengthStudy | None, scale: str, out: Path, say: Say) 
 
 
 def _results(settings: P3Scale, sections: list[ClaimSection], seconds: dict[str, float]) -> dict[str, Any]:
-    return plain(
+    return strict_json(
         {
             "paper": "P3",
             "scale": settings.name,

@@ -7,7 +7,6 @@ under a title, a summary table and the settings.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,17 +52,6 @@ class ClaimSection:
             "figures": list(self.figures),
             "data": self.data,
         }
-
-
-def plain(value: Any) -> Any:
-    """``value`` with every non-finite float as ``None``, recursively (strict JSON); tuples as lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 def not_run_section(key: str, title: str, paper: str, why: str) -> ClaimSection:

@@ -19,7 +19,6 @@ folder's ``win_rate_outputs.jsonl``. Only the main process generates and judges.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from rich.console import Console
 from preftune.errors import PreftuneError
 from preftune.evaluation.generate_eval import response_text
 from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
-from preftune.files import write_atomic
+from preftune.files import strict_json, write_atomic
 from preftune.generation.prompts import encode_prompt, prompt_key
 from preftune.generation.sampling import SamplingConfig, sample
 from preftune.judging.labellers import prompt_text
@@ -148,15 +147,11 @@ class WinRateEvaluation(Hook):
                             "losses": raw.losses, "failed": raw.failed, "mean_length": raw.mean_length,
                             "baseline_mean_length": raw.baseline_mean_length})  # fmt: skip
             rows.append(scores)
-        lines = [{"step": step, "prompt": e.prompt, "completion": o, "scores": {s: _finite(r[i]) for (s, _), r in
+        lines = [{"step": step, "prompt": e.prompt, "completion": o, "scores": {s: strict_json(r[i]) for (s, _), r in
                   zip(self.judges, rows, strict=True)}} for i, (e, o) in enumerate(zip(self.examples, outputs,
                   strict=True))]  # fmt: skip
         write_atomic(self.outputs_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
         return records
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def format_record(record: dict[str, Any], total_steps: int, baseline: str) -> str:
