@@ -13,7 +13,11 @@ as :mod:`preftune.data.tokenize` cuts a training response; nothing after it (no 
 
 Only the settings of :class:`SamplingConfig` shape the distribution we pass to ``generate``;
 anything else in ``model.generation_config`` (a repetition penalty, say) still applies, as
-``generate`` takes it from there.
+``generate`` takes it from there. On a CPU each token is drawn by
+:class:`~preftune.generation.token_draw.InverseCdfDraw` (one uniform number per row) instead of
+``torch.multinomial``, which costs as much as a small model's forward pass there; the sampling
+warpers of the model's generation config beyond temperature, top-k and top-p (min-p, typical-p)
+are then not applied.
 
 Randomness: with ``seed`` set, batch ``b`` is sampled after ``torch.manual_seed(seed + b)``
 inside :func:`torch.random.fork_rng`, so the same prompts and config (``batch_size`` included)
@@ -130,8 +134,13 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.devic
     return ids.to(device), mask.to(device)
 
 
-def _generate_kwargs(config: SamplingConfig, stop_ids: list[int], pad_id: int) -> dict[str, Any]:
-    """``generate`` settings for ``config``: every sampling knob explicit (HF's default top_k is 50)."""
+def _generate_kwargs(config: SamplingConfig, stop_ids: list[int], pad_id: int, device: torch.device) -> dict[str, Any]:
+    """``generate`` settings for ``config``: every sampling knob explicit (HF's default top_k is 50).
+
+    On a CPU, sampling draws each token with :class:`~preftune.generation.token_draw.InverseCdfDraw`
+    (``do_sample=False`` then takes the drawn token): ``torch.multinomial`` over a large vocabulary is
+    a large share of a small model's decoding step there. Elsewhere ``generate`` samples itself.
+    """
     kwargs: dict[str, Any] = {
         "max_new_tokens": config.max_new_tokens,
         "do_sample": not config.greedy,
@@ -141,7 +150,17 @@ def _generate_kwargs(config: SamplingConfig, stop_ids: list[int], pad_id: int) -
         "pad_token_id": pad_id,
         "return_dict_in_generate": False,
     }
-    if not config.greedy:
+    if config.greedy:
+        return kwargs
+    if device.type == "cpu":
+        from transformers import LogitsProcessorList
+
+        from preftune.generation.token_draw import InverseCdfDraw
+
+        draw = InverseCdfDraw(config.temperature, config.top_k, config.top_p)
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                      logits_processor=LogitsProcessorList([draw]))  # fmt: skip
+    else:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     return kwargs
 
@@ -236,8 +255,8 @@ def sample(
     stop_ids, pad_id = _stop_and_pad(tokenizer)
     rows = [index for index in range(len(prompts)) for _ in range(config.n)]
     batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
-    kwargs = _generate_kwargs(config, stop_ids, pad_id)
     device = next(model.parameters()).device
+    kwargs = _generate_kwargs(config, stop_ids, pad_id, device)
     out: list[Sample] = []
     with _generation_mode(model), _progress(len(batches), progress) as bar:
         task = bar.add_task("sampling", total=len(batches))
