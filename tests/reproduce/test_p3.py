@@ -169,15 +169,17 @@ def test_report_has_every_section_with_a_verdict_line(report: tuple[Path, dict])
     out, results = report
     text = (out / "report.md").read_text(encoding="utf-8")
     headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
-    assert len(headings) == 1 + 5 + 1  # at a glance, the five sections, how verdicts are decided
+    assert len(headings) == 1 + 7 + 1  # at a glance, the seven sections, how verdicts are decided
     for section in re.split(r"^## ", text, flags=re.MULTILINE)[2:-1]:
         assert "**What the paper reports.**" in section and "**What we measured.**" in section, section[:200]
         assert re.search(r"^\*\*Verdict: (holds|partly|does not hold here|not run|n/a)", section, re.MULTILINE), section
-    assert set(results["claims"]) == {"far_peak", "near_peak", "kl", "length", "lemma_6_2"}
+    sequence = {"far_peak_sequence", "near_peak_sequence"}
+    assert set(results["claims"]) == {"far_peak", "near_peak", *sequence, "kl", "length", "lemma_6_2"}
     assert results["claims"]["length"]["verdict"] == HOLDS  # the study given, its section in place
     assert results["claims"]["kl"]["verdict"] == DOES_NOT_HOLD
-    for key in ("far_peak", "near_peak"):
+    for key in ("far_peak", "near_peak", *sequence):
         assert results["claims"][key]["verdict"] in (HOLDS, PARTLY, DOES_NOT_HOLD)
+        assert results["claims"][key]["data"]["contrasts"]  # on-policy − offline at least
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
 
 
@@ -186,6 +188,7 @@ def test_report_figures_exist_and_are_linked(report: tuple[Path, dict]) -> None:
     text = (out / "report.md").read_text(encoding="utf-8")
     figures = [name for claim in results["claims"].values() for name in claim["figures"]]
     assert "gradient_cosine.png" in figures and "bandit_far_reward.png" in figures and "kl_toy.png" in figures
+    assert "sequence_bandit_far_reward.png" in figures and "sequence_bandit_near_tokens.png" in figures
     for name in figures:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in text
@@ -224,16 +227,27 @@ def test_cli_refuses_an_unknown_scale(capsys: pytest.CaptureFixture[str], tmp_pa
 
 
 def test_length_verdict_from_hand_made_scores() -> None:
-    """On-policy DPO lowest on min and skew, mode scores within one token: holds; else partly / not."""
+    """On-policy DPO lowest on min and skew with its lead's interval above 0, mode means within one token:
+    holds; a lead whose interval reaches 0, or another method lowest, fails that check."""
     from preftune.reproduce.p3_length import curve_score, length_checks
     from preftune.reproduce.verdicts import aggregate
 
     assert curve_score([6.0, 2.0, 0.0]) == 1.0  # step 0 left out
-    good = {"min": {"onpolicy_dpo": 0.5, "offline_dpo": 2.0}, "skew": {"onpolicy_dpo": 0.4, "pref_ft": 6.0},
-            "mode": {"onpolicy_dpo": 0.4, "rwr": 1.3}}  # fmt: skip
-    assert [p for _, p, _ in length_checks(good)] == [True, True, True]
-    assert aggregate([p for _, p, _ in length_checks(good)]) == "holds"
-    bad = {**good, "skew": {"onpolicy_dpo": 3.0, "reinforce": 0.2}, "mode": {"onpolicy_dpo": 0.1, "rwr": 2.0}}
-    checks = length_checks(bad)
-    assert [p for _, p, _ in checks] == [True, False, False] and "lowest reinforce 0.20" in checks[1][2]
+    # runner-up minus on-policy DPO per seed on min: 1.4, 1.5, 1.6 -> mean 1.5, t(2) interval 1.5 ± 0.248
+    good = {"min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1]},
+            "skew": {"onpolicy_dpo": [0.4, 0.3, 0.5], "pref_ft": [6.0, 5.0, 7.0]},
+            "mode": {"onpolicy_dpo": [0.4, 0.5, 0.3], "rwr": [1.3, 1.2, 1.4]}}  # fmt: skip
+    checks = length_checks(good)
+    assert [p for _, p, _ in checks] == [True, True, True]
+    assert "+1.50 [1.25, 1.75]" in checks[0][2]
+    assert aggregate([p for _, p, _ in checks]) == "holds"
+    # skew: on-policy DPO lowest on average, but its lead -1, +3, -1 has an interval that contains 0
+    noisy = {**good, "skew": {"onpolicy_dpo": [2.0, 0.0, 2.0], "reinforce": [1.0, 3.0, 1.0]},
+             "mode": {"onpolicy_dpo": [0.1, 0.1, 0.1], "rwr": [2.0, 2.0, 2.0]}}  # fmt: skip
+    checks = length_checks(noisy)
+    assert [p for _, p, _ in checks] == [True, False, False] and "runner-up reinforce +0.33" in checks[1][2]
     assert aggregate([p for _, p, _ in checks]) == "partly"
+    other = {"min": {"onpolicy_dpo": [3.0], "reinforce": [0.2]}}
+    assert length_checks(other) == [("min: on-policy DPO lowest", False, "lowest reinforce 0.20")]
+    one_seed = {"min": {"onpolicy_dpo": [0.2], "reinforce": [3.0]}}
+    assert length_checks(one_seed)[0][1] and "one seed" in length_checks(one_seed)[0][2]

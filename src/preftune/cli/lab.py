@@ -2,6 +2,8 @@
 
 - ``preftune lab bandit``: the 100-action bandit, every method offline and on-policy, scored by the
   exact true reward against gradient steps and samples drawn.
+- ``preftune lab sequence-bandit``: its sequence variant, a tiny causal transformer emitting L tokens with a
+  per-token reward, offline vs on-policy, scored by the exact (enumerated) true reward.
 - ``preftune lab kl-toy``: gradient steps on forward vs reverse KL over four categories.
 - ``preftune lab length``: the synthetic length tasks (min, mode, skew length) on a small language
   model, offline vs on-policy methods.
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from preftune.lab.bandit import BanditResult
     from preftune.lab.kl_toy import KLToyResult
     from preftune.lab.length import LengthResult
+    from preftune.lab.sequence_bandit import SequenceBanditResult
 
 DEFAULT_OUT = Path("out/lab")
 
@@ -29,11 +32,12 @@ DEFAULT_OUT = Path("out/lab")
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "lab",
-        help="P3's didactic studies: the bandit, the forward/reverse KL toy and the length tasks",
+        help="P3's didactic studies: the bandit (and its sequence variant), the KL toy and the length tasks",
         description="Didactic studies of P3 (Tajwar et al. 2024) run with preftune's own objectives.",
     )
     studies = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
     _register_bandit(studies)
+    _register_sequence_bandit(studies)
     _register_kl_toy(studies)
     _register_length(studies)
 
@@ -72,6 +76,45 @@ def _register_bandit(studies: argparse._SubParsersAction) -> None:
     bandit.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
     bandit.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     bandit.set_defaults(run=run_bandit_command)
+
+
+def _register_sequence_bandit(studies: argparse._SubParsersAction) -> None:
+    from preftune.lab.bandit import METHODS, REGIMES
+
+    parser = studies.add_parser(
+        "sequence-bandit",
+        help="P3's bandit as sequences: a tiny transformer emits L tokens with a per-token reward",
+        description=(
+            "A tiny causal transformer that starts exactly at the reference (i.i.d. tokens from the tanh-Cauchy "
+            "histogram in V bins) emits L tokens per prompt token; the reward is the mean over tokens of a bump "
+            "around token 7 (far) or the reference's mode (near). Each objective trains it offline (a fixed dataset "
+            "drawn once from the reference) and on-policy (fresh samples each step), scored by the exact true reward "
+            "(all V^L responses enumerated) over seeds. Prints a table and writes PNGs and JSON to --out."
+        ),
+        epilog="example: preftune lab sequence-bandit --peak far --methods dpo bon --seeds 3 --out out/lab",
+    )
+    parser.add_argument(
+        "--peak",
+        choices=("far", "near"),
+        default="far",
+        help="reward bump far from the reference's mode (token 7) or at it; default far",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
+    )
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method × regime (default: 3)")
+    parser.add_argument("--steps", type=int, default=200, help="gradient steps per run (default: 200)")
+    parser.add_argument("--samples", type=int, default=4, help="C, responses per context per step (default: 4)")
+    parser.add_argument("--length", type=int, default=3, help="L, tokens per response (default: 3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
+    parser.add_argument("--eval-every", type=int, default=10, help="steps between exact evaluations (default: 10)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.set_defaults(run=run_sequence_bandit_command)
 
 
 def _register_kl_toy(studies: argparse._SubParsersAction) -> None:
@@ -165,11 +208,44 @@ def run_bandit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def bandit_table(result: BanditResult) -> str:
+def run_sequence_bandit_command(args: argparse.Namespace) -> int:
+    from preftune.lab.sequence_bandit import SequenceBanditConfig, run_sequence_bandit
+
+    config = SequenceBanditConfig(
+        peak=args.peak,
+        methods=tuple(_names(args.methods)),
+        regimes=tuple(_names(args.regimes)),
+        seeds=args.seeds,
+        steps=args.steps,
+        samples_per_context=args.samples,
+        length=args.length,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        threshold=args.threshold,
+    )
+    _check_out(args.out)
+    result = run_sequence_bandit(config)
+
+    from preftune.files import write_json_atomic
+    from preftune.lab.plots import save_png, sequence_bandit_figures
+
+    print(bandit_table(result, f"P3 sequence bandit (V = {config.vocab}, L = {config.length})"))
+    stem = f"sequence_bandit_{config.peak}"
+    rewards, marginals = sequence_bandit_figures(result)
+    files = [
+        write_json_atomic(args.out / f"{stem}.json", result.to_json()),
+        save_png(rewards, args.out / f"{stem}_reward.png"),
+        save_png(marginals, args.out / f"{stem}_tokens.png"),
+    ]
+    print(f"wrote {', '.join(str(path) for path in files)}")
+    return 0
+
+
+def bandit_table(result: BanditResult | SequenceBanditResult, name: str = "P3 bandit") -> str:
     """The summary as a console table: final reward ± 95% CI over seeds, steps/samples to the threshold."""
     config = result.config
     lines = [
-        f"P3 bandit, {config.peak} peak: {config.seeds} seed(s), {config.steps} steps, "
+        f"{name}, {config.peak} peak: {config.seeds} seed(s), {config.steps} steps, "
         f"C = {config.samples_per_context}, "
         f"lr {config.lr:g}; reward under π_ref {result.initial_reward:.4f}; {result.seconds:.1f} s",
         f"{'method':<10} {'regime':<10} {'final reward ± 95% CI':>22} {'reached':>8} "

@@ -125,15 +125,16 @@ class Bandit:
     contexts: Tensor
 
 
-def reference_histogram(draws: int, floor: float, generator: torch.Generator) -> Tensor:
-    """``[N]`` π_ref: histogram of tanh(Cauchy(-0.7, 0.4)) on [-1, 1] in N bins, + ``floor``, renormalised.
+def reference_histogram(draws: int, floor: float, generator: torch.Generator, n_bins: int = N_ACTIONS) -> Tensor:
+    """``[n_bins]`` π_ref: histogram of tanh(Cauchy(-0.7, 0.4)) on [-1, 1] in ``n_bins`` bins (N by default),
+    + ``floor``, renormalised.
 
     Cauchy draws by the inverse CDF, loc + scale·tan(π(u - 1/2)); tanh(±large) = ±1 falls in the end bins.
     """
     u = torch.rand(draws, generator=generator, dtype=torch.float64)
     a = torch.tanh(CAUCHY_LOC + CAUCHY_SCALE * torch.tan(math.pi * (u - 0.5)))
-    bins = ((a + 1.0) / 2.0 * N_ACTIONS).floor().long().clamp(0, N_ACTIONS - 1)
-    probs = torch.bincount(bins, minlength=N_ACTIONS).double() / draws + floor
+    bins = ((a + 1.0) / 2.0 * n_bins).floor().long().clamp(0, n_bins - 1)
+    probs = torch.bincount(bins, minlength=n_bins).double() / draws + floor
     return probs / probs.sum()
 
 
@@ -312,6 +313,16 @@ def _median_first_reach(rewards: Tensor, samples: Tensor, threshold: float) -> t
     return int(hit.any(-1).sum()), median, float(samples[int(median)])
 
 
+def summarise(curves: tuple[Curve, ...], threshold: float) -> list[SummaryRow]:
+    """One row per curve: final reward mean ± 95% CI over seeds; median steps and samples to ``threshold``."""
+    rows = []
+    for curve in curves:
+        final, ci = mean_ci(curve.rewards[:, -1])
+        reached, steps, samples = _median_first_reach(curve.rewards, curve.samples, threshold)
+        rows.append(SummaryRow(curve.method, curve.regime, final, ci, reached, curve.rewards.shape[0], steps, samples))
+    return rows
+
+
 @dataclass(frozen=True)
 class BanditResult:
     """Everything :func:`run_bandit` measured.
@@ -332,14 +343,7 @@ class BanditResult:
 
     def summary(self) -> list[SummaryRow]:
         """One row per curve: final reward mean ± 95% CI over seeds; median steps and samples to the threshold."""
-        rows = []
-        for curve in self.curves:
-            final, ci = mean_ci(curve.rewards[:, -1])
-            reached, steps, samples = _median_first_reach(curve.rewards, curve.samples, self.config.threshold)
-            rows.append(
-                SummaryRow(curve.method, curve.regime, final, ci, reached, curve.rewards.shape[0], steps, samples)
-            )
-        return rows
+        return summarise(self.curves, self.config.threshold)
 
     def to_json(self) -> dict[str, Any]:
         """Plain numbers (NaN as null): config, π_ref, r, summary, per-step curves and histograms."""

@@ -107,6 +107,7 @@ _MINIMUMS = {
     "lora_rank": 1,
     "warmup_steps": 1,
     "warmup_examples": WARMUP_BATCH,
+    "warmup_seed": 0,
     "seed": 0,
 }
 
@@ -134,7 +135,9 @@ class LengthConfig:
         checkpoints: measurements, evenly spaced from step 0 to ``steps``.
         warmup_steps, warmup_lr, warmup_examples: the warm-up's steps, learning rate and examples.
         warmup_mean, warmup_sd: the warm-up's length distribution (letters, before clipping to [1, 16]).
-        seed: the warm-up, the dataset, the LoRA initialisation, the rounds and the measurement.
+        warmup_seed: the warm-up's lengths and training (one warm model serves every ``seed``).
+        seed: the dataset, the LoRA initialisation, the rounds and the measurement; studies that differ
+            only in ``seed`` are independent replicates from the same warm model.
     """
 
     task: str = "min"
@@ -158,6 +161,7 @@ class LengthConfig:
     warmup_examples: int = 128
     warmup_mean: float = 7.0
     warmup_sd: float = 2.5
+    warmup_seed: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -264,7 +268,7 @@ def alphabet(k: int) -> str:
 
 def warmup_lengths(config: LengthConfig) -> list[int]:
     """``warmup_examples`` lengths from the discretised normal, clipped to [1, 16] (seeded)."""
-    rng = random.Random(config.seed)
+    rng = random.Random(config.warmup_seed)
     draw = (round(rng.gauss(config.warmup_mean, config.warmup_sd)) for _ in range(config.warmup_examples))
     return [min(max(k, 1), WARMUP_MAX_LETTERS) for k in draw]
 
@@ -304,7 +308,7 @@ def _warm_up(config: LengthConfig, tokenizer: Any, accelerator: Any) -> Any:
     model = load_model(config.model, dtype="float32")
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    optim = _optim(config.warmup_lr, min(WARMUP_BATCH, config.warmup_examples), config.seed)
+    optim = _optim(config.warmup_lr, min(WARMUP_BATCH, config.warmup_examples), config.warmup_seed)
     trainer = Trainer(accelerator=accelerator, model=model, objective=build("mle"), optim=optim,
                       total_steps=config.warmup_steps)  # fmt: skip
     plan = make_plan(pairs, optim, processes=1, group_by_length=False)
@@ -317,7 +321,7 @@ def warm_model_path(config: LengthConfig, tokenizer: Any, accelerator: Any) -> P
     (in preftune's model cache, published atomically) **[our choice: cached like the tiny model]**."""
     recipe = f"{config.warmup_steps}x{WARMUP_BATCH}-lr{config.warmup_lr:g}-n{config.warmup_examples}"
     lengths = f"k{config.warmup_mean:g}~{config.warmup_sd:g}"
-    key = f"{config.model}-alphabet-v{WARMUP_VERSION}-seed{config.seed}-{recipe}-{lengths}"
+    key = f"{config.model}-alphabet-v{WARMUP_VERSION}-seed{config.warmup_seed}-{recipe}-{lengths}"
     dest = models_dir() / key
     if not (dest / "config.json").is_file():
         model = _warm_up(config, tokenizer, accelerator)

@@ -20,6 +20,7 @@ from preftune.lab.kl_toy import KLToyResult
 
 if TYPE_CHECKING:
     from preftune.lab.length import LengthResult
+    from preftune.lab.sequence_bandit import SequenceBanditResult
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 REGIME_STYLE = {"on_policy": "-", "offline": "--"}
@@ -46,30 +47,38 @@ def _band(ax: Axes, xs: list[float], curve: Curve, colour: str) -> None:
         ax.fill_between(xs, (mean - half).tolist(), (mean + half).tolist(), color=colour, alpha=0.15, linewidth=0)
 
 
-def bandit_reward_figure(result: BanditResult) -> Figure:
-    """True reward against gradient steps (left) and samples drawn (right), one line per method × regime."""
+def bandit_reward_figure(
+    result: BanditResult | SequenceBanditResult, name: str = "P3 bandit", steps: list[int] | None = None
+) -> Figure:
+    """True reward against gradient steps (left) and samples drawn (right), one line per method × regime.
+
+    ``steps``: the steps of the curves' points (default 0, 1, 2, ...); ``name`` opens the title.
+    """
     figure = Figure(figsize=(12, 4.6), layout="constrained")
     by_steps, by_samples = figure.subplots(1, 2, sharey=True)
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(result.config.methods)}
     for curve in result.curves:
-        _band(by_steps, list(range(curve.rewards.shape[1])), curve, colours[curve.method])
+        _band(by_steps, steps or list(range(curve.rewards.shape[1])), curve, colours[curve.method])
         _band(by_samples, curve.samples.tolist(), curve, colours[curve.method])
     for ax, xlabel in ((by_steps, "gradient steps"), (by_samples, "samples drawn")):
         ax.axhline(result.config.threshold, color="#999", linewidth=0.8, linestyle=":")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    by_steps.set_ylabel("true reward E_π[r(a)]")
+    by_steps.set_ylabel("true reward E_π[r]")
     by_samples.legend(fontsize=7, ncol=2, loc="best")
     seeds = result.config.seeds
     figure.suptitle(
-        f"P3 bandit, {result.config.peak} peak: mean over {seeds} seed(s), shaded 95% CI "
-        "(solid on-policy, dashed offline)"
+        f"{name}, {result.config.peak} peak: mean over {seeds} seed(s), shaded 95% CI (solid on-policy, dashed offline)"
     )
     return figure
 
 
-def bandit_histogram_figure(result: BanditResult) -> Figure:
-    """π_θ (mean over contexts and seeds) at the snapshot steps: rows regimes, columns methods."""
+def bandit_histogram_figure(
+    result: BanditResult | SequenceBanditResult, name: str = "P3 bandit", what: str = "action a"
+) -> Figure:
+    """π_θ (mean over contexts and seeds) at the snapshot steps: rows regimes, columns methods.
+
+    For the sequence bandit the curves hold token marginals: pass ``what="token v"``."""
     config = result.config
     rows, cols = len(config.regimes), len(config.methods)
     figure = Figure(figsize=(2.6 * cols + 1, 2.2 * rows + 0.8), layout="constrained")
@@ -79,16 +88,25 @@ def bandit_histogram_figure(result: BanditResult) -> Figure:
     for curve in result.curves:
         ax = axes[config.regimes.index(curve.regime)][config.methods.index(curve.method)]
         peak = float(curve.histograms.max())
-        ax.fill_between(range(len(reward)), (reward * peak).tolist(), color="#ccc", label="r(a), scaled")
+        ax.fill_between(range(len(reward)), (reward * peak).tolist(), color="#ccc", label="reward, scaled")
         for i, step in enumerate(steps):
             shade = 0.25 + 0.75 * i / max(len(steps) - 1, 1)
             ax.plot(curve.histograms[i].tolist(), color=(0.1, 0.3, 0.7, shade), linewidth=1.2, label=f"step {step}")
         ax.set_title(f"{curve.method}, {curve.regime.replace('_', '-')}", fontsize=9)
     for ax in axes[-1]:
-        ax.set_xlabel("action a")
+        ax.set_xlabel(what)
     axes[0][-1].legend(fontsize=6)
-    figure.suptitle(f"P3 bandit, {config.peak} peak: policy histograms π_θ(a) (mean over contexts and seeds)")
+    figure.suptitle(f"{name}, {config.peak} peak: policy histograms over {what} (mean over contexts and seeds)")
     return figure
+
+
+def sequence_bandit_figures(result: SequenceBanditResult) -> tuple[Figure, Figure]:
+    """The sequence bandit's reward curves (at its evaluated steps) and token marginals, as the bandit's."""
+    name = f"P3 sequence bandit (V = {result.config.vocab}, L = {result.config.length})"
+    return (
+        bandit_reward_figure(result, name, list(result.config.eval_steps())),
+        bandit_histogram_figure(result, name, "token v"),
+    )
 
 
 def kl_toy_figure(result: KLToyResult) -> Figure:

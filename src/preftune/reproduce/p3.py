@@ -4,7 +4,8 @@ Suboptimal, On-Policy Data*; METHODS.md §3, §4, §7) and write a Markdown repo
 :func:`reproduce_p3` runs, at a chosen scale:
 
 - the bandit with the reward peak far from the reference's and near it
-  (:mod:`preftune.reproduce.p3_bandit`);
+  (:mod:`preftune.reproduce.p3_bandit`), and its sequence variant (a tiny transformer emitting L tokens
+  with a per-token reward, :mod:`preftune.lab.sequence_bandit`) judged by the same rules;
 - the forward vs reverse KL toy, with gradient descent and Adam at several step sizes
   (:mod:`preftune.reproduce.p3_kl`);
 - the synthetic length study, when given one (``length``: a callable that returns its section;
@@ -69,6 +70,8 @@ class P3Scale:
         kl_steps, kl_sgd_lrs, kl_adam_lrs: the KL toy's steps and its step sizes for gradient descent and Adam.
         training: the Lemma 6.2 runs' settings by :class:`~preftune.training.config.RunConfig` section.
         margin: δ of the verdict rules, in units of true reward (0..1).
+        sequence_seeds, sequence_steps, sequence_length: the sequence bandit's seeds, Adam steps and
+            response length L (both peaks, every method of ``bandit_methods``).
     """
 
     name: str
@@ -80,6 +83,9 @@ class P3Scale:
     training: dict[str, dict[str, Any]]
     bandit_methods: tuple[str, ...] = METHODS
     margin: float = 0.05
+    sequence_seeds: int = 3
+    sequence_steps: int = 200
+    sequence_length: int = 3
 
 
 _TINY_TRAINING = {
@@ -105,9 +111,32 @@ _FULL_TRAINING = {
 }
 
 SCALES = {
-    "test": P3Scale("test", 2, 12, 20, (0.5,), (0.1,), _TINY_TRAINING, bandit_methods=("bon", "bon_neg", "dpo")),
+    "test": P3Scale(
+        "test",
+        2,
+        12,
+        20,
+        (0.5,),
+        (0.1,),
+        _TINY_TRAINING,
+        bandit_methods=("bon", "bon_neg", "dpo"),
+        sequence_seeds=2,
+        sequence_steps=20,
+        sequence_length=2,
+    ),
     "small": P3Scale("small", 5, 300, 100, (0.1, 0.5, 2.0), (0.01, 0.1), _SMALL_TRAINING),
-    "full": P3Scale("full", 10, 1000, 300, (0.05, 0.1, 0.5, 1.0, 2.0), (0.01, 0.03, 0.1), _FULL_TRAINING),
+    "full": P3Scale(
+        "full",
+        10,
+        1000,
+        300,
+        (0.05, 0.1, 0.5, 1.0, 2.0),
+        (0.01, 0.03, 0.1),
+        _FULL_TRAINING,
+        sequence_seeds=10,
+        sequence_steps=500,
+        sequence_length=4,
+    ),
 }
 
 
@@ -128,6 +157,22 @@ def _bandit(scale: P3Scale, peak: str, out: Path, say: Say) -> tuple[BanditResul
     save_png(bandit_histogram_figure(result), out / figures[1])
     say(f"bandit, {peak} peak: done in {result.seconds:.0f} s")
     return result, bandit_section(result, scale.margin, figures)
+
+
+def _sequence_bandit(scale: P3Scale, peak: str, out: Path, say: Say) -> ClaimSection:
+    """The sequence variant at ``peak``: run, figures, section."""
+    from preftune.lab.plots import sequence_bandit_figures
+    from preftune.lab.sequence_bandit import SequenceBanditConfig, run_sequence_bandit
+
+    config = SequenceBanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.sequence_seeds,
+                                  steps=scale.sequence_steps, length=scale.sequence_length)  # fmt: skip
+    say(f"sequence bandit, {peak} peak: {len(config.methods)} methods × 2 regimes × {config.seeds} seeds")
+    result = run_sequence_bandit(config)
+    figures = (f"sequence_bandit_{peak}_reward.png", f"sequence_bandit_{peak}_tokens.png")
+    for figure, name in zip(sequence_bandit_figures(result), figures, strict=True):
+        save_png(figure, out / name)
+    say(f"sequence bandit, {peak} peak: done in {result.seconds:.0f} s")
+    return bandit_section(result, scale.margin, figures, sequence=True)
 
 
 def _kl(scale: P3Scale, out: Path, say: Say) -> ClaimSection:
@@ -185,11 +230,13 @@ def reproduce_p3(scale: str, out: Path | str, say: Say = print, length: LengthSt
     near_section = replace(
         near_section, figures=(*near_section.figures, _contrasts_png(far, near, settings.margin, out))
     )
+    far_sequence = _timed(seconds, "sequence_far", lambda: _sequence_bandit(settings, "far", out, say))
+    near_sequence = _timed(seconds, "sequence_near", lambda: _sequence_bandit(settings, "near", out, say))
     kl = _timed(seconds, "kl_toy", lambda: _kl(settings, out, say))
     length_claim = _timed(seconds, "length", lambda: length_section(length, scale, out, say))
     lemma = _timed(seconds, "lemma", lambda: _lemma(settings, out, say))
     seconds["total"] = time.perf_counter() - began
-    sections = [far_section, near_section, kl, length_claim, lemma]
+    sections = [far_section, near_section, far_sequence, near_sequence, kl, length_claim, lemma]
     results = _results(settings, sections, seconds)
     write_atomic(
         out / "report.md",
@@ -254,6 +301,8 @@ def _appendix(settings: P3Scale) -> str:
 - A claim is a list of checks. **{HOLDS}**: every check passes; **{PARTLY}**: some do; **{DOES_NOT_HOLD}**: none.
 - **Bandit score.** For each run (method × regime × seed): the exact true reward E_π[r(a)] averaged over the
   training steps 0..T, i.e. the normalised area under the reward curve. Reaching the peak sooner gives a larger score.
+  The sequence variant evaluates its exact reward every few steps (evenly spaced, 0 and T included), and its score
+  is the mean over those evaluations.
 - **Bandit contrasts.** Per seed s, *on-policy − offline* = the mean over methods of the on-policy score minus the
   offline score; *negative gradient − none, in a regime* = the mean score of bon_neg, dpo, ipo and reinforce minus
   that of bon and rwr. Each seed's runs are independent of the other seeds', so these per-seed differences are

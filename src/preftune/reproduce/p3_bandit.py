@@ -139,8 +139,12 @@ def _reason(contrasts: list[Contrast], passed: list[bool], margin: float, far: b
     return text + (f"; not: {'; '.join(bad)}." if bad else ".")
 
 
-def bandit_section(result: BanditResult, margin: float, figures: tuple[str, ...]) -> ClaimSection:
-    """The far-peak ("much sooner") or near-peak ("all alike") claim, by ``result.config.peak``."""
+def bandit_section(
+    result: BanditResult, margin: float, figures: tuple[str, ...], sequence: bool = False
+) -> ClaimSection:
+    """The far-peak ("much sooner") or near-peak ("all alike") claim, by ``result.config.peak``; with
+    ``sequence``, measured on the sequence variant (``result`` a ``SequenceBanditResult``: its curves hold the
+    evaluated steps, so the score is the mean over those, evenly spaced)."""
     far = result.config.peak == "far"
     contrasts = bandit_contrasts(result)
     rule = f"rule: CI above +{margin:g}" if far else f"rule: CI within ±{margin:g}"
@@ -171,6 +175,10 @@ def bandit_section(result: BanditResult, margin: float, figures: tuple[str, ...]
         else "Near reward peak: all methods are alike"
     )
     key = "far_peak" if far else "near_peak"
+    if sequence:
+        config = result.config
+        title += f" (sequence variant: a tiny transformer, V = {config.vocab}, L = {config.length})"
+        key += "_sequence"
     return ClaimSection(
         key,
         title,

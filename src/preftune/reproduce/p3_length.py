@@ -1,26 +1,34 @@
 """The length claim of P3 (Tajwar et al. 2024; METHODS.md §7) for ``preftune reproduce P3``.
 
-Runs :func:`preftune.lab.length.run_length_study` on the three synthetic tasks and decides the
-claim from the numbers. **[our choice]** Each method's score on a task is the mean of its measure
-(mean length; distance to the mode for ``mode``) over the checkpoints after step 0: the area under
-its curve, lower meaning it reached the target sooner. Checks: on ``min`` and on ``skew``,
-on-policy DPO's score is the lowest of all methods; on ``mode``, the scores lie within
-``MODE_SPREAD`` tokens of each other. One seed per task (a CPU budget): the scores carry no
-interval, and the report says so.
+Runs :func:`preftune.lab.length.run_length_study` on the three synthetic tasks, once per seed (the
+seeds share one warm model and change the data, the LoRA, the rounds and the measurement), and
+decides the claim from the numbers. **[our choice]** Each method's score on a task and seed is the
+mean of its measure (mean length; distance to the mode for ``mode``) over the checkpoints after
+step 0: the area under its curve, lower meaning it reached the target sooner. Checks:
+
+- on ``min`` and on ``skew``, on-policy DPO has the lowest mean score, and its paired difference to
+  the runner-up (per seed, the runner-up's score minus on-policy DPO's) has a 95% Student-t interval
+  above 0; with one seed there is no interval and the lowest score decides;
+- on ``mode``, the mean scores lie within ``MODE_SPREAD`` tokens of each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from preftune.lab.bandit import mean_ci
 from preftune.reproduce.report import ClaimSection, markdown_table
 from preftune.reproduce.verdicts import aggregate
 
 TASKS = ("min", "skew", "mode")
-MODE_SPREAD = 1.0  # tokens: "alike" on the mode task: every score within this of every other
+MODE_SPREAD = 1.0  # tokens: "alike" on the mode task: every mean score within this of every other
 STEPS = {"test": 2, "small": 20, "full": 60}
+SEEDS = {"test": 1, "small": 3, "full": 5}
+Scores = Mapping[str, Mapping[str, Sequence[float]]]
+"""task -> method -> one score per seed."""
 
 
 def curve_score(values: list[float]) -> float:
@@ -29,52 +37,87 @@ def curve_score(values: list[float]) -> float:
     return sum(later) / len(later)
 
 
-def length_checks(scores: dict[str, dict[str, float]]) -> list[tuple[str, bool, str]]:
-    """``(check, passed, why)`` per task of ``scores`` (task -> method -> score)."""
-    out = []
-    for task in ("min", "skew"):
-        if task in scores:
-            ranked = sorted(scores[task].items(), key=lambda kv: kv[1])
-            best, value = ranked[0]
-            out.append((f"{task}: on-policy DPO lowest", best == "onpolicy_dpo",
-                        f"lowest {best} {value:.2f}"))  # fmt: skip
+def _interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of a 95% t interval; low = high = NaN for one value."""
+    import torch
+
+    mean, half = mean_ci(torch.tensor(list(values), dtype=torch.float64))
+    return mean, mean - half, mean + half
+
+
+def _fastest(task: str, by_method: Mapping[str, Sequence[float]]) -> tuple[str, bool, str]:
+    """The check that on-policy DPO drives ``task``'s measure down fastest, from per-seed scores."""
+    means = sorted(((sum(v) / len(v), m) for m, v in by_method.items()))
+    best = means[0][1]
+    name = f"{task}: on-policy DPO lowest"
+    if best != "onpolicy_dpo" or len(means) < 2:
+        return name, False, f"lowest {best} {means[0][0]:.2f}"
+    runner = means[1][1]
+    diffs = [r - o for r, o in zip(by_method[runner], by_method["onpolicy_dpo"], strict=True)]
+    mean, low, high = _interval(diffs)
+    if math.isnan(low):
+        return name, True, f"lowest {best} {means[0][0]:.2f}; runner-up {runner} +{mean:.2f} (one seed, no interval)"
+    passed = low > 0
+    return name, passed, f"lowest {best} {means[0][0]:.2f}; runner-up {runner} +{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def length_checks(scores: Scores) -> list[tuple[str, bool, str]]:
+    """``(check, passed, why)`` per task of ``scores`` (task -> method -> per-seed scores)."""
+    out = [_fastest(task, scores[task]) for task in ("min", "skew") if task in scores]
     if "mode" in scores:
-        values = list(scores["mode"].values())
+        values = [sum(v) / len(v) for v in scores["mode"].values()]
         spread = max(values) - min(values)
-        out.append((f"mode: scores within {MODE_SPREAD:g} token", spread <= MODE_SPREAD,
+        out.append((f"mode: mean scores within {MODE_SPREAD:g} token", spread <= MODE_SPREAD,
                     f"spread {spread:.2f}"))  # fmt: skip
     return out
 
 
-def length_study(scale: str, out: Path, say: Callable[[str], Any] = print) -> ClaimSection:
-    """Run the three tasks at ``scale``, save their figures in ``out``; the claim's section."""
-    from preftune.lab.length import LengthConfig, run_length_study
-    from preftune.lab.plots import length_figure, save_png
-    from preftune.reproduce.p3 import LENGTH_CLAIM, LENGTH_TITLE
+def _rows(scores: Scores) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for task, by_method in scores.items():
+        for method, values in by_method.items():
+            mean, low, high = _interval(values)
+            interval = "" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]"
+            rows.append((task, method, f"{mean:.2f}{interval}", ", ".join(f"{v:.2f}" for v in values)))
+    return rows
 
-    scores: dict[str, dict[str, float]] = {}
+
+def length_study(scale: str, out: Path, say: Callable[[str], Any] = print) -> ClaimSection:
+    """Run the three tasks at ``scale`` (``SEEDS[scale]`` seeds each), save their figures in ``out``; the section."""
+    from preftune.lab.length import LengthConfig, run_length_study
+    from preftune.lab.plots import save_png
+    from preftune.reproduce.p3 import LENGTH_CLAIM, LENGTH_TITLE
+    from preftune.reproduce.plots import length_seeds_figure
+
+    steps, seeds = STEPS.get(scale, 20), SEEDS.get(scale, 3)
+    scores: dict[str, dict[str, list[float]]] = {}
     data: dict[str, Any] = {}
     figures = []
     for task in TASKS:
-        say(f"length task {task}")
-        result = run_length_study(LengthConfig(task=task, steps=STEPS.get(scale, 20)))
-        scores[task] = {c.method: curve_score(c.values(task)) for c in result.curves}
-        data[task] = result.to_dict()
+        results = []
+        for seed in range(seeds):
+            say(f"length task {task}, seed {seed + 1} of {seeds}")
+            results.append(run_length_study(LengthConfig(task=task, steps=steps, seed=seed)))
+        scores[task] = {c.method: [] for c in results[0].curves}
+        for result in results:
+            for curve in result.curves:
+                scores[task][curve.method].append(curve_score(curve.values(task)))
+        data[task] = [result.to_dict() for result in results]
         name = f"length_{task}.png"
-        save_png(length_figure(result), Path(out) / name)
+        save_png(length_seeds_figure(results), Path(out) / name)
         figures.append(name)
     checks = length_checks(scores)
-    rows = [(task, method, f"{score:.2f}") for task in TASKS for method, score in scores[task].items()]
     measured = "\n".join([
         "The tiny model, first taught to recite the alphabet and stop (`preftune lab length`), trained from the "
-        f"same start by each method for {STEPS.get(scale, 20)} steps; one seed per task, so no interval.", "",
+        f"same start by each method for {steps} steps, {seeds} seeds per task (the seeds share the warm model and "
+        "change the offline data, the LoRA's initialisation, the on-policy samples and the measurement).", "",
         "Score: the mean of the task's measure (mean length; distance to the mode for `mode`) over the "
-        "checkpoints after step 0 — lower reached the target sooner.", "",
-        markdown_table(("task", "method", "score"), rows), "",
+        "checkpoints after step 0 — lower reached the target sooner. Mean over seeds with its 95% t interval.", "",
+        markdown_table(("task", "method", "score", "per seed"), _rows(scores)), "",
         markdown_table(("check", "result", "why"), [(n, "pass" if p else "fail", w) for n, p, w in checks]),
     ])  # fmt: skip
     passed = [p for _, p, _ in checks]
-    reason = "; ".join(f"{n}: {'pass' if p else 'fail'} ({w})" for n, p, w in checks) + " (one seed)."
+    reason = "; ".join(f"{n}: {'pass' if p else 'fail'} ({w})" for n, p, w in checks) + f" ({seeds} seeds)."
     data["scores"] = scores
     return ClaimSection("length", LENGTH_TITLE, LENGTH_CLAIM, measured, aggregate(passed), reason, tuple(figures),
                         data)  # fmt: skip
