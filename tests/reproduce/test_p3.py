@@ -251,3 +251,14 @@ def test_length_verdict_from_hand_made_scores() -> None:
     assert length_checks(other) == [("min: on-policy DPO lowest", False, "lowest reinforce 0.20")]
     one_seed = {"min": {"onpolicy_dpo": [0.2], "reinforce": [3.0]}}
     assert length_checks(one_seed)[0][1] and "one seed" in length_checks(one_seed)[0][2]
+
+
+def test_length_leads_are_paired_differences_with_intervals() -> None:
+    from preftune.reproduce.p3_length import leads
+
+    scores = {"min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1], "rwr": [0.0, 1.0, 0.5]},
+              "mode": {"onpolicy_dpo": [1.0, 1.0, 1.0], "rwr": [3.0, 3.0, 3.0]}}  # fmt: skip
+    rows = leads(scores)
+    # offline_dpo: 1.4, 1.5, 1.6 -> 1.5 ± 4.303·0.1/√3 = 1.5 ± 0.248; rwr: -0.5, 0.5, 0 -> 0 ± 1.24; mode: none
+    assert rows == [("min", "offline_dpo", "+1.50 [+1.25, +1.75]", "sooner"),
+                    ("min", "rwr", "+0.00 [-1.24, +1.24]", "not significant")]  # fmt: skip

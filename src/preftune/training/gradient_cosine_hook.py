@@ -45,7 +45,8 @@ class GradientCosineEvaluation(Hook):
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
         done = fit.trainer.global_step
-        if self.every and done % self.every == 0 and done < fit.end_step:
+        # at a fit's last step ``end`` measures, unless an on-policy round that is not the last turned it off
+        if self.every and done % self.every == 0 and (done < fit.end_step or not self.at_end):
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
@@ -82,3 +83,10 @@ class GradientCosineEvaluation(Hook):
                 batch = self.batcher([self.pairs[i]], [i], group_size=2).to(accelerator.device)
                 values += gradient_cosines(policy.model, batch, chunk_size=policy.chunk_size).tolist()
         return [v for part in gather_object([values]) for v in part]
+
+
+def gradient_cosine_hooks(
+    pairs: Sequence[TokenizedPair], batcher: Batcher, config: EvalConfig, console: Console
+) -> list[GradientCosineEvaluation]:
+    """One :class:`GradientCosineEvaluation` when ``config.gradient_cosine_every`` asks for it, else none."""
+    return [GradientCosineEvaluation(pairs, batcher, config, console)] if config.gradient_cosine_every else []

@@ -26,6 +26,7 @@ from preftune.modeling import AdapterDisabledReference, apply_lora
 from preftune.objectives import build
 from preftune.training.checkpoint import latest_checkpoint
 from preftune.training.config import RunConfig, StageConfig
+from preftune.training.gradient_cosine_hook import gradient_cosine_hooks
 from preftune.training.hooks import Callbacks, Checkpoints, HeldOutEvaluation, Logging, Progress, StopOnNonFinite
 from preftune.training.loop import Trainer
 from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats, Sampler
@@ -127,7 +128,8 @@ def run_online_stage(
         highlight=False)  # fmt: skip
     checkpoints = Checkpoints(stage_dir, config.save_every, config.keep_checkpoints, total)
     evaluation = HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console)
-    periodic = [evaluation] if win_rates is None else [evaluation, win_rates]
+    periodic = [evaluation, *([win_rates] if win_rates is not None else []),
+                *gradient_cosine_hooks(inputs.held_out, batcher, config.eval, console)]  # fmt: skip
     hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console), *periodic,
              checkpoints, Callbacks(callbacks)]  # fmt: skip
     began, rounds, start = time.perf_counter(), [], 0

@@ -43,6 +43,7 @@ from preftune.objectives import build
 from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
 from preftune.training.checks import check
 from preftune.training.config import RunConfig, StageConfig, to_dict
+from preftune.training.gradient_cosine_hook import gradient_cosine_hooks
 from preftune.training.hooks import (
     Callbacks,
     Checkpoints,
@@ -303,7 +304,8 @@ def _run_stage(
     checkpoints = Checkpoints(dirs[index], config.save_every, config.keep_checkpoints, total)
     hooks = [StopOnNonFinite(optim.max_bad_steps, checkpoints), Logging(), Progress(console),
              HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console),
-             *([win_rates] if win_rates is not None else []), *_gradient_cosine_hook(config, inputs, batcher, console),
+             *([win_rates] if win_rates is not None else []),
+             *gradient_cosine_hooks(inputs.held_out, batcher, config.eval, console),
              checkpoints, Callbacks(callbacks)]  # fmt: skip
     result = _fit(trainer, source, hooks, dirs[index], config.resume, f"stage '{stage.name}'", say)
     base_dir = dirs[index - 1] / "merged" if index > 0 and config.lora.enabled else None
@@ -312,16 +314,6 @@ def _run_stage(
                           base_dir=base_dir, later_stage=later)  # fmt: skip
     say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
-
-
-def _gradient_cosine_hook(config: RunConfig, inputs: Inputs, batcher: Batcher, console: Console) -> list[Any]:
-    """P3's Lemma 6.2 on held-out pairs (:mod:`preftune.training.gradient_cosine_hook`), when
-    ``eval.gradient_cosine_every`` asks for it: a list of one hook, or none."""
-    if not config.eval.gradient_cosine_every:
-        return []
-    from preftune.training.gradient_cosine_hook import GradientCosineEvaluation
-
-    return [GradientCosineEvaluation(inputs.held_out, batcher, config.eval, console)]
 
 
 def _start_trackers(accelerator: Accelerator, config: RunConfig, stage: StageConfig) -> None:
