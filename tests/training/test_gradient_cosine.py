@@ -201,8 +201,8 @@ def test_bad_settings_are_refused(
 
 
 def test_an_on_policy_run_logs_the_cosine_across_rounds(tmp_path: Path) -> None:
-    """2 rounds of 4 groups, 2 per step: steps 2 and 4 end a round. Every step is measured once, step 2 (the
-    end of a round that is not the last) included, and the records reach the stage's record."""
+    """2 rounds of 4 groups, 2 per step: every step is measured once, step 2 (the end of a round that is not
+    the last) included, and the records reach the stage's record."""
     out = tmp_path / "run"
     outcome = train(["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
                      "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",

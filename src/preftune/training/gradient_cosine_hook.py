@@ -45,8 +45,7 @@ class GradientCosineEvaluation(Hook):
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
         done = fit.trainer.global_step
-        # at a fit's last step ``end`` measures, unless an on-policy round that is not the last turned it off
-        if self.every and done % self.every == 0 and (done < fit.end_step or not self.at_end):
+        if self.every and done % self.every == 0 and done < fit.end_step:
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
