@@ -227,30 +227,37 @@ def test_cli_refuses_an_unknown_scale(capsys: pytest.CaptureFixture[str], tmp_pa
 
 
 def test_length_verdict_from_hand_made_scores() -> None:
-    """On-policy DPO lowest on min and skew with its lead's interval above 0, mode means within one token:
-    holds; a lead whose interval reaches 0, or another method lowest, fails that check."""
+    """Per task min and skew: on-policy DPO sooner than each offline method (leads' intervals above 0) and
+    fastest of all (lowest, lead over the runner-up above 0); mode means within one token."""
     from preftune.reproduce.p3_length import curve_score, length_checks
     from preftune.reproduce.verdicts import aggregate
 
     assert curve_score([6.0, 2.0, 0.0]) == 1.0  # step 0 left out
-    # runner-up minus on-policy DPO per seed on min: 1.4, 1.5, 1.6 -> mean 1.5, t(2) interval 1.5 ± 0.248
+    # offline_dpo minus on-policy DPO per seed on min: 1.4, 1.5, 1.6 -> mean 1.5, t(2) interval 1.5 ± 0.248
     good = {"min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1]},
             "skew": {"onpolicy_dpo": [0.4, 0.3, 0.5], "pref_ft": [6.0, 5.0, 7.0]},
             "mode": {"onpolicy_dpo": [0.4, 0.5, 0.3], "rwr": [1.3, 1.2, 1.4]}}  # fmt: skip
     checks = length_checks(good)
-    assert [p for _, p, _ in checks] == [True, True, True]
-    assert "+1.50 [1.25, 1.75]" in checks[0][2]
-    assert aggregate([p for _, p, _ in checks]) == "holds"
-    # skew: on-policy DPO lowest on average, but its lead -1, +3, -1 has an interval that contains 0
-    noisy = {**good, "skew": {"onpolicy_dpo": [2.0, 0.0, 2.0], "reinforce": [1.0, 3.0, 1.0]},
+    assert [n for n, _, _ in checks] == [
+        "min: on-policy DPO sooner than offline",
+        "min: on-policy DPO fastest of all",
+        "skew: on-policy DPO sooner than offline",
+        "skew: on-policy DPO fastest of all",
+        "mode: mean scores within 1 token",
+    ]
+    assert all(p for _, p, _ in checks) and aggregate([p for _, p, _ in checks]) == "holds"
+    assert checks[0][2] == "lead over offline_dpo +1.50 [+1.25, +1.75]"
+    # skew: on-policy DPO beats the offline method but ties REINFORCE (lead -1, +3, -1: the interval holds 0)
+    noisy = {**good, "skew": {"onpolicy_dpo": [2.0, 0.0, 2.0], "reinforce": [1.0, 3.0, 1.0],
+                              "offline_dpo": [4.0, 3.0, 5.0]},
              "mode": {"onpolicy_dpo": [0.1, 0.1, 0.1], "rwr": [2.0, 2.0, 2.0]}}  # fmt: skip
     checks = length_checks(noisy)
-    assert [p for _, p, _ in checks] == [True, False, False] and "runner-up reinforce +0.33" in checks[1][2]
-    assert aggregate([p for _, p, _ in checks]) == "partly"
+    assert [p for _, p, _ in checks] == [True, True, True, False, False]
+    assert "runner-up reinforce +0.33" in checks[3][2] and aggregate([p for _, p, _ in checks]) == "partly"
     other = {"min": {"onpolicy_dpo": [3.0], "reinforce": [0.2]}}
-    assert length_checks(other) == [("min: on-policy DPO lowest", False, "lowest reinforce 0.20")]
-    one_seed = {"min": {"onpolicy_dpo": [0.2], "reinforce": [3.0]}}
-    assert length_checks(one_seed)[0][1] and "one seed" in length_checks(one_seed)[0][2]
+    assert length_checks(other) == [("min: on-policy DPO fastest of all", False, "lowest reinforce 0.20")]
+    one_seed = {"min": {"onpolicy_dpo": [0.2], "reinforce": [3.0], "pref_ft": [1.0]}}
+    assert [p for _, p, _ in length_checks(one_seed)] == [True, True]  # one seed: the signs decide
 
 
 def test_length_leads_are_paired_differences_with_intervals() -> None:

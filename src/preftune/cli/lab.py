@@ -160,7 +160,12 @@ def _register_length(studies: argparse._SubParsersAction) -> None:
         help=f"methods, space- or comma-separated (default: {' '.join(LENGTH_METHODS)})",
     )
     length.add_argument("--steps", type=int, default=20, help="optimiser steps per method (default: 20)")
-    length.add_argument("--seed", type=int, default=0, help="seed of the warm-up, data and sampling (default: 0)")
+    length.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data, the LoRA and the sampling; every seed starts from the same warm model (default: 0)",
+    )
     length.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     length.set_defaults(run=run_length_command)
 
