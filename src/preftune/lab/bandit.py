@@ -24,8 +24,10 @@ and samples drawn.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -313,6 +315,24 @@ def _median_first_reach(rewards: Tensor, samples: Tensor, threshold: float) -> t
     return int(hit.any(-1).sum()), median, float(samples[int(median)])
 
 
+def curves_json(curves: tuple[Curve, ...], histograms: str) -> list[dict[str, Any]]:
+    """Each curve as plain lists: method, regime, samples, per-seed rewards, and its histograms under the
+    key ``histograms`` (the sequence bandit calls its token marginals ``marginals``)."""
+    return [{"method": c.method, "regime": c.regime, "samples": c.samples.tolist(), "rewards": c.rewards.tolist(),
+             histograms: c.histograms.tolist()} for c in curves]  # fmt: skip
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block (the studies' tiny ops only lose to threading), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def summarise(curves: tuple[Curve, ...], threshold: float) -> list[SummaryRow]:
     """One row per curve: final reward mean ± 95% CI over seeds; median steps and samples to ``threshold``."""
     rows = []
@@ -357,16 +377,7 @@ class BanditResult:
                 "initial_reward": self.initial_reward,
                 "seconds": self.seconds,
                 "summary": [asdict(row) for row in self.summary()],
-                "curves": [
-                    {
-                        "method": c.method,
-                        "regime": c.regime,
-                        "samples": c.samples.tolist(),
-                        "rewards": c.rewards.tolist(),
-                        "histograms": c.histograms.tolist(),
-                    }
-                    for c in self.curves
-                ],
+                "curves": curves_json(self.curves, "histograms"),
             }
         )
 
@@ -374,9 +385,7 @@ class BanditResult:
 def run_bandit(config: BanditConfig) -> BanditResult:
     """Every method × regime of ``config``, once per seed (P3 §4.1, METHODS.md §7). Runs on one thread."""
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         bandit = make_bandit(config)
         curves = []
         for method in config.methods:
@@ -386,7 +395,5 @@ def run_bandit(config: BanditConfig) -> BanditResult:
                 histograms = torch.stack([run.histograms for run in runs]).mean(0)
                 rewards = torch.stack([run.rewards for run in runs])
                 curves.append(Curve(method, regime, rewards, samples_drawn(config, regime), histograms))
-    finally:
-        torch.set_num_threads(threads)
     initial = float((bandit.reference @ bandit.rewards).item())
     return BanditResult(config, bandit, tuple(curves), time.perf_counter() - start, initial)

@@ -51,6 +51,8 @@ from preftune.lab.bandit import (
     REGIMES,
     Curve,
     SummaryRow,
+    curves_json,
+    one_thread,
     reference_histogram,
     summarise,
 )
@@ -413,16 +415,7 @@ class SequenceBanditResult:
                 "initial_reward": self.initial_reward,
                 "seconds": self.seconds,
                 "summary": [asdict(row) for row in self.summary()],
-                "curves": [
-                    {
-                        "method": c.method,
-                        "regime": c.regime,
-                        "samples": c.samples.tolist(),
-                        "rewards": c.rewards.tolist(),
-                        "marginals": c.histograms.tolist(),
-                    }
-                    for c in self.curves
-                ],
+                "curves": curves_json(self.curves, "marginals"),
             }
         )
 
@@ -430,9 +423,7 @@ class SequenceBanditResult:
 def run_sequence_bandit(config: SequenceBanditConfig) -> SequenceBanditResult:
     """Every method × regime of ``config``, once per seed. Runs on one thread."""
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         bandit = make_sequence_bandit(config)
         curves = []
         for method in config.methods:
@@ -440,7 +431,5 @@ def run_sequence_bandit(config: SequenceBanditConfig) -> SequenceBanditResult:
             for regime in config.regimes:
                 run = train(bandit, objective, regime, config, tuple(range(config.seeds)))
                 curves.append(Curve(method, regime, run.rewards, samples_drawn(config, regime), run.marginals.mean(0)))
-    finally:
-        torch.set_num_threads(threads)
     initial = float(bandit.reference @ bandit.rewards)
     return SequenceBanditResult(config, bandit, tuple(curves), time.perf_counter() - start, initial)
