@@ -138,6 +138,20 @@ def test_kl_verdict_from_hand_made_masses() -> None:
     assert kl_section([holds, opposite], ()).verdict == PARTLY
 
 
+def test_reverse_kl_empties_a_category_the_target_rules_out_sooner() -> None:
+    """Towards q′ (category 1 at 0.001): at p0 the logit pushes on category 1 are forward p₁ − q₁ = 0.299 and
+    reverse p₁·(log(p₁/q₁) − KL(p0‖q′)) ≈ 0.3·(5.70 − 1.78) ≈ 1.18, so reverse KL gets p₁ down to 0.05 first;
+    the section reports it beside the verdict, which stays the one of METHODS.md's q."""
+    from preftune.reproduce.p3_kl import EXCLUDING_Q
+
+    runs = run_kl_sweep(300, (0.1, 0.5), (0.1,))
+    section = kl_section(runs, (), run_kl_sweep(300, (0.1, 0.5), (0.1,), q=EXCLUDING_Q))
+    rows = section.data["excluding"]["runs"]
+    assert [r["lr"] for r in rows] == [0.1, 0.5, 0.1]
+    assert all(r["reverse_steps"] < r["forward_steps"] for r in rows)
+    assert "sooner in 3 of 3 runs" in section.measured and section.verdict == kl_section(runs, ()).verdict
+
+
 def test_kl_toy_as_measured_contradicts_the_claim() -> None:
     """Exact gradient descent and Adam from P3's p0: forward KL reaches p₂ ≥ 0.5 first and reverse KL,
     not forward, raises category 0 (the report says so)."""

@@ -40,7 +40,7 @@ from preftune.lab.bandit import METHODS, BanditConfig, BanditResult, run_bandit
 from preftune.lab.kl_toy import KLToyConfig, KLToyResult
 from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure, kl_toy_figure, save_png
 from preftune.reproduce.p3_bandit import bandit_contrasts, bandit_section
-from preftune.reproduce.p3_kl import LEVEL, kl_section, run_kl_sweep
+from preftune.reproduce.p3_kl import EXCLUDING_Q, LEVEL, kl_section, run_kl_sweep
 from preftune.reproduce.p3_lemma import lemma_section, run_lemma_study
 from preftune.reproduce.plots import contrast_figure, gradient_cosine_figure, kl_sweep_figure
 from preftune.reproduce.report import ClaimSection, not_run_section, render_report
@@ -124,7 +124,7 @@ SCALES = {
         sequence_steps=20,
         sequence_length=2,
     ),
-    "small": P3Scale("small", 5, 300, 100, (0.1, 0.5, 2.0), (0.01, 0.1), _SMALL_TRAINING),
+    "small": P3Scale("small", 5, 300, 300, (0.1, 0.5, 2.0), (0.01, 0.1), _SMALL_TRAINING),
     "full": P3Scale(
         "full",
         10,
@@ -179,12 +179,13 @@ def _kl(scale: P3Scale, out: Path, say: Say) -> ClaimSection:
     """The KL toy sweep: runs, figures, section."""
     say(f"KL toy: {len(scale.kl_sgd_lrs)} gradient-descent and {len(scale.kl_adam_lrs)} Adam step sizes")
     runs = run_kl_sweep(scale.kl_steps, scale.kl_sgd_lrs, scale.kl_adam_lrs)
+    excluding = run_kl_sweep(scale.kl_steps, scale.kl_sgd_lrs, scale.kl_adam_lrs, q=EXCLUDING_Q)
     first = runs[0]
     figures = ("kl_toy.png", "kl_toy_sweep.png")
     toy = KLToyResult(KLToyConfig(steps=scale.kl_steps, lr=first.lr), first.forward, first.reverse)
     save_png(kl_toy_figure(toy), out / figures[0])
     save_png(kl_sweep_figure(runs), out / figures[1])
-    return kl_section(runs, figures)
+    return kl_section(runs, figures, excluding)
 
 
 def _lemma(scale: P3Scale, out: Path, say: Say) -> ClaimSection:
