@@ -283,3 +283,25 @@ def test_length_leads_are_paired_differences_with_intervals() -> None:
     # offline_dpo: 1.4, 1.5, 1.6 -> 1.5 ± 4.303·0.1/√3 = 1.5 ± 0.248; rwr: -0.5, 0.5, 0 -> 0 ± 1.24; mode: none
     assert rows == [("min", "offline_dpo", "+1.50 [+1.25, +1.75]", "sooner"),
                     ("min", "rwr", "+0.00 [-1.24, +1.24]", "not significant")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_every_study_of_a_scale_builds_a_valid_config(name: str, tmp_path: Path) -> None:
+    """``full`` never runs on this CPU: at least every config it would build passes its own checks."""
+    from preftune.lab.bandit import BanditConfig
+    from preftune.lab.length import LengthConfig
+    from preftune.lab.sequence_bandit import SequenceBanditConfig
+    from preftune.reproduce.p3 import get_scale
+    from preftune.reproduce.p3_lemma import training_config
+    from preftune.reproduce.p3_length import SEEDS, STEPS, TASKS
+    from preftune.training.checks import check
+
+    scale = get_scale(name)
+    for peak in ("far", "near"):
+        BanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.bandit_seeds, steps=scale.bandit_steps)
+        SequenceBanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.sequence_seeds,
+                             steps=scale.sequence_steps, length=scale.sequence_length)  # fmt: skip
+    for task in TASKS:
+        LengthConfig(task=task, steps=STEPS[name], seed=SEEDS[name] - 1)
+    for objective in ("dpo", "mle"):
+        check(training_config(scale.training, objective, tmp_path / objective))
