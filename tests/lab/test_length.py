@@ -119,14 +119,13 @@ def test_cli_writes_png_and_json(
 def test_seeds_share_the_warm_model_and_the_seeds_figure_draws(min_run: LengthResult, tmp_path: Path) -> None:
     """Replicates differ in ``seed`` only: one warm model (keyed by ``warmup_seed``) serves them all."""
     from preftune.lab.length import _accelerator, warm_model_path
-    from preftune.lab.plots import save_png
-    from preftune.reproduce.plots import length_seeds_figure
+    from preftune.lab.plots import length_figure, save_png
 
     tokenizer = load_tokenizer("tiny-random")
     paths = {warm_model_path(LengthConfig(task="min", seed=s), tokenizer, _accelerator()) for s in (0, 3)}
     assert len(paths) == 1 and (paths.pop() / "config.json").is_file()
     assert warm_model_path(LengthConfig(warmup_seed=0), tokenizer, _accelerator()).name.count("seed0") == 1
-    figure = length_seeds_figure([min_run, min_run])
+    figure = length_figure([min_run, min_run])
     save_png(figure, tmp_path / "seeds.png")
     assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # two identical runs: the band has no width, so each mean line is the run's own curve

@@ -305,3 +305,25 @@ def test_every_study_of_a_scale_builds_a_valid_config(name: str, tmp_path: Path)
         LengthConfig(task=task, steps=STEPS[name], seed=SEEDS[name] - 1)
     for objective in ("dpo", "mle"):
         check(training_config(scale.training, objective, tmp_path / objective))
+
+
+def test_skew_borrows_only_the_on_policy_runs_of_min(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On skew only the offline methods train; the on-policy curves are min's, the offline ones skew's own."""
+    import preftune.lab.length as length
+    from preftune.reproduce.p3_length import _task_runs
+
+    trained: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_study(config: length.LengthConfig) -> length.LengthResult:
+        trained.append((config.task, config.methods))
+        curves = tuple(length.Curve(m, (length.Measure(0, float(len(config.task)), 0.0, 1.0),), 0.0)
+                       for m in config.methods)  # fmt: skip
+        return length.LengthResult(config, None, curves, 0.0, 0.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(length, "run_length_study", fake_study)
+    min_runs = _task_runs("min", 2, 1, lambda _: None, None)
+    (skew,) = _task_runs("skew", 2, 1, lambda _: None, min_runs)
+    assert trained == [("min", length.METHODS), ("skew", ("offline_dpo", "pref_ft"))]
+    assert [c.method for c in skew.curves] == list(length.METHODS)
+    for curve in skew.curves:  # the fake's value is the task name's length: min 3, skew 4
+        assert curve.measures[0].length == (3.0 if curve.method in length.ON_POLICY else 4.0)

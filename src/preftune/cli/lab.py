@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from preftune.errors import PreftuneError
 
@@ -43,8 +43,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_bandit(studies: argparse._SubParsersAction) -> None:
-    from preftune.lab.bandit import METHODS, REGIMES
-
     bandit = studies.add_parser(
         "bandit",
         help="offline vs on-policy, with vs without a negative gradient, on P3's 100-action bandit",
@@ -56,31 +54,11 @@ def _register_bandit(studies: argparse._SubParsersAction) -> None:
         ),
         epilog="example: preftune lab bandit --peak far --methods dpo bon --seeds 5 --out out/lab",
     )
-    bandit.add_argument(
-        "--peak",
-        choices=("far", "near"),
-        default="far",
-        help="reward peak far from the reference's (a = 70) or near it (a = 20); default far",
-    )
-    bandit.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(METHODS),
-        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
-    )
-    bandit.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
-    bandit.add_argument("--seeds", type=int, default=5, help="seeds per method × regime (default: 5)")
-    bandit.add_argument("--steps", type=int, default=300, help="gradient steps per run (default: 300)")
-    bandit.add_argument("--samples", type=int, default=4, help="C, samples per context per step (default: 4)")
-    bandit.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
-    bandit.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
-    bandit.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    _bandit_options(bandit, "reward peak far from the reference's (a = 70) or near it (a = 20)", seeds=5, steps=300)
     bandit.set_defaults(run=run_bandit_command)
 
 
 def _register_sequence_bandit(studies: argparse._SubParsersAction) -> None:
-    from preftune.lab.bandit import METHODS, REGIMES
-
     parser = studies.add_parser(
         "sequence-bandit",
         help="P3's bandit as sequences: a tiny transformer emits L tokens with a per-token reward",
@@ -93,28 +71,36 @@ def _register_sequence_bandit(studies: argparse._SubParsersAction) -> None:
         ),
         epilog="example: preftune lab sequence-bandit --peak far --methods dpo bon --seeds 3 --out out/lab",
     )
-    parser.add_argument(
-        "--peak",
-        choices=("far", "near"),
-        default="far",
-        help="reward bump far from the reference's mode (token 7) or at it; default far",
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(METHODS),
-        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
-    )
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per method × regime (default: 3)")
-    parser.add_argument("--steps", type=int, default=200, help="gradient steps per run (default: 200)")
-    parser.add_argument("--samples", type=int, default=4, help="C, responses per context per step (default: 4)")
+    _bandit_options(parser, "reward bump far from the reference's mode (token 7) or at it", seeds=3, steps=200)
     parser.add_argument("--length", type=int, default=3, help="L, tokens per response (default: 3)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
     parser.add_argument("--eval-every", type=int, default=10, help="steps between exact evaluations (default: 10)")
+    parser.set_defaults(run=run_sequence_bandit_command)
+
+
+def _bandit_options(parser: argparse.ArgumentParser, peak_help: str, seeds: int, steps: int) -> None:
+    """The options both bandits take: peak, methods, regimes, seeds, steps, samples, lr, threshold, out."""
+    from preftune.lab.bandit import METHODS, REGIMES
+
+    parser.add_argument("--peak", choices=("far", "near"), default="far", help=f"{peak_help}; default far")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})")  # fmt: skip
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
+    parser.add_argument("--seeds", type=int, default=seeds, help=f"seeds per method × regime (default: {seeds})")
+    parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps per run (default: {steps})")
+    parser.add_argument("--samples", type=int, default=4, help="C, samples per context per step (default: 4)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
     parser.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    parser.set_defaults(run=run_sequence_bandit_command)
+
+
+def _write(out: Path, stem: str, payload: dict[str, Any], figures: dict[str, Any]) -> None:
+    """``out/stem.json`` and ``out/stem_NAME.png`` per figure (``""``: ``out/stem.png``), atomically; says where."""
+    from preftune.files import write_json_atomic
+    from preftune.lab.plots import save_png
+
+    files = [write_json_atomic(out / f"{stem}.json", payload)]
+    files += [save_png(figure, out / f"{stem}{'_' + name if name else ''}.png") for name, figure in figures.items()]
+    print(f"wrote {', '.join(str(path) for path in files)}")
 
 
 def _register_kl_toy(studies: argparse._SubParsersAction) -> None:
@@ -199,17 +185,11 @@ def run_bandit_command(args: argparse.Namespace) -> int:
     _check_out(args.out)
     result = run_bandit(config)
 
-    from preftune.files import write_json_atomic
-    from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure, save_png
+    from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure
 
     print(bandit_table(result))
-    stem = f"bandit_{config.peak}"
-    files = [
-        write_json_atomic(args.out / f"{stem}.json", result.to_json()),
-        save_png(bandit_reward_figure(result), args.out / f"{stem}_reward.png"),
-        save_png(bandit_histogram_figure(result), args.out / f"{stem}_histograms.png"),
-    ]
-    print(f"wrote {', '.join(str(path) for path in files)}")
+    figures = {"reward": bandit_reward_figure(result), "histograms": bandit_histogram_figure(result)}
+    _write(args.out, f"bandit_{config.peak}", result.to_json(), figures)
     return 0
 
 
@@ -231,18 +211,11 @@ def run_sequence_bandit_command(args: argparse.Namespace) -> int:
     _check_out(args.out)
     result = run_sequence_bandit(config)
 
-    from preftune.files import write_json_atomic
-    from preftune.lab.plots import save_png, sequence_bandit_figures
+    from preftune.lab.plots import sequence_bandit_figures
 
     print(bandit_table(result, f"P3 sequence bandit (V = {config.vocab}, L = {config.length})"))
-    stem = f"sequence_bandit_{config.peak}"
     rewards, marginals = sequence_bandit_figures(result)
-    files = [
-        write_json_atomic(args.out / f"{stem}.json", result.to_json()),
-        save_png(rewards, args.out / f"{stem}_reward.png"),
-        save_png(marginals, args.out / f"{stem}_tokens.png"),
-    ]
-    print(f"wrote {', '.join(str(path) for path in files)}")
+    _write(args.out, f"sequence_bandit_{config.peak}", result.to_json(), {"reward": rewards, "tokens": marginals})
     return 0
 
 
@@ -274,15 +247,10 @@ def run_kl_toy_command(args: argparse.Namespace) -> int:
     _check_out(args.out)
     result = run_kl_toy(config)
 
-    from preftune.files import write_json_atomic
-    from preftune.lab.plots import kl_toy_figure, save_png
+    from preftune.lab.plots import kl_toy_figure
 
     print(kl_toy_table(result))
-    files = [
-        write_json_atomic(args.out / "kl_toy.json", result.to_json()),
-        save_png(kl_toy_figure(result), args.out / "kl_toy.png"),
-    ]
-    print(f"wrote {', '.join(str(path) for path in files)}")
+    _write(args.out, "kl_toy", result.to_json(), {"": kl_toy_figure(result)})
     return 0
 
 
@@ -308,16 +276,10 @@ def run_length_command(args: argparse.Namespace) -> int:
     _check_out(args.out)
     result = run_length_study(config)
 
-    from preftune.files import write_json_atomic
-    from preftune.lab.plots import length_figure, save_png
+    from preftune.lab.plots import length_figure
 
     print(length_table(result))
-    stem = f"length_{config.task}"
-    files = [
-        write_json_atomic(args.out / f"{stem}.json", result.to_dict()),
-        save_png(length_figure(result), args.out / f"{stem}.png"),
-    ]
-    print(f"wrote {', '.join(str(path) for path in files)}")
+    _write(args.out, f"length_{config.task}", result.to_dict(), {"": length_figure(result)})
     return 0
 
 

@@ -4,8 +4,8 @@ Why: on a CPU, ``torch.multinomial`` (what ``generate`` calls when ``do_sample=T
 50 ms for one draw from each of 32 rows of a 49,152-token vocabulary, whatever the distribution
 (Intel Xeon, 2 threads, torch 2.13). That is a large share of a decoding step of a small model:
 SmolLM2-135M's whole forward pass for such a batch costs about as much. One uniform number per row
-and a binary search in the cumulative distribution draws from exactly the same distribution in
-about a millisecond.
+and a binary search in the cumulative distribution (summed in float64) draws from exactly the same
+distribution in about 10 ms.
 
 How: :class:`InverseCdfDraw` is the last logits processor. It applies the sampling settings itself
 (temperature, then top-k, then top-p, as ``generate``'s own warpers would), draws one token per row
@@ -31,10 +31,11 @@ def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor
     """
     cdf = probs.double().cumsum(-1)
     total = cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, uniform.double().unsqueeze(-1) * total, right=True).squeeze(-1)
-    # Rounding may put u·total at the total itself: keep the draw on the last token with mass.
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)
-    return torch.minimum(tokens, last)
+    tokens = torch.searchsorted(cdf, uniform.double().unsqueeze(-1) * total, right=True)
+    # Rounding may put u·total at the total itself: keep the draw on the last token with mass, the first
+    # whose cumulative mass reaches the total.
+    last = torch.searchsorted(cdf, total.contiguous())
+    return torch.minimum(tokens, last).squeeze(-1)
 
 
 class InverseCdfDraw(LogitsProcessor):

@@ -7,12 +7,16 @@ PNG is rendered to memory and published by :func:`preftune.files.write_atomic`.
 from __future__ import annotations
 
 import io
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from preftune.files import write_atomic
 from preftune.lab.bandit import BanditResult, Curve, t_quantile
@@ -35,16 +39,22 @@ def save_png(figure: Figure, path: Path) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
-def _band(ax: Axes, xs: list[float], curve: Curve, colour: str) -> None:
-    """Mean over seeds with a shaded 95% t interval (none for one seed)."""
-    rewards = curve.rewards  # [S, T+1]
-    mean = rewards.mean(0)
-    label = f"{curve.method} ({curve.regime.replace('_', '-')})"
-    ax.plot(xs, mean.tolist(), color=colour, linestyle=REGIME_STYLE[curve.regime], linewidth=1.6, label=label)
-    n = rewards.shape[0]
+def _mean_band(ax: Axes, xs: list[float], values: Tensor, colour: str, linestyle: Any, label: str,
+               **style: Any) -> None:  # fmt: skip
+    """The mean of ``values`` ``[S, T]`` over its S seeds against ``xs`` with a shaded 95% t interval (none
+    for one seed); ``style``: more ``plot`` settings (markers)."""
+    mean = values.double().mean(0)
+    ax.plot(xs, mean.tolist(), color=colour, linestyle=linestyle, linewidth=1.6, label=label, **style)
+    n = values.shape[0]
     if n > 1:
-        half = t_quantile(n - 1) * rewards.std(0, correction=1) / n**0.5
+        half = t_quantile(n - 1) * values.double().std(0, correction=1) / n**0.5
         ax.fill_between(xs, (mean - half).tolist(), (mean + half).tolist(), color=colour, alpha=0.15, linewidth=0)
+
+
+def _band(ax: Axes, xs: list[float], curve: Curve, colour: str) -> None:
+    """A bandit curve's reward: mean over seeds with its 95% band."""
+    label = f"{curve.method} ({curve.regime.replace('_', '-')})"
+    _mean_band(ax, xs, curve.rewards, colour, REGIME_STYLE[curve.regime], label)
 
 
 def bandit_reward_figure(
@@ -130,35 +140,51 @@ def kl_toy_figure(result: KLToyResult) -> Figure:
     return figure
 
 
-def length_figure(result: LengthResult) -> Figure:
-    """P3's length tasks: the task's measure (mean length, or distance to the mode) on held-out prompts
-    against steps per method (left; solid on-policy, dashed offline), and the offline dataset's lengths (right)."""
+def length_figure(results: LengthResult | Sequence[LengthResult]) -> Figure:
+    """P3's length tasks, one study or several that differ only in the seed: the task's measure (mean length,
+    or distance to the mode) on held-out prompts against steps per method, mean over seeds with a 95% band
+    (left; solid on-policy, dashed offline); the offline datasets' lengths, pooled over seeds (right)."""
     from preftune.lab.length import ON_POLICY
 
-    config, data = result.config, result.dataset
+    runs = [results] if not isinstance(results, Sequence) else list(results)
+    config = runs[0].config
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     curves_ax, data_ax = figure.subplots(1, 2, width_ratios=(3, 2))
-    for i, curve in enumerate(result.curves):
+    for i, curve in enumerate(runs[0].curves):
+        same = [next(c for c in run.curves if c.method == curve.method) for run in runs]
+        points = min(len(c.measures) for c in same)  # a run that stopped short has fewer checkpoints
+        values = torch.tensor([c.values(config.task)[:points] for c in same], dtype=torch.float64)
         style = REGIME_STYLE["on_policy" if curve.method in ON_POLICY else "offline"]
-        curves_ax.plot(curve.steps, curve.values(config.task), color=PALETTE[i % len(PALETTE)], linestyle=style,
-                       marker="o", markersize=3, linewidth=1.6, label=curve.method)  # fmt: skip
+        _mean_band(curves_ax, curve.steps[:points], values, PALETTE[i % len(PALETTE)], style, curve.method,
+                   marker="o", markersize=3)  # fmt: skip
     curves_ax.set_xlabel("optimiser steps")
-    curves_ax.set_ylabel(f"mean {result.target} (tokens)")
+    curves_ax.set_ylabel(f"mean {runs[0].target} (tokens)")
     curves_ax.set_ylim(bottom=0)
     curves_ax.grid(alpha=0.3)
     curves_ax.legend(fontsize=8)
-    histogram = data.summary()["histogram"]
-    kept = [data.floor is None or n >= data.floor for n in histogram]
-    data_ax.bar(list(histogram), list(histogram.values()), color=["#1f77b4" if k else "#ccc" for k in kept])
-    data_ax.axvline(data.mode, color="#d62728", linestyle=":", linewidth=1.2, label=f"mode {data.mode}")
-    if data.floor is not None:
-        data_ax.axvline(data.floor - 0.5, color="#555", linestyle="--", linewidth=1, label=f"kept ≥ {data.floor}")
-    data_ax.set_xlabel("response length (tokens)")
-    data_ax.set_ylabel("dataset samples")
-    data_ax.set_title(f"offline data: {data.summary()['pairs']} pairs", fontsize=9)
-    data_ax.legend(fontsize=8)
+    _length_data(data_ax, runs)
+    seeds = f" over {len(runs)} seeds (mean, 95% band)" if len(runs) > 1 else ""
     figure.suptitle(
-        f"P3 {config.task} length: {config.model} warmed up, LoRA r={config.lora_rank}, lr {config.lr:g}, "
-        f"M = {config.batch_size}, C = {config.samples_per_prompt}; held-out prompts, fixed sampling seed"
+        f"P3 {config.task} length{seeds}\n{config.model} warmed up, LoRA r={config.lora_rank}, lr {config.lr:g}, "
+        f"M = {config.batch_size}, C = {config.samples_per_prompt}; held-out prompts, fixed sampling seed",
+        fontsize=10,
     )
     return figure
+
+
+def _length_data(ax: Axes, runs: Sequence[LengthResult]) -> None:
+    """The offline datasets' length histogram pooled over ``runs``, greyed below the skew floor, with the mode(s)."""
+    pooled: Counter[int] = Counter()
+    for run in runs:
+        pooled.update(run.dataset.summary()["histogram"])
+    floors = sorted({run.dataset.floor for run in runs if run.dataset.floor is not None})
+    kept = [not floors or n >= floors[0] for n in pooled]
+    ax.bar(list(pooled), list(pooled.values()), color=["#1f77b4" if k else "#ccc" for k in kept])
+    for mode in sorted({run.dataset.mode for run in runs}):
+        ax.axvline(mode, color="#d62728", linestyle=":", linewidth=1.2, label=f"mode {mode}")
+    for floor in floors:
+        ax.axvline(floor - 0.5, color="#555", linestyle="--", linewidth=1, label=f"kept ≥ {floor}")
+    ax.set_xlabel("response length (tokens)")
+    ax.set_ylabel("dataset samples" + (", all seeds" if len(runs) > 1 else ""))
+    ax.set_title(f"offline data: {sum(run.dataset.summary()['pairs'] for run in runs)} pairs", fontsize=9)
+    ax.legend(fontsize=8)

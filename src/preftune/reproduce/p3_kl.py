@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -148,24 +149,22 @@ def _drop_steps(masses: Tensor) -> float:
     return float(hit[0]) if len(hit) else math.inf
 
 
-def exclusion_table(runs: list[KLRun]) -> tuple[str, list[dict[str, object]]]:
-    """Steps until category 1's mass falls to DROP under each divergence, per optimiser × step size."""
+def exclusion_table(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
+    """Steps until category 1's mass falls to DROP under each divergence (∞: never), per optimiser × step size."""
     rows = [{"optimiser": r.optimiser, "lr": r.lr, "forward_steps": _drop_steps(r.forward),
              "reverse_steps": _drop_steps(r.reverse)} for r in runs]  # fmt: skip
     header = ["optimiser", "lr", f"forward: steps to p₁ ≤ {DROP:g}", f"reverse: steps to p₁ ≤ {DROP:g}", "sooner"]
     cells = []
     for row in rows:
-        forward, reverse = float(row["forward_steps"]), float(row["reverse_steps"])  # type: ignore[arg-type]
+        forward, reverse = row["forward_steps"], row["reverse_steps"]
         sooner = "reverse" if reverse < forward else ("forward" if forward < reverse else "tie")
         cells.append((row["optimiser"], f"{row['lr']:g}", _fmt_steps(forward), _fmt_steps(reverse), sooner))
-    for row in rows:
-        row.update({k: None for k in ("forward_steps", "reverse_steps") if math.isinf(float(row[k]))})  # type: ignore[arg-type]
     return markdown_table(header, cells), rows
 
 
-def _exclusion_text(runs: list[KLRun]) -> tuple[str, list[dict[str, object]]]:
+def _exclusion_text(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
     table, rows = exclusion_table(runs)
-    sooner = sum(_drop_steps(r.reverse) < _drop_steps(r.forward) for r in runs)
+    sooner = sum(row["reverse_steps"] < row["forward_steps"] for row in rows)
     text = (
         f"**Also measured (not part of the verdict).** The same sweep towards q′ = {list(EXCLUDING_Q)}, a target "
         f"that nearly rules out category 1: steps until p₁ falls to {DROP:g}. Reverse KL emptied that category "
@@ -214,7 +213,7 @@ def kl_section(runs: list[KLRun], figures: tuple[str, ...], excluding: list[KLRu
     parts = [setup, markdown_table(header, rows), WHY]
     data: dict[str, object] = {
         "level": LEVEL,
-        "runs": [{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in c.items()} for c in checks],
+        "runs": checks,  # ∞ (never) becomes null in results.json (strict_json)
     }
     if excluding:
         text, excluded_rows = _exclusion_text(excluding)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,29 +135,45 @@ def _rows(scores: Scores) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _task_runs(task: str, steps: int, seeds: int, say: Callable[[str], Any], min_runs: list[Any] | None) -> list[Any]:
+    """``seeds`` studies of ``task``. On ``skew`` the on-policy methods train exactly as on ``min`` (same warm
+    model, prompts, reward and seeds: the tasks differ only in the offline data), so with ``min_runs`` given
+    only the offline methods are trained and the on-policy curves are taken from them."""
+    from preftune.lab.length import METHODS, ON_POLICY, LengthConfig, run_length_study
+
+    reuse = task == "skew" and min_runs is not None
+    methods = tuple(m for m in METHODS if not (reuse and m in ON_POLICY))
+    results = []
+    for seed in range(seeds):
+        say(f"length task {task}, seed {seed + 1} of {seeds}" + (" (on-policy runs: min's)" if reuse else ""))
+        result = run_length_study(LengthConfig(task=task, methods=methods, steps=steps, seed=seed))
+        if reuse:
+            borrowed = [c for c in min_runs[seed].curves if c.method in ON_POLICY]  # type: ignore[index]
+            trained = {c.method: c for c in (*borrowed, *result.curves)}
+            result = replace(result, curves=tuple(trained[m] for m in METHODS))
+        results.append(result)
+    return results
+
+
 def length_study(scale: str, out: Path, say: Callable[[str], Any] = print) -> ClaimSection:
     """Run the three tasks at ``scale`` (``SEEDS[scale]`` seeds each), save their figures in ``out``; the section."""
-    from preftune.lab.length import LengthConfig, run_length_study
-    from preftune.lab.plots import save_png
+    from preftune.lab.plots import length_figure, save_png
     from preftune.reproduce.p3 import LENGTH_CLAIM, LENGTH_TITLE
-    from preftune.reproduce.plots import length_seeds_figure
 
     steps, seeds = STEPS.get(scale, 20), SEEDS.get(scale, 3)
     scores: dict[str, dict[str, list[float]]] = {}
     data: dict[str, Any] = {}
     figures = []
+    runs: dict[str, list[Any]] = {}
     for task in TASKS:
-        results = []
-        for seed in range(seeds):
-            say(f"length task {task}, seed {seed + 1} of {seeds}")
-            results.append(run_length_study(LengthConfig(task=task, steps=steps, seed=seed)))
+        results = runs[task] = _task_runs(task, steps, seeds, say, runs.get("min"))
         scores[task] = {c.method: [] for c in results[0].curves}
         for result in results:
             for curve in result.curves:
                 scores[task][curve.method].append(curve_score(curve.values(task)))
         data[task] = [result.to_dict() for result in results]
         name = f"length_{task}.png"
-        save_png(length_seeds_figure(results), Path(out) / name)
+        save_png(length_figure(results), Path(out) / name)
         figures.append(name)
     checks = length_checks(scores)
     measured = "\n".join([
@@ -168,7 +185,7 @@ def length_study(scale: str, out: Path, say: Callable[[str], Any] = print) -> Cl
         markdown_table(("task", "method", "score", "per seed"), _rows(scores)), "",
         "On-policy DPO's lead over each method, paired by seed (the method's score minus on-policy DPO's; "
         "positive: on-policy DPO reached the target sooner). On `skew` the on-policy methods train exactly as "
-        "on `min` (the task differs in its offline data only), so their rows repeat.", "",
+        "on `min` (the task differs in its offline data only): their runs are min's, so their rows repeat.", "",
         markdown_table(("task", "method", "lead [95% CI]", "on-policy DPO got there"), leads(scores)), "",
         markdown_table(("check", "result", "why"), [(n, "pass" if p else "fail", w) for n, p, w in checks]),
     ])  # fmt: skip

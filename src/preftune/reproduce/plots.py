@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,55 +77,4 @@ def kl_sweep_figure(runs: Sequence[Any], mode: int = 2, covered: int = 0) -> Fig
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6, ncol=2)
     figure.suptitle("P3 KL toy, every optimiser and step size: solid reverse KL(p‖q), dashed forward KL(q‖p)")
-    return figure
-
-
-def length_seeds_figure(results: Sequence[Any]) -> Figure:
-    """One length task over seeds (``LengthResult`` each, same config but the seed): per method, the task's
-    measure against steps, mean over seeds with a 95% t band (left; solid on-policy, dashed offline); the
-    offline datasets' lengths pooled over seeds (right)."""
-    import torch
-
-    from preftune.lab.bandit import mean_ci
-    from preftune.lab.length import ON_POLICY
-    from preftune.lab.plots import REGIME_STYLE
-
-    config = results[0].config
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    curves_ax, data_ax = figure.subplots(1, 2, width_ratios=(3, 2))
-    for i, curve in enumerate(results[0].curves):
-        runs = [next(c for c in r.curves if c.method == curve.method) for r in results]
-        points = min(len(run.measures) for run in runs)
-        values = torch.tensor([run.values(config.task)[:points] for run in runs], dtype=torch.float64)
-        stats = [mean_ci(values[:, j]) for j in range(points)]
-        means = [m for m, _ in stats]
-        halves = [0.0 if math.isnan(h) else h for _, h in stats]
-        colour, steps = PALETTE[i % len(PALETTE)], curve.steps[:points]
-        style = REGIME_STYLE["on_policy" if curve.method in ON_POLICY else "offline"]
-        curves_ax.plot(steps, means, color=colour, linestyle=style, marker="o", markersize=3, label=curve.method)
-        low = [m - h for m, h in zip(means, halves, strict=True)]
-        high = [m + h for m, h in zip(means, halves, strict=True)]
-        curves_ax.fill_between(steps, low, high, color=colour, alpha=0.12)
-    curves_ax.set_xlabel("optimiser steps")
-    curves_ax.set_ylabel(f"mean {results[0].target} (tokens)")
-    curves_ax.set_ylim(bottom=0)
-    curves_ax.grid(alpha=0.3)
-    curves_ax.legend(fontsize=8)
-    pooled: dict[int, int] = {}
-    for result in results:
-        for length, count in result.dataset.summary()["histogram"].items():
-            pooled[length] = pooled.get(length, 0) + count
-    data_ax.bar(list(pooled), list(pooled.values()), color="#1f77b4")
-    floors = sorted({r.dataset.floor for r in results if r.dataset.floor is not None})
-    for floor in floors:
-        data_ax.axvline(floor - 0.5, color="#555", linestyle="--", linewidth=1, label=f"skew keeps ≥ {floor}")
-    for mode in sorted({r.dataset.mode for r in results}):
-        data_ax.axvline(mode, color="#d62728", linestyle=":", linewidth=1.2, label=f"mode {mode}")
-    data_ax.set_xlabel("response length (tokens)")
-    data_ax.set_ylabel("dataset samples, all seeds")
-    data_ax.legend(fontsize=8)
-    figure.suptitle(
-        f"P3 {config.task} length over {len(results)} seeds (mean, 95% band): {config.model} warmed up, "
-        f"LoRA r={config.lora_rank}, lr {config.lr:g}, M = {config.batch_size}, C = {config.samples_per_prompt}"
-    )
     return figure
