@@ -156,3 +156,61 @@ def test_adapter_saved_on_another_base_names_and_loads_that_base(tiny_path: Path
     assert (wrong - expected).abs().max() > 1e-3  # what naming the original base gives
     with pytest.raises(PreftuneError, match="merged save"):
         save_lora(stage2, tmp_path / "x", merged=True, base_model=merged_dir)
+
+
+# --- bf16 autocast: an update below bf16's resolution is kept (issue 19) ------------------------------------------
+
+
+def _small_update(model, scale: float):
+    lora = apply_lora(model, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, scale, generator=torch.Generator().manual_seed(len(name)))
+    return lora.eval()
+
+
+def test_a_young_adapter_is_not_rounded_away_under_bf16_autocast(tiny: torch.nn.Module) -> None:
+    """B ~ N(0, 3e-5): the update B·A·x·s is ~1e-4 of the layer's output, far below half of bf16's
+    step (2⁻⁹ ≈ 2e-3). peft alone adds it to the bf16 base output, which lies on bf16's grid, and the
+    sum rounds back to exactly that output: the layer ignored its adapter. With the sum taken in
+    float32 the layer's output minus its base output is the update (computed in bf16 under
+    autocast: to 2⁻⁸ of itself)."""
+    lora = _small_update(tiny, 3e-5)
+    layer = lora.base_model.model.model.layers[0].self_attn.o_proj
+    x = torch.randn(6, 5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        update = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            adapted = layer(x)
+            with lora.disable_adapter():
+                base = layer(x)
+    assert adapted.dtype == torch.float32 and update.abs().max() < 1e-3 * base.abs().mean()
+    # (b + d) − b in float32 errs by float32's rounding of b: a few 1e-7 of the output's size
+    tolerance = 4 * torch.finfo(torch.float32).eps * float(base.abs().max())
+    torch.testing.assert_close(adapted - base, update, rtol=2**-7, atol=tolerance)
+    assert tolerance < 0.1 * float(update.abs().mean())  # so rounding the update away would fail
+
+
+def test_the_float32_sum_changes_nothing_in_float32_or_on_disk(
+    tiny: torch.nn.Module, tiny_path: Path, tmp_path: Path
+) -> None:
+    """Without autocast the widened layers compute exactly what peft's do, and the saved adapter
+    has peft's names and float32 tensors."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from tests.modeling.batches import random_batch
+
+    lora = _small_update(tiny, 0.05)
+    batch = random_batch(pairs=2, length=24, vocab=tiny.config.vocab_size, seed=5)
+    layers = [m for m in lora.modules() if isinstance(m, LoraLinear)]
+    assert layers and all(getattr(m.get_base_layer(), "_preftune_widened", False) for m in layers)
+    with torch.no_grad():
+        widened = lora(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        for m in layers:  # back to peft's own layers
+            m.get_base_layer()._forward_hooks.clear()
+        plain = lora(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(widened, plain, rtol=0, atol=0)
+    save_lora(lora, tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_model(tiny_path), str(tmp_path / "adapter"))
+    assert {p.dtype for n, p in reloaded.named_parameters() if "lora_" in n} == {torch.float32}

@@ -127,6 +127,7 @@ def test_demo_size_prints_overrides_that_the_demo_config_accepts(demo_size, monk
 
 STEPS = 4
 LOSS_TOLERANCE = 0.02  # |bf16 loss - float32 loss| at every step, for DPO's loss of ~0.69 (see the test)
+VOCAB = 49152
 LOGPS_TOLERANCE = 1e-2  # relative, for a sequence's summed log-probability (about -12 nats here)
 
 
@@ -134,7 +135,8 @@ LOGPS_TOLERANCE = 1e-2  # relative, for a sequence's summed log-probability (abo
 class PrecisionRun:
     out: Path
     history: list[dict]
-    linear_dtypes: set[torch.dtype]  # what the Linear layers returned in the training steps' forward passes
+    linear_dtypes: set[torch.dtype]  # what the decoder's Linear layers returned in the training steps' forward passes
+    head_dtypes: set[torch.dtype]  # what the LM head returned there (float32: it runs outside autocast)
     logps_dtypes: set[torch.dtype]  # the policy's summed log-probs there, which the loss is computed from
     auto_was_bf16: bool  # auto chose bf16 by itself (no substitute answer)
 
@@ -146,13 +148,15 @@ def _precision_run(data_files, folder: Path, setting: str) -> PrecisionRun:
 
     auto_was_bf16 = run_module._mixed_precision("auto") == "bf16"
     dtypes: set[torch.dtype] = set()
+    head_dtypes: set[torch.dtype] = set()
     logps_dtypes: set[torch.dtype] = set()
 
     def record(module: torch.nn.Module, args: object, output: object) -> None:
         if not torch.is_grad_enabled():
             return
         if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
-            dtypes.add(output.dtype)
+            # the head is the one Linear onto the vocabulary (49,152 in tiny-random as in SmolLM2)
+            (head_dtypes if module.out_features == VOCAB else dtypes).add(output.dtype)
         elif isinstance(module, PolicyLogProbs):
             logps_dtypes.add(output.sum.dtype)
 
@@ -169,7 +173,7 @@ def _precision_run(data_files, folder: Path, setting: str) -> PrecisionRun:
     finally:
         handle.remove()
     history = trainer_state(folder / setting, STEPS)["history"]
-    return PrecisionRun(folder / setting, history, dtypes, logps_dtypes, auto_was_bf16)
+    return PrecisionRun(folder / setting, history, dtypes, head_dtypes, logps_dtypes, auto_was_bf16)
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +211,13 @@ def test_auto_trains_in_bf16_by_itself_on_a_cpu_with_native_bf16(precision_runs)
 
 def test_bf16_run_ran_under_autocast(precision_runs) -> None:
     """run_config.json keeps ``auto`` as written, so the signal is the computation itself: in the bf16
-    run every Linear of the training forward passes returned bf16 (float32 in the other run), and the
+    run every Linear of the decoder returned bf16 (float32 in the other run) and the LM head float32
+    (it runs outside autocast, so bf16 logits cannot drown a margin: issue 19), and the
     step-1 log-probabilities are not bit-equal to float32's. (The step-1 loss is: DPO starts at
     ln 2 in any precision, the LoRA policy being its own reference.)"""
     bf16, fp32 = precision_runs["auto"], precision_runs["no"]
     assert bf16.linear_dtypes == {torch.bfloat16} and fp32.linear_dtypes == {torch.float32}
+    assert bf16.head_dtypes == fp32.head_dtypes == {torch.float32}
     assert json.loads((bf16.out / "run_config.json").read_text(encoding="utf-8"))["optim"]["mixed_precision"] == "auto"
     first_bf16, first_fp32 = bf16.history[0]["logps/chosen"], fp32.history[0]["logps/chosen"]
     assert first_bf16 != first_fp32
@@ -246,3 +252,57 @@ def test_bf16_run_keeps_float32_master_weights_and_losses(precision_runs) -> Non
     checkpoint = checkpoint_weights(run.out, STEPS)
     assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
     assert checkpoint and {t.dtype for t in checkpoint.values()} == {torch.float32}
+
+
+# --- a young LoRA update under bf16: the run's metrics see it (issue 19) ------------------------------------------
+
+YOUNG_LR = 5e-6  # TRL's DPO learning rate: a few steps move LoRA's B far less than bf16's resolution
+
+
+def _young_run(data_files, folder: Path, setting: str) -> dict:
+    overrides = lora_overrides(
+        data_files, folder / setting, objective="dpo", merge_lora="false", save_every=STEPS,
+        **{"optim.lr": YOUNG_LR, "optim.max_steps": STEPS, "optim.warmup_ratio": 0.0, "eval.samples": 0,
+           "optim.mixed_precision": setting},
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "auto_mixed_precision", lambda: "bf16")  # bf16 autocast runs on any CPU
+        return train(overrides)
+
+
+@pytest.fixture(scope="module")
+def young_runs(data_files, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, dict]]]:
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        pytest.skip("a CUDA GPU without bf16: accelerate would refuse bf16 there")
+    from accelerate.state import AcceleratorState
+
+    folder = tmp_path_factory.mktemp("young")
+    try:
+        yield {s: (folder / s, _young_run(data_files, folder, s)) for s in ("bf16", "no")}
+    finally:
+        AcceleratorState._reset_state()
+
+
+def test_held_out_metrics_under_bf16_see_a_young_lora_update(young_runs) -> None:
+    """Four steps at lr 5e-6 under bf16 autocast: the run's own held-out margin matches the float32
+    run's (same seed, same data), where scoring under autocast rounded the update away (issue 19:
+    margin −0.01 under bf16 against 1.12 in float32 on SmolLM2)."""
+    (_, bf16), (_, fp32) = young_runs["bf16"], young_runs["no"]
+    after_bf16, after_fp32 = bf16["stages"][-1]["eval_after"], fp32["stages"][-1]["eval_after"]
+    assert bf16["mixed_precision"] == "bf16" and fp32["mixed_precision"] == "no"
+    margin_bf16, margin_fp32 = after_bf16["margin"]["mean"], after_fp32["margin"]["mean"]
+    assert abs(margin_fp32) > 3 * after_fp32["margin"]["stderr"] > 0  # the update moved the margins
+    assert margin_bf16 == pytest.approx(margin_fp32, rel=0.25)
+
+
+def test_a_bf16_runs_printed_metrics_are_what_evaluate_run_computes(young_runs) -> None:
+    """The held-out metrics a bf16 run records are computed in float32, as ``preftune evaluate --run``
+    computes them: equal to float32's rounding of a sequence's log-probability (1e-6 of it)."""
+    from preftune.evaluation.command import evaluate_run
+
+    out, outcome = young_runs["bf16"]
+    recorded = outcome["stages"][-1]["eval_after"]
+    scored = evaluate_run(out)
+    scale = abs(recorded["logps/chosen"]["mean"])  # the size of what every metric is a difference of
+    for name in ("margin", "accuracy", "chosen_drift", "logps/chosen", "logps/rejected"):
+        assert scored[name].mean == pytest.approx(recorded[name]["mean"], rel=1e-6, abs=1e-6 * scale), name

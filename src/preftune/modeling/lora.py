@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from preftune.errors import PreftuneError
+from preftune.modeling.adapter_precision import keep_adapters_in_float32
 from preftune.modeling.checkpointing import drop_input_grad_hooks
 from preftune.modeling.lora_targets import resolve_target_modules
 
@@ -80,6 +81,7 @@ def apply_lora(
     except ValueError as error:  # what peft refuses that the checks above do not foresee
         raise PreftuneError(f"LoRA could not be applied: {_first_line(error)}") from error
     drop_input_grad_hooks(wrapped)  # peft adds them if checkpointing is already on; non-reentrant needs none
+    keep_adapters_in_float32(wrapped)  # under bf16 autocast a young adapter's update would round away
     return wrapped
 
 

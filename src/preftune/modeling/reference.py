@@ -38,7 +38,7 @@ from preftune.modeling.logprobs import as_pair, response_logprobs
 from preftune.objectives.records import SequenceLogProbs
 
 Pair = tuple[SequenceLogProbs, SequenceLogProbs | None]
-CACHE_FORMAT = "preftune-reference-v2"
+CACHE_FORMAT = "preftune-reference-v3"  # v3: under autocast, the LM head in float32 and the batches in the key
 
 
 class ReferenceLogProbs(ABC):
@@ -198,7 +198,10 @@ def _autocast_state() -> str:
 
 def cache_path(source: ReferenceLogProbs, batches: list[Batch], cache_dir: str | os.PathLike[str] | None) -> Path:
     """Where :meth:`PrecomputedReference.build` keeps the table of ``source`` over ``batches``."""
-    parts = (CACHE_FORMAT, source.fingerprint(), batches_fingerprint(batches), _autocast_state())
+    autocast = _autocast_state()
+    parts = [CACHE_FORMAT, source.fingerprint(), batches_fingerprint(batches), autocast]
+    if autocast != "none":  # in low precision a batch's layout changes the rounding: the batches are part of the key
+        parts.append(";".join(",".join(map(str, b.example_ids.tolist())) for b in batches))
     key = hashlib.sha256("|".join(parts).encode())
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "reference"
     return folder / f"{key.hexdigest()[:40]}.safetensors"

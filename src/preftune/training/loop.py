@@ -96,6 +96,7 @@ class Trainer:
             num_warmup_steps=math.ceil(optim.warmup_ratio * total_steps),
             num_training_steps=total_steps,
         )
+        self.logit_chunk = logit_chunk
         self.policy, self.optimizer = accelerator.prepare(PolicyLogProbs(model, logit_chunk), optimizer)
 
     # --- one step -------------------------------------------------------------------------------
@@ -201,9 +202,12 @@ class Trainer:
             self.policy.train(was_training)
 
     def pair_logprobs(self, batch: Batch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
-        """The policy's ``(chosen, rejected)`` log-probs of a batch of pairs, under the run's autocast."""
-        with self.accelerator.autocast():
-            return as_pair(self.policy(batch))
+        """The policy's ``(chosen, rejected)`` log-probs of a batch of pairs, in the weights' own
+        precision whatever the run's autocast (held-out metrics: under bf16 a young LoRA update can
+        round away, and the metrics must match ``preftune evaluate``'s float32 scoring). The model is
+        called directly, not through the prepared wrapper, whose forward always enters autocast."""
+        with torch.autocast(self.accelerator.device.type, enabled=False):
+            return as_pair(response_logprobs(self.model, batch, with_tokens=False, chunk_size=self.logit_chunk))
 
     # --- checkpoints ----------------------------------------------------------------------------
 

@@ -83,5 +83,9 @@ def load_stage_result(model: Any, stage_dir: Path, config: RunConfig) -> Any:
     from peft import PeftModel
 
     if config.lora.enabled:
-        return PeftModel.from_pretrained(model, str(stage_dir / "model"), is_trainable=True)
+        from preftune.modeling.adapter_precision import keep_adapters_in_float32
+
+        policy = PeftModel.from_pretrained(model, str(stage_dir / "model"), is_trainable=True)
+        keep_adapters_in_float32(policy)  # as apply_lora does for a new adapter
+        return policy
     return load_model(stage_dir / "model", dtype=config.model.dtype)

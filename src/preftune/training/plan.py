@@ -79,6 +79,22 @@ class BatchPlan:
                 break
         return sorted(read)
 
+    def first_reads(self, total_steps: int) -> list[list[int]]:
+        """Index blocks holding every example that steps ``0 .. total_steps - 1`` read, each once: the
+        first epoch's micro-batches of every process, exactly as the trainer batches them, then any
+        example only a later epoch reads (one dropped from the first's last short batch) in blocks of
+        a micro-batch's size. A reference precomputed in these blocks is computed as the policy's
+        first pass is, so under bf16 autocast the two differ by the update alone, not by the
+        rounding of another batch layout."""
+        blocks: list[list[int]] = []
+        for step in range(min(total_steps, self.steps_per_epoch)):
+            for rank in range(self.world_size):
+                blocks += [block.tolist() for block in self.micro_batches(step, rank)]
+        seen = {i for block in blocks for i in block}
+        rest = [i for i in self.indices_read(total_steps) if i not in seen]
+        size = max(1, self.batch_size // (self.world_size * self.grad_accumulation))
+        return blocks + [rest[k : k + size] for k in range(0, len(rest), size)]
+
     def micro_batches(self, step: int, rank: int) -> list[torch.Tensor]:
         """This process's share of the step, split into ``grad_accumulation`` index blocks."""
         share = self.batch_size // self.world_size

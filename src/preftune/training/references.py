@@ -55,16 +55,23 @@ def precompute(
     what: str,
     ids: Sequence[int] | None = None,
     group_size: int | None = None,
+    autocast: bool = True,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> PrecomputedReference:
     """The reference of ``items[ids]`` (default all; ``group_size`` responses each), from the disk
     cache or computed with the batches shared out over the processes; the main process writes the
-    cache. The table is keyed by these ids, the indices the trainer uses."""
+    cache. The table is keyed by these ids, the indices the trainer uses. ``autocast``: under the
+    run's autocast, as the training steps compute the policy; off for the held-out pairs, which are
+    scored in the weights' own precision (:meth:`Trainer.pair_logprobs`). ``blocks``: the batches to
+    compute in (the training steps' own, :meth:`BatchPlan.first_reads`), instead of ``ids`` sorted
+    by length in batches of ``batch_size``."""
     device = accelerator.device
-    # Examples of similar length batched together waste less padding; the table is keyed by id.
-    order = sorted(range(len(items)) if ids is None else ids, key=lambda i: items[i].length)
-    blocks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    if blocks is None:
+        # Examples of similar length batched together waste less padding; the table is keyed by id.
+        order = sorted(range(len(items)) if ids is None else ids, key=lambda i: items[i].length)
+        blocks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     batches = [batcher([items[i] for i in block], block, group_size=group_size).to(device) for block in blocks]
-    with torch.no_grad(), accelerator.autocast():
+    with torch.no_grad(), accelerator.autocast() if autocast else torch.autocast(device.type, enabled=False):
         path = cache_path(source, batches, None)  # the autocast precision is part of the key
         if path.is_file():
             return PrecomputedReference.load(path)
@@ -91,11 +98,14 @@ def make_reference(
     accelerator: Accelerator,
     train_ids: Sequence[int] | None = None,
     group_size: int | None = None,
+    train_blocks: Sequence[Sequence[int]] | None = None,
 ) -> tuple[Any, Any]:
     """(training reference or None when the objective needs none, held-out reference or None);
     precomputed references read the examples in the run's layout (``batcher``), for the training
     examples only those of ``train_ids`` (those the run's steps read; default all), ``group_size``
-    responses each (as the training batches hold them)."""
+    responses each (as the training batches hold them), in ``train_blocks`` when given (the
+    training steps' own micro-batches: under bf16 autocast another layout rounds differently, and
+    the difference, ~0.05 nats a sequence on SmolLM2, would sit in every margin of the first pass)."""
     chunk = config.logit_chunk
     if kind == "adapter":
         live = AdapterDisabledReference(model, chunk_size=chunk)
@@ -110,13 +120,21 @@ def make_reference(
         size = config.eval.batch_size
         train_ref = (
             precompute(
-                source, train_items, batcher, size, accelerator, "reference: training data", train_ids, group_size
+                source,
+                train_items,
+                batcher,
+                size,
+                accelerator,
+                "reference: training data",
+                train_ids,
+                group_size,
+                blocks=train_blocks,
             )
             if objective.needs_reference
             else None
         )
         eval_ref = (
-            precompute(source, eval_pairs, batcher, size, accelerator, "reference: held-out pairs")
+            precompute(source, eval_pairs, batcher, size, accelerator, "reference: held-out pairs", autocast=False)
             if eval_pairs
             else None
         )

@@ -292,7 +292,7 @@ def _run_stage(
     total = plan.total_steps(optim.epochs, optim.max_steps)
     read, group_size = plan.indices_read(total), responses_read(objective)
     train_ref, eval_ref = make_reference(stage.reference, objective, model, config, inputs.train, inputs.held_out,
-                                         batcher, accelerator, read, group_size)  # fmt: skip
+                                         batcher, accelerator, read, group_size, plan.first_reads(total))  # fmt: skip
     say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
         f"({len(read)} of {len(inputs.train)} training examples read by this stage)", highlight=False)  # fmt: skip
     if main:
