@@ -192,8 +192,8 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
             torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def assert_same_history(a: list[dict], b: list[dict], atol: float = 0.0) -> None:
-    """Per-step histories equal, except throughput (a timing); NaN equals NaN."""
+def assert_same_history(a: list[dict], b: list[dict], atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Per-step histories equal (to ``atol`` + ``rtol`` of the value), except throughput (a timing); NaN equals NaN."""
     assert [h["step"] for h in a] == [h["step"] for h in b]
     for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
@@ -201,7 +201,7 @@ def assert_same_history(a: list[dict], b: list[dict], atol: float = 0.0) -> None
             if key == "tokens_per_s":
                 continue
             tx, ty = torch.tensor(x[key], dtype=torch.float64), torch.tensor(y[key], dtype=torch.float64)
-            assert torch.allclose(tx, ty, atol=atol, rtol=0, equal_nan=True), f"step {x['step']} {key}: {tx} vs {ty}"
+            assert torch.allclose(tx, ty, atol=atol, rtol=rtol, equal_nan=True), f"step {x['step']} {key}: {tx} vs {ty}"
 
 
 def metric_means(evals: dict) -> dict[str, float]:

@@ -83,7 +83,9 @@ def test_two_processes_equal_one(data_files: DataFiles, tmp_path: Path) -> None:
     skipped = [h["skipped"] for h in history_1]
     assert 0 < sum(skipped) < STEPS, skipped  # the test means something only with both kinds of step
     assert [h["tokens_per_s"] > 0 for h in history_2] == [True] * STEPS
-    assert_same_history(history_2, history_1, atol=1e-5)
+    # float32 sums reduced in another order (one process against two) differ by a few 1e-6 of their
+    # size: a margin of 8.04 came out 8.040533 against 8.040522 on an AMD EPYC (Zen 4)
+    assert_same_history(history_2, history_1, atol=1e-5, rtol=1e-5)
     assert_same_tensors(model_weights(double / "model"), model_weights(single / "model"), atol=1e-5)
     # the held-out evaluation, split over the two processes and gathered, matches too
     outcome_2 = trainer_state(double, STEPS)["evals"]
