@@ -1,8 +1,15 @@
 """A real HTTP server speaking OpenAI's chat-completions protocol, for testing the API judge.
 
-Run as a process: ``python tests/judging/openai_server.py [--faults slow,429,...]``; it prints
-``PORT <n>`` on its first line. Its "model" judges by length: the longer of the two responses the
-judge prompt encloses wins ("1"/"2", or "a"/"b" for templates tagging ``output_a``/``output_b``).
+Run as a process: ``python tests/judging/openai_server.py [--faults slow,429,...] [--style S]``; it
+prints ``PORT <n>`` on its first line. Its "model" judges by length: the longer of the two responses
+the judge prompt encloses wins. ``--style`` is how it answers:
+
+- ``short`` (default): "1"/"2", or "a"/"b" for templates tagging ``output_a``/``output_b``; equal
+  lengths answer the first;
+- ``mt_bench``, ``arena_hard``, ``json``: as a judge model asked for those formats writes: an
+  explanation naming both responses and quoting a verdict marker it then rejects, then the verdict
+  (``[[A]]``/``[[B]]``/``[[C]]``; ``[[A>>B]]`` when one is at least twice as long, ``[[A>B]]``,
+  ``[[A=B]]``, ...; ``{"winner": "A"|"B"|"tie"}`` in a fenced block). Equal lengths are a tie.
 
 Faults, injected on the first attempt (``--fault-attempts``) of the i-th distinct request body, i
 cycling over the list:
@@ -39,13 +46,37 @@ def enclosed(text: str, tag: str) -> str | None:
     return None if match is None else match.group(1)
 
 
-def verdict_of(content: str) -> str:
-    """The longer enclosed response wins; the labels follow the template's tags."""
-    for first_tag, second_tag, labels in (("response_1", "response_2", "12"), ("output_a", "output_b", "ab")):
+TAGS = (("response_1", "response_2", "12"), ("output_a", "output_b", "ab"), ("response_a", "response_b", "AB"))
+
+
+def verdict_of(content: str, style: str = "short") -> str:
+    """The longer enclosed response wins; the answer is written in ``style``, with the template's labels."""
+    for first_tag, second_tag, labels in TAGS:
         first, second = enclosed(content, first_tag), enclosed(content, second_tag)
         if first is not None and second is not None:
-            return labels[0] if len(first) >= len(second) else labels[1]
+            if style == "short":
+                return labels[0] if len(first) >= len(second) else labels[1]
+            return explained(len(first), len(second), style)
     return "?"
+
+
+def explained(first: int, second: int, style: str) -> str:
+    """A reasoning judge's answer: both responses named, a marker weighed and dropped, the verdict last."""
+    winner = "C" if first == second else "A" if first > second else "B"
+    other = {"A": "B", "B": "A", "C": "A"}[winner]
+    reasoning = (f"Assistant A wrote {first} characters and Assistant B wrote {second}. Response A is clear; "
+                 f"response B is clear too. One could argue for [[{other}]] or {{\"winner\": \"{other}\"}} or "
+                 f"[[{other}>{winner if winner != 'C' else 'B'}]], but length decides here.\n\n")  # fmt: skip
+    if style == "mt_bench":
+        return reasoning + f"Final verdict: [[{winner}]]"
+    if style == "arena_hard":
+        strong = max(first, second) >= 2 * min(first, second)
+        label = "A=B" if winner == "C" else f"{winner}{'>>' if strong else '>'}{other}"
+        return reasoning + f"My final verdict is: [[{label}]]"
+    if style == "json":
+        value = "tie" if winner == "C" else winner
+        return reasoning + "```json\n" + json.dumps({"reason": "the longer one says more", "winner": value}) + "\n```"
+    raise ValueError(style)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,7 +119,7 @@ class Handler(BaseHTTPRequestHandler):
             self.inject(fault)
             return
         request = json.loads(raw)
-        answer = verdict_of(request["messages"][-1]["content"])
+        answer = verdict_of(request["messages"][-1]["content"], self.options.style)
         self.answer(request, answer)
         with LOCK:
             STATE["answered"][body_hash] = STATE["answered"].get(body_hash, 0) + 1
@@ -149,6 +180,7 @@ def main() -> None:
     parser.add_argument("--fault-attempts", type=int, default=1, help="attempts of a body that get its fault")
     parser.add_argument("--hang-after", type=int)
     parser.add_argument("--key-env")
+    parser.add_argument("--style", default="short", choices=("short", "mt_bench", "arena_hard", "json"))
     options = parser.parse_args()
     Handler.options = options
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -11,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from preftune.errors import PreftuneError
 from preftune.judging.api import (
     ApiJudge,
-    ApiJudgeConfig,
     backoff_s,
     logprob_verdict,
     parse_spec,
@@ -27,38 +24,9 @@ from preftune.judging.api import (
 from preftune.judging.base import FAILED, FIRST, SECOND, BothOrders, Verdict
 from preftune.judging.specs import make_judge
 from preftune.judging.store import VerdictStore
+from tests.judging.servers import config, openai_server
 
-SERVER = Path(__file__).with_name("openai_server.py")
 KEY = "sk-preftune-test-4f1d9c2b7a6e0358"
-
-
-@contextlib.contextmanager
-def openai_server(*args: str, env: dict[str, str] | None = None):
-    """The fault-injecting server as a process; yields (base_url, stats())."""
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("PORT "), line
-        root = f"http://127.0.0.1:{int(line.split()[1])}"
-
-        def stats() -> dict:
-            return httpx.get(f"{root}/stats", timeout=10).json()
-
-        yield f"{root}/v1", stats
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def config(url: str, **overrides) -> ApiJudgeConfig:
-    settings = {"model": "length-judge", "timeout_s": 1.0, "backoff_s": 0.01, "max_backoff_s": 0.05,
-                "max_retries": 3, "concurrency": 4} | overrides  # fmt: skip
-    return ApiJudgeConfig(base_url=url, **settings)
 
 
 ITEMS = [(f"question {i}", "a" * (3 + i), "b" * (10 - i)) for i in range(6)]

@@ -18,6 +18,7 @@ from preftune.judging import (
     FAILED,
     FIRST,
     SECOND,
+    TIE,
     BothOrders,
     FunctionJudge,
     PairwiseJudge,
@@ -52,12 +53,14 @@ class Scripted(PairwiseJudge):
         return out
 
 
-ANSWERS = (FIRST, SECOND, FAILED)
+ANSWERS = (FIRST, SECOND, TIE, FAILED)
 EXPECTED = {
     (FIRST, SECOND): Verdict.A,
     (SECOND, FIRST): Verdict.B,
     (FIRST, FIRST): Verdict.TIE,
     (SECOND, SECOND): Verdict.TIE,
+    **{(TIE, other): Verdict.TIE for other in (FIRST, SECOND, TIE)},  # a judge's own tie, in either order
+    **{(other, TIE): Verdict.TIE for other in (FIRST, SECOND)},
 }
 
 
@@ -181,6 +184,39 @@ def test_store_refuses_to_store_a_failure(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             store.put("judge", "p", "a", "b", FAILED)
         assert len(store) == 0
+
+
+def test_a_tie_is_stored_and_never_asked_again_while_a_failure_beside_it_is(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite")
+    judge = Scripted({("a", "b"): TIE, ("b", "a"): FAILED})
+    both = BothOrders(judge, store)
+    assert both.compare("p", "a", "b") == Verdict.FAILED
+    assert store.get(judge.identity(), "p", "a", "b") == TIE and len(store) == 1
+    judge.answers[("b", "a")] = FIRST
+    assert both.compare("p", "a", "b") == Verdict.TIE
+    assert judge.asked[2:] == [("p", "b", "a")]  # the tie came from the store
+    assert BothOrders(judge, VerdictStore(tmp_path / "v.sqlite")).compare("p", "b", "a") == Verdict.TIE
+    assert len(judge.asked) == 3
+
+
+@pytest.mark.parametrize("kind", ["text", "folder", "foreign", "under_a_file"])
+def test_a_path_that_cannot_hold_a_store_is_one_clear_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "store"
+    if kind == "text":
+        path.write_text("prompt,chosen\nnot,a database at all\n" * 50)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "foreign":
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE verdicts (id INTEGER, label TEXT)")
+    else:
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "v.sqlite"
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(PreftuneError, match="verdict store"):
+        VerdictStore(path)
+    if before is not None:
+        assert path.read_bytes() == before  # refused without being touched
 
 
 def test_function_judge_from_a_spec() -> None:

@@ -1,4 +1,8 @@
-"""``preftune generate``: sample N completions per prompt into JSON Lines that ``preftune rank`` reads."""
+"""``preftune generate``: sample N completions per prompt into JSON Lines that ``preftune rank`` reads.
+
+Exit 0 when every prompt has N completions in the output; 3 (:data:`~preftune.errors.EXIT_INCOMPLETE`)
+when some completion stayed empty after its redraws (its row is written, but ``preftune rank``
+refuses it)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from preftune.errors import PreftuneError
+from preftune.cli.outputs import check_output_file
+from preftune.errors import IncompleteRun, PreftuneError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -43,7 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from preftune.generation.command import Settings, generate_file, open_output
+    from preftune.generation.command import REDRAWS, Settings, generate_file, open_output
     from preftune.generation.prompts import load_prompts, prompt_key
     from preftune.generation.sampling import SamplingConfig, sample
     from preftune.generation.vllm_backend import resolve_backend
@@ -55,8 +60,7 @@ def run_generate(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)  # fmt: skip
     if args.limit is not None and args.limit < 1:
         raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
-    if args.out.is_dir():
-        raise PreftuneError(f"--out {args.out} is a folder")
+    check_output_file(args.out, "--out")
     backend = resolve_backend(args.backend, args.model, args.device)
     prompts = load_prompts(args.input, args.limit)
     console = Console(stderr=True, soft_wrap=True)
@@ -90,4 +94,8 @@ def run_generate(args: argparse.Namespace) -> int:
                                done=done, progress=lambda: bar.advance({}), sampler=sampler,
                                backend=backend)  # fmt: skip
     console.print(str(report), highlight=False)
+    if report.empty:
+        raise IncompleteRun(f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
+                            f"{args.out}, but preftune rank refuses them: drop those rows, or sample those prompts "
+                            "again with another --seed into another --out")  # fmt: skip
     return 0

@@ -2,7 +2,9 @@
 
 Every command validates its input before working. A problem with what the user asked for
 (:class:`~preftune.errors.PreftuneError`, or a usage mistake) prints one ``error:`` line and
-exits with 2; ``--debug`` shows the traceback instead.
+exits with 2; ``--debug`` shows the traceback instead. A run that did its work but had some of it
+fail (:class:`~preftune.errors.IncompleteRun`: judge calls with no verdict, an unreachable endpoint)
+prints one ``incomplete:`` line and exits with 3, so that a script can tell it from success.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from collections.abc import Sequence
 
 from preftune import __version__
 from preftune.cli import analyze, generate, judge, lab, objectives, rank, reproduce, serve, train, train_rm, winrate
-from preftune.errors import PreftuneError
+from preftune.errors import EXIT_INCOMPLETE, EXIT_USAGE, IncompleteRun, PreftuneError
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE if args.command is None else 0
         return int(args.run(args) or 0)
+    except IncompleteRun as err:  # not a mistake of the user's: the line says what a rerun does
+        print(f"incomplete: {err}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except PreftuneError as err:
         if debug:
             raise

@@ -1,5 +1,9 @@
 """``preftune rank``: rank each prompt's completions with a pairwise judge (P4's IPR) into
-ranked rows and preference pairs that ``preftune train`` reads."""
+ranked rows and preference pairs that ``preftune train`` reads.
+
+Every input and output is checked before the first judge call. Exit 0 when every comparison got a
+verdict; 3 (:data:`~preftune.errors.EXIT_INCOMPLETE`) when some failed (the outputs are written, the
+verdicts kept, and a rerun asks only the failed calls) or the judge's endpoint could not be reached."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
-from preftune.errors import PreftuneError
+from preftune.cli.outputs import check_distinct, check_output_file
+from preftune.errors import IncompleteRun, PreftuneError
 from preftune.judging.specs import JUDGES, make_judge
 
 
@@ -20,7 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Ranks each prompt's completions by iterative pairwise ranking (binary insertion; the judge "
             "asked in both orders, a disagreement is a tie) or round robin. Verdicts are kept in SQLite as "
-            "they arrive: a killed ranking resumes with no call repeated."
+            "they arrive: a killed ranking resumes with no call repeated. Exit 0 when every comparison got a "
+            "verdict, 3 when some failed (a rerun asks only those) or the judge could not be reached."
         ),
         epilog="example: preftune rank --input generated.jsonl --judge longer --out out/ranked.jsonl "
         "--pairs out/pairs.jsonl",
@@ -51,18 +57,36 @@ def run_rank(args: argparse.Namespace) -> int:
         raise PreftuneError(f"no such file: {args.input}")
     if (args.method == "score") != (args.score_model is not None):
         raise PreftuneError("--method score ranks by a reward model: give both --method score and --score-model PATH")
+    store_path = None if args.method == "score" else args.store or args.out.with_suffix(".verdicts.sqlite")
+    _check_paths(args, store_path)
     other = read_rankings(args.compare) if args.compare is not None else None  # checked before any work
     if args.method == "score":
         return run_score_rank(args, other)
     judge = make_judge(args.judge)
     rows = read_candidates(args.input)  # every row checked before the first call
-    store = VerdictStore(args.store or args.out.with_suffix(".verdicts.sqlite"))
+    store = VerdictStore(store_path)  # a folder or a file that is not a store is refused here
     console = Console(stderr=True, soft_wrap=True)
-    with StepProgress(len(rows), description="rank", console=console) as bar:
-        report = rank_rows(rows, judge, method=args.method, store=store, progress=lambda: bar.advance({}))
+    try:
+        with StepProgress(len(rows), description="rank", console=console) as bar:
+            report = rank_rows(rows, judge, method=args.method, store=store, progress=lambda: bar.advance({}))
+    finally:
+        store.close()
     write_outputs(rows, report, args.out, args.pairs, args.pairing)
     _print(console, rows, report, other)
+    failures = report.failures(store_path)
+    if failures:
+        raise IncompleteRun(failures)
     return 0
+
+
+def _check_paths(args: argparse.Namespace, store: Path | None) -> None:
+    """The outputs (and the store) writable and distinct from each other and the input, before any work."""
+    check_output_file(args.out, "--out")
+    if args.pairs is not None:
+        check_output_file(args.pairs, "--pairs")
+    if store is not None:
+        check_output_file(store, "--store")
+    check_distinct({"--input": args.input, "--out": args.out, "--pairs": args.pairs, "--store": store})
 
 
 def _print(console: Console, rows: list, report: Any, other: dict[str, list[int]] | None) -> None:

@@ -9,7 +9,7 @@
 Imports nothing of preftune beyond the leaves :mod:`preftune.errors` and :mod:`preftune.files`.
 """
 
-from preftune.judging.base import FAILED, FIRST, SECOND, BothOrders, PairwiseJudge, Verdict, combine
+from preftune.judging.base import FAILED, FIRST, SECOND, TIE, BothOrders, PairwiseJudge, Verdict, combine
 from preftune.judging.functions import (
     FunctionJudge,
     RandomJudge,
@@ -23,6 +23,7 @@ __all__ = [
     "FAILED",
     "FIRST",
     "SECOND",
+    "TIE",
     "BothOrders",
     "FunctionJudge",
     "PairwiseJudge",

@@ -3,10 +3,13 @@
 OpenAI, vLLM, SGLang, llama.cpp (``preftune serve``) and ``transformers serve`` all speak
 ``POST {base_url}/chat/completions``. Each ordered call sends the filled template
 (:mod:`preftune.judging.prompting`) as one user message and reads the verdict either from the
-answer text (``scoring="text"``: "1", "Response 1", "Output (a)", ... — an answer naming neither
-response, or both, is no verdict) or from the log-probabilities of the two answer tokens at the
-first position (``scoring="logprobs"``: the server must return ``top_logprobs``; what a small model
-is sure of, rather than what it happens to write first).
+answer text in the template's format (``scoring="text"``; :mod:`preftune.judging.verdicts`: a short
+answer "1", "Response 1", "Output (a)", or reasoning ending in MT-Bench's ``[[A]]``/``[[B]]``/``[[C]]``,
+Arena-Hard's ``[[A>>B]]`` ... ``[[B>>A]]``, a JSON ``{"winner": ...}``; a tie is a verdict, an answer
+with no readable verdict is not) or, for the short format, from the log-probabilities of the two
+answer tokens at the first position (``scoring="logprobs"``: the server must return
+``top_logprobs``; what a small model is sure of, rather than what it happens to write first).
+``max_tokens`` defaults to 8 for a short answer and 1024 for a format that reasons first.
 
 Robustness, all in :meth:`ApiJudge._ask`: a timeout per request; retries with exponential backoff
 and jitter on 408/409/425/429/5xx, connection errors, timeouts and malformed bodies, honouring a
@@ -14,7 +17,11 @@ and jitter on 408/409/425/429/5xx, connection errors, timeouts and malformed bod
 ``concurrency`` requests in flight (one semaphore for every thread that shares the judge); at
 most ``max_requests`` requests in all (retries count), after which calls fail (FAILED, never
 stored, so a rerun asks them). A call that still fails after its retries is FAILED; a
-401/403/404 is a configuration error and stops the run with one line.
+401/403/404 is a configuration error and stops the run with one line. So do
+``UNREACHABLE_CALLS`` calls in a row whose retries all ended without reaching the server
+(connection refused, name not resolved, no connection in time): an
+:class:`~preftune.errors.IncompleteRun`, rather than trying every comparison against a dead endpoint.
+Once a judge has stopped, every call on it raises the same error at once.
 
 The key is read from the environment variable *named* by ``api_key_env`` when a request is sent;
 it is never an attribute, never in :meth:`identity` (which keys the verdict store) and never
@@ -41,9 +48,11 @@ from typing import Any
 
 import httpx
 
-from preftune.errors import PreftuneError
+from preftune.errors import IncompleteRun, PreftuneError
 from preftune.judging.base import FAILED, FIRST, SECOND, PairwiseJudge
 from preftune.judging.prompting import JudgeTemplate, load_template
+from preftune.judging.verdicts import REASONING_FORMATS, UNREADABLE, Reading, read_verdict
+from preftune.judging.verdicts import parse_verdict as parse_verdict  # read here before the formats had a module
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,8 @@ FATAL_STATUS = {401: "the endpoint refused the key", 403: "the key may not use t
                 404: "no such endpoint or model"}  # fmt: skip
 SCORINGS = ("text", "logprobs")
 UNREADABLE_RETRIES = 1  # an answer naming neither response is asked again once, then the call fails
+UNREACHABLE_CALLS = 3  # calls in a row that never reached the server: the endpoint is down or misnamed; stop
+SHORT_MAX_TOKENS, REASONING_MAX_TOKENS = 8, 1024  # max_tokens by default: a short answer, or reasoning first
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class ApiJudgeConfig:
     api_key_env: str | None = None
     template: str = "pairwise"
     scoring: str = "text"
-    max_tokens: int = 8
+    max_tokens: int | None = None  # None: 8 for a short answer, 1024 for a format that reasons first
     temperature: float = 0.0
     timeout_s: float = 60.0
     max_retries: int = 5
@@ -82,7 +93,7 @@ class ApiJudgeConfig:
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             raise PreftuneError("api judge: api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY)")
         for name in ("max_tokens", "concurrency"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise PreftuneError(f"api judge: {name} must be at least 1, not {getattr(self, name)}")
         for name in ("timeout_s", "backoff_s", "max_backoff_s", "temperature", "max_retries"):
             if not getattr(self, name) >= 0:
@@ -100,6 +111,10 @@ class ApiJudgeConfig:
         if unknown:
             known = ", ".join(types)
             raise PreftuneError(f"{where}: unknown api judge setting(s) {', '.join(unknown)} (known: {known})")
+        if not values.get("base_url"):
+            raise PreftuneError(f"{where}: name the endpoint (base_url: http://HOST:PORT/v1)")
+        if not values.get("model"):  # checked here, or the dataclass would raise a TypeError
+            raise PreftuneError(f"{where}: name the model the endpoint serves (model=NAME)")
         return cls(**{key: _convert(key, value, types[key], where) for key, value in values.items()})
 
 
@@ -139,23 +154,6 @@ def parse_spec(spec: str) -> ApiJudgeConfig:
             raise PreftuneError(f"--judge {spec}: '{option}' is not key=value")
         values[key.strip()] = value.strip()
     return ApiJudgeConfig.from_mapping(values, f"--judge {spec}")
-
-
-def parse_verdict(text: str, answers: Sequence[str] = ("1", "2")) -> int:
-    """FIRST/SECOND from an answer text; FAILED when it names neither response, or both.
-
-    Accepted: the bare answer ("1", "(a)", "b."), or the answer named once or more in the text as
-    "Response 1", "Output (a)", "answer: 2", "The answer is 2" — always the same one.
-    """
-    labels = {answers[0].lower(): FIRST, answers[1].lower(): SECOND}
-    alternatives = "|".join(re.escape(a) for a in sorted(labels, key=len, reverse=True))
-    bare = re.fullmatch(rf"\W*\(?\s*({alternatives})\s*\)?\W*", text.strip().lower())
-    if bare:
-        return labels[bare.group(1)]
-    lead = r"\b(?:response|output|answer|verdict)(?:\s+is)?\s*:?\s*\(?\s*"
-    named = re.findall(rf"{lead}({alternatives})\b", text.lower())
-    found = {labels[n] for n in named}
-    return found.pop() if len(found) == 1 else FAILED
 
 
 def logprob_verdict(top_logprobs: Sequence[Mapping[str, Any]], answers: Sequence[str] = ("1", "2")) -> int:
@@ -215,14 +213,17 @@ class RequestBudget:
 class _Retry(Exception):
     """One attempt failed in a way worth retrying; ``wait`` overrides the backoff (Retry-After).
 
-    ``unreadable``: the server answered, but named neither response. Asked once more at once (an
-    endpoint's "temperature 0" is not always deterministic), not with backoff: nothing is overloaded.
+    ``unreadable``: the server answered, but with no verdict that could be read. Asked once more at
+    once (an endpoint's "temperature 0" is not always deterministic), not with backoff: nothing is
+    overloaded. ``unreachable``: the request never reached a server (connection refused, name not
+    resolved, no connection in time).
     """
 
-    def __init__(self, reason: str, wait: float | None = None, unreadable: bool = False):
+    def __init__(self, reason: str, wait: float | None = None, unreadable: bool = False, unreachable: bool = False):
         super().__init__(reason)
         self.wait = 0.0 if unreadable else wait
         self.unreadable = unreadable
+        self.unreachable = unreachable
 
 
 class ApiJudge(PairwiseJudge):
@@ -234,6 +235,13 @@ class ApiJudge(PairwiseJudge):
         self.config = config
         self.concurrency = config.concurrency
         self.template: JudgeTemplate = load_template(config.template)
+        reasoning = self.template.format in REASONING_FORMATS
+        if reasoning and config.scoring == "logprobs":
+            raise PreftuneError(f"api judge: scoring=logprobs reads the first answer token, but the template "
+                                f"'{config.template}' asks for reasoning first ({self.template.format}): "
+                                "use scoring=text")  # fmt: skip
+        default = REASONING_MAX_TOKENS if reasoning else SHORT_MAX_TOKENS
+        self.max_tokens = config.max_tokens if config.max_tokens is not None else default
         self.budget = RequestBudget(config.max_requests)
         self.requests = 0  # HTTP requests sent, retries included
         self._sleep = sleep
@@ -242,13 +250,21 @@ class ApiJudge(PairwiseJudge):
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=config.timeout_s)
         self._warned_budget = False
+        self._unreachable = 0  # calls in a row that never reached the server
+        self._stopped: PreftuneError | None = None  # once set, every call raises it
 
     def identity(self) -> str:
-        c = self.config
-        template = hashlib.sha256((repr(self.template.answers) + self.template.text).encode()).hexdigest()[:12]
-        return f"api:{c.base_url.rstrip('/')}:{c.model}:{template}:{c.scoring}:t{c.temperature}:m{c.max_tokens}"
+        c, t = self.config, self.template
+        # the short format's key is what it was before formats existed, so older stores still answer
+        shown = repr(t.answers) + t.text if t.format == "short" else f"{t.format}:{t.text}"
+        template = hashlib.sha256(shown.encode()).hexdigest()[:12]
+        return f"api:{c.base_url.rstrip('/')}:{c.model}:{template}:{c.scoring}:t{c.temperature}:m{self.max_tokens}"
 
     def judge(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[int]:
+        return [reading.answer for reading in self.grade(prompts, pairs)]
+
+    def grade(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[Reading]:
+        """Like :meth:`judge`, with each verdict's weight (arena_hard: 2 for ``>>``; FAILED: 0)."""
         items = list(zip(prompts, pairs, strict=True))
         if len(items) <= 1:
             return [self._ask(p, a, b) for p, (a, b) in items]
@@ -265,31 +281,55 @@ class ApiJudge(PairwiseJudge):
             "model": c.model,
             "messages": [{"role": "user", "content": self.template.fill(prompt, first, second)}],
             "temperature": c.temperature,
-            "max_tokens": c.max_tokens,
+            "max_tokens": self.max_tokens,
         }
         if c.scoring == "logprobs":
             body.update(logprobs=True, top_logprobs=10, max_tokens=1)
         return body
 
-    def _ask(self, prompt: str, first: str, second: str) -> int:
+    def _ask(self, prompt: str, first: str, second: str) -> Reading:
         """One ordered call, with retries; FAILED when they run out or the budget does."""
         body = self.payload(prompt, first, second)
         unreadable = 0
         for attempt in range(self.config.max_retries + 1):
+            if self._stopped is not None:  # another call found the endpoint unusable: fail as fast
+                raise self._stopped
             if not self.budget.take():
                 self._budget_spent()
-                return FAILED
+                return UNREADABLE
             try:
                 return self._attempt(body)
             except _Failed:
-                return FAILED
+                return UNREADABLE
             except _Retry as problem:
                 unreadable += problem.unreadable
                 if attempt == self.config.max_retries or unreadable > UNREADABLE_RETRIES:
                     logger.warning("api judge: giving up on a call after %d attempts (%s)", attempt + 1, problem)
+                    self._count_unreachable(problem)
                     break
                 self._wait(attempt, problem)
-        return FAILED
+        return UNREADABLE
+
+    def _count_unreachable(self, problem: _Retry) -> None:
+        """Stop the judge when ``UNREACHABLE_CALLS`` calls in a row never reached the server."""
+        if not problem.unreachable:
+            return
+        with self._lock:
+            self._unreachable += 1
+            if self._unreachable < UNREACHABLE_CALLS or self._stopped is not None:
+                return
+            url = self.config.base_url.rstrip("/") + "/chat/completions"
+            self._stopped = IncompleteRun(
+                f"api judge: {url} could not be reached ({problem}) in {self._unreachable} calls in a row, "
+                "each retried: stopped early. Verdicts already answered are kept in the verdict store; "
+                "once the endpoint is up, a rerun asks only the calls still missing"
+            )
+        raise self._stopped
+
+    def _stop(self, error: PreftuneError) -> PreftuneError:
+        with self._lock:
+            self._stopped = self._stopped or error
+            return self._stopped
 
     def _wait(self, attempt: int, problem: _Retry) -> None:
         wait = problem.wait
@@ -300,7 +340,7 @@ class ApiJudge(PairwiseJudge):
         if wait > 0:
             self._sleep(wait)
 
-    def _attempt(self, body: dict[str, Any]) -> int:
+    def _attempt(self, body: dict[str, Any]) -> Reading:
         """One HTTP request: the verdict, or :class:`_Retry`, or a fatal :class:`PreftuneError`."""
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         with self._slots:
@@ -308,11 +348,15 @@ class ApiJudge(PairwiseJudge):
                 self.requests += 1
             try:
                 response = self._client.post(url, json=body, headers=self._headers())
-            except httpx.TransportError as error:  # connection refused/reset, timeouts
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # refused, name not resolved
+                raise _Retry(f"{type(error).__name__}: {_first_line(error)}", unreachable=True) from None
+            except httpx.TransportError as error:  # connection reset, read timeouts: a server was there
                 raise _Retry(f"{type(error).__name__}") from None
+        with self._lock:
+            self._unreachable = 0  # a server answered
         status = response.status_code
         if status in FATAL_STATUS:
-            raise PreftuneError(f"api judge: {url} answered {status}: {FATAL_STATUS[status]}")
+            raise self._stop(PreftuneError(f"api judge: {url} answered {status}: {FATAL_STATUS[status]}"))
         if status in RETRY_STATUS or status >= 500:
             raise _Retry(f"HTTP {status}", retry_after_s(response.headers))
         if status != 200:  # e.g. 400: this request itself is wrong (too long for the context)
@@ -320,21 +364,24 @@ class ApiJudge(PairwiseJudge):
             raise _Failed()
         return self._read(response.text)
 
-    def _read(self, text: str) -> int:
-        """The verdict in a 200 body; a malformed body or an answer naming neither response is retried."""
+    def _read(self, text: str) -> Reading:
+        """The verdict in a 200 body; a malformed body or an answer with no readable verdict is retried."""
         try:
             choice = json.loads(text)["choices"][0]
             content = choice.get("message", {}).get("content") or ""
             top = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retry("a malformed response body") from None
-        answers = self.template.answers
-        verdict = logprob_verdict(top, answers) if self.config.scoring == "logprobs" else FAILED
-        if verdict == FAILED:
-            verdict = parse_verdict(str(content), answers)
-        if verdict == FAILED:
-            raise _Retry(f"an answer naming neither response ({str(content)[:40]!r})", unreadable=True)
-        return verdict
+        template = self.template
+        reading = UNREADABLE
+        if self.config.scoring == "logprobs":
+            reading = Reading(logprob_verdict(top, template.answers))
+        if reading.answer == FAILED:
+            reading = read_verdict(str(content), template.format, template.answers)
+        if reading.answer == FAILED:
+            shown = str(content)[-60:] if template.format in REASONING_FORMATS else str(content)[:40]
+            raise _Retry(f"an answer with no {template.format} verdict ({shown!r})", unreadable=True)
+        return reading
 
     def _headers(self) -> dict[str, str]:
         name = self.config.api_key_env
@@ -349,6 +396,11 @@ class ApiJudge(PairwiseJudge):
             "api judge: the request budget (%d) is spent; the remaining calls fail and are asked again on a rerun",
             self.config.max_requests,
         )
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's message, first line, short (httpx wraps the OS's "[Errno 111] Connection refused")."""
+    return (str(error).splitlines() or [""])[0][:120]
 
 
 class _Failed(Exception):

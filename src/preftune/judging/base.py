@@ -1,8 +1,10 @@
 """Pairwise judges and the one wrapper that asks them in both orders (METHODS.md §5).
 
 A judge answers ordered calls: given a prompt and a pair ``(first, second)`` it says which
-completion is better — :data:`FIRST`, :data:`SECOND` — or :data:`FAILED`. The model is TRL's
-former ``BasePairwiseJudge``: ``judge(prompts, pairs) -> list[int]``, −1 for a failed item.
+completion is better — :data:`FIRST`, :data:`SECOND` — or that they are as good as each other
+(:data:`TIE`, for judges whose answer format has a tie: MT-Bench's ``[[C]]``, Arena-Hard's
+``[[A=B]]``), or :data:`FAILED` (no verdict could be read). The model is TRL's former
+``BasePairwiseJudge``: ``judge(prompts, pairs) -> list[int]``, −1 for a failed item.
 
 Policy lives in :class:`BothOrders`, not in each judge: it asks ``(a, b)`` and ``(b, a)``, looks
 each ordered call up in a :class:`~preftune.judging.store.VerdictStore` first and writes it there as
@@ -15,10 +17,12 @@ FIRST (a)              SECOND (a)             ``Verdict.A``
 SECOND (b)             FIRST (b)              ``Verdict.B``
 FIRST                  FIRST                  ``Verdict.TIE`` (position bias)
 SECOND                 SECOND                 ``Verdict.TIE`` (position bias)
+TIE (either)           not FAILED             ``Verdict.TIE`` (the judge said so)
 FAILED (either)                               ``Verdict.FAILED``
 =====================  =====================  ==================
 
-A failed call is never stored, so a rerun asks it again. ``a == b`` is a tie without a call.
+A tie is a verdict: stored, never asked again, counted half by win rates. A failed call is never
+stored, so a rerun asks it again. ``a == b`` is a tie without a call.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ if TYPE_CHECKING:
 # Raw answers of one ordered call.
 FIRST = 0
 SECOND = 1
+TIE = 2
 FAILED = -1
+ANSWERED = (FIRST, SECOND, TIE)  # the raw answers that are verdicts (stored; never asked again)
 
 
 class Verdict(enum.Enum):
@@ -66,16 +72,16 @@ class PairwiseJudge(ABC):
 
     @abstractmethod
     def judge(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """:data:`FIRST`, :data:`SECOND` or :data:`FAILED` for each ``(prompt, (first, second))``.
+        """:data:`FIRST`, :data:`SECOND`, :data:`TIE` or :data:`FAILED` for each ``(prompt, (first, second))``.
 
         Must not raise because one item failed: return :data:`FAILED` for that item.
         """
 
 
 def _normalise(answer: object) -> int:
-    """An answer as FIRST/SECOND, anything else (exceptions' −1, junk) as FAILED."""
+    """An answer as FIRST/SECOND/TIE, anything else (exceptions' −1, junk) as FAILED."""
     try:
-        return int(answer) if answer in (FIRST, SECOND) else FAILED  # type: ignore[call-overload]
+        return int(answer) if answer in ANSWERED else FAILED  # type: ignore[call-overload]
     except (TypeError, ValueError):  # e.g. an array, whose truth is ambiguous
         return FAILED
 
@@ -83,7 +89,9 @@ def _normalise(answer: object) -> int:
 def combine(forward: int, backward: int) -> Verdict:
     """The tie rule: ``forward`` answers ``(a, b)``, ``backward`` answers ``(b, a)``."""
     if forward == FAILED or backward == FAILED:
-        return Verdict.FAILED
+        return Verdict.FAILED  # even beside a tie: the failed order is asked again, the tie is stored
+    if forward == TIE or backward == TIE:
+        return Verdict.TIE
     if forward == FIRST and backward == SECOND:
         return Verdict.A
     if forward == SECOND and backward == FIRST:
@@ -146,7 +154,7 @@ class BothOrders:
             for call, answer in zip(batch, raw, strict=True):
                 value = _normalise(answer)
                 answers[call] = value
-                if value != FAILED and self.store is not None:
+                if value in ANSWERED and self.store is not None:
                     self.store.put(self.identity, *call, value)
         return [
             Verdict.TIE if a == b else combine(answers[(prompt, a, b)], answers[(prompt, b, a)])

@@ -1,6 +1,6 @@
 """Judges from plain Python functions, two built-in heuristics, and a seeded random judge.
 
-A judge function is ``fn(prompt, first, second) -> FIRST | SECOND | FAILED``. Give
+A judge function is ``fn(prompt, first, second) -> FIRST | SECOND | TIE | FAILED``. Give
 :class:`FunctionJudge` the function or a ``"module:function"`` string::
 
     FunctionJudge("preftune.judging.functions:longer_is_better")
@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from preftune.errors import PreftuneError
-from preftune.judging.base import FAILED, FIRST, SECOND, PairwiseJudge
+from preftune.judging.base import ANSWERED, FAILED, FIRST, SECOND, PairwiseJudge
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class FunctionJudge(PairwiseJudge):
     ``fn`` is a callable or a ``"module:function"`` string. Its identity is
     ``"function:<module>:<qualname>"`` of the resolved function (``name`` overrides it — give one
     for a lambda or a function whose answers depend on settings). An item whose call raises, or
-    returns anything but FIRST/SECOND, answers FAILED (logged).
+    returns anything but FIRST/SECOND/TIE, answers FAILED (logged).
     """
 
     def __init__(self, fn: JudgeFunction | str, name: str | None = None):
@@ -91,7 +91,7 @@ class FunctionJudge(PairwiseJudge):
         for prompt, (first, second) in zip(prompts, pairs, strict=True):
             try:
                 answer = self.fn(prompt, first, second)
-                valid = answer in (FIRST, SECOND)
+                valid = answer in ANSWERED
             except Exception as error:  # one item's failure is a FAILED verdict, not a crash
                 logger.warning("judge %s failed on one pair: %s: %s", self.name, type(error).__name__, error)
                 answers.append(FAILED)
@@ -99,7 +99,7 @@ class FunctionJudge(PairwiseJudge):
             if valid:
                 answers.append(int(answer))
             else:
-                logger.warning("judge %s answered %r (not FIRST=0 / SECOND=1): counted FAILED", self.name, answer)
+                logger.warning("judge %s answered %r (not FIRST=0, SECOND=1, TIE=2): counted FAILED", self.name, answer)
                 answers.append(FAILED)
         return answers
 

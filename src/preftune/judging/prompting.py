@@ -7,9 +7,14 @@ in XML-like tags; every tag the template uses (``<response_1>``, ``</response_1>
 neutralised inside the inserted texts (its ``<`` becomes ``&lt;``), so a response cannot close its
 own delimiter and pose as the judge's instructions.
 
-The answers a template asks for are "1" (the first response is better) and "2", unless its first
-line declares others: ``#! answers: a b`` (removed from the prompt). Both the local judge (answer
-token log-probs) and the API judge (parsing, or log-probs) read them from here.
+A template may begin with header lines, removed from the prompt:
+
+- ``#! answers: a b`` — the two answers of the ``short`` format (first better, second better;
+  default "1" and "2"). The local judge (answer token log-probs) and the API judge (parsing, or
+  log-probs) read them from here.
+- ``#! format: mt_bench`` — how the judge writes its verdict: ``short`` (the default), ``mt_bench``,
+  ``arena_hard`` or ``json`` (:mod:`preftune.judging.verdicts`). The shipped templates of the same
+  names ask for each.
 """
 
 from __future__ import annotations
@@ -19,22 +24,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from preftune.errors import PreftuneError
+from preftune.judging.verdicts import FORMATS
 
 PLACEHOLDERS = ("instruction", "output_1", "output_2")
 DEFAULT_ANSWERS = ("1", "2")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w.-]*)[^<>]*>")
-_HEADER = re.compile(r"\A#!\s*answers:\s*(\S+)\s+(\S+)\s*\n")
+# a header line and the blank lines after it (as the first version's header took them: the text after
+# it, which keys the API judge's verdict store, stays what it was)
+_HEADER = re.compile(r"\A#!\s*([A-Za-z_]+)\s*:[ \t]*([^\n]*?)[ \t]*(?:\n(?:[ \t]*\n)*|\Z)")
 
 
 @dataclass(frozen=True)
 class JudgeTemplate:
-    """A template's prompt text and the two answers it asks for (first better, second better)."""
+    """A template's prompt text, the two answers it asks for (first better, second better), and the
+    format the judge writes its verdict in."""
 
     text: str
     answers: tuple[str, str] = DEFAULT_ANSWERS
+    format: str = "short"
 
     def fill(self, instruction: str, first: str, second: str) -> str:
         return fill_template(self.text, instruction, first, second)
@@ -47,9 +58,9 @@ def shipped_templates() -> list[str]:
 
 
 def load_template(template: str | Path) -> JudgeTemplate:
-    """A template by shipped name or path, its answers header parsed and removed.
+    """A template by shipped name or path, its header lines parsed and removed.
 
-    Raises :class:`PreftuneError` when it is neither, lacks a placeholder, or declares two equal answers.
+    Raises :class:`PreftuneError` when it is neither, lacks a placeholder, or has a bad header line.
     """
     text: str | None = None
     if isinstance(template, str) and re.fullmatch(r"[\w-]+", template):
@@ -62,16 +73,38 @@ def load_template(template: str | Path) -> JudgeTemplate:
             names = ", ".join(shipped_templates())
             raise PreftuneError(f"judge template '{template}' is neither a shipped template ({names}) nor a file")
         text = path.read_text(encoding="utf-8")
-    answers = DEFAULT_ANSWERS
-    header = _HEADER.match(text)
-    if header:
-        answers, text = (header.group(1), header.group(2)), text[header.end() :]
-        if answers[0].lower() == answers[1].lower():
-            raise PreftuneError(f"judge template '{template}' declares the same answer twice: {answers[0]!r}")
+    header, text = _read_header(text, template)
     missing = [name for name in PLACEHOLDERS if "{" + name + "}" not in text]
     if missing:
         raise PreftuneError(f"judge template '{template}' lacks the placeholder(s) {', '.join(missing)}")
-    return JudgeTemplate(text, answers)
+    return JudgeTemplate(text, **header)
+
+
+def _read_header(text: str, template: str | Path) -> tuple[dict[str, Any], str]:
+    """The ``#! key: value`` lines at the top (``answers``, ``format``) and the text after them."""
+    found: dict[str, Any] = {}
+    while header := _HEADER.match(text):
+        key, value, text = header.group(1).lower(), header.group(2), text[header.end() :]
+        where = f"judge template '{template}': '#! {key}:'"
+        if key in found:
+            raise PreftuneError(f"{where} is given twice")
+        if key == "answers":
+            parts = value.split()
+            if len(parts) != 2 or parts[0].lower() == parts[1].lower():
+                raise PreftuneError(f"{where} takes two different answers (first better, second better), "
+                                    f"not {value!r}")  # fmt: skip
+            found["answers"] = (parts[0], parts[1])
+        elif key == "format":
+            if value not in FORMATS:
+                raise PreftuneError(f"{where} must be one of {', '.join(FORMATS)}, not {value!r}")
+            found["format"] = value
+        else:
+            raise PreftuneError(f"judge template '{template}': unknown header '#! {key}:' (known: answers, format)")
+    if "answers" in found and found.get("format", "short") != "short":
+        # the reasoning formats have fixed markers ([[A]], [[A>B]], "winner"): answers would be ignored
+        raise PreftuneError(f"judge template '{template}': '#! answers:' belongs to the short format, "
+                            f"not {found['format']}")  # fmt: skip
+    return found, text
 
 
 def read_template(template: str | Path) -> str:

@@ -8,7 +8,8 @@ arrives, so a killed ranking resumes with no call repeated.
 
 Two outputs, both read by ``preftune train`` as they are: the rankings as ranked rows (``prompt``,
 ``completions``, ``ranks`` with 0 the best: group objectives train on them), and pairs
-(``prompt``, ``chosen``, ``rejected``: best vs worst, or every ordered pair).
+(``prompt``, ``chosen``, ``rejected``: best vs worst, or every ordered pair). A prompt with a failed
+comparison (no verdict: asked again on a rerun) keeps its provisional ranking but gives no pairs.
 """
 
 from __future__ import annotations
@@ -70,12 +71,23 @@ class RankReport:
     pairs: int = 0
     rankings: list[Ranking] = field(default_factory=list)
     decided: list[bool] = field(default_factory=list)  # whether each prompt's best beats its worst outright
+    incomplete: list[bool] = field(default_factory=list)  # whether a comparison of each prompt failed
 
     def __str__(self) -> str:
         per = self.judge_calls / max(self.prompts, 1)
+        undecided = sum(d is False and not i for d, i in zip(self.decided, self.incomplete, strict=False))
         return (f"{self.prompts} prompts ranked: {self.comparisons} comparisons, {self.judge_calls} judge calls "
                 f"({per:.1f} per prompt; the store answered the rest), {self.failed} failed, {self.pairs} pairs; "
-                f"{self.decided.count(False)} prompts whose best and worst the judge could not tell apart")  # fmt: skip
+                f"{undecided} prompts whose best and worst the judge could not tell apart")  # fmt: skip
+
+    def failures(self, store: Path | str | None = None) -> str | None:
+        """One line on the failed comparisons and what a rerun does, or None when none failed."""
+        if not self.failed:
+            return None
+        where = f"the verdict store {store}" if store is not None else "the verdict store"
+        return (f"{self.failed} of {self.comparisons} comparisons failed (no verdict) in {sum(self.incomplete)} of "
+                f"{self.prompts} prompts, which give no pairs; rerun the same command: {where} answers the rest, "
+                "so only calls without a verdict are asked")  # fmt: skip
 
 
 def read_candidates(source: str | Path) -> list[Candidates]:
@@ -113,7 +125,7 @@ def rank_rows(
     # the calls in flight
     both = BothOrders(judge, store, batch_size=1)
 
-    def rank_one(row: Candidates) -> tuple[Ranking, bool]:
+    def rank_one(row: Candidates) -> tuple[Ranking, bool, int]:
         prompt = row.prompt_text
 
         def compare(i: int, j: int):
@@ -121,10 +133,11 @@ def rank_rows(
 
         ranking = METHODS[method](len(row.completions), compare)
         # best vs worst is a training pair only if the judge really prefers one (not a tie, not a failure)
-        decided = compare(ranking.order[0], ranking.order[-1]).name == "A"
+        check = compare(ranking.order[0], ranking.order[-1]).name
         if progress is not None:
             progress()
-        return ranking, decided
+        # the check is often a comparison the ranking made (a failure counted once); else one more failure
+        return ranking, check == "A", ranking.failed or int(check == "FAILED")
 
     workers = max(1, min(int(getattr(judge, "concurrency", 1)), len(rows)))
     if workers == 1:
@@ -133,12 +146,13 @@ def rank_rows(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(rank_one, rows))
     report = RankReport()
-    for ranking, decided in results:
+    for ranking, decided, failed in results:
         report.decided.append(decided)
+        report.incomplete.append(failed > 0)
         report.rankings.append(ranking)
         report.prompts += 1
         report.comparisons += ranking.comparisons
-        report.failed += ranking.failed
+        report.failed += failed
     report.judge_calls = both.calls
     return report
 
@@ -159,6 +173,7 @@ def score_rank_rows(
         ranking = score_rank(values)
         report.rankings.append(ranking)
         report.decided.append(values[ranking.order[0]] > values[ranking.order[-1]])
+        report.incomplete.append(False)
         report.prompts += 1
         report.judge_calls += len(values)
         if progress is not None:
@@ -178,13 +193,14 @@ def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pai
                   pairing: str) -> None:  # fmt: skip
     """Ranked rows to ``out``; pairs (best vs worst, or all) to ``pairs_out``; each written atomically."""
     ranked, pairs = [], []
-    for row, ranking, decided in zip(rows, report.rankings, report.decided, strict=True):
+    kept = [d and not i for d, i in zip(report.decided, report.incomplete, strict=True)]
+    for row, ranking, decided in zip(rows, report.rankings, kept, strict=True):
         ranks = [0] * len(row.completions)
         for place, k in enumerate(ranking.order):
             ranks[k] = place
         completions = [_as_response(row.prompt, c) for c in row.completions]
         ranked.append({"prompt": row.prompt, "completions": completions, "ranks": ranks})
-        if not decided:  # an undecided best vs worst: no pair of this prompt is trustworthy
+        if not decided:  # undecided or incomplete best vs worst: no pair of this prompt is trustworthy
             continue
         for better, worse in pairs_from_ranking(ranking.order, pairing):
             pairs.append({"prompt": row.prompt, "chosen": completions[better], "rejected": completions[worse]})
