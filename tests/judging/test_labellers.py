@@ -15,9 +15,11 @@ from preftune.judging.labellers import (
     Labeller,
     RewardModelLabeller,
     apply_missing_eos_penalty,
+    length_tau,
     make_labeller,
     prompt_text,
 )
+from preftune.judging.ranking import kendall_tau
 from tests.reward.conftest import marker_pairs, trained  # noqa: F401  (session fixtures: one tiny reward model)
 
 
@@ -98,6 +100,60 @@ def test_judge_failing_every_comparison_gives_nan() -> None:
     rewards = labeller.rewards(["p", "q"], [["a", "bb"], ["x"]])
     assert all(math.isnan(r) for r in rewards[0]) and rewards[1] == [0.0]
     assert labeller.failed == 1
+
+
+def test_length_tau_is_kendalls_tau_with_length_over_pairs_of_different_length() -> None:
+    lengths = [3, 9, 5, 1]
+    by_length = [1, 2, 0, 3]  # longest first
+    assert length_tau(by_length, lengths) == 1.0 and length_tau(by_length[::-1], lengths) == -1.0
+    for order in ([0, 1, 2, 3], [2, 0, 3, 1], [1, 3, 0, 2]):  # distinct lengths: Kendall's τ of the two orders
+        assert length_tau(order, lengths) == pytest.approx(kendall_tau(order, by_length))
+    # 0 and 2 have the same length: that pair is left out, whichever of them a ranking puts first
+    assert length_tau([0, 2, 1], [4, 1, 4]) == 1.0 and length_tau([2, 0, 1], [4, 1, 4]) == 1.0
+    assert length_tau([1, 0, 2], [4, 1, 4]) == -1.0
+    assert math.isnan(length_tau([1, 0], [2, 2])) and math.isnan(length_tau([0], [5]))
+    with pytest.raises(ValueError, match="not a ranking"):
+        length_tau([0, 0, 1], [1, 2, 3])
+
+
+def test_judge_labeller_diagnostics_by_hand() -> None:
+    """``longer`` decides every comparison of different lengths and ranks by length (τ +1), ``shorter`` τ −1;
+    equal lengths are ties; a function labeller reports nothing; the numbers are the last call's."""
+    assert make_labeller("length").diagnostics() == {}
+    longer = make_labeller("judge:longer")
+    assert longer.diagnostics() == {}  # nothing labelled yet
+    longer.rewards(PROMPTS, RESPONSES)  # lengths 3, 9, 5 and 3, 0: all different
+    assert longer.diagnostics() == {"judge_decided": 1.0, "judge_failed": 0.0, "judge_length_tau": 1.0}
+    shorter = make_labeller("judge-rr:shorter")
+    shorter.rewards(PROMPTS, RESPONSES)
+    assert shorter.diagnostics() == {"judge_decided": 1.0, "judge_failed": 0.0, "judge_length_tau": -1.0}
+    # "aa" and "bb" tie for `longer` (both orders say FIRST); round robin compares all three pairs
+    rr = make_labeller("judge-rr:longer")
+    rr.rewards(["p"], [["aa", "bb", "c"]])
+    assert rr.diagnostics()["judge_decided"] == pytest.approx(2 / 3) and rr.diagnostics()["judge_length_tau"] == 1.0
+    rr.rewards(["p"], [["aa", "bb"]])  # the last call only: one tie, τ undefined (equal lengths)
+    last = rr.diagnostics()
+    assert last["judge_decided"] == 0.0 and math.isnan(last["judge_length_tau"])
+    broken = JudgeLabeller(FunctionJudge(lambda p, a, b: -1, name="broken"))
+    broken.rewards(["p"], [["a", "bb"]])
+    report = broken.diagnostics()
+    assert report["judge_decided"] == 0.0 and report["judge_failed"] == 1.0 and math.isnan(report["judge_length_tau"])
+
+
+def test_a_random_judges_decided_fraction_is_its_agreeing_orders() -> None:
+    """Round robin compares every pair once, so the decided fraction is the share of pairs whose two
+    ordered answers name the same response: counted here from the judge's own answers."""
+    from preftune.judging.functions import RandomJudge
+
+    judge = RandomJudge(seed=3)
+    groups = [[f"answer {k} " + "x" * ((k * 7 + j * 5) % 13) for j in range(5)] for k in range(6)]
+    labeller = JudgeLabeller(judge, method="round_robin")
+    labeller.rewards([f"q{k}" for k in range(6)], groups)
+    agree = [judge.answer(f"q{k}", a, b) != judge.answer(f"q{k}", b, a)
+             for k, group in enumerate(groups) for i, a in enumerate(group) for b in group[i + 1 :]]  # fmt: skip
+    report = labeller.diagnostics()
+    assert report["judge_decided"] == pytest.approx(sum(agree) / len(agree)) and 0.2 < report["judge_decided"] < 0.8
+    assert -1.0 < report["judge_length_tau"] < 1.0
 
 
 def test_missing_eos_penalty_by_hand() -> None:

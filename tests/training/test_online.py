@@ -14,6 +14,7 @@ from preftune.data import Batcher, bundled_path, load_preference_data, tokenize_
 from preftune.errors import PreftuneError
 from preftune.generation.prompts import encode_prompt
 from preftune.generation.sampling import SamplingConfig
+from preftune.judging.labellers import JudgeLabeller, prompt_text
 from preftune.modeling import AdapterDisabledReference, apply_lora, load_model, load_tokenizer, tiny_model_path
 from preftune.objectives import build
 from preftune.training.config import OptimConfig
@@ -21,6 +22,7 @@ from preftune.training.loop import Trainer
 from preftune.training.online import (
     OnlineLoop,
     OnlineSettings,
+    RoundStats,
     offline_count,
     pairs_from_groups,
     round_prompts,
@@ -54,7 +56,9 @@ class RecordingBatcher(Batcher):
         return batch
 
 
-def make_loop(objective: str, settings: OnlineSettings, offline=(), kl=False) -> tuple[OnlineLoop, RecordingBatcher]:
+def make_loop(
+    objective: str, settings: OnlineSettings, offline=(), kl=False, labeller=None
+) -> tuple[OnlineLoop, RecordingBatcher]:
     AcceleratorState._reset_state()
     tokenizer = load_tokenizer(tiny_model_path())
     torch.manual_seed(0)
@@ -69,8 +73,8 @@ def make_loop(objective: str, settings: OnlineSettings, offline=(), kl=False) ->
     batcher = RecordingBatcher(tokenizer.pad_token_id)
     ids = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, batch_size=16)
-    loop = OnlineLoop(trainer, tokenizer, PROMPTS, ids, LengthLabeller(), settings, sampling, batcher, offline,
-                      kl_reference=AdapterDisabledReference(model) if kl else None)  # fmt: skip
+    loop = OnlineLoop(trainer, tokenizer, PROMPTS, ids, labeller or LengthLabeller(), settings, sampling, batcher,
+                      offline, kl_reference=AdapterDisabledReference(model) if kl else None)  # fmt: skip
     return loop, batcher
 
 
@@ -208,6 +212,104 @@ def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     losses = [[round(r["loss"], 5) for r in o["stages"][0]["rounds"]] for o in (whole, again)]
     assert losses[0][0] == losses[1][0]  # round 0 read back from rounds.jsonl
     assert [r["round"] for r in again["stages"][0]["rounds"]] == [0, 1]
+
+
+class RecordingJudgeLabeller(JudgeLabeller):
+    """The real judge labeller, remembering each round's prompts and responses."""
+
+    def __init__(self, judge) -> None:
+        super().__init__(judge, method="round_robin")
+        self.seen: list[tuple[list[str], list[list[str]]]] = []
+
+    def rewards(self, prompts, responses):
+        self.seen.append(([prompt_text(p) for p in prompts], [list(r) for r in responses]))
+        return super().rewards(prompts, responses)
+
+
+def _by_hand(judge, prompts: list[str], responses: list[list[str]]) -> tuple[float, float]:
+    """A round robin's decided fraction (pairs whose two ordered answers name the same response) and the mean
+    over prompts of its length τ, from the judge's own ordered answers: a win is 1, a tie ½ to each, the
+    order by score then index (``round_robin_rank``), τ over the pairs of different lengths."""
+    decided, pairs, taus = 0, 0, []
+    for prompt, group in zip(prompts, responses, strict=True):
+        unique = list(dict.fromkeys(group))
+        score = [0.0] * len(unique)
+        for i, a in enumerate(unique):
+            for j in range(i + 1, len(unique)):
+                b = unique[j]
+                forward, backward = judge.judge([prompt, prompt], [(a, b), (b, a)])
+                pairs += 1
+                if forward != backward:  # FIRST then SECOND: a; SECOND then FIRST: b
+                    decided += 1
+                    score[i if forward == 0 else j] += 1.0
+                else:
+                    score[i] += 0.5
+                    score[j] += 0.5
+        place = {k: r for r, k in enumerate(sorted(range(len(unique)), key=lambda k: (-score[k], k)))}
+        signs = [
+            1 if (place[i] < place[j]) == (len(unique[i]) > len(unique[j])) else -1
+            for i in range(len(unique))
+            for j in range(i + 1, len(unique))
+            if len(unique[i]) != len(unique[j])
+        ]
+        if signs:
+            taus.append(sum(signs) / len(signs))
+    return decided / pairs, sum(taus) / len(taus)
+
+
+@pytest.mark.parametrize("spec", ["longer", "random:5"])
+def test_each_round_reports_what_its_judge_decided(spec):
+    """A judge labeller's round: the fraction of comparisons decided and Kendall's τ of its ranking with the
+    responses' lengths are in the round's statistics, equal to the ones counted from the judge's own answers
+    on the responses it labelled; ``longer`` ranks by length (τ = 1), a coin does not."""
+    import json
+
+    from preftune.judging.specs import make_judge
+
+    labeller = RecordingJudgeLabeller(make_judge(spec))
+    settings = OnlineSettings(rounds=2, prompts_per_round=4, samples_per_prompt=4, batch_size=4)
+    loop, _ = make_loop("dpo", settings, labeller=labeller)
+    history = loop.run()
+    for stats, (prompts, responses) in zip(history, labeller.seen, strict=True):
+        decided, tau = _by_hand(labeller.judge, prompts, responses)
+        assert stats.labelling["judge_decided"] == pytest.approx(decided)
+        assert stats.labelling["judge_length_tau"] == pytest.approx(tau)
+        assert stats.labelling["judge_failed"] == 0.0 and stats.to_dict()["judge_decided"] == pytest.approx(decided)
+        assert f"judge decided {decided:.2f}" in str(stats)
+        line = json.dumps(stats.to_dict())  # a line of rounds.jsonl reads back with the judge's numbers
+        assert json.dumps(RoundStats.from_dict(json.loads(line)).to_dict()) == line
+        if spec == "longer":
+            assert tau == 1.0
+    if spec != "longer":
+        assert any(s.labelling["judge_length_tau"] < 1.0 for s in history)
+        assert all(s.labelling["judge_decided"] < 0.9 for s in history)
+
+
+def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, capsys):
+    """`preftune train online.labeller=judge:longer` and `judge:random` (C = 4): each round's line, rounds.jsonl
+    and summary.md carry the judge's decided fraction and its τ with length: 1 for longer, lower for a coin."""
+    import json
+
+    from preftune.cli.main import main
+
+    found = {}
+    for spec in ("longer", "random"):
+        out = tmp_path / spec
+        argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
+                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
+                "online.samples_per_prompt=4", "online.max_new_tokens=8", f"online.labeller=judge:{spec}",
+                "optim.batch_size=4", "optim.mixed_precision=no", "objective=dpo", f"output_dir={out}",
+                "trackers=[]"]  # fmt: skip
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert "round 0: reward" in err and "judge decided" in err and "judge length tau" in err
+        found[spec] = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in found[spec]] == [0.0, 1.0]
+        assert all(r["judge_failed"] == 0.0 and 0.0 <= r["judge_decided"] <= 1.0 for r in found[spec])
+        assert "judge decided | judge failed | judge length tau |" in (out / "summary.md").read_text()
+    assert all(r["judge_length_tau"] == 1.0 and r["judge_decided"] > 0.9 for r in found["longer"])
+    assert all(r["judge_length_tau"] < 1.0 for r in found["random"])
+    assert sum(r["judge_decided"] for r in found["random"]) < sum(r["judge_decided"] for r in found["longer"])
 
 
 def test_two_processes_train_online_as_one(tmp_path):

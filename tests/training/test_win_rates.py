@@ -56,6 +56,9 @@ def test_win_rates_every_k_steps_against_the_starting_policy(data_files: DataFil
     assert last["mean_length"] == pytest.approx(sum(map(len, trained)) / 5)
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| 6 | longer |" in summary and "| 2 | shorter |" in summary
+    # 5 prompts: the length-controlled rate is not estimated, and every record and table says why
+    assert all(r["lc_reason"] is not None for r in records)
+    assert "cannot be estimated: " in summary
 
 
 def test_a_resumed_run_keeps_its_baseline_and_earlier_win_rates(data_files: DataFiles, tmp_path: Path) -> None:
@@ -91,6 +94,23 @@ def test_an_online_run_reports_its_win_rate_against_the_chosen_responses(tmp_pat
     assert record["baseline_mean_length"] == pytest.approx(sum(map(len, chosen)) / len(chosen))
     outputs = [r["completion"] for r in _rows(out / "win_rate_outputs.jsonl")]
     assert record["win_rate"] == pytest.approx(_by_hand(outputs, chosen))
+
+
+def test_a_length_controlled_rate_that_cannot_be_estimated_is_reported_as_such() -> None:
+    """The console line and summary.md's table give the reason instead of a number; an estimable one its number."""
+    from preftune.evaluation.generative import length_controlled_win_rate
+    from preftune.training.summary import win_rate_table
+    from preftune.training.win_rates import format_record
+
+    lc = length_controlled_win_rate([1.0, 0.0, 1.0], [9, 1, 8], [5, 5, 5], bootstrap=0)  # `longer`'s verdicts
+    record = {"step": 4, "judge": "longer", "win_rate": 2 / 3, "ci_low": 0.0, "ci_high": 1.0,
+              "lc_win_rate": lc.win_rate, "lc_reason": lc.reason, "wins": 2, "ties": 0, "losses": 1, "failed": 0,
+              "mean_length": 6.0, "baseline_mean_length": 5.0}  # fmt: skip
+    assert lc.reason is not None and lc.reason.startswith("length separates the verdicts")
+    assert f"LC cannot be estimated ({lc.reason})" in format_record(record, 10, "start")
+    assert f"| cannot be estimated: {lc.reason} |" in win_rate_table([record], "start")
+    estimable = {**record, "lc_win_rate": 0.61, "lc_reason": None}
+    assert "LC 0.610;" in format_record(estimable, 10, "start") and "| 0.610 |" in win_rate_table([estimable], "start")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,13 @@ iterative pairwise ranking (``judge-rr``: round robin) and gives reward −place
 −(C−1) to the worst (METHODS.md §5). :func:`apply_missing_eos_penalty` lowers the reward of a
 response cut by the length limit, as TRL's ``missing_eos_penalty`` does.
 
+``diagnostics()`` says what the last ``rewards`` call showed about the labelling, as named numbers
+that an on-policy round logs beside its rewards without knowing the labeller: empty for a function
+or a reward model; for a judge, the fraction of its comparisons decided (``judge_decided``: both
+orders agreeing, not a tie), the fraction failed (``judge_failed``), and the mean over prompts of
+Kendall's τ between its ranking and the responses' lengths (``judge_length_tau``, :func:`length_tau`:
++1 when it ranks every longer response above every shorter one, as ``longer`` does).
+
 Prompts are strings or message lists. Functions and judges read a message list as text (each
 turn ``role: content``, as ``preftune rank`` shows it); a reward model renders it through its chat
 template. Nothing heavy is imported or loaded until a labeller that needs it is built.
@@ -29,10 +36,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from preftune.errors import PreftuneError
-from preftune.judging.base import BothOrders, PairwiseJudge
+from preftune.judging.base import BothOrders, PairwiseJudge, Verdict
 from preftune.judging.functions import _function_name, load_function
 from preftune.judging.ranking import Ranking, ipr_rank, round_robin_rank
 
@@ -50,6 +58,7 @@ __all__ = [
     "RewardModelLabeller",
     "apply_missing_eos_penalty",
     "length",
+    "length_tau",
     "make_labeller",
     "neg_length",
     "prompt_text",
@@ -77,6 +86,10 @@ class Labeller(ABC):
 
         NaN = could not label.
         """
+
+    def diagnostics(self) -> dict[str, float]:
+        """What the last :meth:`rewards` call showed about the labelling (name -> number); none here."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity()}>"
@@ -275,6 +288,7 @@ class JudgeLabeller(Labeller):
         self.comparisons = 0
         self.failed = 0
         self._lock = threading.Lock()
+        self._last: list[_PromptCounts] | None = None  # the last rewards call's prompts, for diagnostics()
 
     @property
     def calls(self) -> int:
@@ -284,33 +298,91 @@ class JudgeLabeller(Labeller):
     def identity(self) -> str:
         return f"judge:{self.method}:{self.both.identity}"
 
-    def _rank_one(self, prompt: Prompt, group: Sequence[str]) -> list[float]:
+    def _rank_one(self, prompt: Prompt, group: Sequence[str]) -> tuple[list[float], _PromptCounts]:
         texts = list(group)
         unique = list(dict.fromkeys(texts))
         if len(unique) < 2:
-            return [0.0] * len(texts)
+            return [0.0] * len(texts), _PromptCounts()
         text = prompt_text(prompt)
+        decided = 0
 
-        def compare(i: int, j: int):
-            return self.both.compare(text, unique[i], unique[j])
+        def compare(i: int, j: int) -> Verdict:
+            nonlocal decided
+            verdict = self.both.compare(text, unique[i], unique[j])
+            decided += verdict in (Verdict.A, Verdict.B)
+            return verdict
 
         ranking = RANKINGS[self.method](len(unique), compare)
         with self._lock:
             self.comparisons += ranking.comparisons
             self.failed += ranking.failed
+        counts = _PromptCounts(ranking.comparisons, decided, ranking.failed)
         if ranking.comparisons and ranking.failed == ranking.comparisons:
             logger.warning("judge %s failed every comparison of one prompt: its rewards are NaN", self.both.identity)
-            return [math.nan] * len(texts)
-        return _rewards_from_ranking(texts, unique, ranking.order)
+            return [math.nan] * len(texts), counts
+        counts.length_tau = length_tau(ranking.order, [len(u) for u in unique])
+        return _rewards_from_ranking(texts, unique, ranking.order), counts
 
     def rewards(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]]) -> list[list[float]]:
         _check_shapes(prompts, responses)
         items = list(zip(prompts, responses, strict=True))
         workers = max(1, min(int(getattr(self.judge, "concurrency", 1)), len(items)))
         if workers == 1:
-            return [self._rank_one(prompt, group) for prompt, group in items]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda item: self._rank_one(*item), items))
+            ranked = [self._rank_one(prompt, group) for prompt, group in items]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                ranked = list(pool.map(lambda item: self._rank_one(*item), items))
+        self._last = [counts for _, counts in ranked]
+        return [rewards for rewards, _ in ranked]
+
+    def diagnostics(self) -> dict[str, float]:
+        """The last :meth:`rewards` call's ``judge_decided`` and ``judge_failed`` (fractions of its
+        comparisons, each asked in both orders: decided = both orders name the same response) and
+        ``judge_length_tau`` (:func:`length_tau`, the mean over prompts where it is defined); NaN
+        where nothing was compared. Empty before the first call."""
+        if self._last is None:
+            return {}
+        comparisons = sum(c.comparisons for c in self._last)
+        taus = [c.length_tau for c in self._last if not math.isnan(c.length_tau)]
+        share = (lambda k: k / comparisons) if comparisons else (lambda k: math.nan)
+        return {
+            "judge_decided": share(sum(c.decided for c in self._last)),
+            "judge_failed": share(sum(c.failed for c in self._last)),
+            "judge_length_tau": sum(taus) / len(taus) if taus else math.nan,
+        }
+
+
+@dataclass
+class _PromptCounts:
+    """One prompt's ranking: comparisons made, decided and failed, and :func:`length_tau` (NaN: undefined)."""
+
+    comparisons: int = 0
+    decided: int = 0
+    failed: int = 0
+    length_tau: float = math.nan
+
+
+def length_tau(order: Sequence[int], lengths: Sequence[int]) -> float:
+    """Kendall's τ between a ranking (``order``: item indices, best first) and the items' ``lengths``
+    (longer first), over the pairs of different lengths: (concordant − discordant) / (concordant +
+    discordant). +1: every longer item is ranked above every shorter one; −1: below; NaN when every
+    length is the same.
+
+    Where all lengths differ it is Kendall's τ-a of the two orders (:func:`~preftune.judging.ranking.kendall_tau`,
+    Kendall, 1938); pairs of equal length are left out rather than counted against the ranking,
+    since a ranking must order them somehow (Goodman & Kruskal's γ, 1954, for a ranking without ties).
+    """
+    place = {item: k for k, item in enumerate(order)}
+    if sorted(place) != list(range(len(lengths))):
+        raise ValueError(f"order {list(order)} is not a ranking of {len(lengths)} items")
+    score = pairs = 0
+    for i in range(len(lengths)):
+        for j in range(i + 1, len(lengths)):
+            if lengths[i] != lengths[j]:
+                above = place[i] < place[j]  # i ranked above j
+                score += 1 if above == (lengths[i] > lengths[j]) else -1
+                pairs += 1
+    return score / pairs if pairs else math.nan
 
 
 # --- the missing-EOS penalty ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from preftune.data.collate import Batcher
@@ -109,7 +109,13 @@ def offline_count(online_items: int, mix: float) -> int:
 
 @dataclass(frozen=True)
 class RoundStats:
-    """What one round did (logged per round; the time split is generation / labelling / training)."""
+    """What one round did (logged per round; the time split is generation / labelling / training).
+
+    ``labelling``: what the labeller reported about the round's labelling
+    (:meth:`~preftune.judging.labellers.Labeller.diagnostics`: for a judge, the fraction of its
+    comparisons decided and Kendall's τ between its rankings and the responses' lengths), logged
+    beside the other numbers under the labeller's own names; empty for a labeller that reports none.
+    """
 
     round: int
     prompts: int
@@ -126,16 +132,34 @@ class RoundStats:
     label_s: float
     train_s: float
     kl: float = math.nan  # mean log π(y|x) − log π_ref(y|x) over the round's samples, before training on them
+    labelling: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items()}
+        """Every number, flat: the fields and the labeller's diagnostics (``rounds.jsonl``, the trackers)."""
+        numbers = {k: float(v) for k, v in self.__dict__.items() if k != "labelling"}
+        return {**numbers, **{k: float(v) for k, v in self.labelling.items() if k not in numbers}}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float]) -> RoundStats:
+        """The inverse of :meth:`to_dict` (a line of ``rounds.jsonl``); names that are not fields: the labelling."""
+        names = {f.name for f in fields(cls)} - {"labelling"}
+        kept = {k: int(v) if k == "round" else v for k, v in values.items() if k in names}
+        return cls(**kept, labelling={k: float(v) for k, v in values.items() if k not in names})
 
     def __str__(self) -> str:
-        return (f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}, length "
+        labelled = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in self.labelling.items())
+        return (f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}{labelled}, length "
                 f"{self.mean_length:.1f} tokens, finished {self.finished:.2f}, {self.items} items "
                 f"({self.offline_items} offline), KL {self.kl:.4f}, {self.steps} steps, loss {self.loss:.4f}; "
                 f"time generate "
                 f"{self.generate_s:.1f} s / label {self.label_s:.1f} s / train {self.train_s:.1f} s")  # fmt: skip
+
+
+def labeller_diagnostics(labeller: Any) -> dict[str, float]:
+    """What ``labeller`` reports about its last labelling (``diagnostics()``); {} for one that has none
+    (any object with ``rewards`` labels a round)."""
+    report = getattr(labeller, "diagnostics", None)
+    return {str(k): float(v) for k, v in report().items()} if callable(report) else {}
 
 
 def round_prompts(num_prompts: int, per_round: int, round_index: int, seed: int) -> list[int]:
@@ -271,6 +295,7 @@ class OnlineLoop:
                                replace(self.sampling, seed=s.seed * 1_000_003 + round_index))  # fmt: skip
         t1 = time.perf_counter()
         rewards = self._rewards(chosen, samples)
+        labelling = labeller_diagnostics(self.labeller)
         t2 = time.perf_counter()
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
         self.shown = shown_samples(round_index, [self.prompts[i] for i in chosen], samples, rewards,
@@ -286,7 +311,7 @@ class OnlineLoop:
             round_index, len(chosen), len(samples), mean, std,
             sum(len(x.response_ids) for x in samples) / max(len(samples), 1),
             sum(bool(x.finished) for x in samples) / max(len(samples), 1),
-            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2, kl,
+            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2, kl, labelling,
         )  # fmt: skip
 
     def kl_to_reference(self, groups: Sequence[TokenizedGroup]) -> float:

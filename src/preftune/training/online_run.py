@@ -180,7 +180,7 @@ def _last_samples(path: Path) -> list[dict[str, Any]]:
 def _read_rounds(stage_dir: Path) -> list[RoundStats]:
     path = stage_dir / ROUNDS_FILE
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    return [RoundStats(**{k: int(v) if k == "round" else v for k, v in json.loads(line).items()}) for line in lines]
+    return [RoundStats.from_dict(json.loads(line)) for line in lines]
 
 
 def _log_round(stats: RoundStats, trainer: Trainer, stage_dir: Path, rounds: list[RoundStats], say: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,30 @@ def win_rate_table(records: list[dict[str, Any]], baseline: str) -> str:
              "| step | judge | win rate | LC win rate | wins / ties / losses | mean length (baseline) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in records:
+        lc = f"{r['lc_win_rate']:.3f}" if r.get("lc_reason") is None else f"cannot be estimated: {r['lc_reason']}"
         lines.append(f"| {r['step']} | {r['judge']} | {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
-                     f"{r['lc_win_rate']:.3f} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{lc} | {r['wins']} / {r['ties']} / {r['losses']} | "
                      f"{r['mean_length']:.0f} ({r['baseline_mean_length']:.0f}) |")  # fmt: skip
     return "\n".join(lines)
 
 
 def rounds_table(rounds: list[dict[str, float]]) -> str:
-    """An on-policy stage's rounds (:class:`~preftune.training.online.RoundStats`) as a Markdown table."""
-    lines = ["| round | reward | length (tokens) | finished | KL | items | loss | generate / label / train s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """An on-policy stage's rounds (:class:`~preftune.training.online.RoundStats`) as a Markdown table,
+    with a column for each of the labeller's diagnostics (e.g. a judge's ``judge_decided``)."""
+    from dataclasses import fields
+
+    from preftune.training.online import RoundStats
+
+    standard = {f.name for f in fields(RoundStats)}
+    extra = list(dict.fromkeys(k for r in rounds for k in r if k not in standard))
+    lines = ["| round | reward | length (tokens) | finished | KL | items | loss | generate / label / train s |"
+             + "".join(f" {k.replace('_', ' ')} |" for k in extra),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]  # fmt: skip
     for r in rounds:
         lines.append(f"| {int(r['round'])} | {r['reward_mean']:+.3f} ± {r['reward_std']:.3f} | "
                      f"{r['mean_length']:.1f} | {r['finished']:.2f} | {r['kl']:.4f} | {int(r['items'])} | "
                      f"{r['loss']:.4f} | {r['generate_s']:.0f} / {r['label_s']:.0f} / "
-                     f"{r['train_s']:.0f} |")  # fmt: skip
+                     f"{r['train_s']:.0f} |" + "".join(f" {r.get(k, math.nan):.2f} |" for k in extra))  # fmt: skip
     return "\n".join(lines)
 
 

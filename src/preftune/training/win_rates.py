@@ -12,7 +12,11 @@ answers) or ``chosen`` (the held-out pairs' chosen responses). Each evaluation j
 (ties half), reports the win rate with a bootstrap interval, the length-controlled win rate (no
 interval: its bootstrap refits a GLM hundreds of times) and the mean lengths, on the console, in the
 trackers (``eval/win_rate/JUDGE``, ``eval/lc_win_rate/JUDGE``, ``eval/mean_length``) and in the
-stage's record (``outcome.json``, ``summary.md``). The model's latest answers are in the stage
+stage's record (``outcome.json``, ``summary.md``). Where the length-controlled rate cannot be
+estimated (fewer than :data:`~preftune.evaluation.generative.MIN_PROMPTS` prompts, or verdicts that
+length separates: :func:`~preftune.evaluation.generative.length_controlled_win_rate`), the record's
+``lc_reason`` says why, its ``lc_win_rate`` is NaN, the console and ``summary.md`` give the reason
+and the trackers get no ``eval/lc_win_rate`` value. The model's latest answers are in the stage
 folder's ``win_rate_outputs.jsonl``. Only the main process generates and judges.
 """
 
@@ -128,8 +132,9 @@ class WinRateEvaluation(Hook):
             fit.result.win_rates.extend(records)
             for record in records:
                 spec = record["judge"]
-                values = {f"eval/win_rate/{spec}": record["win_rate"], "eval/mean_length": record["mean_length"],
-                          f"eval/lc_win_rate/{spec}": record["lc_win_rate"]}  # fmt: skip
+                values = {f"eval/win_rate/{spec}": record["win_rate"], "eval/mean_length": record["mean_length"]}
+                if record["lc_reason"] is None:
+                    values[f"eval/lc_win_rate/{spec}"] = record["lc_win_rate"]
                 trainer.accelerator.log(values, step=trainer.global_step)
                 self.console.print(format_record(record, trainer.total_steps, self.config.baseline), highlight=False)
         trainer.accelerator.wait_for_everyone()
@@ -143,8 +148,9 @@ class WinRateEvaluation(Hook):
             raw = win_rate(scores, lengths, base_lengths, seed=step)
             lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=0)
             records.append({"step": step, "judge": spec, "win_rate": raw.win_rate, "ci_low": raw.ci_low,
-                            "ci_high": raw.ci_high, "lc_win_rate": lc.win_rate, "wins": raw.wins, "ties": raw.ties,
-                            "losses": raw.losses, "failed": raw.failed, "mean_length": raw.mean_length,
+                            "ci_high": raw.ci_high, "lc_win_rate": lc.win_rate, "lc_reason": lc.reason,
+                            "wins": raw.wins, "ties": raw.ties, "losses": raw.losses, "failed": raw.failed,
+                            "mean_length": raw.mean_length,
                             "baseline_mean_length": raw.baseline_mean_length})  # fmt: skip
             rows.append(scores)
         lines = [{"step": step, "prompt": e.prompt, "completion": o, "scores": {s: strict_json(r[i]) for (s, _), r in
@@ -156,8 +162,10 @@ class WinRateEvaluation(Hook):
 
 def format_record(record: dict[str, Any], total_steps: int, baseline: str) -> str:
     """One console line of a win-rate record."""
+    reason = record.get("lc_reason")
+    lc = f"{record['lc_win_rate']:.3f}" if reason is None else f"cannot be estimated ({reason})"
     return (f"win rate at step {record['step']}/{total_steps} against {baseline}, judge {record['judge']}: "
             f"{record['win_rate']:.3f} [{record['ci_low']:.3f}, {record['ci_high']:.3f}], "
-            f"LC {record['lc_win_rate']:.3f}; {record['wins']} wins, {record['ties']} ties, {record['losses']} losses; "
+            f"LC {lc}; {record['wins']} wins, {record['ties']} ties, {record['losses']} losses; "
             f"mean length "
             f"{record['mean_length']:.0f} characters (baseline {record['baseline_mean_length']:.0f})")  # fmt: skip
