@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from preftune.data import PreferenceExample, load_preference_data, load_rows, rank_pairs
+from preftune.data.columns import guess_columns
 from preftune.data.dialogues import parse_hh
 from preftune.data.formats import detect_format
 from preftune.data.load import NO_PAIR
@@ -209,9 +210,46 @@ def test_wrong_column_names_suggest_the_closest(tmp_path: Path) -> None:
         load_preference_data(path)
     assert str(excinfo.value) == (
         "data.jsonl: no 'chosen' column; found ['prompt', 'chosen_response', 'rejected_response']; "
-        "did you mean 'chosen_response'? (set data.columns.chosen=chosen_response)"
+        "map the file's columns onto the expected names, "
+        "e.g. data.columns.chosen=chosen_response data.columns.rejected=rejected_response"
     )
     examples, _ = load_preference_data(path, columns={"chosen": "chosen_response", "rejected": "rejected_response"})
+    assert (examples[0].chosen, examples[0].rejected) == ("A", "B")
+
+
+def test_no_close_name_still_names_the_settings_for_every_missing_column(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q", "good": "A", "bad": "B"}])
+    with pytest.raises(PreftuneError) as excinfo:
+        load_preference_data(path)
+    assert str(excinfo.value) == (
+        "qa.jsonl: no 'chosen' column; found ['question', 'good', 'bad']; map the file's columns onto the expected "
+        "names, e.g. data.columns.prompt=question data.columns.chosen=good data.columns.rejected=bad"
+    )
+    examples, _ = load_preference_data(path, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert (examples[0].prompt, examples[0].chosen, examples[0].rejected) == ("Q", "A", "B")
+    # a column the guesses cannot place is left to the user; a column is never offered twice
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"prompt": "Q", "good_answer": "A", "other": "B"}])
+    with pytest.raises(PreftuneError) as excinfo:
+        load_preference_data(path, format="standard")
+    assert str(excinfo.value).endswith(
+        "; map the file's columns onto the expected names, e.g. data.columns.chosen=good_answer "
+        "data.columns.rejected=COLUMN"
+    )
+    assert guess_columns(["good", "better"], ("chosen",)) == {}  # two candidates: no guess
+    assert guess_columns(["prompt", "x"], ("prompt", "chosen")) == {}  # present names need no guess
+
+
+def test_labelled_and_unpaired_hints_name_their_own_settings(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "l.jsonl", [{"instruction": "Q", "answer_a": "A", "answer_b": "B", "label": 1}])
+    with pytest.raises(PreftuneError) as excinfo:
+        load_preference_data(path, format="labelled")
+    assert str(excinfo.value).endswith(
+        "map the file's columns onto the expected names with data.columns.response_1=COLUMN "
+        "data.columns.response_2=COLUMN"
+    )
+    examples, _ = load_preference_data(
+        path, format="labelled", columns={"response_1": "answer_a", "response_2": "answer_b"}
+    )
     assert (examples[0].chosen, examples[0].rejected) == ("A", "B")
 
 

@@ -59,7 +59,11 @@ def test_bad_rows_and_columns(tmp_path: Path) -> None:
     examples, summary = load_unpaired(good, bad, skip_invalid=True)
     assert summary.dropped == {"completion: empty string": 1} and len(examples) == 5
     wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"prompt": "p", "response": "r"}])
-    with pytest.raises(PreftuneError, match=r"no 'completion' column; found \['prompt', 'response'\]"):
+    with pytest.raises(
+        PreftuneError,
+        match=r"no 'completion' column; found \['prompt', 'response'\]; did you mean 'response'\? "
+        r"\(set data.columns.completion=response\)$",
+    ):
         load_unpaired(good, wrong)
     good_renamed = write_jsonl(tmp_path / "g2.jsonl", [{"prompt": "q", "response": "a"}])
     examples, _ = load_unpaired(good_renamed, wrong, columns={"completion": "response"})  # applies to both

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from preftune.errors import PreftuneError
 from preftune.judging.specs import JUDGES, make_judge
@@ -44,14 +45,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int, help="ordered calls per judge batch (default: all at once)")
     evaluate.add_argument("--out", type=Path, help="write the report as JSON here")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the per-pair presentation order (default: 0)")
+    evaluate.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="data.key=value",
+        help="column and label settings, as for train: data.columns.chosen=good, data.labels.column=winner",
+    )
     evaluate.set_defaults(run=run_eval)
+
+
+def _data_settings(overrides: list[str]) -> dict[str, Any]:
+    """``columns`` and ``labels`` for the loader from ``data.columns.*`` / ``data.labels.*`` overrides."""
+    if not overrides:
+        return {}
+    bad = [item for item in overrides if not item.startswith(("data.columns.", "data.labels."))]
+    if bad:
+        raise PreftuneError(f"judge eval takes only data.columns.* and data.labels.* settings, not '{bad[0]}'")
+    from preftune.cli.config import load_config
+
+    data = load_config(None, list(overrides)).data
+    return {"columns": data.columns or None, "labels": data.labels}
 
 
 def _load(args: argparse.Namespace):  # -> tuple[list[PreferenceExample], DataSummary]
     from preftune.data.load import load_preference_data
 
     try:
-        return load_preference_data(args.data, format=args.format, skip_invalid=args.skip_invalid)
+        return load_preference_data(
+            args.data, format=args.format, skip_invalid=args.skip_invalid, **_data_settings(args.overrides)
+        )
     except PreftuneError as error:
         if args.skip_invalid or " row " not in str(error):
             raise
@@ -66,18 +88,17 @@ def run_eval(args: argparse.Namespace) -> int:
         raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
     if args.batch_size is not None and args.batch_size < 1:
         raise PreftuneError(f"--batch-size must be at least 1, not {args.batch_size}")
-    if args.out is not None and args.out.is_dir():
-        raise PreftuneError(f"--out {args.out} is a folder; give a file name (report.json)")
+    _check_outputs(args)
     examples, summary = _load(args)  # every row checked before any judge (or model) is made
     if args.limit is not None:
         examples = examples[: args.limit]
-    judge = make_judge(args.judge)
     store = None
     if args.store is not None:
         from preftune.judging.store import VerdictStore
 
-        store = VerdictStore(args.store)
+        store = VerdictStore(args.store)  # not a store: refused here, before a judge loads or is asked
     try:
+        judge = make_judge(args.judge)
         report = judge_agreement(
             judge,
             examples,
@@ -86,6 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
             name=args.judge,
             batch_size=args.batch_size,
             human_ties=summary.labels.get("tie") if summary.labels else None,
+            progress=True,
         )
     finally:
         if store is not None:
@@ -114,4 +136,26 @@ def run_eval(args: argparse.Namespace) -> int:
         }
         write_json_atomic(args.out, payload)
         print(f"wrote {args.out}", file=sys.stderr)
+    _refuse_incomplete(report.judge.failed, report.pairs, args.store)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--out`` and ``--store`` writable and distinct, before the data is read or a judge made."""
+    from preftune.cli.outputs import check_distinct, check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+    if args.store is not None:
+        check_output_file(args.store, "--store")
+    check_distinct({"--out": args.out, "--store": args.store})
+
+
+def _refuse_incomplete(failed: int, pairs: int, store: Path | None) -> None:
+    """:class:`IncompleteRun` (exit 3) when comparisons failed: the report left them out."""
+    if not failed:
+        return
+    from preftune.errors import IncompleteRun
+    from preftune.judging.store import failed_comparisons
+
+    raise IncompleteRun(failed_comparisons(failed, pairs, "the agreement", store))

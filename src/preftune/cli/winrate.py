@@ -3,7 +3,8 @@
 Both files are JSON Lines with a ``prompt`` and a ``completion`` per row, or ``completions`` (a list,
 as ``preftune generate`` writes; the first is taken). Rows are matched by prompt. Everything is
 checked before the judge is built; the report gives the win rate and AlpacaEval 2's
-length-controlled win rate (fractions in [0, 1]) with bootstrap intervals.
+length-controlled win rate (fractions in [0, 1]) with bootstrap intervals. Exit 3
+(:data:`~preftune.errors.EXIT_INCOMPLETE`) when comparisons failed: they are left out of the rates.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from preftune.errors import PreftuneError
+from preftune.cli.outputs import check_distinct, check_output_file
+from preftune.errors import IncompleteRun, PreftuneError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,8 +48,10 @@ def run_win_rate(args: argparse.Namespace) -> int:
     for flag, value in (("--bootstrap", args.bootstrap), ("--lc-bootstrap", args.lc_bootstrap)):
         if value < 0:
             raise PreftuneError(f"{flag} must be at least 0, not {value}")
-    if args.out is not None and args.out.is_dir():
-        raise PreftuneError(f"--out {args.out} is a folder")
+    for flag, path in (("--out", args.out), ("--store", args.store)):
+        if path is not None:
+            check_output_file(path, flag)
+    check_distinct({"--outputs": args.outputs, "--baseline": args.baseline, "--out": args.out, "--store": args.store})
     outputs = read_completions(args.outputs, "--outputs")
     baseline = read_completions(args.baseline, "--baseline")
     missing = [key for key in outputs if key not in baseline]
@@ -59,15 +63,15 @@ def run_win_rate(args: argparse.Namespace) -> int:
     from preftune.files import strict_json, write_json_atomic
     from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
-    from preftune.judging.store import VerdictStore
+    from preftune.judging.store import VerdictStore, failed_comparisons
 
-    judge = make_judge(args.judge)
+    store = VerdictStore(args.store) if args.store is not None else None  # not a store: refused before a call
     keys = list(outputs)
     prompts = [prompt_text(outputs[k][0]) for k in keys]
     model_texts, base_texts = [outputs[k][1] for k in keys], [baseline[k][1] for k in keys]
-    store = VerdictStore(args.store) if args.store is not None else None
     try:
-        scores = win_scores(judge, prompts, model_texts, base_texts, store=store)
+        judge = make_judge(args.judge)
+        scores = win_scores(judge, prompts, model_texts, base_texts, store=store, progress=True)
     finally:
         if store is not None:
             store.close()
@@ -80,13 +84,15 @@ def run_win_rate(args: argparse.Namespace) -> int:
                   "seed": args.seed, "win_rate": strict_json(vars(raw)),
                   "length_controlled": strict_json(vars(lc))}  # fmt: skip
         write_json_atomic(args.out, report)
+    if raw.failed:
+        raise IncompleteRun(failed_comparisons(raw.failed, len(keys), "the rates", args.store))
     return 0
 
 
 def _summary(raw: Any, lc: Any) -> str:
     return "\n".join([
         f"win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (ties count half)",
-        f"LC win rate  {lc.win_rate:.3f} [{lc.ci_low:.3f}, {lc.ci_high:.3f}]  (AlpacaEval 2, minimal GLM)",
+        f"LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
         f"n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
         f"mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
     ])  # fmt: skip

@@ -65,7 +65,7 @@ def detect_format(raw: RawRows) -> str:
         return "labelled"
     for name in ("chosen", "rejected"):
         if name not in columns:
-            raise missing_column(raw, name)
+            raise missing_column(raw, name, needed=REQUIRED["standard"])
     chosen = _first(raw, "chosen")
     if "prompt" in columns and not (is_messages(chosen) and not is_messages(prompt)):
         return "conversational" if is_messages(prompt) else "standard"
@@ -83,7 +83,7 @@ def resolve_format(raw: RawRows, format: str) -> str:
         return chosen  # its columns have other names: LabelledParser finds them
     for name in REQUIRED[chosen]:
         if name not in raw.columns:
-            raise missing_column(raw, name)
+            raise missing_column(raw, name, needed=REQUIRED[chosen])
     if chosen == "ranked" and not {"ranks", "scores"} & set(raw.columns):
         raise missing_column(raw, "ranks", " (nor 'scores')")
     return chosen

@@ -171,7 +171,7 @@ def layout_of(raw: RawRows, spec: LabelSpec) -> Layout:
     responses = response_columns(raw.columns)
     if responses is None:
         others = ", ".join(f"'{a}'" for a, _ in RESPONSE_PAIRS[1:])
-        raise missing_column(raw, "response_1", f" (nor {others})")
+        raise missing_column(raw, "response_1", f" (nor {others})", needed=("response_1", "response_2"))
     labels = label_columns(raw.columns, spec)
     if not labels:
         raise PreftuneError(

@@ -66,9 +66,10 @@ def _read(
     source: str | Path, label: bool | None, columns: dict[str, str] | None, split: str | None, skip: bool, tally: Tally
 ) -> tuple[RawRows, list[Completion]]:
     raw = apply_columns(load_rows(source, split, skip_invalid=skip), columns)
-    for name in ("prompt", "completion") + (("label",) if label is None else ()):
+    needed = ("prompt", "completion") + (("label",) if label is None else ())
+    for name in needed:
         if name not in raw.columns:
-            raise missing_column(raw, name)
+            raise missing_column(raw, name, needed=needed)
     items = validate_rows(raw, _parser(label), _check, skip_invalid=skip, tally=tally, origin_of=lambda c: c.origin)
     return raw, items
 

@@ -88,7 +88,8 @@ def evaluate_model(
     policy, ref_fn, ref_name, size = _scorers(model, base_name, reference, logit_chunk)
     batcher = Batcher(tokenizer.pad_token_id, d.layout, attention_length=size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    values = pair_values(policy, ref_fn, pairs, torch.arange(len(pairs)), batcher, batch_size, device, beta, average)
+    values = pair_values(policy, ref_fn, pairs, torch.arange(len(pairs)), batcher, batch_size, device, beta, average,
+                         progress=True)  # fmt: skip
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
     names = ordered(metrics)
     print(_table(model, ref_name, f"{tok_summary.source}: {len(pairs)} pairs", names, metrics))

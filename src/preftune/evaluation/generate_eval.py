@@ -19,18 +19,21 @@ gives the win rate and the length-controlled win rate with bootstrap intervals, 
 and failed comparisons, and says whether the interval of the win rate excludes 0.5. Everything is
 checked before any model loads. ``--out DIR`` gets ``outputs.jsonl`` and ``baseline.jsonl`` (rows that
 ``preftune win-rate`` reads, the model's with each judge's score) and ``report.json``, written atomically.
+When comparisons failed (no verdict: left out of the rates), everything is still reported and
+written, and then :class:`~preftune.errors.IncompleteRun` says how many (the CLI's exit 3).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.errors import PreftuneError
+from preftune.errors import IncompleteRun, PreftuneError
 from preftune.generation.prompts import Prompt, prompt_key
 
 BASELINES = "chosen | model:NAME_OR_PATH | file:PATH"
@@ -118,8 +121,10 @@ def load_policy(name: str, device: Any) -> tuple[Any, Any]:
     return model, load_tokenizer(name if has_tokenizer else base)
 
 
-def greedy_answers(name: str, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
-    """A model's greedy answer to each prompt (loaded, answered, released)."""
+def greedy_answers(
+    name: str, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int, progress: bool = False
+) -> list[str]:
+    """A model's greedy answer to each prompt (loaded, answered, released); ``progress``: a bar over the batches."""
     import torch
 
     from preftune.generation.prompts import check_tokenizer, encode_prompt
@@ -130,7 +135,7 @@ def greedy_answers(name: str, prompts: Sequence[Prompt], max_new_tokens: int, ba
     check_tokenizer(tokenizer, list(prompts))
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     config = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    answers = [s.text for s in sample(model, tokenizer, ids, config)]
+    answers = [s.text for s in sample(model, tokenizer, ids, config, progress=progress)]
     del model
     return answers
 
@@ -161,8 +166,8 @@ def check_inputs(
     for flag, value in (("--bootstrap", bootstrap), ("--lc-bootstrap", lc_bootstrap)):
         if value < 0:
             raise PreftuneError(f"{flag} must be at least 0, not {value}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise PreftuneError(f"--out {out} is a file; give a folder")
+    if out is not None:
+        _check_out_folder(out)
     parsed = Baseline.parse(baseline)
     folder = Path(model).expanduser()
     from preftune.modeling.loading import _looks_like_path
@@ -173,6 +178,17 @@ def check_inputs(
         check_judge_spec(spec)
     found = load_prompts(prompts, limit)
     return parsed, found.prompts, str(found)
+
+
+def _check_out_folder(out: Path) -> None:
+    """``--out`` a folder that exists or can be made, so that no traceback comes after the generation."""
+    if out.exists() and not out.is_dir():
+        raise PreftuneError(f"--out {out} is a file; give a folder")
+    above = out.expanduser().absolute()
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise PreftuneError(f"--out {out}: no folder can be made there ({above} is not a folder we may write in)")
 
 
 def check_judge_spec(spec: str, flag: str = "--judge") -> None:
@@ -204,7 +220,7 @@ def evaluate_generation(
 ) -> dict[str, Any]:
     """Generate, judge, report (see the module docstring); returns the report (as written to ``out``)."""
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
-    from preftune.files import strict_json, write_atomic, write_json_atomic
+    from preftune.files import strict_json
     from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
 
@@ -217,9 +233,9 @@ def evaluate_generation(
         base_texts = file_responses(Path(parsed.value), prompt_list)
     say(f"prompts: {described}; baseline: {parsed}")
     built = [make_judge(spec) for spec in judges]  # before any weights load: a bad api: setting stops here
-    outputs = greedy_answers(model, prompt_list, max_new_tokens, batch_size)
+    outputs = greedy_answers(model, prompt_list, max_new_tokens, batch_size, progress=True)
     if base_texts is None:
-        base_texts = greedy_answers(parsed.value, prompt_list, max_new_tokens, batch_size)
+        base_texts = greedy_answers(parsed.value, prompt_list, max_new_tokens, batch_size, progress=True)
     texts = [prompt_text(p) for p in prompt_list]
     lengths, base_lengths = [len(t) for t in outputs], [len(t) for t in base_texts]
     report: dict[str, Any] = {"model": model, "prompts": prompts, "n_prompts": len(prompt_list),
@@ -227,7 +243,7 @@ def evaluate_generation(
                               "judges": []}  # fmt: skip
     all_scores: dict[str, list[float]] = {}
     for spec, judge in zip(judges, built, strict=True):
-        scores = win_scores(judge, texts, outputs, base_texts)
+        scores = win_scores(judge, texts, outputs, base_texts, progress=True)
         all_scores[spec] = scores
         raw = win_rate(scores, lengths, base_lengths, bootstrap=bootstrap, seed=seed)
         lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=lc_bootstrap, seed=seed)
@@ -236,24 +252,38 @@ def evaluate_generation(
         report["judges"].append({"judge": spec, "identity": judge.identity(), "win_rate": strict_json(vars(raw)),
                                  "length_controlled": strict_json(vars(lc)), "significance": verdict})  # fmt: skip
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        rows = [json.dumps({"prompt": p, "completion": o, "model": model,
-                            "scores": {j: strict_json(s[i]) for j, s in all_scores.items()}}, ensure_ascii=False)
-                for i, (p, o) in enumerate(zip(prompt_list, outputs, strict=True))]  # fmt: skip
-        base_rows = [json.dumps({"prompt": p, "completion": b, "baseline": str(parsed)}, ensure_ascii=False)
-                     for p, b in zip(prompt_list, base_texts, strict=True)]  # fmt: skip
-        write_atomic(out / OUTPUTS_FILE, "".join(r + "\n" for r in rows))
-        write_atomic(out / BASELINE_FILE, "".join(r + "\n" for r in base_rows))
-        write_json_atomic(out / REPORT_FILE, report)
+        _write(out, report, prompt_list, outputs, base_texts, all_scores)
         say(f"written: {out / OUTPUTS_FILE}, {out / BASELINE_FILE}, {out / REPORT_FILE}")
+    failed = sum(judged["win_rate"]["failed"] for judged in report["judges"])
+    if failed:
+        from preftune.judging.store import failed_comparisons
+
+        total = len(prompt_list) * len(judges)
+        raise IncompleteRun(failed_comparisons(failed, total, "the win rates", None, store_flag=None))
     return report
+
+
+def _write(out: Path, report: dict[str, Any], prompts: Sequence[Prompt], outputs: Sequence[str],
+           base_texts: Sequence[str], all_scores: dict[str, list[float]]) -> None:  # fmt: skip
+    """``outputs.jsonl`` (with each judge's score), ``baseline.jsonl`` and ``report.json`` in ``out``, atomically."""
+    from preftune.files import strict_json, write_atomic, write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.dumps({"prompt": p, "completion": o, "model": report["model"],
+                        "scores": {j: strict_json(s[i]) for j, s in all_scores.items()}}, ensure_ascii=False)
+            for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))]  # fmt: skip
+    base_rows = [json.dumps({"prompt": p, "completion": b, "baseline": report["baseline"]}, ensure_ascii=False)
+                 for p, b in zip(prompts, base_texts, strict=True)]  # fmt: skip
+    write_atomic(out / OUTPUTS_FILE, "".join(r + "\n" for r in rows))
+    write_atomic(out / BASELINE_FILE, "".join(r + "\n" for r in base_rows))
+    write_json_atomic(out / REPORT_FILE, report)
 
 
 def _summary(spec: str, raw: Any, lc: Any, verdict: str) -> str:
     return "\n".join([
         f"judge {spec}:",
         f"  win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (95% bootstrap; ties count half)",
-        f"  LC win rate  {lc.win_rate:.3f} [{lc.ci_low:.3f}, {lc.ci_high:.3f}]  (AlpacaEval 2, minimal GLM)",
+        f"  LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
         f"  n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
         f"  mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
         f"  the win rate is {verdict}",

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from preftune.data.batch import Batch
 from preftune.objectives import PairRecord, SequenceLogProbs, pair_metrics
+from preftune.progress import QUIET_S, StepProgress
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,21 @@ def pair_values(
     device: torch.device | str = "cpu",
     beta: float = 0.1,
     average: bool = False,
+    progress: bool = False,
 ) -> dict[str, list[float]]:
     """Per-pair metric values of ``pairs[indices]``, in batches, without gradient.
 
     Passing the same callable as ``policy`` and ``reference`` scores a model against itself in
     one pass (h = 0: at the start of a stage the policy is its reference, so only the
-    likelihood metrics carry information).
+    likelihood metrics carry information). ``progress``: a bar with ETA over the batches (stderr).
     """
     values: dict[str, list[float]] = {}
-    with torch.no_grad():
-        for block in indices.split(batch_size):
+    blocks = indices.split(batch_size)
+    bar = StepProgress(len(blocks), enabled=progress, description="evaluate", unit="batch", quiet_s=QUIET_S)
+    with torch.no_grad(), bar:
+        for block in blocks:
             if not len(block):
+                bar.advance({})
                 continue
             batch = batcher([pairs[i] for i in block.tolist()], block).to(device)
             chosen, rejected = policy(batch)
@@ -90,6 +95,7 @@ def pair_values(
             metrics["count/chosen"] = chosen.count
             for name, value in metrics.items():
                 values.setdefault(name, []).extend(value.float().cpu().tolist())
+            bar.advance({})
     return values
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preftune.data.columns import guess_columns
 from preftune.data.options import resolve_source
 from preftune.data.sources import load_rows
 from preftune.data.validation import is_message_list
@@ -84,9 +85,11 @@ def _row_prompt(row: dict[str, Any], origin: object) -> Prompt:
             raise PreftuneError(f"{origin}: 'input' must be a string")
         return f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     columns = ", ".join(map(str, sorted(present))) or "no columns"
+    guess = guess_columns(sorted(map(str, present)), ("prompt",)).get("prompt")
+    rename = f"'{guess}'" if guess else "the column that holds the prompts"
     raise PreftuneError(
         f"{origin}: no prompt: expected 'prompt', 'turns' (MT-Bench), 'instruction' (AlpacaEval), "
-        f"or 'chosen'/'rejected' transcripts (preference data); found {columns}"
+        f"or 'chosen'/'rejected' transcripts (preference data); found {columns}; rename {rename} to 'prompt'"
     )
 
 

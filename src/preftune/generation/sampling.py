@@ -36,6 +36,7 @@ import torch
 
 from preftune.data.tokenize import end_of_turn_ids
 from preftune.errors import PreftuneError, SpecError
+from preftune.progress import QUIET_S, StepProgress
 
 
 @dataclass(frozen=True)
@@ -194,30 +195,6 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    """A rich bar with ETA over ``total`` batches (to stderr), disabled unless asked for."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]sampling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True, soft_wrap=True),
-        disable=not enabled,
-    )
-
-
 def _stop_and_pad(tokenizer: Any) -> tuple[list[int], int]:
     """(the sorted end-of-turn ids, the pad id: the tokenizer's, else the first stop id)."""
     stop_ids = sorted(end_of_turn_ids(tokenizer))
@@ -258,8 +235,8 @@ def sample(
     device = next(model.parameters()).device
     kwargs = _generate_kwargs(config, stop_ids, pad_id, device)
     out: list[Sample] = []
-    with _generation_mode(model), _progress(len(batches), progress) as bar:
-        task = bar.add_task("sampling", total=len(batches))
+    bar = StepProgress(len(batches), enabled=progress, description="sampling", unit="batch", quiet_s=QUIET_S)
+    with _generation_mode(model), bar:
         for number, batch in enumerate(batches):
             input_ids, mask = _left_pad([prompts[i] for i in batch], pad_id, device)
             with _seeded(None if config.seed is None else config.seed + number):
@@ -267,5 +244,5 @@ def sample(
             for index, (ids, finished) in zip(batch, _trim(generated[:, input_ids.shape[1] :], stop_ids), strict=True):
                 text = tokenizer.decode(ids, skip_special_tokens=True).strip()
                 out.append(Sample(index, [int(t) for t in prompts[index]], ids, text, finished))
-            bar.update(task, advance=1)
+            bar.advance({})
     return out

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from preftune.errors import PreftuneError
 from preftune.judging.base import FAILED, FIRST, BothOrders, PairwiseJudge, Verdict, _normalise
 from preftune.judging.functions import FunctionJudge, longer_is_better
+from preftune.judging.progress import compare_with_progress
 
 if TYPE_CHECKING:
     from preftune.judging.store import VerdictStore
@@ -207,12 +208,16 @@ def score_judge(
     name: str | None = None,
     store: VerdictStore | None = None,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> JudgeScore:
-    """One judge's :class:`JudgeScore` on ``(prompt, chosen, rejected)`` triples shown as ``human_first`` says."""
+    """One judge's :class:`JudgeScore` on ``(prompt, chosen, rejected)`` triples shown as ``human_first`` says.
+
+    ``progress``: a bar with ETA over the comparisons on stderr (:mod:`preftune.judging.progress`).
+    """
     recording = _Recording(judge)
     both = BothOrders(recording, store=store, batch_size=batch_size)
     items = [(p, c, r) if first else (p, r, c) for (p, c, r), first in zip(triples, human_first, strict=True)]
-    verdicts = both.compare_many(items)
+    verdicts = compare_with_progress(both, items, enabled=progress, description="judge eval")
     scores: list[float] = []
     human = other = ties = failed = firsts = raw_count = 0
     for (prompt, a, b), first, verdict in zip(items, human_first, verdicts, strict=True):
@@ -263,6 +268,7 @@ def judge_agreement(
     name: str | None = None,
     batch_size: int | None = None,
     human_ties: int | None = None,
+    progress: bool = False,
 ) -> AgreementReport:
     """The judge's agreement with the human labels of ``examples``, and the ``longer`` baseline's.
 
@@ -275,11 +281,12 @@ def judge_agreement(
         name: the judge's name in the report (default: its identity).
         batch_size: ordered calls per ``judge.judge`` list (default: all at once).
         human_ties: pairs people tied, which the loader dropped; only reported.
+        progress: a bar with ETA over the judge's comparisons (stderr); the baseline needs none.
     """
     triples = _text_triples(examples)
     if not triples:
         raise PreftuneError("no labelled pairs to judge")
     order = presentation_order(len(triples), seed)
-    score = score_judge(judge, triples, order, name=name, store=store, batch_size=batch_size)
+    score = score_judge(judge, triples, order, name=name, store=store, batch_size=batch_size, progress=progress)
     baseline = score_judge(FunctionJudge(longer_is_better), triples, order, name=f"{BASELINE} (baseline)")
     return AgreementReport(score, baseline, len(triples), human_ties, seed, sum(order))

@@ -21,6 +21,7 @@ from preftune.modeling.cache import atomic_directory
 from preftune.modeling.chat_template import apply_chat_template_setting, check_chat_template
 from preftune.modeling.loading import from_local_or_hub, load_tokenizer, resolve_model
 from preftune.modeling.lora_targets import resolve_target_modules
+from preftune.progress import QUIET_S, StepProgress
 from preftune.reward.data import pad_rows
 
 HEAD = "score"  # the name of the reward head in transformers' *ForSequenceClassification decoders
@@ -105,14 +106,24 @@ def rewards(model: nn.Module, rows: list[list[int]], pad_id: int) -> Tensor:
 
 
 @torch.no_grad()
-def score_rows(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-    """Rewards of token rows in batches of similar lengths (less padding), in the rows' order."""
+def score_rows(
+    model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, progress: str | None = None
+) -> list[float]:
+    """Rewards of token rows in batches of similar lengths (less padding), in the rows' order.
+
+    ``progress``: the name of a bar with ETA over the batches (stderr), or None for none.
+    """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = [0.0] * len(rows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, value in zip(chunk, rewards(model, [rows[i] for i in chunk], pad_id).tolist(), strict=True):
-            out[i] = float(value)
+    starts = range(0, len(order), batch_size)
+    bar = StepProgress(len(starts), enabled=progress is not None, description=progress or "", unit="batch",
+                       quiet_s=QUIET_S)  # fmt: skip
+    with bar:
+        for start in starts:
+            chunk = order[start : start + batch_size]
+            for i, value in zip(chunk, rewards(model, [rows[i] for i in chunk], pad_id).tolist(), strict=True):
+                out[i] = float(value)
+            bar.advance({})
     return out
 
 

@@ -79,12 +79,17 @@ def autocast(model: nn.Module, precision: str) -> AbstractContextManager[Any]:
     return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
-def evaluate_pairs(model: nn.Module, pairs: list[TokenizedPair], pad_id: int, batch_size: int) -> PairAccuracy:
-    """Accuracy, standard error, mean margin and BT loss of ``model`` on tokenised pairs (no grad, eval mode)."""
+def evaluate_pairs(
+    model: nn.Module, pairs: list[TokenizedPair], pad_id: int, batch_size: int, progress: str | None = None
+) -> PairAccuracy:
+    """Accuracy, standard error, mean margin and BT loss of ``model`` on tokenised pairs (no grad, eval mode).
+
+    ``progress``: the name of a bar with ETA over the scoring batches, or None for none.
+    """
     was_training = model.training
     model.eval()
     chosen, rejected = sequences(pairs)
-    scores = score_rows(model, chosen + rejected, pad_id, batch_size)
+    scores = score_rows(model, chosen + rejected, pad_id, batch_size, progress=progress)
     model.train(was_training)
     return PairAccuracy.of(scores[: len(pairs)], scores[len(pairs) :])
 
@@ -186,17 +191,19 @@ def train_reward_model(
     """Train, evaluate the held-out pairs before and after, and save the model with ``metrics.json``.
 
     ``progress(total_steps)``: a context manager around the training steps whose value has
-    ``advance(stats)`` (e.g. ``StepProgress``), called after each step with loss, accuracy and margin.
+    ``advance(stats)`` (e.g. ``StepProgress``), called after each step with loss, accuracy and margin;
+    when given, the held-out scoring before and after shows a bar of its own too.
     """
     config, began = prepared.config, time.perf_counter()
     if not prepared.train:
         raise PreftuneError("no training pairs left after tokenisation")
     model = build_model(prepared)
     pad_id, eval_batch = prepared.tokenizer.pad_token_id, 2 * config.batch_size
-    before = evaluate_pairs(model, prepared.held_out, pad_id, eval_batch)
+    shown = progress is not None  # a caller that shows the training steps also sees the held-out scoring
+    before = evaluate_pairs(model, prepared.held_out, pad_id, eval_batch, "held-out before" if shown else None)
     with progress(prepared.steps) if progress is not None else nullcontext() as bar:
         losses = run_epochs(model, prepared, bar.advance if bar is not None else None)
-    after = evaluate_pairs(model, prepared.held_out, pad_id, eval_batch)
+    after = evaluate_pairs(model, prepared.held_out, pad_id, eval_batch, "held-out after" if shown else None)
     model.eval()
     out = Path(config.output_dir).expanduser()
     result = RewardResult(before, after, losses, prepared.steps, time.perf_counter() - began, out, model)
