@@ -152,3 +152,18 @@ def test_cli_bad_judge_spec_is_one_error_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: unknown judge 'bogus'") and result.stderr.count("\n") == 1
     missing = run("judge", "eval", "--judge", "longer", "--data", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and missing.stderr.count("\n") == 1
+
+
+def test_a_declared_tie_counts_half_and_names_no_position() -> None:
+    """A judge that says "a tie" (MT-Bench's [[C]]) on some pairs and always says "the first" on the
+    others: the ties count half in agreement, and the first-position rate reads only the answers
+    that name a position (all of them "first": 1.0, where counting the ties as "not first" gave 0.6)."""
+    from preftune.judging import TIE
+
+    def judge(prompt: str, first: str, second: str) -> int:
+        return TIE if int(prompt.split()[1].rstrip("?")) < 4 else FIRST
+
+    report = judge_agreement(FunctionJudge(judge, name="ties"), many_pairs(10))
+    score = report.judge
+    assert (score.ties, score.failed, score.agreement) == (10, 0, 0.5)
+    assert score.first_rate == 1.0

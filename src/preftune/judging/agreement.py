@@ -10,8 +10,9 @@ Per pair the score is 1 when the verdict picks the human choice, 0 when it picks
   (sample standard deviation, as :func:`preftune.evaluation.statistical.mean_and_stderr`);
 - ``tie_rate``: the fraction of those pairs whose two ordered answers disagree (a tie verdict:
   position bias, or a judge that cannot tell);
-- ``first_rate``: the fraction of the raw ordered answers that are FIRST (a judge that always
-  answers "the first" has 1.0, an unbiased one about 0.5);
+- ``first_rate``: the fraction of the raw ordered answers naming a position that name the first
+  (a judge that always answers "the first" has 1.0, an unbiased one about 0.5; a tie the judge
+  declares names no position and is left out);
 - the same for the ``longer`` judge on the same pairs in the same orders, because a judge's
   agreement means little without the longer-is-better baseline beside it.
 
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from preftune.errors import PreftuneError
-from preftune.judging.base import FAILED, FIRST, BothOrders, PairwiseJudge, Verdict, _normalise
+from preftune.judging.base import FIRST, SECOND, BothOrders, PairwiseJudge, Verdict, _normalise
 from preftune.judging.functions import FunctionJudge, longer_is_better
 from preftune.judging.progress import compare_with_progress
 
@@ -60,7 +61,7 @@ class JudgeScore:
         other: pairs whose verdict picked the other response.
         ties: pairs with a tie verdict (the two ordered answers disagree).
         tie_rate: ``ties / scored``.
-        first_rate: raw ordered answers that are FIRST, over the raw answers of the scored pairs.
+        first_rate: raw ordered answers that are FIRST, over those of the scored pairs that name a position.
         calls: ordered calls that reached the judge (verdict-store hits do not count).
     """
 
@@ -239,7 +240,7 @@ def score_judge(
             answer = recording.answers.get(call)
             if answer is None and store is not None:
                 answer = store.get(both.identity, *call)
-            if answer is not None and answer != FAILED:
+            if answer in (FIRST, SECOND):  # a position is chosen: not failed, not a tie the judge declared
                 raw_count += 1
                 firsts += answer == FIRST
     mean, stderr = mean_stderr(scores)
