@@ -154,9 +154,12 @@ def test_settings_and_combinations_are_refused_in_one_line():
 
 
 def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
-    """`preftune train online.rounds=2 ...`: rounds logged, rounds.jsonl written, the missing-EOS
-    penalty applied (8 new tokens: no response finishes), the model saved."""
+    """`preftune train online.rounds=2 ...`: rounds logged (console, rounds.jsonl and the default
+    TensorBoard tracker, which an on-policy run never started before), the missing-EOS penalty
+    applied (8 new tokens: no response finishes), the model saved."""
     import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from preftune.cli.main import main
 
@@ -165,8 +168,14 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
             "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
             "online.samples_per_prompt=3", "online.max_new_tokens=8", "online.missing_eos_penalty=100",
             "online.labeller=length", "optim.batch_size=4", "optim.mixed_precision=no", "objective=reinforce",
-            f"output_dir={out}", "trackers=[]"]  # fmt: skip
+            f"output_dir={out}", "trackers=[tensorboard]"]  # fmt: skip
     assert main(argv) == 0
+    events = EventAccumulator(str(out / "train"))  # the tracker's run is named after the stage
+    events.Reload()
+    rewards = events.Scalars("online/reward_mean")
+    rounds_logged = [json.loads(line)["reward_mean"] for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [e.value for e in rewards] == pytest.approx(rounds_logged, rel=1e-6)
+    assert events.Scalars("train/loss") and events.Scalars("eval/accuracy")
     err = capsys.readouterr().err
     assert "round 0: reward" in err and "round 1: reward" in err
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
@@ -183,6 +192,35 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
     assert "| round | reward |" in summary and "Round 1, prompt" in summary
     assert main([*argv[:-2], f"output_dir={tmp_path / 'r2'}", "trackers=[]", "online.mix=0.5"]) == 2
     assert "needs a pairwise objective" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_an_online_run_says_where_resume_continues(tmp_path):
+    """As offline: an interrupted on-policy run names the checkpoint ``--resume`` continues from
+    (it printed only "interrupted" before)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from preftune.cli.config import load_config
+    from preftune.training.run import run_training
+
+    def interrupt(step: int, stats: dict) -> None:
+        if step == 2:  # round 1, after its checkpoint (the checkpoint hook runs before callbacks)
+            raise KeyboardInterrupt
+
+    text = StringIO()
+    out = tmp_path / "run"
+    overrides = ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24", "data.eval_size=4",
+                 "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4", "online.samples_per_prompt=2",
+                 "online.max_new_tokens=8", "online.labeller=length", "optim.batch_size=4",
+                 "optim.mixed_precision=no", "objective=reinforce", "save_every=1", f"output_dir={out}",
+                 "trackers=[]"]  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run_training(load_config(None, overrides), callbacks=[interrupt],
+                     console=Console(file=text, width=300, soft_wrap=True))  # fmt: skip
+    assert f"interrupted in stage 'train'; --resume continues from {out / 'checkpoints' / 'step-000002'}" in (
+        text.getvalue()
+    )
 
 
 def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):

@@ -32,6 +32,7 @@ from preftune.training.loop import Trainer
 from preftune.training.online import OnlineLoop, OnlineSettings, RoundStats, Sampler
 from preftune.training.outputs import finish_stage
 from preftune.training.references import make_reference
+from preftune.training.stage_setup import resume_hint, start_trackers
 
 ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
 
@@ -132,24 +133,10 @@ def run_online_stage(
                 *gradient_cosine_hooks(inputs.held_out, batcher, config.eval, console)]  # fmt: skip
     hooks = [StopOnNonFinite(config.optim.max_bad_steps, checkpoints), Logging(), Progress(console), *periodic,
              checkpoints, Callbacks(callbacks)]  # fmt: skip
-    began, rounds, start = time.perf_counter(), [], 0
-    saved = latest_checkpoint(stage_dir) if config.resume else None
-    if saved is not None:  # finish the round the checkpoint was taken in, on its samples
-        say(f"resuming from {saved}", highlight=False)
-        earlier = _read_rounds(stage_dir)
-        stats = loop.resume_round(saved, hooks)
-        done = [r for r in earlier if r.round == stats.round]
-        rounds = [r for r in earlier if r.round < stats.round] + (done if stats.steps == 0 and done else [stats])
-        _log_round(rounds[-1], trainer, stage_dir, rounds, say)
-        start = int(stats.round) + 1
-    for r in range(start, settings.rounds):
-        for hook in periodic:  # held-out pairs before the first round and after the last
-            hook.at_end = r == settings.rounds - 1
-        stats = loop.run_round(r, hooks)
-        rounds.append(stats)
-        _log_round(stats, trainer, stage_dir, rounds, say)
-        if accelerator.is_main_process:
-            _append_samples(stage_dir / SAMPLES_FILE, loop.shown)
+    start_trackers(accelerator, config, stage)
+    began = time.perf_counter()
+    with resume_hint(stage_dir, f"stage '{stage.name}'", say):
+        rounds = _run_rounds(loop, hooks, periodic, settings.rounds, stage_dir, config.resume, say)
     result = loop.result
     result.seconds = time.perf_counter() - began
     record = finish_stage(stage, stage_dir, result, model, tokenizer, config, accelerator, base_dir=None,
@@ -158,6 +145,31 @@ def run_online_stage(
     record["round_samples"] = _last_samples(stage_dir / SAMPLES_FILE)
     say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
+
+
+def _run_rounds(
+    loop: OnlineLoop, hooks: list, periodic: list, total: int, stage_dir: Path, resume: bool, say: Any
+) -> list[RoundStats]:
+    """Every round's statistics, the rounds run (from the newest checkpoint's round when resuming)."""
+    trainer, rounds, start = loop.trainer, [], 0
+    saved = latest_checkpoint(stage_dir) if resume else None
+    if saved is not None:  # finish the round the checkpoint was taken in, on its samples
+        say(f"resuming from {saved}", highlight=False)
+        earlier = _read_rounds(stage_dir)
+        stats = loop.resume_round(saved, hooks)
+        done = [r for r in earlier if r.round == stats.round]
+        rounds = [r for r in earlier if r.round < stats.round] + (done if stats.steps == 0 and done else [stats])
+        _log_round(rounds[-1], trainer, stage_dir, rounds, say)
+        start = int(stats.round) + 1
+    for r in range(start, total):
+        for hook in periodic:  # held-out pairs before the first round and after the last
+            hook.at_end = r == total - 1
+        stats = loop.run_round(r, hooks)
+        rounds.append(stats)
+        _log_round(stats, trainer, stage_dir, rounds, say)
+        if trainer.accelerator.is_main_process:
+            _append_samples(stage_dir / SAMPLES_FILE, loop.shown)
+    return rounds
 
 
 def _append_samples(path: Path, shown: list[dict[str, Any]]) -> None:

@@ -76,7 +76,8 @@ from preftune.training.resume import (
     stage_dirs,
 )  # fmt: skip
 from preftune.training.sources import DatasetSource
-from preftune.training.summary import flat_config, print_outcome, write_summary
+from preftune.training.stage_setup import resume_hint, start_trackers
+from preftune.training.summary import print_outcome, write_summary
 
 
 def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
@@ -295,8 +296,7 @@ def _run_stage(
                                          batcher, accelerator, read, group_size, plan.first_reads(total))  # fmt: skip
     say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
         f"({len(read)} of {len(inputs.train)} training examples read by this stage)", highlight=False)  # fmt: skip
-    if main:
-        _start_trackers(accelerator, config, stage)
+    start_trackers(accelerator, config, stage)
     trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=optim, total_steps=total,
                       reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
     source = DatasetSource(inputs.train, batcher, plan, total, rank=accelerator.process_index,
@@ -316,22 +316,9 @@ def _run_stage(
     return model, record
 
 
-def _start_trackers(accelerator: Accelerator, config: RunConfig, stage: StageConfig) -> None:
-    """A tracker run per stage: the earlier stage's is closed, or it would get this stage's logs too."""
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.trackers = []
-    accelerator.init_trackers(stage.name, config=flat_config(config, stage))
-
-
 def _fit(trainer: Trainer, source: DatasetSource, hooks: list, stage_dir: Path, resume: bool, what: str, say) -> Any:
     """Fit the stage from its newest checkpoint when resuming; on Ctrl-C, say where ``--resume`` continues."""
     saved = latest_checkpoint(stage_dir) if resume else None
-    try:
+    with resume_hint(stage_dir, what, say):
         so_far = trainer.restore(saved, source) if saved is not None else None
         return trainer.fit(source, hooks=hooks, result=so_far)
-    except KeyboardInterrupt:
-        saved = latest_checkpoint(stage_dir)
-        where = f"--resume continues from {saved}" if saved else "no checkpoint was written yet: --resume has none"
-        say(f"\ninterrupted in {what}; {where}", highlight=False)
-        raise
