@@ -30,16 +30,18 @@ SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant
 SPLIT_BY = ("prompt", "pair")
 
 
-def check(config: RunConfig) -> None:
-    """Refuse impossible settings with one clear line, before any model or data is loaded."""
+def check(config: RunConfig) -> list[Objective]:
+    """Refuse impossible settings with one clear line, before any model or data is loaded; return the
+    stages' objectives (``config.resolved_stages()``'s order), built here once for the whole run."""
     resolve_defaults(config)
     _check_numbers(config)
     _check_choices(config)
-    _check_stages(config)
-    _check_online(config)
+    objectives = _check_stages(config)
+    _check_online(config, objectives)
     _check_win_rates(config)
     check_trackers(config.trackers)
     check_output_dir(Path(config.output_dir))
+    return objectives
 
 
 def _require(key: str, value: float | None, low: float, *, strict: bool = False, high: float | None = None) -> None:
@@ -113,9 +115,10 @@ def _check_choices(config: RunConfig) -> None:
         raise SpecError("data.eval is the training data itself: leave it unset to hold out data.eval_size pairs")
 
 
-def _check_stages(config: RunConfig) -> None:
+def _check_stages(config: RunConfig) -> list[Objective]:
     stages = config.resolved_stages()
     names = [stage.name for stage in stages]
+    objectives = [build(stage.objective) for stage in stages]
     for index, stage in enumerate(stages):
         where = f"stage '{stage.name}'" if config.stages else "objective"
         if config.stages and (not stage.name or Path(stage.name).name != stage.name or stage.name in (".", "..")):
@@ -125,12 +128,13 @@ def _check_stages(config: RunConfig) -> None:
         _require(f"stages.{index}.lr", stage.lr, 0, strict=True)
         _require(f"stages.{index}.epochs", stage.epochs, 0, strict=True)
         _require(f"stages.{index}.max_steps", stage.max_steps, 1)
-        _check_data_kind(config, build(stage.objective), stage.objective, where)
+        _check_data_kind(config, objectives, index, where)
         _choice(f"{where}: reference", stage.reference, REFERENCE_CHOICES)
         if stage.reference == "previous" and index == 0:
             raise SpecError(f"{where}: reference 'previous' needs an earlier stage")
         if stage.reference == "adapter" and not config.lora.enabled:
             raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
+    return objectives
 
 
 def _check_win_rates(config: RunConfig) -> None:
@@ -152,7 +156,7 @@ def _check_win_rates(config: RunConfig) -> None:
         raise SpecError("eval.judges needs held-out prompts: set data.eval_size > 0 or data.eval")
 
 
-def _check_online(config: RunConfig) -> None:
+def _check_online(config: RunConfig, objectives: list[Objective]) -> None:
     """An on-policy run: one stage, a reference the policy's samples can be scored against, valid knobs."""
     online = config.online
     _require("online.rounds", online.rounds, 0)
@@ -172,7 +176,7 @@ def _check_online(config: RunConfig) -> None:
         raise SpecError("an on-policy run scores new samples each round: reference must be auto, adapter or copy")
     if config.data.bad:
         raise SpecError("online.rounds samples its own responses: data.bad (an unpaired bad set) does not apply")
-    if online.mix > 0 and build(config.resolved_stages()[0].objective).record_type is GroupRecord:
+    if online.mix > 0 and objectives[0].record_type is GroupRecord:
         raise SpecError("online.mix blends offline *pairs* in: it needs a pairwise objective, not a group one")
     from preftune.generation.copy_sampler import SAMPLE_DTYPES
     from preftune.generation.vllm_backend import BACKENDS, colocate_missing
@@ -185,8 +189,9 @@ def _check_online(config: RunConfig) -> None:
         raise SpecError(f"online.backend=vllm cannot sample here: {reason}; use online.backend=hf (or auto)")
 
 
-def _check_data_kind(config: RunConfig, objective: Objective, spec: str, where: str) -> None:
+def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int, where: str) -> None:
     """Group terms read ranked groups, pairwise terms pairs: each stage's objective must fit the run's data."""
+    objective, spec = objectives[index], config.resolved_stages()[index].objective
     groups = objective.record_type is GroupRecord
     if config.online.rounds:  # data.train gives prompts (and offline pairs): any objective fits
         return
@@ -196,8 +201,7 @@ def _check_data_kind(config: RunConfig, objective: Objective, spec: str, where: 
                 f"{where}: '{spec}' compares a chosen and a rejected response of one prompt, and data.bad gives "
                 "unpaired examples: use mle, ul, mate, exmate (or bcr, dpop), or pairs without data.bad"
             )
-    stages = config.resolved_stages()
-    kinds = {build(stage.objective).record_type is GroupRecord for stage in stages}
+    kinds = {o.record_type is GroupRecord for o in objectives}
     if len(kinds) > 1:
         raise SpecError("stages mix group objectives (reinforce, rwr, bon, bon_neg) with pairwise ones: "
                         "they read different data (ranked groups vs pairs); run them separately")  # fmt: skip

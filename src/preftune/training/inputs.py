@@ -34,7 +34,7 @@ from preftune.data.groups import TokenizedGroup
 from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.data.split import hold_out, hold_out_groups
 from preftune.files import write_atomic
-from preftune.objectives import GroupRecord, build
+from preftune.objectives import GroupRecord, Objective, build
 from preftune.run_layout import HELD_OUT_FILE as HELD_OUT_FILE  # re-exported: run.py imports it from here
 from preftune.training.config import DataConfig, RunConfig
 
@@ -60,11 +60,14 @@ class Inputs:
     summaries: dict[str, DataSummary | None]
 
 
-def data_kind(config: RunConfig) -> str:
-    """``groups`` when the run's objectives read sampled groups, ``unpaired`` with ``data.bad``, else ``pairs``."""
+def data_kind(config: RunConfig, objectives: Sequence[Objective] | None = None) -> str:
+    """``groups`` when the run's objectives (default: built from ``config``) read sampled groups,
+    ``unpaired`` with ``data.bad``, else ``pairs``."""
     if config.online.rounds:  # prompts (and offline pairs to mix in) come from pairs
         return "pairs"
-    if any(build(stage.objective).record_type is GroupRecord for stage in config.resolved_stages()):
+    if objectives is None:
+        objectives = [build(stage.objective) for stage in config.resolved_stages()]
+    if any(objective.record_type is GroupRecord for objective in objectives):
         return "groups"
     return "unpaired" if config.data.bad else "pairs"
 

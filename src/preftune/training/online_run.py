@@ -1,4 +1,4 @@
-"""``preftune train`` with ``online.rounds`` > 0: one stage of P3's unified loop (METHODS.md §4).
+"""``preftune train`` with ``online.rounds`` > 0: one stage of P3's unified loop (docs/methods.md §4).
 
 The prompts are data.train's (each distinct prompt once, those with room for ``max_new_tokens``);
 data.train's pairs are also what ``online.mix`` blends in, and the held-out pairs are scored before
@@ -23,7 +23,7 @@ from preftune.files import write_atomic
 from preftune.generation.prompts import encode_prompt, prompt_key
 from preftune.generation.sampling import SamplingConfig
 from preftune.modeling import AdapterDisabledReference, apply_lora
-from preftune.objectives import build
+from preftune.objectives import Objective
 from preftune.training.checkpoint import latest_checkpoint
 from preftune.training.config import RunConfig, StageConfig
 from preftune.training.gradient_cosine_hook import gradient_cosine_hooks
@@ -92,11 +92,12 @@ def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, 
 
 
 def run_online_stage(
-    config: RunConfig, stage: StageConfig, stage_dir: Path, model: Any, tokenizer: Any, train_examples: Sequence[Any],
-    inputs: Any, batcher: Batcher, accelerator: Accelerator, console: Console, callbacks: Sequence[Any],
-    labeller: Any, win_rates: Any = None,
+    config: RunConfig, stage: StageConfig, objective: Objective, stage_dir: Path, model: Any, tokenizer: Any,
+    train_examples: Sequence[Any], inputs: Any, batcher: Batcher, accelerator: Accelerator, console: Console,
+    callbacks: Sequence[Any], labeller: Any, win_rates: Any = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """Train ``stage``'s objective on-policy for ``online.rounds`` rounds; the model and the stage's record.
+    """Train ``objective`` (``stage``'s, built by the run's checks) on-policy for ``online.rounds`` rounds;
+    the model and the stage's record.
 
     ``labeller``: built from ``online.labeller`` by the caller before the policy loads, so a bad
     spec or a missing reward model stops the run before any model work. ``win_rates``: the stage's
@@ -109,7 +110,6 @@ def run_online_stage(
         lora = config.lora
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=lora.target_modules, last_layers=lora.last_layers)  # fmt: skip
-    objective = build(stage.objective)
     kind = stage.reference if stage.reference in ("adapter", "copy") else ("adapter" if config.lora.enabled else "copy")
     train_ref, eval_ref = make_reference(kind, objective, model, config, [], inputs.held_out, batcher, accelerator)
     total = OnlineLoop.total_steps(settings, objective)

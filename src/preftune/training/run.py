@@ -39,7 +39,7 @@ from preftune.modeling import (
     load_tokenizer,
 )  # fmt: skip
 from preftune.modeling.attention import attention_length
-from preftune.objectives import build
+from preftune.objectives import Objective
 from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
 from preftune.training.checks import check
 from preftune.training.config import RunConfig, StageConfig, to_dict
@@ -158,11 +158,11 @@ def _write_run_record(config: RunConfig, inputs: Inputs, output_dir: Path) -> No
 
 def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), console: Console | None = None) -> dict:
     """Train every stage of ``config``; return the final held-out metrics and where things are."""
-    check(config)
+    objectives = check(config)  # the config's objects, built once: each stage's objective
     console = console or Console(stderr=True, soft_wrap=True)
     output_dir = Path(config.output_dir)
     _refuse_earlier_run(config, output_dir)
-    examples = load_examples(config.data, data_kind(config))  # rows validated and split: no model yet
+    examples = load_examples(config.data, data_kind(config, objectives))  # rows validated and split: no model yet
     began = time.perf_counter()
     tokenizer = _tokenizer(config, examples)
     inputs = tokenize_inputs(examples, tokenizer, config.data)
@@ -208,12 +208,12 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         if config.online.rounds:
             from preftune.training.online_run import run_online_stage
 
-            model, record = run_online_stage(config, stage, dirs[index], model, tokenizer, examples.train, inputs,
-                                             batcher, accelerator, console, callbacks, labeller,
-                                             win_rates)  # fmt: skip
+            model, record = run_online_stage(config, stage, objectives[index], dirs[index], model, tokenizer,
+                                             examples.train, inputs, batcher, accelerator, console, callbacks,
+                                             labeller, win_rates)  # fmt: skip
         else:
-            model, record = _run_stage(config, stage, index, dirs, model, tokenizer, inputs, batcher, accelerator,
-                                       console, callbacks, win_rates)  # fmt: skip
+            model, record = _run_stage(config, stage, objectives[index], index, dirs, model, tokenizer, inputs,
+                                       batcher, accelerator, console, callbacks, win_rates)  # fmt: skip
         outcome["stages"].append(record)
     accelerator.end_training()
 
@@ -266,6 +266,7 @@ def _report(outcome: dict[str, Any], config: RunConfig, inputs: Inputs, console:
 def _run_stage(
     config: RunConfig,
     stage: StageConfig,
+    objective: Objective,
     index: int,
     dirs: list[Path],
     model: Any,
@@ -285,7 +286,6 @@ def _run_stage(
         lora = config.lora
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=lora.target_modules, last_layers=lora.last_layers)  # fmt: skip
-    objective = build(stage.objective)
     optim = _stage_optim(config, stage)
     say(f"stage '{stage.name}': {objective.describe()}", highlight=False)
     t0 = time.perf_counter()
