@@ -74,3 +74,48 @@ def test_nothing_imports_the_cli() -> None:
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
 def test_leaves_import_nothing_of_preftune(leaf: str) -> None:
     assert not preftune_imports(SRC / f"{leaf}.py"), f"{leaf}.py imports preftune"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The preftune modules ``path`` imports, at module level or inside functions (a lazy import is still
+    an arrow); ``from package import name`` counts the submodule ``name`` when there is one, else the package;
+    imports only for type checkers (``if TYPE_CHECKING:``) are left out."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules or {node.module})
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+def test_no_import_circles_inside_packages() -> None:
+    """Within a package, modules import one another in one direction only (issue 20 found four circles)."""
+    paths = {_module_name(p): p for p in SRC.rglob("*.py")}
+    modules = set(paths)
+    arrows = {m: {d for d in _module_imports(p, modules) if d != m} for m, p in paths.items()}
+    circles = []
+    for start in sorted(modules):
+        seen, frontier = set(), list(arrows[start])
+        while frontier:
+            module = frontier.pop()
+            if module == start:
+                circles.append(start)
+                break
+            if module not in seen:
+                seen.add(module)
+                frontier.extend(arrows[module])
+    assert not circles, f"modules on an import circle: {circles}"

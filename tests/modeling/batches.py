@@ -82,7 +82,7 @@ def chat_examples(examples: list[tuple[str, str, str]]) -> list:
 def pipeline_batch(tokenizer, examples: list[tuple[str, str, str]], layout: str, attention_length: int | None = None):
     """A batch the way a run builds one: chat template and response masks through
     :func:`preftune.data.tokenize_examples`, then ``layout`` (padded, packed or shared)."""
-    from preftune.data.collate import build_batch
+    from preftune.data.batcher import build_batch
     from preftune.data.tokenize import tokenize_examples
 
     pairs, _ = tokenize_examples(chat_examples(examples), tokenizer, max_length=None)

@@ -10,7 +10,8 @@ Imports nothing of preftune beyond :mod:`preftune.errors`: data never sees a mod
 """
 
 from preftune.data.batch import Batch, PackedBatch, TokenBatch
-from preftune.data.collate import LAYOUTS, Batcher, build_batch, collate
+from preftune.data.batcher import LAYOUTS, Batcher, build_batch
+from preftune.data.collate import collate
 from preftune.data.examples import Message, Origin, PreferenceExample
 from preftune.data.formats import FORMATS, detect_format
 from preftune.data.labelled import LabelSpec

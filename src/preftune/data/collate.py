@@ -9,12 +9,11 @@ rejected, the rejected response's own prompt for unpaired data), right-padded to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from preftune.data.batch import Batch, TokenBatch
+from preftune.data.batch import TokenBatch
 from preftune.errors import PreftuneError
 
 
@@ -96,47 +95,3 @@ def collate(
         attention_mask[i, :n] = 1
         response_mask[i, len(prompt) : n] = True
     return TokenBatch(input_ids, attention_mask, response_mask, example_ids_of(indices), c, rewards_of(pairs, c))
-
-
-LAYOUTS = ("shared", "packed", "padded")
-
-
-def build_batch(
-    pairs: Sequence[Responses],
-    indices: Sequence[int] | torch.Tensor,
-    pad_id: int,
-    layout: str = "shared",
-    *,
-    group_size: int | None = None,
-    attention_length: int | None = None,
-) -> Batch:
-    """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per example),
-    ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response).
-    ``group_size``: the first C responses of each example (default all); ``attention_length``
-    sizes packed rows (see :func:`preftune.data.packing.pack`)."""
-    from preftune.data.packing import pack
-
-    if layout == "padded":
-        return collate(pairs, indices, pad_id, group_size=group_size)
-    if layout in ("shared", "packed"):
-        return pack(
-            pairs, indices, pad_id, group_size=group_size, share_prompt=layout == "shared",
-            attention_length=attention_length,
-        )  # fmt: skip
-    raise PreftuneError(f"unknown batch layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-
-
-@dataclass(frozen=True)
-class Batcher:
-    """How a run lays out its batches: ``batcher(items, indices)`` is :func:`build_batch` with these settings."""
-
-    pad_id: int
-    layout: str = "shared"
-    attention_length: int | None = None
-
-    def __call__(
-        self, pairs: Sequence[Responses], indices: Sequence[int] | torch.Tensor, *, group_size: int | None = None
-    ) -> Batch:
-        return build_batch(
-            pairs, indices, self.pad_id, self.layout, group_size=group_size, attention_length=self.attention_length
-        )

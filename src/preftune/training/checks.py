@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from preftune.data.collate import LAYOUTS
+from preftune.data.batcher import LAYOUTS
 from preftune.data.ranked import PAIRINGS
 from preftune.errors import PreftuneError, SpecError
 from preftune.modeling.loading import DTYPES

@@ -1,4 +1,4 @@
-"""P3's unified fine-tuning loop (Algorithm 1, METHODS.md §4) over the one :class:`Trainer`.
+"""P3's unified fine-tuning loop (Algorithm 1, docs/methods.md §4) over the one :class:`Trainer`.
 
 Each round takes B/C prompts (``prompts_per_round``), samples C responses to each from the
 *current* policy, labels them (a reward model, a judge with iterative pairwise ranking, a reward
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from preftune.data.collate import Batcher
+from preftune.data.batcher import Batcher
 from preftune.data.examples import Origin
 from preftune.data.groups import TokenizedGroup
 from preftune.data.tokenize import TokenizedPair

@@ -17,7 +17,7 @@ from typing import Any
 from accelerate import Accelerator
 from rich.console import Console
 
-from preftune.data.collate import Batcher
+from preftune.data.batcher import Batcher
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
 from preftune.generation.prompts import encode_prompt, prompt_key
