@@ -3,7 +3,7 @@
 What makes the demo's gain significant is the number of held-out pairs. DPO on 160 bundled pairs
 lifts held-out preference accuracy to about 0.6 (more training pairs did not raise it), and the
 same recipe measured 1.4-1.9 standard errors of gain on 128-160 held-out pairs, 2.4-3.0 on 192-224
-and 4.4-4.7 on 384 (README, "The demo"). A held-out pair costs two forward passes (reference, then
+and 4.4-4.7 on 384 (docs/benchmarks.md, `make demo`). A held-out pair costs two forward passes (reference, then
 the trained policy), and the speed of a forward pass differs tenfold between the CPUs the project
 runs on (an AVX2 EPYC in float32, a Xeon with AMX in bf16). So this script times a forward pass of
 the model in the precision the run will use (``optim.mixed_precision=auto``'s choice,
@@ -29,7 +29,7 @@ TRAIN_PAIRS = 160  # examples/demo.yaml's train_size: fixed, since more pairs di
 MIN_HELD_OUT, MAX_HELD_OUT, STEP = 128, 384, 32
 TOKENS_PER_PAIR = 105  # mean prompt + both responses at max_length 112 / max_prompt_length 48 (shared layout)
 PARAMETERS = 134.5e6  # SmolLM2-135M, LM head included: the plain forward computes every position's logits
-# Fitted on `make demo` runs with 2 threads (README, "The demo"), per precision: seconds per token of
+# Fitted on `make demo` runs with 2 threads (docs/benchmarks.md, `make demo`), per precision: seconds per token of
 # the run's packed forward over the plain forward timed here (bf16 pays more outside the matmuls:
 # casts, the float32 log-softmax), and a training pair's cost in forward passes (forward, backward
 # through the last 10 layers, optimiser step; the backward gains less from bf16 than the forward).

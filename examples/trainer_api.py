@@ -1,4 +1,4 @@
-"""The trainer as a reusable part: P3's unified loop in a few lines (METHODS.md §4).
+"""The trainer as a reusable part: P3's unified loop in a few lines (docs/methods.md §4).
 
 Offline, one round over a dataset; a round of on-policy samples would hand a ``BufferSource`` of
 labelled ``TokenizedGroup``s to the same ``trainer.fit``. Runs on the tiny model in seconds:

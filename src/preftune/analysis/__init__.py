@@ -1,4 +1,4 @@
-"""Gradient analysis of P1 (Tuan & Wang 2024): what each objective does to each token (METHODS.md §3).
+"""Gradient analysis of P1 (Tuan & Wang 2024): what each objective does to each token (docs/methods.md §3).
 
     >>> from preftune.analysis import token_weights, write_gradient_report
     >>> w = token_weights("dpo + exmate", record)     # record: a PairRecord with per-token log-probs

@@ -1,4 +1,4 @@
-"""Weight curves of P1's gradient analysis, all by autograd on synthetic pairs (METHODS.md §3).
+"""Weight curves of P1's gradient analysis, all by autograd on synthetic pairs (docs/methods.md §3).
 
 - :func:`weight_vs_probability`: w_good and w_bad against the token probability p.
 - :func:`weight_vs_margin`: the weights of margin terms (``dpo``...) against the margin h.

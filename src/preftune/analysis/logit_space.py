@@ -1,4 +1,4 @@
-"""Where a token weight lands in logit space (P1's multi-class view; METHODS.md §3).
+"""Where a token weight lands in logit space (P1's multi-class view; docs/methods.md §3).
 
 A weight w on log π(target) becomes, through the softmax, ∂L/∂z_j = -w (1[j = target] - p_j) for a
 push-up (good token) and the opposite for a push-down (bad token): the target logit moves by

@@ -1,4 +1,4 @@
-"""Figures of the gradient analysis, one per :class:`~preftune.analysis.table.Analysis` (METHODS.md §3).
+"""Figures of the gradient analysis, one per :class:`~preftune.analysis.table.Analysis` (docs/methods.md §3).
 
 Built on :class:`matplotlib.figure.Figure` directly (no pyplot, no global backend state; PNGs are
 rendered by Agg). Every objective keeps one colour, line style and marker across all figures.

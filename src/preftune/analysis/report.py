@@ -2,7 +2,7 @@
 
 :func:`write_gradient_report` parses every objective first (a bad one fails with
 :class:`~preftune.errors.SpecError` before anything is written), computes the four analyses of
-METHODS.md §3 by autograd on synthetic pairs, and writes each file atomically
+docs/methods.md §3 by autograd on synthetic pairs, and writes each file atomically
 (:func:`preftune.files.write_atomic`), so a reader never sees half a file.
 """
 
@@ -67,7 +67,7 @@ def _finite(x: float) -> float | None:
 def _json(objectives: dict[str, Objective], analyses: dict[str, Analysis], lines: list[str]) -> bytes:
     document = {
         "paper": PAPER,
-        "methods": "METHODS.md §3",
+        "methods": "docs/methods.md §3",
         "objectives": [{"spec": s, "objective": str(o), "describe": o.describe()} for s, o in objectives.items()],
         "headline": lines,
         "analyses": {

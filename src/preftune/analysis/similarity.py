@@ -1,4 +1,4 @@
-"""Literal similarity: the net push on tokens that the good and bad responses share (P1; METHODS.md §3).
+"""Literal similarity: the net push on tokens that the good and bad responses share (P1; docs/methods.md §3).
 
 A token shared by y_w and y_l (the same token in the same context, e.g. inside a common prefix)
 has one log-prob, log π(y_w,t) = log π(y_l,t), so a parameter update sees only the difference of

@@ -1,4 +1,4 @@
-"""Synthetic pairs whose per-token probabilities are set by hand, for the weight curves (METHODS.md §3).
+"""Synthetic pairs whose per-token probabilities are set by hand, for the weight curves (docs/methods.md §3).
 
 Each builder returns a :class:`PairRecord` with full masks, float64 log-probs and one batch row
 per point of a sweep, so one :func:`~preftune.analysis.weights.token_weights` call gives a whole

@@ -25,7 +25,7 @@ class Analysis:
         title: one-line title of the plot.
         x: what ``Row.x`` means, per series prefix where it differs.
         value: what ``Row.value`` means, per series.
-        expected: the expected behaviour (METHODS.md §3), one line.
+        expected: the expected behaviour (docs/methods.md §3), one line.
         rows: the tidy table.
         settings: the synthetic setup (n, grids, vocabulary...), for the JSON.
     """

@@ -1,4 +1,4 @@
-"""Per-token gradient weights of any pairwise objective, by autograd (P1; METHODS.md §3).
+"""Per-token gradient weights of any pairwise objective, by autograd (P1; docs/methods.md §3).
 
 For a loss L summed over the batch, the weight of a good token is w_good(t) = -∂L/∂log π(y_w,t)
 (how hard the loss pushes it up) and that of a bad token is w_bad(t) = +∂L/∂log π(y_l,t) (how

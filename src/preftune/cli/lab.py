@@ -1,4 +1,4 @@
-"""``preftune lab``: P3's didactic studies (Tajwar et al. 2024, METHODS.md §7) as tables, PNG and JSON.
+"""``preftune lab``: P3's didactic studies (Tajwar et al. 2024, docs/methods.md §7) as tables, PNG and JSON.
 
 - ``preftune lab bandit``: the 100-action bandit, every method offline and on-policy, scored by the
   exact true reward against gradient steps and samples drawn.

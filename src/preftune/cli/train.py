@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="preference accuracy, margin, chosen drift of a model on held-out pairs",
         description=(
-            "Statistical evaluation (METHODS.md §6) of a model against a reference on preference pairs: "
+            "Statistical evaluation (docs/methods.md §6) of a model against a reference on preference pairs: "
             "preference accuracy (ties half), likelihood accuracy, mean margin, chosen drift, chosen "
             "perplexity, each with its standard error. The data are read as 'preftune train' reads them: "
             "data.* settings (data.columns.chosen=..., data.labels.column=..., data.format=...) follow as "

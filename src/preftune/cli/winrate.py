@@ -1,4 +1,4 @@
-"""``preftune win-rate``: a model's completions against a baseline's with a pairwise judge (METHODS.md §6).
+"""``preftune win-rate``: a model's completions against a baseline's with a pairwise judge (docs/methods.md §6).
 
 Both files are JSON Lines with a ``prompt`` and a ``completion`` per row, or ``completions`` (a list,
 as ``preftune generate`` writes; the first is taken). Rows are matched by prompt. Everything is

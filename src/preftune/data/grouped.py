@@ -1,6 +1,6 @@
 """Groups of ranked completions: C completions per prompt with scalar rewards, for group objectives.
 
-The on-policy objectives (``reinforce``, ``rwr``, ``bon``, ``bon_neg``; METHODS.md §2) read C
+The on-policy objectives (``reinforce``, ``rwr``, ``bon``, ``bon_neg``; docs/methods.md §2) read C
 responses per prompt with a reward each. Trained offline (P3's offline half), they read them from
 the same ranked data that :mod:`preftune.data.ranked` turns into pairs:
 

@@ -1,4 +1,4 @@
-"""Evaluation: statistical metrics on held-out pairs (METHODS.md §6); generative metrics later."""
+"""Evaluation: statistical metrics on held-out pairs (docs/methods.md §6); generative metrics later."""
 
 from preftune.evaluation.statistical import MetricSummary, summarise
 

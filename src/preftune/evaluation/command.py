@@ -1,4 +1,4 @@
-"""``preftune evaluate``: held-out statistics (METHODS.md §6) of a saved model, or of a run.
+"""``preftune evaluate``: held-out statistics (docs/methods.md §6) of a saved model, or of a run.
 
 The data are read exactly as ``preftune train`` reads them (the same ``data.*`` settings:
 format, columns, labels, pairing, lengths) and validated before any weights load. With
@@ -62,7 +62,7 @@ def evaluate_model(
     average: bool = False,
     logit_chunk: int = 1024,
 ) -> dict[str, MetricSummary]:
-    """Held-out statistics (METHODS.md §6) of ``model`` against a reference on preference pairs.
+    """Held-out statistics (docs/methods.md §6) of ``model`` against a reference on preference pairs.
 
     ``model``: a built-in name, a model folder or a LoRA adapter folder (its base is loaded too).
     The reference is ``reference`` when given, else an adapter's base (adapters disabled), else

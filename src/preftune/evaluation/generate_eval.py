@@ -1,4 +1,5 @@
-"""``preftune evaluate --generate``: a model's greedy answers against a baseline's, by pairwise judges (METHODS.md §6).
+"""``preftune evaluate --generate``: a model's greedy answers against a baseline's, by pairwise judges
+(docs/methods.md §6).
 
     preftune evaluate --generate --model out/run/model --prompts bundled:hh-harmless --limit 24 \\
         --baseline model:smollm2-135m-instruct --judge longer --judge local-debiased:smollm2-135m-instruct

@@ -1,4 +1,4 @@
-"""Generative evaluation: win rate against a baseline, and its length-controlled form (METHODS.md §6).
+"""Generative evaluation: win rate against a baseline, and its length-controlled form (docs/methods.md §6).
 
     >>> scores = win_scores(make_judge("longer"), prompts, outputs, baselines)   # 1 / 0.5 / 0 / NaN
     >>> raw = win_rate(scores, lengths, baseline_lengths)                        # ties count half
@@ -83,7 +83,7 @@ def win_scores(
     store: VerdictStore | None = None,
     progress: bool = False,
 ) -> list[float]:
-    """Each prompt's score of the model's output against the baseline's (METHODS.md §6).
+    """Each prompt's score of the model's output against the baseline's (docs/methods.md §6).
 
     1.0 the model wins, 0.0 the baseline wins, 0.5 a tie (including the judge disagreeing with
     itself across the two orders), NaN a failed comparison. ``progress``: a bar with ETA over the
@@ -174,7 +174,7 @@ def win_rate(
     seed: int = 0,
     level: float = 0.95,
 ) -> WinRate:
-    """The mean of the non-NaN scores, with a percentile bootstrap interval over prompts (METHODS.md §6).
+    """The mean of the non-NaN scores, with a percentile bootstrap interval over prompts (docs/methods.md §6).
 
     The interval resamples the compared prompts ``bootstrap`` times with a NumPy generator seeded
     by ``seed`` (the same inputs give the same interval). NaN rate and interval when nothing was
@@ -359,7 +359,7 @@ def length_controlled_win_rate(
     seed: int = 0,
     level: float = 0.95,
 ) -> LengthControlledWinRate:
-    """AlpacaEval 2's length-controlled win rate, ``length_controlled_minimal`` (METHODS.md §6), where
+    """AlpacaEval 2's length-controlled win rate, ``length_controlled_minimal`` (docs/methods.md §6), where
     it can be estimated.
 
     The GLM (see the module's docstring) is fitted on the compared prompts and the model's win

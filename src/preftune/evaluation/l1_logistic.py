@@ -1,5 +1,5 @@
 """Many small L1-penalised logistic regressions at once: AlpacaEval 2's length-controlled GLM refitted
-for every bootstrap resample (METHODS.md §6; Dubois et al., 2024, *Length-Controlled AlpacaEval*).
+for every bootstrap resample (docs/methods.md §6; Dubois et al., 2024, *Length-Controlled AlpacaEval*).
 
 Each problem is the one scikit-learn's ``LogisticRegressionCV(penalty="l1", solver="liblinear",
 fit_intercept=False)`` solves for AlpacaEval's ``length_controlled_minimal`` GLM: soft labels

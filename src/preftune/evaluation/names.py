@@ -1,7 +1,7 @@
 """The held-out metrics' names, in the one order every report shows them, with what each means.
 
 The values come from :func:`preftune.objectives.pair_metrics` and
-:func:`preftune.evaluation.statistical.summarise` (METHODS.md §6). ``console`` marks the few a
+:func:`preftune.evaluation.statistical.summarise` (docs/methods.md §6). ``console`` marks the few a
 run prints at each held-out evaluation and plots beside the loss; ``summary`` those in
 ``summary.md``'s before/after table. A metric not listed here is shown after these, by name.
 """

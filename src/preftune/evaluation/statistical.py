@@ -1,6 +1,6 @@
 """Statistical evaluation: aggregate per-pair metrics into means with standard errors.
 
-The per-pair values come from :func:`preftune.objectives.pair_metrics` (METHODS.md §6):
+The per-pair values come from :func:`preftune.objectives.pair_metrics` (docs/methods.md §6):
 preference accuracy (h > 0, ties half), likelihood accuracy (A_w > A_l), margin h, chosen
 drift A_w - A_ref,w. Perplexity of the chosen responses is exp of the token-weighted mean NLL.
 """

@@ -1,4 +1,4 @@
-"""Pairwise judging (P4, METHODS.md §5): judges, the both-orders rule, and a verdict cache.
+"""Pairwise judging (P4, docs/methods.md §5): judges, the both-orders rule, and a verdict cache.
 
     >>> from preftune.judging import BothOrders, FunctionJudge, VerdictStore
     >>> judge = FunctionJudge("preftune.judging.functions:longer_is_better")

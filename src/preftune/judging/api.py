@@ -1,4 +1,4 @@
-"""A pairwise judge over any OpenAI-compatible chat-completions endpoint (P4, METHODS.md §5).
+"""A pairwise judge over any OpenAI-compatible chat-completions endpoint (P4, docs/methods.md §5).
 
 OpenAI, vLLM, SGLang, llama.cpp (``preftune serve``) and ``transformers serve`` all speak
 ``POST {base_url}/chat/completions``. Each ordered call sends the filled template

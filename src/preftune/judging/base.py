@@ -1,4 +1,4 @@
-"""Pairwise judges and the one wrapper that asks them in both orders (METHODS.md §5).
+"""Pairwise judges and the one wrapper that asks them in both orders (docs/methods.md §5).
 
 A judge answers ordered calls: given a prompt and a pair ``(first, second)`` it says which
 completion is better — :data:`FIRST`, :data:`SECOND` — or that they are as good as each other

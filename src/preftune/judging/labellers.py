@@ -1,4 +1,4 @@
-"""Labellers: each prompt's C sampled responses -> C rewards (P3's Algorithm 1, METHODS.md §4).
+"""Labellers: each prompt's C sampled responses -> C rewards (P3's Algorithm 1, docs/methods.md §4).
 
 A labeller is the "label" step of an on-policy round: ``rewards(prompts, responses)`` gives
 ``rewards[i][k]`` for response k of prompt i, higher is better, NaN where it could not label.
@@ -11,7 +11,7 @@ Three kinds, by spec (:func:`make_labeller`)::
 ``JUDGE`` is any judge spec :func:`preftune.judging.specs.make_judge` takes (``longer``,
 ``local:smollm2-135m-instruct``, ``api:...``). A judge labeller ranks each prompt's responses by
 iterative pairwise ranking (``judge-rr``: round robin) and gives reward −place: 0 to the best,
-−(C−1) to the worst (METHODS.md §5). :func:`apply_missing_eos_penalty` lowers the reward of a
+−(C−1) to the worst (docs/methods.md §5). :func:`apply_missing_eos_penalty` lowers the reward of a
 response cut by the length limit, as TRL's ``missing_eos_penalty`` does.
 
 ``diagnostics()`` says what the last ``rewards`` call showed about the labelling, as named numbers
@@ -259,7 +259,7 @@ class JudgeLabeller(Labeller):
     """A pairwise judge asked in both orders, each prompt's responses ranked, reward = −place.
 
     ``judge``: a :class:`~preftune.judging.base.PairwiseJudge` or a judge spec (``longer``,
-    ``local:MODEL``, ``api:...``). ``method``: ``ipr`` (binary insertion, METHODS.md §5) or
+    ``local:MODEL``, ``api:...``). ``method``: ``ipr`` (binary insertion, docs/methods.md §5) or
     ``round_robin``. ``store``: a :class:`~preftune.judging.store.VerdictStore`; verdicts are read
     from it first and written as they come, so a repeated or resumed labelling asks nothing twice.
 

@@ -1,5 +1,5 @@
 """A judge from a local causal LM: one forward pass per ordered pair, the verdict read from the
-log-probabilities of the answers "1" and "2" (METHODS.md §5). No sampling, so it is deterministic.
+log-probabilities of the answers "1" and "2" (docs/methods.md §5). No sampling, so it is deterministic.
 
     >>> judge = LocalJudge("smollm2-135m-instruct")
     >>> judge.judge(["What is 2+2?"], [("4", "5")])

@@ -1,4 +1,4 @@
-"""``preftune rank``: prompts with N completions -> full rankings and preference pairs (P4, METHODS.md §5).
+"""``preftune rank``: prompts with N completions -> full rankings and preference pairs (P4, docs/methods.md §5).
 
 Every row holds a ``prompt`` (a string, or messages ending with a user turn) and ``completions``
 (N ≥ 2 strings, or assistant messages). All rows are validated before the first judge call. Each

@@ -1,4 +1,4 @@
-"""Rank the candidates of one prompt from pairwise verdicts (P4, METHODS.md §5).
+"""Rank the candidates of one prompt from pairwise verdicts (P4, docs/methods.md §5).
 
 A pairwise judge, asked in both orders, gives a verdict on two candidates ``a`` and ``b``:
 ``a`` better, ``b`` better, a tie, or a failure. Iterative pairwise ranking (IPR) sorts the N
@@ -74,7 +74,7 @@ def comparisons_bound(n: int) -> int:
     """Most comparisons ``ipr_rank`` makes for ``n`` candidates: Σ_{k=1}^{n-1} ⌈log2(k+1)⌉.
 
     Inserting into a sorted list of k items searches k+1 slots, ⌈log2(k+1)⌉ = ``k.bit_length()``
-    comparisons at most (P4, METHODS.md §5). It is ≤ n·⌈log2 n⌉.
+    comparisons at most (P4, docs/methods.md §5). It is ≤ n·⌈log2 n⌉.
     """
     _check_n(n)
     return sum(k.bit_length() for k in range(1, n))
@@ -87,7 +87,7 @@ def round_robin_comparisons(n: int) -> int:
 
 
 def ipr_rank(n: int, compare: Comparator) -> Ranking:
-    """Iterative pairwise ranking by binary insertion (P4, METHODS.md §5).
+    """Iterative pairwise ranking by binary insertion (P4, docs/methods.md §5).
 
     Candidates 0..n-1 are inserted one at a time into the sorted list (best first) by binary
     search, calling ``compare(candidate, pivot)``; ``"a"`` means the candidate is better than
@@ -188,7 +188,7 @@ def top1_agreement(order_a: Sequence[int], order_b: Sequence[int]) -> bool:
 
 
 def pairs_from_ranking(order: Sequence[int], pairing: str = "best_vs_worst") -> list[tuple[int, int]]:
-    """The (better, worse) training pairs a ranking yields (P4, METHODS.md §5).
+    """The (better, worse) training pairs a ranking yields (P4, docs/methods.md §5).
 
     ``"best_vs_worst"`` (default): ``[(order[0], order[-1])]``, none for fewer than two items.
     ``"all"``: every ordered pair ``(order[i], order[j])`` with i < j, n(n−1)/2 of them.

@@ -1,4 +1,4 @@
-"""Didactic studies of P3 (Tajwar et al. 2024, METHODS.md §7), run with preftune's own objectives.
+"""Didactic studies of P3 (Tajwar et al. 2024, docs/methods.md §7), run with preftune's own objectives.
 
 - :mod:`preftune.lab.bandit`: the 100-action contextual bandit, offline vs on-policy, with and
   without a negative gradient, scored by the exact true reward.

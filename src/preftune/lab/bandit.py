@@ -1,4 +1,4 @@
-"""P3's didactic bandit (Tajwar et al. 2024, §4.1; METHODS.md §7), trained with preftune's own objectives.
+"""P3's didactic bandit (Tajwar et al. 2024, §4.1; docs/methods.md §7), trained with preftune's own objectives.
 
 Environment (fixed by ``env_seed``):
 
@@ -12,7 +12,7 @@ Environment (fixed by ``env_seed``):
 Policy: ``log π_θ(·|x) = log_softmax(log π_ref + f_θ(x))`` with f_θ a linear layer initialised to
 output exactly zero, so that the policy starts *exactly* at π_ref.
 
-Training (METHODS.md §4, P3's Algorithm 1 with one pass per batch): each step takes C actions per
+Training (docs/methods.md §4, P3's Algorithm 1 with one pass per batch): each step takes C actions per
 context, either read from a fixed dataset drawn once from π_ref (``offline``, re-read in shuffled
 epochs) or sampled afresh from the current policy (``on_policy``). Group objectives (``bon``,
 ``bon_neg``, ``rwr``, ``reinforce``) read a :class:`GroupRecord` of the C samples (``[K, C]``, one
@@ -383,7 +383,7 @@ class BanditResult:
 
 
 def run_bandit(config: BanditConfig) -> BanditResult:
-    """Every method × regime of ``config``, once per seed (P3 §4.1, METHODS.md §7). Runs on one thread."""
+    """Every method × regime of ``config``, once per seed (P3 §4.1, docs/methods.md §7). Runs on one thread."""
     start = time.perf_counter()
     with one_thread():
         bandit = make_bandit(config)

@@ -1,4 +1,4 @@
-"""Forward vs reverse KL on four categories (P3, Tajwar et al. 2024, §6; METHODS.md §7).
+"""Forward vs reverse KL on four categories (P3, Tajwar et al. 2024, §6; docs/methods.md §7).
 
 p_θ = softmax(z) with logits z initialised to log p0, p0 = [0.3, 0.3, 0.1, 0.3] **[our reading of
 "p0 as softmax logits": the logits start at log p0, so p starts at p0]**; target q = [0.2, 0.1, 0.6, 0.1].

@@ -1,4 +1,4 @@
-"""P3's synthetic length tasks with a small language model (Tajwar et al. 2024; METHODS.md §7).
+"""P3's synthetic length tasks with a small language model (Tajwar et al. 2024; docs/methods.md §7).
 
 A preference over response *length* stands in for human preferences, so that what each method
 does to the policy can be read off one number. Three tasks:
@@ -8,7 +8,7 @@ does to the policy can be read off one number. Three tasks:
 - ``skew``: shorter is preferred (reward −length), but the offline dataset is truncated to its
   longer responses, so offline data never shows a short one.
 
-METHODS.md §7 expects on-policy DPO to drive the length to its target fastest on ``min`` and
+docs/methods.md §7 expects on-policy DPO to drive the length to its target fastest on ``min`` and
 ``skew``, and the methods to be alike on ``mode`` (whose target the starting policy already covers).
 
 **The starting model [our choice].** ``tiny-random`` (2 layers, width 64) samples near-uniformly
@@ -39,7 +39,7 @@ lengths (the median by default) are kept. Within each prompt, up to ``pairs_per_
 responses are drawn (seeded) among those the task's rule orders strictly (equal lengths, or equal
 distances to the mode, make no pair), the preferred one chosen.
 
-**Methods** (METHODS.md §4, P3's Algorithm 1), each from the warm model with a fresh LoRA and the
+**Methods** (docs/methods.md §4, P3's Algorithm 1), each from the warm model with a fresh LoRA and the
 objective's preftune defaults, ``steps`` optimiser steps of ``batch_size`` items:
 
 - ``offline_dpo``: ``dpo`` on the dataset's pairs (:class:`~preftune.training.sources.DatasetSource`).

@@ -1,4 +1,4 @@
-"""Figures of P3's didactic studies (Tajwar et al. 2024, METHODS.md §7), PNGs written atomically.
+"""Figures of P3's didactic studies (Tajwar et al. 2024, docs/methods.md §7), PNGs written atomically.
 
 Built on :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global state); each
 PNG is rendered to memory and published by :func:`preftune.files.write_atomic`.

@@ -1,4 +1,4 @@
-"""P3's sequence variant of the didactic bandit (Tajwar et al. 2024, §4.1; METHODS.md §7): a tiny causal
+"""P3's sequence variant of the didactic bandit (Tajwar et al. 2024, §4.1; docs/methods.md §7): a tiny causal
 transformer emits L tokens with a per-token reward, trained with preftune's own objectives.
 
 Environment (fixed by ``env_seed``):

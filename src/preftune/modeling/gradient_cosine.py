@@ -2,7 +2,7 @@
 
 Tajwar et al. (2024), *Preference Fine-Tuning of LLMs Should Leverage Suboptimal, On-Policy Data*,
 Lemma 6.2: a negative gradient (pushing log π(y_l|x) down) also raises log π(y_w|x) when the two
-gradients point away from each other, cos(∇θ S(y_w), ∇θ S(y_l)) ≤ 0 (METHODS.md §3). Here the
+gradients point away from each other, cos(∇θ S(y_w), ∇θ S(y_l)) ≤ 0 (docs/methods.md §3). Here the
 cosine is measured for a given model and batch, with respect to the parameters the trainer
 updates: the LoRA adapters under LoRA, every weight under full fine-tuning.
 
@@ -47,7 +47,7 @@ def gradient_cosines(
 
     For each example i of the batch, with chosen y_w = response 0 and rejected y_l = response 1,
     cos_i = ⟨g_w, g_l⟩ / (‖g_w‖ ‖g_l‖), where g = ∇θ S(y) is the gradient of the summed response
-    log-probability S (METHODS.md §1) over the model's trainable parameters θ (those with
+    log-probability S (docs/methods.md §1) over the model's trainable parameters θ (those with
     ``requires_grad``: the adapters of a peft LoRA model, every weight otherwise), all of them
     flattened into one vector. A cosine ≤ 0 means that pushing y_l down pushes y_w up.
 

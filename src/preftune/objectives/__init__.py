@@ -1,4 +1,4 @@
-"""Objectives: loss terms as pure functions of log-prob records (METHODS.md §2).
+"""Objectives: loss terms as pure functions of log-prob records (docs/methods.md §2).
 
     >>> from preftune.objectives import parse, dpo, exmate
     >>> objective = parse("dpo + 0.5*exmate")          # from a string

@@ -3,7 +3,7 @@
 A :class:`Term` is one named loss (``dpo``, ``exmate``...) with its hyper-parameters; an
 :class:`Objective` is a weighted sum of terms over the same kind of record. Calling an
 objective returns the per-example loss, each term's per-example loss and the metrics of
-METHODS.md §6, all ``[B]`` tensors so that a trainer can reduce them across processes.
+docs/methods.md §6, all ``[B]`` tensors so that a trainer can reduce them across processes.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ObjectiveOutput:
     Attributes:
         loss: ``[B]`` weighted per-example loss; ``loss.mean()`` is what a trainer minimises.
         terms: term label -> ``[B]`` unweighted per-example loss of that term.
-        metrics: metric name -> ``[B]`` per-example value, detached (METHODS.md §6).
+        metrics: metric name -> ``[B]`` per-example value, detached (docs/methods.md §6).
     """
 
     loss: Tensor

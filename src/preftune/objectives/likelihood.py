@@ -1,7 +1,7 @@
 """Terms that reward good examples by likelihood and penalise bad ones token by token (P1).
 
 All four start from CE(y_w) = -A(y_w), the token-mean cross-entropy of the chosen response,
-and differ in the penalty on the rejected one (METHODS.md §2, §3):
+and differ in the penalty on the rejected one (docs/methods.md §2, §3):
 
 - ``mle``: no penalty.
 - ``ul``: unlikelihood, -(α/n_l) Σ_t log(1 - π(y_l,t)); its weight p/(1-p) is unbounded.
@@ -34,7 +34,7 @@ def log1m_exp(log_p: Tensor) -> Tensor:
 
     ``log_p`` is clamped to at most :data:`LOG_PROB_CEILING` with a straight-through gradient,
     so the UL weight p/(1-p) stays finite (≈1e6) instead of becoming inf or being cut to 0.
-    ``log_p = -inf`` (p = 0) gives exactly 0 with gradient 0, never NaN (METHODS.md §2, Numerics).
+    ``log_p = -inf`` (p = 0) gives exactly 0 with gradient 0, never NaN (docs/methods.md §2.3).
     """
     # The clamp is a `where`, not `log_p - (log_p - clamp).detach()` everywhere: at -inf that arithmetic is
     # -inf - (-inf) = NaN. The unselected branch's NaN never reaches the gradient: where() routes zeros to it.
@@ -69,7 +69,7 @@ class MLE(Term):
 class Unlikelihood(Term):
     """``ul``: CE(y_w) + α·(-1/n_l) Σ_t log(1 - π(y_l,t)) (Welleck et al. 2020, sequence form).
 
-    w_bad(t) = α·p/(1-p)/n_l with p = π(y_l,t): unbounded as p -> 1 (METHODS.md §3). A token with
+    w_bad(t) = α·p/(1-p)/n_l with p = π(y_l,t): unbounded as p -> 1 (docs/methods.md §3). A token with
     p = 0 (log-prob -inf) adds no penalty and no gradient.
     """
 

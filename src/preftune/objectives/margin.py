@@ -65,7 +65,7 @@ class DPO(MarginTerm):
 class IPO(MarginTerm):
     """``ipo``: (h - 1/(2τ))² with τ = β (Azar et al. 2023, eq. 17).
 
-    Averaged by default, as the IPO authors intend (METHODS.md §2, our choice).
+    Averaged by default, as the IPO authors intend (docs/methods.md §2, our choice).
     """
 
     name: ClassVar[str] = "ipo"

@@ -1,9 +1,9 @@
-"""Statistical metrics of METHODS.md §6, per example, computed without gradient.
+"""Statistical metrics of docs/methods.md §6, per example, computed without gradient.
 
 Rewards are β·log-ratios (Rafailov et al. 2023, §5), with the β and averaging of the
 objective's first margin term. Accuracy counts a tie (h = 0) as half, so an untrained policy
 equal to its reference scores exactly 0.5. A margin within the rounding error of its four scores
-in their own dtype is a tie (METHODS.md §6): |h| ≤ TIE_EPS·eps(dtype)·Σ|score|, eps the machine
+in their own dtype is a tie (docs/methods.md §6): |h| ≤ TIE_EPS·eps(dtype)·Σ|score|, eps the machine
 epsilon of the coarsest of the four dtypes, because the same weights scored in two batch layouts
 (the reference cached from one packing, the policy's step in another) differ by that much. With
 TIE_EPS = 8 that is ≈1e-6 relative in float32, ≈2e-15 in float64 and ≈0.06 in bfloat16.

@@ -1,4 +1,4 @@
-"""On-policy terms over C sampled responses per prompt with scalar rewards (P3, METHODS.md §2).
+"""On-policy terms over C sampled responses per prompt with scalar rewards (P3, docs/methods.md §2).
 
 Each reads a :class:`GroupRecord` with fields shaped ``[P, C]`` and returns a ``[P]`` loss,
 the mean over a prompt's samples. Rewards and baselines are constants: gradients flow only

@@ -1,7 +1,7 @@
 """Log-prob records: what an objective sees instead of a model.
 
 A record holds, for each response, its summed log-likelihood S(y), its token count n and,
-where a term needs them, the per-token log-probs (METHODS.md §1). Records for the policy carry
+where a term needs them, the per-token log-probs (docs/methods.md §1). Records for the policy carry
 gradients; records for the reference are constants.
 """
 

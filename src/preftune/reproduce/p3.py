@@ -1,5 +1,5 @@
 """Reproduce P3's didactic claims (Tajwar et al. 2024, *Preference Fine-Tuning of LLMs Should Leverage
-Suboptimal, On-Policy Data*; METHODS.md §3, §4, §7) and write a Markdown report with its figures.
+Suboptimal, On-Policy Data*; docs/methods.md §3, §4, §7) and write a Markdown report with its figures.
 
 :func:`reproduce_p3` runs, at a chosen scale:
 

@@ -5,7 +5,7 @@ no interval: a check passes or fails exactly. It is run with plain gradient desc
 (:func:`preftune.lab.kl_toy.descend`) and with Adam, at several step sizes, to show whether the
 outcome depends on the optimiser or the step size.
 
-Checks, for every optimiser × step size (the claim as METHODS.md §7 states it):
+Checks, for every optimiser × step size (the claim as docs/methods.md §7 states it):
 
 1. reverse KL(p‖q) brings the target's mode (category 2) to mass ≥ ``LEVEL`` in fewer steps than
    forward KL(q‖p) (a run that never gets there counts as infinitely slow; a tie fails);
@@ -34,7 +34,7 @@ from preftune.reproduce.verdicts import aggregate
 
 LEVEL = 0.5
 MODE, COVERED = 2, 0  # the target's mode; the category that mode covering should raise
-EXCLUDING_Q = (0.2, 0.001, 0.6, 0.199)  # METHODS.md's q with category 1 nearly ruled out
+EXCLUDING_Q = (0.2, 0.001, 0.6, 0.199)  # docs/methods.md §7's q with category 1 nearly ruled out
 EXCLUDED, DROP = 1, 0.05
 
 KL_CLAIM = (
@@ -73,7 +73,7 @@ def adam_descend(divergence: str, config: KLToyConfig, lr: float) -> Tensor:
 def run_kl_sweep(
     steps: int, sgd_lrs: tuple[float, ...], adam_lrs: tuple[float, ...], q: tuple[float, ...] = KLToyConfig().q
 ) -> list[KLRun]:
-    """The toy from P3's p0 towards ``q`` (METHODS.md's by default) with gradient descent at ``sgd_lrs`` and
+    """The toy from P3's p0 towards ``q`` (docs/methods.md's by default) with gradient descent at ``sgd_lrs`` and
     Adam at ``adam_lrs``."""
     runs = []
     for lr in sgd_lrs:

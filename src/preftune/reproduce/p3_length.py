@@ -1,4 +1,4 @@
-"""The length claim of P3 (Tajwar et al. 2024; METHODS.md §7) for ``preftune reproduce P3``.
+"""The length claim of P3 (Tajwar et al. 2024; docs/methods.md §7) for ``preftune reproduce P3``.
 
 Runs :func:`preftune.lab.length.run_length_study` on the three synthetic tasks, once per seed (the
 seeds share one warm model and change the data, the LoRA, the rounds and the measurement), and

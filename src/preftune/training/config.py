@@ -61,7 +61,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Periodic evaluation on the held-out pairs (METHODS.md §6 statistics) and, with ``judges``, win
+    """Periodic evaluation on the held-out pairs (docs/methods.md §6 statistics) and, with ``judges``, win
     rates of the policy's greedy answers to held-out prompts (:mod:`preftune.training.win_rates`)."""
 
     every: int = 0  # steps; 0: only before and after training
@@ -90,7 +90,7 @@ class StageConfig:
 
 @dataclass
 class OnlineConfig:
-    """P3's unified loop (METHODS.md §4): ``rounds`` > 0 trains on-policy; 0 trains offline on data.train.
+    """P3's unified loop (docs/methods.md §4): ``rounds`` > 0 trains on-policy; 0 trains offline on data.train.
 
     Each round samples ``samples_per_prompt`` (C) responses to ``prompts_per_round`` (B/C) prompts of
     data.train from the current policy, labels them with ``labeller``, and makes ``passes`` (T) passes

@@ -157,7 +157,7 @@ class Callbacks(Hook):
 
 
 class HeldOutEvaluation(Hook):
-    """METHODS.md §6 statistics on held-out pairs, with standard errors: before the first step,
+    """docs/methods.md §6 statistics on held-out pairs, with standard errors: before the first step,
     every ``config.every`` steps and at the end; shared over the processes."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Batch sources: where a trainer's micro-batches come from (P3's unified loop, METHODS.md §4).
+"""Batch sources: where a trainer's micro-batches come from (P3's unified loop, docs/methods.md §4).
 
 The trainer consumes a plain iterator: ``next(source)`` is this process's micro-batches of the
 next optimiser step, and a source carries its own position (``state_dict``/``load_state_dict``,

@@ -1,4 +1,4 @@
-"""Win rates during training (METHODS.md §6): the policy's greedy answers to held-out prompts
+"""Win rates during training (docs/methods.md §6): the policy's greedy answers to held-out prompts
 against a baseline's, by pairwise judges — ``preftune evaluate --generate`` as a periodic evaluation.
 
     eval.judges: [longer, "rm:out/rm"]   # any --judge of preftune evaluate --generate
