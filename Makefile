@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 DEMO_ONLINE_OUT ?= out/demo_online
 
-.PHONY: install test lint demo demo-online gradients bench clean
+.PHONY: install test test-fast lint demo demo-online gradients bench clean
 
 install: $(STAMP)
 
@@ -32,10 +32,15 @@ TEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# The edit loop: the same, less the tests marked `slow` (subprocesses: torchrun, the preftune CLI,
+# servers; or over ~10 s; pyproject.toml). No lint; `make test` runs everything.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
 # The main job on the embedded default: SmolLM2-135M-Instruct, LoRA, DPO on bundled HH-RLHF
 # pairs; held-out accuracy and margin before -> after with the verdict, samples, curves, summary.
 # examples/demo_size.py first times the model here (converting it on a fresh cache) and says how
-# many pairs it holds out to fit the budget (README, The demo); DEMO_BUDGET is in seconds.
+# many pairs it holds out to fit the budget (docs/guide-offline.md, The demo); DEMO_BUDGET is in seconds.
 DEMO_BUDGET ?= 510
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
@@ -44,7 +49,7 @@ demo: $(STAMP)
 
 # On-policy training on the embedded SmolLM2 (examples/demo_online.yaml: 4 rounds, labelled by the
 # `longer` judge), then the trained policy's win rate against the starting one on the 24 held-out
-# prompts, by the training judge and by one it was not trained on (README, The on-policy demo).
+# prompts, by the training judge and by one it was not trained on (docs/guide-on-policy.md, The on-policy demo).
 demo-online: $(STAMP)
 	rm -rf $(DEMO_ONLINE_OUT)
 	$(VENV)/bin/preftune train examples/demo_online.yaml output_dir=$(DEMO_ONLINE_OUT)
@@ -56,7 +61,7 @@ demo-online: $(STAMP)
 gradients: $(STAMP)
 	$(VENV)/bin/preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out out/gradients
 
-# preftune against TRL's DPOTrainer on the same work, side by side (README, Performance): about
+# preftune against TRL's DPOTrainer on the same work, side by side (docs/benchmarks.md): about
 # 40 minutes on 2 CPU cores. Results in out/bench/compare_trl.{json,md}.
 bench: $(STAMP)
 	$(PY) benchmarks/compare_trl.py --workloads tiny,smollm2-lora,smollm2-full --repeats 3

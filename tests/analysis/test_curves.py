@@ -1,4 +1,4 @@
-"""The report's curves: synthetic sweeps against the closed forms of METHODS.md §3."""
+"""The report's curves: synthetic sweeps against the closed forms of docs/methods.md §3."""
 
 from __future__ import annotations
 

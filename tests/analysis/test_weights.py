@@ -1,4 +1,4 @@
-"""token_weights against the weight table of METHODS.md §3 (P1), on random ragged records."""
+"""token_weights against the weight table of docs/methods.md §3 (P1), on random ragged records."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_help_lists_every_command_with_one_line() -> None:
     result = run("--help")
     assert result.returncode == 0
@@ -27,6 +28,7 @@ def test_help_lists_every_command_with_one_line() -> None:
     assert "--debug" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["analyze", "gradients", "--help"], ["objectives", "--help"], ["analyze", "--help"]])
 def test_every_command_has_help(args: list[str]) -> None:
     result = run(*args)
@@ -34,6 +36,7 @@ def test_every_command_has_help(args: list[str]) -> None:
     assert "usage: preftune" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -53,12 +56,14 @@ def test_errors_are_one_line_with_non_zero_exit(args: list[str], message: str) -
     assert lines[0].startswith("error: ") and message in lines[0]
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback() -> None:
     result = run("--debug", "objectives", "dpoo")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "SpecError" in result.stderr
 
 
+@pytest.mark.slow
 def test_objectives_lists_every_term_and_checks_an_expression() -> None:
     listing = run("objectives")
     assert listing.returncode == 0

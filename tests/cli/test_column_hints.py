@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs the preftune CLI in a subprocess
+
 EXE = shutil.which("preftune") or str(Path(sys.executable).parent / "preftune")
 ROWS = [{"question": f"Say {i}.", "good": f"{i}, as asked.", "bad": "No."} for i in range(4)]
 HINT = (

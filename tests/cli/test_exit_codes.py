@@ -58,6 +58,7 @@ def _last_line(stderr: str, starts: str) -> str:
 # --- item 2: exit codes that tell ---
 
 
+@pytest.mark.slow
 def test_rank_against_a_dead_port_stops_early_with_exit_3(tmp_path: Path) -> None:
     rows = _rows(tmp_path / "rows.jsonl", prompts=40)
     out = tmp_path / "ranked.jsonl"
@@ -81,6 +82,7 @@ def test_an_unreachable_endpoint_stops_the_judge_after_a_few_calls_not_every_one
     assert judge.requests == UNREACHABLE_CALLS * 2
 
 
+@pytest.mark.slow
 def test_rank_with_failed_calls_exits_3_and_a_rerun_asks_only_those(tmp_path: Path) -> None:
     rows = _rows(tmp_path / "rows.jsonl")
     out, store = tmp_path / "ranked.jsonl", tmp_path / "ranked.verdicts.sqlite"
@@ -102,6 +104,7 @@ def test_rank_with_failed_calls_exits_3_and_a_rerun_asks_only_those(tmp_path: Pa
     assert asked_again == 24 - answered  # the rerun asked exactly the calls that had no verdict
 
 
+@pytest.mark.slow
 def test_judge_eval_and_win_rate_with_failed_calls_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = _labelled(tmp_path / "labelled.jsonl")
     outputs, baseline = _completions(tmp_path)
@@ -120,6 +123,7 @@ def test_judge_eval_and_win_rate_with_failed_calls_exit_3(tmp_path: Path, capsys
         assert "of 6 comparisons failed" in line and f"the store {store} answers the rest" in line
 
 
+@pytest.mark.slow
 def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = _labelled(tmp_path / "labelled.jsonl")
     outputs, baseline = _completions(tmp_path)
@@ -133,6 +137,7 @@ def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.Cap
     assert "incomplete" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_generate_with_failed_calls_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"
     with openai_server("--faults", "500", "--fault-attempts", "99") as (url, _):
@@ -218,6 +223,7 @@ def _setup(tmp_path: Path, case: str) -> tuple[list[str], Path | None]:
     return [x for k, v in options.items() for x in (k, str(v))], kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "says"),
     [

@@ -16,6 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs the preftune CLI in a subprocess
+
 EXE = shutil.which("preftune") or str(Path(sys.executable).parent / "preftune")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 

@@ -167,6 +167,7 @@ def results(files: Path, fresh_caches: dict[str, str]) -> dict[str, subprocess.C
         return {name: future.result() for name, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES) + list(MODEL_CASES))
 def test_bad_input_is_one_clear_error_line(case: str, files: Path, results: dict) -> None:
     result = results[case]
@@ -180,6 +181,7 @@ def test_bad_input_is_one_clear_error_line(case: str, files: Path, results: dict
         assert result.stderr.strip() == lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_input_refused_before_any_model_work_leaves_the_caches_and_output_empty(
     files: Path, results: dict, fresh_caches: dict[str, str]
 ) -> None:
@@ -193,12 +195,14 @@ def test_input_refused_before_any_model_work_leaves_the_caches_and_output_empty(
     assert not (files / "bad-lora").exists()  # refused once the model was there, still before writing
 
 
+@pytest.mark.slow
 def test_refusing_an_earlier_run_leaves_its_files_alone(files: Path, results: dict) -> None:
     assert results["earlier run without --resume"].returncode == 2
     assert (files / "earlier" / "run_config.json").read_text(encoding="utf-8") == '{"earlier": true}'
     assert not (files / "earlier" / "data_summary.json").exists()
 
 
+@pytest.mark.slow
 def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -233,6 +237,7 @@ def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
     ])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_print_config_without_a_file() -> None:
     result = run_cli("train", "optim.batch_size=16", "lora.enabled=false", "trackers=[]", "--print-config")
     assert result.returncode == 0, result.stderr
@@ -242,6 +247,7 @@ def test_print_config_without_a_file() -> None:
     assert printed["optim"]["lr"] == 1e-6  # TRL's default rate for full fine-tuning, stated
 
 
+@pytest.mark.slow
 def test_print_config_states_the_defaults_a_trl_user_expects() -> None:
     lora = yaml.safe_load(run_cli("train", "--print-config").stdout)
     assert lora["objective"] == "dpo" and lora["lora"]["enabled"] is True and lora["optim"]["lr"] == 5e-4

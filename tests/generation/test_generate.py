@@ -160,6 +160,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, plain: Path, mode
         open_output(stranger, Settings.of("tiny-random", CONFIG))
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path, model, tokenizer) -> None:
     """A real SIGKILL (test-only hook) after 2 chunks of one prompt; the rerun completes the rest."""
     out = tmp_path / "out.jsonl"

@@ -128,6 +128,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PANDALM_FILE.exists(), reason="shared PandaLM file not present")
 def test_cli_on_real_pandalm_shows_the_baseline(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
@@ -145,6 +146,7 @@ def test_cli_on_real_pandalm_shows_the_baseline(tmp_path: Path) -> None:
     assert report["baseline"]["agreement"] == agreement
 
 
+@pytest.mark.slow
 def test_cli_bad_judge_spec_is_one_error_line(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", [panda_row("q", "long answer", "short", "1")])
     result = run("judge", "eval", "--judge", "bogus", "--data", str(data))

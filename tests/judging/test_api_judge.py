@@ -111,6 +111,7 @@ def test_a_response_cannot_close_its_delimiter_in_the_request():
 # --- against the server process ---
 
 
+@pytest.mark.slow
 def test_every_fault_is_survived_with_no_verdict_lost():
     faults = "slow,429,500,malformed,neither,none"
     with openai_server("--faults", faults, "--slow-s", "2.5", "--retry-after", "1") as (url, stats):
@@ -130,6 +131,7 @@ def test_every_fault_is_survived_with_no_verdict_lost():
     assert 1.0 in waits  # the 429's Retry-After was honoured
 
 
+@pytest.mark.slow
 def test_retries_run_out_into_failed_and_the_budget_stops_requests():
     with openai_server("--faults", "500") as (url, stats):
         assert ApiJudge(config(url, max_retries=0)).judge(["q"], [("long answer", "short")]) == [FAILED]
@@ -139,12 +141,14 @@ def test_retries_run_out_into_failed_and_the_budget_stops_requests():
     assert answers.count(FAILED) >= len(ITEMS) - 3 and budget.budget.used == 3
 
 
+@pytest.mark.slow
 def test_an_answer_naming_neither_response_is_asked_once_more_then_fails():
     with openai_server("--faults", "neither", "--fault-attempts", "9") as (url, stats):
         assert ApiJudge(config(url, max_retries=5)).judge(["q"], [("long answer", "short")]) == [FAILED]
         assert stats()["requests"] == 2  # not five retries of a deterministic answer
 
 
+@pytest.mark.slow
 def test_a_refused_key_stops_with_one_clear_error(monkeypatch):
     monkeypatch.setenv("PREFTUNE_TEST_KEY", "wrong")
     with openai_server("--key-env", "EXPECTED_KEY", env={"EXPECTED_KEY": KEY}) as (url, _):
@@ -153,6 +157,7 @@ def test_a_refused_key_stops_with_one_clear_error(monkeypatch):
             judge.judge(["q"], [("a", "b")])
 
 
+@pytest.mark.slow
 def test_logprob_scoring_and_letter_template_through_both_orders(tmp_path):
     with openai_server() as (url, stats):
         judge = ApiJudge(config(url, scoring="logprobs", template="alpaca_eval"))
@@ -177,6 +182,7 @@ def _rows(path: Path, prompts: int = 4) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_killed_ranking_resumes_with_no_call_repeated_and_no_key_in_any_output(tmp_path):
     rows = _rows(tmp_path / "rows.jsonl")
     out = tmp_path / "out"
@@ -207,6 +213,7 @@ def test_a_killed_ranking_resumes_with_no_call_repeated_and_no_key_in_any_output
     assert leaked == [] and KEY not in stdout + stderr
 
 
+@pytest.mark.slow
 def test_judge_eval_with_a_key_writes_it_nowhere(tmp_path, monkeypatch, capsys):
     from preftune.cli.main import main
 

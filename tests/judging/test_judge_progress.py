@@ -102,6 +102,7 @@ def _write_pairs(folder: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_judge_eval_forced_on_a_terminal_shows_the_count_and_eta(tmp_path: Path) -> None:
     path = _write_pairs(tmp_path, 30)
     env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "120"}  # rich draws its live bar as on a terminal
@@ -112,6 +113,7 @@ def test_judge_eval_forced_on_a_terminal_shows_the_count_and_eta(tmp_path: Path)
     assert "30 pairs judged" in result.stdout
 
 
+@pytest.mark.slow
 def test_judge_eval_of_a_slow_judge_logs_its_progress(tmp_path: Path) -> None:
     (tmp_path / "slow_judge.py").write_text(
         "import time\n\ndef slow(prompt, first, second):\n    time.sleep(0.04)\n"

@@ -30,6 +30,7 @@ def llmbar_like(path: Path, longer_wins: int, n: int = 6) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_tables_of_judges_by_set_and_reports_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = load_script()
     natural, adversarial = llmbar_like(tmp_path / "n.json", 6), llmbar_like(tmp_path / "a.json", 1)

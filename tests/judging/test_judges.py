@@ -1,4 +1,4 @@
-"""Pairwise judges, the both-orders tie rule and the SQLite verdict cache (METHODS.md §5)."""
+"""Pairwise judges, the both-orders tie rule and the SQLite verdict cache (docs/methods.md §5)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,7 @@ def test_second_wrapper_over_the_same_store_makes_no_calls(tmp_path: Path) -> No
     assert third.calls == 12
 
 
+@pytest.mark.slow
 def test_store_keeps_verdicts_written_before_a_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "v.sqlite"
     n, k = 20, 7

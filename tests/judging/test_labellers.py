@@ -228,6 +228,7 @@ def test_prompts_ranked_concurrently_keep_their_order() -> None:
     assert JudgeLabeller(judge).rewards([f"p{k}" for k in range(8)], groups) == expected
 
 
+@pytest.mark.slow
 def test_importing_the_labellers_loads_no_torch() -> None:
     import subprocess
     import sys

@@ -82,6 +82,7 @@ def _rank(tmp_path: Path, store: str, kill_after: int = 0) -> subprocess.Complet
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_killed_ranking_resumes_with_no_call_repeated(tmp_path: Path) -> None:
     write_prompts(tmp_path / "gen.jsonl", prompts=4, n=6)
     whole = _rank(tmp_path, "whole")

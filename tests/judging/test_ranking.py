@@ -1,4 +1,4 @@
-"""Iterative pairwise ranking and its reference rankings (P4, METHODS.md §5)."""
+"""Iterative pairwise ranking and its reference rankings (P4, docs/methods.md §5)."""
 
 from __future__ import annotations
 

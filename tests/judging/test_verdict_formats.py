@@ -135,6 +135,7 @@ def _stored(path: Path) -> list[int]:
         return sorted(row[0] for row in db.execute("SELECT verdict FROM verdicts"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("style", "template"),
     [("short", "pairwise"), ("short", "alpaca_eval"), ("mt_bench", "mt_bench"), ("arena_hard", "arena_hard"),
@@ -155,6 +156,7 @@ def test_each_format_against_a_server_in_both_orders(tmp_path: Path, style: str,
     assert _stored(store_path) == sorted([FIRST, SECOND, SECOND, FIRST, *ties, *([FIRST, FIRST] if not ties else [])])
 
 
+@pytest.mark.slow
 def test_arena_hard_keeps_the_strength_as_a_weight() -> None:
     with openai_server("--style", "arena_hard") as (url, _):
         judge = ApiJudge(config(url, template="arena_hard"))
@@ -176,6 +178,7 @@ def _rank(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "comparisons"), [("round_robin", 18), ("ipr", 12)])
 def test_rank_with_an_mt_bench_template_decides_every_comparison_and_stores_ties(
     tmp_path: Path, method: str, comparisons: int

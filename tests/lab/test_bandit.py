@@ -1,4 +1,4 @@
-"""P3's didactic bandit (Tajwar et al. 2024, METHODS.md §7): environment, policy, records, training."""
+"""P3's didactic bandit (Tajwar et al. 2024, docs/methods.md §7): environment, policy, records, training."""
 
 from __future__ import annotations
 
@@ -162,6 +162,7 @@ def test_config_takes_lists_as_tuples_and_is_frozen() -> None:
         config.steps = 3  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_bad_method_with_one_error_line_and_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [EXE, "lab", "bandit", "--methods", "dpo,bonn", "--out", str(tmp_path / "out")],

@@ -1,4 +1,4 @@
-"""P3's forward vs reverse KL toy (Tajwar et al. 2024, METHODS.md §7)."""
+"""P3's forward vs reverse KL toy (Tajwar et al. 2024, docs/methods.md §7)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_first_step_moves_mass_at_the_closed_form_rates() -> None:
 
 
 def test_over_the_first_steps_forward_kl_fills_category_2_faster_and_reverse_kl_raises_category_0() -> None:
-    """What exact gradient descent on these numbers does (METHODS.md §7 expects the opposite; see the report).
+    """What exact gradient descent on these numbers does (docs/methods.md §7 expects the opposite; see the report).
 
     Reverse KL's push on a category is weighted by its own mass p_i: category 2 starts at 0.1, so its
     mass grows at half the forward rate at first, while the mass reverse KL takes off categories 1 and 3

@@ -1,4 +1,4 @@
-"""P3's synthetic length tasks (Tajwar et al. 2024, METHODS.md §7): the preference, a short run, the CLI."""
+"""P3's synthetic length tasks (Tajwar et al. 2024, docs/methods.md §7): the preference, a short run, the CLI."""
 
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ def test_tokenizer_has_chatml_and_eos_as_pad(embedded_path: Path) -> None:
     assert text.startswith("<|im_start|>system\n")  # SmolLM2's default system prompt
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("PREFTUNE_SLOW_TESTS"), reason="set PREFTUNE_SLOW_TESTS=1 (about a minute)")
 def test_fresh_conversion_equals_the_gguf_model(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM

@@ -1,4 +1,4 @@
-"""Autograd gradients of each term against the weight table of METHODS.md §3 (P1).
+"""Autograd gradients of each term against the weight table of docs/methods.md §3 (P1).
 
 w_good(t) = -dL/d log π(y_w,t) and w_bad(t) = +dL/d log π(y_l,t), with L the batch sum.
 """

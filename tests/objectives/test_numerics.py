@@ -164,7 +164,7 @@ def test_reinforce_refuses_a_kl_penalty_that_is_not_finite() -> None:
         parse("reinforce(kl_coef=0.1)")(shaped)
 
 
-# Ties in preference accuracy: within the rounding error of the four scores in their own dtype (METHODS.md §6).
+# Ties in preference accuracy: within the rounding error of the four scores in their own dtype (docs/methods.md §6).
 def scores_pair(chosen: float, others: float, dtype: torch.dtype) -> PairRecord:
     def one(value: float) -> SequenceLogProbs:
         return SequenceLogProbs(torch.tensor([value], dtype=dtype), torch.tensor([1.0], dtype=dtype))

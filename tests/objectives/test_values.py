@@ -1,4 +1,4 @@
-"""Each objective against values computed by hand from METHODS.md §2."""
+"""Each objective against values computed by hand from docs/methods.md §2."""
 
 from __future__ import annotations
 

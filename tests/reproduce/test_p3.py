@@ -141,7 +141,7 @@ def test_kl_verdict_from_hand_made_masses() -> None:
 def test_reverse_kl_empties_a_category_the_target_rules_out_sooner() -> None:
     """Towards q′ (category 1 at 0.001): at p0 the logit pushes on category 1 are forward p₁ − q₁ = 0.299 and
     reverse p₁·(log(p₁/q₁) − KL(p0‖q′)) ≈ 0.3·(5.70 − 1.78) ≈ 1.18, so reverse KL gets p₁ down to 0.05 first;
-    the section reports it beside the verdict, which stays the one of METHODS.md's q."""
+    the section reports it beside the verdict, which stays the one of docs/methods.md §7's q."""
     from preftune.reproduce.p3_kl import EXCLUDING_Q
 
     runs = run_kl_sweep(300, (0.1, 0.5), (0.1,))
@@ -179,6 +179,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, results
 
 
+@pytest.mark.slow
 def test_report_has_every_section_with_a_verdict_line(report: tuple[Path, dict]) -> None:
     out, results = report
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -197,6 +198,7 @@ def test_report_has_every_section_with_a_verdict_line(report: tuple[Path, dict])
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_report_figures_exist_and_are_linked(report: tuple[Path, dict]) -> None:
     out, results = report
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -208,6 +210,7 @@ def test_report_figures_exist_and_are_linked(report: tuple[Path, dict]) -> None:
         assert f"]({name})" in text
 
 
+@pytest.mark.slow
 def test_lemma_records_cover_both_objectives(report: tuple[Path, dict]) -> None:
     runs = report[1]["claims"]["lemma_6_2"]["data"]["runs"]
     assert set(runs) == {"dpo", "mle"}

@@ -46,6 +46,7 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+@pytest.mark.slow
 def test_base_url_and_models_list_the_embedded_model(server: LocalServer) -> None:
     assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
     assert server.model == "smollm2-135m-instruct"
@@ -53,12 +54,14 @@ def test_base_url_and_models_list_the_embedded_model(server: LocalServer) -> Non
     assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
 
 
+@pytest.mark.slow
 def test_chat_completion_returns_text(server: LocalServer) -> None:
     answer = chat(server, max_tokens=4, temperature=0.0)
     assert len(answer["choices"]) == 1
     assert answer["choices"][0]["message"]["content"].strip()
 
 
+@pytest.mark.slow
 def test_one_token_with_top_logprobs(server: LocalServer) -> None:
     answer = chat(server, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=5)
     content = answer["choices"][0]["logprobs"]["content"]
@@ -72,6 +75,7 @@ def test_one_token_with_top_logprobs(server: LocalServer) -> None:
     assert content[0]["token"] == answer["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow
 def test_the_judge_digits_are_single_tokens(server: LocalServer) -> None:
     # a judge reads the log-probs of the answers "1" and "2": each must be one token of its own
     root = server.base_url.removesuffix("/v1")
@@ -80,12 +84,14 @@ def test_the_judge_digits_are_single_tokens(server: LocalServer) -> None:
         assert [t["piece"] for t in tokens["tokens"]] == [digit]
 
 
+@pytest.mark.slow
 def test_n_returns_that_many_choices(server: LocalServer) -> None:
     answer = chat(server, max_tokens=2, temperature=1.0, n=2)
     assert [choice["index"] for choice in answer["choices"]] == [0, 1]
     assert all("content" in choice["message"] for choice in answer["choices"])
 
 
+@pytest.mark.slow
 def test_n_above_the_slots_is_refused(server: LocalServer) -> None:
     # llama.cpp's limit, not preftune's: n may not exceed the server's parallel slots (2 here)
     response = httpx.post(f"{server.base_url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 1, "n": 3},
@@ -93,6 +99,7 @@ def test_n_above_the_slots_is_refused(server: LocalServer) -> None:
     assert response.status_code == 400 and "'n'" in response.text
 
 
+@pytest.mark.slow
 def test_exit_stops_the_process_and_closes_the_port() -> None:
     with LocalServer(threads=1, ctx_size=256, startup_timeout=TIMEOUT) as s:
         process, port = s.process, int(s.base_url.rsplit(":", 1)[1].split("/")[0])
@@ -103,6 +110,7 @@ def test_exit_stops_the_process_and_closes_the_port() -> None:
         s.base_url  # noqa: B018
 
 
+@pytest.mark.slow
 def test_a_killed_server_does_not_take_the_caller_down() -> None:
     with LocalServer(threads=1, ctx_size=256, startup_timeout=TIMEOUT) as s:
         assert s.process is not None
@@ -113,6 +121,7 @@ def test_a_killed_server_does_not_take_the_caller_down() -> None:
     assert s.process is None
 
 
+@pytest.mark.slow
 def test_the_server_does_not_outlive_a_parent_that_dies() -> None:
     script = (
         "import os, sys\n"
@@ -141,6 +150,7 @@ def alive(pid: int) -> bool:
         return stat.read().split(")")[-1].split()[0] != "Z"
 
 
+@pytest.mark.slow
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
@@ -149,6 +159,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
             pass
 
 
+@pytest.mark.slow
 def test_a_startup_timeout_is_reported_and_the_child_ended() -> None:
     server = LocalServer(threads=1, ctx_size=256, startup_timeout=0.05)
     with pytest.raises(PreftuneError, match=r"did not answer /health within 0\.05 s"):
@@ -211,6 +222,7 @@ def test_cli_refuses_bad_input(argv: list[str], capsys: pytest.CaptureFixture[st
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scoring", ["text", "logprobs"])
 def test_the_api_judge_end_to_end_against_the_embedded_model(server: LocalServer, scoring: str, tmp_path) -> None:
     """`preftune judge eval --judge api:...` on real PandaLM pairs, judged by SmolLM2 through llama.cpp."""

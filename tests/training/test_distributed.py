@@ -31,6 +31,8 @@ from tests.training.common import (
     trainer_state,
 )
 
+pytestmark = pytest.mark.slow  # torchrun: two processes
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 STEPS = 4
 
@@ -94,4 +96,5 @@ def test_two_processes_equal_one(data_files: DataFiles, tmp_path: Path) -> None:
         for name in e1:
             if name != "step":
                 assert e2[name]["count"] == e1[name]["count"] == 8
-                assert abs(e2[name]["mean"] - e1[name]["mean"]) < 1e-4, name
+                # relative too: chosen_perplexity is ~2e5, exp of a float32 mean, so its rounding scales with it
+                assert e2[name]["mean"] == pytest.approx(e1[name]["mean"], rel=1e-5, abs=1e-4), name

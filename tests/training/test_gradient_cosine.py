@@ -1,4 +1,4 @@
-"""P3's Lemma 6.2 on real batches (METHODS.md §3): the cosine between ∇θ log π(y_w) and ∇θ log π(y_l).
+"""P3's Lemma 6.2 on real batches (docs/methods.md §3): the cosine between ∇θ log π(y_w) and ∇θ log π(y_l).
 
 :func:`preftune.modeling.gradient_cosine.gradient_cosines` against a hand-checkable case (identical
 responses: cosine 1) and against a brute-force reference (two ``backward()`` calls per pair, the

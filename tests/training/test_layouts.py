@@ -19,10 +19,10 @@ def _history(run_dir: Path, steps: int) -> list[dict]:
 
 @pytest.mark.parametrize("overrides", [lora_overrides, full_overrides])
 def test_shared_and_padded_layouts_train_alike(data_files: DataFiles, tmp_path: Path, overrides, monkeypatch) -> None:
-    import preftune.data.packing as packing
+    import preftune.data.batcher as batcher  # where build_batch looks pack up
 
     packed_tokens = {"padded": 0, "shared": 0}
-    real_pack = packing.pack
+    real_pack = batcher.pack
     runs = {}
     for layout in ("padded", "shared"):
 
@@ -31,7 +31,7 @@ def test_shared_and_padded_layouts_train_alike(data_files: DataFiles, tmp_path: 
             packed_tokens[layout] += batch.num_tokens
             return batch
 
-        monkeypatch.setattr(packing, "pack", counting_pack)
+        monkeypatch.setattr(batcher, "pack", counting_pack)
         out = tmp_path / layout
         train(overrides(data_files, out, **{"data.layout": layout, "optim.max_steps": 4, "save_every": 4}))
         runs[layout] = _history(out, 4)

@@ -1,7 +1,7 @@
 """Offline training on ranked groups (P3's offline half) and on unpaired good/bad sets (P1), through
 ``preftune train``'s own entry (:func:`preftune.training.run.run_training`) on the tiny model.
 
-The data are real: OpenAssistant message trees (``/work/shared/data``), whose ranked replies become
+The data are real: OpenAssistant message trees (``tests/data/files.py``'s ``SHARED``), whose ranked replies become
 groups of C = 3 completions with reward −rank. Each run's first step is checked against the
 objective computed by hand on the examples the plan gives that step (the LoRA policy starts as its
 base model, so the tiny model as loaded scores it): the rewards, the grouping and the objective

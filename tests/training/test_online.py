@@ -1,4 +1,4 @@
-"""P3's unified loop (METHODS.md §4) on the tiny model: B, C, M, T and the mixing ratio do what they say."""
+"""P3's unified loop (docs/methods.md §4) on the tiny model: B, C, M, T and the mixing ratio do what they say."""
 
 from __future__ import annotations
 
@@ -350,6 +350,7 @@ def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, c
     assert sum(r["judge_decided"] for r in found["random"]) < sum(r["judge_decided"] for r in found["longer"])
 
 
+@pytest.mark.slow
 def test_two_processes_train_online_as_one(tmp_path):
     """`torchrun --nproc_per_node 2` (gloo): each process samples the round (same seeds, same samples)
     and trains on its half of the buffer; the weights equal one process's."""

@@ -38,7 +38,8 @@ def test_merged_weights_give_the_peft_models_logits_and_leave_it_untouched():
     with torch.no_grad():
         want, got = peft_model(input_ids=ids).logits, fresh(input_ids=ids).logits
     assert not torch.allclose(want, load_model("tiny-random", dtype="float32")(input_ids=ids).logits, atol=1e-3)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # W + s·BA against W·x + s·B(A·x): float32 rounding of the logits' size (~8; 9e-6 apart on an AMD EPYC Zen 4)
+    torch.testing.assert_close(got, want, atol=1e-5 * float(want.abs().max()), rtol=0)
     after = peft_model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # bit-unchanged
 

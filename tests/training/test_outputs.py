@@ -113,6 +113,7 @@ def test_report_files(fixture: str, request: pytest.FixtureRequest) -> None:
     assert not list(run.out.rglob("events.out.tfevents.*"))  # trackers=[]: no TensorBoard files
 
 
+@pytest.mark.slow
 def test_cli_evaluate_reproduces_the_runs_final_evaluation(lora_run: Run, tmp_path: Path) -> None:
     config = load_config(None, lora_run.overrides)
     out = tmp_path / "metrics.json"

@@ -75,6 +75,7 @@ def test_full_fine_tuning_resume_redoes_lost_steps_exactly(full_run: Run, out_di
     _crash_and_resume(full_run, out_dir, crash_at=3, checkpoint_at=2)
 
 
+@pytest.mark.slow
 def test_cli_resume_after_sigkill_equals_the_uninterrupted_run(lora_run: Run, out_dir: Path) -> None:
     args = [o for o in lora_run.overrides if not o.startswith("output_dir=")] + [f"output_dir={out_dir}"]
     checkpoint = out_dir / "checkpoints" / "step-000002"

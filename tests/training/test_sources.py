@@ -66,6 +66,7 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, err
 
 
+@pytest.mark.slow
 def test_a_buffer_source_resumes_exactly_after_sigkill_mid_round(tmp_path: Path) -> None:
     """A run killed (SIGKILL, no clean-up) after step 5 of 8 and resumed from its checkpoint ends
     with bit-identical trainable weights and the same per-step losses as an uninterrupted run,

@@ -119,6 +119,7 @@ def test_evaluations_and_ctrl_c_speak_on_the_console(data_files: DataFiles, tmp_
     assert f"interrupted in stage 'train'; --resume continues from {out / 'checkpoints' / 'step-000002'}" in shown
 
 
+@pytest.mark.slow
 def test_the_held_out_split_is_saved_and_evaluate_run_scores_it(full_run: Run) -> None:
     held = [json.loads(line) for line in (full_run.out / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(held) == 8 and all(row.keys() == {"prompt", "chosen", "rejected"} for row in held)
@@ -146,6 +147,7 @@ def test_gradient_checkpointing_trains_the_same_model(data_files: DataFiles, tmp
         assert again[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_piped_output_is_not_wrapped_at_80_columns(data_files: DataFiles, tmp_path: Path) -> None:
     result = run_cli("train", *full_overrides(data_files, tmp_path / "run", **{"optim.max_steps": 1}))
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Win rates as a periodic evaluation of ``preftune train`` (``eval.judges``; METHODS.md §6).
+"""Win rates as a periodic evaluation of ``preftune train`` (``eval.judges``; docs/methods.md §6).
 
 The judges are ``longer`` and ``shorter`` (function judges: a verdict from the lengths alone), so
 every win rate can be derived by hand from the answers the run wrote, and the answers themselves
