@@ -99,3 +99,20 @@ def current_umask() -> int:
 def created_mode(*, directory: bool) -> int:
     """The mode ``open()`` (0o666) or ``mkdir()`` (0o777) gives a new file or folder under the umask."""
     return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
+    """Why ``folder`` cannot be made (as ``mkdir -p`` would) or written in, or None when it can: the
+    nearest path at or above it that exists (a dangling link included) is not a folder, or refuses a
+    write. The write is tried (a temporary folder made and removed): ``os.access`` says yes to root
+    everywhere, a read-only file system included. Callers check outputs with it before any work."""
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".preftune-write-test-", dir=existing))
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror})"
+    return None

@@ -76,7 +76,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from preftune.modeling import load_model, load_tokenizer
-    from preftune.training.progress import StepProgress
+    from preftune.progress import StepProgress
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.model)

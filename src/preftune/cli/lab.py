@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from preftune.cli.outputs import check_output_folder
 from preftune.errors import PreftuneError
 
 if TYPE_CHECKING:
@@ -165,8 +166,7 @@ def _names(values: list[str]) -> list[str]:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise PreftuneError(f"--out {out} exists and is not a folder")
+    check_output_folder(out, "--out")
 
 
 def run_bandit_command(args: argparse.Namespace) -> int:

@@ -4,10 +4,10 @@ folder that cannot be written in, two outputs on one file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from preftune.errors import PreftuneError
+from preftune.files import unwritable_reason
 
 
 def check_output_file(path: Path, flag: str) -> None:
@@ -37,13 +37,5 @@ def check_distinct(paths: dict[str, Path | None]) -> None:
 
 
 def _check_writable(folder: Path, path: Path, flag: str) -> None:
-    """``folder``, or the nearest folder above it that exists, must be a folder we may write in (mkdir -p's view)."""
-    above = folder.expanduser().absolute()
-    while not above.exists() and above != above.parent:
-        if above.is_symlink():  # a dangling link: mkdir would fail on it
-            break
-        above = above.parent
-    if not above.is_dir():
-        raise PreftuneError(f"{flag} {path}: {above} is not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise PreftuneError(f"{flag} {path}: cannot write in {above}")
+    if reason := unwritable_reason(folder):
+        raise PreftuneError(f"{flag} {path}: {reason}")

@@ -51,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_rank(args: argparse.Namespace) -> int:
     from preftune.judging.rank_file import rank_rows, read_candidates, read_rankings, write_outputs
     from preftune.judging.store import VerdictStore
-    from preftune.training.progress import StepProgress
+    from preftune.progress import StepProgress
 
     if not args.input.is_file():
         raise PreftuneError(f"no such file: {args.input}")
@@ -100,8 +100,8 @@ def _print(console: Console, rows: list, report: Any, other: dict[str, list[int]
 def run_score_rank(args: argparse.Namespace, other: dict[str, list[int]] | None) -> int:
     """``--method score``: every row checked, then each prompt's completions ranked by the reward model."""
     from preftune.judging.rank_file import read_candidates, score_rank_rows, write_outputs
+    from preftune.progress import StepProgress
     from preftune.reward import RewardModel
-    from preftune.training.progress import StepProgress
 
     rows = read_candidates(args.input)  # every row checked before the model loads
     model = RewardModel(args.score_model)

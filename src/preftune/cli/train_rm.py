@@ -70,8 +70,8 @@ def reward_config(args: argparse.Namespace):
 
 def run_train_rm(args: argparse.Namespace) -> int:
     from preftune.cli.train import quiet_libraries
+    from preftune.progress import StepProgress
     from preftune.reward import prepare, train_reward_model
-    from preftune.training.progress import StepProgress
 
     config = reward_config(args)
     quiet_libraries()

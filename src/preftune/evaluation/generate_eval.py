@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from preftune.errors import IncompleteRun, PreftuneError
+from preftune.files import unwritable_reason
 from preftune.generation.prompts import Prompt, prompt_key
 
 BASELINES = "chosen | model:NAME_OR_PATH | file:PATH"
@@ -185,11 +185,8 @@ def _check_out_folder(out: Path) -> None:
     """``--out`` a folder that exists or can be made, so that no traceback comes after the generation."""
     if out.exists() and not out.is_dir():
         raise PreftuneError(f"--out {out} is a file; give a folder")
-    above = out.expanduser().absolute()
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
-        raise PreftuneError(f"--out {out}: no folder can be made there ({above} is not a folder we may write in)")
+    if reason := unwritable_reason(out):
+        raise PreftuneError(f"--out {out}: no folder can be made there ({reason})")
 
 
 def check_judge_spec(spec: str, flag: str = "--judge") -> None:

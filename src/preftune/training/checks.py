@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from preftune.data.batcher import LAYOUTS
 from preftune.data.ranked import PAIRINGS
 from preftune.errors import PreftuneError, SpecError
+from preftune.files import unwritable_reason
 from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import GroupRecord, Objective, build
@@ -232,13 +232,5 @@ def check_output_dir(path: Path) -> None:
     """The output folder must be a folder (or creatable as one) that this user can write to."""
     if path.exists() and not path.is_dir():
         raise SpecError(f"output_dir {path} is a file, not a folder")
-    existing = path
-    while not existing.exists():  # the nearest existing parent is where the folder will be made
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SpecError(f"output_dir {path}: {existing} is a file, not a folder")
-    # os.access says yes to root everywhere, also on a read-only file system: try, and leave nothing
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".preftune-write-test-", dir=existing))
-    except OSError as err:
-        raise SpecError(f"output_dir {path}: cannot write in {existing} ({err.strerror})") from None
+    if reason := unwritable_reason(path):
+        raise SpecError(f"output_dir {path}: {reason}")

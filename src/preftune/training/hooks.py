@@ -22,9 +22,9 @@ from preftune.data import Batch, Batcher, TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.evaluation.names import CONSOLE_METRICS
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
+from preftune.progress import StepProgress
 from preftune.training.checkpoint import checkpoint_dir
 from preftune.training.config import EvalConfig
-from preftune.training.progress import StepProgress
 
 if TYPE_CHECKING:
     from preftune.training.loop import Trainer
