@@ -68,14 +68,13 @@ def main() -> None:
 
 def run_with(precision: str, args: argparse.Namespace, data: Path, callback: Callable[[int, dict], None]) -> dict:
     """One training run; its held-out accuracy and margin after the last step."""
-    from accelerate.state import AcceleratorState
-
     from preftune.cli.config import load_config
     from preftune.modeling import precision as hardware
-    from preftune.training.run import run_training
+    from preftune.run.train import run_training
+    from preftune.training import forget_accelerator_state
 
     hardware.auto_mixed_precision = lambda: "bf16"  # only "auto" asks; "bf16" below is taken as given
-    AcceleratorState._reset_state()
+    forget_accelerator_state()
     out = args.out / precision
     overrides = [
         f"model.name={args.model}", "objective=dpo", f"output_dir={out}", f"data.train={data}",

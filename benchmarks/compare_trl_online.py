@@ -1,8 +1,8 @@
-"""preftune's on-policy loop (``OnlineLoop``) against TRL's ``OnlineDPOTrainer`` and ``RLOOTrainer`` (issue 11).
+"""preftune's on-policy loop (``OnPolicySource``) against TRL's ``OnlineDPOTrainer`` and ``RLOOTrainer`` (issue 11).
 
 Two workloads, each run by three sides in fresh subprocesses (``--child``), so each peak resident set is its own:
 
-- ``dpo-c2``: preftune ``OnlineLoop`` with on-policy ``dpo(beta=0.1)``, C = 2 samples per prompt, best vs worst,
+- ``dpo-c2``: preftune ``OnPolicySource`` with on-policy ``dpo(beta=0.1)``, C = 2 samples per prompt, best vs worst,
   against TRL ``OnlineDPOTrainer`` (which samples exactly 2 per prompt, sigmoid loss, beta = 0.1). Both use the
   policy with its LoRA adapter disabled as the reference.
 - ``reinforce-c4``: preftune ``reinforce`` (leave-one-out baseline, no KL), C = 4, against TRL ``RLOOTrainer`` with
@@ -22,12 +22,12 @@ online DPO, ``prompts * 4`` completions with one generation per step for RLOO), 
 All rows of a round are generated in one ``generate`` call on every side. The reward is the response's length in
 characters (preftune: ``make_labeller("length")``; TRL: a reward function returning ``len(text.strip())``).
 
-What is timed: ``wall_s`` is the on-policy training itself (preftune: ``loop.run()``; TRL: from the first step's
-``on_step_begin`` to the last step's ``on_step_end``), not imports nor model loading (``setup_s``). ``samples/s`` is
-the sampled responses over ``wall_s``. ``gen share`` is generation time over ``wall_s`` (preftune: ``RoundStats``'
-``generate_s``; TRL: a timer wrapped around the trainer's ``_generate``, which also tokenises the prompts and, for
-RLOO, decodes the completions). ``gen tok/s`` is generated tokens (response tokens up to and including EOS) over
-generation time. ``peak RSS`` is the child's ``ru_maxrss``.
+What is timed: ``wall_s`` is the on-policy training itself (preftune: ``train_rounds(source)``; TRL: from the first
+step's ``on_step_begin`` to the last step's ``on_step_end``), not imports nor model loading (``setup_s``).
+``samples/s`` is the sampled responses over ``wall_s``. ``gen share`` is generation time over ``wall_s``
+(preftune: ``RoundStats``' ``generate_s``; TRL: a timer wrapped around the trainer's ``_generate``, which also
+tokenises the prompts and, for RLOO, decodes the completions). ``gen tok/s`` is generated tokens (response tokens up
+to and including EOS) over generation time. ``peak RSS`` is the child's ``ru_maxrss``.
 
 Run::
 
@@ -101,8 +101,6 @@ def _length_reward(completions: list[Any], **_: Any) -> list[float]:
 
 # --------------------------------------------------------------------------------------------------- children
 def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from preftune.data import Batcher
@@ -114,17 +112,14 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     from preftune.modeling.attention import attention_length
     from preftune.modeling.embedded import ensure_embedded_model
     from preftune.objectives import build
-    from preftune.training.config import OptimConfig
-    from preftune.training.loop import Trainer
-    from preftune.training.online import OnlineLoop, OnlineSettings
+    from preftune.training import OnlineSettings, OnPolicySource, OptimConfig, Trainer, make_accelerator, train_rounds
 
     t0 = time.perf_counter()
     path = ensure_embedded_model()
     tokenizer = load_tokenizer(path)
     prompts = benchmark_prompts(tokenizer, args.rounds * args.prompts, args.max_prompt_tokens)
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="no")
+    accelerator = make_accelerator("no")
     set_seed(args.seed)
     model = load_model(path, dtype="float32", device=accelerator.device)
     model.config.use_cache = False
@@ -153,7 +148,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         model=model,
         objective=objective,
         optim=optim,
-        total_steps=OnlineLoop.total_steps(settings, objective),
+        total_steps=OnPolicySource.total_steps(settings, objective),
         reference=reference,
     )
     sampling = SamplingConfig(
@@ -161,10 +156,10 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     )
     batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
     sampler = copy_sampler_for("float32" if args.child == "preftune-fp32" else "auto", "float32")
-    loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher,
-                      sampler=sampler)  # fmt: skip
+    source = OnPolicySource(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling,
+                            batcher, sampler=sampler)  # fmt: skip
     t1 = time.perf_counter()
-    rounds = loop.run()
+    _, rounds = train_rounds(source)
     wall = time.perf_counter() - t1
     samples = sum(r.samples for r in rounds)
     gen_tokens = sum(r.mean_length * r.samples for r in rounds)

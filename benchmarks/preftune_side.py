@@ -63,8 +63,6 @@ def run(workload: Workload, steps: int, seed: int, variant: str, precision: str)
     check_precision(precision)
     settings = {"group_by_length": False, "live_reference": False, **VARIANTS[variant]}
     began = time.perf_counter()
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from workloads import benchmark_pairs
 
@@ -80,7 +78,7 @@ def run(workload: Workload, steps: int, seed: int, variant: str, precision: str)
     )
     from preftune.modeling.attention import attention_length
     from preftune.objectives import build
-    from preftune.training.config import EvalConfig, OptimConfig
+    from preftune.training import EvalConfig, OptimConfig, make_accelerator
     from preftune.training.hooks import Callbacks
     from preftune.training.loop import Trainer, make_plan, responses_read
     from preftune.training.sources import DatasetSource
@@ -99,8 +97,7 @@ def run(workload: Workload, steps: int, seed: int, variant: str, precision: str)
             raise SystemExit(f"preftune kept {len(pairs)} of {steps * workload.batch_size} pairs")
         tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
-        AcceleratorState._reset_state()  # as `preftune train` does: no state left by earlier work in this process
-        accelerator = Accelerator(mixed_precision=mixed_precision)
+        accelerator = make_accelerator(mixed_precision)  # as `preftune train` does
         set_seed(seed)
         model = load_model(model_path, dtype="float32", device=accelerator.device)
         model.config.use_cache = False

@@ -23,9 +23,12 @@ ALLOWED = {
     "reward": {"data", "modeling"},  # Bradley-Terry reward models: pairs through preftune.data, models through modeling
     "judging": {"data", "modeling", "reward"},  # rows through preftune.data; the local judge loads a model
     "serving": {"modeling"},  # llama.cpp's server; modeling only to find the embedded GGUF
+    # the engine: the trainer, sources, hooks, checkpoints
     "training": {"objectives", "data", "modeling", "evaluation", "generation", "judging"},
-    "lab": {"objectives", "data", "modeling", "generation", "training"},  # P3's studies; the length tasks train a model
-    "reproduce": {"lab", "training", "data"},  # paper reproductions: the lab's studies, training runs, their data
+    # a training run: config -> checks -> stages -> outputs, driving the engine
+    "run": {"objectives", "data", "modeling", "evaluation", "generation", "judging", "training"},
+    "lab": {"objectives", "data", "modeling", "generation", "training"},  # P3's studies drive the engine, not a run
+    "reproduce": {"lab", "run", "training", "data"},  # the lab's studies, training runs, their data
     "cli": {
         "lab",
         "reproduce",
@@ -34,6 +37,7 @@ ALLOWED = {
         "data",
         "modeling",
         "training",
+        "run",
         "evaluation",
         "generation",
         "judging",
@@ -63,6 +67,14 @@ def test_package_imports_only_what_the_architecture_allows(package: str) -> None
     for path in (SRC / package).rglob("*.py"):
         extra = preftune_imports(path) - ALLOWED[package] - {package} - LEAVES
         assert not extra, f"{path.relative_to(SRC)} imports preftune.{sorted(extra)}"
+
+
+def test_the_engine_never_imports_the_run() -> None:
+    """preftune.training (the engine) knows no run: no module of it imports preftune.run, at the top
+    or inside a function; the lab drives the engine alone."""
+    for package in ("training", "lab"):
+        for path in (SRC / package).rglob("*.py"):
+            assert "run" not in preftune_imports(path), f"{path.relative_to(SRC)} imports preftune.run"
 
 
 def test_nothing_imports_the_cli() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from preftune.files import atomic_write_target, current_umask, write_atomic, write_json_atomic
 from preftune.modeling.cache import atomic_directory
-from preftune.training.report import plot_curves
+from preftune.run.report import plot_curves
 
 
 def _mode(path: Path) -> int:

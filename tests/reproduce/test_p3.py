@@ -297,7 +297,7 @@ def test_every_study_of_a_scale_builds_a_valid_config(name: str, tmp_path: Path)
     from preftune.reproduce.p3 import get_scale
     from preftune.reproduce.p3_lemma import training_config
     from preftune.reproduce.p3_length import SEEDS, STEPS, TASKS
-    from preftune.training.checks import check
+    from preftune.run.checks import check
 
     scale = get_scale(name)
     for peak in ("far", "near"):

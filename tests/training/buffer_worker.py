@@ -24,16 +24,15 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from safetensors.torch import save_file
 
 from preftune.data import Batcher, Origin, bundled_path, load_preference_data, tokenize_examples
 from preftune.data.groups import TokenizedGroup
 from preftune.modeling import apply_lora, load_model, load_tokenizer, tiny_model_path
 from preftune.objectives import build
+from preftune.run.config import OptimConfig
+from preftune.training import make_accelerator
 from preftune.training.checkpoint import latest_checkpoint, trainable_state
-from preftune.training.config import OptimConfig
 from preftune.training.hooks import Checkpoints, Hook
 from preftune.training.loop import Trainer
 from preftune.training.sources import BufferSource
@@ -109,8 +108,7 @@ def main(argv: list[str]) -> int:
     # restore() must come from the checkpoint.
     samples, pad_id = buffer_samples(other=args.resume)
 
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    accelerator = make_accelerator("no", cpu=True)
     model = load_model(path, dtype="float32")
     torch.manual_seed(0)  # LoRA's A matrices are drawn from torch's generator: the same in every run
     model = apply_lora(model, rank=4)

@@ -148,7 +148,7 @@ def train(overrides: Sequence[str], callbacks: Sequence[Any] = (), config_file: 
     unless ``overrides`` set ``optim.mixed_precision`` (the pin comes first, so it also covers a
     ``config_file`` written by a test, and outranks a precision set there)."""
     from preftune.cli.config import load_config
-    from preftune.training.run import run_training
+    from preftune.run.train import run_training
 
     pin = [f"{k}={v}" for k, v in FP32.items()]
     return run_training(load_config(config_file, [*pin, *overrides]), callbacks=callbacks)
@@ -193,12 +193,12 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 
 def assert_same_history(a: list[dict], b: list[dict], atol: float = 0.0, rtol: float = 0.0) -> None:
-    """Per-step histories equal (to ``atol`` + ``rtol`` of the value), except throughput (a timing); NaN equals NaN."""
+    """Per-step histories equal (to ``atol`` + ``rtol`` of the value), except the timings; NaN equals NaN."""
     assert [h["step"] for h in a] == [h["step"] for h in b]
     for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for key in x:
-            if key == "tokens_per_s":
+            if key in ("tokens_per_s", "step_s"):
                 continue
             tx, ty = torch.tensor(x[key], dtype=torch.float64), torch.tensor(y[key], dtype=torch.float64)
             assert torch.allclose(tx, ty, atol=atol, rtol=rtol, equal_nan=True), f"step {x['step']} {key}: {tx} vs {ty}"

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `tests.training`
 
 from preftune.cli.config import load_config
-from preftune.training.run import run_training
+from preftune.run.train import run_training
 from tests.training import terms
 
 

@@ -90,8 +90,8 @@ def test_two_processes_equal_one(data_files: DataFiles, tmp_path: Path) -> None:
     assert_same_history(history_2, history_1, atol=1e-5, rtol=1e-5)
     assert_same_tensors(model_weights(double / "model"), model_weights(single / "model"), atol=1e-5)
     # the held-out evaluation, split over the two processes and gathered, matches too
-    outcome_2 = trainer_state(double, STEPS)["evals"]
-    outcome_1 = trainer_state(single, STEPS)["evals"]
+    outcome_2 = trainer_state(double, STEPS)["hooks"]["evals"]["records"]
+    outcome_1 = trainer_state(single, STEPS)["hooks"]["evals"]["records"]
     for e2, e1 in zip(outcome_2, outcome_1, strict=True):
         for name in e1:
             if name != "step":

@@ -124,7 +124,7 @@ def _start_values(overrides: list[str]) -> list[float]:
     from preftune.cli.config import load_config
     from preftune.data import Batcher
     from preftune.modeling.attention import attention_length
-    from preftune.training.inputs import data_kind, load_examples, tokenize_inputs
+    from preftune.run.inputs import data_kind, load_examples, tokenize_inputs
 
     config = load_config(None, overrides)
     model, tokenizer = load_model("tiny-random", dtype="float32"), load_tokenizer("tiny-random")
@@ -153,7 +153,7 @@ def test_the_hook_logs_at_the_start_every_k_steps_and_at_the_end(
         assert record["nonpositive"] == sum(v <= 0 for v in values)
     assert records[0]["values"] == pytest.approx(_start_values(overrides), abs=1e-5)
     assert records[-1]["values"] != pytest.approx(records[0]["values"], abs=1e-4), "training moves the cosines"
-    assert [r["step"] for r in trainer_state(out, 2)["gradient_cosines"]] == [0, 2]
+    assert [r["step"] for r in trainer_state(out, 2)["hooks"]["gradient_cosines"]["records"]] == [0, 2]
     saved = json.loads((out / "outcome.json").read_text(encoding="utf-8"))
     assert saved["stages"][0]["gradient_cosines"] == records
     summary = (out / "summary.md").read_text(encoding="utf-8")
@@ -170,7 +170,7 @@ def test_a_resumed_run_keeps_the_earlier_records(data_files: DataFiles, tmp_path
     cut = full_overrides(data_files, tmp_path / "cut", **COSINES)
     with pytest.raises(Crash):
         train(cut, callbacks=[crash_after(3)])
-    before = trainer_state(tmp_path / "cut", 2)["gradient_cosines"]
+    before = trainer_state(tmp_path / "cut", 2)["hooks"]["gradient_cosines"]["records"]
     again = train([*cut, "resume=true"])
     records = again["stages"][0]["gradient_cosines"]
     assert [r["step"] for r in records] == [0, 2, 4]

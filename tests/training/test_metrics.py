@@ -12,7 +12,8 @@ from tests.training.common import Run, trainer_state
 
 KEYS = {
     "loss", "loss/dpo", "loss/exmate", "rewards/chosen", "rewards/rejected", "margin", "accuracy", "chosen_drift",
-    "logps/chosen", "logps/rejected", "likelihood_accuracy", "grad_norm", "lr", "tokens_per_s", "skipped", "step",
+    "logps/chosen", "logps/rejected", "likelihood_accuracy", "grad_norm", "lr", "tokens_per_s", "step_s", "skipped",
+    "step",
 }  # fmt: skip
 
 
@@ -22,7 +23,7 @@ def test_history_has_every_metric_of_every_step(lora_run: Run) -> None:
     for h in history:
         assert set(h) == KEYS
         assert all(math.isfinite(v) for v in h.values())
-        assert h["skipped"] == 0 and h["tokens_per_s"] > 0 and h["grad_norm"] > 0
+        assert h["skipped"] == 0 and h["tokens_per_s"] > 0 and h["step_s"] > 0 and h["grad_norm"] > 0
         assert 0 <= h["accuracy"] <= 1 and 0 <= h["likelihood_accuracy"] <= 1
         # the loss is the sum of its terms (weights 1), and the margin is β⁻¹ times the reward gap
         assert h["loss"] == pytest.approx(h["loss/dpo"] + h["loss/exmate"], rel=1e-5)

@@ -1,5 +1,5 @@
 """Offline training on ranked groups (P3's offline half) and on unpaired good/bad sets (P1), through
-``preftune train``'s own entry (:func:`preftune.training.run.run_training`) on the tiny model.
+``preftune train``'s own entry (:func:`preftune.run.train.run_training`) on the tiny model.
 
 The data are real: OpenAssistant message trees (``tests/data/files.py``'s ``SHARED``), whose ranked replies become
 groups of C = 3 completions with reward −rank. Each run's first step is checked against the
@@ -20,9 +20,9 @@ from preftune.data import Batcher
 from preftune.errors import PreftuneError
 from preftune.modeling import load_model, load_tokenizer, response_logprobs
 from preftune.objectives import build, record_for
-from preftune.training.inputs import data_kind, load_examples, tokenize_inputs
+from preftune.run.inputs import data_kind, load_examples, tokenize_inputs
+from preftune.run.train import run_training
 from preftune.training.loop import make_plan, responses_read
-from preftune.training.run import run_training
 from tests.data.files import OASST_FILE
 from tests.training.common import model_weights, trainer_state, write_jsonl
 

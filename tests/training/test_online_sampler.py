@@ -18,7 +18,7 @@ from preftune.generation.sampling import SamplingConfig, sample
 from preftune.generation.vllm_backend import load_weights_into_vllm
 from preftune.modeling import apply_lora, load_model
 from preftune.modeling.merged import merged_weights
-from preftune.training.online import OnlineLoop, OnlineSettings
+from preftune.training.online import OnlineSettings, OnPolicySource, train_rounds
 from tests.training.test_online import make_loop
 
 
@@ -113,11 +113,11 @@ def test_the_loop_samples_through_the_sampler_it_is_given():
         calls.append((model, len(prompt_ids), config.n, config.seed))
         return sample(model, tokenizer, prompt_ids, config)
 
-    default = make_loop("reinforce", settings)[0].run()
+    default = train_rounds(make_loop("reinforce", settings)[0])[1]
     built, _ = make_loop("reinforce", settings)  # the same trainer and data, handed to a loop with the seam
-    loop = OnlineLoop(built.trainer, built.tokenizer, built.prompts, built.prompt_ids, built.labeller, settings,
+    loop = OnPolicySource(built.trainer, built.tokenizer, built.prompts, built.prompt_ids, built.labeller, settings,
                       built.sampling, built.batcher, sampler=stand_in)  # fmt: skip
-    history = loop.run()
+    history = train_rounds(loop)[1]
     assert [(m is loop.trainer.model, p, n) for m, p, n, _ in calls] == [(True, 4, 3)] * 2
     assert len({seed for *_, seed in calls}) == 2  # a seed per round
     same = ("samples", "reward_mean", "mean_length", "items", "steps", "loss")
@@ -142,8 +142,8 @@ def test_online_backend_choice(monkeypatch):
     """hf, or a device that is not CUDA: the HF sampler (None); auto on CUDA where vLLM could run: the
     colocated sampler with online.vllm_gpu_memory; auto where it cannot: the HF sampler."""
     from preftune.generation import vllm_backend
-    from preftune.training.config import RunConfig
-    from preftune.training.online_run import online_sampler
+    from preftune.run.config import RunConfig
+    from preftune.run.online import online_sampler
 
     built = []
     monkeypatch.setattr(vllm_backend, "ColocatedVllmSampler", lambda *a, **k: built.append((a, k)) or "vllm")
@@ -166,13 +166,13 @@ def test_online_backend_choice(monkeypatch):
 
 
 def test_online_backend_vllm_is_refused_in_one_line_before_any_model(tmp_path, monkeypatch, capsys):
-    import preftune.training.run
+    import preftune.run.train
     from preftune.cli.main import main
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(preftune.training.run, "load_model", no_loading)
+    monkeypatch.setattr(preftune.run.train, "load_model", no_loading)
     argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=8",
             "online.rounds=1", "online.backend=vllm", f"output_dir={tmp_path / 'r'}", "trackers=[]"]  # fmt: skip
     assert main(argv) == 2

@@ -19,7 +19,7 @@ from preftune.evaluation.command import evaluate_model
 from preftune.evaluation.statistical import pair_values, summarise
 from preftune.modeling import ModelReference, load_model, load_tokenizer, sequence_logprobs
 from preftune.objectives import build
-from preftune.training.inputs import load_examples, tokenize_inputs
+from preftune.run.inputs import load_examples, tokenize_inputs
 from tests.training.common import Run, metric_means, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -63,20 +63,18 @@ def test_auto_mixed_precision(monkeypatch, cuda: bool, cuda_bf16: bool, cpu_bf16
 def test_the_chosen_precision_changes_the_matmul_dtype_under_accelerate() -> None:
     """What auto selects reaches the products: a Linear under the run's autocast computes in bf16
     on a CPU with native bf16 (and stays float32 elsewhere)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from preftune.training import forget_accelerator_state, make_accelerator
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")
     chosen = auto_mixed_precision()
-    AcceleratorState._reset_state()
     try:
-        accelerator = Accelerator(cpu=True, mixed_precision=chosen)
+        accelerator = make_accelerator(chosen, cpu=True)
         layer = torch.nn.Linear(64, 64)
         with accelerator.autocast():
             out = layer(torch.randn(8, 64))
     finally:
-        AcceleratorState._reset_state()
+        forget_accelerator_state()
     assert layer.weight.dtype == torch.float32  # master weights stay float32; only the product is bf16
     assert out.dtype == (torch.bfloat16 if chosen == "bf16" else torch.float32)
     assert chosen == ("bf16" if cpu_has_native_bf16() else "no")
@@ -143,7 +141,7 @@ class PrecisionRun:
 
 def _precision_run(data_files, folder: Path, setting: str) -> PrecisionRun:
     """``setting`` is ``auto`` (made to mean bf16 where this machine's answer is float32) or ``no``."""
-    from preftune.training import run as run_module
+    from preftune.run import train as run_module
     from preftune.training.loop import PolicyLogProbs
 
     auto_was_bf16 = run_module._mixed_precision("auto") == "bf16"
@@ -180,17 +178,17 @@ def _precision_run(data_files, folder: Path, setting: str) -> PrecisionRun:
 def precision_runs(data_files, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, PrecisionRun]]:
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         pytest.skip("a CUDA GPU without bf16: accelerate would refuse bf16 there")
-    from accelerate.state import AcceleratorState
+    from preftune.training import forget_accelerator_state
 
     folder = tmp_path_factory.mktemp("precision")
     try:
         yield {setting: _precision_run(data_files, folder, setting) for setting in ("auto", "no")}
     finally:
-        AcceleratorState._reset_state()  # leave no bf16 state to whatever runs next in this process
+        forget_accelerator_state()  # leave no bf16 state to whatever runs next in this process
 
 
 def test_mixed_precision_setting_follows_auto_mixed_precision(monkeypatch) -> None:
-    from preftune.training.run import _mixed_precision
+    from preftune.run.train import _mixed_precision
 
     for answer in ("bf16", "no"):
         monkeypatch.setattr(precision, "auto_mixed_precision", lambda answer=answer: answer)
@@ -274,13 +272,13 @@ def _young_run(data_files, folder: Path, setting: str) -> dict:
 def young_runs(data_files, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, dict]]]:
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         pytest.skip("a CUDA GPU without bf16: accelerate would refuse bf16 there")
-    from accelerate.state import AcceleratorState
+    from preftune.training import forget_accelerator_state
 
     folder = tmp_path_factory.mktemp("young")
     try:
         yield {s: (folder / s, _young_run(data_files, folder, s)) for s in ("bf16", "no")}
     finally:
-        AcceleratorState._reset_state()
+        forget_accelerator_state()
 
 
 def test_held_out_metrics_under_bf16_see_a_young_lora_update(young_runs) -> None:

@@ -34,7 +34,7 @@ from preftune.modeling import (
     tiny_model_path,
 )
 from preftune.objectives import build
-from preftune.training.config import OptimConfig
+from preftune.run.config import OptimConfig
 from preftune.training.loop import Trainer, make_plan, responses_read
 from preftune.training.sources import BufferSource, DatasetSource
 from tests.training.buffer_worker import BATCH, PASSES, SEED, TOTAL_STEPS, buffer_samples
@@ -149,14 +149,12 @@ def hh(lora_model) -> tuple[list, int]:
 
 @pytest.fixture
 def accelerator() -> Iterator:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from preftune.training import forget_accelerator_state, make_accelerator
 
-    AcceleratorState._reset_state()
     try:
-        yield Accelerator(cpu=True, mixed_precision="no")
+        yield make_accelerator("no", cpu=True)
     finally:
-        AcceleratorState._reset_state()
+        forget_accelerator_state()
 
 
 def test_responses_read_by_objective() -> None:

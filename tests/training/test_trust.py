@@ -16,9 +16,9 @@ from rich.console import Console
 from preftune.cli.config import load_config
 from preftune.data.split import pair_key, prompt_key
 from preftune.errors import PreftuneError
-from preftune.training.inputs import load_examples
-from preftune.training.resume import changed_keys
-from preftune.training.run import run_training
+from preftune.run.inputs import load_examples
+from preftune.run.resume import changed_keys
+from preftune.run.train import run_training
 from tests.training.common import DataFiles, Run, full_overrides, metric_means, run_cli, train, write_jsonl
 
 
@@ -90,8 +90,8 @@ def test_a_precomputed_reference_holds_only_the_pairs_asked_for(data_files: Data
     from preftune.data import Batcher
     from preftune.modeling import load_model, load_tokenizer
     from preftune.objectives import build
-    from preftune.training.inputs import tokenize_inputs
-    from preftune.training.references import make_reference
+    from preftune.run.inputs import tokenize_inputs
+    from preftune.run.references import make_reference
 
     config = load_config(None, full_overrides(data_files, Path("unused"), **{"data.eval_size": 4}))
     tokenizer = load_tokenizer("tiny-random")

@@ -99,7 +99,7 @@ def test_an_online_run_reports_its_win_rate_against_the_chosen_responses(tmp_pat
 def test_a_length_controlled_rate_that_cannot_be_estimated_is_reported_as_such() -> None:
     """The console line and summary.md's table give the reason instead of a number; an estimable one its number."""
     from preftune.evaluation.generative import length_controlled_win_rate
-    from preftune.training.summary import win_rate_table
+    from preftune.run.summary import win_rate_table
     from preftune.training.win_rates import format_record
 
     lc = length_controlled_win_rate([1.0, 0.0, 1.0], [9, 1, 8], [5, 5, 5], bootstrap=0)  # `longer`'s verdicts

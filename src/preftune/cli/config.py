@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from preftune.errors import PreftuneError
-from preftune.training.config import RunConfig, StageConfig, resolve_defaults
+from preftune.run.config import RunConfig, StageConfig, resolve_defaults
 
 
 class Yaml12Loader(yaml.SafeLoader):

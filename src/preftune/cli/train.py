@@ -103,11 +103,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(config))
         return 0
-    from preftune.training.checks import check
+    from preftune.run.checks import check
 
     check(config)  # a bad setting is refused before the trainer's heavy imports (peft, transformers' trainer)
     quiet_libraries()
-    from preftune.training.run import run_training
+    from preftune.run.train import run_training
 
     run_training(config)
     return 0

@@ -1,6 +1,6 @@
 """``data.*`` of a run's config: where the pairs come from and how they are cut to length.
 
-Read by ``preftune train`` (a field of :class:`preftune.training.config.RunConfig`) and by
+Read by ``preftune train`` (a field of :class:`preftune.run.config.RunConfig`) and by
 ``preftune evaluate``, which reads data exactly as training does.
 """
 

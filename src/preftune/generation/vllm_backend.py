@@ -247,7 +247,7 @@ def _vllm_version() -> str:
 class ColocatedVllmSampler:
     """vLLM in the training process, sampling each round from the trainer's *current* weights (TRL's colocate mode).
 
-    An :class:`~preftune.training.online.OnlineLoop` sampler: each call first loads
+    An :class:`~preftune.training.OnPolicySource` sampler: each call first loads
     :func:`merged_weights` of the model it is given into the engine (built once, from the base
     checkpoint ``model``), then samples with :meth:`VllmSampler.sample`. The engine takes
     ``gpu_memory_utilization`` of the GPU beside the trainer, so that share must leave the training

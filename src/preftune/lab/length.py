@@ -44,7 +44,7 @@ objective's preftune defaults, ``steps`` optimiser steps of ``batch_size`` items
 
 - ``offline_dpo``: ``dpo`` on the dataset's pairs (:class:`~preftune.training.sources.DatasetSource`).
 - ``pref_ft``: ``mle`` on the dataset's chosen responses (P3's "Pref-FT"), offline likewise.
-- ``onpolicy_dpo``: ``dpo`` through :class:`~preftune.training.online.OnlineLoop`: each round
+- ``onpolicy_dpo``: ``dpo`` through :class:`~preftune.training.OnPolicySource`: each round
   ``batch_size`` prompts × C samples from the current policy, best vs worst by the task's reward.
 - ``rwr``, ``reinforce``: the same loop, the C samples per prompt as a group with their rewards.
 
@@ -78,11 +78,19 @@ from preftune.lab.validate import choose, integers_at_least, number_in
 from preftune.modeling import TINY_NAME, AdapterDisabledReference, apply_lora, load_model, load_tokenizer
 from preftune.modeling.cache import atomic_directory, models_dir
 from preftune.objectives import build
-from preftune.training.config import OptimConfig
-from preftune.training.hooks import Fit, Hook
-from preftune.training.loop import Trainer, make_plan, responses_read
-from preftune.training.online import OnlineLoop, OnlineSettings
-from preftune.training.sources import DatasetSource
+from preftune.training import (
+    DatasetSource,
+    Fit,
+    Hook,
+    OnlineSettings,
+    OnPolicySource,
+    OptimConfig,
+    Trainer,
+    make_accelerator,
+    make_plan,
+    responses_read,
+    train_rounds,
+)
 
 TASKS = ("min", "mode", "skew")
 METHODS = ("offline_dpo", "onpolicy_dpo", "rwr", "reinforce", "pref_ft")
@@ -286,11 +294,7 @@ def response_ids(tokenizer: Any, text: str) -> list[int]:
 
 def _accelerator() -> Any:
     """A CPU accelerator without mixed precision (accelerate's process-wide state dropped first)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    return Accelerator(cpu=True, mixed_precision="no")
+    return make_accelerator("no", cpu=True)
 
 
 def _optim(lr: float, batch_size: int, seed: int) -> OptimConfig:
@@ -480,17 +484,14 @@ def _train_on_policy(setup: _Setup, trainer: Trainer, hook: Hook) -> None:
     """Rounds of P3's loop, one step each, until ``steps`` steps (a round without items takes none;
     at most 3·steps rounds)."""
     config = setup.config
-    settings = OnlineSettings(rounds=config.steps, prompts_per_round=min(config.batch_size, config.prompts),
+    settings = OnlineSettings(rounds=3 * config.steps, prompts_per_round=min(config.batch_size, config.prompts),
                               samples_per_prompt=config.samples_per_prompt, batch_size=config.batch_size,
                               seed=config.seed)  # fmt: skip
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=config.max_new_tokens, batch_size=64)
     labeller = LengthLabeller(setup.tokenizer, config.task, setup.dataset.mode)
-    loop = OnlineLoop(trainer, setup.tokenizer, setup.prompts, setup.prompt_ids, labeller, settings, sampling,
-                      Batcher(setup.tokenizer.pad_token_id))  # fmt: skip
-    round_index = 0
-    while trainer.global_step < config.steps and round_index < 3 * config.steps:
-        loop.run_round(round_index, hooks=[hook])
-        round_index += 1
+    source = OnPolicySource(trainer, setup.tokenizer, setup.prompts, setup.prompt_ids, labeller, settings, sampling,
+                            Batcher(setup.tokenizer.pad_token_id))  # fmt: skip
+    train_rounds(source, hooks=[hook], steps=config.steps)
 
 
 def train_method(setup: _Setup, method: str) -> Curve:

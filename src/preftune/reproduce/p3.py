@@ -68,7 +68,7 @@ class P3Scale:
         name: ``test``, ``small`` or ``full``.
         bandit_seeds, bandit_steps, bandit_methods: the bandit's seeds, Adam steps and objectives (both peaks).
         kl_steps, kl_sgd_lrs, kl_adam_lrs: the KL toy's steps and its step sizes for gradient descent and Adam.
-        training: the Lemma 6.2 runs' settings by :class:`~preftune.training.config.RunConfig` section.
+        training: the Lemma 6.2 runs' settings by :class:`~preftune.run.config.RunConfig` section.
         margin: δ of the verdict rules, in units of true reward (0..1).
         sequence_seeds, sequence_steps, sequence_length: the sequence bandit's seeds, Adam steps and
             response length L (both peaks, every method of ``bandit_methods``).

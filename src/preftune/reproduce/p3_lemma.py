@@ -1,6 +1,6 @@
 """P3's Lemma 6.2 on real batches: the gradient cosine over training for a ``dpo`` and an ``mle`` run.
 
-Two short runs of :func:`preftune.training.run.run_training` on the same data, model and seed, one
+Two short runs of :func:`preftune.run.train.run_training` on the same data, model and seed, one
 with ``objective=dpo`` (a negative gradient on y_l) and one with ``objective=mle`` (none), each with
 ``eval.gradient_cosine_every``: the trainer measures cos(∇θ log π(y_w), ∇θ log π(y_l)) on the same
 held-out pairs before the first step, every few steps and at the end
@@ -18,8 +18,8 @@ from typing import Any
 from preftune.data.config import DataConfig
 from preftune.reproduce.report import ClaimSection, markdown_table
 from preftune.reproduce.verdicts import Interval, wilson
-from preftune.training.config import EvalConfig, LoraSettings, ModelConfig, OptimConfig, RunConfig, resolve_defaults
-from preftune.training.run import run_training
+from preftune.run.config import EvalConfig, LoraSettings, ModelConfig, OptimConfig, RunConfig, resolve_defaults
+from preftune.run.train import run_training
 
 OBJECTIVES = ("dpo", "mle")
 

@@ -7,7 +7,7 @@ Before the first step, every ``eval.gradient_cosine_every`` steps and at the end
 policy's per-pair cosine (:func:`preftune.modeling.gradient_cosine.gradient_cosines`, over the
 trainable parameters, under the run's autocast) is measured on the first k held-out pairs, one pair
 at a time. The mean ± standard error is printed, logged to the trackers as ``eval/grad_cosine`` and
-kept, with the per-pair values, in ``TrainResult.gradient_cosines`` (checkpoints, the stage's
+kept, with the per-pair values, in ``TrainResult.records["gradient_cosines"]`` (checkpoints, the stage's
 record in ``outcome.json``) for plotting against the step. The pairs are shared over the processes.
 """
 
@@ -23,21 +23,23 @@ from rich.console import Console
 from preftune.data import Batcher, TokenizedPair
 from preftune.evaluation.statistical import mean_and_stderr
 from preftune.modeling.gradient_cosine import gradient_cosines
-from preftune.training.config import EvalConfig
-from preftune.training.hooks import Fit, Hook
+from preftune.training.hooks import Fit, RecordingHook
+from preftune.training.settings import EvalConfig
 
 
-class GradientCosineEvaluation(Hook):
+class GradientCosineEvaluation(RecordingHook):
     """The held-out gradient cosine (see the module docstring) at the start, every ``config.gradient_cosine_every``
     steps and at the end of a fit."""
+
+    name = "gradient_cosines"
 
     def __init__(
         self, pairs: Sequence[TokenizedPair], batcher: Batcher, config: EvalConfig, console: Console | None = None
     ) -> None:
+        super().__init__()
         self.pairs = list(pairs)[: config.gradient_cosine_pairs]
         self.batcher, self.every = batcher, config.gradient_cosine_every
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self.at_end = True
 
     def start(self, fit: Fit) -> None:
         if fit.trainer.global_step == 0:  # a resumed run has its start's record from the checkpoint
@@ -49,11 +51,10 @@ class GradientCosineEvaluation(Hook):
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
-        if self.at_end:
-            self.log(fit)
+        self.log(fit)
 
     def log(self, fit: Fit) -> dict[str, Any] | None:
-        """Measure now; the record appended to ``fit.result.gradient_cosines`` (None without held-out pairs)."""
+        """Measure now; the record kept (None without held-out pairs)."""
         trainer = fit.trainer
         values = self.evaluate(trainer)
         if not values:
@@ -62,11 +63,14 @@ class GradientCosineEvaluation(Hook):
         summary = mean_and_stderr(torch.tensor(values, dtype=torch.float64))
         nonpositive = sum(1 for v in values if v <= 0)
         record = {"step": step, **summary.to_dict(), "nonpositive": nonpositive, "values": values}
-        fit.result.gradient_cosines.append(record)
+        self.records.append(record)
         trainer.accelerator.log({"eval/grad_cosine": summary.mean}, step=step)
         if trainer.accelerator.is_main_process:
-            self.console.print(f"gradient cosine at step {step}/{trainer.total_steps}: {summary} over {len(values)} "
-                               f"held-out pairs ({nonpositive} ≤ 0)", highlight=False)  # fmt: skip
+            self.console.print(
+                f"gradient cosine at step {step}/{trainer.total_steps}: {summary} over {len(values)} "
+                f"held-out pairs ({nonpositive} ≤ 0)",
+                highlight=False,
+            )
         return record
 
     def evaluate(self, trainer: Any) -> list[float]:

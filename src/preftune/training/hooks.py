@@ -4,6 +4,11 @@ checkpoints, progress, logging, the non-finite guard and user callbacks, each a 
 A hook sees a :class:`Fit` (the trainer, the source, the result so far) at the start of a fit,
 after every step (with the step's statistics) and at its end; ``close`` runs in any case
 (an exception included), for what must be torn down. Hooks run in the order given.
+
+A hook with a ``name`` keeps state a resumed run needs (its records, a baseline): its
+``state_dict()`` goes into every checkpoint under that name and ``load_state_dict`` gives it
+back, so the engine saves and restores hooks without knowing any of them. What a
+:class:`RecordingHook` records reaches the fit's result as ``result.records[name]``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from preftune.evaluation.names import CONSOLE_METRICS
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
 from preftune.progress import StepProgress
 from preftune.training.checkpoint import checkpoint_dir
-from preftune.training.config import EvalConfig
+from preftune.training.settings import EvalConfig
 
 if TYPE_CHECKING:
     from preftune.training.loop import Trainer
@@ -35,15 +40,19 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class TrainResult:
-    """What a finished (or stopped) fit reports: steps done, per-step statistics, evaluations."""
+    """What a finished (or stopped) fit reports: steps done, per-step statistics, and each
+    recording hook's records by the hook's name (``evals``: :class:`HeldOutEvaluation`'s)."""
 
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     skipped_steps: int = 0
-    win_rates: list[dict[str, Any]] = field(default_factory=list)  # :mod:`preftune.training.win_rates`
-    gradient_cosines: list[dict[str, Any]] = field(default_factory=list)  # P3 Lemma 6.2, gradient_cosine_hook
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        """The held-out evaluations (start, periodic, end)."""
+        return self.records.get(HeldOutEvaluation.name, [])
 
 
 @dataclass
@@ -54,10 +63,30 @@ class Fit:
     source: BatchSource
     result: TrainResult
     end_step: int  # the global step this fit stops at
+    hooks: Sequence[Hook] = ()
+
+    def hook_states(self) -> dict[str, Any]:
+        """Every named hook's state, by name (what a checkpoint keeps of the hooks)."""
+        return {hook.name: hook.state_dict() for hook in self.hooks if hook.name}
+
+    def collect_records(self) -> None:
+        """The recording hooks' records into the result, by hook name."""
+        for hook in self.hooks:
+            if isinstance(hook, RecordingHook):
+                self.result.records[hook.name] = list(hook.records)
 
 
 class Hook:
-    """A no-op hook; subclasses override what they need."""
+    """A no-op hook; subclasses override what they need. ``name``: set by a hook with state to keep."""
+
+    name = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this hook (JSON)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`state_dict`'s value from a checkpoint."""
 
     def start(self, fit: Fit) -> None:
         """Before the first step."""
@@ -70,6 +99,20 @@ class Hook:
 
     def close(self, fit: Fit) -> None:
         """Always, last: tear down what ``start`` set up."""
+
+
+class RecordingHook(Hook):
+    """A hook that keeps a list of records (evaluations...), saved in checkpoints and handed to the
+    fit's result under its ``name``."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = list(state.get("records", []))
 
 
 class Logging(Hook):
@@ -88,8 +131,9 @@ class Progress(Hook):
 
     def start(self, fit: Fit) -> None:
         trainer = fit.trainer
-        self.bar = StepProgress(fit.end_step, trainer.global_step, enabled=trainer.accelerator.is_main_process,
-                                console=self.console)  # fmt: skip
+        self.bar = StepProgress(
+            fit.end_step, trainer.global_step, enabled=trainer.accelerator.is_main_process, console=self.console
+        )
         self.bar.__enter__()
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
@@ -109,11 +153,8 @@ class Checkpoints(Hook):
         self.output_dir, self.every, self.keep, self.total_steps = Path(output_dir), every, keep, total_steps
 
     def save(self, fit: Fit) -> None:
-        trainer = fit.trainer
-        result = fit.result
-        state = {"total_steps": self.total_steps, "history": result.history, "evals": result.evals,
-                 "win_rates": result.win_rates, "gradient_cosines": result.gradient_cosines}  # fmt: skip
-        trainer.save(self.output_dir, state, fit.source.state_dict(), self.keep)
+        state = {"total_steps": self.total_steps, "history": fit.result.history, "hooks": fit.hook_states()}
+        fit.trainer.save(self.output_dir, state, fit.source.state_dict(), self.keep)
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
         done = fit.trainer.global_step
@@ -156,9 +197,11 @@ class Callbacks(Hook):
             callback(fit.trainer.global_step, stats)
 
 
-class HeldOutEvaluation(Hook):
+class HeldOutEvaluation(RecordingHook):
     """docs/methods.md §6 statistics on held-out pairs, with standard errors: before the first step,
     every ``config.every`` steps and at the end; shared over the processes."""
+
+    name = "evals"
 
     def __init__(
         self,
@@ -168,9 +211,9 @@ class HeldOutEvaluation(Hook):
         config: EvalConfig,
         console: Console | None = None,
     ) -> None:
+        super().__init__()
         self.pairs, self.reference, self.batcher, self.config = list(pairs), reference, batcher, config
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self.at_end = True
 
     def start(self, fit: Fit) -> None:
         if fit.trainer.global_step == 0:
@@ -182,15 +225,14 @@ class HeldOutEvaluation(Hook):
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
-        if self.at_end:  # an on-policy run turns this off for every round but its last
-            self.log(fit)
+        self.log(fit)
 
     def log(self, fit: Fit, initial: bool = False) -> dict[str, MetricSummary]:
         trainer = fit.trainer
         summary = self.evaluate(trainer, initial)
         if summary:
             step = trainer.global_step
-            fit.result.evals.append({"step": step, **{k: v.to_dict() for k, v in summary.items()}})
+            self.records.append({"step": step, **{k: v.to_dict() for k, v in summary.items()}})
             trainer.accelerator.log({f"eval/{k}": v.mean for k, v in summary.items()}, step=step)
             if trainer.accelerator.is_main_process:
                 shown = ", ".join(f"{k} {summary[k]}" for k in CONSOLE_METRICS if k in summary)
@@ -212,8 +254,17 @@ class HeldOutEvaluation(Hook):
 
         scorer = self.reference if initial and self.reference is not None else policy
         with trainer.eval_mode():
-            per_pair = pair_values(scorer, self.reference, self.pairs, mine, self.batcher, self.config.batch_size,
-                                   accelerator.device, beta, average)  # fmt: skip
+            per_pair = pair_values(
+                scorer,
+                self.reference,
+                self.pairs,
+                mine,
+                self.batcher,
+                self.config.batch_size,
+                accelerator.device,
+                beta,
+                average,
+            )
         merged: dict[str, list[float]] = {}
         for part in gather_object([per_pair]):
             for name, values in part.items():

@@ -30,9 +30,9 @@ from preftune.errors import PreftuneError
 from preftune.modeling import as_pair, response_logprobs
 from preftune.objectives import GroupRecord, Objective, SequenceLogProbs, record_for
 from preftune.training.checkpoint import load_checkpoint, save_checkpoint
-from preftune.training.config import OptimConfig
 from preftune.training.hooks import Fit, Hook, StepCallback, TrainResult
 from preftune.training.plan import BatchPlan
+from preftune.training.settings import OptimConfig
 from preftune.training.sources import BatchSource
 
 __all__ = ["PolicyLogProbs", "StepCallback", "TrainResult", "Trainer", "make_optimizer", "make_plan", "responses_read"]
@@ -162,7 +162,7 @@ class Trainer:
         (from :meth:`restore`)."""
         remaining = self.total_steps - self.global_step
         end = self.global_step + (remaining if steps is None else min(steps, remaining))
-        fit = Fit(self, source, result or TrainResult(steps=self.global_step), end)
+        fit = Fit(self, source, result or TrainResult(steps=self.global_step), end, tuple(hooks))
         began = time.perf_counter()
         try:
             for hook in hooks:
@@ -175,7 +175,8 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 stats = self.step(micro)
-                stats["tokens_per_s"] = stats.pop("tokens") / max(time.perf_counter() - t0, 1e-9)
+                stats["step_s"] = time.perf_counter() - t0
+                stats["tokens_per_s"] = stats.pop("tokens") / max(stats["step_s"], 1e-9)
                 stats["step"] = self.global_step
                 fit.result.history.append(stats)
                 for hook in hooks:
@@ -184,6 +185,7 @@ class Trainer:
             for hook in hooks:
                 hook.end(fit)
         finally:
+            fit.collect_records()
             for hook in hooks:
                 hook.close(fit)
         fit.result.seconds += time.perf_counter() - began
@@ -216,25 +218,35 @@ class Trainer:
         (JSON: history...) and the source's position (main process writes; all wait)."""
         if self.accelerator.is_main_process:
             save_checkpoint(
-                Path(output_dir), self.global_step, self.accelerator.unwrap_model(self.policy),
-                getattr(self.optimizer, "optimizer", self.optimizer), self.scheduler,
-                {"step": self.global_step, **state}, keep, source_state,
-            )  # fmt: skip
+                Path(output_dir),
+                self.global_step,
+                self.accelerator.unwrap_model(self.policy),
+                getattr(self.optimizer, "optimizer", self.optimizer),
+                self.scheduler,
+                {"step": self.global_step, **state},
+                keep,
+                source_state,
+            )
         self.accelerator.wait_for_everyone()
 
-    def restore(self, checkpoint: Path, source: BatchSource) -> TrainResult:
-        """Continue from ``checkpoint``: weights, optimizer, schedule, RNG, the global step and the
-        source's position; returns the result so far (history, evaluations) to pass to :meth:`fit`."""
+    def restore(self, checkpoint: Path, source: BatchSource, hooks: Sequence[Hook] = ()) -> TrainResult:
+        """Continue from ``checkpoint``: weights, optimizer, schedule, RNG, the global step, the
+        source's position and the named hooks' states; returns the result so far (history) to pass to
+        :meth:`fit` with the same hooks."""
         state = load_checkpoint(
-            checkpoint, self.accelerator.unwrap_model(self.policy),
-            getattr(self.optimizer, "optimizer", self.optimizer), self.scheduler,
-        )  # fmt: skip
+            checkpoint,
+            self.accelerator.unwrap_model(self.policy),
+            getattr(self.optimizer, "optimizer", self.optimizer),
+            self.scheduler,
+        )
         self.global_step = int(state["step"])
         source.load_state_dict(state.get("source") or {"step": self.global_step})
+        saved_hooks = state.get("hooks", {})
+        for hook in hooks:
+            if hook.name in saved_hooks:
+                hook.load_state_dict(saved_hooks[hook.name])
         skipped = sum(int(h.get("skipped", 0)) for h in state["history"])
-        return TrainResult(self.global_step, list(state["history"]), list(state["evals"]), skipped_steps=skipped,
-                           win_rates=list(state.get("win_rates", [])),
-                           gradient_cosines=list(state.get("gradient_cosines", [])))  # fmt: skip
+        return TrainResult(self.global_step, list(state["history"]), skipped_steps=skipped)
 
 
 def responses_read(objective: Objective) -> int | None:

@@ -11,13 +11,15 @@ items (``batch_size``) with the run's objective:
   from the rewards: best vs worst, or every pair more than ``reward_gap`` apart (``pairing``);
   a ``mix`` fraction of each round's items are offline pairs instead (``mix=0.5``: half).
 
-The trainer never knows where its batches came from: each round hands it a
-:class:`~preftune.training.sources.BufferSource`. Offline training is one round over a dataset.
+The rounds are a batch source, :class:`OnPolicySource`: an on-policy run is one ``fit`` over it,
+and the trainer never knows where its batches came from (offline training is a ``fit`` over a
+dataset). Each round's buffer is a :class:`~preftune.training.sources.BufferSource`.
 
-    >>> loop = OnlineLoop(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"),
-    ...                   OnlineSettings(rounds=4, prompts_per_round=8, samples_per_prompt=4),
-    ...                   SamplingConfig(n=4, temperature=1.0, max_new_tokens=64), Batcher(pad_id))
-    >>> for stats in loop.run():
+    >>> source = OnPolicySource(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"),
+    ...                         OnlineSettings(rounds=4, prompts_per_round=8, samples_per_prompt=4),
+    ...                         SamplingConfig(temperature=1.0, max_new_tokens=64), Batcher(pad_id))
+    >>> result, rounds = train_rounds(source)  # trainer.fit(source, hooks=[..., RoundLog()])
+    >>> for stats in rounds:
     ...     print(stats)
 """
 
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from preftune.data import Batch
 from preftune.data.batcher import Batcher
 from preftune.data.examples import Origin
 from preftune.data.groups import TokenizedGroup
@@ -37,7 +40,7 @@ from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.objectives import GroupRecord
-from preftune.training.hooks import Hook, TrainResult
+from preftune.training.hooks import Fit, Hook, TrainResult
 from preftune.training.loop import Trainer, responses_read
 from preftune.training.sources import BufferSource
 
@@ -148,11 +151,13 @@ class RoundStats:
 
     def __str__(self) -> str:
         labelled = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in self.labelling.items())
-        return (f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}{labelled}, length "
-                f"{self.mean_length:.1f} tokens, finished {self.finished:.2f}, {self.items} items "
-                f"({self.offline_items} offline), KL {self.kl:.4f}, {self.steps} steps, loss {self.loss:.4f}; "
-                f"time generate "
-                f"{self.generate_s:.1f} s / label {self.label_s:.1f} s / train {self.train_s:.1f} s")  # fmt: skip
+        return (
+            f"round {self.round}: reward {self.reward_mean:+.3f} ± {self.reward_std:.3f}{labelled}, length "
+            f"{self.mean_length:.1f} tokens, finished {self.finished:.2f}, {self.items} items "
+            f"({self.offline_items} offline), KL {self.kl:.4f}, {self.steps} steps, loss {self.loss:.4f}; "
+            f"time generate "
+            f"{self.generate_s:.1f} s / label {self.label_s:.1f} s / train {self.train_s:.1f} s"
+        )
 
 
 def labeller_diagnostics(labeller: Any) -> dict[str, float]:
@@ -187,25 +192,45 @@ def labelled_groups(
         kept = [(s, r) for s, r in zip(by_prompt.get(i, []), rewards[i], strict=True) if not math.isnan(r)]
         if len(kept) < 2:
             continue
-        groups.append(TokenizedGroup(
-            list(ids), tuple(list(s.response_ids) for s, _ in kept), tuple(float(r) for _, r in kept),
-            Origin(f"round {round_index}", i + 1), finished=tuple(bool(s.finished) for s, _ in kept),
-        ))  # fmt: skip
+        groups.append(
+            TokenizedGroup(
+                list(ids),
+                tuple(list(s.response_ids) for s, _ in kept),
+                tuple(float(r) for _, r in kept),
+                Origin(f"round {round_index}", i + 1),
+                finished=tuple(bool(s.finished) for s, _ in kept),
+            )
+        )
     return groups
 
 
-def shown_samples(round_index: int, prompts: Sequence[Any], samples: Sequence[Sample],
-                  rewards: Sequence[Sequence[float]], c: int, count: int = 2) -> list[dict[str, Any]]:  # fmt: skip
+def shown_samples(
+    round_index: int,
+    prompts: Sequence[Any],
+    samples: Sequence[Sample],
+    rewards: Sequence[Sequence[float]],
+    c: int,
+    count: int = 2,
+) -> list[dict[str, Any]]:
     """The best- and worst-rewarded response to the round's first ``count`` prompts (the run's report)."""
     from preftune.judging.labellers import prompt_text
 
     out = []
     for j, prompt in enumerate(prompts[:count]):
-        ranked = sorted((r, x.text) for r, x in zip(rewards[j], samples[j * c : (j + 1) * c], strict=True)
-                        if not math.isnan(r))  # fmt: skip
+        ranked = sorted(
+            (r, x.text) for r, x in zip(rewards[j], samples[j * c : (j + 1) * c], strict=True) if not math.isnan(r)
+        )
         if ranked:
-            out.append({"round": round_index, "prompt": prompt_text(prompt), "best": ranked[-1][1],
-                        "best_reward": ranked[-1][0], "worst": ranked[0][1], "worst_reward": ranked[0][0]})  # fmt: skip
+            out.append(
+                {
+                    "round": round_index,
+                    "prompt": prompt_text(prompt),
+                    "best": ranked[-1][1],
+                    "best_reward": ranked[-1][0],
+                    "worst": ranked[0][1],
+                    "worst_reward": ranked[0][0],
+                }
+            )
     return out
 
 
@@ -216,13 +241,16 @@ def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap
     for g in groups:
         rewards = g.rewards or ()
         order = sorted(range(len(rewards)), key=lambda k: -rewards[k])
-        candidates = [(order[0], order[-1])] if pairing == "best_vs_worst" else [
-            (a, b) for i, a in enumerate(order) for b in order[i + 1 :]
-        ]  # fmt: skip
+        candidates = (
+            [(order[0], order[-1])]
+            if pairing == "best_vs_worst"
+            else [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
+        )
         for a, b in candidates:
             if rewards[a] - rewards[b] > reward_gap:
-                out.append(TokenizedGroup(g.prompt_ids, (g.responses[a], g.responses[b]),
-                                          (rewards[a], rewards[b]), g.origin))  # fmt: skip
+                out.append(
+                    TokenizedGroup(g.prompt_ids, (g.responses[a], g.responses[b]), (rewards[a], rewards[b]), g.origin)
+                )
     return out
 
 
@@ -233,16 +261,28 @@ def offline_items(pairs: Sequence[TokenizedPair], k: int, rng: random.Random) ->
     if not pairs:
         raise PreftuneError("online.mix > 0 needs offline pairs (data.train)")
     picks = rng.sample(range(len(pairs)), k) if k <= len(pairs) else [rng.randrange(len(pairs)) for _ in range(k)]
-    return [TokenizedGroup(pairs[i].prompt_ids, (list(pairs[i].chosen_ids), list(pairs[i].rejected_ids)),
-                           (1.0, 0.0), pairs[i].origin) for i in picks]  # fmt: skip
+    return [
+        TokenizedGroup(
+            pairs[i].prompt_ids, (list(pairs[i].chosen_ids), list(pairs[i].rejected_ids)), (1.0, 0.0), pairs[i].origin
+        )
+        for i in picks
+    ]
 
 
-class OnlineLoop:
-    """Rounds of sample → label → T passes of training, through one :class:`Trainer` (see the module docstring).
+class OnPolicySource:
+    """P3's Algorithm 1 as a batch source (see the module docstring): ``next()`` serves the current
+    round's buffer, and when it runs out samples, labels and pairs the next round, so the trainer's one
+    ``fit`` runs every round without knowing where its batches come from (nanochat's ``get_batch``).
+
+    Its state (``state_dict``, saved in every checkpoint) is the next round's index, the current
+    round's buffer with its samples and position, and every round's statistics so far: a run resumed
+    mid-round finishes that round on the same samples, and its round statistics are the
+    uninterrupted run's. :class:`RoundLog` reports each round when its training is over.
 
     Args:
         trainer: built with ``total_steps = settings.rounds * settings.steps_per_round(...)``
-            (:meth:`total_steps`).
+            (:meth:`total_steps`); the source samples from ``trainer.model`` and reads its
+            processes, accumulation and objective.
         tokenizer: the policy's (sampling, decoding).
         prompts: as the labeller reads them (text or messages), one per prompt.
         prompt_ids: ``[P_i]`` token ids of each prompt (chat template and generation prompt).
@@ -257,14 +297,25 @@ class OnlineLoop:
             prompt_ids, config)`` with :func:`~preftune.generation.sampling.sample`'s contract
             (:data:`Sampler`); None is that HF sampler. A seam, so that a faster engine can sample
             (:class:`~preftune.generation.vllm_backend.ColocatedVllmSampler` loads the current
-            weights into vLLM first) while the loop stays the same: it never knows which it has.
+            weights into vLLM first) while the source stays the same.
     """
 
+    kind = "on_policy"
+
     def __init__(
-        self, trainer: Trainer, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
-        labeller: Any, settings: OnlineSettings, sampling: SamplingConfig, batcher: Batcher,
-        offline: Sequence[TokenizedPair] = (), kl_reference: Any = None, sampler: Sampler | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        trainer: Trainer,
+        tokenizer: Any,
+        prompts: Sequence[Any],
+        prompt_ids: Sequence[list[int]],
+        labeller: Any,
+        settings: OnlineSettings,
+        sampling: SamplingConfig,
+        batcher: Batcher,
+        offline: Sequence[TokenizedPair] = (),
+        kl_reference: Any = None,
+        sampler: Sampler | None = None,
+    ) -> None:
         if len(prompts) != len(prompt_ids) or not prompts:
             raise PreftuneError(f"{len(prompts)} prompts but {len(prompt_ids)} tokenised prompts")
         self.group_objective = trainer.objective.record_type is GroupRecord
@@ -275,44 +326,94 @@ class OnlineLoop:
         self.sampling = replace(sampling, n=settings.samples_per_prompt)
         self.batcher, self.offline, self.kl_reference = batcher, list(offline), kl_reference
         self.sampler: Sampler = sampler if sampler is not None else sample
-        self.result: TrainResult | None = None  # the run's history and evaluations, over all rounds
-        self.shown: list[dict[str, Any]] = []  # a few of the last round's samples, for the run's report
+        self.next_round = 0
+        self.buffer: BufferSource | None = None  # the current round's; None before the first or for an empty one
+        self.rounds: list[RoundStats] = []  # every round sampled: sampling statistics, its steps planned
+        self.start_steps: list[int] = []  # the global step each round's training starts after
+        self.shown: list[dict[str, Any]] = []  # the best and worst samples of a few prompts per round
 
     @staticmethod
     def total_steps(settings: OnlineSettings, objective: Any) -> int:
         """The run's optimiser steps at most: every round full."""
         return settings.rounds * settings.steps_per_round(objective.record_type is GroupRecord)
 
-    def run(self, hooks: Sequence[Hook] = (), start_round: int = 0) -> list[RoundStats]:
-        return [self.run_round(r, hooks) for r in range(start_round, self.settings.rounds)]
+    def __iter__(self) -> OnPolicySource:
+        return self
 
-    def run_round(self, round_index: int, hooks: Sequence[Hook] = ()) -> RoundStats:
-        """Sample, label and train one round; its statistics."""
+    def __next__(self) -> list[Batch]:
+        while self.buffer is None or self.buffer.step >= self.buffer.total_steps:
+            if self.next_round >= self.settings.rounds:
+                raise StopIteration
+            self.sample_round(self.next_round)
+            self.next_round += 1
+        return next(self.buffer)
+
+    def sample_round(self, round_index: int) -> RoundStats:
+        """Sample, label and pair round ``round_index``: its buffer becomes the one served; its statistics."""
         s = self.settings
         chosen = round_prompts(len(self.prompts), s.prompts_per_round, round_index, s.seed)
         t0 = time.perf_counter()
-        samples = self.sampler(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in chosen],
-                               replace(self.sampling, seed=s.seed * 1_000_003 + round_index))  # fmt: skip
+        samples = self.sampler(
+            self.trainer.model,
+            self.tokenizer,
+            [self.prompt_ids[i] for i in chosen],
+            replace(self.sampling, seed=s.seed * 1_000_003 + round_index),
+        )
         t1 = time.perf_counter()
         rewards = self._rewards(chosen, samples)
         labelling = labeller_diagnostics(self.labeller)
         t2 = time.perf_counter()
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
-        self.shown = shown_samples(round_index, [self.prompts[i] for i in chosen], samples, rewards,
-                                   s.samples_per_prompt)  # fmt: skip
+        self.shown += shown_samples(
+            round_index, [self.prompts[i] for i in chosen], samples, rewards, s.samples_per_prompt
+        )
         kl = self.kl_to_reference(groups)
         items = groups if self.group_objective else pairs_from_groups(groups, s.pairing, s.reward_gap)
         extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))
-        steps, loss = self._train(items + extra, round_index, hooks)
+        self.buffer = self.round_buffer(items + extra, round_index)
         flat = [r for row in rewards for r in row if not math.isnan(r)]
         mean = sum(flat) / max(len(flat), 1)
         std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1))
-        return RoundStats(
-            round_index, len(chosen), len(samples), mean, std,
+        stats = RoundStats(
+            round_index,
+            len(chosen),
+            len(samples),
+            mean,
+            std,
             sum(len(x.response_ids) for x in samples) / max(len(samples), 1),
             sum(bool(x.finished) for x in samples) / max(len(samples), 1),
-            len(items), len(extra), steps, loss, t1 - t0, t2 - t1, time.perf_counter() - t2, kl, labelling,
-        )  # fmt: skip
+            len(items),
+            len(extra),
+            self.buffer.total_steps if self.buffer else 0,
+            math.nan,
+            t1 - t0,
+            t2 - t1,
+            0.0,
+            kl,
+            labelling,
+        )
+        self.rounds.append(stats)
+        self.start_steps.append(self.trainer.global_step)
+        return stats
+
+    def finished_rounds(self, history: Sequence[dict[str, float]], final: bool = False) -> list[RoundStats]:
+        """Every round whose training is over (``final``: every round sampled, the fit having ended),
+        with its steps, mean loss and training time read from ``history`` (the fit's per-step statistics)."""
+        done = []
+        for stats, start in zip(self.rounds, self.start_steps, strict=True):
+            if not final and self.trainer.global_step < start + stats.steps:
+                break
+            steps = [h for h in history if start < h["step"] <= start + stats.steps]
+            losses = [h["loss"] for h in steps if "loss" in h]
+            done.append(
+                replace(
+                    stats,
+                    steps=len(steps),
+                    loss=sum(losses) / len(losses) if losses else math.nan,
+                    train_s=sum(h.get("step_s", 0.0) for h in steps),
+                )
+            )
+        return done
 
     def kl_to_reference(self, groups: Sequence[TokenizedGroup]) -> float:
         """Mean log π(y|x) − log π_ref(y|x) over the groups' responses (y drawn from π: a Monte Carlo
@@ -339,8 +440,9 @@ class OnlineLoop:
         texts = [[x.text for x in samples[j * c : (j + 1) * c]] for j in range(len(chosen))]
         finished = [[bool(x.finished) for x in samples[j * c : (j + 1) * c]] for j in range(len(chosen))]
         rewards = self.labeller.rewards([self.prompts[i] for i in chosen], texts)
-        return apply_missing_eos_penalty([list(map(float, row)) for row in rewards], finished,
-                                         self.settings.missing_eos_penalty)  # fmt: skip
+        return apply_missing_eos_penalty(
+            [list(map(float, row)) for row in rewards], finished, self.settings.missing_eos_penalty
+        )
 
     def round_batch_size(self, items: int) -> int:
         """M, or for a round with fewer than M items (ties leave prompts without a pair) the most of them
@@ -351,49 +453,100 @@ class OnlineLoop:
         unit = trainer.accelerator.num_processes * trainer.optim.grad_accumulation
         return items // unit * unit
 
-    def buffer(self, items: list[TokenizedGroup], round_index: int) -> BufferSource:
-        """The round's source: T passes of M-item minibatches over ``items``, shared over the processes."""
+    def round_buffer(self, items: list[TokenizedGroup], round_index: int) -> BufferSource | None:
+        """The round's buffer: T passes of M-item minibatches over ``items``, shared over the processes;
+        None when the round has too few items for a step."""
         s, trainer = self.settings, self.trainer
         accelerator = trainer.accelerator
+        batch_size = self.round_batch_size(len(items))
+        if not batch_size:
+            return None
         return BufferSource(
-            items, self.batcher, batch_size=self.round_batch_size(len(items)), passes=s.passes, seed=s.seed,
+            items,
+            self.batcher,
+            batch_size=batch_size,
+            passes=s.passes,
+            seed=s.seed,
             round=round_index,
-            world_size=accelerator.num_processes, rank=accelerator.process_index,
-            grad_accumulation=trainer.optim.grad_accumulation, group_size=responses_read(trainer.objective),
+            world_size=accelerator.num_processes,
+            rank=accelerator.process_index,
+            grad_accumulation=trainer.optim.grad_accumulation,
+            group_size=responses_read(trainer.objective),
             device=accelerator.device,
-        )  # fmt: skip
+        )
 
-    def resume_round(self, checkpoint: Any, hooks: Sequence[Hook] = ()) -> RoundStats:
-        """Finish the round a checkpoint was taken in, on the samples the checkpoint holds (a resumed
-        process cannot sample that round again); its statistics, from the items it trained on (no
-        generation or labelling time, no lengths)."""
-        import torch
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "next_round": self.next_round,
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
+            "rounds": [r.to_dict() for r in self.rounds],
+            "start_steps": list(self.start_steps),
+            "shown": list(self.shown),
+        }
 
-        from preftune.training.checkpoint import SOURCE_FILE
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise PreftuneError(
+                f"the checkpoint's data position is of a {state.get('kind')} source, not an "
+                "on-policy one (written by an older preftune?)"
+            )
+        self.next_round, self.buffer = int(state["next_round"]), None
+        if state["buffer"] is not None:  # a resumed process cannot sample the round again: its saved samples
+            round_index, items = BufferSource.saved_samples(state["buffer"])
+            self.buffer = self.round_buffer(items, round_index)
+            assert self.buffer is not None  # a saved buffer had steps
+            self.buffer.load_state_dict(state["buffer"])
+        self.rounds = [RoundStats.from_dict(r) for r in state["rounds"]]
+        self.start_steps, self.shown = [int(s) for s in state["start_steps"]], list(state["shown"])
 
-        state = torch.load(checkpoint / SOURCE_FILE, weights_only=True)
-        round_index, items = BufferSource.saved_samples(state)
-        source = self.buffer(items, round_index)
-        self.result = self.trainer.restore(checkpoint, source)
-        t0, before = time.perf_counter(), self.trainer.global_step
-        seen = len(self.result.history)
-        self.result = self.trainer.fit(source, hooks=hooks, result=self.result)
-        losses = [h["loss"] for h in self.result.history[seen:] if "loss" in h]
-        flat = [r for g in items if g.rewards for r in g.rewards]
-        mean = sum(flat) / len(flat) if flat else math.nan
-        std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1)) if flat else math.nan
-        return RoundStats(
-            round_index, len(items), 0, mean, std, math.nan, math.nan, len(items), 0,
-            self.trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan,
-            0.0, 0.0, time.perf_counter() - t0,
-        )  # fmt: skip
 
-    def _train(self, items: list[TokenizedGroup], round_index: int, hooks: Sequence[Hook]) -> tuple[int, float]:
-        """T passes of M-item minibatches over ``items``: steps run and their mean loss."""
-        if not self.round_batch_size(len(items)):
-            return 0, math.nan
-        trainer = self.trainer
-        before, seen = trainer.global_step, len(self.result.history) if self.result is not None else 0
-        self.result = trainer.fit(self.buffer(items, round_index), hooks=hooks, result=self.result)
-        losses = [h["loss"] for h in self.result.history[seen:] if "loss" in h]
-        return trainer.global_step - before, sum(losses) / len(losses) if losses else math.nan
+class RoundLog(Hook):
+    """Reports each round of an :class:`OnPolicySource` once its training is over: to the console,
+    the trackers (``online/*``) and ``on_round(stats, rounds, shown)`` (every finished round so far
+    and the round's shown samples, for files); ``self.rounds`` holds them. Its state is how many
+    rounds it has reported."""
+
+    name = "rounds"
+
+    def __init__(
+        self,
+        on_round: Callable[[RoundStats, list[RoundStats], list[dict[str, Any]]], None] | None = None,
+        console: Any = None,
+    ) -> None:
+        self.on_round, self.console = on_round, console
+        self.rounds: list[RoundStats] = []
+        self.reported = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reported": self.reported}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reported = int(state["reported"])
+
+    def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
+        self._report(fit, final=False)
+
+    def end(self, fit: Fit) -> None:
+        self._report(fit, final=True)
+
+    def _report(self, fit: Fit, final: bool) -> None:
+        self.rounds = fit.source.finished_rounds(fit.result.history, final)  # type: ignore[attr-defined]
+        accelerator = fit.trainer.accelerator
+        for stats in self.rounds[self.reported :]:
+            if self.console is not None and accelerator.is_main_process:
+                self.console.print(str(stats), highlight=False)
+            accelerator.log({f"online/{k}": v for k, v in stats.to_dict().items()}, step=fit.trainer.global_step)
+            if self.on_round is not None:
+                shown = [row for row in fit.source.shown if row["round"] == stats.round]  # type: ignore[attr-defined]
+                self.on_round(stats, self.rounds[: stats.round + 1], shown)
+        self.reported = len(self.rounds)
+
+
+def train_rounds(
+    source: OnPolicySource, hooks: Sequence[Hook] = (), steps: int | None = None
+) -> tuple[TrainResult, list[RoundStats]]:
+    """One ``fit`` over ``source`` (every round, or ``steps`` steps): the result and each round's statistics."""
+    log = RoundLog()
+    result = source.trainer.fit(source, steps=steps, hooks=[*hooks, log])
+    return result, log.rounds

@@ -6,7 +6,7 @@ saved in every checkpoint), so a resumed run reads exactly what an uninterrupted
 
 - :class:`DatasetSource`: offline training over a dataset (pairs or ranked groups) through the
   deterministic :class:`~preftune.training.plan.BatchPlan`; its position is its step. The data
-  themselves are checked on ``--resume`` by their fingerprints (:mod:`preftune.training.resume`).
+  themselves are checked on ``--resume`` by their fingerprints (:mod:`preftune.run.resume`).
 - :class:`BufferSource`: T passes over the samples of one round (on-policy sampling, or any
   labelled buffer); its state holds the samples too, since a round's samples cannot be read again.
 
@@ -44,7 +44,8 @@ class PlannedSource:
         items: tokenized pairs or groups.
         batcher: the run's layout.
         plan: which items each step reads (and this process's share, split for accumulation).
-        total_steps: steps before the source is exhausted (``StopIteration``).
+        total_steps: steps before the source is exhausted (``StopIteration``); None: never (the plan's
+            epochs follow one another, and the trainer's ``total_steps`` ends the fit).
         rank: this process's rank.
         group_size: responses taken of each item (1: chosen only; None: all).
         device: where the batches go.
@@ -57,7 +58,7 @@ class PlannedSource:
         items: Sequence[Responses],
         batcher: Batcher,
         plan: BatchPlan,
-        total_steps: int,
+        total_steps: int | None = None,
         *,
         rank: int = 0,
         group_size: int | None = None,
@@ -71,7 +72,7 @@ class PlannedSource:
         return self
 
     def __next__(self) -> list[Batch]:
-        if self.step >= self.total_steps:
+        if self.total_steps is not None and self.step >= self.total_steps:
             raise StopIteration
         micro = self.plan.micro_batches(self.step, self.rank)
         self.step += 1
@@ -123,16 +124,24 @@ class BufferSource(PlannedSource):
     ) -> None:
         if passes < 1:
             raise PreftuneError(f"a buffer needs at least one pass over its samples, not {passes}")
-        self.settings = {"batch_size": batch_size, "passes": passes, "seed": seed, "round": round,
-                         "world_size": world_size, "grad_accumulation": grad_accumulation}  # fmt: skip
+        self.settings = {
+            "batch_size": batch_size,
+            "passes": passes,
+            "seed": seed,
+            "round": round,
+            "world_size": world_size,
+            "grad_accumulation": grad_accumulation,
+        }
         plan = self._plan(len(samples))
-        super().__init__(samples, batcher, plan, plan.total_steps(passes, None), rank=rank, group_size=group_size,
-                         device=device)  # fmt: skip
+        super().__init__(
+            samples, batcher, plan, plan.total_steps(passes, None), rank=rank, group_size=group_size, device=device
+        )
 
     def _plan(self, num_samples: int) -> BatchPlan:
         k = self.settings
-        return BatchPlan(num_samples, k["batch_size"], k["seed"] * 100_003 + k["round"], k["world_size"],
-                         k["grad_accumulation"])  # fmt: skip
+        return BatchPlan(
+            num_samples, k["batch_size"], k["seed"] * 100_003 + k["round"], k["world_size"], k["grad_accumulation"]
+        )
 
     @staticmethod
     def saved_samples(state: dict[str, Any]) -> tuple[int, list[TokenizedGroup]]:
@@ -158,16 +167,21 @@ class BufferSource(PlannedSource):
 
 def _group_state(group: TokenizedGroup) -> dict[str, Any]:
     origin = group.origin
-    return {"prompt_ids": group.prompt_ids, "responses": list(group.responses),
-            "rewards": None if group.rewards is None else list(group.rewards),
-            "finished": None if group.finished is None else list(group.finished),
-            "origin": [origin.source, origin.row, origin.part]}  # fmt: skip
+    return {
+        "prompt_ids": group.prompt_ids,
+        "responses": list(group.responses),
+        "rewards": None if group.rewards is None else list(group.rewards),
+        "finished": None if group.finished is None else list(group.finished),
+        "origin": [origin.source, origin.row, origin.part],
+    }
 
 
 def _group_from_state(state: dict[str, Any]) -> TokenizedGroup:
     rewards, finished = state["rewards"], state["finished"]
     return TokenizedGroup(
-        list(state["prompt_ids"]), tuple(list(r) for r in state["responses"]),
-        None if rewards is None else tuple(float(r) for r in rewards), Origin(*state["origin"]),
+        list(state["prompt_ids"]),
+        tuple(list(r) for r in state["responses"]),
+        None if rewards is None else tuple(float(r) for r in rewards),
+        Origin(*state["origin"]),
         None if finished is None else tuple(bool(f) for f in finished),
-    )  # fmt: skip
+    )

@@ -36,8 +36,8 @@ from preftune.files import strict_json, write_atomic
 from preftune.generation.prompts import encode_prompt, prompt_key
 from preftune.generation.sampling import SamplingConfig, sample
 from preftune.judging.labellers import prompt_text
-from preftune.training.config import EvalConfig
-from preftune.training.hooks import Fit, Hook
+from preftune.training.hooks import Fit, RecordingHook
+from preftune.training.settings import EvalConfig
 
 BASELINE_FILE, OUTPUTS_FILE = "win_rate_baseline.jsonl", "win_rate_outputs.jsonl"
 WIN_RATE_BASELINES = ("start", "chosen")
@@ -57,7 +57,7 @@ def distinct_prompts(examples: Sequence[Any], limit: int) -> list[Any]:
     return out
 
 
-class WinRateEvaluation(Hook):
+class WinRateEvaluation(RecordingHook):
     """Win rates against the baseline every ``config.win_rate_every`` steps and at the end of a fit
     (see the module docstring).
 
@@ -71,10 +71,19 @@ class WinRateEvaluation(Hook):
         stage_dir: the stage folder (the latest answers).
     """
 
+    name = "win_rates"
+
     def __init__(
-        self, examples: Sequence[Any], tokenizer: Any, judges: Sequence[tuple[str, Any]], config: EvalConfig,
-        run_dir: Path, stage_dir: Path, console: Console | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        examples: Sequence[Any],
+        tokenizer: Any,
+        judges: Sequence[tuple[str, Any]],
+        config: EvalConfig,
+        run_dir: Path,
+        stage_dir: Path,
+        console: Console | None = None,
+    ) -> None:
+        super().__init__()
         self.examples = distinct_prompts(examples, config.win_rate_prompts)
         if not self.examples:
             raise PreftuneError("eval.judges needs held-out prompts: set data.eval_size > 0 or data.eval")
@@ -84,7 +93,13 @@ class WinRateEvaluation(Hook):
         self.baseline_path, self.outputs_path = Path(run_dir) / BASELINE_FILE, Path(stage_dir) / OUTPUTS_FILE
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.baseline: list[str] | None = None
-        self.at_end = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.baseline = state.get("baseline")
 
     def start(self, fit: Fit) -> None:
         if self.baseline is None and fit.trainer.accelerator.is_main_process:
@@ -97,8 +112,7 @@ class WinRateEvaluation(Hook):
             self.log(fit)
 
     def end(self, fit: Fit) -> None:
-        if self.at_end:  # an on-policy run turns this off for every round but its last
-            self.log(fit)
+        self.log(fit)
 
     def _baseline(self, fit: Fit) -> list[str]:
         if self.config.baseline == "chosen":
@@ -108,8 +122,10 @@ class WinRateEvaluation(Hook):
             if [r["prompt"] for r in rows] == [e.prompt for e in self.examples]:
                 return [r["completion"] for r in rows]
         if fit.trainer.global_step > 0:
-            raise PreftuneError(f"{self.baseline_path} (the starting policy's answers) is missing or for other "
-                                "prompts: a resumed run cannot answer as its starting policy")  # fmt: skip
+            raise PreftuneError(
+                f"{self.baseline_path} (the starting policy's answers) is missing or for other "
+                "prompts: a resumed run cannot answer as its starting policy"
+            )
         answers = self.answers(fit.trainer)  # before the first step: the starting policy
         rows = [{"prompt": e.prompt, "completion": a} for e, a in zip(self.examples, answers, strict=True)]
         write_atomic(self.baseline_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -117,19 +133,20 @@ class WinRateEvaluation(Hook):
 
     def answers(self, trainer: Any) -> list[str]:
         """The policy's greedy answer to each prompt."""
-        config = SamplingConfig(n=1, temperature=0.0, max_new_tokens=self.config.max_new_tokens,
-                                batch_size=self.config.batch_size)  # fmt: skip
+        config = SamplingConfig(
+            n=1, temperature=0.0, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size
+        )
         model = trainer.accelerator.unwrap_model(trainer.model)
         return [s.text for s in sample(model, self.tokenizer, self.prompt_ids, config)]
 
     def log(self, fit: Fit) -> list[dict[str, Any]]:
-        """Evaluate now (main process); the records appended to ``fit.result.win_rates``."""
+        """Evaluate now (main process); the records kept (``fit.result.records["win_rates"]`` at the end)."""
         trainer = fit.trainer
         records: list[dict[str, Any]] = []
         if trainer.accelerator.is_main_process:
             assert self.baseline is not None
             records = self.evaluate(trainer.global_step, self.answers(trainer), self.baseline)
-            fit.result.win_rates.extend(records)
+            self.records.extend(records)
             for record in records:
                 spec = record["judge"]
                 values = {f"eval/win_rate/{spec}": record["win_rate"], "eval/mean_length": record["mean_length"]}
@@ -147,15 +164,33 @@ class WinRateEvaluation(Hook):
             scores = win_scores(judge, self.texts, outputs, baseline)
             raw = win_rate(scores, lengths, base_lengths, seed=step)
             lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=0)
-            records.append({"step": step, "judge": spec, "win_rate": raw.win_rate, "ci_low": raw.ci_low,
-                            "ci_high": raw.ci_high, "lc_win_rate": lc.win_rate, "lc_reason": lc.reason,
-                            "wins": raw.wins, "ties": raw.ties, "losses": raw.losses, "failed": raw.failed,
-                            "mean_length": raw.mean_length,
-                            "baseline_mean_length": raw.baseline_mean_length})  # fmt: skip
+            records.append(
+                {
+                    "step": step,
+                    "judge": spec,
+                    "win_rate": raw.win_rate,
+                    "ci_low": raw.ci_low,
+                    "ci_high": raw.ci_high,
+                    "lc_win_rate": lc.win_rate,
+                    "lc_reason": lc.reason,
+                    "wins": raw.wins,
+                    "ties": raw.ties,
+                    "losses": raw.losses,
+                    "failed": raw.failed,
+                    "mean_length": raw.mean_length,
+                    "baseline_mean_length": raw.baseline_mean_length,
+                }
+            )
             rows.append(scores)
-        lines = [{"step": step, "prompt": e.prompt, "completion": o, "scores": {s: strict_json(r[i]) for (s, _), r in
-                  zip(self.judges, rows, strict=True)}} for i, (e, o) in enumerate(zip(self.examples, outputs,
-                  strict=True))]  # fmt: skip
+        lines = [
+            {
+                "step": step,
+                "prompt": e.prompt,
+                "completion": o,
+                "scores": {s: strict_json(r[i]) for (s, _), r in zip(self.judges, rows, strict=True)},
+            }
+            for i, (e, o) in enumerate(zip(self.examples, outputs, strict=True))
+        ]
         write_atomic(self.outputs_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
         return records
 
@@ -164,8 +199,10 @@ def format_record(record: dict[str, Any], total_steps: int, baseline: str) -> st
     """One console line of a win-rate record."""
     reason = record.get("lc_reason")
     lc = f"{record['lc_win_rate']:.3f}" if reason is None else f"cannot be estimated ({reason})"
-    return (f"win rate at step {record['step']}/{total_steps} against {baseline}, judge {record['judge']}: "
-            f"{record['win_rate']:.3f} [{record['ci_low']:.3f}, {record['ci_high']:.3f}], "
-            f"LC {lc}; {record['wins']} wins, {record['ties']} ties, {record['losses']} losses; "
-            f"mean length "
-            f"{record['mean_length']:.0f} characters (baseline {record['baseline_mean_length']:.0f})")  # fmt: skip
+    return (
+        f"win rate at step {record['step']}/{total_steps} against {baseline}, judge {record['judge']}: "
+        f"{record['win_rate']:.3f} [{record['ci_low']:.3f}, {record['ci_high']:.3f}], "
+        f"LC {lc}; {record['wins']} wins, {record['ties']} ties, {record['losses']} losses; "
+        f"mean length "
+        f"{record['mean_length']:.0f} characters (baseline {record['baseline_mean_length']:.0f})"
+    )

@@ -24,9 +24,20 @@ from preftune.training.checkpoint import latest_checkpoint
 
 # Keys that may change on resume: they change logging, checkpoint keeping, evaluation batching,
 # how the LM head is chunked (same numbers) or what is written at the end, not the training.
-MAY_CHANGE = ("output_dir", "resume", "trackers", "save_every", "keep_checkpoints", "merge_lora", "logit_chunk",
-              "eval.every", "eval.batch_size", "eval.samples", "eval.max_new_tokens",
-              "model.gradient_checkpointing")  # fmt: skip
+MAY_CHANGE = (
+    "output_dir",
+    "resume",
+    "trackers",
+    "save_every",
+    "keep_checkpoints",
+    "merge_lora",
+    "logit_chunk",
+    "eval.every",
+    "eval.batch_size",
+    "eval.samples",
+    "eval.max_new_tokens",
+    "model.gradient_checkpointing",
+)
 
 
 def has_progress(output_dir: Path, stage_names: Sequence[str]) -> bool:

@@ -3,7 +3,7 @@
 :func:`check` reads only the config and the file system (no model, no data rows), so a typo
 costs the user nothing: every number is range-checked, every choice compared with its list,
 every stage's objective built, the trackers found installed and the output folder found
-writable. Checks that need the data (columns, rows) follow in :mod:`preftune.training.inputs`,
+writable. Checks that need the data (columns, rows) follow in :mod:`preftune.run.inputs`,
 still before any model loads.
 """
 
@@ -20,13 +20,20 @@ from preftune.files import unwritable_reason
 from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import GroupRecord, Objective, build
-from preftune.training.config import RunConfig, resolve_defaults
+from preftune.run.config import RunConfig, resolve_defaults
 
 REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # transformers schedulers that need nothing beyond warm-up and total steps
-SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-             "inverse_sqrt")  # fmt: skip
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 SPLIT_BY = ("prompt", "pair")
 
 
@@ -62,18 +69,29 @@ def _check_numbers(config: RunConfig) -> None:
     _require("optim.epochs", o.epochs, 0, strict=True)
     _require("optim.warmup_ratio", o.warmup_ratio, 0, high=1)
     _require("optim.weight_decay", o.weight_decay, 0)
-    at_least_one = {"optim.batch_size": o.batch_size, "optim.grad_accumulation": o.grad_accumulation,
-                    "optim.max_steps": o.max_steps, "optim.max_bad_steps": o.max_bad_steps,
-                    "data.train_size": d.train_size, "data.max_prompt_length": d.max_prompt_length,
-                    "eval.batch_size": e.batch_size, "eval.max_new_tokens": e.max_new_tokens,
-                    "logit_chunk": config.logit_chunk, "save_every": config.save_every,
-                    "keep_checkpoints": config.keep_checkpoints,
-                    "eval.gradient_cosine_pairs": e.gradient_cosine_pairs}  # fmt: skip
+    at_least_one = {
+        "optim.batch_size": o.batch_size,
+        "optim.grad_accumulation": o.grad_accumulation,
+        "optim.max_steps": o.max_steps,
+        "optim.max_bad_steps": o.max_bad_steps,
+        "data.train_size": d.train_size,
+        "data.max_prompt_length": d.max_prompt_length,
+        "eval.batch_size": e.batch_size,
+        "eval.max_new_tokens": e.max_new_tokens,
+        "logit_chunk": config.logit_chunk,
+        "save_every": config.save_every,
+        "keep_checkpoints": config.keep_checkpoints,
+        "eval.gradient_cosine_pairs": e.gradient_cosine_pairs,
+    }
     for key, value in at_least_one.items():
         _require(key, value, 1)
-    zero_or_more = {"data.eval_size": d.eval_size, "eval.every": e.every, "eval.samples": e.samples,
-                    "eval.win_rate_every": e.win_rate_every,
-                    "eval.gradient_cosine_every": e.gradient_cosine_every}  # fmt: skip
+    zero_or_more = {
+        "data.eval_size": d.eval_size,
+        "eval.every": e.every,
+        "eval.samples": e.samples,
+        "eval.win_rate_every": e.win_rate_every,
+        "eval.gradient_cosine_every": e.gradient_cosine_every,
+    }
     for key, value in zero_or_more.items():
         _require(key, value, 0)
     _require("data.max_length", d.max_length, 2)
@@ -164,10 +182,17 @@ def _check_online(config: RunConfig, objectives: list[Objective]) -> None:
         return
     from preftune.training.online import OnlineSettings
 
-    OnlineSettings(rounds=online.rounds, prompts_per_round=online.prompts_per_round,
-                   samples_per_prompt=online.samples_per_prompt, passes=online.passes,
-                   batch_size=config.optim.batch_size, pairing=online.pairing, reward_gap=online.reward_gap,
-                   mix=online.mix, missing_eos_penalty=online.missing_eos_penalty)  # fmt: skip
+    OnlineSettings(
+        rounds=online.rounds,
+        prompts_per_round=online.prompts_per_round,
+        samples_per_prompt=online.samples_per_prompt,
+        passes=online.passes,
+        batch_size=config.optim.batch_size,
+        pairing=online.pairing,
+        reward_gap=online.reward_gap,
+        mix=online.mix,
+        missing_eos_penalty=online.missing_eos_penalty,
+    )
     _require("online.temperature", online.temperature, 0)
     _require("online.max_new_tokens", online.max_new_tokens, 1)
     if len(config.resolved_stages()) > 1:
@@ -203,8 +228,10 @@ def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int,
             )
     kinds = {o.record_type is GroupRecord for o in objectives}
     if len(kinds) > 1:
-        raise SpecError("stages mix group objectives (reinforce, rwr, bon, bon_neg) with pairwise ones: "
-                        "they read different data (ranked groups vs pairs); run them separately")  # fmt: skip
+        raise SpecError(
+            "stages mix group objectives (reinforce, rwr, bon, bon_neg) with pairwise ones: "
+            "they read different data (ranked groups vs pairs); run them separately"
+        )
     if config.data.group_size is not None and not groups:
         raise SpecError(f"data.group_size is for group objectives (reinforce, rwr, bon, bon_neg), not '{spec}'")
 

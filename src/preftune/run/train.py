@@ -1,9 +1,9 @@
 """A training run read top to bottom: config -> data -> model -> stages -> outputs.
 
 Every check that can fail runs before the first optimiser step, and every check that needs no
-model runs before anything is loaded or converted: the config (:mod:`preftune.training.checks`),
-what ``--resume`` may continue (:mod:`preftune.training.resume`), then the data rows and the
-held-out split (:mod:`preftune.training.inputs`). A run refused on bad input leaves nothing in
+model runs before anything is loaded or converted: the config (:mod:`preftune.run.checks`),
+what ``--resume`` may continue (:mod:`preftune.run.resume`), then the data rows and the
+held-out split (:mod:`preftune.run.inputs`). A run refused on bad input leaves nothing in
 ``output_dir``. Each stage trains with its own objective; a later stage starts from the earlier
 one's result and, with ``reference: previous`` (or ``auto``), uses it as the reference (P1's
 sequential DPO+ExMATE).
@@ -12,48 +12,32 @@ sequential DPO+ExMATE).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from rich.console import Console
 
 from preftune.data import Batcher
 from preftune.errors import PreftuneError
 from preftune.evaluation.statistical import gain_verdict
+from preftune.files import write_json_atomic
 from preftune.generation import greedy_responses
 from preftune.modeling import (
     apply_chat_template_setting,
-    apply_lora,
     check_chat_template,
     check_lora_targets,
     enable_gradient_checkpointing,
     load_model,
     load_tokenizer,
-)  # fmt: skip
+)
 from preftune.modeling.attention import attention_length
-from preftune.objectives import Objective
-from preftune.training.checkpoint import latest_checkpoint, write_json_atomic
-from preftune.training.checks import check
-from preftune.training.config import RunConfig, StageConfig, to_dict
-from preftune.training.gradient_cosine_hook import gradient_cosine_hooks
-from preftune.training.hooks import (
-    Callbacks,
-    Checkpoints,
-    HeldOutEvaluation,
-    Logging,
-    Progress,
-    StepCallback,
-    StopOnNonFinite,
-)  # fmt: skip
-from preftune.training.inputs import (
+from preftune.run.checks import check
+from preftune.run.config import RunConfig, to_dict
+from preftune.run.inputs import (
     HELD_OUT_FILE,
     Examples,
     Inputs,
@@ -61,11 +45,9 @@ from preftune.training.inputs import (
     load_examples,
     save_held_out,
     tokenize_inputs,
-)  # fmt: skip
-from preftune.training.loop import Trainer, make_plan, responses_read
-from preftune.training.outputs import finish_stage, load_stage_result
-from preftune.training.references import make_reference
-from preftune.training.resume import (
+)
+from preftune.run.outputs import load_stage_result
+from preftune.run.resume import (
     CONFIG_FILE,
     DONE_FILE,
     INPUTS_FILE,
@@ -74,10 +56,10 @@ from preftune.training.resume import (
     has_progress,
     inputs_record,
     stage_dirs,
-)  # fmt: skip
-from preftune.training.sources import DatasetSource
-from preftune.training.stage_setup import resume_hint, start_trackers
-from preftune.training.summary import print_outcome, write_summary
+)
+from preftune.run.stage import RunParts, train_stage
+from preftune.run.summary import print_outcome, write_summary
+from preftune.training import StepCallback, latest_checkpoint, make_accelerator
 
 
 def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
@@ -93,12 +75,6 @@ def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
         )
 
 
-def _stage_optim(config: RunConfig, stage: StageConfig):
-    optim = config.optim
-    updates = {k: getattr(stage, k) for k in ("lr", "epochs", "max_steps") if getattr(stage, k) is not None}
-    return replace(optim, **updates) if updates else optim
-
-
 def _mixed_precision(setting: str) -> str:
     """``optim.mixed_precision`` as accelerate takes it: ``auto`` is bf16 where the hardware multiplies
     bf16 natively (a capable CUDA GPU, or a CPU with AMX / AVX-512 BF16), else ``no``. Under bf16
@@ -111,17 +87,9 @@ def _mixed_precision(setting: str) -> str:
 
 
 def _accelerator(config: RunConfig) -> Accelerator:
-    # accelerate keeps one process-wide state; a run sets its own precision and device, so a state
-    # left by earlier work in this process (another run, a TRL trainer) is dropped first. The
-    # distributed part (PartialState: ranks, process group) is kept.
-    AcceleratorState._reset_state()
-    return Accelerator(
-        # Several processes (torchrun) and no accelerator: accelerate needs cpu=True to join them with
-        # gloo; without it each process trains alone, all of them writing into the same output_dir.
-        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available(),
-        mixed_precision=_mixed_precision(config.optim.mixed_precision),
-        log_with=config.trackers or None,
-        project_dir=str(config.output_dir),
+    """The run's accelerator: its precision, its trackers writing into ``output_dir``."""
+    return make_accelerator(
+        _mixed_precision(config.optim.mixed_precision), trackers=config.trackers, project_dir=config.output_dir
     )
 
 
@@ -196,6 +164,9 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     outcome: dict[str, Any] = {"stages": [], "mixed_precision": accelerator.mixed_precision}
     stages = config.resolved_stages()
     dirs = stage_dirs(output_dir, [s.name for s in stages])
+    parts = RunParts(
+        config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, labeller, judges
+    )
     for index, stage in enumerate(stages):
         if index > 0 and config.lora.enabled:
             model = model.merge_and_unload()  # bake the earlier stage in: it is this stage's base
@@ -204,16 +175,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
             model = load_stage_result(model, dirs[index], config)
             outcome["stages"].append(json.loads((dirs[index] / DONE_FILE).read_text(encoding="utf-8")))
             continue
-        win_rates = _win_rate_hook(judges, config, inputs, tokenizer, dirs[index], console)
-        if config.online.rounds:
-            from preftune.training.online_run import run_online_stage
-
-            model, record = run_online_stage(config, stage, objectives[index], dirs[index], model, tokenizer,
-                                             examples.train, inputs, batcher, accelerator, console, callbacks,
-                                             labeller, win_rates)  # fmt: skip
-        else:
-            model, record = _run_stage(config, stage, objectives[index], index, dirs, model, tokenizer, inputs,
-                                       batcher, accelerator, console, callbacks, win_rates)  # fmt: skip
+        model, record = train_stage(parts, index, stage, objectives[index], model)
         outcome["stages"].append(record)
     accelerator.end_training()
 
@@ -236,17 +198,6 @@ def _win_rate_judges(config: RunConfig) -> list[tuple[str, Any]]:
     return [(str(spec), make_judge(str(spec))) for spec in config.eval.judges]
 
 
-def _win_rate_hook(judges: list[tuple[str, Any]], config: RunConfig, inputs: Inputs, tokenizer: Any,
-                   stage_dir: Path, console: Console) -> Any:  # fmt: skip
-    """The stage's periodic win rates (:mod:`preftune.training.win_rates`), or None without ``eval.judges``."""
-    if not judges:
-        return None
-    from preftune.training.win_rates import WinRateEvaluation
-
-    return WinRateEvaluation(inputs.held_out_examples, tokenizer, judges, config.eval, Path(config.output_dir),
-                             stage_dir, console)  # fmt: skip
-
-
 def _verdicts(stages: list[dict[str, Any]]) -> list[str]:
     """Whether held-out accuracy and margin gained more than two standard errors, first stage's start
     to last stage's end."""
@@ -261,64 +212,3 @@ def _report(outcome: dict[str, Any], config: RunConfig, inputs: Inputs, console:
     write_json_atomic(output_dir / "outcome.json", outcome)
     write_summary(output_dir, config, outcome, inputs.summaries)
     print_outcome(console, outcome, output_dir)
-
-
-def _run_stage(
-    config: RunConfig,
-    stage: StageConfig,
-    objective: Objective,
-    index: int,
-    dirs: list[Path],
-    model: Any,
-    tokenizer: Any,
-    inputs: Inputs,
-    batcher: Batcher,
-    accelerator: Accelerator,
-    console: Console,
-    callbacks: Sequence[StepCallback],
-    win_rates: Any = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Train one stage from ``model`` (the earlier stage's result); return the trained model and its record.
-    ``win_rates``: the stage's :class:`~preftune.training.win_rates.WinRateEvaluation`, if any."""
-    main = accelerator.is_main_process
-    say = console.print if main else (lambda *a, **k: None)
-    if config.lora.enabled:
-        lora = config.lora
-        model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                           target_modules=lora.target_modules, last_layers=lora.last_layers)  # fmt: skip
-    optim = _stage_optim(config, stage)
-    say(f"stage '{stage.name}': {objective.describe()}", highlight=False)
-    t0 = time.perf_counter()
-    plan = make_plan(inputs.train, optim, accelerator.num_processes, config.data.group_by_length)
-    total = plan.total_steps(optim.epochs, optim.max_steps)
-    read, group_size = plan.indices_read(total), responses_read(objective)
-    train_ref, eval_ref = make_reference(stage.reference, objective, model, config, inputs.train, inputs.held_out,
-                                         batcher, accelerator, read, group_size, plan.first_reads(total))  # fmt: skip
-    say(f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
-        f"({len(read)} of {len(inputs.train)} training examples read by this stage)", highlight=False)  # fmt: skip
-    start_trackers(accelerator, config, stage)
-    trainer = Trainer(accelerator=accelerator, model=model, objective=objective, optim=optim, total_steps=total,
-                      reference=train_ref, logit_chunk=config.logit_chunk)  # fmt: skip
-    source = DatasetSource(inputs.train, batcher, plan, total, rank=accelerator.process_index,
-                           group_size=group_size, device=accelerator.device)  # fmt: skip
-    checkpoints = Checkpoints(dirs[index], config.save_every, config.keep_checkpoints, total)
-    hooks = [StopOnNonFinite(optim.max_bad_steps, checkpoints), Logging(), Progress(console),
-             HeldOutEvaluation(inputs.held_out, eval_ref, batcher, config.eval, console),
-             *([win_rates] if win_rates is not None else []),
-             *gradient_cosine_hooks(inputs.held_out, batcher, config.eval, console),
-             checkpoints, Callbacks(callbacks)]  # fmt: skip
-    result = _fit(trainer, source, hooks, dirs[index], config.resume, f"stage '{stage.name}'", say)
-    base_dir = dirs[index - 1] / "merged" if index > 0 and config.lora.enabled else None
-    later = index + 1 < len(dirs)
-    record = finish_stage(stage, dirs[index], result, model, tokenizer, config, accelerator,
-                          base_dir=base_dir, later_stage=later)  # fmt: skip
-    say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
-    return model, record
-
-
-def _fit(trainer: Trainer, source: DatasetSource, hooks: list, stage_dir: Path, resume: bool, what: str, say) -> Any:
-    """Fit the stage from its newest checkpoint when resuming; on Ctrl-C, say where ``--resume`` continues."""
-    saved = latest_checkpoint(stage_dir) if resume else None
-    with resume_hint(stage_dir, what, say):
-        so_far = trainer.restore(saved, source) if saved is not None else None
-        return trainer.fit(source, hooks=hooks, result=so_far)

@@ -28,15 +28,15 @@ from preftune.data import (
     load_preference_data,
     load_unpaired,
     tokenize_examples,
-)  # fmt: skip
+)
 from preftune.data.grouped import GroupExample, fit_group_size, load_groups, tokenize_groups
 from preftune.data.groups import TokenizedGroup
 from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.data.split import hold_out, hold_out_groups
 from preftune.files import write_atomic
 from preftune.objectives import GroupRecord, Objective, build
+from preftune.run.config import DataConfig, RunConfig
 from preftune.run_layout import HELD_OUT_FILE as HELD_OUT_FILE  # re-exported: run.py imports it from here
-from preftune.training.config import DataConfig, RunConfig
 
 KINDS = ("pairs", "unpaired", "groups")
 
@@ -121,8 +121,13 @@ def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs
     summaries = examples.summaries
     groups = bool(examples.train) and isinstance(examples.train[0], GroupExample)
     tokenize = tokenize_groups if groups else tokenize_examples
-    train, train_summary = tokenize(examples.train, tokenizer, d.max_length, max_prompt,  # type: ignore[arg-type]
-                                    summary=summaries["train"])  # fmt: skip
+    train, train_summary = tokenize(
+        examples.train,
+        tokenizer,
+        d.max_length,
+        max_prompt,  # type: ignore[arg-type]
+        summary=summaries["train"],
+    )
     check_prompt_room(examples.train, tokenizer, d.max_length, train_summary)
     if d.train_size is not None and d.train_size < len(train):
         train = train[: d.train_size]
@@ -130,8 +135,9 @@ def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs
     held: list[TokenizedPair] = []
     held_summary: DataSummary | None = None
     if examples.held_out:
-        held, held_summary = tokenize_examples(examples.held_out, tokenizer, d.max_length, max_prompt,
-                                               summary=summaries["eval"])  # fmt: skip
+        held, held_summary = tokenize_examples(
+            examples.held_out, tokenizer, d.max_length, max_prompt, summary=summaries["eval"]
+        )
     kept = {id(p.origin) for p in held}
     held_examples = [e for e in examples.held_out if id(e.origin) in kept] if held else []
     return Inputs(train, held, held_examples, {"train": train_summary, "eval": held_summary})

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from preftune.data import DataSummary
 from preftune.files import write_atomic
-from preftune.training.config import RunConfig, StageConfig
-from preftune.training.report import format_eval_table
+from preftune.run.config import RunConfig, StageConfig
+from preftune.run.report import format_eval_table
 
 
 def print_outcome(console: Console, outcome: dict[str, Any], output_dir: Path) -> None:
@@ -48,9 +48,13 @@ def write_summary(
         if record.get("rounds"):
             lines += [rounds_table(record["rounds"]), ""]
         for shown in record.get("round_samples", []):
-            lines += [f"Round {shown['round']}, prompt: `{shown['prompt'][-300:]}`", "",
-                      f"- best ({shown['best_reward']:+.3f}): {shown['best']}",
-                      f"- worst ({shown['worst_reward']:+.3f}): {shown['worst']}", ""]  # fmt: skip
+            lines += [
+                f"Round {shown['round']}, prompt: `{shown['prompt'][-300:]}`",
+                "",
+                f"- best ({shown['best_reward']:+.3f}): {shown['best']}",
+                f"- worst ({shown['worst_reward']:+.3f}): {shown['worst']}",
+                "",
+            ]
         if record.get("gradient_cosines"):
             lines += [gradient_cosine_table(record["gradient_cosines"]), ""]
         if record.get("win_rates"):
@@ -64,21 +68,38 @@ def write_summary(
         lines += ["## Held-out prompts, greedy responses before and after", ""]
         for sample in outcome["samples"]:
             lines += ["**Prompt**", "", "```", sample["prompt"][-1200:], "```", ""]
-            lines += ["**Before**", "", "```", sample["before"], "```", "", "**After**", "", "```", sample["after"],
-                      "```", ""]  # fmt: skip
+            lines += [
+                "**Before**",
+                "",
+                "```",
+                sample["before"],
+                "```",
+                "",
+                "**After**",
+                "",
+                "```",
+                sample["after"],
+                "```",
+                "",
+            ]
     write_atomic(output_dir / "summary.md", "\n".join(lines))
 
 
 def win_rate_table(records: list[dict[str, Any]], baseline: str) -> str:
     """The stage's win rates (:mod:`preftune.training.win_rates`) as a Markdown table."""
-    lines = [f"Win rates of greedy answers to held-out prompts against {baseline} (ties half; 95% bootstrap):", "",
-             "| step | judge | win rate | LC win rate | wins / ties / losses | mean length (baseline) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Win rates of greedy answers to held-out prompts against {baseline} (ties half; 95% bootstrap):",
+        "",
+        "| step | judge | win rate | LC win rate | wins / ties / losses | mean length (baseline) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in records:
         lc = f"{r['lc_win_rate']:.3f}" if r.get("lc_reason") is None else f"cannot be estimated: {r['lc_reason']}"
-        lines.append(f"| {r['step']} | {r['judge']} | {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
-                     f"{lc} | {r['wins']} / {r['ties']} / {r['losses']} | "
-                     f"{r['mean_length']:.0f} ({r['baseline_mean_length']:.0f}) |")  # fmt: skip
+        lines.append(
+            f"| {r['step']} | {r['judge']} | {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
+            f"{lc} | {r['wins']} / {r['ties']} / {r['losses']} | "
+            f"{r['mean_length']:.0f} ({r['baseline_mean_length']:.0f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -91,21 +112,30 @@ def rounds_table(rounds: list[dict[str, float]]) -> str:
 
     standard = {f.name for f in fields(RoundStats)}
     extra = list(dict.fromkeys(k for r in rounds for k in r if k not in standard))
-    lines = ["| round | reward | length (tokens) | finished | KL | items | loss | generate / label / train s |"
-             + "".join(f" {k.replace('_', ' ')} |" for k in extra),
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]  # fmt: skip
+    lines = [
+        "| round | reward | length (tokens) | finished | KL | items | loss | generate / label / train s |"
+        + "".join(f" {k.replace('_', ' ')} |" for k in extra),
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
+    ]
     for r in rounds:
-        lines.append(f"| {int(r['round'])} | {r['reward_mean']:+.3f} ± {r['reward_std']:.3f} | "
-                     f"{r['mean_length']:.1f} | {r['finished']:.2f} | {r['kl']:.4f} | {int(r['items'])} | "
-                     f"{r['loss']:.4f} | {r['generate_s']:.0f} / {r['label_s']:.0f} / "
-                     f"{r['train_s']:.0f} |" + "".join(f" {r.get(k, math.nan):.2f} |" for k in extra))  # fmt: skip
+        lines.append(
+            f"| {int(r['round'])} | {r['reward_mean']:+.3f} ± {r['reward_std']:.3f} | "
+            f"{r['mean_length']:.1f} | {r['finished']:.2f} | {r['kl']:.4f} | {int(r['items'])} | "
+            f"{r['loss']:.4f} | {r['generate_s']:.0f} / {r['label_s']:.0f} / "
+            f"{r['train_s']:.0f} |" + "".join(f" {r.get(k, math.nan):.2f} |" for k in extra)
+        )
     return "\n".join(lines)
 
 
 def gradient_cosine_table(records: list[dict[str, Any]]) -> str:
     """P3's Lemma 6.2 quantity over training (:mod:`preftune.training.gradient_cosine_hook`) as a table."""
-    lines = ["cos(∇θ log π(y_w), ∇θ log π(y_l)) on held-out pairs (P3, Lemma 6.2: a negative gradient raises "
-             "log π(y_w) when it is ≤ 0):", "", "| step | mean ± s.e. | pairs ≤ 0 |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "cos(∇θ log π(y_w), ∇θ log π(y_l)) on held-out pairs (P3, Lemma 6.2: a negative gradient raises "
+        "log π(y_w) when it is ≤ 0):",
+        "",
+        "| step | mean ± s.e. | pairs ≤ 0 |",
+        "|---|---|---|",
+    ]
     for r in records:
         lines.append(f"| {r['step']} | {r['mean']:.4f} ± {r['stderr']:.4f} | {r['nonpositive']} of {r['count']} |")
     return "\n".join(lines)

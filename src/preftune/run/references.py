@@ -22,7 +22,7 @@ from preftune.modeling import AdapterDisabledReference, FrozenCopyReference, Mod
 from preftune.modeling.reference import ReferenceLogProbs, cache_path, compute_table, save_table
 from preftune.objectives import Objective
 from preftune.progress import StepProgress
-from preftune.training.config import RunConfig
+from preftune.run.config import RunConfig
 
 
 class _Counting(ReferenceLogProbs):
@@ -85,6 +85,15 @@ def precompute(
         save_table(merged, path)
     accelerator.wait_for_everyone()
     return PrecomputedReference(merged, path=path)
+
+
+def reference_kind(setting: str, lora: bool, on_policy: bool) -> str:
+    """The reference a stage's ``reference`` setting means: on-policy, where each round's samples are
+    new, ``auto`` is live (the adapters switched off under LoRA, else a frozen copy); offline it is
+    precomputed."""
+    if on_policy and setting not in ("adapter", "copy"):
+        return "adapter" if lora else "copy"
+    return setting
 
 
 def make_reference(

@@ -18,10 +18,10 @@ from accelerate import Accelerator
 
 from preftune.files import write_json_atomic
 from preftune.modeling import load_model, save_lora
+from preftune.run.config import RunConfig, StageConfig
+from preftune.run.report import plot_curves
 from preftune.run_layout import DONE_FILE
-from preftune.training.config import RunConfig, StageConfig
 from preftune.training.loop import TrainResult
-from preftune.training.report import plot_curves
 
 
 def finish_stage(
@@ -37,16 +37,20 @@ def finish_stage(
     later_stage: bool,
 ) -> dict[str, Any]:
     """Save the stage's model, curves and record; ``base_dir``: the merged folder this stage's adapter sits on."""
-    record: dict[str, Any] = {"stage": stage.name, "objective": stage.objective, "steps": result.steps,
-                              "seconds": result.seconds, "skipped_steps": result.skipped_steps,
-                              "model": str(stage_dir / "model")}  # fmt: skip
+    record: dict[str, Any] = {
+        "stage": stage.name,
+        "objective": stage.objective,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "skipped_steps": result.skipped_steps,
+        "model": str(stage_dir / "model"),
+    }
     if result.evals:
         record["eval_before"] = result.evals[0]
         record["eval_after"] = result.evals[-1]
-    if result.win_rates:
-        record["win_rates"] = result.win_rates
-    if result.gradient_cosines:
-        record["gradient_cosines"] = result.gradient_cosines
+    for name in ("win_rates", "gradient_cosines"):  # the periodic hooks' records, when the stage ran them
+        if result.records.get(name):
+            record[name] = result.records[name]
     if accelerator.is_main_process:
         if config.lora.enabled:
             save_adapter(model, stage_dir / "model", tokenizer, base_dir)

@@ -3,7 +3,7 @@
 One dataclass per concern (model, data, LoRA, optimisation, evaluation, output); a run is a
 list of stages that share these defaults and override a few fields each (P1's sequential
 DPO+ExMATE: an ``exmate`` stage, then a ``dpo`` stage whose reference is the first stage's
-result). :func:`preftune.training.checks.check` refuses an impossible combination before
+result). :func:`preftune.run.checks.check` refuses an impossible combination before
 anything is loaded.
 
 Defaults are what a user of TRL's ``DPOTrainer`` expects: the objective is plain ``dpo``
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.data.config import DataConfig
+from preftune.training.settings import EvalConfig, OptimConfig
 
 
 @dataclass
@@ -39,41 +40,6 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: Any = "all-linear"  # "all-linear", a module name, "q_proj,v_proj", or a list of names
     last_layers: int | None = None  # adapt only the last N layers: the backward pass stops there
-
-
-@dataclass
-class OptimConfig:
-    """The optimiser, its schedule, and the batch arithmetic."""
-
-    lr: float | None = None  # None: 1e-6 for full fine-tuning (TRL's default), 5e-4 with LoRA
-    weight_decay: float = 0.0
-    batch_size: int = 8  # global: pairs per optimiser step, over all processes and accumulation
-    grad_accumulation: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
-    warmup_ratio: float = 0.1
-    schedule: str = "cosine"  # any transformers scheduler name: linear, cosine, constant_with_warmup...
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    seed: int = 0
-    max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
-
-
-@dataclass
-class EvalConfig:
-    """Periodic evaluation on the held-out pairs (docs/methods.md §6 statistics) and, with ``judges``, win
-    rates of the policy's greedy answers to held-out prompts (:mod:`preftune.training.win_rates`)."""
-
-    every: int = 0  # steps; 0: only before and after training
-    batch_size: int = 16
-    samples: int = 0  # held-out prompts answered (greedy) before and after training, for the summary
-    max_new_tokens: int = 64
-    judges: list[str] = field(default_factory=list)  # pairwise judges of the win rate; empty: no win rate
-    baseline: str = "start"  # start (the starting policy's answers) | chosen (the held-out chosen responses)
-    win_rate_every: int = 0  # steps; 0: at the end of each stage only
-    win_rate_prompts: int = 24  # distinct held-out prompts answered
-    gradient_cosine_every: int = 0  # steps; 0: off (:mod:`preftune.training.gradient_cosine_hook`, P3 Lemma 6.2)
-    gradient_cosine_pairs: int = 8  # the first held-out pairs measured
 
 
 @dataclass

@@ -1,0 +1,199 @@
+"""``preftune train`` with ``online.rounds`` > 0: the feed of an on-policy stage (P3's unified
+loop, docs/methods.md §4), for :func:`~preftune.run.stage.train_stage`.
+
+The prompts are data.train's (each distinct prompt once, those with room for ``max_new_tokens``);
+data.train's pairs are also what ``online.mix`` blends in, and the held-out pairs are scored before
+the first round, every ``eval.every`` steps and after the last round. Each round's statistics go
+to the console, the trackers (``online/*``) and ``rounds.jsonl`` in the stage folder; a few of
+its samples to ``round_samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from preftune.errors import PreftuneError
+from preftune.files import write_atomic
+from preftune.generation.prompts import encode_prompt, prompt_key
+from preftune.generation.sampling import SamplingConfig
+from preftune.modeling import AdapterDisabledReference
+from preftune.objectives import Objective
+from preftune.run.config import RunConfig, StageConfig
+from preftune.run.references import make_reference, reference_kind
+from preftune.training import Hook, OnlineSettings, OnPolicySource, RoundLog, RoundStats, Trainer
+from preftune.training.online import Sampler
+
+ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
+
+
+def online_settings(config: RunConfig) -> OnlineSettings:
+    o = config.online
+    return OnlineSettings(
+        rounds=o.rounds,
+        prompts_per_round=o.prompts_per_round,
+        samples_per_prompt=o.samples_per_prompt,
+        passes=o.passes,
+        batch_size=config.optim.batch_size,
+        pairing=o.pairing,
+        reward_gap=o.reward_gap,
+        mix=o.mix,
+        missing_eos_penalty=o.missing_eos_penalty,
+        seed=config.optim.seed,
+    )
+
+
+def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tuple[list[Any], list[list[int]]]:
+    """Each distinct prompt of ``examples`` once, with its ids, if it leaves ``room`` tokens for the response."""
+    prompts, ids, seen = [], [], set()
+    for example in examples:
+        key = prompt_key(example.prompt)
+        if key in seen:
+            continue
+        seen.add(key)
+        encoded = encode_prompt(tokenizer, example.prompt)
+        if len(encoded) <= room:
+            prompts.append(example.prompt)
+            ids.append(encoded)
+    if not prompts:
+        raise PreftuneError(f"no prompt of data.train fits data.max_length less online.max_new_tokens ({room} tokens)")
+    return prompts, ids
+
+
+def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, say: Any) -> Sampler | None:
+    """Who samples each round: a colocated vLLM engine (``online.backend``), a bfloat16 copy of the
+    policy (``online.sample_dtype``), or None: the policy itself through transformers' ``generate``.
+
+    ``backend=auto`` takes vLLM where it is installed, the run is on a CUDA GPU in one process and the
+    model is a full checkpoint; ``vllm`` was checked possible before any model loaded
+    (:func:`~preftune.run.checks.check`). The engine is built here, after the policy, so that
+    its ``online.vllm_gpu_memory`` share is taken from what the trainer left. Otherwise
+    ``sample_dtype=auto`` samples from a bfloat16 copy where bf16 is native
+    (:mod:`preftune.generation.copy_sampler`).
+    """
+    from preftune.generation.copy_sampler import copy_sampler_for
+    from preftune.generation.vllm_backend import ColocatedVllmSampler, colocate_missing
+
+    o = config.online
+    on_gpu_vllm = o.backend != "hf" and accelerator.device.type == "cuda"
+    if on_gpu_vllm and (o.backend == "vllm" or colocate_missing(config.model.name, accelerator.num_processes) is None):
+        say(
+            f"sampling with vLLM in this process ({o.vllm_gpu_memory:.0%} of the GPU), the weights loaded each round",
+            highlight=False,
+        )
+        return ColocatedVllmSampler(
+            config.model.name, tokenizer, seed=config.optim.seed, gpu_memory_utilization=o.vllm_gpu_memory
+        )
+    copy = copy_sampler_for(o.sample_dtype, config.model.dtype)
+    if copy is not None:
+        say(
+            "sampling from a bfloat16 copy of the policy, its weights refreshed each round "
+            f"(online.sample_dtype={o.sample_dtype})",
+            highlight=False,
+        )
+    return copy
+
+
+class OnPolicyFeed:
+    """An on-policy stage's feed: an :class:`~preftune.training.OnPolicySource` over data.train's
+    prompts, a live reference (the adapters switched off, or a frozen copy: new samples each round
+    cannot be precomputed), and a :class:`~preftune.training.RoundLog` writing the round files.
+
+    ``parts.labeller`` was built from ``online.labeller`` before the policy loaded, so a bad spec or a
+    missing reward model stopped the run before any model work."""
+
+    def __init__(self, parts: Any, stage: StageConfig, objective: Objective, model: Any) -> None:
+        config = parts.config
+        self.parts, self.model, self.optim = parts, model, config.optim
+        self.settings = online_settings(config)
+        self.total_steps = OnPolicySource.total_steps(self.settings, objective)
+        kind = reference_kind(stage.reference, config.lora.enabled, on_policy=True)
+        self.train_reference, self.eval_reference = make_reference(
+            kind, objective, model, config, [], parts.inputs.held_out, parts.batcher, parts.accelerator
+        )
+        train = parts.examples.train
+        examples = train[: config.data.train_size] if config.data.train_size else train
+        self.prompts, self.prompt_ids = round_prompts_of(
+            examples, parts.tokenizer, config.data.max_length - config.online.max_new_tokens
+        )
+        o = config.online
+        parts.say(
+            f"on-policy: {o.rounds} rounds of {o.prompts_per_round} prompts x {o.samples_per_prompt} samples "
+            f"(of {len(self.prompts)} prompts), labeller {parts.labeller.identity()}",
+            highlight=False,
+        )
+        self.log: RoundLog | None = None
+
+    def source(self, trainer: Trainer) -> OnPolicySource:
+        config, parts = self.parts.config, self.parts
+        o = config.online
+        sampling = SamplingConfig(
+            temperature=o.temperature,
+            top_p=o.top_p,
+            top_k=o.top_k,
+            max_new_tokens=o.max_new_tokens,
+            batch_size=config.eval.batch_size,
+        )
+        # the KL logged per round: against the training reference, else the adapters switched off
+        kl_reference = self.train_reference or (
+            AdapterDisabledReference(self.model, chunk_size=config.logit_chunk) if config.lora.enabled else None
+        )
+        sampler = online_sampler(config, parts.tokenizer, trainer.accelerator, parts.say)
+        return OnPolicySource(
+            trainer,
+            parts.tokenizer,
+            self.prompts,
+            self.prompt_ids,
+            parts.labeller,
+            self.settings,
+            sampling,
+            parts.batcher,
+            parts.inputs.train,
+            kl_reference,
+            sampler=sampler,
+        )
+
+    def hooks(self, stage_dir: Path) -> list[Hook]:
+        main = self.parts.accelerator.is_main_process
+        self.log = RoundLog(RoundFiles(stage_dir) if main else None, self.parts.console)
+        return [self.log]
+
+    def record(self, stage_dir: Path) -> dict[str, Any]:
+        rounds = self.log.rounds if self.log is not None else []
+        return {"rounds": [s.to_dict() for s in rounds], "round_samples": _last_samples(stage_dir / SAMPLES_FILE)}
+
+
+class RoundFiles:
+    """Writes ``rounds.jsonl`` (every finished round) and ``round_samples.jsonl`` (each round's best
+    and worst samples of a few prompts) in the stage folder, atomically, as each round finishes."""
+
+    def __init__(self, stage_dir: Path) -> None:
+        self.stage_dir = stage_dir
+
+    def __call__(self, stats: RoundStats, rounds: list[RoundStats], shown: list[dict[str, Any]]) -> None:
+        write_atomic(self.stage_dir / ROUNDS_FILE, "".join(json.dumps(s.to_dict()) + "\n" for s in rounds))
+        _append_samples(self.stage_dir / SAMPLES_FILE, shown)
+
+
+def _append_samples(path: Path, shown: list[dict[str, Any]]) -> None:
+    """The round's shown samples added to ``round_samples.jsonl`` (rewritten atomically; a round
+    written again after a resume replaces its earlier lines)."""
+    rounds = {row["round"] for row in shown}
+    old = [
+        line
+        for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else [])
+        if json.loads(line)["round"] not in rounds
+    ]
+    new = [json.dumps(row, ensure_ascii=False) for row in shown]
+    write_atomic(path, "".join(line + "\n" for line in old + new))
+
+
+def _last_samples(path: Path) -> list[dict[str, Any]]:
+    """The last round's shown samples."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    last = max((row["round"] for row in rows), default=None)
+    return [row for row in rows if row["round"] == last]
