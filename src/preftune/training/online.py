@@ -33,7 +33,6 @@ from typing import Any
 from preftune.data.batcher import Batcher
 from preftune.data.examples import Origin
 from preftune.data.groups import TokenizedGroup
-from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.objectives import GroupRecord
@@ -226,15 +225,15 @@ def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap
     return out
 
 
-def offline_items(pairs: Sequence[TokenizedPair], k: int, rng: random.Random) -> list[TokenizedGroup]:
-    """``k`` offline pairs drawn without replacement (with, past the dataset's size) as groups of two."""
+def offline_items(pairs: Sequence[TokenizedGroup], k: int, rng: random.Random) -> list[TokenizedGroup]:
+    """``k`` offline pairs drawn without replacement (with, past the dataset's size), labelled (1, 0):
+    chosen over rejected, as the round's own pairs carry their rewards."""
     if k == 0:
         return []
     if not pairs:
         raise PreftuneError("online.mix > 0 needs offline pairs (data.train)")
     picks = rng.sample(range(len(pairs)), k) if k <= len(pairs) else [rng.randrange(len(pairs)) for _ in range(k)]
-    return [TokenizedGroup(pairs[i].prompt_ids, (list(pairs[i].chosen_ids), list(pairs[i].rejected_ids)),
-                           (1.0, 0.0), pairs[i].origin) for i in picks]  # fmt: skip
+    return [replace(pairs[i], rewards=(1.0, 0.0)) for i in picks]
 
 
 class OnlineLoop:
@@ -263,7 +262,7 @@ class OnlineLoop:
     def __init__(
         self, trainer: Trainer, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
         labeller: Any, settings: OnlineSettings, sampling: SamplingConfig, batcher: Batcher,
-        offline: Sequence[TokenizedPair] = (), kl_reference: Any = None, sampler: Sampler | None = None,
+        offline: Sequence[TokenizedGroup] = (), kl_reference: Any = None, sampler: Sampler | None = None,
     ) -> None:  # fmt: skip
         if len(prompts) != len(prompt_ids) or not prompts:
             raise PreftuneError(f"{len(prompts)} prompts but {len(prompt_ids)} tokenised prompts")
