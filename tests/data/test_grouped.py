@@ -11,10 +11,10 @@ import pytest
 
 from preftune.data import load_preference_data, tokenize_examples
 from preftune.data.examples import Origin
-from preftune.data.grouped import NO_GROUP, GroupExample, fit_group_size, load_groups, tokenize_groups
+from preftune.data.grouped import NO_GROUP, GroupExample, fit_group_size, load_groups
 from preftune.data.ranked import parse_ranked, parse_tree, rank_pairs
 from preftune.data.split import canonical, hold_out, hold_out_groups
-from preftune.data.tokenize import NO_ROOM
+from preftune.data.tokenize import NO_ROOM, tokenize_groups
 from preftune.errors import PreftuneError
 from tests.data.files import OASST_FILE, write_jsonl
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from preftune.data.batch import Batch
-from preftune.data.collate import Responses, collate
+from preftune.data.collate import collate
+from preftune.data.groups import TokenizedGroup
 from preftune.data.packing import pack
 from preftune.errors import PreftuneError
 
@@ -18,7 +19,7 @@ LAYOUTS = ("shared", "packed", "padded")
 
 
 def build_batch(
-    pairs: Sequence[Responses],
+    pairs: Sequence[TokenizedGroup],
     indices: Sequence[int] | torch.Tensor,
     pad_id: int,
     layout: str = "shared",
@@ -49,7 +50,7 @@ class Batcher:
     attention_length: int | None = None
 
     def __call__(
-        self, pairs: Sequence[Responses], indices: Sequence[int] | torch.Tensor, *, group_size: int | None = None
+        self, pairs: Sequence[TokenizedGroup], indices: Sequence[int] | torch.Tensor, *, group_size: int | None = None
     ) -> Batch:
         return build_batch(
             pairs, indices, self.pad_id, self.layout, group_size=group_size, attention_length=self.attention_length

@@ -9,26 +9,18 @@ rejected, the rejected response's own prompt for unpaired data), right-padded to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 
 from preftune.data.batch import TokenBatch
+from preftune.data.groups import TokenizedGroup
 from preftune.errors import PreftuneError
 
-
-class Responses(Protocol):
-    """What a batch is built from: a :class:`~preftune.data.tokenize.TokenizedPair` (C = 2) or a
-    :class:`~preftune.data.groups.TokenizedGroup` (C responses with rewards)."""
-
-    prompt_ids: list[int]
-    num_responses: int
-    rewards: tuple[float, ...] | None
-
-    def branch(self, k: int) -> tuple[list[int], list[int]]: ...
+Responses = TokenizedGroup  # the name training/sources.py imports
+"""What a batch is built from: the one tokenised item (a pair is a group of two)."""
 
 
-def group_size_of(items: Sequence[Responses], group_size: int | None) -> int:
+def group_size_of(items: Sequence[TokenizedGroup], group_size: int | None) -> int:
     """The C a batch of ``items`` takes: ``group_size``, or every response when None (one C for all)."""
     sizes = {item.num_responses for item in items}
     if group_size is None:
@@ -47,7 +39,7 @@ def example_ids_of(indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return torch.tensor(list(indices), dtype=torch.long)
 
 
-def rewards_of(items: Sequence[Responses], group_size: int) -> torch.Tensor | None:
+def rewards_of(items: Sequence[TokenizedGroup], group_size: int) -> torch.Tensor | None:
     """``[B, C]`` float32 rewards of the first C responses, or None when the examples carry none."""
     if any(item.rewards is None for item in items):
         return None
@@ -55,7 +47,7 @@ def rewards_of(items: Sequence[Responses], group_size: int) -> torch.Tensor | No
 
 
 def collate(
-    pairs: Sequence[Responses],
+    pairs: Sequence[TokenizedGroup],
     indices: Sequence[int] | torch.Tensor,
     pad_id: int,
     *,

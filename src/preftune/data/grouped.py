@@ -16,9 +16,9 @@ summary (as ties are for pairs). Every row is validated first, as by
 ``skip_invalid`` dropped and counted by reason.
 
 Then :func:`fit_group_size` gives every group the same C (a batch is ``[B, C]``),
-:func:`tokenize_groups` turns them into :class:`~preftune.data.groups.TokenizedGroup`\\ s with the
-rules of :mod:`preftune.data.tokenize`, and :func:`~preftune.data.split.hold_out_groups` holds out
-whole prompts.
+:func:`~preftune.data.split.hold_out_groups` holds out whole prompts, and
+:func:`~preftune.data.tokenize.tokenize_groups` turns them into
+:class:`~preftune.data.groups.TokenizedGroup`\\ s by the path that tokenises pairs.
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ from typing import Any
 from preftune.data.columns import EXPECTED, apply_columns, closest
 from preftune.data.examples import Origin, PreferenceExample, Text
 from preftune.data.formats import FORMATS, detect_format, resolve_format
-from preftune.data.groups import TokenizedGroup
 from preftune.data.load import no_valid_rows
 from preftune.data.ranked import TREE_TURNS, RankedGroup, rank_pairs, read_ranked, read_tree
 from preftune.data.rows import RawRows
 from preftune.data.sources import load_rows
-from preftune.data.summary import DataSummary, LengthStats
-from preftune.data.tokenize import _check_lengths, _Encoder, _no_pair_fits, _truncate
+from preftune.data.summary import DataSummary, sizes_note
 from preftune.data.validation import RowProblem, Tally, check_part, validate_rows
 from preftune.errors import PreftuneError
 
-__all__ = ["NO_GROUP", "GroupExample", "fit_group_size", "group_lengths", "load_groups", "tokenize_groups"]
+__all__ = ["NO_GROUP", "GroupExample", "fit_group_size", "load_groups"]
 
 NO_GROUP = "no group (fewer than two ranked completions)"
 GROUP_FORMATS = ("ranked", "oasst")
@@ -157,13 +155,6 @@ def _check_candidate(candidate: _Candidate) -> None:
         check_part(completion, field, conversational, response=True)
 
 
-def _sizes_note(stage: str, sizes: list[int]) -> str:
-    """``loaded: 99 groups, 412 completions (sizes: 3 x50, 5 x49)``; DataSummary says "pairs", so say "groups"."""
-    counts = Counter(sizes)
-    listed = ", ".join(f"{size} x{n}" for size, n in sorted(counts.items()))
-    return f"{stage}: {len(sizes)} groups, {sum(sizes)} completions (sizes: {listed})"
-
-
 def load_groups(
     source: str | Path,
     *,
@@ -214,7 +205,7 @@ def load_groups(
             groups.append(candidate.group)
     if not groups:
         raise no_valid_rows(raw.name, tally)
-    notes = (_sizes_note("loaded", [len(g.completions) for g in groups]),)
+    notes = (sizes_note("loaded", [len(g.completions) for g in groups]),)
     return groups, DataSummary(raw.name, chosen_format, raw.rows_read, len(groups), tally.as_dict(), notes=notes)
 
 
@@ -266,85 +257,3 @@ def fit_group_size(groups: Sequence[GroupExample], size: int | None, seed: int =
         largest = max(len(g.completions) for g in groups)
         raise PreftuneError(f"data.group_size={size} drops every group (the largest has {largest} completions)")
     return kept, len(groups) - len(kept)
-
-
-def group_lengths(groups: Sequence[TokenizedGroup]) -> dict[str, LengthStats]:
-    """Token-length statistics of tokenised groups: ``prompt``, ``response`` (every response of every
-    group) and ``group`` (prompt + its longest response, the longest row the group needs)."""
-    return {
-        "prompt": LengthStats.of([len(g.prompt_ids) for g in groups]),
-        "response": LengthStats.of([len(r) for g in groups for r in g.responses]),
-        "group": LengthStats.of([g.length for g in groups]),
-    }
-
-
-def _tokenize_group(
-    encoder: _Encoder, group: GroupExample, max_length: int | None, max_prompt_length: int | None, min_response: int
-) -> tuple[TokenizedGroup | str, int]:
-    """(the group's ids, or why it cannot fit; its prompt's length before truncation)."""
-    prompt = encoder.prompt(group.prompt)
-    responses = [
-        encoder.response(group.prompt, prompt, completion, group.origin, f"#{k}")
-        for k, completion in enumerate(group.completions)
-    ]
-    rows = [_truncate(prompt, response, max_length, max_prompt_length, min_response) for response in responses]
-    reason = next((row for row in rows if isinstance(row, str)), None)
-    if reason is not None:
-        return reason, len(prompt)
-    cut = [row for row in rows if not isinstance(row, str)]
-    prompt_ids = cut[0][0]  # the prompt's cut does not depend on the response: the same in every row
-    cut_responses = sum(len(ids) < len(full) for (_, ids), full in zip(cut, responses, strict=True))
-    tokenized = TokenizedGroup(
-        prompt_ids, tuple(ids for _, ids in cut), group.rewards, group.origin, None,
-        len(prompt_ids) < len(prompt), cut_responses,
-    )  # fmt: skip
-    return tokenized, len(prompt)
-
-
-def tokenize_groups(
-    groups: Sequence[GroupExample],
-    tokenizer: Any,
-    max_length: int | None,
-    max_prompt_length: int | None = None,
-    *,
-    min_response_tokens: int = 1,
-    summary: DataSummary | None = None,
-) -> tuple[list[TokenizedGroup], DataSummary]:
-    """Tokenize and truncate groups with the rules of :func:`~preftune.data.tokenize_examples`.
-
-    Conversational groups go through the chat template, each response being its content up to
-    and including the end-of-turn token; text responses are followed by EOS. The prompt is cut
-    from the left to ``max_prompt_length``, then each response from the right to what
-    ``max_length`` leaves; a group with a response that has no room (or would be cut below
-    ``min_response_tokens``) is dropped whole and counted.
-
-    Returns:
-        The groups, in order (dropped ones left out), and a :class:`DataSummary` (continuing
-        ``summary``) whose ``kept`` counts groups, ``truncated_responses`` responses, and whose
-        lengths are :func:`group_lengths`.
-    """
-    _check_lengths(max_length, max_prompt_length, min_response_tokens)
-    if not groups:
-        raise PreftuneError("no groups to tokenize")
-    kinds = {group.is_conversational for group in groups}
-    if len(kinds) > 1:
-        raise PreftuneError("the groups mix text and conversational data; tokenize one kind at a time")
-    encoder = _Encoder(tokenizer, kinds.pop())
-    tokenized: list[TokenizedGroup] = []
-    tally, shortest_prompt = Tally(), None
-    for group in groups:
-        result, prompt_length = _tokenize_group(encoder, group, max_length, max_prompt_length, min_response_tokens)
-        shortest_prompt = prompt_length if shortest_prompt is None else min(shortest_prompt, prompt_length)
-        if isinstance(result, str):
-            tally.add(result)
-        else:
-            tokenized.append(result)
-    if not tokenized:
-        raise _no_pair_fits(max_length, shortest_prompt or 0, tally)
-    source = groups[0].origin.source if len({g.origin.source for g in groups}) == 1 else "groups"
-    result_summary = DataSummary(
-        source, "tokenized", len(groups), len(tokenized), tally.as_dict(),
-        sum(g.prompt_truncated for g in tokenized), sum(g.responses_truncated for g in tokenized),
-        group_lengths(tokenized), notes=(_sizes_note("tokenized", [g.num_responses for g in tokenized]),),
-    )  # fmt: skip
-    return tokenized, (summary.followed_by(result_summary) if summary is not None else result_summary)

@@ -1,9 +1,9 @@
-"""Groups of responses to one prompt, as token ids: C completions with their rewards.
+"""The one tokenised item: a prompt and C responses as token ids. A pair is a group of two.
 
-A :class:`TokenizedGroup` is what a batch of groups is built from, as a
-:class:`~preftune.data.tokenize.TokenizedPair` is for pairs: ranked completions read offline
+Every batch is built from :class:`TokenizedGroup`\\ s, whatever they came from: preference pairs
+(C = 2, responses in (chosen, rejected) order, no rewards), ranked completions read offline
 (OpenAssistant trees, rows with ``completions`` and ``scores`` or ``ranks``), or the samples of
-one on-policy round with the rewards their labeller gave.
+one on-policy round with the rewards their labeller gave. :func:`TokenizedPair` builds a pair.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from preftune.errors import PreftuneError
 
 @dataclass(frozen=True)
 class TokenizedGroup:
-    """Token ids of C responses to one prompt.
+    """Token ids of C responses to one prompt (plain lists; :func:`preftune.data.collate` makes tensors).
 
     Attributes:
         prompt_ids: ``[P]`` the prompt, chat template and generation prompt included.
-        responses: C response id lists, each with its closing end-of-turn token when it has one.
-        rewards: C scalar rewards (higher is better), or None when unlabelled.
+        responses: C response id lists ``[R_k]``, each with its closing end-of-turn/EOS token when it has
+            one; for a pair (chosen, rejected).
+        rewards: C scalar rewards (higher is better), or None when unlabelled (preference pairs).
         origin: the file and row (or the round and prompt) it came from.
         finished: for sampled responses, whether each ended by itself (False: cut by the length limit).
-        prompt_truncated: whether the prompt was cut (from the left).
+        prompt_truncated: whether a prompt of the group was cut (from the left).
         responses_truncated: how many responses were cut (from the right).
+        own_prompts: per response, ``[P_k]`` a prompt of its own that it follows instead of
+            ``prompt_ids`` (the rejected response of unpaired data), or None; None when no response has one.
     """
 
     prompt_ids: list[int]
@@ -35,6 +38,7 @@ class TokenizedGroup:
     finished: tuple[bool, ...] | None = None
     prompt_truncated: bool = False
     responses_truncated: int = 0
+    own_prompts: tuple[list[int] | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.responses:
@@ -44,16 +48,65 @@ class TokenizedGroup:
         if self.finished is not None and len(self.finished) != len(self.responses):
             flags, responses = len(self.finished), len(self.responses)
             raise PreftuneError(f"{self.origin}: {flags} finished flags for {responses} responses")
+        if self.own_prompts is not None and len(self.own_prompts) != len(self.responses):
+            prompts, responses = len(self.own_prompts), len(self.responses)
+            raise PreftuneError(f"{self.origin}: {prompts} own prompts for {responses} responses")
+
+    @classmethod
+    def pair(
+        cls,
+        prompt_ids: list[int],
+        chosen_ids: list[int],
+        rejected_ids: list[int],
+        origin: Origin,
+        rejected_prompt_ids: list[int] | None = None,
+        prompt_truncated: bool = False,
+        responses_truncated: int = 0,
+    ) -> TokenizedGroup:
+        """A preference pair: the group of its two responses, chosen first; ``rejected_prompt_ids``
+        ``[P']``: the rejected response's own prompt (unpaired data only)."""
+        own = None if rejected_prompt_ids is None else (None, rejected_prompt_ids)
+        responses = (chosen_ids, rejected_ids)
+        return cls(prompt_ids, responses, None, origin, None, prompt_truncated, responses_truncated, own)
 
     @property
     def num_responses(self) -> int:
         return len(self.responses)
 
     def branch(self, k: int) -> tuple[list[int], list[int]]:
-        """``(prompt ids, response ids)`` of the k-th response."""
-        return self.prompt_ids, self.responses[k]
+        """``(prompt ids, response ids)`` of the k-th response (after its own prompt if it has one)."""
+        own = None if self.own_prompts is None else self.own_prompts[k]
+        return (self.prompt_ids if own is None else own), self.responses[k]
 
     @property
     def length(self) -> int:
         """Tokens of the longest row (prompt + response)."""
-        return len(self.prompt_ids) + max(len(r) for r in self.responses)
+        return max(len(prompt) + len(response) for prompt, response in map(self.branch, range(self.num_responses)))
+
+    def _pair_index(self, k: int) -> int:
+        """``k``, once this group is a pair (chosen and rejected mean nothing for C != 2)."""
+        if self.num_responses != 2:
+            raise ValueError(f"{self.origin}: chosen and rejected name a pair's responses, not those of a group of "
+                             f"{self.num_responses}")  # fmt: skip
+        return k
+
+    @property
+    def chosen_ids(self) -> list[int]:
+        """``[Rc]`` a pair's chosen response (response 0)."""
+        return self.responses[self._pair_index(0)]
+
+    @property
+    def rejected_ids(self) -> list[int]:
+        """``[Rr]`` a pair's rejected response (response 1)."""
+        return self.responses[self._pair_index(1)]
+
+    @property
+    def rejected_prompt_ids(self) -> list[int] | None:
+        """``[P']`` a pair's rejected response's own prompt (unpaired data), or None."""
+        k = self._pair_index(1)
+        return None if self.own_prompts is None else self.own_prompts[k]
+
+
+TokenizedPair = TokenizedGroup.pair
+"""A preference pair as the one item type: ``TokenizedPair(prompt_ids, chosen_ids, rejected_ids, origin,
+rejected_prompt_ids=None, prompt_truncated=False, responses_truncated=0)`` -> a :class:`TokenizedGroup` of two."""

@@ -28,12 +28,13 @@ import torch
 from torch import Tensor
 
 from preftune.data.batch import PackedBatch
-from preftune.data.collate import Responses, example_ids_of, group_size_of, rewards_of
+from preftune.data.collate import example_ids_of, group_size_of, rewards_of
+from preftune.data.groups import TokenizedGroup
 from preftune.errors import PreftuneError
 
 
 def pack(
-    pairs: Sequence[Responses],
+    pairs: Sequence[TokenizedGroup],
     indices: Sequence[int] | Tensor,
     pad_id: int,
     *,
@@ -97,7 +98,7 @@ def pack(
 Block = tuple[list[int], list[tuple[int, list[int]]]]  # (prompt ids, [(record, response ids), ...])
 
 
-def _blocks(items: Sequence[Responses], c: int, share_prompt: bool) -> list[Block]:
+def _blocks(items: Sequence[TokenizedGroup], c: int, share_prompt: bool) -> list[Block]:
     """Each example's block (its prompt once, then the responses that continue it), and a block of
     its own for every response whose prompt differs (or for every response but the first, unshared)."""
     b = len(items)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, *, seed: int = 0, group: int = 50, drop_last: bool = False
 ) -> list[list[int]]:
-    """Batches of dataset indices (each index once) grouped by ``lengths`` (e.g. ``TokenizedPair.length``)."""
+    """Batches of dataset indices (each index once) grouped by ``lengths`` (e.g. ``TokenizedGroup.length``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     rng = random.Random(seed)

@@ -18,16 +18,18 @@ that order until the held-out pairs reach ``eval_size``: the last group taken ma
 by fewer pairs than it holds, so the held-out set has at least ``eval_size`` pairs (exactly
 ``eval_size`` when every group is one pair). Both lists keep the source order.
 
-Groups of ranked completions (:class:`~preftune.data.grouped.GroupExample`) are held out the same
-way by :func:`hold_out_groups`: every group on one prompt falls on one side.
+Groups of ranked completions (:class:`~preftune.data.grouped.GroupExample`) are held out by the
+same split (:func:`split_whole` by :func:`prompt_key`), counted in groups by :func:`hold_out_groups`:
+every group on one prompt falls on one side.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from preftune.data.examples import PreferenceExample
 from preftune.errors import PreftuneError
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from preftune.data.grouped import GroupExample
 
 GROUP_BY = ("prompt", "pair")
+T = TypeVar("T")
 
 
 def canonical(value: Any) -> str:
@@ -48,9 +51,72 @@ def pair_key(example: PreferenceExample) -> str:
     return canonical([example.prompt, example.chosen, example.rejected, example.rejected_prompt])
 
 
-def prompt_key(example: PreferenceExample) -> str:
-    """Identical for pairs on the same prompt."""
+def prompt_key(example: PreferenceExample | GroupExample) -> str:
+    """Identical for pairs (or groups) on the same prompt."""
     return canonical(example.prompt)
+
+
+def group_key(group: GroupExample) -> str:
+    """Identical for identical groups (prompt, completions and rewards)."""
+    return canonical([group.prompt, list(group.completions), list(group.rewards)])
+
+
+@dataclass(frozen=True)
+class Split(Generic[T]):
+    """What :func:`split_whole` did: both sides, in source order, and the groups they were taken in.
+
+    Attributes:
+        train: the items left for training.
+        held_out: the items held out.
+        groups: the items' indices by key, groups in order of first appearance.
+        held_out_groups: how many groups were held out.
+    """
+
+    train: list[T]
+    held_out: list[T]
+    groups: list[list[int]]
+    held_out_groups: int
+
+    @property
+    def shared_groups(self) -> int:
+        """Groups of more than one item."""
+        return sum(len(g) > 1 for g in self.groups)
+
+    @property
+    def largest_group(self) -> int:
+        """Items in the largest group (0 when there are none)."""
+        return max((len(g) for g in self.groups), default=0)
+
+
+def split_whole(items: Sequence[T], eval_size: int, key: Callable[[T], str], seed: int) -> Split[T]:
+    """The one split: hold out whole groups of items (equal ``key``) until at least ``eval_size`` items.
+
+    The groups, in order of first appearance, are shuffled with ``random.Random(seed)`` and taken in
+    that order; both sides keep the source order.
+    """
+    by_key: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        by_key.setdefault(key(item), []).append(index)
+    groups = list(by_key.values())
+    order = groups[:]
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    taken = 0
+    for members in order:
+        if len(held) >= eval_size:
+            break
+        held.update(members)
+        taken += 1
+    train = [item for i, item in enumerate(items) if i not in held]
+    held_out = [item for i, item in enumerate(items) if i in held]
+    return Split(train, held_out, groups, taken)
+
+
+def _check_eval_size(eval_size: int, total: int, noun: str) -> None:
+    if eval_size < 0:
+        raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
+    if eval_size and eval_size >= total:
+        raise PreftuneError(f"data.eval_size {eval_size} leaves no training {noun} out of {total}")
 
 
 @dataclass(frozen=True)
@@ -96,29 +162,6 @@ class SplitSummary:
         )
 
 
-def _groups(examples: list[PreferenceExample], group_by: str) -> list[list[int]]:
-    """Indices of the examples by group, groups in order of first appearance."""
-    key = prompt_key if group_by == "prompt" else pair_key
-    groups: dict[str, list[int]] = {}
-    for index, example in enumerate(examples):
-        groups.setdefault(key(example), []).append(index)
-    return list(groups.values())
-
-
-def _take_whole(groups: list[list[int]], eval_size: int, seed: int) -> tuple[set[int], int]:
-    """(indices held out, groups taken): whole groups in seeded order until at least ``eval_size`` items."""
-    order = groups[:]
-    random.Random(seed).shuffle(order)
-    held: set[int] = set()
-    taken = 0
-    for members in order:
-        if len(held) >= eval_size:
-            break
-        held.update(members)
-        taken += 1
-    return held, taken
-
-
 def hold_out(
     examples: list[PreferenceExample], eval_size: int, *, group_by: str = "prompt", seed: int = 0
 ) -> tuple[list[PreferenceExample], list[PreferenceExample], SplitSummary]:
@@ -138,38 +181,27 @@ def hold_out(
     """
     if group_by not in GROUP_BY:
         raise PreftuneError(f"unknown data.split_by '{group_by}' (expected one of {', '.join(GROUP_BY)})")
-    if eval_size < 0:
-        raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
-    if eval_size and eval_size >= len(examples):
-        raise PreftuneError(f"data.eval_size {eval_size} leaves no training pairs out of {len(examples)}")
-    groups = _groups(examples, group_by)
-    held, taken = _take_whole(groups, eval_size, seed)
-    if held and len(held) == len(examples):
+    _check_eval_size(eval_size, len(examples), "pairs")
+    split = split_whole(examples, eval_size, prompt_key if group_by == "prompt" else pair_key, seed)
+    if split.held_out and not split.train:
         raise PreftuneError(
-            f"data.eval_size {eval_size} leaves no training pairs: the {len(examples)} pairs form only {len(groups)} "
-            f"groups by {group_by} and whole groups are held out; lower data.eval_size"
+            f"data.eval_size {eval_size} leaves no training pairs: the {len(examples)} pairs form only "
+            f"{len(split.groups)} groups by {group_by} and whole groups are held out; lower data.eval_size"
         )
-    train = [e for i, e in enumerate(examples) if i not in held]
-    held_out = [e for i, e in enumerate(examples) if i in held]
     summary = SplitSummary(
         group_by=group_by,
         seed=seed,
         eval_size=eval_size,
         pairs=len(examples),
         duplicate_pairs=len(examples) - len({pair_key(e) for e in examples}),
-        groups=len(groups),
-        shared_groups=sum(len(g) > 1 for g in groups),
-        largest_group=max((len(g) for g in groups), default=0),
-        held_out=len(held_out),
-        held_out_groups=taken,
-        train=len(train),
+        groups=len(split.groups),
+        shared_groups=split.shared_groups,
+        largest_group=split.largest_group,
+        held_out=len(split.held_out),
+        held_out_groups=split.held_out_groups,
+        train=len(split.train),
     )
-    return train, held_out, summary
-
-
-def group_key(group: GroupExample) -> str:
-    """Identical for identical groups (prompt, completions and rewards)."""
-    return canonical([group.prompt, list(group.completions), list(group.rewards)])
+    return split.train, split.held_out, summary
 
 
 @dataclass(frozen=True)
@@ -218,9 +250,9 @@ def hold_out_groups(
 ) -> tuple[list[GroupExample], list[GroupExample], GroupSplitSummary]:
     """Split groups of completions into training and held-out groups, all groups of a prompt on one side.
 
-    The same split as :func:`hold_out` with ``group_by="prompt"``, counted in groups instead of pairs:
-    the prompts, in order of first appearance, are shuffled with ``random.Random(seed)`` and taken
-    whole until at least ``eval_size`` groups are held out.
+    :func:`hold_out`'s split (:func:`split_whole`) with ``group_by="prompt"``, counted in groups instead
+    of pairs: the prompts, in order of first appearance, are shuffled with ``random.Random(seed)`` and
+    taken whole until at least ``eval_size`` groups are held out.
 
     Returns:
         (training groups, held-out groups, summary), both lists in source order.
@@ -228,32 +260,23 @@ def hold_out_groups(
     Raises:
         PreftuneError: ``eval_size`` below 0, or one that leaves no training groups.
     """
-    if eval_size < 0:
-        raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
-    if eval_size and eval_size >= len(groups):
-        raise PreftuneError(f"data.eval_size {eval_size} leaves no training groups out of {len(groups)}")
-    by_prompt: dict[str, list[int]] = {}
-    for index, group in enumerate(groups):
-        by_prompt.setdefault(canonical(group.prompt), []).append(index)
-    prompts = list(by_prompt.values())
-    held, taken = _take_whole(prompts, eval_size, seed)
-    if held and len(held) == len(groups):
+    _check_eval_size(eval_size, len(groups), "groups")
+    split = split_whole(groups, eval_size, prompt_key, seed)
+    if split.held_out and not split.train:
         raise PreftuneError(
             f"data.eval_size {eval_size} leaves no training groups: the {len(groups)} groups have only "
-            f"{len(prompts)} prompts and each prompt's groups are held out together; lower data.eval_size"
+            f"{len(split.groups)} prompts and each prompt's groups are held out together; lower data.eval_size"
         )
-    train = [g for i, g in enumerate(groups) if i not in held]
-    held_out = [g for i, g in enumerate(groups) if i in held]
     summary = GroupSplitSummary(
         seed=seed,
         eval_size=eval_size,
         groups=len(groups),
         duplicate_groups=len(groups) - len({group_key(g) for g in groups}),
-        prompts=len(prompts),
-        shared_prompts=sum(len(p) > 1 for p in prompts),
-        largest_prompt=max((len(p) for p in prompts), default=0),
-        held_out=len(held_out),
-        held_out_prompts=taken,
-        train=len(train),
+        prompts=len(split.groups),
+        shared_prompts=split.shared_groups,
+        largest_prompt=split.largest_group,
+        held_out=len(split.held_out),
+        held_out_prompts=split.held_out_groups,
+        train=len(split.train),
     )
-    return train, held_out, summary
+    return split.train, split.held_out, summary

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from preftune.data.groups import TokenizedGroup
     from preftune.data.split import SplitSummary
-    from preftune.data.tokenize import TokenizedPair
 
 NOT_USED = "not used (beyond data.train_size)"
 
@@ -35,7 +36,7 @@ class LengthStats:
         return f"{self.min}/{self.mean:.1f}/{self.median:g}/{self.max}"
 
 
-def pair_lengths(pairs: Sequence[TokenizedPair]) -> dict[str, LengthStats]:
+def pair_lengths(pairs: Sequence[TokenizedGroup]) -> dict[str, LengthStats]:
     """Token-length statistics of tokenised pairs, by part: prompt, chosen, rejected, pair."""
     return {
         "prompt": LengthStats.of([len(p.prompt_ids) for p in pairs]),
@@ -43,6 +44,23 @@ def pair_lengths(pairs: Sequence[TokenizedPair]) -> dict[str, LengthStats]:
         "rejected": LengthStats.of([len(p.rejected_ids) for p in pairs]),
         "pair": LengthStats.of([p.length for p in pairs]),
     }
+
+
+def group_lengths(groups: Sequence[TokenizedGroup]) -> dict[str, LengthStats]:
+    """Token-length statistics of tokenised groups: ``prompt``, ``response`` (every response of every
+    group) and ``group`` (prompt + its longest response, the longest row the group needs)."""
+    return {
+        "prompt": LengthStats.of([len(g.prompt_ids) for g in groups]),
+        "response": LengthStats.of([len(r) for g in groups for r in g.responses]),
+        "group": LengthStats.of([g.length for g in groups]),
+    }
+
+
+def sizes_note(stage: str, sizes: list[int]) -> str:
+    """``loaded: 99 groups, 412 completions (sizes: 3 x50, 5 x49)``; DataSummary says "pairs", so say "groups"."""
+    counts = Counter(sizes)
+    listed = ", ".join(f"{size} x{n}" for size, n in sorted(counts.items()))
+    return f"{stage}: {len(sizes)} groups, {sum(sizes)} completions (sizes: {listed})"
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,7 @@ class DataSummary:
         """This summary carrying the hold-out's (``data_summary.json`` then says it)."""
         return replace(self, split=split)
 
-    def limited(self, pairs: Sequence[TokenizedPair]) -> DataSummary:
+    def limited(self, pairs: Sequence[TokenizedGroup]) -> DataSummary:
         """This summary of tokenised pairs, for only ``pairs``: the first of them, those really used.
 
         After ``data.train_size`` cuts the training pairs, the counts must describe what was

@@ -1,4 +1,7 @@
-"""Tokenisation: preference examples -> token ids with exact response boundaries.
+"""Tokenisation: preference pairs and groups -> :class:`~preftune.data.groups.TokenizedGroup`\\ s.
+
+One path for both: a pair is a group of two responses, (chosen, rejected); a group of ranked
+completions (:class:`~preftune.data.grouped.GroupExample`) has C, with their rewards.
 
 Conversational examples go through the model's chat template (``tokenizer.apply_chat_template``):
 the prompt is rendered with the generation prompt, then the prompt followed by each response;
@@ -11,21 +14,26 @@ Text examples (TRL's standard format) are plain concatenations: the prompt token
 tokenizer's special tokens (a BOS if it adds one), each response tokenized without them and
 followed by EOS (as TRL appends ``eos_token`` to plain-text responses).
 
-Truncation to ``max_length`` (prompt + longer response): the prompt is first cut from the left
+Truncation to ``max_length`` (prompt + longest response): the prompt is first cut from the left
 to ``max_prompt_length`` (when given), then responses are cut from the right to what remains.
-A pair with no room left for a response is dropped and counted; if every pair is, that is an
-error (``max_length 8 is shorter than every prompt (shortest: 23 tokens)``).
+A pair (or group) with no room left for a response is dropped whole and counted; if every one
+is, that is an error (``max_length 8 is shorter than every prompt (shortest: 23 tokens)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from preftune.data.examples import Origin, PreferenceExample, Text
-from preftune.data.summary import DataSummary, pair_lengths
+from preftune.data.groups import TokenizedGroup
+from preftune.data.groups import TokenizedPair as TokenizedPair  # re-exported: the pair constructor's old home
+from preftune.data.summary import DataSummary, group_lengths, pair_lengths, sizes_note
 from preftune.data.validation import Tally, one_line
 from preftune.errors import PreftuneError
+
+if TYPE_CHECKING:
+    from preftune.data.grouped import GroupExample
 
 # Added tokens that close a turn in common chat templates (the tokenizer's EOS always counts).
 END_OF_TURN_TOKENS = (
@@ -38,47 +46,6 @@ END_OF_TURN_TOKENS = (
     "</s>",
 )
 NO_ROOM = "prompt leaves no room for a response within max_length"
-
-
-@dataclass(frozen=True)
-class TokenizedPair:
-    """Token ids of one preference pair (plain lists; :func:`preftune.data.collate` makes tensors).
-
-    Attributes:
-        prompt_ids: ``[P]`` the prompt, chat template and generation prompt included.
-        chosen_ids: ``[Rc]`` the chosen response, its closing end-of-turn/EOS token included.
-        rejected_ids: ``[Rr]`` the rejected response, likewise.
-        origin: the file and row of the example.
-        rejected_prompt_ids: ``[P']`` the rejected response's own prompt (unpaired data only).
-        prompt_truncated: whether a prompt of the pair was cut (from the left).
-        responses_truncated: how many of its two responses were cut (from the right).
-    """
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    origin: Origin
-    rejected_prompt_ids: list[int] | None = None
-    prompt_truncated: bool = False
-    responses_truncated: int = 0
-
-    @property
-    def length(self) -> int:
-        """Tokens of the longer row (prompt + response)."""
-        rejected_prompt = self.prompt_ids if self.rejected_prompt_ids is None else self.rejected_prompt_ids
-        return max(len(self.prompt_ids) + len(self.chosen_ids), len(rejected_prompt) + len(self.rejected_ids))
-
-    num_responses = 2
-    rewards = None
-
-    def branch(self, k: int) -> tuple[list[int], list[int]]:
-        """``(prompt ids, response ids)`` of response 0 (chosen) or 1 (rejected, after its own prompt if it has one)."""
-        if k == 0:
-            return self.prompt_ids, self.chosen_ids
-        if k == 1:
-            own = self.rejected_prompt_ids
-            return (self.prompt_ids if own is None else own), self.rejected_ids
-        raise IndexError(f"a pair has responses 0 and 1, not {k}")
 
 
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
@@ -134,30 +101,68 @@ class _Encoder:
         ends = [i for i, token in enumerate(rest) if token in self.end_of_turn]
         return rest[: ends[-1] + 1] if ends else rest
 
-    def pair(self, example: PreferenceExample) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
-        """((prompt, chosen), (rejected's prompt, rejected)) ids, before truncation."""
-        prompt = self.prompt(example.prompt)
-        chosen = self.response(example.prompt, prompt, example.chosen, example.origin, "chosen")
-        rejected_text = example.prompt if example.rejected_prompt is None else example.rejected_prompt
-        rejected_prompt = prompt if example.rejected_prompt is None else self.prompt(rejected_text)
-        rejected = self.response(rejected_text, rejected_prompt, example.rejected, example.origin, "rejected")
-        return (prompt, chosen), (rejected_prompt, rejected)
+
+Branch = tuple[Text | None, Text, str]
+"""A response to tokenise: (its own prompt, or None: the example's; the response; its name in errors)."""
 
 
-def _truncate(
-    prompt: list[int], response: list[int], max_length: int | None, max_prompt_length: int | None, min_response: int
-) -> tuple[list[int], list[int]] | str:
-    """(prompt cut from the left, response cut from the right), or why the row cannot fit."""
+def _branches(example: PreferenceExample | GroupExample) -> tuple[list[Branch], tuple[float, ...] | None]:
+    """The responses of a pair (chosen, then rejected after its own prompt if it has one) or of a
+    group (its completions), and the group's rewards (a pair has none)."""
+    if isinstance(example, PreferenceExample):
+        return [(None, example.chosen, "chosen"), (example.rejected_prompt, example.rejected, "rejected")], None
+    return [(None, completion, f"#{k}") for k, completion in enumerate(example.completions)], example.rewards
+
+
+def _cut_prompt(prompt: list[int], max_prompt_length: int | None) -> list[int]:
+    """The prompt cut from the left to ``max_prompt_length``."""
     if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[len(prompt) - max_prompt_length :]
+        return prompt[len(prompt) - max_prompt_length :]
+    return prompt
+
+
+def _cut_response(prompt: list[int], response: list[int], max_length: int | None, min_response: int) -> list[int] | str:
+    """The response cut from the right to what ``max_length`` leaves after ``prompt``, or why it cannot fit."""
     if max_length is None or len(prompt) + len(response) <= max_length:
-        return prompt, response
+        return response
     room = max_length - len(prompt)
     if room <= 0:
         return NO_ROOM
     if room < min_response:
         return f"response would be cut below min_response_tokens ({min_response})"
-    return prompt, response[:room]
+    return response[:room]
+
+
+def _tokenize_one(
+    encoder: _Encoder,
+    example: PreferenceExample | GroupExample,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    min_response: int,
+) -> tuple[TokenizedGroup | str, int]:
+    """(the example's ids, or why it cannot fit; its shortest prompt before truncation)."""
+    branches, rewards = _branches(example)
+    prompt = encoder.prompt(example.prompt)
+    rows: list[tuple[list[int] | None, list[int]]] = []  # (the response's own prompt or None, the response)
+    for own_text, text, which in branches:
+        own = None if own_text is None else encoder.prompt(own_text)
+        row_text, row_prompt = (example.prompt, prompt) if own is None else (own_text, own)
+        rows.append((own, encoder.response(row_text, row_prompt, text, example.origin, which)))  # type: ignore[arg-type]
+    shortest = min(len(ids) for ids in [prompt, *(own for own, _ in rows if own is not None)])
+    cut = _cut_prompt(prompt, max_prompt_length)
+    own_cut = [None if own is None else _cut_prompt(own, max_prompt_length) for own, _ in rows]
+    responses: list[list[int]] = []
+    for row_prompt, (_, response) in zip(own_cut, rows, strict=True):
+        kept = _cut_response(cut if row_prompt is None else row_prompt, response, max_length, min_response)
+        if isinstance(kept, str):
+            return kept, shortest
+        responses.append(kept)
+    prompts = [(cut, prompt)] + [(c, own) for c, (own, _) in zip(own_cut, rows, strict=True) if own is not None]
+    cut_prompt = any(len(c) < len(whole) for c, whole in prompts)  # type: ignore[arg-type]
+    cut_responses = sum(len(r) < len(whole) for r, (_, whole) in zip(responses, rows, strict=True))
+    own_prompts = tuple(own_cut) if any(c is not None for c in own_cut) else None
+    item = TokenizedGroup(cut, tuple(responses), rewards, example.origin, None, cut_prompt, cut_responses, own_prompts)
+    return item, shortest
 
 
 def _check_lengths(max_length: int | None, max_prompt_length: int | None, min_response: int) -> None:
@@ -187,27 +192,63 @@ def _no_pair_fits(max_length: int | None, shortest_prompt: int, tally: Tally) ->
     return PreftuneError(f"no pair fits within max_length {max_length} ({reasons})")
 
 
-def _summary(examples: list[PreferenceExample], pairs: list[TokenizedPair], tally: Tally) -> DataSummary:
-    """What tokenising ``examples`` into ``pairs`` did (drops, truncations, lengths)."""
-    source = examples[0].origin.source if len({e.origin.source for e in examples}) == 1 else "examples"
-    truncated_prompts = sum(p.prompt_truncated for p in pairs)
-    truncated_responses = sum(p.responses_truncated for p in pairs)
+def _summary(examples: Sequence[PreferenceExample | GroupExample], items: list[TokenizedGroup], tally: Tally,
+             noun: str) -> DataSummary:  # fmt: skip
+    """What tokenising ``examples`` into ``items`` did (drops, truncations, lengths: by part for pairs,
+    :func:`~preftune.data.summary.group_lengths` and the sizes for groups)."""
+    source = examples[0].origin.source if len({e.origin.source for e in examples}) == 1 else noun
+    pairs = isinstance(examples[0], PreferenceExample)
+    lengths = pair_lengths(items) if pairs else group_lengths(items)
+    notes = () if pairs else (sizes_note("tokenized", [g.num_responses for g in items]),)
     return DataSummary(
-        source, "tokenized", len(examples), len(pairs), tally.as_dict(), truncated_prompts, truncated_responses,
-        pair_lengths(pairs),
+        source, "tokenized", len(examples), len(items), tally.as_dict(), sum(g.prompt_truncated for g in items),
+        sum(g.responses_truncated for g in items), lengths, notes=notes,
     )  # fmt: skip
 
 
+def _tokenize(
+    examples: Sequence[PreferenceExample | GroupExample],
+    tokenizer: Any,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    min_response_tokens: int,
+    summary: DataSummary | None,
+    noun: str,
+) -> tuple[list[TokenizedGroup], DataSummary]:
+    """The one tokenise path of :func:`tokenize_examples` and :func:`tokenize_groups` (``noun`` names
+    the examples in errors)."""
+    _check_lengths(max_length, max_prompt_length, min_response_tokens)
+    if not examples:
+        raise PreftuneError(f"no {noun} to tokenize")
+    kinds = {example.is_conversational for example in examples}
+    if len(kinds) > 1:
+        raise PreftuneError(f"the {noun} mix text and conversational data; tokenize one kind at a time")
+    encoder = _Encoder(tokenizer, kinds.pop())
+    items: list[TokenizedGroup] = []
+    tally, shortest_prompt = Tally(), None
+    for example in examples:
+        item, shortest = _tokenize_one(encoder, example, max_length, max_prompt_length, min_response_tokens)
+        shortest_prompt = shortest if shortest_prompt is None else min(shortest_prompt, shortest)
+        if isinstance(item, str):
+            tally.add(item)
+        else:
+            items.append(item)
+    if not items:
+        raise _no_pair_fits(max_length, shortest_prompt or 0, tally)
+    result = _summary(examples, items, tally, noun)
+    return items, (summary.followed_by(result) if summary is not None else result)
+
+
 def tokenize_examples(
-    examples: list[PreferenceExample],
+    examples: Sequence[PreferenceExample],
     tokenizer: Any,
     max_length: int | None,
     max_prompt_length: int | None = None,
     *,
     min_response_tokens: int = 1,
     summary: DataSummary | None = None,
-) -> tuple[list[TokenizedPair], DataSummary]:
-    """Tokenize and truncate examples (see the module docstring).
+) -> tuple[list[TokenizedGroup], DataSummary]:
+    """Tokenize and truncate preference pairs (see the module docstring).
 
     Args:
         examples: validated examples, all text or all conversational.
@@ -219,35 +260,31 @@ def tokenize_examples(
         summary: the loading summary to continue (rows read, drops), if any.
 
     Returns:
-        The pairs, in example order (dropped ones left out), and a :class:`DataSummary`.
+        The pairs, groups of two (chosen, rejected) without rewards, in example order (dropped
+        ones left out), and a :class:`DataSummary` (lengths of ``prompt``, ``chosen``,
+        ``rejected`` and ``pair``).
     """
-    _check_lengths(max_length, max_prompt_length, min_response_tokens)
-    if not examples:
-        raise PreftuneError("no examples to tokenize")
-    kinds = {example.is_conversational for example in examples}
-    if len(kinds) > 1:
-        raise PreftuneError("the examples mix text and conversational data; tokenize one kind at a time")
-    encoder = _Encoder(tokenizer, kinds.pop())
-    pairs: list[TokenizedPair] = []
-    tally, shortest_prompt = Tally(), None
-    for example in examples:
-        (prompt, chosen), (rejected_prompt, rejected) = encoder.pair(example)
-        shortest = min(len(prompt), len(rejected_prompt))
-        shortest_prompt = shortest if shortest_prompt is None else min(shortest_prompt, shortest)
-        rows = [
-            _truncate(p, r, max_length, max_prompt_length, min_response_tokens)
-            for p, r in ((prompt, chosen), (rejected_prompt, rejected))
-        ]
-        reason = next((row for row in rows if isinstance(row, str)), None)
-        if reason is not None:
-            tally.add(reason)
-            continue
-        (p, c), (rp, r) = rows
-        own_prompt = None if example.rejected_prompt is None else rp
-        cut_prompt = len(p) < len(prompt) or len(rp) < len(rejected_prompt)
-        cut_responses = (len(c) < len(chosen)) + (len(r) < len(rejected))
-        pairs.append(TokenizedPair(p, c, r, example.origin, own_prompt, cut_prompt, cut_responses))
-    if not pairs:
-        raise _no_pair_fits(max_length, shortest_prompt or 0, tally)
-    result = _summary(examples, pairs, tally)
-    return pairs, (summary.followed_by(result) if summary is not None else result)
+    return _tokenize(examples, tokenizer, max_length, max_prompt_length, min_response_tokens, summary, "examples")
+
+
+def tokenize_groups(
+    groups: Sequence[GroupExample],
+    tokenizer: Any,
+    max_length: int | None,
+    max_prompt_length: int | None = None,
+    *,
+    min_response_tokens: int = 1,
+    summary: DataSummary | None = None,
+) -> tuple[list[TokenizedGroup], DataSummary]:
+    """Tokenize and truncate groups of ranked completions: :func:`tokenize_examples`' path, C responses
+    each with their rewards (a response named ``#k`` in errors).
+
+    A group with a response that has no room (or would be cut below ``min_response_tokens``) is
+    dropped whole and counted.
+
+    Returns:
+        The groups, in order (dropped ones left out), and a :class:`DataSummary` (continuing
+        ``summary``) whose ``kept`` counts groups, ``truncated_responses`` responses, whose lengths
+        are :func:`~preftune.data.summary.group_lengths` and whose last note gives the sizes.
+    """
+    return _tokenize(groups, tokenizer, max_length, max_prompt_length, min_response_tokens, summary, "groups")

@@ -219,7 +219,7 @@ def sample(
             ``config.use_cache`` are restored afterwards.
         tokenizer: its tokenizer (stop ids, pad id, decoding).
         prompts: ``len(prompts)`` lists of ``[P_i]`` token ids, chat template and generation
-            prompt included (as :class:`preftune.data.tokenize.TokenizedPair.prompt_ids`).
+            prompt included (as :class:`preftune.data.groups.TokenizedGroup.prompt_ids`).
         config: how to sample.
         progress: show a bar with ETA over the batches (stderr).
 

@@ -24,15 +24,15 @@ from typing import Any
 from preftune.data import (
     DataSummary,
     PreferenceExample,
-    TokenizedPair,
+    TokenizedGroup,
     load_preference_data,
     load_unpaired,
     tokenize_examples,
 )
-from preftune.data.grouped import GroupExample, fit_group_size, load_groups, tokenize_groups
-from preftune.data.groups import TokenizedGroup
+from preftune.data.grouped import GroupExample, fit_group_size, load_groups
 from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.data.split import hold_out, hold_out_groups
+from preftune.data.tokenize import tokenize_groups
 from preftune.files import write_atomic
 from preftune.objectives import GroupRecord, Objective, build
 from preftune.run.config import DataConfig, RunConfig
@@ -52,10 +52,10 @@ class Examples:
 
 @dataclass
 class Inputs:
-    """Token pairs (or groups) of a run: what the trainer reads."""
+    """Token pairs (groups of two) or groups of a run: what the trainer reads."""
 
-    train: list[TokenizedPair] | list[TokenizedGroup]
-    held_out: list[TokenizedPair]
+    train: list[TokenizedGroup]
+    held_out: list[TokenizedGroup]
     held_out_examples: list[PreferenceExample]
     summaries: dict[str, DataSummary | None]
 
@@ -132,7 +132,7 @@ def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs
     if d.train_size is not None and d.train_size < len(train):
         train = train[: d.train_size]
         train_summary = replace(train_summary, kept=len(train)) if groups else train_summary.limited(train)
-    held: list[TokenizedPair] = []
+    held: list[TokenizedGroup] = []
     held_summary: DataSummary | None = None
     if examples.held_out:
         held, held_summary = tokenize_examples(

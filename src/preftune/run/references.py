@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from preftune.data import Batch, Batcher, TokenizedPair
+from preftune.data import Batch, Batcher, TokenizedGroup
 from preftune.modeling import AdapterDisabledReference, FrozenCopyReference, ModelReference, PrecomputedReference
 from preftune.modeling.reference import ReferenceLogProbs, cache_path, compute_table, save_table
 from preftune.objectives import Objective
@@ -102,7 +102,7 @@ def make_reference(
     model: Any,
     config: RunConfig,
     train_items: Sequence[Any],
-    eval_pairs: Sequence[TokenizedPair],
+    eval_pairs: Sequence[TokenizedGroup],
     batcher: Batcher,
     accelerator: Accelerator,
     train_ids: Sequence[int] | None = None,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from preftune.data import TokenizedPair
+from preftune.data import TokenizedGroup
 from preftune.errors import PreftuneError
 from preftune.run_layout import CONFIG_FILE, DONE_FILE, INPUTS_FILE, stage_dirs
 from preftune.training.checkpoint import latest_checkpoint
@@ -92,7 +92,7 @@ def pairs_fingerprint(pairs: Sequence[Any]) -> str:
     matters: it fixes what each step reads)."""
     digest = hashlib.sha256()
     for pair in pairs:
-        if isinstance(pair, TokenizedPair):
+        if pair.rewards is None and pair.num_responses == 2:  # a preference pair, hashed as pairs always were
             ids: tuple[Any, ...] = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids, pair.rejected_prompt_ids)
         else:
             ids = (pair.prompt_ids, list(pair.responses), pair.rewards)
@@ -100,7 +100,7 @@ def pairs_fingerprint(pairs: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def inputs_record(train: Sequence[Any], held_out: Sequence[TokenizedPair]) -> dict[str, Any]:
+def inputs_record(train: Sequence[TokenizedGroup], held_out: Sequence[TokenizedGroup]) -> dict[str, Any]:
     return {
         "train": {"pairs": len(train), "sha256": pairs_fingerprint(train)},
         "eval": {"pairs": len(held_out), "sha256": pairs_fingerprint(held_out)},

@@ -20,7 +20,7 @@ import torch
 from accelerate.utils import gather_object
 from rich.console import Console
 
-from preftune.data import Batcher, TokenizedPair
+from preftune.data import Batcher, TokenizedGroup
 from preftune.evaluation.statistical import mean_and_stderr
 from preftune.modeling.gradient_cosine import gradient_cosines
 from preftune.training.hooks import Fit, RecordingHook
@@ -34,7 +34,7 @@ class GradientCosineEvaluation(RecordingHook):
     name = "gradient_cosines"
 
     def __init__(
-        self, pairs: Sequence[TokenizedPair], batcher: Batcher, config: EvalConfig, console: Console | None = None
+        self, pairs: Sequence[TokenizedGroup], batcher: Batcher, config: EvalConfig, console: Console | None = None
     ) -> None:
         super().__init__()
         self.pairs = list(pairs)[: config.gradient_cosine_pairs]
@@ -89,7 +89,7 @@ class GradientCosineEvaluation(RecordingHook):
 
 
 def gradient_cosine_hooks(
-    pairs: Sequence[TokenizedPair], batcher: Batcher, config: EvalConfig, console: Console
+    pairs: Sequence[TokenizedGroup], batcher: Batcher, config: EvalConfig, console: Console
 ) -> list[GradientCosineEvaluation]:
     """One :class:`GradientCosineEvaluation` when ``config.gradient_cosine_every`` asks for it, else none."""
     return [GradientCosineEvaluation(pairs, batcher, config, console)] if config.gradient_cosine_every else []

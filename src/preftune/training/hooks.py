@@ -23,7 +23,7 @@ import torch
 from accelerate.utils import gather_object
 from rich.console import Console
 
-from preftune.data import Batch, Batcher, TokenizedPair
+from preftune.data import Batch, Batcher, TokenizedGroup
 from preftune.errors import PreftuneError
 from preftune.evaluation.names import CONSOLE_METRICS
 from preftune.evaluation.statistical import MetricSummary, pair_values, summarise
@@ -205,7 +205,7 @@ class HeldOutEvaluation(RecordingHook):
 
     def __init__(
         self,
-        pairs: Sequence[TokenizedPair],
+        pairs: Sequence[TokenizedGroup],
         reference: Any,
         batcher: Batcher,
         config: EvalConfig,

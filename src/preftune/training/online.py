@@ -36,7 +36,6 @@ from preftune.data import Batch
 from preftune.data.batcher import Batcher
 from preftune.data.examples import Origin
 from preftune.data.groups import TokenizedGroup
-from preftune.data.tokenize import TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.objectives import GroupRecord
@@ -254,19 +253,15 @@ def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap
     return out
 
 
-def offline_items(pairs: Sequence[TokenizedPair], k: int, rng: random.Random) -> list[TokenizedGroup]:
-    """``k`` offline pairs drawn without replacement (with, past the dataset's size) as groups of two."""
+def offline_items(pairs: Sequence[TokenizedGroup], k: int, rng: random.Random) -> list[TokenizedGroup]:
+    """``k`` offline pairs drawn without replacement (with, past the dataset's size), labelled (1, 0):
+    chosen over rejected, as the round's own pairs carry their rewards."""
     if k == 0:
         return []
     if not pairs:
         raise PreftuneError("online.mix > 0 needs offline pairs (data.train)")
     picks = rng.sample(range(len(pairs)), k) if k <= len(pairs) else [rng.randrange(len(pairs)) for _ in range(k)]
-    return [
-        TokenizedGroup(
-            pairs[i].prompt_ids, (list(pairs[i].chosen_ids), list(pairs[i].rejected_ids)), (1.0, 0.0), pairs[i].origin
-        )
-        for i in picks
-    ]
+    return [replace(pairs[i], rewards=(1.0, 0.0)) for i in picks]
 
 
 class OnPolicySource:
@@ -312,7 +307,7 @@ class OnPolicySource:
         settings: OnlineSettings,
         sampling: SamplingConfig,
         batcher: Batcher,
-        offline: Sequence[TokenizedPair] = (),
+        offline: Sequence[TokenizedGroup] = (),
         kl_reference: Any = None,
         sampler: Sampler | None = None,
     ) -> None:
