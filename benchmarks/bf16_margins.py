@@ -28,11 +28,13 @@ def made_up_pairs(path: Path, n: int, seed: int = 0) -> Path:
     rows = []
     for i in range(n):
         a, b = rng.randint(2, 99), rng.randint(2, 99)
-        rows.append({
-            "prompt": [{"role": "user", "content": f"Question {i}: what is {a} plus {b}? Answer briefly."}],
-            "chosen": [{"role": "assistant", "content": f"{a} plus {b} is {a + b}."}],
-            "rejected": [{"role": "assistant", "content": f"I am not sure, maybe {a + b + rng.randint(1, 9)}."}],
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Question {i}: what is {a} plus {b}? Answer briefly."}],
+                "chosen": [{"role": "assistant", "content": f"{a} plus {b} is {a + b}."}],
+                "rejected": [{"role": "assistant", "content": f"I am not sure, maybe {a + b + rng.randint(1, 9)}."}],
+            }
+        )
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
@@ -77,11 +79,23 @@ def run_with(precision: str, args: argparse.Namespace, data: Path, callback: Cal
     forget_accelerator_state()
     out = args.out / precision
     overrides = [
-        f"model.name={args.model}", "objective=dpo", f"output_dir={out}", f"data.train={data}",
-        f"data.eval_size={args.held_out}", "lora.rank=8", "lora.alpha=16", f"optim.lr={args.lr}",
-        "optim.batch_size=4", f"optim.max_steps={args.steps}", "optim.warmup_ratio=0", "eval.batch_size=8",
-        "eval.samples=0", "trackers=[]", f"optim.mixed_precision={precision}", "merge_lora=false",
-    ]  # fmt: skip
+        f"model.name={args.model}",
+        "objective=dpo",
+        f"output_dir={out}",
+        f"data.train={data}",
+        f"data.eval_size={args.held_out}",
+        "lora.rank=8",
+        "lora.alpha=16",
+        f"optim.lr={args.lr}",
+        "optim.batch_size=4",
+        f"optim.max_steps={args.steps}",
+        "optim.warmup_ratio=0",
+        "eval.batch_size=8",
+        "eval.samples=0",
+        "trackers=[]",
+        f"optim.mixed_precision={precision}",
+        "merge_lora=false",
+    ]
     outcome = run_training(load_config(None, overrides), callbacks=[callback])
     after = outcome["stages"][-1]["eval_after"]
     return {name: after[name] for name in ("accuracy", "margin") if name in after}
@@ -93,8 +107,10 @@ def report(margins: dict[str, list[float]], results: dict[str, dict]) -> None:
     for step, (a, b) in enumerate(zip(fp32, bf16, strict=True), start=1):
         print(f"{step:>4}  {a:>11.4f}   {b:>11.4f}   {abs(b - a):>11.4f}")
     gaps = [abs(b - a) for a, b in zip(fp32, bf16, strict=True)]
-    print(f"mean |gap| {statistics.fmean(gaps):.4f}, max {max(gaps):.4f}, mean |fp32 margin| "
-          f"{statistics.fmean(abs(a) for a in fp32):.4f}")  # fmt: skip
+    print(
+        f"mean |gap| {statistics.fmean(gaps):.4f}, max {max(gaps):.4f}, mean |fp32 margin| "
+        f"{statistics.fmean(abs(a) for a in fp32):.4f}"
+    )
     for precision, result in results.items():
         acc, margin = result["accuracy"], result["margin"]
         shown = f"{margin['mean']:.4f} ± {margin['stderr']:.4f}; {result['step_seconds']:.2f} s/step (median)"

@@ -156,8 +156,9 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     )
     batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
     sampler = copy_sampler_for("float32" if args.child == "preftune-fp32" else "auto", "float32")
-    source = OnPolicySource(trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling,
-                            batcher, sampler=sampler)  # fmt: skip
+    source = OnPolicySource(
+        trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher, sampler=sampler
+    )
     t1 = time.perf_counter()
     _, rounds = train_rounds(source)
     wall = time.perf_counter() - t1
@@ -215,9 +216,12 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
     dataset = Dataset.from_list([{"prompt": p} for p in prompts])
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     peft_config = LoraConfig(
-        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=LORA_TARGET_MODULES,
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=LORA_DROPOUT,
+        target_modules=LORA_TARGET_MODULES,
         task_type="CAUSAL_LM",
-    )  # fmt: skip
+    )
     ends: list[float] = []
     begins: list[float] = []
 
@@ -230,37 +234,72 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
 
     tmp = tempfile.mkdtemp(prefix="trl-online-")
     common = dict(
-        output_dir=tmp, max_steps=args.rounds, learning_rate=LEARNING_RATE, lr_scheduler_type="linear",
-        warmup_steps=0, max_grad_norm=1.0, gradient_accumulation_steps=1, gradient_checkpointing=False,
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
-        seed=args.seed, data_seed=args.seed, dataloader_num_workers=0, temperature=1.0, top_p=1.0, top_k=0,
+        output_dir=tmp,
+        max_steps=args.rounds,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=args.seed,
+        data_seed=args.seed,
+        dataloader_num_workers=0,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     if trainer_name == "OnlineDPOTrainer":
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
         config = OnlineDPOConfig(
-            **common, per_device_train_batch_size=args.prompts, max_new_tokens=args.max_new_tokens,
-            max_length=args.max_prompt_tokens + args.max_new_tokens, beta=BETA, loss_type="sigmoid",
-        )  # fmt: skip
+            **common,
+            per_device_train_batch_size=args.prompts,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_prompt_tokens + args.max_new_tokens,
+            beta=BETA,
+            loss_type="sigmoid",
+        )
         trainer = OnlineDPOTrainer(
-            model=model, reward_funcs=_length_reward, args=config, train_dataset=dataset,
-            processing_class=tokenizer, reward_processing_classes=[tokenizer], peft_config=peft_config,
+            model=model,
+            reward_funcs=_length_reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            reward_processing_classes=[tokenizer],
+            peft_config=peft_config,
             callbacks=[Timer()],
-        )  # fmt: skip
+        )
         kind = "online_dpo"
     else:
         from trl import RLOOConfig, RLOOTrainer
 
         config = RLOOConfig(
-            **common, per_device_train_batch_size=args.prompts * c, num_generations=c,
-            steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens, beta=0.0,
+            **common,
+            per_device_train_batch_size=args.prompts * c,
+            num_generations=c,
+            steps_per_generation=1,
+            num_iterations=1,
+            max_completion_length=args.max_new_tokens,
+            beta=0.0,
             shuffle_dataset=False,
-        )  # fmt: skip
+        )
         trainer = RLOOTrainer(
-            model=model, reward_funcs=_length_reward, args=config, train_dataset=dataset,
-            processing_class=tokenizer, peft_config=peft_config, callbacks=[Timer()],
-        )  # fmt: skip
+            model=model,
+            reward_funcs=_length_reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[Timer()],
+        )
         kind = "rloo"
     timer = _GenTimer(trainer._generate, kind)
     trainer._generate = timer
@@ -313,9 +352,17 @@ def child_generate(args: argparse.Namespace, c: int) -> dict[str, Any]:
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
         with torch.no_grad():
             out = model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
-            )  # fmt: skip
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                use_cache=True,
+            )
         for row in out[:, width:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             gen_tokens += n
@@ -340,9 +387,24 @@ def run_child(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------------- parent
 def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", side, "--workload", workload, "--rounds", str(args.rounds),
-           "--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
-           "--max-prompt-tokens", str(args.max_prompt_tokens), "--seed", str(args.seed)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--workload",
+        workload,
+        "--rounds",
+        str(args.rounds),
+        "--prompts",
+        str(args.prompts),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--max-prompt-tokens",
+        str(args.max_prompt_tokens),
+        "--seed",
+        str(args.seed),
+    ]
     env = {**os.environ, **CHILD_ENV_DEFAULTS, **MALLOC_ENV}
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)

@@ -50,8 +50,20 @@ def any_report(out_dir: Path, judge: str, name: str) -> Path | None:
 
 def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path | None) -> dict[str, Any] | None:
     """One ``judge eval`` run; its JSON report, or None (with the error on stderr) when it wrote none."""
-    command = [sys.executable, "-m", "preftune.cli.main", "judge", "eval", "--judge", judge, "--data", str(data),
-               "--skip-invalid", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "preftune.cli.main",
+        "judge",
+        "eval",
+        "--judge",
+        judge,
+        "--data",
+        str(data),
+        "--skip-invalid",
+        "--out",
+        str(out),
+    ]
     if limit is not None:
         command += ["--limit", str(limit)]
     if store is not None:

@@ -30,8 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype=args.dtype)
     prompts = [encode_prompt(tokenizer, f"Tell me about topic number {i}.") for i in range(args.prompts)]
-    config = sampling.SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.n,
-                                     seed=0)  # fmt: skip
+    config = sampling.SamplingConfig(
+        n=args.n, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.n, seed=0
+    )
     ours = sampling._generate_kwargs
 
     def multinomial(config, stop_ids, pad_id, device):  # generate's own sampling: the non-CPU branch

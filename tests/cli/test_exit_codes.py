@@ -22,15 +22,20 @@ FAST = "model=length-judge,max_retries=0,backoff_s=0.01,timeout_s=5,concurrency=
 
 
 def _rows(path: Path, prompts: int = 4) -> Path:
-    rows = [{"prompt": f"Say something {i}", "completions": [f"{'x' * (4 + 3 * k + i)} {k}" for k in range(3)]}
-            for i in range(prompts)]  # fmt: skip
+    rows = [
+        {"prompt": f"Say something {i}", "completions": [f"{'x' * (4 + 3 * k + i)} {k}" for k in range(3)]}
+        for i in range(prompts)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
 def _labelled(path: Path, pairs: int = 6) -> Path:
-    rows = [{"instruction": f"q{i}", "input": "", "response1": "a" * (i + 2), "response2": "b" * 4}
-            | {f"annotator{k}": "1" for k in (1, 2, 3)} for i in range(pairs)]  # fmt: skip
+    rows = [
+        {"instruction": f"q{i}", "input": "", "response1": "a" * (i + 2), "response2": "b" * 4}
+        | {f"annotator{k}": "1" for k in (1, 2, 3)}
+        for i in range(pairs)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -88,8 +93,19 @@ def test_rank_with_failed_calls_exits_3_and_a_rerun_asks_only_those(tmp_path: Pa
     out, store = tmp_path / "ranked.jsonl", tmp_path / "ranked.verdicts.sqlite"
     # every third request body fails its first attempt (HTTP 500), and this judge does not retry
     with openai_server("--faults", "500,none,none", "--fault-attempts", "1") as (url, stats):
-        args = ["rank", "--input", str(rows), "--method", "round_robin", "--judge", f"api:{url},{FAST}",
-                "--out", str(out), "--pairs", str(tmp_path / "pairs.jsonl")]  # fmt: skip
+        args = [
+            "rank",
+            "--input",
+            str(rows),
+            "--method",
+            "round_robin",
+            "--judge",
+            f"api:{url},{FAST}",
+            "--out",
+            str(out),
+            "--pairs",
+            str(tmp_path / "pairs.jsonl"),
+        ]
         first = _cli(*args)
         with sqlite3.connect(store) as db:
             answered = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
@@ -116,8 +132,23 @@ def test_judge_eval_and_win_rate_with_failed_calls_exit_3(tmp_path: Path, capsys
         assert "of 6 comparisons failed" in line and "with --store FILE, only the failed ones" in line
         assert (tmp_path / "r.json").is_file()  # the report is written all the same
         store = tmp_path / "w.sqlite"
-        code = main(["win-rate", "--outputs", str(outputs), "--baseline", str(baseline), "--judge", spec,
-                     "--store", str(store), "--lc-bootstrap", "5", "--bootstrap", "50"])  # fmt: skip
+        code = main(
+            [
+                "win-rate",
+                "--outputs",
+                str(outputs),
+                "--baseline",
+                str(baseline),
+                "--judge",
+                spec,
+                "--store",
+                str(store),
+                "--lc-bootstrap",
+                "5",
+                "--bootstrap",
+                "50",
+            ]
+        )
         assert code == EXIT_INCOMPLETE
         line = _last_line(capsys.readouterr().err, "incomplete: ")
         assert "of 6 comparisons failed" in line and f"the store {store} answers the rest" in line
@@ -131,8 +162,24 @@ def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.Cap
     with openai_server() as (url, _):
         spec = f"api:{url},{FAST}"
         assert main(["judge", "eval", "--judge", spec, "--data", str(data)]) == 0
-        assert main(["win-rate", "--outputs", str(outputs), "--baseline", str(baseline), "--judge", spec,
-                     "--lc-bootstrap", "5", "--bootstrap", "50"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "win-rate",
+                    "--outputs",
+                    str(outputs),
+                    "--baseline",
+                    str(baseline),
+                    "--judge",
+                    spec,
+                    "--lc-bootstrap",
+                    "5",
+                    "--bootstrap",
+                    "50",
+                ]
+            )
+            == 0
+        )
         assert main(["rank", "--input", str(rows), "--judge", spec, "--out", str(tmp_path / "r.jsonl")]) == 0
     assert "incomplete" not in capsys.readouterr().err
 
@@ -141,9 +188,30 @@ def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.Cap
 def test_evaluate_generate_with_failed_calls_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"
     with openai_server("--faults", "500", "--fault-attempts", "99") as (url, _):
-        code = main(["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless",
-                     "--limit", "2", "--max-new-tokens", "4", "--lc-bootstrap", "5", "--bootstrap", "50",
-                     "--judge", "longer", "--judge", f"api:{url},{FAST}", "--out", str(out)])  # fmt: skip
+        code = main(
+            [
+                "evaluate",
+                "--generate",
+                "--model",
+                "tiny-random",
+                "--prompts",
+                "bundled:hh-harmless",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--lc-bootstrap",
+                "5",
+                "--bootstrap",
+                "50",
+                "--judge",
+                "longer",
+                "--judge",
+                f"api:{url},{FAST}",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == EXIT_INCOMPLETE
     line = _last_line(capsys.readouterr().err, "incomplete: ")
     assert "2 of 4 comparisons failed" in line and "win rates" in line
@@ -185,8 +253,25 @@ def test_generate_with_completions_still_empty_exits_3(tmp_path: Path, capsys: p
     prompts.write_text('{"prompt": "Say hi."}\n{"prompt": "Count to three."}\n')
     out = tmp_path / "generated.jsonl"
     model = _silent_model(tmp_path / "silent")
-    args = ["generate", "--input", str(prompts), "--model", str(model), "--n", "2", "--temperature", "0",
-            "--max-new-tokens", "4", "--backend", "hf", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    args = [
+        "generate",
+        "--input",
+        str(prompts),
+        "--model",
+        str(model),
+        "--n",
+        "2",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--backend",
+        "hf",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == EXIT_INCOMPLETE
     line = _last_line(capsys.readouterr().err, "incomplete: ")
     assert line.startswith("incomplete: 4 completions stayed empty after 3 redraws") and "another --seed" in line
@@ -255,23 +340,46 @@ def test_rank_refuses_in_one_line_before_any_call(tmp_path: Path, server, capsys
     [
         (["judge", "eval", "--judge", "longer", "--data", "DATA", "--store", "NOTES"], "not a verdict store"),
         (["judge", "eval", "--judge", "longer", "--data", "DATA", "--out", "NOTES/r.json"], "is not a folder"),
-        (["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--store", "NOTES"],
-         "not a verdict store"),
-        (["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "NOTES/r.json"],
-         "is not a folder"),
-        (["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "OUT"],
-         "name the same file"),
+        (
+            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--store", "NOTES"],
+            "not a verdict store",
+        ),
+        (
+            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "NOTES/r.json"],
+            "is not a folder",
+        ),
+        (
+            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "OUT"],
+            "name the same file",
+        ),
         (["generate", "--input", "DATA", "--out", "NOTES/g.jsonl"], "is not a folder"),
-        (["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--judge", "longer",
-          "--out", "NOTES/eval"], "no folder can be made there"),
+        (
+            [
+                "evaluate",
+                "--generate",
+                "--model",
+                "tiny-random",
+                "--prompts",
+                "bundled:hh-harmless",
+                "--judge",
+                "longer",
+                "--out",
+                "NOTES/eval",
+            ],
+            "no folder can be made there",
+        ),
     ],
-)  # fmt: skip
+)
 def test_other_commands_refuse_bad_outputs_in_one_line(tmp_path: Path, no_model, capsys, command, says) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database, " * 200)
     outputs, baseline = _completions(tmp_path)
-    paths = {"DATA": str(_labelled(tmp_path / "labelled.jsonl")), "NOTES": str(notes), "OUT": str(outputs),
-             "BASE": str(baseline)}  # fmt: skip
+    paths = {
+        "DATA": str(_labelled(tmp_path / "labelled.jsonl")),
+        "NOTES": str(notes),
+        "OUT": str(outputs),
+        "BASE": str(baseline),
+    }
     args = [paths.get(a) or a.replace("NOTES", str(notes)) for a in command]
     assert main(args) == EXIT_USAGE
     err = capsys.readouterr().err.strip()

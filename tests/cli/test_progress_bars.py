@@ -48,8 +48,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_win_rate_counts_its_comparisons(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"q{i}", "completion": "x" * (i + 1)} for i in range(5)])
     write_jsonl(tmp_path / "b.jsonl", [{"prompt": f"q{i}", "completion": "yy"} for i in range(5)])
-    result = run("win-rate", "--outputs", "a.jsonl", "--baseline", "b.jsonl", "--judge", "longer",
-                 "--lc-bootstrap", "5", cwd=tmp_path)  # fmt: skip
+    result = run(
+        "win-rate",
+        "--outputs",
+        "a.jsonl",
+        "--baseline",
+        "b.jsonl",
+        "--judge",
+        "longer",
+        "--lc-bootstrap",
+        "5",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert bars(result.stderr)["win rate"].startswith("5/5 ")
 
@@ -63,9 +73,25 @@ def test_evaluate_counts_its_batches(tmp_path: Path) -> None:
 
 
 def test_evaluate_generate_counts_sampling_and_judging(tmp_path: Path) -> None:
-    result = run("evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--limit",
-                 "3", "--max-new-tokens", "4", "--batch-size", "2", "--lc-bootstrap", "5", "--judge", "longer",
-                 cwd=tmp_path)  # fmt: skip
+    result = run(
+        "evaluate",
+        "--generate",
+        "--model",
+        "tiny-random",
+        "--prompts",
+        "bundled:hh-harmless",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+        "--lc-bootstrap",
+        "5",
+        "--judge",
+        "longer",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     shown = bars(result.stderr)
     assert shown["sampling"].startswith("2/2 ")  # 3 prompts in batches of 2
@@ -75,8 +101,22 @@ def test_evaluate_generate_counts_sampling_and_judging(tmp_path: Path) -> None:
 def test_train_rm_counts_its_held_out_scoring(tmp_path: Path) -> None:
     rows = [{"prompt": f"Tell me {i}.", "chosen": f"Fact {i}. yes", "rejected": f"Fact {i}. no"} for i in range(12)]
     write_jsonl(tmp_path / "p.jsonl", rows)
-    result = run("train-rm", "--model", "tiny-random", "--data", "p.jsonl", "--out", "rm", "--eval-pairs", "4",
-                 "--epochs", "1", "--batch-size", "4", cwd=tmp_path)  # fmt: skip
+    result = run(
+        "train-rm",
+        "--model",
+        "tiny-random",
+        "--data",
+        "p.jsonl",
+        "--out",
+        "rm",
+        "--eval-pairs",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     shown = bars(result.stderr)
     # 4 held-out pairs = 8 rows, scored in batches of 2 x 4; 8 training pairs in steps of 4

@@ -25,8 +25,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli_data")
     good = write_text_pairs(folder / "good.jsonl", 24)
     rows = [json.loads(line) for line in good.read_text(encoding="utf-8").splitlines()]
-    write_jsonl(folder / "columns.jsonl", [{"prompt": r["prompt"], "chosen_response": r["chosen"],
-                                            "rejected": r["rejected"]} for r in rows])  # fmt: skip
+    write_jsonl(
+        folder / "columns.jsonl",
+        [{"prompt": r["prompt"], "chosen_response": r["chosen"], "rejected": r["rejected"]} for r in rows],
+    )
     (folder / "empty.jsonl").write_text("", encoding="utf-8")
     (folder / "latin1.jsonl").write_bytes(
         good.read_bytes() + '{"prompt": "caf\u00e9?", "chosen": "Oui.", "rejected": "Non."}\n'.encode("latin-1")
@@ -51,13 +53,24 @@ def _write_bad_sources(folder: Path, rows: list[dict]) -> None:
     unrelated.mkdir()
     (unrelated / "README.md").write_text("# notes\n", encoding="utf-8")
     (unrelated / "script.py").write_text("print('hi')\n", encoding="utf-8")
-    write_jsonl(folder / "alpaca_eval.jsonl", [{"instruction": r["prompt"], "output_1": r["chosen"],
-                                                "output_2": r["rejected"]} for r in rows])  # fmt: skip
+    write_jsonl(
+        folder / "alpaca_eval.jsonl",
+        [{"instruction": r["prompt"], "output_1": r["chosen"], "output_2": r["rejected"]} for r in rows],
+    )
 
 
 def _train(files: Path, *extra: str, data: str = "good.jsonl", out: str = "out") -> list[str]:
-    return ["train", "model.name=tiny-random", f"data.train={files / data}", f"output_dir={files / out}",
-            "data.eval_size=4", "optim.batch_size=4", "optim.max_steps=1", "trackers=[]", *extra]  # fmt: skip
+    return [
+        "train",
+        "model.name=tiny-random",
+        f"data.train={files / data}",
+        f"output_dir={files / out}",
+        "data.eval_size=4",
+        "optim.batch_size=4",
+        "optim.max_steps=1",
+        "trackers=[]",
+        *extra,
+    ]
 
 
 # name -> (arguments given the data folder, what the one error line must say)
@@ -212,9 +225,16 @@ def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     result = run_cli(
-        "train", str(config), "optim.lr=0.02", "data.columns.rejected=bad", "stages.1.max_steps=7",
-        "objective=dpo + 0.5*exmate(lam=0.1)", f"output_dir={tmp_path / 'out'}", "--resume", "--print-config",
-    )  # fmt: skip
+        "train",
+        str(config),
+        "optim.lr=0.02",
+        "data.columns.rejected=bad",
+        "stages.1.max_steps=7",
+        "objective=dpo + 0.5*exmate(lam=0.1)",
+        f"output_dir={tmp_path / 'out'}",
+        "--resume",
+        "--print-config",
+    )
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"]["lr"] == 0.02  # the override wins over the YAML
@@ -231,10 +251,17 @@ def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
     # and the printed YAML is itself a config that loads back to the same thing
     again = tmp_path / "printed.yaml"
     again.write_text(result.stdout, encoding="utf-8")
-    assert load_config(again, []) == load_config(config, [
-        "optim.lr=0.02", "data.columns.rejected=bad", "stages.1.max_steps=7", "objective=dpo + 0.5*exmate(lam=0.1)",
-        f"output_dir={tmp_path / 'out'}", "resume=true",
-    ])  # fmt: skip
+    assert load_config(again, []) == load_config(
+        config,
+        [
+            "optim.lr=0.02",
+            "data.columns.rejected=bad",
+            "stages.1.max_steps=7",
+            "objective=dpo + 0.5*exmate(lam=0.1)",
+            f"output_dir={tmp_path / 'out'}",
+            "resume=true",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -252,8 +279,9 @@ def test_print_config_states_the_defaults_a_trl_user_expects() -> None:
     lora = yaml.safe_load(run_cli("train", "--print-config").stdout)
     assert lora["objective"] == "dpo" and lora["lora"]["enabled"] is True and lora["optim"]["lr"] == 5e-4
     # a documented value YAML 1.1 would read as a boolean, a key=value after --resume, a list of modules
-    result = run_cli("train", "--resume", "optim.mixed_precision=no", "lora.target_modules=[q_proj, v_proj]",
-                     "--print-config")  # fmt: skip
+    result = run_cli(
+        "train", "--resume", "optim.mixed_precision=no", "lora.target_modules=[q_proj, v_proj]", "--print-config"
+    )
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"]["mixed_precision"] == "no" and printed["resume"] is True

@@ -11,7 +11,8 @@ import pytest
 
 from preftune.data import load_preference_data, tokenize_examples
 from preftune.data.examples import Origin
-from preftune.data.grouped import NO_GROUP, GroupExample, fit_group_size, load_groups
+from preftune.data.grouped import NO_GROUP, fit_group_size, load_groups
+from preftune.data.groups import GroupExample
 from preftune.data.ranked import parse_ranked, parse_tree, rank_pairs
 from preftune.data.split import canonical, hold_out, hold_out_groups
 from preftune.data.tokenize import NO_ROOM, tokenize_groups
@@ -342,8 +343,12 @@ def test_hold_out_groups_keeps_each_prompt_on_one_side() -> None:
 def test_rank_pairs_min_gap() -> None:
     scores = [0.125, 0.5, 0.625, 1.0]
     assert rank_pairs(scores, lower_is_better=False, pairing="all", min_gap=0.25) == [
-        (1, 0), (2, 0), (3, 0), (3, 1), (3, 2)
-    ]  # fmt: skip
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (3, 1),
+        (3, 2),
+    ]
     assert rank_pairs(scores, lower_is_better=False, pairing="all", min_gap=0.5) == [
         (3, 0)
     ]  # gaps of exactly 0.5 are not > 0.5

@@ -168,9 +168,9 @@ def test_custom_label_spec_and_column_mapping(tmp_path: Path) -> None:
     examples, summary = load_preference_data(path, columns=columns, labels=spec)
     assert [(e.prompt, e.chosen, e.rejected) for e in examples] == [("Q1", "y", "x"), ("Q2", "u", "v")]
     assert summary.labels == {"first": 1, "second": 1, "tie": 1}
-    mapped, _ = load_preference_data(path, columns={**columns, "label": "winner"}, labels={"first": "model_a",
-                                                                                       "second": "model_b",
-                                                                                       "tie": "tie"})  # fmt: skip
+    mapped, _ = load_preference_data(
+        path, columns={**columns, "label": "winner"}, labels={"first": "model_a", "second": "model_b", "tie": "tie"}
+    )
     assert [e.chosen for e in mapped] == ["y", "u"]
 
 

@@ -9,8 +9,22 @@ import pytest
 
 from preftune.cli.main import main
 
-ARGS = ["evaluate", "--generate", "--model", "tiny-random", "--prompts", "bundled:hh-harmless", "--limit", "4",
-        "--max-new-tokens", "8", "--lc-bootstrap", "10", "--judge", "longer"]  # fmt: skip
+ARGS = [
+    "evaluate",
+    "--generate",
+    "--model",
+    "tiny-random",
+    "--prompts",
+    "bundled:hh-harmless",
+    "--limit",
+    "4",
+    "--max-new-tokens",
+    "8",
+    "--lc-bootstrap",
+    "10",
+    "--judge",
+    "longer",
+]
 
 
 def test_against_the_chosen_responses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,8 +82,15 @@ def test_the_model_against_itself_ties_everywhere(tmp_path: Path, capsys: pytest
 def test_bad_input_is_one_line_before_any_model(
     tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str], change: dict, says: str
 ) -> None:
-    options = {"--model": "tiny-random", "--prompts": "bundled:hh-harmless", "--limit": "4", "--max-new-tokens": "8",
-               "--judge": "longer", "--baseline": "chosen", "--out": str(tmp_path / "out")}  # fmt: skip
+    options = {
+        "--model": "tiny-random",
+        "--prompts": "bundled:hh-harmless",
+        "--limit": "4",
+        "--max-new-tokens": "8",
+        "--judge": "longer",
+        "--baseline": "chosen",
+        "--out": str(tmp_path / "out"),
+    }
     options.update(change)
     args = ["evaluate", "--generate", *[x for k, v in options.items() if v is not None for x in (k, v)]]
     assert main(args) == 2

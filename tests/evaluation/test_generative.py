@@ -322,8 +322,23 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 def test_cli_end_to_end(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, base = files
     out, store = tmp_path / "report.json", tmp_path / "verdicts.sqlite"
-    argv = ["win-rate", "--outputs", str(model), "--baseline", str(base), "--judge", "longer", "--out", str(out),
-            "--store", str(store), "--bootstrap", "200", "--lc-bootstrap", "3"]  # fmt: skip
+    argv = [
+        "win-rate",
+        "--outputs",
+        str(model),
+        "--baseline",
+        str(base),
+        "--judge",
+        "longer",
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+        "--bootstrap",
+        "200",
+        "--lc-bootstrap",
+        "3",
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     # lengths 10, 15, 20 against 12: one loss, two wins per three prompts
@@ -343,10 +358,13 @@ def test_cli_end_to_end(files: tuple[Path, Path], tmp_path: Path, capsys: pytest
         (None, [{"prompt": "a", "completion": "b"}], "no such file"),
         ([{"prompt": "a"}], [{"prompt": "a", "completion": "b"}], "line 1"),
         ([{"prompt": "a", "completion": "b"}, {"completion": "c"}], [{"prompt": "a", "completion": "b"}], "line 2"),
-        ([{"prompt": "a", "completion": "b"}, {"prompt": "z", "completion": "c"}], [{"prompt": "a", "completion": "b"}],
-         "not in --baseline"),
+        (
+            [{"prompt": "a", "completion": "b"}, {"prompt": "z", "completion": "c"}],
+            [{"prompt": "a", "completion": "b"}],
+            "not in --baseline",
+        ),
     ],
-)  # fmt: skip
+)
 def test_cli_refuses_bad_input_before_building_the_judge(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_rows: list | None, base_rows: list, message: str
 ) -> None:

@@ -60,10 +60,17 @@ def test_mt_bench_first_turns() -> None:
 
 def test_prompt_kinds_and_dedupe(tmp_path: Path) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    source = jsonl(tmp_path / "mixed.jsonl", [
-        {"prompt": "Hello"}, {"prompt": messages}, {"instruction": "Add", "input": "1 + 1"},
-        {"prompt": "Hello"}, {"prompt": "Why?", "chosen": "a", "rejected": "b"}, {"turns": ["First", "Second"]},
-    ])  # fmt: skip
+    source = jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"prompt": "Hello"},
+            {"prompt": messages},
+            {"instruction": "Add", "input": "1 + 1"},
+            {"prompt": "Hello"},
+            {"prompt": "Why?", "chosen": "a", "rejected": "b"},
+            {"turns": ["First", "Second"]},
+        ],
+    )
     found = load_prompts(source)
     assert found.prompts == ["Hello", messages, "Add\n\n1 + 1", "Why?", [{"role": "user", "content": "First"}]]
     assert found.duplicates == 1 and "1 duplicate" in str(found)
@@ -71,10 +78,13 @@ def test_prompt_kinds_and_dedupe(tmp_path: Path) -> None:
 
 
 def test_hh_transcripts_give_their_prompts(tmp_path: Path) -> None:
-    source = jsonl(tmp_path / "hh.jsonl", [
-        {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi there\n\nAssistant: Go."},
-        {"chosen": "\n\nHuman: Bye\n\nAssistant: See you.", "rejected": "\n\nHuman: Bye\n\nAssistant: Hm."},
-    ])  # fmt: skip
+    source = jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi there\n\nAssistant: Go."},
+            {"chosen": "\n\nHuman: Bye\n\nAssistant: See you.", "rejected": "\n\nHuman: Bye\n\nAssistant: Hm."},
+        ],
+    )
     prompts = read_prompts(source)
     assert prompts == [[{"role": "user", "content": "Hi there"}], [{"role": "user", "content": "Bye"}]]
     assert len(read_prompts("bundled:hh-harmless", limit=4)) == 4
@@ -82,9 +92,13 @@ def test_hh_transcripts_give_their_prompts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("row", "says"),
-    [({"prompt": ""}, "'prompt' must be"), ({"turns": []}, "'turns'"), ({"question": "x"}, "no prompt"),
-     ({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "assistant turn")],
-)  # fmt: skip
+    [
+        ({"prompt": ""}, "'prompt' must be"),
+        ({"turns": []}, "'turns'"),
+        ({"question": "x"}, "no prompt"),
+        ({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "assistant turn"),
+    ],
+)
 def test_bad_row_named_by_file_and_row(tmp_path: Path, row: dict, says: str) -> None:
     source = jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": "fine"}, row])
     with pytest.raises(PreftuneError) as err:
@@ -139,8 +153,7 @@ def test_resume_after_truncated_row_generates_only_what_is_missing(
     monkeypatch.setattr(command, "sample", counting)
     done = open_output(out, Settings.of("tiny-random", CONFIG))
     assert len(done) == 3 and out.read_bytes() == b"".join(lines[:3])  # the cut row dropped, on disk too
-    report = generate_file(model, tokenizer, prompts, out, CONFIG, model_name="tiny-random", done=done,
-                           chunk_prompts=2)  # fmt: skip
+    report = generate_file(model, tokenizer, prompts, out, CONFIG, model_name="tiny-random", done=done, chunk_prompts=2)
     assert report.skipped == 3 and report.generated == 3
     assert sampled == [encode_prompt(tokenizer, p) for p in prompts[3:]]
     again = out.read_bytes().splitlines(keepends=True)
@@ -164,11 +177,27 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, plain: Path, mode
 def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path, model, tokenizer) -> None:
     """A real SIGKILL (test-only hook) after 2 chunks of one prompt; the rerun completes the rest."""
     out = tmp_path / "out.jsonl"
-    args = ["generate", "--input", str(plain), "--model", "tiny-random", "--n", "2", "--max-new-tokens", "4",
-            "--batch-size", "2", "--seed", "0", "--out", str(out)]  # fmt: skip
+    args = [
+        "generate",
+        "--input",
+        str(plain),
+        "--model",
+        "tiny-random",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, KILL_HOOK: "2"}
-    killed = subprocess.run([sys.executable, "-m", "preftune.cli.main", *args], env=env, capture_output=True,
-                            timeout=120)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-m", "preftune.cli.main", *args], env=env, capture_output=True, timeout=120
+    )
     assert killed.returncode == -9, killed.stderr.decode()
     before = out.read_bytes()
     assert len(before.splitlines()) == 2
@@ -188,9 +217,13 @@ def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path
 
 @pytest.mark.parametrize(
     ("extra", "says"),
-    [(["--n", "0"], "n must be at least 1"), (["--limit", "0"], "--limit"), (["--top-p", "0"], "top_p"),
-     (["--input", "missing.jsonl"], "no such file")],
-)  # fmt: skip
+    [
+        (["--n", "0"], "n must be at least 1"),
+        (["--limit", "0"], "--limit"),
+        (["--top-p", "0"], "top_p"),
+        (["--input", "missing.jsonl"], "no such file"),
+    ],
+)
 def test_cli_errors_exit_2_without_a_model(
     tmp_path: Path, plain: Path, no_model: None, capsys: pytest.CaptureFixture[str], extra: list[str], says: str
 ) -> None:
@@ -208,9 +241,19 @@ def test_cli_bad_row_and_mismatch_exit_2_without_a_model(
     assert "bad.jsonl row 2" in capsys.readouterr().err
     out = tmp_path / "made.jsonl"
     out.write_text(json.dumps({"prompt": "ok", "completions": ["a", "b"]}) + "\n")
-    (tmp_path / "made.jsonl.meta.json").write_text(json.dumps(
-        {"model": "tiny-random", "n": 4, "seed": 0, "temperature": 0.7, "top_p": 1.0, "top_k": 0,
-         "max_new_tokens": 128}))  # fmt: skip
+    (tmp_path / "made.jsonl.meta.json").write_text(
+        json.dumps(
+            {
+                "model": "tiny-random",
+                "n": 4,
+                "seed": 0,
+                "temperature": 0.7,
+                "top_p": 1.0,
+                "top_k": 0,
+                "max_new_tokens": 128,
+            }
+        )
+    )
     good = jsonl(tmp_path / "good.jsonl", [{"prompt": "ok"}, {"prompt": "more"}])
     args = ["generate", "--input", str(good), "--model", "tiny-random", "--out", str(out), "--n", "2"]
     assert main(args) == 2

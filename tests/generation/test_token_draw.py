@@ -78,8 +78,9 @@ def test_sample_draws_first_tokens_with_the_models_own_probabilities() -> None:
         [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
     n = 600
-    samples = sample(model, tokenizer, [list(prompt)], SamplingConfig(n=n, top_k=3, max_new_tokens=1,
-                                                                       batch_size=200, seed=1))  # fmt: skip
+    samples = sample(
+        model, tokenizer, [list(prompt)], SamplingConfig(n=n, top_k=3, max_new_tokens=1, batch_size=200, seed=1)
+    )
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
     top = logits.topk(3)

@@ -48,15 +48,21 @@ class RequestOutput:
 def test_conversion_order_ids_and_flags() -> None:
     prompts = [[10, 11], [12]]
     outputs = [
-        RequestOutput(prompts[0], [  # completions out of order: read by index
-            CompletionOutput(1, " b ", [5, 6, 6], "length"),
-            CompletionOutput(0, "a", [4, 2], "stop", 2),  # stop token kept in token_ids
-        ]),
-        RequestOutput(prompts[1], [
-            CompletionOutput(0, "c", [8], "stop", 7),  # stop token dropped: appended from stop_reason
-            CompletionOutput(1, "", [7], "stop", None),  # EOS at once (no stop_reason), kept
-        ]),
-    ]  # fmt: skip
+        RequestOutput(
+            prompts[0],
+            [  # completions out of order: read by index
+                CompletionOutput(1, " b ", [5, 6, 6], "length"),
+                CompletionOutput(0, "a", [4, 2], "stop", 2),  # stop token kept in token_ids
+            ],
+        ),
+        RequestOutput(
+            prompts[1],
+            [
+                CompletionOutput(0, "c", [8], "stop", 7),  # stop token dropped: appended from stop_reason
+                CompletionOutput(1, "", [7], "stop", None),  # EOS at once (no stop_reason), kept
+            ],
+        ),
+    ]
     samples = samples_from_outputs(outputs, prompts, 2, EOT)
     assert [s.prompt_index for s in samples] == [0, 0, 1, 1]
     assert [s.prompt_ids for s in samples] == [[10, 11], [10, 11], [12], [12]]
@@ -80,8 +86,15 @@ def test_conversion_refusals() -> None:
 
 def test_sampling_kwargs() -> None:
     sampled = sampling_kwargs(SamplingConfig(n=3, temperature=0.7, top_p=0.9, max_new_tokens=5, seed=4), EOT)
-    assert sampled == {"n": 3, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "max_tokens": 5, "seed": 4,
-                       "stop_token_ids": [2, 7]}  # fmt: skip
+    assert sampled == {
+        "n": 3,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,
+        "max_tokens": 5,
+        "seed": 4,
+        "stop_token_ids": [2, 7],
+    }
     assert sampling_kwargs(SamplingConfig(top_k=20), EOT)["top_k"] == 20
     greedy = sampling_kwargs(SamplingConfig(n=3, temperature=0), EOT)
     assert greedy["n"] == 1 and "top_k" not in greedy
@@ -131,8 +144,7 @@ def test_cli_vllm_refused_before_any_model(tmp_path: Path, monkeypatch: pytest.M
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
     out = tmp_path / "gen.jsonl"
-    code = main(["generate", "--input", str(prompts), "--model", "tiny-random", "--out", str(out),
-                 "--backend", "vllm"])  # fmt: skip
+    code = main(["generate", "--input", str(prompts), "--model", "tiny-random", "--out", str(out), "--backend", "vllm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "--backend vllm" in err[0]

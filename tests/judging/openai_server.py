@@ -64,9 +64,11 @@ def explained(first: int, second: int, style: str) -> str:
     """A reasoning judge's answer: both responses named, a marker weighed and dropped, the verdict last."""
     winner = "C" if first == second else "A" if first > second else "B"
     other = {"A": "B", "B": "A", "C": "A"}[winner]
-    reasoning = (f"Assistant A wrote {first} characters and Assistant B wrote {second}. Response A is clear; "
-                 f"response B is clear too. One could argue for [[{other}]] or {{\"winner\": \"{other}\"}} or "
-                 f"[[{other}>{winner if winner != 'C' else 'B'}]], but length decides here.\n\n")  # fmt: skip
+    reasoning = (
+        f"Assistant A wrote {first} characters and Assistant B wrote {second}. Response A is clear; "
+        f'response B is clear too. One could argue for [[{other}]] or {{"winner": "{other}"}} or '
+        f"[[{other}>{winner if winner != 'C' else 'B'}]], but length decides here.\n\n"
+    )
     if style == "mt_bench":
         return reasoning + f"Final verdict: [[{winner}]]"
     if style == "arena_hard":

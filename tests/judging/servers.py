@@ -42,8 +42,14 @@ def openai_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tup
 
 def config(url: str, **overrides) -> ApiJudgeConfig:
     """An API judge's settings for a test: short timeouts and backoffs."""
-    settings = {"model": "length-judge", "timeout_s": 1.0, "backoff_s": 0.01, "max_backoff_s": 0.05,
-                "max_retries": 3, "concurrency": 4} | overrides  # fmt: skip
+    settings = {
+        "model": "length-judge",
+        "timeout_s": 1.0,
+        "backoff_s": 0.01,
+        "max_backoff_s": 0.05,
+        "max_retries": 3,
+        "concurrency": 4,
+    } | overrides
     return ApiJudgeConfig(base_url=url, **settings)
 
 

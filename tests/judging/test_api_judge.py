@@ -41,11 +41,21 @@ def expected(first: str, second: str) -> int:
 
 @pytest.mark.parametrize(
     ("text", "answer"),
-    [("1", FIRST), (" 2.", SECOND), ("(1)", FIRST), ("Response 2", SECOND), ("Response 2 is better.", SECOND),
-     ("The answer is 2.", SECOND),
-     ("I think response 1 is clearly better; response 1 wins.", FIRST), ("Both are good.", FAILED),
-     ("Response 1 is better than response 2", FAILED), ("", FAILED), ("12", FAILED), ("3", FAILED)],
-)  # fmt: skip
+    [
+        ("1", FIRST),
+        (" 2.", SECOND),
+        ("(1)", FIRST),
+        ("Response 2", SECOND),
+        ("Response 2 is better.", SECOND),
+        ("The answer is 2.", SECOND),
+        ("I think response 1 is clearly better; response 1 wins.", FIRST),
+        ("Both are good.", FAILED),
+        ("Response 1 is better than response 2", FAILED),
+        ("", FAILED),
+        ("12", FAILED),
+        ("3", FAILED),
+    ],
+)
 def test_parse_verdict_reads_the_answer_or_fails(text, answer):
     assert parse_verdict(text) == answer
 
@@ -170,8 +180,11 @@ def test_logprob_scoring_and_letter_template_through_both_orders(tmp_path):
 def _rank(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "preftune.cli.main", "rank", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 def _rows(path: Path, prompts: int = 4) -> Path:
@@ -189,8 +202,16 @@ def test_a_killed_ranking_resumes_with_no_call_repeated_and_no_key_in_any_output
     env = {"PREFTUNE_TEST_KEY": KEY}
     with openai_server("--hang-after", "5", "--key-env", "PREFTUNE_TEST_KEY", env=env) as (url, stats):
         spec = f"api:{url},model=length-judge,api_key_env=PREFTUNE_TEST_KEY,concurrency=1,timeout_s=120"
-        args = ["--input", str(rows), "--judge", spec, "--out", str(out / "ranked.jsonl"),
-                "--pairs", str(out / "pairs.jsonl")]  # fmt: skip
+        args = [
+            "--input",
+            str(rows),
+            "--judge",
+            spec,
+            "--out",
+            str(out / "ranked.jsonl"),
+            "--pairs",
+            str(out / "pairs.jsonl"),
+        ]
         first = _rank(args, env)
         deadline = time.time() + 120
         while not stats()["hanging"]:  # five calls answered and stored, the sixth in flight
@@ -218,8 +239,11 @@ def test_judge_eval_with_a_key_writes_it_nowhere(tmp_path, monkeypatch, capsys):
     from preftune.cli.main import main
 
     monkeypatch.setenv("PREFTUNE_TEST_KEY", KEY)
-    rows = [{"instruction": f"q{i}", "input": "", "response1": "a" * (i + 2), "response2": "b" * 4}
-            | {f"annotator{k}": "1" for k in (1, 2, 3)} for i in range(4)]  # fmt: skip
+    rows = [
+        {"instruction": f"q{i}", "input": "", "response1": "a" * (i + 2), "response2": "b" * 4}
+        | {f"annotator{k}": "1" for k in (1, 2, 3)}
+        for i in range(4)
+    ]
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"

@@ -106,8 +106,13 @@ def _write_pairs(folder: Path, n: int) -> Path:
 def test_judge_eval_forced_on_a_terminal_shows_the_count_and_eta(tmp_path: Path) -> None:
     path = _write_pairs(tmp_path, 30)
     env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "120"}  # rich draws its live bar as on a terminal
-    result = subprocess.run([EXE, "judge", "eval", "--judge", "random", "--data", str(path)],
-                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    result = subprocess.run(
+        [EXE, "judge", "eval", "--judge", "random", "--data", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "judge eval" in result.stderr and "30/30" in result.stderr and "ETA" in result.stderr
     assert "30 pairs judged" in result.stdout
@@ -122,8 +127,13 @@ def test_judge_eval_of_a_slow_judge_logs_its_progress(tmp_path: Path) -> None:
     )
     path = _write_pairs(tmp_path, 60)  # 120 ordered calls of 0.04 s: about 5 s, past the 3 s of quiet
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run([EXE, "judge", "eval", "--judge", "function:slow_judge:slow", "--data", str(path)],
-                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    result = subprocess.run(
+        [EXE, "judge", "eval", "--judge", "function:slow_judge:slow", "--data", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("judge eval: comparison ")]
     assert lines and lines[-1].startswith("judge eval: comparison 60/60  elapsed ")

@@ -149,8 +149,12 @@ def test_a_random_judges_decided_fraction_is_its_agreeing_orders() -> None:
     groups = [[f"answer {k} " + "x" * ((k * 7 + j * 5) % 13) for j in range(5)] for k in range(6)]
     labeller = JudgeLabeller(judge, method="round_robin")
     labeller.rewards([f"q{k}" for k in range(6)], groups)
-    agree = [judge.answer(f"q{k}", a, b) != judge.answer(f"q{k}", b, a)
-             for k, group in enumerate(groups) for i, a in enumerate(group) for b in group[i + 1 :]]  # fmt: skip
+    agree = [
+        judge.answer(f"q{k}", a, b) != judge.answer(f"q{k}", b, a)
+        for k, group in enumerate(groups)
+        for i, a in enumerate(group)
+        for b in group[i + 1 :]
+    ]
     report = labeller.diagnostics()
     assert report["judge_decided"] == pytest.approx(sum(agree) / len(agree)) and 0.2 < report["judge_decided"] < 0.8
     assert -1.0 < report["judge_length_tau"] < 1.0

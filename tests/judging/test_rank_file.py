@@ -75,10 +75,24 @@ def test_bad_rows_are_refused_with_file_and_row_before_any_call(tmp_path: Path) 
 
 
 def _rank(tmp_path: Path, store: str, kill_after: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFTUNE_TEST_CALLS": str(tmp_path / f"{store}.calls"),
-           "PREFTUNE_TEST_KILL_AFTER": str(kill_after), "PYTHONPATH": str(REPO)}  # fmt: skip
-    command = [EXE, "rank", "--input", str(tmp_path / "gen.jsonl"), "--judge", "function:tests.judging.counting:judge",
-               "--out", str(tmp_path / f"{store}.jsonl"), "--store", str(tmp_path / f"{store}.sqlite")]  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFTUNE_TEST_CALLS": str(tmp_path / f"{store}.calls"),
+        "PREFTUNE_TEST_KILL_AFTER": str(kill_after),
+        "PYTHONPATH": str(REPO),
+    }
+    command = [
+        EXE,
+        "rank",
+        "--input",
+        str(tmp_path / "gen.jsonl"),
+        "--judge",
+        "function:tests.judging.counting:judge",
+        "--out",
+        str(tmp_path / f"{store}.jsonl"),
+        "--store",
+        str(tmp_path / f"{store}.sqlite"),
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -132,8 +146,17 @@ def test_compare_reports_kendall_tau_and_top1_against_another_ranking(tmp_path, 
     argv = ["rank", "--input", str(source), "--judge", "shorter", "--out", str(shorter), "--compare", str(longer)]
     assert main(argv) == 0
     assert "agreement over 3 prompts: Kendall tau -1.000 ± 0.000, same best completion 0.000" in capsys.readouterr().err
-    argv = ["rank", "--input", str(source), "--method", "round_robin", "--out", str(tmp_path / "rr.jsonl"),
-            "--compare", str(longer)]  # fmt: skip
+    argv = [
+        "rank",
+        "--input",
+        str(source),
+        "--method",
+        "round_robin",
+        "--out",
+        str(tmp_path / "rr.jsonl"),
+        "--compare",
+        str(longer),
+    ]
     assert main(argv) == 0
     assert "Kendall tau 1.000 ± 0.000, same best completion 1.000" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"

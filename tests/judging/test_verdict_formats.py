@@ -75,14 +75,21 @@ def test_an_unreadable_answer_fails_and_is_no_tie(form: str, text: str) -> None:
 def _template(tmp_path: Path, header: str, tags: tuple[str, str] = ("response_a", "response_b")) -> Path:
     path = tmp_path / "judge.txt"
     first, second = tags
-    path.write_text(f"{header}Q: {{instruction}}\n<{first}>\n{{output_1}}\n</{first}>\n<{second}>\n{{output_2}}\n"
-                    f"</{second}>\nExplain, then answer.\n")  # fmt: skip
+    path.write_text(
+        f"{header}Q: {{instruction}}\n<{first}>\n{{output_1}}\n</{first}>\n<{second}>\n{{output_2}}\n"
+        f"</{second}>\nExplain, then answer.\n"
+    )
     return path
 
 
 def test_templates_name_their_format_and_the_answers_header_still_works(tmp_path: Path) -> None:
     assert [load_template(n).format for n in ("pairwise", "alpaca_eval", "mt_bench", "arena_hard", "json")] == [
-        "short", "short", "mt_bench", "arena_hard", "json"]  # fmt: skip
+        "short",
+        "short",
+        "mt_bench",
+        "arena_hard",
+        "json",
+    ]
     both = load_template(_template(tmp_path, "#! format: mt_bench\n\n"))
     assert both.format == "mt_bench" and both.text.startswith("Q: ")  # header and blank line removed
     old = load_template(_template(tmp_path, "#! answers: A B\n"))
@@ -138,9 +145,14 @@ def _stored(path: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("style", "template"),
-    [("short", "pairwise"), ("short", "alpaca_eval"), ("mt_bench", "mt_bench"), ("arena_hard", "arena_hard"),
-     ("json", "json")],
-)  # fmt: skip
+    [
+        ("short", "pairwise"),
+        ("short", "alpaca_eval"),
+        ("mt_bench", "mt_bench"),
+        ("arena_hard", "arena_hard"),
+        ("json", "json"),
+    ],
+)
 def test_each_format_against_a_server_in_both_orders(tmp_path: Path, style: str, template: str) -> None:
     store_path = tmp_path / "verdicts.sqlite"
     with openai_server("--style", style) as (url, stats):
@@ -160,15 +172,21 @@ def test_each_format_against_a_server_in_both_orders(tmp_path: Path, style: str,
 def test_arena_hard_keeps_the_strength_as_a_weight() -> None:
     with openai_server("--style", "arena_hard") as (url, _):
         judge = ApiJudge(config(url, template="arena_hard"))
-        readings = judge.grade(["Q"] * 4, [("x" * 30, "y" * 10), ("x" * 12, "y" * 10), ("x" * 10, "y" * 10),
-                                           ("x" * 4, "y" * 10)])  # fmt: skip
-    assert [(r.answer, r.weight) for r in readings] == [(FIRST, STRONG_WEIGHT), (FIRST, 1.0), (TIE, 1.0),
-                                                         (SECOND, STRONG_WEIGHT)]  # fmt: skip
+        readings = judge.grade(
+            ["Q"] * 4, [("x" * 30, "y" * 10), ("x" * 12, "y" * 10), ("x" * 10, "y" * 10), ("x" * 4, "y" * 10)]
+        )
+    assert [(r.answer, r.weight) for r in readings] == [
+        (FIRST, STRONG_WEIGHT),
+        (FIRST, 1.0),
+        (TIE, 1.0),
+        (SECOND, STRONG_WEIGHT),
+    ]
 
 
 def _rank_rows(path: Path) -> Path:
-    rows = [{"prompt": f"Say something {i}", "completions": ["x" * 9, "y" * (20 + i), "z" * 9, "w" * 3]}
-            for i in range(3)]  # fmt: skip
+    rows = [
+        {"prompt": f"Say something {i}", "completions": ["x" * 9, "y" * (20 + i), "z" * 9, "w" * 3]} for i in range(3)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -187,8 +205,18 @@ def test_rank_with_an_mt_bench_template_decides_every_comparison_and_stores_ties
     template = _template(tmp_path, "#! format: mt_bench\n")  # a user's template file naming the format
     out, store = tmp_path / "ranked.jsonl", tmp_path / "ranked.verdicts.sqlite"
     with openai_server("--style", "mt_bench") as (url, stats):
-        args = ["--input", str(rows), "--judge", f"api:{url},model=length-judge,template={template}",
-                "--method", method, "--out", str(out), "--pairs", str(tmp_path / "pairs.jsonl")]  # fmt: skip
+        args = [
+            "--input",
+            str(rows),
+            "--judge",
+            f"api:{url},model=length-judge,template={template}",
+            "--method",
+            method,
+            "--out",
+            str(out),
+            "--pairs",
+            str(tmp_path / "pairs.jsonl"),
+        ]
         first = _rank(*args)
         asked = stats()["requests"]
         second = _rank(*args)

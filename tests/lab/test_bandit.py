@@ -65,8 +65,9 @@ def test_policy_at_step_zero_is_the_reference_exactly() -> None:
     assert torch.equal(logprobs, bandit.reference_logprobs.expand_as(logprobs))
     run = train(bandit, build("dpo"), "on_policy", dataclasses.replace(SMALL, steps=3), seed=0)
     # equal up to float64's rounding: the run sums the same terms in an order the CPU's kernels choose
-    assert float(run.rewards[0]) == pytest.approx(float(true_reward(bandit.reference_logprobs[None], bandit.rewards)),
-                                                  rel=1e-12)  # fmt: skip
+    assert float(run.rewards[0]) == pytest.approx(
+        float(true_reward(bandit.reference_logprobs[None], bandit.rewards)), rel=1e-12
+    )
     assert torch.allclose(run.histograms[0], bandit.reference, rtol=1e-12, atol=0)
     assert run.rewards[-1] != run.rewards[0]  # and it moves
 

@@ -156,6 +156,7 @@ def test_a_round_of_groups_is_precomputed_in_memory_and_read_by_columns(tiny_pat
     for batch in data:
         expected = live.records(batch)
         torch.testing.assert_close(table.records(batch).sum, expected.sum)
-        chosen_only = TokenBatch(batch.input_ids[:2], batch.attention_mask[:2], batch.response_mask[:2],
-                                 batch.example_ids, 1)  # fmt: skip
+        chosen_only = TokenBatch(
+            batch.input_ids[:2], batch.attention_mask[:2], batch.response_mask[:2], batch.example_ids, 1
+        )
         torch.testing.assert_close(table.records(chosen_only).sum, expected.sum[:, :1])

@@ -251,9 +251,11 @@ def test_length_verdict_from_hand_made_scores() -> None:
 
     assert curve_score([6.0, 2.0, 0.0]) == 1.0  # step 0 left out
     # offline_dpo minus on-policy DPO per seed on min: 1.4, 1.5, 1.6 -> mean 1.5, t(2) interval 1.5 ± 0.248
-    good = {"min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1]},
-            "skew": {"onpolicy_dpo": [0.4, 0.3, 0.5], "pref_ft": [6.0, 5.0, 7.0]},
-            "mode": {"onpolicy_dpo": [0.4, 0.5, 0.3], "rwr": [1.3, 1.2, 1.4]}}  # fmt: skip
+    good = {
+        "min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1]},
+        "skew": {"onpolicy_dpo": [0.4, 0.3, 0.5], "pref_ft": [6.0, 5.0, 7.0]},
+        "mode": {"onpolicy_dpo": [0.4, 0.5, 0.3], "rwr": [1.3, 1.2, 1.4]},
+    }
     checks = length_checks(good)
     assert [n for n, _, _ in checks] == [
         "min: on-policy DPO sooner than offline",
@@ -265,9 +267,11 @@ def test_length_verdict_from_hand_made_scores() -> None:
     assert all(p for _, p, _ in checks) and aggregate([p for _, p, _ in checks]) == "holds"
     assert checks[0][2] == "lead over offline_dpo +1.50 [+1.25, +1.75]"
     # skew: on-policy DPO beats the offline method but ties REINFORCE (lead -1, +3, -1: the interval holds 0)
-    noisy = {**good, "skew": {"onpolicy_dpo": [2.0, 0.0, 2.0], "reinforce": [1.0, 3.0, 1.0],
-                              "offline_dpo": [4.0, 3.0, 5.0]},
-             "mode": {"onpolicy_dpo": [0.1, 0.1, 0.1], "rwr": [2.0, 2.0, 2.0]}}  # fmt: skip
+    noisy = {
+        **good,
+        "skew": {"onpolicy_dpo": [2.0, 0.0, 2.0], "reinforce": [1.0, 3.0, 1.0], "offline_dpo": [4.0, 3.0, 5.0]},
+        "mode": {"onpolicy_dpo": [0.1, 0.1, 0.1], "rwr": [2.0, 2.0, 2.0]},
+    }
     checks = length_checks(noisy)
     assert [p for _, p, _ in checks] == [True, True, True, False, False]
     assert "runner-up reinforce +0.33" in checks[3][2] and aggregate([p for _, p, _ in checks]) == "partly"
@@ -280,12 +284,16 @@ def test_length_verdict_from_hand_made_scores() -> None:
 def test_length_leads_are_paired_differences_with_intervals() -> None:
     from preftune.reproduce.p3_length import leads
 
-    scores = {"min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1], "rwr": [0.0, 1.0, 0.5]},
-              "mode": {"onpolicy_dpo": [1.0, 1.0, 1.0], "rwr": [3.0, 3.0, 3.0]}}  # fmt: skip
+    scores = {
+        "min": {"onpolicy_dpo": [0.5, 0.5, 0.5], "offline_dpo": [1.9, 2.0, 2.1], "rwr": [0.0, 1.0, 0.5]},
+        "mode": {"onpolicy_dpo": [1.0, 1.0, 1.0], "rwr": [3.0, 3.0, 3.0]},
+    }
     rows = leads(scores)
     # offline_dpo: 1.4, 1.5, 1.6 -> 1.5 ± 4.303·0.1/√3 = 1.5 ± 0.248; rwr: -0.5, 0.5, 0 -> 0 ± 1.24; mode: none
-    assert rows == [("min", "offline_dpo", "+1.50 [+1.25, +1.75]", "sooner"),
-                    ("min", "rwr", "+0.00 [-1.24, +1.24]", "not significant")]  # fmt: skip
+    assert rows == [
+        ("min", "offline_dpo", "+1.50 [+1.25, +1.75]", "sooner"),
+        ("min", "rwr", "+0.00 [-1.24, +1.24]", "not significant"),
+    ]
 
 
 @pytest.mark.parametrize("name", ["small", "full"])
@@ -302,8 +310,13 @@ def test_every_study_of_a_scale_builds_a_valid_config(name: str, tmp_path: Path)
     scale = get_scale(name)
     for peak in ("far", "near"):
         BanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.bandit_seeds, steps=scale.bandit_steps)
-        SequenceBanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.sequence_seeds,
-                             steps=scale.sequence_steps, length=scale.sequence_length)  # fmt: skip
+        SequenceBanditConfig(
+            peak=peak,
+            methods=scale.bandit_methods,
+            seeds=scale.sequence_seeds,
+            steps=scale.sequence_steps,
+            length=scale.sequence_length,
+        )
     for task in TASKS:
         LengthConfig(task=task, steps=STEPS[name], seed=SEEDS[name] - 1)
     for objective in ("dpo", "mle"):
@@ -319,8 +332,9 @@ def test_skew_borrows_only_the_on_policy_runs_of_min(monkeypatch: pytest.MonkeyP
 
     def fake_study(config: length.LengthConfig) -> length.LengthResult:
         trained.append((config.task, config.methods))
-        curves = tuple(length.Curve(m, (length.Measure(0, float(len(config.task)), 0.0, 1.0),), 0.0)
-                       for m in config.methods)  # fmt: skip
+        curves = tuple(
+            length.Curve(m, (length.Measure(0, float(len(config.task)), 0.0, 1.0),), 0.0) for m in config.methods
+        )
         return length.LengthResult(config, None, curves, 0.0, 0.0)  # type: ignore[arg-type]
 
     monkeypatch.setattr(length, "run_length_study", fake_study)

@@ -22,11 +22,13 @@ def write_marker_pairs(path: Path, n: int = 40, seed: int = 0) -> Path:
     for i in range(n):
         topic = rng.choice(TOPICS)
         filler = " ".join(rng.choice(TOPICS) for _ in range(rng.randint(0, 4)))
-        rows.append({
-            "prompt": f"Tell me about {topic}, item {i}.",
-            "chosen": f"A note on {topic} {filler}. yes",
-            "rejected": f"A note on {topic} {filler}. no",
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": f"Tell me about {topic}, item {i}.",
+                "chosen": f"A note on {topic} {filler}. yes",
+                "rejected": f"A note on {topic} {filler}. no",
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -38,9 +40,16 @@ def marker_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(data: Path, out: Path, **changes) -> RewardConfig:
     """A fast run on the tiny model: 40 pairs, 12 held out, LoRA rank 8, lr 1e-2, 2 epochs."""
-    settings = {"model": "tiny-random", "output_dir": str(out), "lora_rank": 8, "lr": 1e-2, "epochs": 2,
-                "precision": "no", "batch_size": 8,
-                "data": DataConfig(train=str(data), eval_size=12, max_length=64)}  # fmt: skip
+    settings = {
+        "model": "tiny-random",
+        "output_dir": str(out),
+        "lora_rank": 8,
+        "lr": 1e-2,
+        "epochs": 2,
+        "precision": "no",
+        "batch_size": 8,
+        "data": DataConfig(train=str(data), eval_size=12, max_length=64),
+    }
     settings.update(changes)
     return RewardConfig(**settings)
 

@@ -52,14 +52,27 @@ def test_identity_names_the_folder_and_changes_with_the_weights(
 
 
 def test_rank_method_score_end_to_end(trained: tuple[Prepared, RewardResult], tmp_path: Path) -> None:
-    rows = [{"prompt": f"Tell me about tea, item {i}.", "completions": ["A note. no", "A note. yes", "Hm. no"]}
-            for i in range(3)]  # fmt: skip
+    rows = [
+        {"prompt": f"Tell me about tea, item {i}.", "completions": ["A note. no", "A note. yes", "Hm. no"]}
+        for i in range(3)
+    ]
     rows.append({"prompt": [{"role": "user", "content": "Tell me about maps."}], "completions": ["no", "Maps. yes"]})
     source = tmp_path / "gen.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out, pairs = tmp_path / "ranked.jsonl", tmp_path / "pairs.jsonl"
-    argv = ["rank", "--input", str(source), "--method", "score", "--score-model", str(trained[1].output_dir),
-            "--out", str(out), "--pairs", str(pairs)]  # fmt: skip
+    argv = [
+        "rank",
+        "--input",
+        str(source),
+        "--method",
+        "score",
+        "--score-model",
+        str(trained[1].output_dir),
+        "--out",
+        str(out),
+        "--pairs",
+        str(pairs),
+    ]
     assert main(argv) == 0
     ranked = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["ranks"][1] for r in ranked] == [0, 0, 0, 0]  # the "yes" completion ranks first everywhere
@@ -84,9 +97,30 @@ def test_rank_score_without_its_model_is_one_line(tmp_path: Path, capsys, argv_t
 
 def test_train_rm_command_end_to_end(marker_pairs: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "rm"
-    argv = ["train-rm", "--model", "tiny-random", "--data", str(marker_pairs), "--out", str(out), "--full",
-            "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--max-length", "64", "--eval-pairs", "8",
-            "--train-pairs", "16", "--seed", "3"]  # fmt: skip
+    argv = [
+        "train-rm",
+        "--model",
+        "tiny-random",
+        "--data",
+        str(marker_pairs),
+        "--out",
+        str(out),
+        "--full",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "64",
+        "--eval-pairs",
+        "8",
+        "--train-pairs",
+        "16",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "held-out accuracy" in err and " -> " in err and "saved to" in err and "step 2/2" in err

@@ -34,8 +34,11 @@ def server() -> Iterator[LocalServer]:
 
 
 def chat(server: LocalServer, **body: object) -> dict:
-    response = httpx.post(f"{server.base_url}/chat/completions", json={"model": server.model,
-                          "messages": MESSAGES, **body}, timeout=TIMEOUT)  # fmt: skip
+    response = httpx.post(
+        f"{server.base_url}/chat/completions",
+        json={"model": server.model, "messages": MESSAGES, **body},
+        timeout=TIMEOUT,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -94,8 +97,9 @@ def test_n_returns_that_many_choices(server: LocalServer) -> None:
 @pytest.mark.slow
 def test_n_above_the_slots_is_refused(server: LocalServer) -> None:
     # llama.cpp's limit, not preftune's: n may not exceed the server's parallel slots (2 here)
-    response = httpx.post(f"{server.base_url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 1, "n": 3},
-                          timeout=TIMEOUT)  # fmt: skip
+    response = httpx.post(
+        f"{server.base_url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 1, "n": 3}, timeout=TIMEOUT
+    )
     assert response.status_code == 400 and "'n'" in response.text
 
 

@@ -112,8 +112,7 @@ def main(argv: list[str]) -> int:
     model = load_model(path, dtype="float32")
     torch.manual_seed(0)  # LoRA's A matrices are drawn from torch's generator: the same in every run
     model = apply_lora(model, rank=4)
-    source = BufferSource(samples, Batcher(pad_id, "shared"), batch_size=BATCH,
-                          passes=PASSES, seed=SEED)  # fmt: skip
+    source = BufferSource(samples, Batcher(pad_id, "shared"), batch_size=BATCH, passes=PASSES, seed=SEED)
     trainer = Trainer(
         accelerator=accelerator,
         model=model,

@@ -204,11 +204,26 @@ def test_an_on_policy_run_logs_the_cosine_across_rounds(tmp_path: Path) -> None:
     """2 rounds of 4 groups, 2 per step: every step is measured once, step 2 (the end of a round that is not
     the last) included, and the records reach the stage's record."""
     out = tmp_path / "run"
-    outcome = train(["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-                     "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
-                     "online.samples_per_prompt=3", "online.max_new_tokens=8", "online.labeller=length",
-                     "optim.batch_size=2", "objective=reinforce", f"output_dir={out}", "trackers=[]",
-                     "eval.gradient_cosine_every=1", "eval.gradient_cosine_pairs=2"])  # fmt: skip
+    outcome = train(
+        [
+            "model.name=tiny-random",
+            "data.train=bundled:hh-harmless",
+            "data.train_size=24",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "online.rounds=2",
+            "online.prompts_per_round=4",
+            "online.samples_per_prompt=3",
+            "online.max_new_tokens=8",
+            "online.labeller=length",
+            "optim.batch_size=2",
+            "objective=reinforce",
+            f"output_dir={out}",
+            "trackers=[]",
+            "eval.gradient_cosine_every=1",
+            "eval.gradient_cosine_pairs=2",
+        ]
+    )
     records = outcome["stages"][0]["gradient_cosines"]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert all(r["count"] == 2 and all(-1.0 <= v <= 1.0 for v in r["values"]) for r in records)

@@ -11,10 +11,24 @@ from preftune.cli.config import load_config
 from tests.training.common import Run, trainer_state
 
 KEYS = {
-    "loss", "loss/dpo", "loss/exmate", "rewards/chosen", "rewards/rejected", "margin", "accuracy", "chosen_drift",
-    "logps/chosen", "logps/rejected", "likelihood_accuracy", "grad_norm", "lr", "tokens_per_s", "step_s", "skipped",
+    "loss",
+    "loss/dpo",
+    "loss/exmate",
+    "rewards/chosen",
+    "rewards/rejected",
+    "margin",
+    "accuracy",
+    "chosen_drift",
+    "logps/chosen",
+    "logps/rejected",
+    "likelihood_accuracy",
+    "grad_norm",
+    "lr",
+    "tokens_per_s",
+    "step_s",
+    "skipped",
     "step",
-}  # fmt: skip
+}
 
 
 def test_history_has_every_metric_of_every_step(lora_run: Run) -> None:

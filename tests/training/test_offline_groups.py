@@ -26,9 +26,18 @@ from preftune.training.loop import make_plan, responses_read
 from tests.data.files import OASST_FILE
 from tests.training.common import model_weights, trainer_state, write_jsonl
 
-BASE = ["model.name=tiny-random", f"data.train={OASST_FILE}", "data.eval_size=8", "data.max_length=96",
-        "optim.batch_size=4", "optim.max_steps=2", "optim.lr=5e-3", "trackers=[]", "lora.rank=4",
-        "optim.mixed_precision=no"]  # fmt: skip
+BASE = [
+    "model.name=tiny-random",
+    f"data.train={OASST_FILE}",
+    "data.eval_size=8",
+    "data.max_length=96",
+    "optim.batch_size=4",
+    "optim.max_steps=2",
+    "optim.lr=5e-3",
+    "trackers=[]",
+    "lora.rank=4",
+    "optim.mixed_precision=no",
+]
 GROUPS = ["data.group_size=3"]
 
 
@@ -79,10 +88,18 @@ def test_unpaired_good_and_bad_sets_train_with_likelihood_terms(tmp_path: Path) 
         tmp_path / "good.jsonl", [{"prompt": f"Say {i}.", "completion": f"{i} it is."} for i in range(24)]
     )
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": f"Name {i}.", "completion": f"No {i}!"} for i in range(30)])
-    overrides = ["model.name=tiny-random", f"data.train={good}", f"data.bad={bad}", "data.eval_size=4",
-                 "optim.batch_size=4", "optim.max_steps=2", "trackers=[]", "objective=mle + exmate",
-                 "optim.mixed_precision=no",
-                 f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    overrides = [
+        "model.name=tiny-random",
+        f"data.train={good}",
+        f"data.bad={bad}",
+        "data.eval_size=4",
+        "optim.batch_size=4",
+        "optim.max_steps=2",
+        "trackers=[]",
+        "objective=mle + exmate",
+        "optim.mixed_precision=no",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     outcome = run_training(load_config(None, overrides))
     assert outcome["stages"][0]["steps"] == 2
     first = trainer_state(tmp_path / "run", 2)["history"][0]
@@ -108,5 +125,9 @@ def test_objectives_that_do_not_fit_the_data_are_refused_before_loading(tmp_path
 def test_group_objective_on_pairs_is_refused_in_one_line(tmp_path: Path) -> None:
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4)
     with pytest.raises(PreftuneError, match="ranked completions"):
-        run_training(load_config(None, [*BASE[:1], f"data.train={pairs}", "objective=bon", "trackers=[]",
-                                        f"output_dir={tmp_path / 'run'}"]))  # fmt: skip
+        run_training(
+            load_config(
+                None,
+                [*BASE[:1], f"data.train={pairs}", "objective=bon", "trackers=[]", f"output_dir={tmp_path / 'run'}"],
+            )
+        )

@@ -64,16 +64,28 @@ def make_loop(
     model = apply_lora(load_model(tiny_model_path(), dtype="float32"), rank=4)
     built = build(objective)
     trainer = Trainer(
-        accelerator=make_accelerator("no", cpu=True), model=model, objective=built,
+        accelerator=make_accelerator("no", cpu=True),
+        model=model,
+        objective=built,
         optim=OptimConfig(lr=1e-3, batch_size=settings.batch_size, warmup_ratio=0.0),
         total_steps=OnPolicySource.total_steps(settings, built),
         reference=AdapterDisabledReference(model) if built.needs_reference else None,
-    )  # fmt: skip
+    )
     batcher = RecordingBatcher(tokenizer.pad_token_id)
     ids = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, batch_size=16)
-    loop = OnPolicySource(trainer, tokenizer, PROMPTS, ids, labeller or LengthLabeller(), settings, sampling, batcher,
-                      offline, kl_reference=AdapterDisabledReference(model) if kl else None)  # fmt: skip
+    loop = OnPolicySource(
+        trainer,
+        tokenizer,
+        PROMPTS,
+        ids,
+        labeller or LengthLabeller(),
+        settings,
+        sampling,
+        batcher,
+        offline,
+        kl_reference=AdapterDisabledReference(model) if kl else None,
+    )
     return loop, batcher
 
 
@@ -163,11 +175,25 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
     from preftune.cli.main import main
 
     out = tmp_path / "run"
-    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-            "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
-            "online.samples_per_prompt=3", "online.max_new_tokens=8", "online.missing_eos_penalty=100",
-            "online.labeller=length", "optim.batch_size=4", "optim.mixed_precision=no", "objective=reinforce",
-            f"output_dir={out}", "trackers=[tensorboard]"]  # fmt: skip
+    argv = [
+        "train",
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=24",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "online.rounds=2",
+        "online.prompts_per_round=4",
+        "online.samples_per_prompt=3",
+        "online.max_new_tokens=8",
+        "online.missing_eos_penalty=100",
+        "online.labeller=length",
+        "optim.batch_size=4",
+        "optim.mixed_precision=no",
+        "objective=reinforce",
+        f"output_dir={out}",
+        "trackers=[tensorboard]",
+    ]
     assert main(argv) == 0
     events = EventAccumulator(str(out / "train"))  # the tracker's run is named after the stage
     events.Reload()
@@ -209,14 +235,28 @@ def test_ctrl_c_in_an_online_run_says_where_resume_continues(tmp_path):
 
     text = StringIO()
     out = tmp_path / "run"
-    overrides = ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24", "data.eval_size=4",
-                 "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4", "online.samples_per_prompt=2",
-                 "online.max_new_tokens=8", "online.labeller=length", "optim.batch_size=4",
-                 "optim.mixed_precision=no", "objective=reinforce", "save_every=1", f"output_dir={out}",
-                 "trackers=[]"]  # fmt: skip
+    overrides = [
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=24",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "online.rounds=2",
+        "online.prompts_per_round=4",
+        "online.samples_per_prompt=2",
+        "online.max_new_tokens=8",
+        "online.labeller=length",
+        "optim.batch_size=4",
+        "optim.mixed_precision=no",
+        "objective=reinforce",
+        "save_every=1",
+        f"output_dir={out}",
+        "trackers=[]",
+    ]
     with pytest.raises(KeyboardInterrupt):
-        run_training(load_config(None, overrides), callbacks=[interrupt],
-                     console=Console(file=text, width=300, soft_wrap=True))  # fmt: skip
+        run_training(
+            load_config(None, overrides), callbacks=[interrupt], console=Console(file=text, width=300, soft_wrap=True)
+        )
     assert f"interrupted in stage 'train'; --resume continues from {out / 'checkpoints' / 'step-000002'}" in (
         text.getvalue()
     )
@@ -230,10 +270,22 @@ def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     from tests.training.common import assert_same_tensors, model_weights, train
 
     def overrides(out):
-        return ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
-                "online.samples_per_prompt=3", "online.max_new_tokens=8", "optim.batch_size=2",
-                "objective=reinforce", "save_every=1", f"output_dir={out}", "trackers=[]"]  # fmt: skip
+        return [
+            "model.name=tiny-random",
+            "data.train=bundled:hh-harmless",
+            "data.train_size=24",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "online.rounds=2",
+            "online.prompts_per_round=4",
+            "online.samples_per_prompt=3",
+            "online.max_new_tokens=8",
+            "optim.batch_size=2",
+            "objective=reinforce",
+            "save_every=1",
+            f"output_dir={out}",
+            "trackers=[]",
+        ]
 
     class Stop(Exception):
         pass
@@ -341,11 +393,24 @@ def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, c
     found = {}
     for spec in ("longer", "random"):
         out = tmp_path / spec
-        argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
-                "online.samples_per_prompt=4", "online.max_new_tokens=8", f"online.labeller=judge:{spec}",
-                "optim.batch_size=4", "optim.mixed_precision=no", "objective=dpo", f"output_dir={out}",
-                "trackers=[]"]  # fmt: skip
+        argv = [
+            "train",
+            "model.name=tiny-random",
+            "data.train=bundled:hh-harmless",
+            "data.train_size=24",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "online.rounds=2",
+            "online.prompts_per_round=4",
+            "online.samples_per_prompt=4",
+            "online.max_new_tokens=8",
+            f"online.labeller=judge:{spec}",
+            "optim.batch_size=4",
+            "optim.mixed_precision=no",
+            "objective=dpo",
+            f"output_dir={out}",
+            "trackers=[]",
+        ]
         assert main(argv) == 0
         err = capsys.readouterr().err
         assert "round 0: reward" in err and "judge decided" in err and "judge length tau" in err
@@ -368,10 +433,22 @@ def test_two_processes_train_online_as_one(tmp_path):
     from tests.training.common import TIMEOUT, TORCHRUN, assert_same_tensors, model_weights, subprocess_env, train
 
     def overrides(out):
-        return ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-                "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=4",
-                "online.samples_per_prompt=3", "online.max_new_tokens=8", "optim.batch_size=4",
-                "objective=reinforce", "optim.mixed_precision=no", f"output_dir={out}", "trackers=[]"]  # fmt: skip
+        return [
+            "model.name=tiny-random",
+            "data.train=bundled:hh-harmless",
+            "data.train_size=24",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "online.rounds=2",
+            "online.prompts_per_round=4",
+            "online.samples_per_prompt=3",
+            "online.max_new_tokens=8",
+            "optim.batch_size=4",
+            "objective=reinforce",
+            "optim.mixed_precision=no",
+            f"output_dir={out}",
+            "trackers=[]",
+        ]
 
     train(overrides(tmp_path / "single"))
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -401,9 +478,16 @@ def test_each_objective_family_trains_through_the_loop(objective):
 def test_a_bad_labeller_is_refused_in_one_line(tmp_path, capsys):
     from preftune.cli.main import main
 
-    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=8",
-            "online.rounds=1", "online.labeller=rm:/no/such/reward-model", f"output_dir={tmp_path / 'r'}",
-            "trackers=[]"]  # fmt: skip
+    argv = [
+        "train",
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=8",
+        "online.rounds=1",
+        "online.labeller=rm:/no/such/reward-model",
+        f"output_dir={tmp_path / 'r'}",
+        "trackers=[]",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "/no/such/reward-model" in err

@@ -69,11 +69,15 @@ class StandInLLM:
         self.model, self.resets, self.rpc_calls = StandInModel(), 0, 0
         runner = SimpleNamespace(model=self.model)
         if layout == "v0":
-            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-                model_runner=runner)))  # fmt: skip
+            self.llm_engine = SimpleNamespace(
+                model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))
+            )
         elif layout == "v1":
-            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-                worker=SimpleNamespace(model_runner=runner))))  # fmt: skip
+            self.llm_engine = SimpleNamespace(
+                model_executor=SimpleNamespace(
+                    driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))
+                )
+            )
         else:
             self.llm_engine = SimpleNamespace()
         if layout == "rpc":
@@ -115,8 +119,17 @@ def test_the_loop_samples_through_the_sampler_it_is_given():
 
     default = train_rounds(make_loop("reinforce", settings)[0])[1]
     built, _ = make_loop("reinforce", settings)  # the same trainer and data, handed to a loop with the seam
-    loop = OnPolicySource(built.trainer, built.tokenizer, built.prompts, built.prompt_ids, built.labeller, settings,
-                      built.sampling, built.batcher, sampler=stand_in)  # fmt: skip
+    loop = OnPolicySource(
+        built.trainer,
+        built.tokenizer,
+        built.prompts,
+        built.prompt_ids,
+        built.labeller,
+        settings,
+        built.sampling,
+        built.batcher,
+        sampler=stand_in,
+    )
     history = train_rounds(loop)[1]
     assert [(m is loop.trainer.model, p, n) for m, p, n, _ in calls] == [(True, 4, 3)] * 2
     assert len({seed for *_, seed in calls}) == 2  # a seed per round
@@ -173,8 +186,16 @@ def test_online_backend_vllm_is_refused_in_one_line_before_any_model(tmp_path, m
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(preftune.run.train, "load_model", no_loading)
-    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=8",
-            "online.rounds=1", "online.backend=vllm", f"output_dir={tmp_path / 'r'}", "trackers=[]"]  # fmt: skip
+    argv = [
+        "train",
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=8",
+        "online.rounds=1",
+        "online.backend=vllm",
+        f"output_dir={tmp_path / 'r'}",
+        "trackers=[]",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1

@@ -39,9 +39,16 @@ def _eval_metrics(model: torch.nn.Module, run: Run) -> dict[str, float]:
         return sequence_logprobs(model, batch, with_tokens=False)
 
     values = pair_values(
-        policy, reference, eval_pairs, torch.arange(len(eval_pairs)), Batcher(tokenizer.pad_token_id), 8, "cpu",
-        beta, average,
-    )  # fmt: skip
+        policy,
+        reference,
+        eval_pairs,
+        torch.arange(len(eval_pairs)),
+        Batcher(tokenizer.pad_token_id),
+        8,
+        "cpu",
+        beta,
+        average,
+    )
     return {k: v.mean for k, v in summarise({k: torch.tensor(v) for k, v in values.items()}).items()}
 
 
@@ -118,9 +125,16 @@ def test_cli_evaluate_reproduces_the_runs_final_evaluation(lora_run: Run, tmp_pa
     config = load_config(None, lora_run.overrides)
     out = tmp_path / "metrics.json"
     result = run_cli(
-        "evaluate", "--model", str(lora_run.out / "model"), "--data", str(config.data.eval), "--max-length", "64",
-        "--out", str(out),
-    )  # fmt: skip
+        "evaluate",
+        "--model",
+        str(lora_run.out / "model"),
+        "--data",
+        str(config.data.eval),
+        "--max-length",
+        "64",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "adapter off" in result.stdout
     lines = result.stdout.splitlines()

@@ -50,9 +50,15 @@ def test_torch_and_proc_cpuinfo_agree_on_this_cpu() -> None:
     assert cpu_has_native_bf16() == bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
 
 
-@pytest.mark.parametrize(("cuda", "cuda_bf16", "cpu_bf16", "expected"), [
-    (True, True, False, "bf16"), (True, False, True, "no"), (False, False, True, "bf16"), (False, False, False, "no"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cuda", "cuda_bf16", "cpu_bf16", "expected"),
+    [
+        (True, True, False, "bf16"),
+        (True, False, True, "no"),
+        (False, False, True, "bf16"),
+        (False, False, False, "no"),
+    ],
+)
 def test_auto_mixed_precision(monkeypatch, cuda: bool, cuda_bf16: bool, cpu_bf16: bool, expected: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
@@ -159,9 +165,13 @@ def _precision_run(data_files, folder: Path, setting: str) -> PrecisionRun:
             logps_dtypes.add(output.sum.dtype)
 
     overrides = lora_overrides(
-        data_files, folder / setting, objective="dpo", save_every=STEPS, merge_lora="false",
+        data_files,
+        folder / setting,
+        objective="dpo",
+        save_every=STEPS,
+        merge_lora="false",
         **{"optim.max_steps": STEPS, "optim.warmup_ratio": 0.0, "eval.samples": 0, "optim.mixed_precision": setting},
-    )  # fmt: skip
+    )
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -259,10 +269,19 @@ YOUNG_LR = 5e-6  # TRL's DPO learning rate: a few steps move LoRA's B far less t
 
 def _young_run(data_files, folder: Path, setting: str) -> dict:
     overrides = lora_overrides(
-        data_files, folder / setting, objective="dpo", merge_lora="false", save_every=STEPS,
-        **{"optim.lr": YOUNG_LR, "optim.max_steps": STEPS, "optim.warmup_ratio": 0.0, "eval.samples": 0,
-           "optim.mixed_precision": setting},
-    )  # fmt: skip
+        data_files,
+        folder / setting,
+        objective="dpo",
+        merge_lora="false",
+        save_every=STEPS,
+        **{
+            "optim.lr": YOUNG_LR,
+            "optim.max_steps": STEPS,
+            "optim.warmup_ratio": 0.0,
+            "eval.samples": 0,
+            "optim.mixed_precision": setting,
+        },
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "auto_mixed_precision", lambda: "bf16")  # bf16 autocast runs on any CPU
         return train(overrides)

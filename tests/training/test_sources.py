@@ -49,11 +49,20 @@ KILL_AT = 5  # in the second pass (steps 5..8), after its first step
 
 def _worker(out: Path, name: str, *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, WORKER, str(out), str(out.parent / f"{name}.safetensors"), str(out.parent / f"{name}.json"),
-         *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        [
+            sys.executable,
+            WORKER,
+            str(out),
+            str(out.parent / f"{name}.safetensors"),
+            str(out.parent / f"{name}.json"),
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
         cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
+    )
 
 
 def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -188,8 +197,9 @@ def test_a_step_feeds_the_decoder_only_the_responses_its_objective_reads(
     plan = make_plan(pairs, optim, 1, group_by_length=False)
     source = DatasetSource(pairs, Batcher(pad, layout), plan, 1, group_size=responses_read(objective))
     reference = AdapterDisabledReference(lora_model) if objective.needs_reference else None
-    trainer = Trainer(accelerator=accelerator, model=lora_model, objective=objective, optim=optim, total_steps=1,
-                      reference=reference)  # fmt: skip
+    trainer = Trainer(
+        accelerator=accelerator, model=lora_model, objective=objective, optim=optim, total_steps=1, reference=reference
+    )
 
     fed: dict[bool, list[int]] = {True: [], False: []}  # grad enabled -> real tokens of each forward
 

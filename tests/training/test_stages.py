@@ -122,8 +122,12 @@ def staged_full(data_files: DataFiles, tmp_path_factory: pytest.TempPathFactory)
     config = folder / "staged.yaml"
     config.write_text(CONFIG.replace("[tensorboard]", "[]").replace("lr: 1.0e-2", "lr: 1.0e-3"), encoding="utf-8")
     out = folder / "run"
-    overrides = [f"output_dir={out}", f"data.train={data_files.conv_train}", f"data.eval={data_files.conv_eval}",
-                 "lora.enabled=false"]  # fmt: skip
+    overrides = [
+        f"output_dir={out}",
+        f"data.train={data_files.conv_train}",
+        f"data.eval={data_files.conv_eval}",
+        "lora.enabled=false",
+    ]
     return Run(out, overrides, train(overrides, config_file=config))
 
 
@@ -150,8 +154,15 @@ def test_every_stage_model_loads_to_the_policy_it_trained(
         # under LoRA the reference is the adapter's own base with adapters off; fully, the stage's start
         reference = None if mode == "lora" else ("tiny-random" if index == 0 else str(previous))
         beta, average = build(record["objective"]).margin_settings()
-        metrics = evaluate_model(str(run.out / record["stage"] / "model"), reference, str(data_files.conv_eval),
-                                 max_length=96, beta=beta, average=average, batch_size=8)  # fmt: skip
+        metrics = evaluate_model(
+            str(run.out / record["stage"] / "model"),
+            reference,
+            str(data_files.conv_eval),
+            max_length=96,
+            beta=beta,
+            average=average,
+            batch_size=8,
+        )
         _assert_same_metrics(metrics, metric_means(record["eval_after"]))
     # `preftune evaluate --run` finds the last model and its reference by itself
     _assert_same_metrics(evaluate_run(run.out), metric_means(records[-1]["eval_after"]))

@@ -53,10 +53,20 @@ def test_resume_refuses_changed_data_behind_the_same_path(data_files: DataFiles,
 
 
 def test_settings_that_do_not_change_training_may_change_on_resume() -> None:
-    saved = {"objective": "dpo", "trackers": ["tensorboard"], "save_every": 50, "eval": {"every": 0, "batch_size": 16},
-             "optim": {"lr": 1e-4}}  # fmt: skip
-    now = {"objective": "dpo", "trackers": [], "save_every": 5, "eval": {"every": 10, "batch_size": 4},
-           "optim": {"lr": 2e-4}}  # fmt: skip
+    saved = {
+        "objective": "dpo",
+        "trackers": ["tensorboard"],
+        "save_every": 50,
+        "eval": {"every": 0, "batch_size": 16},
+        "optim": {"lr": 1e-4},
+    }
+    now = {
+        "objective": "dpo",
+        "trackers": [],
+        "save_every": 5,
+        "eval": {"every": 10, "batch_size": 4},
+        "optim": {"lr": 2e-4},
+    }
     assert changed_keys(saved, now) == ["optim.lr"]
 
 
@@ -98,8 +108,17 @@ def test_a_precomputed_reference_holds_only_the_pairs_asked_for(data_files: Data
     inputs = tokenize_inputs(load_examples(config.data), tokenizer, config.data)
     model = load_model("tiny-random")
     batcher = Batcher(tokenizer.pad_token_id, "padded")
-    train_ref, eval_ref = make_reference("precomputed", build("dpo"), model, config, inputs.train, inputs.held_out,
-                                         batcher, Accelerator(cpu=True), train_ids=[3, 7, 11])  # fmt: skip
+    train_ref, eval_ref = make_reference(
+        "precomputed",
+        build("dpo"),
+        model,
+        config,
+        inputs.train,
+        inputs.held_out,
+        batcher,
+        Accelerator(cpu=True),
+        train_ids=[3, 7, 11],
+    )
     assert train_ref.table["example_ids"].tolist() == [3, 7, 11]
     assert eval_ref.table["example_ids"].tolist() == [0, 1, 2, 3]
 
@@ -161,13 +180,22 @@ def test_evaluate_reads_labelled_pairs_by_their_label(full_run: Run, data_files:
     from preftune.evaluation.command import evaluate_model
 
     rows = [json.loads(line) for line in data_files.eval.read_text(encoding="utf-8").splitlines()]
-    labelled = write_jsonl(tmp_path / "annotations.jsonl", [
-        {"instruction": r["prompt"], "output_1": r["rejected"], "output_2": r["chosen"], "preference": 2} for r in rows
-    ])  # fmt: skip
+    labelled = write_jsonl(
+        tmp_path / "annotations.jsonl",
+        [
+            {"instruction": r["prompt"], "output_1": r["rejected"], "output_2": r["chosen"], "preference": 2}
+            for r in rows
+        ],
+    )
     model = str(full_run.out / "model")
     plain = evaluate_model(model, "tiny-random", str(data_files.eval), max_length=64)
-    by_label = evaluate_model(model, "tiny-random", str(labelled), max_length=64,
-                              data_config=load_config(None, ["data.labels.column=preference"]).data)  # fmt: skip
+    by_label = evaluate_model(
+        model,
+        "tiny-random",
+        str(labelled),
+        max_length=64,
+        data_config=load_config(None, ["data.labels.column=preference"]).data,
+    )
     assert plain["accuracy"].count == by_label["accuracy"].count == len(rows)
     for name, value in plain.items():
         assert by_label[name].mean == pytest.approx(value.mean, rel=1e-6, abs=1e-7), name

@@ -27,8 +27,13 @@ def _by_hand(outputs: list[str], baseline: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
-WIN_RATES = {"eval.judges": "[longer,shorter]", "eval.win_rate_every": 2, "eval.win_rate_prompts": 5,
-             "eval.max_new_tokens": 12, "optim.lr": 5e-2}  # fmt: skip
+WIN_RATES = {
+    "eval.judges": "[longer,shorter]",
+    "eval.win_rate_every": 2,
+    "eval.win_rate_prompts": 5,
+    "eval.max_new_tokens": 12,
+    "optim.lr": 5e-2,
+}
 
 
 def test_win_rates_every_k_steps_against_the_starting_policy(data_files: DataFiles, tmp_path: Path) -> None:
@@ -82,11 +87,24 @@ def test_an_online_run_reports_its_win_rate_against_the_chosen_responses(tmp_pat
     from preftune.evaluation.generate_eval import response_text
 
     out = tmp_path / "run"
-    overrides = ["model.name=tiny-random", "data.train=bundled:hh-harmless", "data.train_size=24",
-                 "data.eval_size=4", "data.max_length=256", "online.rounds=2", "online.prompts_per_round=2",
-                 "online.samples_per_prompt=2", "online.max_new_tokens=6", "optim.batch_size=2",
-                 "objective=dpo", "eval.judges=[longer]", "eval.baseline=chosen", "eval.max_new_tokens=6",
-                 f"output_dir={out}", "trackers=[]"]  # fmt: skip
+    overrides = [
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=24",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "online.rounds=2",
+        "online.prompts_per_round=2",
+        "online.samples_per_prompt=2",
+        "online.max_new_tokens=6",
+        "optim.batch_size=2",
+        "objective=dpo",
+        "eval.judges=[longer]",
+        "eval.baseline=chosen",
+        "eval.max_new_tokens=6",
+        f"output_dir={out}",
+        "trackers=[]",
+    ]
     outcome = train(overrides)
     [record] = outcome["stages"][0]["win_rates"]
     assert record["step"] == outcome["stages"][0]["steps"]
@@ -103,9 +121,21 @@ def test_a_length_controlled_rate_that_cannot_be_estimated_is_reported_as_such()
     from preftune.training.win_rates import format_record
 
     lc = length_controlled_win_rate([1.0, 0.0, 1.0], [9, 1, 8], [5, 5, 5], bootstrap=0)  # `longer`'s verdicts
-    record = {"step": 4, "judge": "longer", "win_rate": 2 / 3, "ci_low": 0.0, "ci_high": 1.0,
-              "lc_win_rate": lc.win_rate, "lc_reason": lc.reason, "wins": 2, "ties": 0, "losses": 1, "failed": 0,
-              "mean_length": 6.0, "baseline_mean_length": 5.0}  # fmt: skip
+    record = {
+        "step": 4,
+        "judge": "longer",
+        "win_rate": 2 / 3,
+        "ci_low": 0.0,
+        "ci_high": 1.0,
+        "lc_win_rate": lc.win_rate,
+        "lc_reason": lc.reason,
+        "wins": 2,
+        "ties": 0,
+        "losses": 1,
+        "failed": 0,
+        "mean_length": 6.0,
+        "baseline_mean_length": 5.0,
+    }
     assert lc.reason is not None and lc.reason.startswith("length separates the verdicts")
     assert f"LC cannot be estimated ({lc.reason})" in format_record(record, 10, "start")
     assert f"| cannot be estimated: {lc.reason} |" in win_rate_table([record], "start")
@@ -126,8 +156,13 @@ def test_a_length_controlled_rate_that_cannot_be_estimated_is_reported_as_such()
 def test_impossible_win_rate_settings_are_refused_in_one_line(tmp_path, capsys, setting, message) -> None:
     from preftune.cli.main import main
 
-    argv = ["train", "model.name=tiny-random", "data.train=bundled:hh-harmless", f"output_dir={tmp_path / 'r'}",
-            *setting]  # fmt: skip
+    argv = [
+        "train",
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        f"output_dir={tmp_path / 'r'}",
+        *setting,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -41,9 +41,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--limit", type=int, help="only the first K distinct prompts")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
-                        help="sampler: vllm (installed, CUDA GPU), hf (transformers), or auto: vllm when it can run, "
-                        "else hf (default: auto); a resume must use the backend the output began with")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "hf", "vllm"],
+        default="auto",
+        help="sampler: vllm (installed, CUDA GPU), hf (transformers), or auto: vllm when it can run, "
+        "else hf (default: auto); a resume must use the backend the output began with",
+    )
     parser.set_defaults(run=run_generate)
 
 
@@ -56,8 +60,15 @@ def run_generate(args: argparse.Namespace) -> int:
     # everything checked before a model loads
     if not math.isfinite(args.temperature):
         raise PreftuneError(f"--temperature must be a finite number ≥ 0, not {args.temperature}")
-    config = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    config = SamplingConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     if args.limit is not None and args.limit < 1:
         raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
     check_output_file(args.out, "--out")
@@ -90,12 +101,23 @@ def run_generate(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=device)
     total, start = len(prompts.prompts), len(prompts.prompts) - left
     with StepProgress(total, start, description="generate", console=console) as bar:
-        report = generate_file(model, tokenizer, prompts.prompts, args.out, config, model_name=args.model,
-                               done=done, progress=lambda: bar.advance({}), sampler=sampler,
-                               backend=backend)  # fmt: skip
+        report = generate_file(
+            model,
+            tokenizer,
+            prompts.prompts,
+            args.out,
+            config,
+            model_name=args.model,
+            done=done,
+            progress=lambda: bar.advance({}),
+            sampler=sampler,
+            backend=backend,
+        )
     console.print(str(report), highlight=False)
     if report.empty:
-        raise IncompleteRun(f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
-                            f"{args.out}, but preftune rank refuses them: drop those rows, or sample those prompts "
-                            "again with another --seed into another --out")  # fmt: skip
+        raise IncompleteRun(
+            f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
+            f"{args.out}, but preftune rank refuses them: drop those rows, or sample those prompts "
+            "again with another --seed into another --out"
+        )
     return 0

@@ -83,8 +83,12 @@ def _bandit_options(parser: argparse.ArgumentParser, peak_help: str, seeds: int,
     from preftune.lab.bandit import METHODS, REGIMES
 
     parser.add_argument("--peak", choices=("far", "near"), default="far", help=f"{peak_help}; default far")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})")  # fmt: skip
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
+    )
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
     parser.add_argument("--seeds", type=int, default=seeds, help=f"seeds per method × regime (default: {seeds})")
     parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps per run (default: {steps})")

@@ -34,16 +34,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", type=Path, required=True, help="jsonl rows with 'prompt' and 'completions'")
     parser.add_argument("--judge", default="longer", help=f"the judge: {JUDGES} (default: longer)")
     parser.add_argument(
-        "--method", default="ipr", choices=("ipr", "round_robin", "score"),
+        "--method",
+        default="ipr",
+        choices=("ipr", "round_robin", "score"),
         help="ranking method (score: by a reward model's scores, --score-model; no judge)",
-    )  # fmt: skip
+    )
     parser.add_argument("--score-model", help="--method score: the reward model folder (preftune train-rm)")
     parser.add_argument("--out", type=Path, required=True, help="ranked rows (prompt, completions, ranks)")
     parser.add_argument("--pairs", type=Path, help="preference pairs (prompt, chosen, rejected)")
     parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
-    parser.add_argument("--compare", type=Path, metavar="RANKED",
-                        help="another ranking of the same rows (e.g. --method score's): report Kendall tau and top-1 "
-                        "agreement with it")  # fmt: skip
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="RANKED",
+        help="another ranking of the same rows (e.g. --method score's): report Kendall tau and top-1 agreement with it",
+    )
     parser.add_argument("--store", type=Path, help="verdict store (default: OUT with .verdicts.sqlite)")
     parser.set_defaults(run=run_rank)
 

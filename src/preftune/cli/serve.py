@@ -32,15 +32,26 @@ def register(commands: argparse._SubParsersAction) -> None:
         ),
         epilog="example: preftune serve --port 8080 --threads 2, then POST http://127.0.0.1:8080/v1/chat/completions",
     )
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="a .gguf file, or smollm2-135m-instruct (default: the embedded model)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="a .gguf file, or smollm2-135m-instruct (default: the embedded model)",
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 for any free port (default: {DEFAULT_PORT})")
     parser.add_argument("--threads", type=int, help="CPU threads (default: usable cores less the load average)")
-    parser.add_argument("--ctx-size", type=int, default=DEFAULT_CTX_SIZE,
-                        help=f"context shared by the slots, 0: the model's (default: {DEFAULT_CTX_SIZE})")  # fmt: skip
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help=f"sequences decoded at once; the largest n (default: {DEFAULT_PARALLEL})")  # fmt: skip
+    parser.add_argument(
+        "--ctx-size",
+        type=int,
+        default=DEFAULT_CTX_SIZE,
+        help=f"context shared by the slots, 0: the model's (default: {DEFAULT_CTX_SIZE})",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"sequences decoded at once; the largest n (default: {DEFAULT_PARALLEL})",
+    )
     parser.add_argument("--alias", help="model name reported by /v1/models (default: the model's name)")
     parser.set_defaults(run=run_serve)
 
@@ -50,19 +61,27 @@ def run_serve(args: argparse.Namespace) -> int:
     threads = default_threads() if args.threads is None else args.threads
     check_settings(port=args.port, threads=threads, ctx_size=args.ctx_size, parallel=args.parallel)
     settings = ServerSettings(
-        model_path=resolve_model_path(args.model), host=args.host, port=args.port, threads=threads,
-        ctx_size=args.ctx_size, parallel=args.parallel, alias=args.alias or default_alias(args.model),
-    )  # fmt: skip
+        model_path=resolve_model_path(args.model),
+        host=args.host,
+        port=args.port,
+        threads=threads,
+        ctx_size=args.ctx_size,
+        parallel=args.parallel,
+        alias=args.alias or default_alias(args.model),
+    )
     require_xllamacpp()
     print(f"loading {settings.model_path} ({settings.threads} thread(s), {settings.parallel} slot(s))", flush=True)
 
     def ready(address: str) -> None:
-        body = json.dumps({"model": settings.alias, "messages": [{"role": "user", "content": "Hello!"}],
-                           "max_tokens": 32})  # fmt: skip
+        body = json.dumps(
+            {"model": settings.alias, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+        )
         print(f"serving '{settings.alias}' at {address}/v1 (OpenAI-compatible); Ctrl-C stops it", flush=True)
         print("example:", flush=True)
-        print(f"  curl {address}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}",
-              flush=True)  # fmt: skip
+        print(
+            f"  curl {address}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+            flush=True,
+        )
 
     run_server(settings, on_ready=ready)
     print("stopped", flush=True)

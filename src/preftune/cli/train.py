@@ -118,8 +118,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.generate:
         return run_generative_evaluate(args)
-    given = [flag for flag, on in (("--prompts", args.prompts), ("--judge", args.judge),
-                                   ("--max-new-tokens", args.max_new_tokens is not None)) if on]  # fmt: skip
+    given = [
+        flag
+        for flag, on in (
+            ("--prompts", args.prompts),
+            ("--judge", args.judge),
+            ("--max-new-tokens", args.max_new_tokens is not None),
+        )
+        if on
+    ]
     if given:
         raise PreftuneError(f"{given[0]} belongs to generative evaluation: add --generate")
     if args.run_dir is not None:
@@ -158,8 +165,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_generative_evaluate(args: argparse.Namespace) -> int:
     from preftune.errors import PreftuneError
 
-    flags = (("--run", args.run_dir), ("--data", args.data), ("--reference", args.reference),
-             ("--max-length", args.max_length), ("data settings", args.overrides))  # fmt: skip
+    flags = (
+        ("--run", args.run_dir),
+        ("--data", args.data),
+        ("--reference", args.reference),
+        ("--max-length", args.max_length),
+        ("data settings", args.overrides),
+    )
     given = [flag for flag, on in flags if on]
     if given:
         raise PreftuneError(f"--generate reads --model, --prompts, --baseline and --judge: drop {given[0]}")
@@ -168,8 +180,16 @@ def run_generative_evaluate(args: argparse.Namespace) -> int:
     from preftune.evaluation.generate_eval import evaluate_generation
 
     quiet_libraries()
-    evaluate_generation(args.model, args.prompts, args.judge, args.baseline, limit=args.limit,
-                        max_new_tokens=128 if args.max_new_tokens is None else args.max_new_tokens,
-                        batch_size=16 if args.batch_size is None else args.batch_size,
-                        out=args.out, bootstrap=args.bootstrap, lc_bootstrap=args.lc_bootstrap)  # fmt: skip
+    evaluate_generation(
+        args.model,
+        args.prompts,
+        args.judge,
+        args.baseline,
+        limit=args.limit,
+        max_new_tokens=128 if args.max_new_tokens is None else args.max_new_tokens,
+        batch_size=16 if args.batch_size is None else args.batch_size,
+        out=args.out,
+        bootstrap=args.bootstrap,
+        lc_bootstrap=args.lc_bootstrap,
+    )
     return 0

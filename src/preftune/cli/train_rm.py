@@ -44,8 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-pairs", type=int, help="pairs held out, whole prompts at a time (default 100)")
     parser.add_argument("--train-pairs", type=int, help="use only the first N training pairs")
     parser.add_argument("--seed", type=int, default=0, help="head initialisation and pair order (default 0)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "no"),
-                        help="training autocast: auto = bf16 where the CPU/GPU multiplies bf16 natively")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "no"),
+        help="training autocast: auto = bf16 where the CPU/GPU multiplies bf16 natively",
+    )
     parser.add_argument("--chat-template", help="for a tokenizer without one: chatml, zephyr or a .jinja file")
     parser.set_defaults(run=run_train_rm)
 
@@ -58,14 +62,28 @@ def reward_config(args: argparse.Namespace):
     if bad:
         raise PreftuneError(f"train-rm takes only data.* settings as key=value, not '{bad[0]}'")
     data = load_config(None, list(args.overrides)).data
-    flags = {"train": args.data, "eval": args.eval_data, "max_length": args.max_length,
-             "eval_size": args.eval_pairs, "train_size": args.train_pairs}  # fmt: skip
+    flags = {
+        "train": args.data,
+        "eval": args.eval_data,
+        "max_length": args.max_length,
+        "eval_size": args.eval_pairs,
+        "train_size": args.train_pairs,
+    }
     data = dataclasses.replace(data, **{k: v for k, v in flags.items() if v is not None})
     return RewardConfig(
-        model=args.model, output_dir=args.out, data=data, lora=args.lora, lora_rank=args.lora_rank,
-        lora_last_layers=args.lora_last_layers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, chat_template=args.chat_template, precision=args.precision,
-    )  # fmt: skip
+        model=args.model,
+        output_dir=args.out,
+        data=data,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        lora_last_layers=args.lora_last_layers,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        chat_template=args.chat_template,
+        precision=args.precision,
+    )
 
 
 def run_train_rm(args: argparse.Namespace) -> int:

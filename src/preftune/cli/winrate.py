@@ -36,8 +36,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--store", type=Path, help="verdict store (SQLite), so a rerun asks no call twice")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--bootstrap", type=int, default=2000, help="win-rate bootstrap resamples (default: 2000)")
-    parser.add_argument("--lc-bootstrap", type=int, default=200,
-                        help="length-controlled bootstrap resamples, each a refit (default: 200)")  # fmt: skip
+    parser.add_argument(
+        "--lc-bootstrap",
+        type=int,
+        default=200,
+        help="length-controlled bootstrap resamples, each a refit (default: 200)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.set_defaults(run=run_win_rate)
 
@@ -56,8 +60,10 @@ def run_win_rate(args: argparse.Namespace) -> int:
     baseline = read_completions(args.baseline, "--baseline")
     missing = [key for key in outputs if key not in baseline]
     if missing:
-        raise PreftuneError(f"{len(missing)} of {len(outputs)} prompts of --outputs {args.outputs} are not in "
-                            f"--baseline {args.baseline}, e.g. {missing[0][:80]}")  # fmt: skip
+        raise PreftuneError(
+            f"{len(missing)} of {len(outputs)} prompts of --outputs {args.outputs} are not in "
+            f"--baseline {args.baseline}, e.g. {missing[0][:80]}"
+        )
 
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
     from preftune.files import strict_json, write_json_atomic
@@ -80,9 +86,14 @@ def run_win_rate(args: argparse.Namespace) -> int:
     lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=args.lc_bootstrap, seed=args.seed)
     print(_summary(raw, lc))
     if args.out is not None:
-        report = {"judge": judge.identity(), "outputs": str(args.outputs), "baseline": str(args.baseline),
-                  "seed": args.seed, "win_rate": strict_json(vars(raw)),
-                  "length_controlled": strict_json(vars(lc))}  # fmt: skip
+        report = {
+            "judge": judge.identity(),
+            "outputs": str(args.outputs),
+            "baseline": str(args.baseline),
+            "seed": args.seed,
+            "win_rate": strict_json(vars(raw)),
+            "length_controlled": strict_json(vars(lc)),
+        }
         write_json_atomic(args.out, report)
     if raw.failed:
         raise IncompleteRun(failed_comparisons(raw.failed, len(keys), "the rates", args.store))
@@ -90,9 +101,11 @@ def run_win_rate(args: argparse.Namespace) -> int:
 
 
 def _summary(raw: Any, lc: Any) -> str:
-    return "\n".join([
-        f"win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (ties count half)",
-        f"LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
-        f"n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
-        f"mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (ties count half)",
+            f"LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
+            f"n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
+            f"mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
+        ]
+    )

@@ -35,9 +35,13 @@ def build_batch(
         return collate(pairs, indices, pad_id, group_size=group_size)
     if layout in ("shared", "packed"):
         return pack(
-            pairs, indices, pad_id, group_size=group_size, share_prompt=layout == "shared",
+            pairs,
+            indices,
+            pad_id,
+            group_size=group_size,
+            share_prompt=layout == "shared",
             attention_length=attention_length,
-        )  # fmt: skip
+        )
     raise PreftuneError(f"unknown batch layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 

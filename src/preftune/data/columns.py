@@ -21,22 +21,44 @@ from preftune.data.rows import RawRows
 from preftune.errors import PreftuneError
 
 EXPECTED = (
-    "prompt", "chosen", "rejected", "completions", "ranks", "scores", "completion", "label",
-    "response_1", "response_2", "instruction", "input",
-)  # fmt: skip
+    "prompt",
+    "chosen",
+    "rejected",
+    "completions",
+    "ranks",
+    "scores",
+    "completion",
+    "label",
+    "response_1",
+    "response_2",
+    "instruction",
+    "input",
+)
 """The names ``data.columns`` can map a file's columns onto (``{"chosen": "chosen_response"}``)."""
 
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "prompt": ("question", "query", "instruction", "input", "context", "request", "history", "conversation",
-               "dialogue", "post", "message", "text"),
+    "prompt": (
+        "question",
+        "query",
+        "instruction",
+        "input",
+        "context",
+        "request",
+        "history",
+        "conversation",
+        "dialogue",
+        "post",
+        "message",
+        "text",
+    ),
     "chosen": ("good", "better", "best", "preferred", "positive", "pos", "accepted", "winner", "win", "selected"),
     "rejected": ("bad", "worse", "worst", "dispreferred", "negative", "neg", "declined", "loser", "lose", "lost"),
     "completions": ("responses", "outputs", "answers", "candidates", "generations", "samples"),
     "completion": ("response", "output", "answer", "generation", "reply"),
     "scores": ("score", "rewards", "reward", "ratings", "rating"),
     "ranks": ("rank", "ranking", "rankings", "order"),
-}  # fmt: skip
+}
 """Words that name an expected column in other datasets, read as whole words of a column's name."""
 
 

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from preftune.data.columns import EXPECTED, apply_columns, closest
-from preftune.data.examples import Origin, PreferenceExample, Text
+from preftune.data.examples import Origin
 from preftune.data.formats import FORMATS, detect_format, resolve_format
+from preftune.data.groups import GroupExample
 from preftune.data.load import no_valid_rows
-from preftune.data.ranked import TREE_TURNS, RankedGroup, rank_pairs, read_ranked, read_tree
+from preftune.data.ranked import TREE_TURNS, RankedGroup, read_ranked, read_tree
 from preftune.data.rows import RawRows
 from preftune.data.sources import load_rows
 from preftune.data.summary import DataSummary, sizes_note
@@ -50,46 +51,6 @@ GROUP_FORMATS = ("ranked", "oasst")
 NEED_RANKED = (
     "group objectives need ranked completions ('completions' with 'scores' or 'ranks', or OpenAssistant message trees)"
 )
-
-
-@dataclass(frozen=True)
-class GroupExample:
-    """A prompt with C completions and their rewards (higher is better).
-
-    Attributes:
-        prompt: a string (text data) or a list of messages ending with a user turn (conversational).
-        completions: the completions, same kind as ``prompt`` (assistant message lists when conversational).
-        rewards: one per completion; for ranked data −rank, so the best (rank 0) has reward 0.
-        origin: the file and row; for trees, ``part`` names the turn (``turn 2, replies to prompt``).
-    """
-
-    prompt: Text
-    completions: tuple[Text, ...]
-    rewards: tuple[float, ...]
-    origin: Origin
-
-    def __post_init__(self) -> None:
-        if len(self.rewards) != len(self.completions):
-            raise PreftuneError(f"{self.origin}: {len(self.rewards)} rewards for {len(self.completions)} completions")
-
-    @property
-    def is_conversational(self) -> bool:
-        """True when the group holds message lists (the chat template applies)."""
-        return isinstance(self.prompt, list)
-
-    def best_vs_worst(self) -> PreferenceExample | None:
-        """The first best completion against the first worst one, or None when every reward is equal.
-
-        For scoring held-out groups with the pairwise metrics; the origin's part names the two
-        (``completions 1 vs 3``, indices into this group's completions).
-        """
-        pairs = rank_pairs(list(self.rewards), lower_is_better=False, pairing="best_vs_worst")
-        if not pairs:
-            return None
-        ((best, worst),) = pairs
-        part = ", ".join(p for p in (self.origin.part, f"completions {best} vs {worst}") if p)
-        origin = Origin(self.origin.source, self.origin.row, part)
-        return PreferenceExample(self.prompt, self.completions[best], self.completions[worst], origin)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preftune.data.examples import Origin
+from preftune.data.examples import Origin, PreferenceExample, Text
+from preftune.data.ranked import rank_pairs
 from preftune.errors import PreftuneError
 
 
@@ -86,8 +87,10 @@ class TokenizedGroup:
     def _pair_index(self, k: int) -> int:
         """``k``, once this group is a pair (chosen and rejected mean nothing for C != 2)."""
         if self.num_responses != 2:
-            raise ValueError(f"{self.origin}: chosen and rejected name a pair's responses, not those of a group of "
-                             f"{self.num_responses}")  # fmt: skip
+            raise ValueError(
+                f"{self.origin}: chosen and rejected name a pair's responses, not those of a group of "
+                f"{self.num_responses}"
+            )
         return k
 
     @property
@@ -110,3 +113,43 @@ class TokenizedGroup:
 TokenizedPair = TokenizedGroup.pair
 """A preference pair as the one item type: ``TokenizedPair(prompt_ids, chosen_ids, rejected_ids, origin,
 rejected_prompt_ids=None, prompt_truncated=False, responses_truncated=0)`` -> a :class:`TokenizedGroup` of two."""
+
+
+@dataclass(frozen=True)
+class GroupExample:
+    """A prompt with C completions and their rewards (higher is better).
+
+    Attributes:
+        prompt: a string (text data) or a list of messages ending with a user turn (conversational).
+        completions: the completions, same kind as ``prompt`` (assistant message lists when conversational).
+        rewards: one per completion; for ranked data −rank, so the best (rank 0) has reward 0.
+        origin: the file and row; for trees, ``part`` names the turn (``turn 2, replies to prompt``).
+    """
+
+    prompt: Text
+    completions: tuple[Text, ...]
+    rewards: tuple[float, ...]
+    origin: Origin
+
+    def __post_init__(self) -> None:
+        if len(self.rewards) != len(self.completions):
+            raise PreftuneError(f"{self.origin}: {len(self.rewards)} rewards for {len(self.completions)} completions")
+
+    @property
+    def is_conversational(self) -> bool:
+        """True when the group holds message lists (the chat template applies)."""
+        return isinstance(self.prompt, list)
+
+    def best_vs_worst(self) -> PreferenceExample | None:
+        """The first best completion against the first worst one, or None when every reward is equal.
+
+        For scoring held-out groups with the pairwise metrics; the origin's part names the two
+        (``completions 1 vs 3``, indices into this group's completions).
+        """
+        pairs = rank_pairs(list(self.rewards), lower_is_better=False, pairing="best_vs_worst")
+        if not pairs:
+            return None
+        ((best, worst),) = pairs
+        part = ", ".join(p for p in (self.origin.part, f"completions {best} vs {worst}") if p)
+        origin = Origin(self.origin.source, self.origin.row, part)
+        return PreferenceExample(self.prompt, self.completions[best], self.completions[worst], origin)

@@ -21,8 +21,15 @@ def resolve_source(source: str) -> str:
 
 def data_options(d: DataConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`preftune.data.load_preference_data` that ``data.*`` sets."""
-    return {"format": d.format, "columns": d.columns or None, "pairing": d.pairing, "skip_invalid": d.skip_invalid,
-            "split": d.split, "labels": d.labels, "score_gap": d.score_gap}  # fmt: skip
+    return {
+        "format": d.format,
+        "columns": d.columns or None,
+        "pairing": d.pairing,
+        "skip_invalid": d.skip_invalid,
+        "split": d.split,
+        "labels": d.labels,
+        "score_gap": d.score_gap,
+    }
 
 
 def check_prompt_room(examples: Sequence[Any], tokenizer: Any, max_length: int, summary: DataSummary) -> None:

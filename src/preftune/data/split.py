@@ -18,7 +18,7 @@ that order until the held-out pairs reach ``eval_size``: the last group taken ma
 by fewer pairs than it holds, so the held-out set has at least ``eval_size`` pairs (exactly
 ``eval_size`` when every group is one pair). Both lists keep the source order.
 
-Groups of ranked completions (:class:`~preftune.data.grouped.GroupExample`) are held out by the
+Groups of ranked completions (:class:`~preftune.data.groups.GroupExample`) are held out by the
 same split (:func:`split_whole` by :func:`prompt_key`), counted in groups by :func:`hold_out_groups`:
 every group on one prompt falls on one side.
 """
@@ -35,7 +35,7 @@ from preftune.data.examples import PreferenceExample
 from preftune.errors import PreftuneError
 
 if TYPE_CHECKING:
-    from preftune.data.grouped import GroupExample
+    from preftune.data.groups import GroupExample
 
 GROUP_BY = ("prompt", "pair")
 T = TypeVar("T")

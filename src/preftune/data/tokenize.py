@@ -1,7 +1,7 @@
 """Tokenisation: preference pairs and groups -> :class:`~preftune.data.groups.TokenizedGroup`\\ s.
 
 One path for both: a pair is a group of two responses, (chosen, rejected); a group of ranked
-completions (:class:`~preftune.data.grouped.GroupExample`) has C, with their rewards.
+completions (:class:`~preftune.data.groups.GroupExample`) has C, with their rewards.
 
 Conversational examples go through the model's chat template (``tokenizer.apply_chat_template``):
 the prompt is rendered with the generation prompt, then the prompt followed by each response;
@@ -33,7 +33,7 @@ from preftune.data.validation import Tally, one_line
 from preftune.errors import PreftuneError
 
 if TYPE_CHECKING:
-    from preftune.data.grouped import GroupExample
+    from preftune.data.groups import GroupExample
 
 # Added tokens that close a turn in common chat templates (the tokenizer's EOS always counts).
 END_OF_TURN_TOKENS = (
@@ -192,8 +192,9 @@ def _no_pair_fits(max_length: int | None, shortest_prompt: int, tally: Tally) ->
     return PreftuneError(f"no pair fits within max_length {max_length} ({reasons})")
 
 
-def _summary(examples: Sequence[PreferenceExample | GroupExample], items: list[TokenizedGroup], tally: Tally,
-             noun: str) -> DataSummary:  # fmt: skip
+def _summary(
+    examples: Sequence[PreferenceExample | GroupExample], items: list[TokenizedGroup], tally: Tally, noun: str
+) -> DataSummary:
     """What tokenising ``examples`` into ``items`` did (drops, truncations, lengths: by part for pairs,
     :func:`~preftune.data.summary.group_lengths` and the sizes for groups)."""
     source = examples[0].origin.source if len({e.origin.source for e in examples}) == 1 else noun
@@ -201,9 +202,16 @@ def _summary(examples: Sequence[PreferenceExample | GroupExample], items: list[T
     lengths = pair_lengths(items) if pairs else group_lengths(items)
     notes = () if pairs else (sizes_note("tokenized", [g.num_responses for g in items]),)
     return DataSummary(
-        source, "tokenized", len(examples), len(items), tally.as_dict(), sum(g.prompt_truncated for g in items),
-        sum(g.responses_truncated for g in items), lengths, notes=notes,
-    )  # fmt: skip
+        source,
+        "tokenized",
+        len(examples),
+        len(items),
+        tally.as_dict(),
+        sum(g.prompt_truncated for g in items),
+        sum(g.responses_truncated for g in items),
+        lengths,
+        notes=notes,
+    )
 
 
 def _tokenize(

@@ -88,17 +88,25 @@ def evaluate_model(
     policy, ref_fn, ref_name, size = _scorers(model, base_name, reference, logit_chunk)
     batcher = Batcher(tokenizer.pad_token_id, d.layout, attention_length=size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    values = pair_values(policy, ref_fn, pairs, torch.arange(len(pairs)), batcher, batch_size, device, beta, average,
-                         progress=True)  # fmt: skip
+    values = pair_values(
+        policy, ref_fn, pairs, torch.arange(len(pairs)), batcher, batch_size, device, beta, average, progress=True
+    )
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
     names = ordered(metrics)
     print(_table(model, ref_name, f"{tok_summary.source}: {len(pairs)} pairs", names, metrics))
     if out is not None:
         write_json_atomic(
             Path(out),
-            {"model": model, "reference": ref_name, "data": data, "pairs": len(pairs), "beta": beta, "average": average,
-             "metrics": {n: metrics[n].to_dict() for n in names}},
-        )  # fmt: skip
+            {
+                "model": model,
+                "reference": ref_name,
+                "data": data,
+                "pairs": len(pairs),
+                "beta": beta,
+                "average": average,
+                "metrics": {n: metrics[n].to_dict() for n in names},
+            },
+        )
     return metrics
 
 
@@ -161,10 +169,17 @@ def evaluate_run(run_dir: Path, *, out: Path | None = None, batch_size: int | No
     lora = bool(saved["lora"]["enabled"])
     reference = None if lora else (saved["model"]["name"] if len(stages) == 1 else str(dirs[-2] / "model"))
     beta, average = build(stages[-1]["objective"]).margin_settings()
-    data = replace(DataConfig(), max_length=saved["data"]["max_length"],
-                   max_prompt_length=saved["data"]["max_prompt_length"])  # fmt: skip
+    data = replace(
+        DataConfig(), max_length=saved["data"]["max_length"], max_prompt_length=saved["data"]["max_prompt_length"]
+    )
     return evaluate_model(
-        str(dirs[-1] / "model"), reference, str(held_file), data_config=data, out=out,
-        batch_size=batch_size or saved["eval"]["batch_size"], beta=beta if beta is not None else 0.1,
-        average=bool(average), logit_chunk=saved.get("logit_chunk", 1024),
-    )  # fmt: skip
+        str(dirs[-1] / "model"),
+        reference,
+        str(held_file),
+        data_config=data,
+        out=out,
+        batch_size=batch_size or saved["eval"]["batch_size"],
+        beta=beta if beta is not None else 0.1,
+        average=bool(average),
+        logit_chunk=saved.get("logit_chunk", 1024),
+    )

@@ -101,8 +101,10 @@ def file_responses(path: Path, prompts: Sequence[Prompt]) -> list[str]:
     rows = read_completions(path, "--baseline file:")
     missing = [p for p in prompts if prompt_key(p) not in rows]
     if missing:
-        raise PreftuneError(f"--baseline file:{path}: {len(missing)} of {len(prompts)} prompts are not in it, "
-                            f"e.g. {prompt_key(missing[0])[:80]}")  # fmt: skip
+        raise PreftuneError(
+            f"--baseline file:{path}: {len(missing)} of {len(prompts)} prompts are not in it, "
+            f"e.g. {prompt_key(missing[0])[:80]}"
+        )
     return [rows[prompt_key(p)][1] for p in prompts]
 
 
@@ -153,9 +155,17 @@ def significance(rate: float, low: float, high: float) -> str:
 
 
 def check_inputs(
-    model: str, prompts: str, judges: Sequence[str], baseline: str, limit: int | None, max_new_tokens: int,
-    batch_size: int, out: Path | None, bootstrap: int = 0, lc_bootstrap: int = 0,
-) -> tuple[Baseline, list[Prompt], str]:  # fmt: skip
+    model: str,
+    prompts: str,
+    judges: Sequence[str],
+    baseline: str,
+    limit: int | None,
+    max_new_tokens: int,
+    batch_size: int,
+    out: Path | None,
+    bootstrap: int = 0,
+    lc_bootstrap: int = 0,
+) -> tuple[Baseline, list[Prompt], str]:
     """Everything a run needs, checked before any model loads: (baseline, prompts, the prompts' description)."""
     from preftune.generation.prompts import load_prompts
 
@@ -222,8 +232,9 @@ def evaluate_generation(
     from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
 
-    parsed, prompt_list, described = check_inputs(model, prompts, judges, baseline, limit, max_new_tokens,
-                                                  batch_size, out, bootstrap, lc_bootstrap)  # fmt: skip
+    parsed, prompt_list, described = check_inputs(
+        model, prompts, judges, baseline, limit, max_new_tokens, batch_size, out, bootstrap, lc_bootstrap
+    )
     base_texts = None
     if parsed.kind == "chosen":
         base_texts = chosen_responses(prompts, prompt_list)
@@ -236,9 +247,15 @@ def evaluate_generation(
         base_texts = greedy_answers(parsed.value, prompt_list, max_new_tokens, batch_size, progress=True)
     texts = [prompt_text(p) for p in prompt_list]
     lengths, base_lengths = [len(t) for t in outputs], [len(t) for t in base_texts]
-    report: dict[str, Any] = {"model": model, "prompts": prompts, "n_prompts": len(prompt_list),
-                              "baseline": str(parsed), "max_new_tokens": max_new_tokens, "seed": seed,
-                              "judges": []}  # fmt: skip
+    report: dict[str, Any] = {
+        "model": model,
+        "prompts": prompts,
+        "n_prompts": len(prompt_list),
+        "baseline": str(parsed),
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "judges": [],
+    }
     all_scores: dict[str, list[float]] = {}
     for spec, judge in zip(judges, built, strict=True):
         scores = win_scores(judge, texts, outputs, base_texts, progress=True)
@@ -247,8 +264,15 @@ def evaluate_generation(
         lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=lc_bootstrap, seed=seed)
         verdict = significance(raw.win_rate, raw.ci_low, raw.ci_high)
         say(_summary(spec, raw, lc, verdict))
-        report["judges"].append({"judge": spec, "identity": judge.identity(), "win_rate": strict_json(vars(raw)),
-                                 "length_controlled": strict_json(vars(lc)), "significance": verdict})  # fmt: skip
+        report["judges"].append(
+            {
+                "judge": spec,
+                "identity": judge.identity(),
+                "win_rate": strict_json(vars(raw)),
+                "length_controlled": strict_json(vars(lc)),
+                "significance": verdict,
+            }
+        )
     if out is not None:
         _write(out, report, prompt_list, outputs, base_texts, all_scores)
         say(f"written: {out / OUTPUTS_FILE}, {out / BASELINE_FILE}, {out / REPORT_FILE}")
@@ -261,28 +285,48 @@ def evaluate_generation(
     return report
 
 
-def _write(out: Path, report: dict[str, Any], prompts: Sequence[Prompt], outputs: Sequence[str],
-           base_texts: Sequence[str], all_scores: dict[str, list[float]]) -> None:  # fmt: skip
+def _write(
+    out: Path,
+    report: dict[str, Any],
+    prompts: Sequence[Prompt],
+    outputs: Sequence[str],
+    base_texts: Sequence[str],
+    all_scores: dict[str, list[float]],
+) -> None:
     """``outputs.jsonl`` (with each judge's score), ``baseline.jsonl`` and ``report.json`` in ``out``, atomically."""
     from preftune.files import strict_json, write_atomic, write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = [json.dumps({"prompt": p, "completion": o, "model": report["model"],
-                        "scores": {j: strict_json(s[i]) for j, s in all_scores.items()}}, ensure_ascii=False)
-            for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))]  # fmt: skip
-    base_rows = [json.dumps({"prompt": p, "completion": b, "baseline": report["baseline"]}, ensure_ascii=False)
-                 for p, b in zip(prompts, base_texts, strict=True)]  # fmt: skip
+    rows = [
+        json.dumps(
+            {
+                "prompt": p,
+                "completion": o,
+                "model": report["model"],
+                "scores": {j: strict_json(s[i]) for j, s in all_scores.items()},
+            },
+            ensure_ascii=False,
+        )
+        for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))
+    ]
+    base_rows = [
+        json.dumps({"prompt": p, "completion": b, "baseline": report["baseline"]}, ensure_ascii=False)
+        for p, b in zip(prompts, base_texts, strict=True)
+    ]
     write_atomic(out / OUTPUTS_FILE, "".join(r + "\n" for r in rows))
     write_atomic(out / BASELINE_FILE, "".join(r + "\n" for r in base_rows))
     write_json_atomic(out / REPORT_FILE, report)
 
 
 def _summary(spec: str, raw: Any, lc: Any, verdict: str) -> str:
-    return "\n".join([
-        f"judge {spec}:",
-        f"  win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]  (95% bootstrap; ties count half)",
-        f"  LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
-        f"  n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
-        f"  mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
-        f"  the win rate is {verdict}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"judge {spec}:",
+            f"  win rate     {raw.win_rate:.3f} [{raw.ci_low:.3f}, {raw.ci_high:.3f}]"
+            "  (95% bootstrap; ties count half)",
+            f"  LC win rate  {lc.describe()}  (AlpacaEval 2, minimal GLM)",
+            f"  n {raw.n}: {raw.wins} wins, {raw.ties} ties, {raw.losses} losses; {raw.failed} failed",
+            f"  mean length  {raw.mean_length:.1f} characters (baseline {raw.baseline_mean_length:.1f})",
+            f"  the win rate is {verdict}",
+        ]
+    )

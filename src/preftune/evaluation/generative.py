@@ -316,8 +316,10 @@ def _unestimable(x: np.ndarray, y: np.ndarray) -> str | None:
             side = "wins" if ys[0] == 1 else "losses"
             return f"all {n} compared prompts are {side}: no verdict the other way to weigh length against"
         side = "shorter" if xs[ys < 1].max() <= xs[ys > 0].min() else "longer"  # x grows as the answer shortens
-        return (f"length separates the verdicts (every win's answer is {side}, relative to the baseline's, "
-                "than every loss's): the GLM has no finite fit")  # fmt: skip
+        return (
+            f"length separates the verdicts (every win's answer is {side}, relative to the baseline's, "
+            "than every loss's): the GLM has no finite fit"
+        )
     return too_few if n < MIN_PROMPTS else None
 
 
@@ -393,8 +395,10 @@ def length_controlled_win_rate(
     if bootstrap and reason is None:
         rates, share = _bootstrap_rates(y, lengths_a, baseline_a, bootstrap, seed)
         if share > (1 - level) / 2:
-            reason = (f"length separates the verdicts in {share:.0%} of {bootstrap} bootstrap resamples, more "
-                      f"than the {(1 - level) / 2:.1%} in each tail of a {level:.0%} interval")  # fmt: skip
+            reason = (
+                f"length separates the verdicts in {share:.0%} of {bootstrap} bootstrap resamples, more "
+                f"than the {(1 - level) / 2:.1%} in each tail of a {level:.0%} interval"
+            )
         else:
             low, high = _interval(rates, level)
     rate = 1 / (1 + math.exp(-theta_m)) if reason is None else math.nan

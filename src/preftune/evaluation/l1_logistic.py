@@ -110,8 +110,9 @@ def solve(x: np.ndarray, y: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndar
         r, w = ma * (p - ya), ma * p * (1 - p)
         g = ca[:, None] * np.stack([(r * xa).sum(-1), r.sum(-1)], -1)
         wx = w * xa
-        h = ca[:, None, None] * np.stack([np.stack([(wx * xa).sum(-1), wx.sum(-1)], -1),
-                                          np.stack([wx.sum(-1), w.sum(-1)], -1)], -2)  # fmt: skip
+        h = ca[:, None, None] * np.stack(
+            [np.stack([(wx * xa).sum(-1), wx.sum(-1)], -1), np.stack([wx.sum(-1), w.sum(-1)], -1)], -2
+        )
         h = h + 1e-12 * np.eye(2)
         u = _model_minimiser(th, g, h)
         d = u - th

@@ -67,8 +67,9 @@ class Settings:
 
     @classmethod
     def of(cls, model: str, config: SamplingConfig, backend: str = "hf") -> Settings:
-        return cls(model, config.n, config.seed, config.temperature, config.top_p, config.top_k,
-                   config.max_new_tokens, backend)  # fmt: skip
+        return cls(
+            model, config.n, config.seed, config.temperature, config.top_p, config.top_k, config.max_new_tokens, backend
+        )
 
 
 @dataclass
@@ -86,9 +87,11 @@ class GenerateReport:
 
     def __str__(self) -> str:
         seconds = max(self.seconds, 1e-9)
-        text = (f"{self.generated} prompts generated ({self.skipped} already in the output), {self.completions} "
-                f"completions, {self.tokens} tokens in {self.seconds:.1f}s: {self.completions / seconds:.2f} "
-                f"completions/s, {self.tokens / seconds:.1f} tokens/s")  # fmt: skip
+        text = (
+            f"{self.generated} prompts generated ({self.skipped} already in the output), {self.completions} "
+            f"completions, {self.tokens} tokens in {self.seconds:.1f}s: {self.completions / seconds:.2f} "
+            f"completions/s, {self.tokens / seconds:.1f} tokens/s"
+        )
         if self.redrawn:
             text += f"; {self.redrawn} empty completions drawn again"
         if self.empty:
@@ -112,8 +115,10 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
         raise PreftuneError(f"--out {out} is a folder")
     data = out.read_bytes() if out.exists() else b""
     if data and not meta.is_file():
-        raise PreftuneError(f"{out} exists but has no {meta.name}, so it was not written by preftune generate; "
-                            "remove it or choose another --out")  # fmt: skip
+        raise PreftuneError(
+            f"{out} exists but has no {meta.name}, so it was not written by preftune generate; "
+            "remove it or choose another --out"
+        )
     if meta.is_file() and data:
         try:
             before = {"backend": "hf", **json.loads(meta.read_text(encoding="utf-8"))}  # older files: hf
@@ -122,8 +127,10 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
         now = asdict(settings)
         changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
         if changed:
-            raise PreftuneError(f"{out} was generated with other settings ({'; '.join(changed)}); "
-                                "use another --out, or the same settings to resume")  # fmt: skip
+            raise PreftuneError(
+                f"{out} was generated with other settings ({'; '.join(changed)}); "
+                "use another --out, or the same settings to resume"
+            )
     lines = data.split(b"\n")
     if lines[-1]:  # no newline at the end: a row cut by a kill
         data = b"".join(line + b"\n" for line in lines[:-1])
@@ -134,8 +141,9 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
             row = json.loads(line)
             done.add(prompt_key(row["prompt"]))
         except (ValueError, KeyError, TypeError):
-            raise PreftuneError(f"{out} line {number}: not a row of preftune generate; remove the file to start "
-                                "again") from None  # fmt: skip
+            raise PreftuneError(
+                f"{out} line {number}: not a row of preftune generate; remove the file to start again"
+            ) from None
     write_json_atomic(meta, asdict(settings))
     return done
 
@@ -193,8 +201,10 @@ def generate_file(
     began = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as handle:
-        chunks = [[p for p in prompts[start : start + size] if prompt_key(p) not in done]
-                  for start in range(0, len(prompts), size)]  # fmt: skip
+        chunks = [
+            [p for p in prompts[start : start + size] if prompt_key(p) not in done]
+            for start in range(0, len(prompts), size)
+        ]
         for number, chunk in enumerate([c for c in chunks if c], start=1):
             keys = [prompt_key(p) for p in chunk]
             seed = None if config.seed is None else chunk_seed(config.seed, keys)
@@ -206,9 +216,16 @@ def generate_file(
             _redraw_empty(sampler, model, tokenizer, ids, config, seed, texts, finished, report)
             n = config.n
             for k, prompt in enumerate(chunk):
-                _append(handle, {"prompt": prompt, "completions": texts[k * n : (k + 1) * n],
-                                 "finished": finished[k * n : (k + 1) * n], "model": model_name,
-                                 "seed": config.seed})  # fmt: skip
+                _append(
+                    handle,
+                    {
+                        "prompt": prompt,
+                        "completions": texts[k * n : (k + 1) * n],
+                        "finished": finished[k * n : (k + 1) * n],
+                        "model": model_name,
+                        "seed": config.seed,
+                    },
+                )
                 report.generated += 1
                 if progress is not None:
                     progress()
@@ -223,16 +240,28 @@ def _with(config: SamplingConfig, **changes: Any) -> SamplingConfig:
     return SamplingConfig(**{**asdict(config), **changes})
 
 
-def _redraw_empty(sampler: Sampler, model: Any, tokenizer: Any, ids: list[list[int]], config: SamplingConfig,
-                  seed: int | None, texts: list[str], finished: list[bool],
-                  report: GenerateReport) -> None:  # fmt: skip
+def _redraw_empty(
+    sampler: Sampler,
+    model: Any,
+    tokenizer: Any,
+    ids: list[list[int]],
+    config: SamplingConfig,
+    seed: int | None,
+    texts: list[str],
+    finished: list[bool],
+    report: GenerateReport,
+) -> None:
     """Draw empty completions again (one sequence each), up to ``REDRAWS`` rounds; count what stays empty."""
     for round_ in range(1, REDRAWS + 1):
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if not empty:
             return
-        again = sampler(model, tokenizer, [ids[i // config.n] for i in empty],
-                        _with(config, n=1, seed=None if seed is None else seed + 7919 * round_))  # fmt: skip
+        again = sampler(
+            model,
+            tokenizer,
+            [ids[i // config.n] for i in empty],
+            _with(config, n=1, seed=None if seed is None else seed + 7919 * round_),
+        )
         report.redrawn += len(empty)
         report.tokens += sum(len(s.response_ids) for s in again)
         for i, s in zip(empty, again, strict=True):

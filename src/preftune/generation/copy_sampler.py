@@ -40,8 +40,14 @@ class CopySampler:
         self.dtype = dtype
         self.copy: Any = None
 
-    def __call__(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                 progress: bool = False) -> list[Sample]:  # fmt: skip
+    def __call__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        progress: bool = False,
+    ) -> list[Sample]:
         self.refresh(model)
         return sample(self.copy, tokenizer, prompts, config, progress)
 
@@ -54,8 +60,10 @@ class CopySampler:
         seen = set()
         for name, tensor in merged_weights(model):
             if name not in target:
-                raise PreftuneError(f"the sampling copy has no weight {name!r}: sample with the policy itself "
-                                    "(online.sample_dtype=float32)")  # fmt: skip
+                raise PreftuneError(
+                    f"the sampling copy has no weight {name!r}: sample with the policy itself "
+                    "(online.sample_dtype=float32)"
+                )
             target[name].copy_(tensor)
             seen.add(name)
         missing = set(target) - seen

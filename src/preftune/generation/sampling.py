@@ -159,8 +159,9 @@ def _generate_kwargs(config: SamplingConfig, stop_ids: list[int], pad_id: int, d
         from preftune.generation.token_draw import InverseCdfDraw
 
         draw = InverseCdfDraw(config.temperature, config.top_k, config.top_p)
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                      logits_processor=LogitsProcessorList([draw]))  # fmt: skip
+        kwargs.update(
+            do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList([draw])
+        )
     else:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     return kwargs

@@ -84,8 +84,9 @@ def resolve_backend(requested: str, model: str, device: str | None = None) -> st
     if not on_gpu:
         raise PreftuneError(f"--backend vllm samples on a CUDA GPU, not --device {device}; use --backend hf")
     if _adapter_only(model):
-        raise PreftuneError(f"--backend vllm needs a merged checkpoint, and {model} holds only an adapter; "
-                            "use --backend hf")  # fmt: skip
+        raise PreftuneError(
+            f"--backend vllm needs a merged checkpoint, and {model} holds only an adapter; use --backend hf"
+        )
     reason = vllm_missing()
     if reason is not None:
         raise PreftuneError(f"--backend vllm: {reason}; use --backend hf (or auto)")
@@ -106,8 +107,9 @@ def sampling_kwargs(config: SamplingConfig, eot_ids: Sequence[int]) -> dict[str,
     return kwargs
 
 
-def samples_from_outputs(outputs: Sequence[Any], prompts: Sequence[Sequence[int]], n: int,
-                         eot_ids: Sequence[int] | set[int]) -> list[Sample]:  # fmt: skip
+def samples_from_outputs(
+    outputs: Sequence[Any], prompts: Sequence[Sequence[int]], n: int, eot_ids: Sequence[int] | set[int]
+) -> list[Sample]:
     """:class:`Sample`s from vLLM's ``RequestOutput``s, one per prompt in order, each with ``n`` completions.
 
     A completion is read by its ``index``, ``token_ids``, ``text``, ``finish_reason`` and
@@ -156,8 +158,16 @@ class VllmSampler:
         **engine_kwargs: anything else for ``vllm.LLM`` (``max_model_len``, ``enforce_eager``, ...).
     """
 
-    def __init__(self, model: str, *, tokenizer: Any = None, seed: int = 0, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.9, **engine_kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: Any = None,
+        seed: int = 0,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        **engine_kwargs: Any,
+    ) -> None:
         reason = vllm_missing()
         if reason is not None:
             raise PreftuneError(f"vLLM cannot sample here: {reason}")
@@ -171,8 +181,13 @@ class VllmSampler:
         import vllm
 
         self._vllm = vllm
-        self.llm = vllm.LLM(model=resolve_model(model), seed=seed, dtype=dtype,
-                            gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)  # fmt: skip
+        self.llm = vllm.LLM(
+            model=resolve_model(model),
+            seed=seed,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **engine_kwargs,
+        )
 
     def sample(self, prompts: Sequence[Sequence[int]], config: SamplingConfig) -> list[Sample]:
         """``config.n`` responses to each tokenised prompt, prompt-major (``config.batch_size`` is vLLM's to choose)."""
@@ -187,8 +202,9 @@ class VllmSampler:
         return [replace(s, prompt_index=s.prompt_index // repeat) for s in samples]
 
 
-def sample_vllm(model: VllmSampler, tokenizer: Any, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                progress: bool = False) -> list[Sample]:  # fmt: skip
+def sample_vllm(
+    model: VllmSampler, tokenizer: Any, prompts: Sequence[Sequence[int]], config: SamplingConfig, progress: bool = False
+) -> list[Sample]:
     """:func:`.sampling.sample`'s signature over a :class:`VllmSampler` (which holds its own stop ids)."""
     return model.sample(prompts, config)
 
@@ -227,9 +243,11 @@ def load_weights_into_vllm(llm: Any, weights: Iterable[tuple[str, Any]]) -> None
     elif callable(getattr(llm, "collective_rpc", None)):
         llm.collective_rpc(_load_in_worker, args=([(name, tensor.cpu()) for name, tensor in weights],))
     else:
-        raise PreftuneError(f"cannot load the trainer's weights into vLLM {_vllm_version()}: neither "
-                            "llm_engine.model_executor.driver_worker[.worker].model_runner.model nor "
-                            "LLM.collective_rpc is there; use online.backend=hf")  # fmt: skip
+        raise PreftuneError(
+            f"cannot load the trainer's weights into vLLM {_vllm_version()}: neither "
+            "llm_engine.model_executor.driver_worker[.worker].model_runner.model nor "
+            "LLM.collective_rpc is there; use online.backend=hf"
+        )
     reset = getattr(llm, "reset_prefix_cache", None)
     if callable(reset):
         reset()
@@ -262,19 +280,22 @@ class ColocatedVllmSampler:
         **engine_kwargs: anything else for ``vllm.LLM``.
     """
 
-    def __init__(self, model: str, tokenizer: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.3,
-                 **engine_kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, model: str, tokenizer: Any, *, seed: int = 0, gpu_memory_utilization: float = 0.3, **engine_kwargs: Any
+    ) -> None:
         import os
 
         reason = vllm_missing()
         if reason is not None:  # refused before the environment is touched
             raise PreftuneError(f"vLLM cannot sample here: {reason}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm.LLM reads it
-        self.engine = VllmSampler(model, tokenizer=tokenizer, seed=seed,
-                                  gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)  # fmt: skip
+        self.engine = VllmSampler(
+            model, tokenizer=tokenizer, seed=seed, gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs
+        )
 
-    def __call__(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
-                 config: SamplingConfig) -> list[Sample]:  # fmt: skip
+    def __call__(
+        self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], config: SamplingConfig
+    ) -> list[Sample]:
         """Load ``model``'s current weights into the engine, then sample ``config.n`` responses per prompt."""
         load_weights_into_vllm(self.engine.llm, merged_weights(model))
         return self.engine.sample(prompts, config)

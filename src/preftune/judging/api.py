@@ -57,8 +57,11 @@ from preftune.judging.verdicts import parse_verdict as parse_verdict  # read her
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
-FATAL_STATUS = {401: "the endpoint refused the key", 403: "the key may not use this model",
-                404: "no such endpoint or model"}  # fmt: skip
+FATAL_STATUS = {
+    401: "the endpoint refused the key",
+    403: "the key may not use this model",
+    404: "no such endpoint or model",
+}
 SCORINGS = ("text", "logprobs")
 UNREADABLE_RETRIES = 1  # an answer naming neither response is asked again once, then the call fails
 UNREACHABLE_CALLS = 3  # calls in a row that never reached the server: the endpoint is down or misnamed; stop
@@ -237,9 +240,11 @@ class ApiJudge(PairwiseJudge):
         self.template: JudgeTemplate = load_template(config.template)
         reasoning = self.template.format in REASONING_FORMATS
         if reasoning and config.scoring == "logprobs":
-            raise PreftuneError(f"api judge: scoring=logprobs reads the first answer token, but the template "
-                                f"'{config.template}' asks for reasoning first ({self.template.format}): "
-                                "use scoring=text")  # fmt: skip
+            raise PreftuneError(
+                f"api judge: scoring=logprobs reads the first answer token, but the template "
+                f"'{config.template}' asks for reasoning first ({self.template.format}): "
+                "use scoring=text"
+            )
         default = REASONING_MAX_TOKENS if reasoning else SHORT_MAX_TOKENS
         self.max_tokens = config.max_tokens if config.max_tokens is not None else default
         self.budget = RequestBudget(config.max_requests)

@@ -31,10 +31,16 @@ import enum
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from preftune.judging.store import VerdictStore
+
+class VerdictCache(Protocol):
+    """Where ordered verdicts are kept between calls (:class:`~preftune.judging.store.VerdictStore`)."""
+
+    def get(self, identity: str, prompt: str, first: str, second: str) -> int | None: ...
+
+    def put(self, identity: str, prompt: str, first: str, second: str, verdict: int) -> None: ...
+
 
 # Raw answers of one ordered call.
 FIRST = 0
@@ -109,7 +115,7 @@ class BothOrders:
     several (an API judge), so that its verdicts reach the store as they come, not at the end.
     """
 
-    def __init__(self, judge: PairwiseJudge, store: VerdictStore | None = None, batch_size: int | None = None):
+    def __init__(self, judge: PairwiseJudge, store: VerdictCache | None = None, batch_size: int | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.judge = judge

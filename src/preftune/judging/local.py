@@ -92,8 +92,10 @@ class LocalJudge(PairwiseJudge):
         self.model_name = str(model_name)
         loaded = load_template(template)
         if loaded.format != "short":  # this judge reads the first token's log-probs: nothing to reason in
-            raise PreftuneError(f"a local judge reads the answer token's log-probabilities, so its template must ask "
-                                f"for a short answer; '{template}' asks for the {loaded.format} format")  # fmt: skip
+            raise PreftuneError(
+                f"a local judge reads the answer token's log-probabilities, so its template must ask "
+                f"for a short answer; '{template}' asks for the {loaded.format} format"
+            )
         self.template_text = loaded.text
         self.template_sha256 = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()
         self.batch_size = batch_size

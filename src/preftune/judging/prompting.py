@@ -91,8 +91,7 @@ def _read_header(text: str, template: str | Path) -> tuple[dict[str, Any], str]:
         if key == "answers":
             parts = value.split()
             if len(parts) != 2 or parts[0].lower() == parts[1].lower():
-                raise PreftuneError(f"{where} takes two different answers (first better, second better), "
-                                    f"not {value!r}")  # fmt: skip
+                raise PreftuneError(f"{where} takes two different answers (first better, second better), not {value!r}")
             found["answers"] = (parts[0], parts[1])
         elif key == "format":
             if value not in FORMATS:
@@ -102,8 +101,9 @@ def _read_header(text: str, template: str | Path) -> tuple[dict[str, Any], str]:
             raise PreftuneError(f"judge template '{template}': unknown header '#! {key}:' (known: answers, format)")
     if "answers" in found and found.get("format", "short") != "short":
         # the reasoning formats have fixed markers ([[A]], [[A>B]], "winner"): answers would be ignored
-        raise PreftuneError(f"judge template '{template}': '#! answers:' belongs to the short format, "
-                            f"not {found['format']}")  # fmt: skip
+        raise PreftuneError(
+            f"judge template '{template}': '#! answers:' belongs to the short format, not {found['format']}"
+        )
     return found, text
 
 

@@ -76,18 +76,22 @@ class RankReport:
     def __str__(self) -> str:
         per = self.judge_calls / max(self.prompts, 1)
         undecided = sum(d is False and not i for d, i in zip(self.decided, self.incomplete, strict=False))
-        return (f"{self.prompts} prompts ranked: {self.comparisons} comparisons, {self.judge_calls} judge calls "
-                f"({per:.1f} per prompt; the store answered the rest), {self.failed} failed, {self.pairs} pairs; "
-                f"{undecided} prompts whose best and worst the judge could not tell apart")  # fmt: skip
+        return (
+            f"{self.prompts} prompts ranked: {self.comparisons} comparisons, {self.judge_calls} judge calls "
+            f"({per:.1f} per prompt; the store answered the rest), {self.failed} failed, {self.pairs} pairs; "
+            f"{undecided} prompts whose best and worst the judge could not tell apart"
+        )
 
     def failures(self, store: Path | str | None = None) -> str | None:
         """One line on the failed comparisons and what a rerun does, or None when none failed."""
         if not self.failed:
             return None
         where = f"the verdict store {store}" if store is not None else "the verdict store"
-        return (f"{self.failed} of {self.comparisons} comparisons failed (no verdict) in {sum(self.incomplete)} of "
-                f"{self.prompts} prompts, which give no pairs; rerun the same command: {where} answers the rest, "
-                "so only calls without a verdict are asked")  # fmt: skip
+        return (
+            f"{self.failed} of {self.comparisons} comparisons failed (no verdict) in {sum(self.incomplete)} of "
+            f"{self.prompts} prompts, which give no pairs; rerun the same command: {where} answers the rest, "
+            "so only calls without a verdict are asked"
+        )
 
 
 def read_candidates(source: str | Path) -> list[Candidates]:
@@ -111,9 +115,13 @@ def read_candidates(source: str | Path) -> list[Candidates]:
 
 
 def rank_rows(
-    rows: Sequence[Candidates], judge: PairwiseJudge, *, method: str = "ipr", store: VerdictStore | None = None,
+    rows: Sequence[Candidates],
+    judge: PairwiseJudge,
+    *,
+    method: str = "ipr",
+    store: VerdictStore | None = None,
     progress: Any = None,
-) -> RankReport:  # fmt: skip
+) -> RankReport:
     """Rank every row's completions with ``judge`` (both orders, through ``store``).
 
     Prompts are ranked ``judge.concurrency`` at a time (each prompt's comparisons in sequence: IPR
@@ -189,8 +197,9 @@ def _as_response(prompt: Any, completion: Any) -> Any:
     return completion
 
 
-def write_outputs(rows: Sequence[Candidates], report: RankReport, out: Path, pairs_out: Path | None,
-                  pairing: str) -> None:  # fmt: skip
+def write_outputs(
+    rows: Sequence[Candidates], report: RankReport, out: Path, pairs_out: Path | None, pairing: str
+) -> None:
     """Ranked rows to ``out``; pairs (best vs worst, or all) to ``pairs_out``; each written atomically."""
     ranked, pairs = [], []
     kept = [d and not i for d, i in zip(report.decided, report.incomplete, strict=True)]
@@ -220,8 +229,10 @@ class RankAgreement:
     top1: float
 
     def __str__(self) -> str:
-        return (f"agreement over {self.prompts} prompts: Kendall tau {self.tau:.3f} ± {self.tau_stderr:.3f}, "
-                f"same best completion {self.top1:.3f}")  # fmt: skip
+        return (
+            f"agreement over {self.prompts} prompts: Kendall tau {self.tau:.3f} ± {self.tau_stderr:.3f}, "
+            f"same best completion {self.top1:.3f}"
+        )
 
 
 def _row_key(prompt: Any, completions: Sequence[Any]) -> str:

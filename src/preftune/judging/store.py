@@ -60,8 +60,10 @@ class VerdictStore:
             self._db.execute(_SCHEMA)
         except sqlite3.Error as error:  # "file is not a database", a read-only file
             self._db.close()
-            raise PreftuneError(f"verdict store {self.path}: not a verdict store ({error}); "
-                                "give a new file name or one written by preftune") from None  # fmt: skip
+            raise PreftuneError(
+                f"verdict store {self.path}: not a verdict store ({error}); "
+                "give a new file name or one written by preftune"
+            ) from None
         except PreftuneError:
             self._db.close()
             raise
@@ -71,9 +73,11 @@ class VerdictStore:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(verdicts)")}
         if tables and not _COLUMNS <= columns:
-            raise PreftuneError(f"verdict store {self.path}: a SQLite file of another program (tables "
-                                f"{', '.join(sorted(tables))}); give a new file name or one written by "
-                                "preftune")  # fmt: skip
+            raise PreftuneError(
+                f"verdict store {self.path}: a SQLite file of another program (tables "
+                f"{', '.join(sorted(tables))}); give a new file name or one written by "
+                "preftune"
+            )
 
     @staticmethod
     def _key(identity: str, prompt: str, first: str, second: str) -> tuple[str, str, str, str]:

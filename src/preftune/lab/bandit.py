@@ -318,8 +318,16 @@ def _median_first_reach(rewards: Tensor, samples: Tensor, threshold: float) -> t
 def curves_json(curves: tuple[Curve, ...], histograms: str) -> list[dict[str, Any]]:
     """Each curve as plain lists: method, regime, samples, per-seed rewards, and its histograms under the
     key ``histograms`` (the sequence bandit calls its token marginals ``marginals``)."""
-    return [{"method": c.method, "regime": c.regime, "samples": c.samples.tolist(), "rewards": c.rewards.tolist(),
-             histograms: c.histograms.tolist()} for c in curves]  # fmt: skip
+    return [
+        {
+            "method": c.method,
+            "regime": c.regime,
+            "samples": c.samples.tolist(),
+            "rewards": c.rewards.tolist(),
+            histograms: c.histograms.tolist(),
+        }
+        for c in curves
+    ]
 
 
 @contextlib.contextmanager

@@ -298,8 +298,9 @@ def _accelerator() -> Any:
 
 
 def _optim(lr: float, batch_size: int, seed: int) -> OptimConfig:
-    return OptimConfig(lr=lr, batch_size=batch_size, warmup_ratio=0.0, schedule="constant", mixed_precision="no",
-                       seed=seed)  # fmt: skip
+    return OptimConfig(
+        lr=lr, batch_size=batch_size, warmup_ratio=0.0, schedule="constant", mixed_precision="no", seed=seed
+    )
 
 
 def _warm_up(config: LengthConfig, tokenizer: Any, accelerator: Any) -> Any:
@@ -313,8 +314,9 @@ def _warm_up(config: LengthConfig, tokenizer: Any, accelerator: Any) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     optim = _optim(config.warmup_lr, min(WARMUP_BATCH, config.warmup_examples), config.warmup_seed)
-    trainer = Trainer(accelerator=accelerator, model=model, objective=build("mle"), optim=optim,
-                      total_steps=config.warmup_steps)  # fmt: skip
+    trainer = Trainer(
+        accelerator=accelerator, model=model, objective=build("mle"), optim=optim, total_steps=config.warmup_steps
+    )
     plan = make_plan(pairs, optim, processes=1, group_by_length=False)
     trainer.fit(DatasetSource(pairs, Batcher(tokenizer.pad_token_id), plan, config.warmup_steps, group_size=1))
     return model
@@ -348,16 +350,23 @@ class Measure:
     finished: float
 
 
-def measure(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], config: LengthConfig, mode: int,
-            step: int) -> Measure:  # fmt: skip
+def measure(
+    model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], config: LengthConfig, mode: int, step: int
+) -> Measure:
     """Sample the held-out prompts with the fixed measurement seed and summarise the lengths."""
-    sampling = SamplingConfig(n=config.eval_samples, temperature=1.0, max_new_tokens=config.max_new_tokens,
-                              batch_size=64, seed=config.seed * 1_000_003 + 7)  # fmt: skip
+    sampling = SamplingConfig(
+        n=config.eval_samples,
+        temperature=1.0,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=64,
+        seed=config.seed * 1_000_003 + 7,
+    )
     samples = sample(model, tokenizer, prompt_ids, sampling)
     lengths = [response_length(s) for s in samples]
     n = len(lengths)
-    return Measure(step, sum(lengths) / n, sum(abs(x - mode) for x in lengths) / n,
-                   sum(bool(s.finished) for s in samples) / n)  # fmt: skip
+    return Measure(
+        step, sum(lengths) / n, sum(abs(x - mode) for x in lengths) / n, sum(bool(s.finished) for s in samples) / n
+    )
 
 
 class MeasureAt(Hook):
@@ -396,16 +405,27 @@ class LengthDataset:
     def summary(self) -> dict[str, Any]:
         flat = [n for row in self.lengths for n in row]
         pairs = max(len(self.pairs), 1)
-        return {"samples": len(flat), "mean_length": sum(flat) / len(flat), "mode": self.mode, "floor": self.floor,
-                "histogram": dict(sorted(Counter(flat).items())), "pairs": len(self.pairs),
-                "chosen_mean_length": sum(self.chosen_lengths) / pairs,
-                "rejected_mean_length": sum(self.rejected_lengths) / pairs}  # fmt: skip
+        return {
+            "samples": len(flat),
+            "mean_length": sum(flat) / len(flat),
+            "mode": self.mode,
+            "floor": self.floor,
+            "histogram": dict(sorted(Counter(flat).items())),
+            "pairs": len(self.pairs),
+            "chosen_mean_length": sum(self.chosen_lengths) / pairs,
+            "rejected_mean_length": sum(self.rejected_lengths) / pairs,
+        }
 
 
 def make_dataset(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], config: LengthConfig) -> LengthDataset:
     """Sample ``dataset_samples`` responses per training prompt from the warm model and pair them by the task."""
-    sampling = SamplingConfig(n=config.dataset_samples, temperature=1.0, max_new_tokens=config.max_new_tokens,
-                              batch_size=64, seed=config.seed * 1_000_003 + 1)  # fmt: skip
+    sampling = SamplingConfig(
+        n=config.dataset_samples,
+        temperature=1.0,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=64,
+        seed=config.seed * 1_000_003 + 1,
+    )
     samples = sample(model, tokenizer, prompt_ids, sampling)
     c = config.dataset_samples
     rows = [samples[p * c : (p + 1) * c] for p in range(len(prompt_ids))]
@@ -413,15 +433,23 @@ def make_dataset(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], co
     mode = dataset_mode(lengths)
     floor = skew_floor(lengths, config.skew_quantile) if config.task == "skew" else None
     picks = preference_pairs(config.task, lengths, mode, floor, config.pairs_per_prompt, config.seed)
-    pairs = [TokenizedPair(list(prompt_ids[p]), list(rows[p][a].response_ids), list(rows[p][b].response_ids),
-                           Origin(f"length-{config.task}", p + 1, f"{a} over {b}")) for p, a, b in picks]  # fmt: skip
+    pairs = [
+        TokenizedPair(
+            list(prompt_ids[p]),
+            list(rows[p][a].response_ids),
+            list(rows[p][b].response_ids),
+            Origin(f"length-{config.task}", p + 1, f"{a} over {b}"),
+        )
+        for p, a, b in picks
+    ]
     if len(pairs) < config.batch_size:
         raise SpecError(
             f"length: the {config.task} dataset has {len(pairs)} pairs, fewer than a batch of {config.batch_size}; "
             "raise prompts, dataset_samples or pairs_per_prompt"
         )
-    return LengthDataset(lengths, mode, floor, pairs, [lengths[p][a] for p, a, _ in picks],
-                         [lengths[p][b] for p, _, b in picks])  # fmt: skip
+    return LengthDataset(
+        lengths, mode, floor, pairs, [lengths[p][a] for p, a, _ in picks], [lengths[p][b] for p, _, b in picks]
+    )
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -465,18 +493,26 @@ def _trainer(setup: _Setup, method: str) -> Trainer:
     model = apply_lora(copy.deepcopy(setup.warm), rank=config.lora_rank)
     objective = build(OBJECTIVES[method])
     return Trainer(
-        accelerator=setup.accelerator, model=model, objective=objective,
-        optim=_optim(config.lr, config.batch_size, config.seed), total_steps=config.steps,
+        accelerator=setup.accelerator,
+        model=model,
+        objective=objective,
+        optim=_optim(config.lr, config.batch_size, config.seed),
+        total_steps=config.steps,
         reference=AdapterDisabledReference(model) if objective.needs_reference else None,
-    )  # fmt: skip
+    )
 
 
 def _train_offline(setup: _Setup, trainer: Trainer, hook: Hook) -> None:
     """``steps`` steps over the dataset's pairs (seeded epochs)."""
     pairs, optim = setup.dataset.pairs, trainer.optim
     plan = make_plan(pairs, optim, processes=1, group_by_length=False)
-    source = DatasetSource(pairs, Batcher(setup.tokenizer.pad_token_id), plan, setup.config.steps,
-                           group_size=responses_read(trainer.objective))  # fmt: skip
+    source = DatasetSource(
+        pairs,
+        Batcher(setup.tokenizer.pad_token_id),
+        plan,
+        setup.config.steps,
+        group_size=responses_read(trainer.objective),
+    )
     trainer.fit(source, hooks=[hook])
 
 
@@ -484,13 +520,25 @@ def _train_on_policy(setup: _Setup, trainer: Trainer, hook: Hook) -> None:
     """Rounds of P3's loop, one step each, until ``steps`` steps (a round without items takes none;
     at most 3·steps rounds)."""
     config = setup.config
-    settings = OnlineSettings(rounds=3 * config.steps, prompts_per_round=min(config.batch_size, config.prompts),
-                              samples_per_prompt=config.samples_per_prompt, batch_size=config.batch_size,
-                              seed=config.seed)  # fmt: skip
+    settings = OnlineSettings(
+        rounds=3 * config.steps,
+        prompts_per_round=min(config.batch_size, config.prompts),
+        samples_per_prompt=config.samples_per_prompt,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=config.max_new_tokens, batch_size=64)
     labeller = LengthLabeller(setup.tokenizer, config.task, setup.dataset.mode)
-    source = OnPolicySource(trainer, setup.tokenizer, setup.prompts, setup.prompt_ids, labeller, settings, sampling,
-                            Batcher(setup.tokenizer.pad_token_id))  # fmt: skip
+    source = OnPolicySource(
+        trainer,
+        setup.tokenizer,
+        setup.prompts,
+        setup.prompt_ids,
+        labeller,
+        settings,
+        sampling,
+        Batcher(setup.tokenizer.pad_token_id),
+    )
     train_rounds(source, hooks=[hook], steps=config.steps)
 
 
@@ -542,9 +590,17 @@ class LengthResult:
     def summary(self) -> list[dict[str, Any]]:
         """Per method: the measured value (length, or distance to the mode) at the start and the end."""
         task = self.config.task
-        return [{"method": c.method, "start": c.values(task)[0], "end": c.values(task)[-1],
-                 "end_length": c.measures[-1].length, "end_finished": c.measures[-1].finished,
-                 "seconds": c.seconds} for c in self.curves]  # fmt: skip
+        return [
+            {
+                "method": c.method,
+                "start": c.values(task)[0],
+                "end": c.values(task)[-1],
+                "end_length": c.measures[-1].length,
+                "end_finished": c.measures[-1].finished,
+                "seconds": c.seconds,
+            }
+            for c in self.curves
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """Config, dataset summary, per-method summary and every checkpoint, as plain numbers."""

@@ -39,8 +39,9 @@ def save_png(figure: Figure, path: Path) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
-def _mean_band(ax: Axes, xs: list[float], values: Tensor, colour: str, linestyle: Any, label: str,
-               **style: Any) -> None:  # fmt: skip
+def _mean_band(
+    ax: Axes, xs: list[float], values: Tensor, colour: str, linestyle: Any, label: str, **style: Any
+) -> None:
     """The mean of ``values`` ``[S, T]`` over its S seeds against ``xs`` with a shaded 95% t interval (none
     for one seed); ``style``: more ``plot`` settings (markers)."""
     mean = values.double().mean(0)
@@ -155,8 +156,16 @@ def length_figure(results: LengthResult | Sequence[LengthResult]) -> Figure:
         points = min(len(c.measures) for c in same)  # a run that stopped short has fewer checkpoints
         values = torch.tensor([c.values(config.task)[:points] for c in same], dtype=torch.float64)
         style = REGIME_STYLE["on_policy" if curve.method in ON_POLICY else "offline"]
-        _mean_band(curves_ax, curve.steps[:points], values, PALETTE[i % len(PALETTE)], style, curve.method,
-                   marker="o", markersize=3)  # fmt: skip
+        _mean_band(
+            curves_ax,
+            curve.steps[:points],
+            values,
+            PALETTE[i % len(PALETTE)],
+            style,
+            curve.method,
+            marker="o",
+            markersize=3,
+        )
     curves_ax.set_xlabel("optimiser steps")
     curves_ax.set_ylabel(f"mean {runs[0].target} (tokens)")
     curves_ax.set_ylim(bottom=0)

@@ -75,8 +75,9 @@ def gradient_cosines(
     model.eval()
     try:
         with torch.enable_grad():
-            sums = response_logprobs(model, batch, with_tokens=False, chunk_size=chunk_size,
-                                     checkpoint_head=checkpoint_head).sum  # fmt: skip
+            sums = response_logprobs(
+                model, batch, with_tokens=False, chunk_size=chunk_size, checkpoint_head=checkpoint_head
+            ).sum
             n = sums.shape[0]
             cosines = [_pair_cosine(sums[i, 0], sums[i, 1], params, keep_graph=i < n - 1) for i in range(n)]
     finally:

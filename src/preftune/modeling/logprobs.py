@@ -101,8 +101,9 @@ def sequence_logprobs(
 ) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
     """:func:`response_logprobs` of a batch of pairs (or of single responses) as ``(chosen, rejected)``,
     each ``[B]`` (tokens ``[B, T]``); ``rejected`` is None for a batch of one response per example."""
-    record = response_logprobs(model, batch, with_tokens=with_tokens, chunk_size=chunk_size,
-                               checkpoint_head=checkpoint_head)  # fmt: skip
+    record = response_logprobs(
+        model, batch, with_tokens=with_tokens, chunk_size=chunk_size, checkpoint_head=checkpoint_head
+    )
     return as_pair(record)
 
 

@@ -20,11 +20,15 @@ def _base_name(name: str) -> str:
 def _lora_delta(layer: Any, adapter: str) -> Any:
     """``scaling · B · A`` of one adapter of a LoRA linear layer, in float32 (what its forward adds to W x)."""
     if adapter not in layer.lora_A:
-        raise PreftuneError(f"cannot merge LoRA adapter {adapter!r} of a {type(layer).__name__}: only linear "
-                            "layers (lora_A/lora_B) are merged")  # fmt: skip
+        raise PreftuneError(
+            f"cannot merge LoRA adapter {adapter!r} of a {type(layer).__name__}: only linear "
+            "layers (lora_A/lora_B) are merged"
+        )
     if getattr(layer, "use_dora", {}).get(adapter, False):
-        raise PreftuneError("DoRA adapters are not merged here: train plain LoRA, or sample with the policy "
-                            "itself (online.backend=hf, online.sample_dtype=float32)")  # fmt: skip
+        raise PreftuneError(
+            "DoRA adapters are not merged here: train plain LoRA, or sample with the policy "
+            "itself (online.backend=hf, online.sample_dtype=float32)"
+        )
     a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
     delta = (b @ a) * layer.scaling[adapter]
     return delta.T if getattr(layer, "fan_in_fan_out", False) else delta

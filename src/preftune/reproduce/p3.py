@@ -164,8 +164,13 @@ def _sequence_bandit(scale: P3Scale, peak: str, out: Path, say: Say) -> ClaimSec
     from preftune.lab.plots import sequence_bandit_figures
     from preftune.lab.sequence_bandit import SequenceBanditConfig, run_sequence_bandit
 
-    config = SequenceBanditConfig(peak=peak, methods=scale.bandit_methods, seeds=scale.sequence_seeds,
-                                  steps=scale.sequence_steps, length=scale.sequence_length)  # fmt: skip
+    config = SequenceBanditConfig(
+        peak=peak,
+        methods=scale.bandit_methods,
+        seeds=scale.sequence_seeds,
+        steps=scale.sequence_steps,
+        length=scale.sequence_length,
+    )
     say(f"sequence bandit, {peak} peak: {len(config.methods)} methods × 2 regimes × {config.seeds} seeds")
     result = run_sequence_bandit(config)
     figures = (f"sequence_bandit_{peak}_reward.png", f"sequence_bandit_{peak}_tokens.png")

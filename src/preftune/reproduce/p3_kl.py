@@ -151,8 +151,15 @@ def _drop_steps(masses: Tensor) -> float:
 
 def exclusion_table(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
     """Steps until category 1's mass falls to DROP under each divergence (∞: never), per optimiser × step size."""
-    rows = [{"optimiser": r.optimiser, "lr": r.lr, "forward_steps": _drop_steps(r.forward),
-             "reverse_steps": _drop_steps(r.reverse)} for r in runs]  # fmt: skip
+    rows = [
+        {
+            "optimiser": r.optimiser,
+            "lr": r.lr,
+            "forward_steps": _drop_steps(r.forward),
+            "reverse_steps": _drop_steps(r.reverse),
+        }
+        for r in runs
+    ]
     header = ["optimiser", "lr", f"forward: steps to p₁ ≤ {DROP:g}", f"reverse: steps to p₁ ≤ {DROP:g}", "sooner"]
     cells = []
     for row in rows:

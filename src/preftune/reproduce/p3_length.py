@@ -120,8 +120,7 @@ def length_checks(scores: Scores) -> list[tuple[str, bool, str]]:
     if "mode" in scores:
         values = [sum(v) / len(v) for v in scores["mode"].values()]
         spread = max(values) - min(values)
-        out.append((f"mode: mean scores within {MODE_SPREAD:g} token", spread <= MODE_SPREAD,
-                    f"spread {spread:.2f}"))  # fmt: skip
+        out.append((f"mode: mean scores within {MODE_SPREAD:g} token", spread <= MODE_SPREAD, f"spread {spread:.2f}"))
     return out
 
 
@@ -176,21 +175,27 @@ def length_study(scale: str, out: Path, say: Callable[[str], Any] = print) -> Cl
         save_png(length_figure(results), Path(out) / name)
         figures.append(name)
     checks = length_checks(scores)
-    measured = "\n".join([
-        "The tiny model, first taught to recite the alphabet and stop (`preftune lab length`), trained from the "
-        f"same start by each method for {steps} steps, {seeds} seeds per task (the seeds share the warm model and "
-        "change the offline data, the LoRA's initialisation, the on-policy samples and the measurement).", "",
-        "Score: the mean of the task's measure (mean length; distance to the mode for `mode`) over the "
-        "checkpoints after step 0 — lower reached the target sooner. Mean over seeds with its 95% t interval.", "",
-        markdown_table(("task", "method", "score", "per seed"), _rows(scores)), "",
-        "On-policy DPO's lead over each method, paired by seed (the method's score minus on-policy DPO's; "
-        "positive: on-policy DPO reached the target sooner). On `skew` the on-policy methods train exactly as "
-        "on `min` (the task differs in its offline data only): their runs are min's, so their rows repeat.", "",
-        markdown_table(("task", "method", "lead [95% CI]", "on-policy DPO got there"), leads(scores)), "",
-        markdown_table(("check", "result", "why"), [(n, "pass" if p else "fail", w) for n, p, w in checks]),
-    ])  # fmt: skip
+    measured = "\n".join(
+        [
+            "The tiny model, first taught to recite the alphabet and stop (`preftune lab length`), trained from the "
+            f"same start by each method for {steps} steps, {seeds} seeds per task (the seeds share the warm model and "
+            "change the offline data, the LoRA's initialisation, the on-policy samples and the measurement).",
+            "",
+            "Score: the mean of the task's measure (mean length; distance to the mode for `mode`) over the "
+            "checkpoints after step 0 — lower reached the target sooner. Mean over seeds with its 95% t interval.",
+            "",
+            markdown_table(("task", "method", "score", "per seed"), _rows(scores)),
+            "",
+            "On-policy DPO's lead over each method, paired by seed (the method's score minus on-policy DPO's; "
+            "positive: on-policy DPO reached the target sooner). On `skew` the on-policy methods train exactly as "
+            "on `min` (the task differs in its offline data only): their runs are min's, so their rows repeat.",
+            "",
+            markdown_table(("task", "method", "lead [95% CI]", "on-policy DPO got there"), leads(scores)),
+            "",
+            markdown_table(("check", "result", "why"), [(n, "pass" if p else "fail", w) for n, p, w in checks]),
+        ]
+    )
     passed = [p for _, p, _ in checks]
     reason = "; ".join(f"{n}: {'pass' if p else 'fail'} ({w})" for n, p, w in checks) + f" ({seeds} seeds)."
     data["scores"] = scores
-    return ClaimSection("length", LENGTH_TITLE, LENGTH_CLAIM, measured, aggregate(passed), reason, tuple(figures),
-                        data)  # fmt: skip
+    return ClaimSection("length", LENGTH_TITLE, LENGTH_CLAIM, measured, aggregate(passed), reason, tuple(figures), data)

@@ -50,9 +50,14 @@ def load_reward_model(name_or_path: str, tokenizer: Any, *, require_head: bool =
     hf_logging.disable_progress_bar()
     try:
         model, info = from_local_or_hub(
-            AutoModelForSequenceClassification, source, name_or_path, "config.json",
-            num_labels=1, dtype=torch.float32, output_loading_info=True,
-        )  # fmt: skip
+            AutoModelForSequenceClassification,
+            source,
+            name_or_path,
+            "config.json",
+            num_labels=1,
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:
@@ -86,9 +91,14 @@ def apply_reward_lora(
         layers = list(range(total - last_layers, total))
     targets = resolve_target_modules(model, target_modules, {HEAD}, layers)
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=targets, exclude_modules=[HEAD],
-        modules_to_save=[HEAD], task_type="SEQ_CLS", layers_to_transform=layers,
-    )  # fmt: skip
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=targets,
+        exclude_modules=[HEAD],
+        modules_to_save=[HEAD],
+        task_type="SEQ_CLS",
+        layers_to_transform=layers,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         try:
@@ -116,8 +126,9 @@ def score_rows(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = [0.0] * len(rows)
     starts = range(0, len(order), batch_size)
-    bar = StepProgress(len(starts), enabled=progress is not None, description=progress or "", unit="batch",
-                       quiet_s=QUIET_S)  # fmt: skip
+    bar = StepProgress(
+        len(starts), enabled=progress is not None, description=progress or "", unit="batch", quiet_s=QUIET_S
+    )
     with bar:
         for start in starts:
             chunk = order[start : start + batch_size]

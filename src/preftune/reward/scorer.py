@@ -68,9 +68,12 @@ class RewardModel:
     """
 
     def __init__(
-        self, path_or_name: str | os.PathLike[str], batch_size: int = 16, max_length: int | None = None,
+        self,
+        path_or_name: str | os.PathLike[str],
+        batch_size: int = 16,
+        max_length: int | None = None,
         device: str | torch.device | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if batch_size < 1:
             raise PreftuneError(f"batch_size must be at least 1, not {batch_size}")
         self.name = os.fspath(path_or_name)

@@ -180,19 +180,9 @@ def _check_online(config: RunConfig, objectives: list[Objective]) -> None:
     _require("online.rounds", online.rounds, 0)
     if not online.rounds:
         return
-    from preftune.training.online import OnlineSettings
+    from preftune.run.online import online_settings
 
-    OnlineSettings(
-        rounds=online.rounds,
-        prompts_per_round=online.prompts_per_round,
-        samples_per_prompt=online.samples_per_prompt,
-        passes=online.passes,
-        batch_size=config.optim.batch_size,
-        pairing=online.pairing,
-        reward_gap=online.reward_gap,
-        mix=online.mix,
-        missing_eos_penalty=online.missing_eos_penalty,
-    )
+    online_settings(config)  # its own checks of the loop's knobs
     _require("online.temperature", online.temperature, 0)
     _require("online.max_new_tokens", online.max_new_tokens, 1)
     if len(config.resolved_stages()) > 1:

@@ -29,7 +29,8 @@ from preftune.data import (
     load_unpaired,
     tokenize_examples,
 )
-from preftune.data.grouped import GroupExample, fit_group_size, load_groups
+from preftune.data.grouped import fit_group_size, load_groups
+from preftune.data.groups import GroupExample
 from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.data.split import hold_out, hold_out_groups
 from preftune.data.tokenize import tokenize_groups

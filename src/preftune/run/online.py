@@ -32,19 +32,8 @@ ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
 
 
 def online_settings(config: RunConfig) -> OnlineSettings:
-    o = config.online
-    return OnlineSettings(
-        rounds=o.rounds,
-        prompts_per_round=o.prompts_per_round,
-        samples_per_prompt=o.samples_per_prompt,
-        passes=o.passes,
-        batch_size=config.optim.batch_size,
-        pairing=o.pairing,
-        reward_gap=o.reward_gap,
-        mix=o.mix,
-        missing_eos_penalty=o.missing_eos_penalty,
-        seed=config.optim.seed,
-    )
+    """The engine's settings of the loop, read once from ``online`` (and ``optim``'s batch size and seed)."""
+    return OnlineSettings.read_from(config.online, batch_size=config.optim.batch_size, seed=config.optim.seed)
 
 
 def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tuple[list[Any], list[list[int]]]:

@@ -40,8 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.exit_with_parent:
         threading.Thread(target=_stop_at_eof, args=(stop,), daemon=True).start()
     try:
-        settings = ServerSettings(model_path=args.model, host=args.host, port=args.port, threads=args.threads,
-                                  ctx_size=args.ctx_size, parallel=args.parallel, alias=args.alias)  # fmt: skip
+        settings = ServerSettings(
+            model_path=args.model,
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            ctx_size=args.ctx_size,
+            parallel=args.parallel,
+            alias=args.alias,
+        )
         run_server(settings, stop=stop)
     except PreftuneError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

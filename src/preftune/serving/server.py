@@ -109,9 +109,22 @@ class ServerSettings:
 
     def arguments(self) -> list[str]:
         """The ``python -m preftune.serving`` arguments that run these settings."""
-        return ["--model", str(self.model_path), "--host", self.host, "--port", str(self.port),
-                "--threads", str(self.threads), "--ctx-size", str(self.ctx_size),
-                "--parallel", str(self.parallel), "--alias", self.alias]  # fmt: skip
+        return [
+            "--model",
+            str(self.model_path),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--threads",
+            str(self.threads),
+            "--ctx-size",
+            str(self.ctx_size),
+            "--parallel",
+            str(self.parallel),
+            "--alias",
+            self.alias,
+        ]
 
 
 def check_settings(*, port: int, threads: int, ctx_size: int, parallel: int) -> None:
@@ -212,9 +225,14 @@ class LocalServer:
         require_xllamacpp()
         path = resolve_model_path(model)
         self.settings = ServerSettings(
-            model_path=path, host=host, port=port, threads=default_threads() if threads is None else threads,
-            ctx_size=ctx_size, parallel=parallel, alias=alias or default_alias(model),
-        )  # fmt: skip
+            model_path=path,
+            host=host,
+            port=port,
+            threads=default_threads() if threads is None else threads,
+            ctx_size=ctx_size,
+            parallel=parallel,
+            alias=alias or default_alias(model),
+        )
         self.startup_timeout = startup_timeout
         self.grace = grace
         self.process: subprocess.Popen[bytes] | None = None
@@ -245,8 +263,10 @@ class LocalServer:
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "preftune.serving", *self.settings.arguments(), "--exit-with-parent"],
-            stdin=subprocess.PIPE, stdout=self._stdout, stderr=self._stderr,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=self._stdout,
+            stderr=self._stderr,
+        )
         try:
             self._wait_until_ready()
         except BaseException:

@@ -32,7 +32,6 @@ from preftune.training.checkpoint import checkpoint_dir
 from preftune.training.settings import EvalConfig
 
 if TYPE_CHECKING:
-    from preftune.training.loop import Trainer
     from preftune.training.sources import BatchSource
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -59,7 +58,7 @@ class TrainResult:
 class Fit:
     """One call of ``fit``: what hooks read and write."""
 
-    trainer: Trainer
+    trainer: Any  # the Trainer running the fit (the loop imports this module, not the other way round)
     source: BatchSource
     result: TrainResult
     end_step: int  # the global step this fit stops at
@@ -240,7 +239,7 @@ class HeldOutEvaluation(RecordingHook):
         return summary
 
     @torch.no_grad()
-    def evaluate(self, trainer: Trainer, initial: bool = False) -> dict[str, MetricSummary]:
+    def evaluate(self, trainer: Any, initial: bool = False) -> dict[str, MetricSummary]:
         """``initial``: the policy is still its reference (LoRA adapters start at zero, a frozen
         copy is a copy), so one reference pass scores it: no second forward."""
         if not self.pairs:

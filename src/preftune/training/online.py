@@ -93,6 +93,13 @@ class OnlineSettings:
         if self.reward_gap < 0 or (self.missing_eos_penalty is not None and self.missing_eos_penalty < 0):
             raise PreftuneError("online.reward_gap and online.missing_eos_penalty must be >= 0")
 
+    @classmethod
+    def read_from(cls, source: Any, **given: Any) -> OnlineSettings:
+        """The settings named alike on ``source`` (a run's ``online`` config section), ``given`` added
+        or overriding (the batch size and seed live elsewhere in a run's config)."""
+        names = {f.name for f in fields(cls)} - set(given)
+        return cls(**{name: getattr(source, name) for name in names if hasattr(source, name)}, **given)
+
     def items_per_round(self, group_objective: bool) -> int:
         """The most items a round can hold (what sizes the run's schedule)."""
         c = self.samples_per_prompt
