@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from preftune.cli.outputs import check_output_file
 from preftune.errors import IncompleteRun, PreftuneError
+
+if TYPE_CHECKING:
+    from preftune.generation.command import GenerateReport, Sampler
+    from preftune.generation.sampling import SamplingConfig
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,25 +57,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from preftune.generation.command import REDRAWS, Settings, generate_file, open_output
+    from preftune.generation.command import Settings, generate_file, open_output
     from preftune.generation.prompts import load_prompts, prompt_key
-    from preftune.generation.sampling import SamplingConfig, sample
     from preftune.generation.vllm_backend import resolve_backend
 
     # everything checked before a model loads
-    if not math.isfinite(args.temperature):
-        raise PreftuneError(f"--temperature must be a finite number ≥ 0, not {args.temperature}")
-    config = SamplingConfig(
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    if args.limit is not None and args.limit < 1:
-        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+    config = _sampling_config(args)
     check_output_file(args.out, "--out")
     backend = resolve_backend(args.backend, args.model, args.device)
     prompts = load_prompts(args.input, args.limit)
@@ -84,21 +76,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if config.n < 2:
         console.print("note: preftune rank needs at least 2 completions per prompt", highlight=False)
 
-    import torch
-
-    from preftune.modeling import load_model, load_tokenizer
     from preftune.progress import StepProgress
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(args.model)
-    sampler = sample
-    if backend == "vllm":
-        from preftune.generation.vllm_backend import VllmSampler, sample_vllm
-
-        console.print("sampling with vLLM", highlight=False)
-        model, sampler = VllmSampler(args.model, tokenizer=tokenizer, seed=args.seed), sample_vllm
-    else:
-        model = load_model(args.model, device=device)
+    model, tokenizer, sampler = _load_sampler(args, backend, console)
     total, start = len(prompts.prompts), len(prompts.prompts) - left
     with StepProgress(total, start, description="generate", console=console) as bar:
         report = generate_file(
@@ -114,10 +94,54 @@ def run_generate(args: argparse.Namespace) -> int:
             backend=backend,
         )
     console.print(str(report), highlight=False)
+    _refuse_empty(report, args.out)
+    return 0
+
+
+def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The sampling settings of ``args``, checked (with ``--limit``) before anything is read or loaded."""
+    from preftune.generation.sampling import SamplingConfig
+
+    if not math.isfinite(args.temperature):
+        raise PreftuneError(f"--temperature must be a finite number ≥ 0, not {args.temperature}")
+    config = SamplingConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    if args.limit is not None and args.limit < 1:
+        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+    return config
+
+
+def _load_sampler(args: argparse.Namespace, backend: str, console: Console) -> tuple[Any, Any, Sampler]:
+    """(model, tokenizer, sampler) for ``backend``: a vLLM engine with ``sample_vllm``, or a model with ``sample``."""
+    import torch
+
+    from preftune.generation.sampling import sample
+    from preftune.modeling import load_model, load_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(args.model)
+    if backend == "vllm":
+        from preftune.generation.vllm_backend import VllmSampler, sample_vllm
+
+        console.print("sampling with vLLM", highlight=False)
+        return VllmSampler(args.model, tokenizer=tokenizer, seed=args.seed), tokenizer, sample_vllm
+    return load_model(args.model, device=device), tokenizer, sample
+
+
+def _refuse_empty(report: GenerateReport, out: Path) -> None:
+    """:class:`IncompleteRun` (exit 3) when completions stayed empty: their rows are written, rank refuses them."""
+    from preftune.generation.command import REDRAWS
+
     if report.empty:
         raise IncompleteRun(
             f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
-            f"{args.out}, but preftune rank refuses them: drop those rows, or sample those prompts "
+            f"{out}, but preftune rank refuses them: drop those rows, or sample those prompts "
             "again with another --seed into another --out"
         )
-    return 0

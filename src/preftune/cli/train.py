@@ -12,6 +12,12 @@ KEYS_HELP = "config keys: " + ", ".join(schema_keys())
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``preftune train`` and ``preftune evaluate`` (with its ``--generate`` options) to ``commands``."""
+    _register_train(commands)
+    _register_evaluate(commands)
+
+
+def _register_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a model on preference pairs with any objective (offline)",
@@ -29,6 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.set_defaults(run=run_train)
 
+
+def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="preference accuracy, margin, chosen drift of a model on held-out pairs",
@@ -57,6 +65,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--out", type=Path, default=None, help="write the metrics as JSON here (--generate: a folder)"
     )
+    _add_generative_options(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+
+def _add_generative_options(evaluate: argparse.ArgumentParser) -> None:
+    """The ``--generate`` options, in a group of their own in ``--help``."""
     generate = evaluate.add_argument_group("generative evaluation (--generate)")
     generate.add_argument("--generate", action="store_true", help="win rate of the model's greedy answers")
     generate.add_argument("--prompts", default=None, help="prompts: a file, folder or bundled:NAME (as generate reads)")
@@ -74,7 +88,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=200,
         help="length-controlled bootstrap resamples, each a refit (default: 200)",
     )
-    evaluate.set_defaults(run=run_evaluate)
 
 
 def quiet_libraries() -> None:

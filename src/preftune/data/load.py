@@ -8,8 +8,9 @@ from typing import Any
 
 from preftune.data.columns import apply_columns
 from preftune.data.examples import PreferenceExample
-from preftune.data.formats import resolve_format, row_parser
+from preftune.data.formats import RowParser, resolve_format, row_parser
 from preftune.data.labelled import TIE_REASON, LabelledParser, LabelSpec, refuse_reversible_mapping
+from preftune.data.rows import RawRows
 from preftune.data.sources import load_rows
 from preftune.data.summary import DataSummary
 from preftune.data.validation import Tally, check_example, validate_rows
@@ -71,11 +72,16 @@ def load_preference_data(
     chosen_format = resolve_format(raw, format)
     parse = row_parser(chosen_format, pairing=pairing, tree_turns=tree_turns, raw=raw, labels=spec, min_gap=score_gap)
     tally = Tally()
-    no_item = (
-        TIE_REASON
-        if isinstance(parse, LabelledParser)
-        else "no pair (fewer than two distinct ranks, or none far enough apart)"
-    )
+    examples = _validated_examples(raw, parse, skip_invalid, tally)
+    label_counts = parse.label_counts() if isinstance(parse, LabelledParser) else {}
+    summary = DataSummary(raw.name, chosen_format, raw.rows_read, len(examples), tally.as_dict(), labels=label_counts)
+    return examples, summary
+
+
+def _validated_examples(raw: RawRows, parse: RowParser, skip_invalid: bool, tally: Tally) -> list[PreferenceExample]:
+    """Every row parsed and checked (bad ones counted in ``tally`` when skipped); refused when none is left."""
+    # a row that yields no example is a tie for labelled data, else a ranked group without a pair
+    no_item = TIE_REASON if isinstance(parse, LabelledParser) else NO_PAIR
     examples = validate_rows(
         raw,
         parse,
@@ -87,6 +93,4 @@ def load_preference_data(
     )
     if not examples:
         raise no_valid_rows(raw.name, tally)
-    label_counts = parse.label_counts() if isinstance(parse, LabelledParser) else {}
-    summary = DataSummary(raw.name, chosen_format, raw.rows_read, len(examples), tally.as_dict(), labels=label_counts)
-    return examples, summary
+    return examples

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from preftune.data import Batcher, load_preference_data, tokenize_examples
+from preftune.data import Batcher, TokenizedGroup, load_preference_data, tokenize_examples
 from preftune.data.config import DataConfig
 from preftune.data.options import check_prompt_room, data_options, resolve_source
 from preftune.errors import PreftuneError
@@ -74,16 +74,7 @@ def evaluate_model(
     d.max_length = max_length if max_length is not None else d.max_length
     d.skip_invalid = skip_invalid if skip_invalid is not None else d.skip_invalid
     _check_numbers(d, limit, batch_size)
-    # the data first: a bad file is refused before any tokenizer or weights are loaded
-    examples, summary = load_preference_data(resolve_source(data), **data_options(d))
-    examples = examples[:limit] if limit is not None else examples
-    folder = Path(model)
-    base_name = _adapter_base(folder) if folder.is_dir() else None
-    has_tokenizer = (folder / "tokenizer_config.json").is_file() or not folder.is_dir()
-    tokenizer = load_tokenizer(model if has_tokenizer or base_name is None else base_name)
-    max_prompt = d.max_prompt_length if d.max_prompt_length is not None else d.max_length // 2
-    pairs, tok_summary = tokenize_examples(examples, tokenizer, d.max_length, max_prompt, summary=summary)
-    check_prompt_room(examples, tokenizer, d.max_length, tok_summary)
+    tokenizer, base_name, pairs, source = _tokenized_pairs(model, data, d, limit)
 
     policy, ref_fn, ref_name, size = _scorers(model, base_name, reference, logit_chunk)
     batcher = Batcher(tokenizer.pad_token_id, d.layout, attention_length=size)
@@ -93,7 +84,7 @@ def evaluate_model(
     )
     metrics = summarise({k: torch.tensor(v) for k, v in values.items()})
     names = ordered(metrics)
-    print(_table(model, ref_name, f"{tok_summary.source}: {len(pairs)} pairs", names, metrics))
+    print(_table(model, ref_name, f"{source}: {len(pairs)} pairs", names, metrics))
     if out is not None:
         write_json_atomic(
             Path(out),
@@ -108,6 +99,25 @@ def evaluate_model(
             },
         )
     return metrics
+
+
+def _tokenized_pairs(
+    model: str, data: str, d: DataConfig, limit: int | None
+) -> tuple[Any, str | None, list[TokenizedGroup], str]:
+    """(tokenizer, the adapter's base or None, the first ``limit`` pairs tokenized, the data's name), checked.
+
+    The data are read first: a bad file is refused before any tokenizer or weights are loaded.
+    """
+    examples, summary = load_preference_data(resolve_source(data), **data_options(d))
+    examples = examples[:limit] if limit is not None else examples
+    folder = Path(model)
+    base_name = _adapter_base(folder) if folder.is_dir() else None
+    has_tokenizer = (folder / "tokenizer_config.json").is_file() or not folder.is_dir()
+    tokenizer = load_tokenizer(model if has_tokenizer or base_name is None else base_name)
+    max_prompt = d.max_prompt_length if d.max_prompt_length is not None else d.max_length // 2
+    pairs, tok_summary = tokenize_examples(examples, tokenizer, d.max_length, max_prompt, summary=summary)
+    check_prompt_room(examples, tokenizer, d.max_length, tok_summary)
+    return tokenizer, base_name, pairs, tok_summary.source
 
 
 def _check_numbers(d: DataConfig, limit: int | None, batch_size: int) -> None:

@@ -227,26 +227,28 @@ def evaluate_generation(
     say: Any = print,
 ) -> dict[str, Any]:
     """Generate, judge, report (see the module docstring); returns the report (as written to ``out``)."""
-    from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
-    from preftune.files import strict_json
-    from preftune.judging.labellers import prompt_text
     from preftune.judging.specs import make_judge
 
     parsed, prompt_list, described = check_inputs(
         model, prompts, judges, baseline, limit, max_new_tokens, batch_size, out, bootstrap, lc_bootstrap
     )
-    base_texts = None
-    if parsed.kind == "chosen":
-        base_texts = chosen_responses(prompts, prompt_list)
-    elif parsed.kind == "file":
-        base_texts = file_responses(Path(parsed.value), prompt_list)
+    base_texts = _given_baseline(parsed, prompts, prompt_list)
     say(f"prompts: {described}; baseline: {parsed}")
     built = [make_judge(spec) for spec in judges]  # before any weights load: a bad api: setting stops here
     outputs = greedy_answers(model, prompt_list, max_new_tokens, batch_size, progress=True)
     if base_texts is None:
         base_texts = greedy_answers(parsed.value, prompt_list, max_new_tokens, batch_size, progress=True)
-    texts = [prompt_text(p) for p in prompt_list]
-    lengths, base_lengths = [len(t) for t in outputs], [len(t) for t in base_texts]
+    judged, all_scores = _judge_all(
+        judges,
+        built,
+        prompt_list,
+        outputs,
+        base_texts,
+        bootstrap=bootstrap,
+        lc_bootstrap=lc_bootstrap,
+        seed=seed,
+        say=say,
+    )
     report: dict[str, Any] = {
         "model": model,
         "prompts": prompts,
@@ -254,8 +256,47 @@ def evaluate_generation(
         "baseline": str(parsed),
         "max_new_tokens": max_new_tokens,
         "seed": seed,
-        "judges": [],
+        "judges": judged,
     }
+    if out is not None:
+        _write(out, report, prompt_list, outputs, base_texts, all_scores)
+        say(f"written: {out / OUTPUTS_FILE}, {out / BASELINE_FILE}, {out / REPORT_FILE}")
+    _refuse_failed(judged, len(prompt_list) * len(judges))
+    return report
+
+
+def _given_baseline(parsed: Baseline, prompts: str, prompt_list: Sequence[Prompt]) -> list[str] | None:
+    """The baseline's answers when they are read, not generated (``chosen``, ``file:``); None for ``model:``.
+
+    Read before any model loads, so that a prompt they lack is refused first.
+    """
+    if parsed.kind == "chosen":
+        return chosen_responses(prompts, prompt_list)
+    if parsed.kind == "file":
+        return file_responses(Path(parsed.value), prompt_list)
+    return None
+
+
+def _judge_all(
+    judges: Sequence[str],
+    built: Sequence[Any],
+    prompts: Sequence[Prompt],
+    outputs: Sequence[str],
+    base_texts: Sequence[str],
+    *,
+    bootstrap: int,
+    lc_bootstrap: int,
+    seed: int,
+    say: Any,
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """Each judge's entry of the report (its summary said as it is done), and each judge's scores."""
+    from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores
+    from preftune.files import strict_json
+    from preftune.judging.labellers import prompt_text
+
+    texts = [prompt_text(p) for p in prompts]
+    lengths, base_lengths = [len(t) for t in outputs], [len(t) for t in base_texts]
+    judged: list[dict[str, Any]] = []
     all_scores: dict[str, list[float]] = {}
     for spec, judge in zip(judges, built, strict=True):
         scores = win_scores(judge, texts, outputs, base_texts, progress=True)
@@ -264,7 +305,7 @@ def evaluate_generation(
         lc = length_controlled_win_rate(scores, lengths, base_lengths, bootstrap=lc_bootstrap, seed=seed)
         verdict = significance(raw.win_rate, raw.ci_low, raw.ci_high)
         say(_summary(spec, raw, lc, verdict))
-        report["judges"].append(
+        judged.append(
             {
                 "judge": spec,
                 "identity": judge.identity(),
@@ -273,16 +314,16 @@ def evaluate_generation(
                 "significance": verdict,
             }
         )
-    if out is not None:
-        _write(out, report, prompt_list, outputs, base_texts, all_scores)
-        say(f"written: {out / OUTPUTS_FILE}, {out / BASELINE_FILE}, {out / REPORT_FILE}")
-    failed = sum(judged["win_rate"]["failed"] for judged in report["judges"])
+    return judged, all_scores
+
+
+def _refuse_failed(judged: Sequence[dict[str, Any]], total: int) -> None:
+    """:class:`IncompleteRun` when comparisons failed; raised last, so the report is said and written first."""
+    failed = sum(entry["win_rate"]["failed"] for entry in judged)
     if failed:
         from preftune.judging.store import failed_comparisons
 
-        total = len(prompt_list) * len(judges)
         raise IncompleteRun(failed_comparisons(failed, total, "the win rates", None, store_flag=None))
-    return report
 
 
 def _write(

@@ -201,39 +201,75 @@ def generate_file(
     began = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as handle:
-        chunks = [
-            [p for p in prompts[start : start + size] if prompt_key(p) not in done]
-            for start in range(0, len(prompts), size)
-        ]
-        for number, chunk in enumerate([c for c in chunks if c], start=1):
-            keys = [prompt_key(p) for p in chunk]
-            seed = None if config.seed is None else chunk_seed(config.seed, keys)
-            ids = [encode_prompt(tokenizer, p) for p in chunk]
-            samples = sampler(model, tokenizer, ids, _with(config, seed=seed))
-            texts = [s.text for s in samples]
-            finished = [s.finished for s in samples]
-            report.tokens += sum(len(s.response_ids) for s in samples)
-            _redraw_empty(sampler, model, tokenizer, ids, config, seed, texts, finished, report)
-            n = config.n
-            for k, prompt in enumerate(chunk):
-                _append(
-                    handle,
-                    {
-                        "prompt": prompt,
-                        "completions": texts[k * n : (k + 1) * n],
-                        "finished": finished[k * n : (k + 1) * n],
-                        "model": model_name,
-                        "seed": config.seed,
-                    },
-                )
-                report.generated += 1
-                if progress is not None:
-                    progress()
-            report.completions += len(samples)
+        for number, chunk in enumerate(_pending_chunks(prompts, done, size), start=1):
+            texts, finished = _sample_chunk(sampler, model, tokenizer, chunk, config, report)
+            _write_rows(handle, chunk, texts, finished, config, model_name, report, progress)
+            report.completions += len(texts)
             if kill_after and number >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     report.seconds = time.perf_counter() - began
     return report
+
+
+def _pending_chunks(prompts: Sequence[Prompt], done: set[str], size: int) -> list[list[Prompt]]:
+    """The prompts not yet done, in fixed chunks of ``size`` of the whole list (chunks left empty dropped).
+
+    The chunks are cut from the whole list, not from the prompts left, so that a resumed run
+    groups (and so seeds) the prompts as an uninterrupted one did.
+    """
+    chunks = [
+        [p for p in prompts[start : start + size] if prompt_key(p) not in done]
+        for start in range(0, len(prompts), size)
+    ]
+    return [c for c in chunks if c]
+
+
+def _sample_chunk(
+    sampler: Sampler,
+    model: Any,
+    tokenizer: Any,
+    chunk: list[Prompt],
+    config: SamplingConfig,
+    report: GenerateReport,
+) -> tuple[list[str], list[bool]]:
+    """``config.n`` completions per prompt of ``chunk`` (texts, finished flags), empty ones drawn again."""
+    keys = [prompt_key(p) for p in chunk]
+    seed = None if config.seed is None else chunk_seed(config.seed, keys)
+    ids = [encode_prompt(tokenizer, p) for p in chunk]
+    samples = sampler(model, tokenizer, ids, _with(config, seed=seed))
+    texts = [s.text for s in samples]
+    finished = [s.finished for s in samples]
+    report.tokens += sum(len(s.response_ids) for s in samples)
+    _redraw_empty(sampler, model, tokenizer, ids, config, seed, texts, finished, report)
+    return texts, finished
+
+
+def _write_rows(
+    handle: Any,
+    chunk: list[Prompt],
+    texts: list[str],
+    finished: list[bool],
+    config: SamplingConfig,
+    model_name: str,
+    report: GenerateReport,
+    progress: Callable[[], None] | None,
+) -> None:
+    """Append one row per prompt of ``chunk`` (its ``config.n`` completions), each synced as it is written."""
+    n = config.n
+    for k, prompt in enumerate(chunk):
+        _append(
+            handle,
+            {
+                "prompt": prompt,
+                "completions": texts[k * n : (k + 1) * n],
+                "finished": finished[k * n : (k + 1) * n],
+                "model": model_name,
+                "seed": config.seed,
+            },
+        )
+        report.generated += 1
+        if progress is not None:
+            progress()
 
 
 def _with(config: SamplingConfig, **changes: Any) -> SamplingConfig:

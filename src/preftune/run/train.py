@@ -35,6 +35,7 @@ from preftune.modeling import (
     load_tokenizer,
 )
 from preftune.modeling.attention import attention_length
+from preftune.objectives import Objective
 from preftune.run.checks import check
 from preftune.run.config import RunConfig, to_dict
 from preftune.run.inputs import (
@@ -144,41 +145,16 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     judges = _win_rate_judges(config)
     model = _model(config)
     accelerator = _accelerator(config)
-    main = accelerator.is_main_process
-    say = console.print if main else (lambda *a, **k: None)
     set_seed(config.optim.seed)
-    if main:
-        _write_run_record(config, inputs, output_dir)
-    accelerator.wait_for_everyone()
-    for split, summary in inputs.summaries.items():
-        if summary is not None:
-            say(f"{split} data: {summary}", highlight=False)
-    say(
-        f"precision: {accelerator.mixed_precision} (optim.mixed_precision={config.optim.mixed_precision})",
-        highlight=False,
-    )
-
     batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model))
-    sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]
-    samples_before = greedy_responses(model, tokenizer, sample_prompts, config.eval.max_new_tokens)
-    outcome: dict[str, Any] = {"stages": [], "mixed_precision": accelerator.mixed_precision}
-    stages = config.resolved_stages()
-    dirs = stage_dirs(output_dir, [s.name for s in stages])
+    dirs = stage_dirs(output_dir, [s.name for s in config.resolved_stages()])
     parts = RunParts(
         config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, labeller, judges
     )
-    for index, stage in enumerate(stages):
-        if index > 0 and config.lora.enabled:
-            model = model.merge_and_unload()  # bake the earlier stage in: it is this stage's base
-        if config.resume and (dirs[index] / DONE_FILE).exists():
-            say(f"stage '{stage.name}': already finished, loading its result")
-            model = load_stage_result(model, dirs[index], config)
-            outcome["stages"].append(json.loads((dirs[index] / DONE_FILE).read_text(encoding="utf-8")))
-            continue
-        model, record = train_stage(parts, index, stage, objectives[index], model)
-        outcome["stages"].append(record)
-    accelerator.end_training()
-
+    _start(parts)
+    sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]
+    samples_before = greedy_responses(model, tokenizer, sample_prompts, config.eval.max_new_tokens)
+    model, outcome = _train_stages(parts, objectives, model)
     samples_after = greedy_responses(model, tokenizer, sample_prompts, config.eval.max_new_tokens)
     outcome["samples"] = [
         {"prompt": tokenizer.decode(p), "before": b, "after": a}
@@ -186,9 +162,41 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     ]
     outcome["seconds"] = time.perf_counter() - began
     outcome["verdicts"] = _verdicts(outcome["stages"])
-    if main:
+    if accelerator.is_main_process:
         _report(outcome, config, inputs, console)
     return outcome
+
+
+def _start(parts: RunParts) -> None:
+    """What the run is, written before its first step (main process; all wait), and said."""
+    config, inputs, accelerator = parts.config, parts.inputs, parts.accelerator
+    if accelerator.is_main_process:
+        _write_run_record(config, inputs, Path(config.output_dir))
+    accelerator.wait_for_everyone()
+    for split, summary in inputs.summaries.items():
+        if summary is not None:
+            parts.say(f"{split} data: {summary}", highlight=False)
+    precision = f"{accelerator.mixed_precision} (optim.mixed_precision={config.optim.mixed_precision})"
+    parts.say(f"precision: {precision}", highlight=False)
+
+
+def _train_stages(parts: RunParts, objectives: Sequence[Objective], model: Any) -> tuple[Any, dict[str, Any]]:
+    """Every stage in turn, each from the earlier one's result (a finished stage of a resumed run is
+    loaded, not trained again); the final model and the run's outcome so far."""
+    config, dirs = parts.config, parts.dirs
+    outcome: dict[str, Any] = {"stages": [], "mixed_precision": parts.accelerator.mixed_precision}
+    for index, stage in enumerate(config.resolved_stages()):
+        if index > 0 and config.lora.enabled:
+            model = model.merge_and_unload()  # bake the earlier stage in: it is this stage's base
+        if config.resume and (dirs[index] / DONE_FILE).exists():
+            parts.say(f"stage '{stage.name}': already finished, loading its result")
+            model = load_stage_result(model, dirs[index], config)
+            outcome["stages"].append(json.loads((dirs[index] / DONE_FILE).read_text(encoding="utf-8")))
+            continue
+        model, record = train_stage(parts, index, stage, objectives[index], model)
+        outcome["stages"].append(record)
+    parts.accelerator.end_training()
+    return model, outcome
 
 
 def _win_rate_judges(config: RunConfig) -> list[tuple[str, Any]]:
