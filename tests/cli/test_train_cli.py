@@ -86,7 +86,7 @@ CASES = {
     "chosen equals rejected": (lambda f: _train(f, data="same.jsonl"), "same.jsonl row 4: field 'rejected': chosen"),
     "unknown config key": (
         lambda f: _train(f, "optim.bacth_size=4"),
-        "config key 'optim.bacth_size' does not exist; did you mean 'optim.batch_size'?",
+        "config key does not exist: 'optim.bacth_size' (did you mean 'optim.batch_size'?)",
     ),
     "malformed YAML": (lambda f: ["train", str(f / "malformed.yaml")], "malformed.yaml: not valid YAML"),
     "batch not divisible by accumulation": (
@@ -239,7 +239,7 @@ def test_print_config_shows_yaml_merged_with_overrides(tmp_path: Path) -> None:
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"]["lr"] == 0.02  # the override wins over the YAML
     assert printed["optim"]["batch_size"] == 4  # the YAML wins over the default
-    assert printed["optim"]["epochs"] == 1.0 and printed["data"]["max_length"] == 512  # defaults stay
+    assert printed["optim"]["epochs"] == 1.0 and printed["data"]["max_length"] == 1024  # defaults stay
     assert printed["data"]["columns"] == {"chosen": "answer", "rejected": "bad"}  # mappings merge
     assert [s["name"] for s in printed["stages"]] == ["first", "second"]
     assert printed["stages"][1]["max_steps"] == 7 and printed["stages"][1]["reference"] == "previous"

@@ -105,3 +105,15 @@ def test_summary_line_and_dict(tmp_path: Path) -> None:
     assert with_split.to_dict()["split"]["duplicate_pairs"] == 10
     assert json.loads(json.dumps(with_split.to_dict()))["split"]["held_out"] == 4
     assert str(split) in str(with_split)
+
+
+@pytest.mark.parametrize(("pairs", "held"), [(40, 4), (9, 0), (3000, 100)])
+def test_an_unset_eval_size_holds_out_a_tenth_at_most_100(tmp_path: Path, pairs: int, held: int) -> None:
+    """Unset, data.eval_size adapts to the data (a 40-pair file keeps 36 for training instead of being
+    refused), and the summary says it chose."""
+    rows = [{"prompt": f"Question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(pairs)]
+    examples, _ = load_preference_data(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    train, held_out, split = hold_out(examples, None)
+    assert len(held_out) == held and len(train) == pairs - held and split.auto
+    assert f"held out {held} of {pairs} pairs (data.eval_size unset: a tenth, at most 100)" in str(split)
+    assert split.to_dict()["auto"] is True

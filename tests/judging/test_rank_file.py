@@ -41,8 +41,15 @@ def test_rankings_and_pairs_are_what_train_reads(tmp_path: Path) -> None:
         lengths = [len(c) for c in row.completions]
         assert list(ranking.order) == sorted(range(5), key=lambda k: -lengths[k])
         assert ranking.comparisons <= comparisons_bound(5)
-    # both orders of every comparison, and of each prompt's best-vs-worst check, reached the judge once
-    assert report.judge_calls <= 2 * (report.comparisons + len(rows))
+    # both orders of every comparison, and of a best-vs-worst check the ranking had not made, reached
+    # the judge once: the check reuses the ranking's verdict, so the calls stay within IPR's bound
+    assert report.judge_calls <= 2 * (report.comparisons + report.checks) and report.store_answers == 0
+    again = rank_rows(rows, FunctionJudge(longer_is_better), store=VerdictStore(tmp_path / "v.sqlite"))
+    assert again.judge_calls == 0 and again.store_answers == report.judge_calls  # a rerun asks nothing
+    assert f"{report.judge_calls} ordered judge calls made" in str(report)
+    assert f"0 ordered judge calls made (0.0 per prompt), {report.judge_calls} answered by the verdict store" in (
+        str(again)
+    )
     groups, _ = load_groups(tmp_path / "ranked.jsonl")
     pairs, _ = load_preference_data(tmp_path / "pairs.jsonl")
     assert len(groups) == len(pairs) == 6 and report.pairs == 6

@@ -262,6 +262,55 @@ def test_ctrl_c_in_an_online_run_says_where_resume_continues(tmp_path):
     )
 
 
+def test_an_online_run_checkpoints_each_round_whatever_save_every(tmp_path):
+    """With the default save_every (50 steps), Ctrl-C in round 2 of 3 leaves round 1's end to resume
+    from, and the resumed run ends as the uninterrupted one."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from preftune.cli.config import load_config
+    from preftune.run.train import run_training
+    from tests.training.common import assert_same_tensors, model_weights, train
+
+    def overrides(out):
+        return [
+            "model.name=tiny-random",
+            "data.train=bundled:hh-harmless",
+            "data.train_size=24",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "online.rounds=3",
+            "online.prompts_per_round=4",
+            "online.samples_per_prompt=3",
+            "online.max_new_tokens=8",
+            "optim.batch_size=2",
+            "objective=reinforce",
+            "optim.mixed_precision=no",
+            f"output_dir={out}",
+            "trackers=[]",
+        ]
+
+    def interrupt(step: int, stats: dict) -> None:
+        if step == 3:  # round 1 (2 steps a round), after round 0's checkpoint at step 2
+            raise KeyboardInterrupt
+
+    text = StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            load_config(None, overrides(tmp_path / "cut")),
+            callbacks=[interrupt],
+            console=Console(file=text, width=300, soft_wrap=True),
+        )
+    saved = tmp_path / "cut" / "checkpoints" / "step-000002"
+    assert f"--resume continues from {saved}" in text.getvalue()
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["step-000002"]
+    whole = train(overrides(tmp_path / "whole"))
+    again = train([*overrides(tmp_path / "cut"), "resume=true"])
+    assert again["stages"][0]["steps"] == whole["stages"][0]["steps"] == 6
+    assert_same_tensors(model_weights(tmp_path / "cut" / "model"), model_weights(tmp_path / "whole" / "model"))
+
+
 def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     """Stopped after step 3 (the middle of round 1, checkpoint every step) and resumed: the same
     weights and round statistics as the run that was never stopped."""

@@ -112,12 +112,32 @@ def test_report_files(fixture: str, request: pytest.FixtureRequest) -> None:
     row = next(line for line in summary.splitlines() if line.startswith("| margin |"))
     assert f"{before['margin']['mean']:.4f}" in row and f"{after['margin']['mean']:.4f} ± " in row
     assert "![curves](curves.png)" in summary
+    # one line per reported metric says what it means (the names alone do not)
+    assert "## What the held-out numbers mean" in summary
+    for name in ("accuracy", "margin", "chosen_drift", "likelihood_accuracy", "rewards/chosen"):
+        line = next(line for line in summary.splitlines() if line.startswith(f"- `{name}`: "))
+        assert len(line) > len(name) + 20
 
     data = json.loads((run.out / "data_summary.json").read_text(encoding="utf-8"))
     assert data["train"]["format"] == "standard" and data["train"]["rows_read"] == 24
     assert data["eval"]["kept"] == 8
     assert json.loads((run.out / "run_config.json").read_text(encoding="utf-8"))["output_dir"] == str(run.out)
     assert not list(run.out.rglob("events.out.tfevents.*"))  # trackers=[]: no TensorBoard files
+
+
+def test_on_policy_curves_gain_reward_kl_and_length_panels(tmp_path: Path) -> None:
+    """An on-policy stage's curves.png has a third row: the rounds' reward, KL and length."""
+    import matplotlib.image
+
+    from preftune.run.report import plot_curves
+
+    history = [{"step": s, "loss": 1.0 / s, "grad_norm": 1.0, "lr": 1e-4} for s in (1, 2, 3)]
+    rounds = [{"round": r, "reward_mean": r, "reward_std": 0.5, "kl": 0.1 * r, "mean_length": 10 + r} for r in (0, 1)]
+    heights = [
+        matplotlib.image.imread(str(plot_curves(history, [], tmp_path / f"{name}.png", "t", rounds=given))).shape[0]
+        for name, given in (("offline", ()), ("online", rounds))
+    ]
+    assert heights[1] == pytest.approx(heights[0] * 3 / 2, rel=0.02)  # 3 rows of panels instead of 2
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from preftune.errors import PreftuneError
 from preftune.run.config import RunConfig, StageConfig, resolve_defaults
+from preftune.run.trl_names import COMPUTED, SAME_VALUE, translate, trl_meaning
 
 
 class Yaml12Loader(yaml.SafeLoader):
@@ -61,17 +62,46 @@ def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_key(key: str, where: str) -> None:
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` is not a config key, with the key it most likely means; None for a valid key.
+
+    TRL's names first (``learning_rate`` is ``optim.lr``), then spelling: the whole dotted key, then
+    its last part against the keys' last parts and TRL's names (``optim.learnig_rate``)."""
     known = schema_keys()
     generic = ".".join(part for part in key.split(".") if not part.isdigit())
     top = generic.split(".")[0]
     if generic in known or (top in {"data"} and generic.startswith("data.columns.")):
-        return
+        return None
     if any(k.startswith(generic + ".") for k in known):
-        return  # a section given as a whole
-    close = difflib.get_close_matches(generic, known, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; run 'preftune train --help' to see the keys"
-    raise PreftuneError(f"{where}: config key '{key}' does not exist{hint}")
+        return None  # a section given as a whole
+    leaf = generic.split(".")[-1]
+    meaning = trl_meaning(leaf)
+    if meaning is not None:
+        return f"'{key}' (TRL's name; here {meaning})"
+    trl_close = difflib.get_close_matches(leaf, [*SAME_VALUE, *COMPUTED], n=1, cutoff=0.8)
+    close = difflib.get_close_matches(generic, known, n=1, cutoff=0.75)
+    leaf_close = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in known], n=1, cutoff=0.75)
+    if trl_close:
+        return f"'{key}' (TRL's '{trl_close[0]}'? here {trl_meaning(trl_close[0])})"
+    if close:
+        return f"'{key}' (did you mean '{close[0]}'?)"
+    if leaf_close:
+        same = " or ".join(f"'{k}'" for k in known if k.split(".")[-1] == leaf_close[0])
+        return f"'{key}' (did you mean {same}?)"
+    return f"'{key}'"
+
+
+def _check_keys(keys: list[str], where: str) -> None:
+    """Every key of ``keys`` valid, or one error naming each invalid one with its likely meaning."""
+    problems = [p for p in (_key_problem(k) for k in keys) if p is not None]
+    if problems:
+        plural = "s do" if len(problems) > 1 else " does"
+        trl_names = sum(trl_meaning(k.split(".")[-1]) is not None for k in keys)
+        if where != "command line" and trl_names * 2 >= len(problems):
+            where += f" reads as a TRL config ('preftune train --trl {where}' reads it as it is)"
+        raise PreftuneError(
+            f"{where}: config key{plural} not exist: {'; '.join(problems)}; 'preftune train --help' lists the keys"
+        )
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -87,28 +117,54 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def load_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
-    """Schema defaults, then the YAML file, then ``key=value`` overrides, checked at each layer."""
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PreftuneError(f"config file {path} does not exist")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=Yaml12Loader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise PreftuneError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise PreftuneError(f"{path}: expected a mapping of config keys at the top level")
+    return raw
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": 1e-6}`` -> ``{"optim": {"lr": 1e-6}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str], trl: bool = False, notes: list[str] | None = None
+) -> RunConfig:
+    """Schema defaults, then the YAML file, then ``key=value`` overrides, checked at each layer.
+
+    ``trl``: the file is a TRL config (``DPOConfig``'s names, :mod:`preftune.run.trl_names`), translated
+    into preftune's keys with TRL's defaults; ``notes`` receives the keys it ignored, each with why."""
     base = OmegaConf.structured(RunConfig)
     OmegaConf.set_readonly(base.data.labels, False)  # a frozen section still takes the file and overrides
     layers = []
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise PreftuneError(f"config file {path} does not exist")
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=Yaml12Loader) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise PreftuneError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise PreftuneError(f"{path}: expected a mapping of config keys at the top level")
-        for key in _flat_keys(raw):
-            _check_key(key, str(path))
+        raw = _read_yaml(path)
+        if trl:
+            flat, ignored = translate(raw, str(path))
+            raw = _nested(flat)
+            if notes is not None:
+                notes.extend(ignored)
+        _check_keys(_flat_keys(raw), str(path))
         layers.append(OmegaConf.create(raw))
     for item in overrides:
         if "=" not in item:
             raise PreftuneError(f"override '{item}' is not key=value (e.g. optim.lr=1e-4)")
-        _check_key(item.split("=", 1)[0].strip(), "command line")
+    _check_keys([item.split("=", 1)[0].strip() for item in overrides], "command line")
     try:
         merged = OmegaConf.merge(base, *layers)
         OmegaConf.set_readonly(merged.data.labels, False)

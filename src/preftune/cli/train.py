@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _register_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
-        help="train a model on preference pairs with any objective (offline)",
+        help="train a model with any objective: on preference pairs (offline) or its own samples (online.rounds)",
         description=(
             "Train a Hugging Face causal LM on preference pairs. CONFIG is a YAML file (see examples/); "
             "key=value arguments override it, e.g. 'optim.lr=1e-4 objective=\"dpo + 0.5*exmate\"'. "
@@ -33,6 +33,13 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument(
+        "--trl",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="a TRL config (DPOConfig's names, TRL's defaults; docs/from-trl.md) instead of CONFIG",
+    )
     train.set_defaults(run=run_train)
 
 
@@ -110,7 +117,14 @@ def run_train(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in str(config_path) and not config_path.exists():
         overrides.insert(0, str(config_path))
         config_path = None
-    config = load_config(config_path, overrides)
+    if args.trl is not None and config_path is not None:
+        from preftune.errors import PreftuneError
+
+        raise PreftuneError(f"give a preftune CONFIG ({config_path}) or --trl {args.trl}, not both")
+    notes: list[str] = []
+    config = load_config(args.trl or config_path, overrides, trl=args.trl is not None, notes=notes)
+    for note in notes:
+        print(f"note: TRL's {note}: ignored", file=sys.stderr)
     if args.resume:
         config.resume = True
     if args.print_config:

@@ -112,6 +112,20 @@ def split_whole(items: Sequence[T], eval_size: int, key: Callable[[T], str], see
     return Split(train, held_out, groups, taken)
 
 
+AUTO_SHARE, AUTO_MAX = 10, 100  # data.eval_size unset: a tenth of the examples, at most 100
+
+
+def resolve_eval_size(eval_size: int | None, total: int) -> int:
+    """``data.eval_size`` as given, or when unset (None) a tenth of the ``total`` examples, at most 100:
+    a dataset of a few dozen pairs keeps most of them for training [our choice; TRL holds out nothing
+    unless given an eval set]."""
+    return min(AUTO_MAX, total // AUTO_SHARE) if eval_size is None else eval_size
+
+
+def _asked(eval_size: int, auto: bool) -> str:
+    return f"data.eval_size unset: a tenth, at most {AUTO_MAX}" if auto else f"asked {eval_size}"
+
+
 def _check_eval_size(eval_size: int, total: int, noun: str) -> None:
     if eval_size < 0:
         raise PreftuneError(f"data.eval_size must be 0 or more, not {eval_size}")
@@ -135,6 +149,7 @@ class SplitSummary:
         held_out: pairs held out (at least ``eval_size``; see the module docstring).
         held_out_groups: groups held out.
         train: pairs left for training.
+        auto: ``eval_size`` was chosen (``data.eval_size`` unset: :func:`resolve_eval_size`).
     """
 
     group_by: str
@@ -148,6 +163,7 @@ class SplitSummary:
     held_out: int
     held_out_groups: int
     train: int
+    auto: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -155,7 +171,8 @@ class SplitSummary:
 
     def __str__(self) -> str:
         return (
-            f"held out {self.held_out} of {self.pairs} pairs (asked {self.eval_size}) in {self.held_out_groups} whole "
+            f"held out {self.held_out} of {self.pairs} pairs ({_asked(self.eval_size, self.auto)}) in "
+            f"{self.held_out_groups} whole "
             f"groups by {self.group_by} (seed {self.seed}), {self.train} for training; {self.groups} groups, "
             f"{self.shared_groups} of several pairs (largest {self.largest_group}); "
             f"{self.duplicate_pairs} duplicate pairs (kept)"
@@ -163,7 +180,7 @@ class SplitSummary:
 
 
 def hold_out(
-    examples: list[PreferenceExample], eval_size: int, *, group_by: str = "prompt", seed: int = 0
+    examples: list[PreferenceExample], eval_size: int | None, *, group_by: str = "prompt", seed: int = 0
 ) -> tuple[list[PreferenceExample], list[PreferenceExample], SplitSummary]:
     """Split ``examples`` into training and held-out pairs, whole groups at a time (see the module docstring).
 
@@ -181,6 +198,7 @@ def hold_out(
     """
     if group_by not in GROUP_BY:
         raise PreftuneError(f"unknown data.split_by '{group_by}' (expected one of {', '.join(GROUP_BY)})")
+    auto, eval_size = eval_size is None, resolve_eval_size(eval_size, len(examples))
     _check_eval_size(eval_size, len(examples), "pairs")
     split = split_whole(examples, eval_size, prompt_key if group_by == "prompt" else pair_key, seed)
     if split.held_out and not split.train:
@@ -200,6 +218,7 @@ def hold_out(
         held_out=len(split.held_out),
         held_out_groups=split.held_out_groups,
         train=len(split.train),
+        auto=auto,
     )
     return split.train, split.held_out, summary
 
@@ -231,6 +250,7 @@ class GroupSplitSummary:
     held_out: int
     held_out_prompts: int
     train: int
+    auto: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -238,7 +258,8 @@ class GroupSplitSummary:
 
     def __str__(self) -> str:
         return (
-            f"held out {self.held_out} of {self.groups} groups (asked {self.eval_size}) with {self.held_out_prompts} "
+            f"held out {self.held_out} of {self.groups} groups ({_asked(self.eval_size, self.auto)}) with "
+            f"{self.held_out_prompts} "
             f"whole prompts (seed {self.seed}), {self.train} for training; {self.prompts} prompts, "
             f"{self.shared_prompts} with several groups (largest {self.largest_prompt}); "
             f"{self.duplicate_groups} duplicate groups (kept)"
@@ -246,7 +267,7 @@ class GroupSplitSummary:
 
 
 def hold_out_groups(
-    groups: list[GroupExample], eval_size: int, *, seed: int = 0
+    groups: list[GroupExample], eval_size: int | None, *, seed: int = 0
 ) -> tuple[list[GroupExample], list[GroupExample], GroupSplitSummary]:
     """Split groups of completions into training and held-out groups, all groups of a prompt on one side.
 
@@ -260,6 +281,7 @@ def hold_out_groups(
     Raises:
         PreftuneError: ``eval_size`` below 0, or one that leaves no training groups.
     """
+    auto, eval_size = eval_size is None, resolve_eval_size(eval_size, len(groups))
     _check_eval_size(eval_size, len(groups), "groups")
     split = split_whole(groups, eval_size, prompt_key, seed)
     if split.held_out and not split.train:
@@ -278,5 +300,6 @@ def hold_out_groups(
         held_out=len(split.held_out),
         held_out_prompts=split.held_out_groups,
         train=len(split.train),
+        auto=auto,
     )
     return split.train, split.held_out, summary

@@ -108,7 +108,8 @@ def combine(forward: int, backward: int) -> Verdict:
 class BothOrders:
     """Asks a judge both orders of each comparison, through an optional verdict store.
 
-    ``calls`` counts the ordered calls that reached the judge (store hits do not count).
+    ``calls`` counts the ordered calls that reached the judge, ``store_answers`` those the store
+    answered instead.
     ``batch_size`` bounds how many ordered calls go to the judge in one ``judge.judge`` list; each
     batch's answers are stored as soon as it returns. Default: all at once for a judge that serves
     one call at a time (a local model batches them itself), ``4 × concurrency`` for one that serves
@@ -125,6 +126,7 @@ class BothOrders:
         self.batch_size = batch_size
         self.identity = judge.identity()
         self.calls = 0
+        self.store_answers = 0
         self._lock = threading.Lock()  # compare_many may run in several threads (a ranking's prompts)
 
     def compare(self, prompt: str, a: str, b: str) -> Verdict:
@@ -147,6 +149,8 @@ class BothOrders:
                     missing.append(call)
                 else:
                     answers[call] = cached
+                    with self._lock:
+                        self.store_answers += 1
         step = self.batch_size or max(len(missing), 1)
         for start in range(0, len(missing), step):
             batch = missing[start : start + step]

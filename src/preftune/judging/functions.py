@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from preftune.errors import PreftuneError
 from preftune.judging.base import ANSWERED, FAILED, FIRST, SECOND, PairwiseJudge
@@ -35,24 +38,46 @@ def shorter_is_better(prompt: str, first: str, second: str) -> int:
     return FIRST if len(first) <= len(second) else SECOND
 
 
-def load_function(spec: str) -> Callable[..., object]:
-    """The callable named by ``"module:function"`` (the function part may be dotted, ``Class.method``)."""
+def load_function(spec: str, what: str = "judge function") -> Callable[..., object]:
+    """The callable named by ``"module:function"`` (the function part may be dotted, ``Class.method``).
+
+    The module is looked up on ``sys.path`` and then in the working directory (``preftune`` is a
+    console script, so the directory a user runs it from is not on its path by default: a
+    ``my_rewards.py`` beside the data is found). ``what`` names the callable in errors (a judge
+    function, a reward function)."""
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
-        raise PreftuneError(f"judge function {spec!r} must be 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise PreftuneError(f"judge function {spec!r}: cannot import module {module_name!r} ({error})") from None
+        raise PreftuneError(f"{what} {spec!r} must be 'module:function'")
+    module = _import_module(module_name, spec, what)
     obj: object = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise PreftuneError(f"judge function {spec!r}: module {module_name!r} has no {attr!r}") from None
+            raise PreftuneError(f"{what} {spec!r}: module {module_name!r} has no {attr!r}") from None
     if not callable(obj):
-        raise PreftuneError(f"judge function {spec!r} is not callable (a {type(obj).__name__})")
+        raise PreftuneError(f"{what} {spec!r} is not callable (a {type(obj).__name__})")
     return obj
+
+
+def _import_module(name: str, spec: str, what: str) -> Any:
+    """``name`` imported from ``sys.path``, else from the working directory."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        missing = error
+        if error.name == name.split(".")[0] and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())  # appended: a local file never shadows an installed module
+            try:
+                return importlib.import_module(name)
+            except ModuleNotFoundError as again:
+                missing = again
+    except ImportError as error:  # the module exists but fails to import: its own error
+        raise PreftuneError(f"{what} {spec!r}: cannot import module {name!r} ({error})") from None
+    raise PreftuneError(
+        f"{what} {spec!r}: cannot import module {name!r} ({missing}); it is looked up on PYTHONPATH and in the "
+        f"working directory {os.getcwd()}"
+    ) from None
 
 
 def _function_name(fn: Callable[..., object], fallback: str | None = None) -> str:

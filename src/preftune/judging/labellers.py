@@ -153,7 +153,7 @@ class FunctionLabeller(Labeller):
 
     def __init__(self, fn: RewardFunction | str, name: str | None = None):
         if isinstance(fn, str):
-            self.fn = load_function(fn)
+            self.fn = load_function(fn, "reward function")
             default = _function_name(self.fn, fallback=fn)
         else:
             if not callable(fn):

@@ -26,7 +26,7 @@ from preftune.data.sources import load_rows
 from preftune.data.validation import is_message_list
 from preftune.errors import PreftuneError
 from preftune.files import write_atomic
-from preftune.judging.base import BothOrders, PairwiseJudge
+from preftune.judging.base import BothOrders, PairwiseJudge, Verdict
 from preftune.judging.ranking import (
     Ranking,
     ipr_rank,
@@ -66,7 +66,9 @@ class RankReport:
 
     prompts: int = 0
     judge_calls: int = 0
+    store_answers: int = 0  # ordered calls the verdict store answered (an earlier run's)
     comparisons: int = 0
+    checks: int = 0  # best-against-worst comparisons the ranking had not made
     failed: int = 0
     pairs: int = 0
     rankings: list[Ranking] = field(default_factory=list)
@@ -76,9 +78,11 @@ class RankReport:
     def __str__(self) -> str:
         per = self.judge_calls / max(self.prompts, 1)
         undecided = sum(d is False and not i for d, i in zip(self.decided, self.incomplete, strict=False))
+        checks = f" and {self.checks} of best against worst" if self.checks else ""
+        stored = f", {self.store_answers} answered by the verdict store" if self.store_answers else ""
         return (
-            f"{self.prompts} prompts ranked: {self.comparisons} comparisons, {self.judge_calls} judge calls "
-            f"({per:.1f} per prompt; the store answered the rest), {self.failed} failed, {self.pairs} pairs; "
+            f"{self.prompts} prompts ranked: {self.comparisons} comparisons{checks}, {self.judge_calls} ordered "
+            f"judge calls made ({per:.1f} per prompt){stored}, {self.failed} failed, {self.pairs} pairs; "
             f"{undecided} prompts whose best and worst the judge could not tell apart"
         )
 
@@ -92,6 +96,9 @@ class RankReport:
             f"{self.prompts} prompts, which give no pairs; rerun the same command: {where} answers the rest, "
             "so only calls without a verdict are asked"
         )
+
+
+_FLIPPED = {Verdict.A: Verdict.B, Verdict.B: Verdict.A}
 
 
 def read_candidates(source: str | Path) -> list[Candidates]:
@@ -133,19 +140,26 @@ def rank_rows(
     # the calls in flight
     both = BothOrders(judge, store, batch_size=1)
 
-    def rank_one(row: Candidates) -> tuple[Ranking, bool, int]:
+    def rank_one(row: Candidates) -> tuple[Ranking, bool, int, int]:
         prompt = row.prompt_text
+        made: dict[tuple[int, int], Verdict] = {}  # this prompt's verdicts, so the check below asks nothing twice
 
-        def compare(i: int, j: int):
-            return both.compare(prompt, row.completion_text(i), row.completion_text(j))
+        def compare(i: int, j: int) -> Verdict:
+            if (j, i) in made:
+                return _FLIPPED.get(made[(j, i)], made[(j, i)])
+            if (i, j) not in made:
+                made[(i, j)] = both.compare(prompt, row.completion_text(i), row.completion_text(j))
+            return made[(i, j)]
 
         ranking = METHODS[method](len(row.completions), compare)
+        best, worst = ranking.order[0], ranking.order[-1]
+        extra = int(best != worst and (best, worst) not in made and (worst, best) not in made)
         # best vs worst is a training pair only if the judge really prefers one (not a tie, not a failure)
-        check = compare(ranking.order[0], ranking.order[-1]).name
+        check = compare(best, worst).name
         if progress is not None:
             progress()
         # the check is often a comparison the ranking made (a failure counted once); else one more failure
-        return ranking, check == "A", ranking.failed or int(check == "FAILED")
+        return ranking, check == "A", ranking.failed or int(check == "FAILED"), extra
 
     workers = max(1, min(int(getattr(judge, "concurrency", 1)), len(rows)))
     if workers == 1:
@@ -154,14 +168,15 @@ def rank_rows(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(rank_one, rows))
     report = RankReport()
-    for ranking, decided, failed in results:
+    for ranking, decided, failed, extra in results:
+        report.checks += extra
         report.decided.append(decided)
         report.incomplete.append(failed > 0)
         report.rankings.append(ranking)
         report.prompts += 1
         report.comparisons += ranking.comparisons
         report.failed += failed
-    report.judge_calls = both.calls
+    report.judge_calls, report.store_answers = both.calls, both.store_answers
     return report
 
 

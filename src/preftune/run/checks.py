@@ -86,7 +86,7 @@ def _check_numbers(config: RunConfig) -> None:
     for key, value in at_least_one.items():
         _require(key, value, 1)
     zero_or_more = {
-        "data.eval_size": d.eval_size,
+        "data.eval_size": 0 if d.eval_size is None else d.eval_size,
         "eval.every": e.every,
         "eval.samples": e.samples,
         "eval.win_rate_every": e.win_rate_every,
@@ -170,7 +170,7 @@ def _check_win_rates(config: RunConfig) -> None:
             check_judge_spec(str(spec), "eval.judges:")
         except PreftuneError as err:
             raise SpecError(str(err)) from None
-    if not config.data.eval and not config.data.eval_size:
+    if not config.data.eval and config.data.eval_size == 0:
         raise SpecError("eval.judges needs held-out prompts: set data.eval_size > 0 or data.eval")
 
 

@@ -6,9 +6,10 @@ DPO+ExMATE: an ``exmate`` stage, then a ``dpo`` stage whose reference is the fir
 result). :func:`preftune.run.checks.check` refuses an impossible combination before
 anything is loaded.
 
-Defaults are what a user of TRL's ``DPOTrainer`` expects: the objective is plain ``dpo``
-(β = 0.1), and the learning rate, unless set, is TRL's 1e-6 for full fine-tuning and 5e-4 with
-LoRA (adapters start at zero and need a larger step; the rate our LoRA recipes use).
+Defaults are TRL's ``DPOConfig``'s where TRL has one: the objective is plain ``dpo`` (β = 0.1), a
+linear schedule without warmup, ``data.max_length`` 1024, and the learning rate, unless set, TRL's
+1e-6 for full fine-tuning; with LoRA 5e-4 (adapters start at zero and need a larger step; the rate
+our LoRA recipes use). docs/from-trl.md lists every difference and its reason.
 """
 
 from __future__ import annotations

@@ -25,7 +25,16 @@ from preftune.modeling import AdapterDisabledReference
 from preftune.objectives import Objective
 from preftune.run.config import RunConfig, StageConfig
 from preftune.run.references import make_reference, reference_kind
-from preftune.training import Hook, OnlineSettings, OnPolicySource, RoundLog, RoundStats, Trainer
+from preftune.training import (
+    Checkpoints,
+    Hook,
+    OnlineSettings,
+    OnPolicySource,
+    RoundCheckpoints,
+    RoundLog,
+    RoundStats,
+    Trainer,
+)
 from preftune.training.online import Sampler
 
 ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
@@ -146,10 +155,12 @@ class OnPolicyFeed:
             sampler=sampler,
         )
 
-    def hooks(self, stage_dir: Path) -> list[Hook]:
+    def hooks(self, stage_dir: Path, checkpoints: Checkpoints) -> list[Hook]:
+        """The rounds' log and files, then a checkpoint at each round's end (after the log, so that the
+        checkpoint holds the round as reported)."""
         main = self.parts.accelerator.is_main_process
         self.log = RoundLog(RoundFiles(stage_dir) if main else None, self.parts.console)
-        return [self.log]
+        return [self.log, RoundCheckpoints(checkpoints)]
 
     def record(self, stage_dir: Path) -> dict[str, Any]:
         rounds = self.log.rounds if self.log is not None else []

@@ -11,6 +11,7 @@ the policy the stage trained.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def finish_stage(
     *,
     base_dir: Path | None,
     later_stage: bool,
+    rounds: Sequence[dict[str, float]] = (),
 ) -> dict[str, Any]:
     """Save the stage's model, curves and record; ``base_dir``: the merged folder this stage's adapter sits on."""
     record: dict[str, Any] = {
@@ -59,7 +61,8 @@ def finish_stage(
                 record["merged"] = str(stage_dir / "merged")
         else:
             save_full(model, tokenizer, stage_dir / "model")
-        plot_curves(result.history, result.evals, stage_dir / "curves.png", f"{stage.name}: {stage.objective}")
+        title = f"{stage.name}: {stage.objective}"
+        plot_curves(result.history, result.evals, stage_dir / "curves.png", title, rounds=rounds)
         record["curves"] = str(stage_dir / "curves.png")
         write_json_atomic(stage_dir / DONE_FILE, record)
     accelerator.wait_for_everyone()

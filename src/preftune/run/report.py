@@ -24,13 +24,31 @@ CURVES = [
 ]
 
 
-def plot_curves(history: Sequence[dict[str, float]], evals: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Training curves (per step) with held-out evaluations as markers; written atomically."""
-    rows = -(-len(CURVES) // 3)
+# An on-policy run's rounds (RoundStats' fields), one panel each.
+ROUND_CURVES = [
+    ("reward_mean", "reward of the round's samples (mean ± s.d.)"),
+    ("kl", "KL to the reference (per response, nats)"),
+    ("mean_length", "mean response length (tokens)"),
+]
+
+
+def plot_curves(
+    history: Sequence[dict[str, float]],
+    evals: Sequence[dict[str, Any]],
+    path: Path,
+    title: str,
+    rounds: Sequence[dict[str, float]] = (),
+) -> Path:
+    """Training curves (per step) with held-out evaluations as markers, and for an on-policy run its
+    rounds' reward, KL and length (per round); written atomically."""
+    panels = len(CURVES) + (len(ROUND_CURVES) if rounds else 0)
+    rows = -(-panels // 3)
     fig, axes = plt.subplots(rows, 3, figsize=(14, 3.75 * rows), constrained_layout=True, squeeze=False)
     steps = [h["step"] for h in history]
-    for ax in axes.flat[len(CURVES) :]:
+    for ax in axes.flat[panels:]:
         ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat[len(CURVES) :], ROUND_CURVES if rounds else [], strict=False):
+        _round_panel(ax, rounds, key, label)
     for ax, (key, label) in zip(axes.flat, CURVES, strict=False):
         keys = [key] + ([k for k in history[0] if k.startswith("loss/")] if key == "loss" and history else [])
         for k in keys:
@@ -54,6 +72,20 @@ def plot_curves(history: Sequence[dict[str, float]], evals: Sequence[dict[str, A
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _round_panel(ax: Any, rounds: Sequence[dict[str, float]], key: str, label: str) -> None:
+    """One per-round quantity against the round (the reward with its spread)."""
+    xs = [int(r["round"]) for r in rounds]
+    ys = [r.get(key, float("nan")) for r in rounds]
+    ax.plot(xs, ys, "o-", lw=1.4, ms=4)
+    if key == "reward_mean":
+        low = [y - r.get("reward_std", 0.0) for y, r in zip(ys, rounds, strict=True)]
+        high = [y + r.get("reward_std", 0.0) for y, r in zip(ys, rounds, strict=True)]
+        ax.fill_between(xs, low, high, alpha=0.2)
+    ax.set_title(label)
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
 
 
 def format_eval_table(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:

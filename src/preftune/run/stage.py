@@ -81,7 +81,7 @@ class Feed(Protocol):
 
     def source(self, trainer: Trainer) -> Any: ...
 
-    def hooks(self, stage_dir: Path) -> list[Hook]: ...
+    def hooks(self, stage_dir: Path, checkpoints: Checkpoints) -> list[Hook]: ...
 
     def record(self, stage_dir: Path) -> dict[str, Any]: ...
 
@@ -134,7 +134,7 @@ class DatasetFeed:
             device=accelerator.device,
         )
 
-    def hooks(self, stage_dir: Path) -> list[Hook]:
+    def hooks(self, stage_dir: Path, checkpoints: Checkpoints) -> list[Hook]:
         return []
 
     def record(self, stage_dir: Path) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
         logit_chunk=config.logit_chunk,
     )
     source = feed.source(trainer)
-    hooks = stage_hooks(parts, stage_dir, feed, [*_win_rates(parts, stage_dir), *feed.hooks(stage_dir)])
+    hooks = stage_hooks(parts, stage_dir, feed)
     start_trackers(accelerator, config, stage)
     with resume_hint(stage_dir, f"stage '{stage.name}'", parts.say):
         saved = latest_checkpoint(stage_dir) if config.resume else None
@@ -181,14 +181,16 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
             parts.say(f"resuming from {saved}", highlight=False)
         so_far = trainer.restore(saved, source, hooks) if saved is not None else None
         result = trainer.fit(source, hooks=hooks, result=so_far)
-    record = _finish(parts, index, stage, result, model) | feed.record(stage_dir)
+    extra = feed.record(stage_dir)
+    record = _finish(parts, index, stage, result, model, extra.get("rounds", ())) | extra
     parts.say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record
 
 
-def stage_hooks(parts: RunParts, stage_dir: Path, feed: Feed, extra: Sequence[Hook]) -> list[Hook]:
+def stage_hooks(parts: RunParts, stage_dir: Path, feed: Feed) -> list[Hook]:
     """Every stage's hooks, in order: the non-finite guard, logging, the progress bar, held-out
-    evaluation, ``extra`` (win rates, the feed's own), gradient cosines, checkpoints, user callbacks."""
+    evaluation, win rates, gradient cosines, the feed's own (an on-policy round's log and checkpoint),
+    checkpoints, user callbacks."""
     config, inputs = parts.config, parts.inputs
     checkpoints = Checkpoints(stage_dir, config.save_every, config.keep_checkpoints, feed.total_steps)
     return [
@@ -196,8 +198,9 @@ def stage_hooks(parts: RunParts, stage_dir: Path, feed: Feed, extra: Sequence[Ho
         Logging(),
         Progress(parts.console),
         HeldOutEvaluation(inputs.held_out, feed.eval_reference, parts.batcher, config.eval, parts.console),
-        *extra,
+        *_win_rates(parts, stage_dir),
         *gradient_cosine_hooks(inputs.held_out, parts.batcher, config.eval, parts.console),
+        *feed.hooks(stage_dir, checkpoints),  # after every record of the step, so its checkpoints hold them
         checkpoints,
         Callbacks(parts.callbacks),
     ]
@@ -223,7 +226,9 @@ def _win_rates(parts: RunParts, stage_dir: Path) -> list[Hook]:
     ]
 
 
-def _finish(parts: RunParts, index: int, stage: StageConfig, result: TrainResult, model: Any) -> dict[str, Any]:
+def _finish(
+    parts: RunParts, index: int, stage: StageConfig, result: TrainResult, model: Any, rounds: Sequence[dict]
+) -> dict[str, Any]:
     """The stage's outputs; a later LoRA stage's adapter sits on the earlier stage's merged weights."""
     config, dirs = parts.config, parts.dirs
     base_dir = dirs[index - 1] / "merged" if index > 0 and config.lora.enabled else None
@@ -237,6 +242,7 @@ def _finish(parts: RunParts, index: int, stage: StageConfig, result: TrainResult
         parts.accelerator,
         base_dir=base_dir,
         later_stage=index + 1 < len(dirs),
+        rounds=rounds,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from preftune.data import DataSummary
+from preftune.evaluation.names import MEANINGS, SUMMARY_METRICS
 from preftune.files import write_atomic
 from preftune.run.config import RunConfig, StageConfig
 from preftune.run.report import format_eval_table
@@ -24,7 +25,8 @@ def print_outcome(console: Console, outcome: dict[str, Any], output_dir: Path) -
         console.print(f"\n[bold]prompt[/bold]: {prompt[-300:]}", soft_wrap=True, markup=True)
         console.print(f"  [bold]before[/bold]: {sample['before']}", soft_wrap=True, markup=True)
         console.print(f"  [bold]after[/bold]:  {sample['after']}", soft_wrap=True, markup=True)
-    console.print(f"\nsummary: {output_dir / 'summary.md'}; curves: {output_dir}/**/curves.png")
+    curves = ", ".join(str(path) for path in sorted(output_dir.rglob("curves.png")))
+    console.print(f"\nsummary: {output_dir / 'summary.md'}" + (f"; curves: {curves}" if curves else ""))
 
 
 def flat_config(config: RunConfig, stage: StageConfig) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def write_summary(
             lines += [win_rate_table(record["win_rates"], config.eval.baseline), ""]
         if "curves" in record:
             lines += [f"![curves]({Path(record['curves']).relative_to(output_dir)})", ""]
+    lines += _meanings(outcome)
     if outcome.get("verdicts"):
         lines += ["## Held-out gain (first stage's start -> last stage's end)", ""]
         lines += [f"- {line}" for line in outcome["verdicts"]] + [""]
@@ -83,6 +86,15 @@ def write_summary(
                 "",
             ]
     write_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def _meanings(outcome: dict[str, Any]) -> list[str]:
+    """One line per held-out metric the stages report: what the numbers mean."""
+    shown = {name for record in outcome["stages"] for name in (record.get("eval_after") or {})}
+    lines = [f"- `{name}`: {MEANINGS[name]}" for name in SUMMARY_METRICS if name in shown]
+    if not lines:
+        return []
+    return ["## What the held-out numbers mean", "", *lines, "- ± is one standard error over the pairs", ""]
 
 
 def win_rate_table(records: list[dict[str, Any]], baseline: str) -> str:

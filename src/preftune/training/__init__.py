@@ -36,7 +36,14 @@ if TYPE_CHECKING:
         TrainResult,
     )
     from preftune.training.loop import Trainer, make_optimizer, make_plan, responses_read
-    from preftune.training.online import OnlineSettings, OnPolicySource, RoundLog, RoundStats, train_rounds
+    from preftune.training.online import (
+        OnlineSettings,
+        OnPolicySource,
+        RoundCheckpoints,
+        RoundLog,
+        RoundStats,
+        train_rounds,
+    )
     from preftune.training.plan import BatchPlan
     from preftune.training.settings import EvalConfig, OptimConfig
     from preftune.training.sources import BatchSource, BufferSource, DatasetSource, PlannedSource
@@ -68,6 +75,7 @@ _HOME = {  # each public name and the module it lives in; imported on first use
     "Progress": "preftune.training.hooks",
     "RecordingHook": "preftune.training.hooks",
     "responses_read": "preftune.training.loop",
+    "RoundCheckpoints": "preftune.training.online",
     "RoundLog": "preftune.training.online",
     "RoundStats": "preftune.training.online",
     "save_checkpoint": "preftune.training.checkpoint",
@@ -97,6 +105,7 @@ __all__ = [
     "PlannedSource",
     "Progress",
     "RecordingHook",
+    "RoundCheckpoints",
     "RoundLog",
     "RoundStats",
     "StepCallback",

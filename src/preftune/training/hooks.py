@@ -150,14 +150,16 @@ class Checkpoints(Hook):
 
     def __init__(self, output_dir: Path, every: int, keep: int, total_steps: int) -> None:
         self.output_dir, self.every, self.keep, self.total_steps = Path(output_dir), every, keep, total_steps
+        self.saved_step: int | None = None  # the step of the last checkpoint written
 
     def save(self, fit: Fit) -> None:
         state = {"total_steps": self.total_steps, "history": fit.result.history, "hooks": fit.hook_states()}
         fit.trainer.save(self.output_dir, state, fit.source.state_dict(), self.keep)
+        self.saved_step = fit.trainer.global_step
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
         done = fit.trainer.global_step
-        if done % self.every == 0 or done == self.total_steps:
+        if done != self.saved_step and (done % self.every == 0 or done == self.total_steps):
             self.save(fit)
 
 

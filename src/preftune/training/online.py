@@ -39,7 +39,7 @@ from preftune.data.groups import TokenizedGroup
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.objectives import GroupRecord
-from preftune.training.hooks import Fit, Hook, TrainResult
+from preftune.training.hooks import Checkpoints, Fit, Hook, TrainResult
 from preftune.training.loop import Trainer, responses_read
 from preftune.training.sources import BufferSource
 
@@ -417,6 +417,10 @@ class OnPolicySource:
             )
         return done
 
+    def round_ends_now(self) -> bool:
+        """Whether the trainer's last step was the last of the current round's."""
+        return bool(self.rounds) and self.trainer.global_step == self.start_steps[-1] + self.rounds[-1].steps
+
     def kl_to_reference(self, groups: Sequence[TokenizedGroup]) -> float:
         """Mean log π(y|x) − log π_ref(y|x) over the groups' responses (y drawn from π: a Monte Carlo
         estimate of KL(π ‖ π_ref) per response); NaN without a reference. Groups of C responses only."""
@@ -543,6 +547,19 @@ class RoundLog(Hook):
                 shown = [row for row in fit.source.shown if row["round"] == stats.round]  # type: ignore[attr-defined]
                 self.on_round(stats, self.rounds[: stats.round + 1], shown)
         self.reported = len(self.rounds)
+
+
+class RoundCheckpoints(Hook):
+    """A checkpoint at the end of every round of an :class:`OnPolicySource`, whatever ``save_every``
+    says: an interrupted on-policy run loses at most the round it was in. Runs before
+    :class:`~preftune.training.hooks.Checkpoints`, which then skips a step already saved."""
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
+
+    def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
+        if fit.source.round_ends_now():  # type: ignore[attr-defined]
+            self.checkpoints.save(fit)
 
 
 def train_rounds(

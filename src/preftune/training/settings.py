@@ -18,8 +18,8 @@ class OptimConfig:
     grad_accumulation: int = 1
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
-    warmup_ratio: float = 0.1
-    schedule: str = "cosine"  # any transformers scheduler name: linear, cosine, constant_with_warmup...
+    warmup_ratio: float = 0.0  # TRL's (transformers') default: no warmup, so step 1 already moves the weights
+    schedule: str = "linear"  # TRL's default; any transformers scheduler name: linear, cosine, constant_with_warmup...
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     seed: int = 0

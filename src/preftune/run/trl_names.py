@@ -1,0 +1,180 @@
+"""TRL's config names, read as preftune's keys (docs/from-trl.md).
+
+A TRL user's YAML (``DPOConfig`` fields, with ``ModelConfig``'s LoRA fields and ``ScriptArguments``'
+``dataset_name``) trains as it is with ``preftune train --trl FILE``: every key is translated into
+preftune's, TRL's defaults apply where TRL has its own (LoRA off unless ``use_peft``, learning rate
+1e-6, gradient checkpointing on), and a key preftune does not offer stops the run with every such
+key named at once. In a preftune config, a TRL name is not read silently: the error names the
+preftune key it means.
+
+``per_device_train_batch_size`` is per process and per accumulation step in TRL; preftune's
+``optim.batch_size`` is the global batch, so it is the product of the three (processes from
+``WORLD_SIZE``, as ``torchrun`` sets it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from preftune.errors import PreftuneError
+
+# TRL's key -> preftune's key, where the value carries over as it is
+SAME_VALUE = {
+    "model_name_or_path": "model.name",
+    "dataset_name": "data.train",
+    "output_dir": "output_dir",
+    "learning_rate": "optim.lr",
+    "num_train_epochs": "optim.epochs",
+    "lr_scheduler_type": "optim.schedule",
+    "warmup_ratio": "optim.warmup_ratio",
+    "weight_decay": "optim.weight_decay",
+    "max_grad_norm": "optim.max_grad_norm",
+    "seed": "optim.seed",
+    "gradient_accumulation_steps": "optim.grad_accumulation",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "max_length": "data.max_length",
+    "max_prompt_length": "data.max_prompt_length",
+    "eval_steps": "eval.every",
+    "save_steps": "save_every",
+    "save_total_limit": "keep_checkpoints",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "use_peft": "lora.enabled",
+    "lora_r": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
+    "dtype": "model.dtype",
+    "torch_dtype": "model.dtype",
+}
+
+# TRL's keys whose preftune value is computed: what each becomes (for the docs and the hints)
+COMPUTED = {
+    "per_device_train_batch_size": "optim.batch_size (× gradient_accumulation_steps × processes: a global batch)",
+    "max_steps": "optim.max_steps (TRL's -1: none)",
+    "bf16": "optim.mixed_precision (true: bf16, false: no)",
+    "report_to": "trackers (none: [])",
+    "beta": "the objective's beta: dpo(beta=...)",
+    "loss_type": "objective (sigmoid: dpo, ipo: ipo, hinge: hinge)",
+    "label_smoothing": "dpo's label_smoothing",
+}
+
+# TRL's keys that change nothing here, with why
+IGNORED = {
+    "logging_steps": "preftune logs every step",
+    "logging_first_step": "preftune logs every step",
+    "eval_strategy": "held-out evaluation runs at the start, every eval.every steps and at the end",
+    "save_strategy": "checkpoints every save_every steps",
+    "do_train": "preftune train trains",
+    "do_eval": "held-out pairs are always scored",
+    "remove_unused_columns": "preftune reads only the columns it needs",
+    "dataset_num_proc": "tokenisation runs in the process",
+    "push_to_hub": "preftune writes outputs locally (from_pretrained loads them)",
+    "overwrite_output_dir": "an output_dir with checkpoints is refused; resume it with --resume",
+    "precompute_ref_log_probs": "the reference is precomputed by default (reference: auto)",
+}
+
+# On-policy TRL keys (OnlineDPOConfig, RLOOConfig): such a run is written in preftune's keys
+ONLINE = {
+    "max_new_tokens": "online.max_new_tokens",
+    "temperature": "online.temperature",
+    "top_p": "online.top_p",
+    "top_k": "online.top_k",
+    "missing_eos_penalty": "online.missing_eos_penalty",
+    "num_generations": "online.samples_per_prompt",
+    "num_iterations": "online.passes",
+    "use_vllm": "online.backend=vllm",
+    "vllm_gpu_memory_utilization": "online.vllm_gpu_memory",
+    "reward_funcs": "online.labeller=function:MODULE:FN",
+    "reward_model_path": "online.labeller=rm:PATH",
+    "judge": "online.labeller=judge:SPEC",
+}
+
+# Where TRL's defaults are not preftune's: set unless the file sets them
+TRL_DEFAULTS = {
+    "lora.enabled": False,  # ModelConfig.use_peft
+    "optim.lr": 1e-6,  # DPOConfig.learning_rate
+    "model.gradient_checkpointing": True,  # TRL's base config
+    "lora.dropout": 0.05,  # ModelConfig.lora_dropout
+}
+
+# TRL's loss_type -> preftune's objective term (the terms TRL users name most; issue 24 adds the rest)
+LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge"}
+
+
+def trl_meaning(name: str) -> str | None:
+    """What TRL's key ``name`` is here (a preftune key, a computed value, or no setting and why);
+    None when TRL has no such key."""
+    if name in SAME_VALUE:
+        return SAME_VALUE[name]
+    if name in COMPUTED:
+        return COMPUTED[name]
+    if name in IGNORED:
+        return f"no setting ({IGNORED[name]})"
+    if name in ONLINE:
+        return f"{ONLINE[name]} (an on-policy run: online.rounds > 0)"
+    return None
+
+
+def _objective(values: Mapping[str, Any]) -> str | None:
+    """The objective string of TRL's ``loss_type``, ``beta`` and ``label_smoothing``, None when none is set."""
+    if not {"loss_type", "beta", "label_smoothing"} & set(values):
+        return None
+    losses = values.get("loss_type", ["sigmoid"])
+    losses = [losses] if isinstance(losses, str) else list(losses)
+    unknown = [loss for loss in losses if loss not in LOSSES]
+    if unknown or len(losses) != 1:
+        offered = ", ".join(LOSSES)
+        raise PreftuneError(
+            f"TRL's loss_type {losses}: preftune reads one of {offered} here; write the objective "
+            "in preftune's terms instead (objective=..., see preftune objectives)"
+        )
+    params = [f"beta={float(values.get('beta', 0.1))!r}"]
+    if losses[0] == "ipo":
+        params.append("average=True")  # TRL's IPO scores mean log-probabilities per token
+    if values.get("label_smoothing"):
+        if losses[0] != "sigmoid":
+            raise PreftuneError("TRL's label_smoothing applies to loss_type sigmoid (dpo) only")
+        params.append(f"label_smoothing={float(values['label_smoothing'])!r}")
+    return f"{LOSSES[losses[0]]}({', '.join(params)})"
+
+
+_COMPUTE: dict[str, Callable[[Any, Mapping[str, Any]], tuple[str, Any] | None]] = {
+    "per_device_train_batch_size": lambda v, all_: (
+        "optim.batch_size",
+        int(v) * int(all_.get("gradient_accumulation_steps", 1)) * int(os.environ.get("WORLD_SIZE", "1")),
+    ),
+    "max_steps": lambda v, _: ("optim.max_steps", None if int(v) < 0 else int(v)),
+    "bf16": lambda v, _: ("optim.mixed_precision", "bf16" if v else "no"),
+    "report_to": lambda v, _: ("trackers", [] if v in ("none", None, ["none"]) else [v] if isinstance(v, str) else v),
+}
+
+
+def translate(values: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """TRL's top-level keys and values -> (preftune's dotted keys and values, TRL's defaults included;
+    the keys ignored, each with why). Every key preftune does not know is named in one error."""
+    online = [k for k in values if k in ONLINE]
+    if online:
+        raise PreftuneError(
+            f"{where}: on-policy TRL keys ({', '.join(online)}): --trl reads DPOConfig's; write an "
+            "on-policy run in preftune's keys (online.rounds, ...; docs/from-trl.md has the table)"
+        )
+    unknown = [k for k in values if k not in SAME_VALUE and k not in COMPUTED and k not in IGNORED]
+    if unknown:
+        raise PreftuneError(
+            f"{where}: TRL keys preftune does not offer: {', '.join(unknown)} (docs/from-trl.md "
+            "lists every key it reads; write these in preftune's keys or remove them)"
+        )
+    out: dict[str, Any] = dict(TRL_DEFAULTS)
+    for key, value in values.items():
+        if key in SAME_VALUE:
+            out[SAME_VALUE[key]] = value
+        elif key in _COMPUTE:
+            target, converted = _COMPUTE[key](value, values)  # type: ignore[misc]
+            out[target] = converted
+    objective = _objective(values)
+    if objective is not None:
+        out["objective"] = objective
+    ignored = [f"{key} ({IGNORED[key]})" for key in values if key in IGNORED]
+    return out, ignored

@@ -1,0 +1,133 @@
+"""TRL's config names: a DPOConfig-style YAML trains as the same run written in preftune's keys
+(--trl), and a TRL name or a misspelt key in a preftune config is refused with the key it means,
+every bad key at once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from preftune.cli.config import load_config
+from preftune.cli.main import main
+from preftune.errors import PreftuneError
+from preftune.objectives import build
+
+TRL_YAML = """\
+model_name_or_path: tiny-random
+dataset_name: bundled:hh-harmless
+output_dir: {out}
+learning_rate: 5.0e-5
+num_train_epochs: 2
+per_device_train_batch_size: 4
+gradient_accumulation_steps: 2
+lr_scheduler_type: cosine
+warmup_ratio: 0.05
+beta: 0.2
+loss_type: sigmoid
+label_smoothing: 0.1
+max_length: 256
+use_peft: true
+lora_r: 8
+lora_alpha: 16
+logging_steps: 10
+bf16: false
+report_to: none
+"""
+
+SAME_IN_PREFTUNE_KEYS = """\
+model: {{name: tiny-random, gradient_checkpointing: true}}
+data: {{train: "bundled:hh-harmless", max_length: 256}}
+output_dir: {out}
+optim: {{lr: 5.0e-5, epochs: 2, batch_size: 8, grad_accumulation: 2, schedule: cosine, warmup_ratio: 0.05,
+        mixed_precision: "no"}}
+objective: dpo(beta=0.2, label_smoothing=0.1)
+lora: {{enabled: true, rank: 8, alpha: 16, dropout: 0.05}}
+trackers: []
+"""
+
+
+def _write(path: Path, text: str, out: Path) -> Path:
+    path.write_text(text.format(out=out), encoding="utf-8")
+    return path
+
+
+def test_a_trl_config_resolves_to_the_same_run_as_preftune_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "run"
+    notes: list[str] = []
+    trl = load_config(_write(tmp_path / "trl.yaml", TRL_YAML, out), [], trl=True, notes=notes)
+    ours = load_config(_write(tmp_path / "ours.yaml", SAME_IN_PREFTUNE_KEYS, out), [])
+    assert dataclasses.asdict(trl) == dataclasses.asdict(ours)
+    assert notes == ["logging_steps (preftune logs every step)"]
+    # preftune keys on the command line still override a TRL file
+    assert load_config(tmp_path / "trl.yaml", ["optim.max_steps=3"], trl=True).optim.max_steps == 3
+
+
+def test_trl_defaults_apply_where_the_file_is_silent(tmp_path, monkeypatch):
+    """A DPOConfig with only a model: TRL trains it fully (no use_peft) at 1e-6 with checkpointing on."""
+    monkeypatch.setenv("WORLD_SIZE", "2")  # per-device batches are per process: preftune's batch is global
+    path = tmp_path / "trl.yaml"
+    path.write_text("model_name_or_path: tiny-random\nper_device_train_batch_size: 3\n", encoding="utf-8")
+    config = load_config(path, [], trl=True)
+    assert (config.lora.enabled, config.optim.lr, config.model.gradient_checkpointing) == (False, 1e-6, True)
+    assert config.optim.batch_size == 6 and config.objective == "dpo"  # no loss keys: preftune's default
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [("ipo", "ipo(beta=0.3, average=True)"), ("hinge", "hinge(beta=0.3)"), ("sigmoid", "dpo(beta=0.3)")],
+)
+def test_loss_types_become_objectives_that_build(tmp_path, loss, expected):
+    path = tmp_path / "trl.yaml"
+    path.write_text(f"beta: 0.3\nloss_type: [{loss}]\n", encoding="utf-8")
+    config = load_config(path, [], trl=True)
+    assert config.objective == expected
+    build(config.objective)  # a valid objective string
+
+
+def test_every_key_trl_does_not_map_is_named_at_once(tmp_path):
+    path = tmp_path / "trl.yaml"
+    path.write_text("learning_rate: 1e-5\nuse_liger_kernel: true\nf_divergence_type: js\n", encoding="utf-8")
+    with pytest.raises(PreftuneError, match="use_liger_kernel, f_divergence_type"):
+        load_config(path, [], trl=True)
+    path.write_text("max_new_tokens: 64\nnum_generations: 4\n", encoding="utf-8")
+    with pytest.raises(PreftuneError, match=r"on-policy TRL keys \(max_new_tokens, num_generations\)"):
+        load_config(path, [], trl=True)
+    path.write_text("loss_type: [sigmoid, sft]\n", encoding="utf-8")
+    with pytest.raises(PreftuneError, match="loss_type"):
+        load_config(path, [], trl=True)
+
+
+def test_trl_names_and_misspellings_in_a_preftune_config_name_the_key_they_mean(tmp_path):
+    overrides = [
+        "optim.learnig_rate=3e-4",
+        "per_device_train_batch_size=4",
+        "lora.rnk=8",
+        "num_train_epochs=2",
+        "optim.lr=1e-4",
+    ]
+    with pytest.raises(PreftuneError) as caught:
+        load_config(None, overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'optim.learnig_rate' (TRL's 'learning_rate'? here optim.lr)" in message
+    assert "'per_device_train_batch_size' (TRL's name; here optim.batch_size" in message
+    assert "'lora.rnk' (did you mean 'lora.rank'?)" in message
+    assert "'num_train_epochs' (TRL's name; here optim.epochs)" in message
+    assert "optim.lr'" not in message.replace("here optim.lr", "")  # the valid key is not named
+    # a whole TRL file given as a preftune config: the error says to read it with --trl
+    path = _write(tmp_path / "trl.yaml", TRL_YAML, tmp_path / "run")
+    with pytest.raises(PreftuneError, match=r"reads as a TRL config \('preftune train --trl"):
+        load_config(path, [])
+
+
+def test_train_trl_on_the_command_line(tmp_path, capsys):
+    path = _write(tmp_path / "trl.yaml", TRL_YAML, tmp_path / "run")
+    assert main(["train", "--trl", str(path), "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert "note: TRL's logging_steps (preftune logs every step): ignored" in captured.err
+    assert "objective: dpo(beta=0.2, label_smoothing=0.1)" in captured.out
+    assert main(["train", str(path), "--trl", str(path)]) == 2
+    assert "not both" in capsys.readouterr().err
