@@ -25,6 +25,7 @@ dataset). Each round's buffer is a :class:`~preftune.training.sources.BufferSour
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -398,23 +399,23 @@ class OnPolicySource:
         self.start_steps.append(self.trainer.global_step)
         return stats
 
-    def finished_rounds(self, history: Sequence[dict[str, float]], final: bool = False) -> list[RoundStats]:
-        """Every round whose training is over (``final``: every round sampled, the fit having ended),
-        with its steps, mean loss and training time read from ``history`` (the fit's per-step statistics)."""
+    def finished_rounds(
+        self, history: Sequence[dict[str, float]], final: bool = False, start: int = 0
+    ) -> list[RoundStats]:
+        """The rounds from ``start`` on whose training is over (``final``: every round sampled, the fit
+        having ended), with their steps, mean loss and training time read from ``history`` (the fit's
+        per-step statistics, in step order: each round's steps are found by bisection, so reporting
+        stays cheap in a long run)."""
+        steps_done = [h["step"] for h in history]
         done = []
-        for stats, start in zip(self.rounds, self.start_steps, strict=True):
-            if not final and self.trainer.global_step < start + stats.steps:
+        for stats, first in zip(self.rounds[start:], self.start_steps[start:], strict=True):
+            if not final and self.trainer.global_step < first + stats.steps:
                 break
-            steps = [h for h in history if start < h["step"] <= start + stats.steps]
+            lo, hi = bisect.bisect_right(steps_done, first), bisect.bisect_right(steps_done, first + stats.steps)
+            steps = history[lo:hi]
             losses = [h["loss"] for h in steps if "loss" in h]
-            done.append(
-                replace(
-                    stats,
-                    steps=len(steps),
-                    loss=sum(losses) / len(losses) if losses else math.nan,
-                    train_s=sum(h.get("step_s", 0.0) for h in steps),
-                )
-            )
+            loss = sum(losses) / len(losses) if losses else math.nan
+            done.append(replace(stats, steps=len(steps), loss=loss, train_s=sum(h.get("step_s", 0.0) for h in steps)))
         return done
 
     def round_ends_now(self) -> bool:
@@ -531,21 +532,27 @@ class RoundLog(Hook):
         self.reported = int(state["reported"])
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
-        self._report(fit, final=False)
+        # a round without steps (too few items) is reported with the next round that has some
+        if fit.source.round_ends_now():  # type: ignore[attr-defined]
+            self._report(fit, final=False)
 
     def end(self, fit: Fit) -> None:
         self._report(fit, final=True)
 
     def _report(self, fit: Fit, final: bool) -> None:
-        self.rounds = fit.source.finished_rounds(fit.result.history, final)  # type: ignore[attr-defined]
+        source = fit.source
+        if len(self.rounds) < self.reported:  # resumed: the rounds reported before, again for the files
+            self.rounds = source.finished_rounds(fit.result.history, True)[: self.reported]  # type: ignore[attr-defined]
+        new = source.finished_rounds(fit.result.history, final, start=self.reported)  # type: ignore[attr-defined]
         accelerator = fit.trainer.accelerator
-        for stats in self.rounds[self.reported :]:
+        for stats in new:
+            self.rounds.append(stats)
             if self.console is not None and accelerator.is_main_process:
                 self.console.print(str(stats), highlight=False)
             accelerator.log({f"online/{k}": v for k, v in stats.to_dict().items()}, step=fit.trainer.global_step)
             if self.on_round is not None:
-                shown = [row for row in fit.source.shown if row["round"] == stats.round]  # type: ignore[attr-defined]
-                self.on_round(stats, self.rounds[: stats.round + 1], shown)
+                shown = [row for row in source.shown if row["round"] == stats.round]  # type: ignore[attr-defined]
+                self.on_round(stats, list(self.rounds), shown)
         self.reported = len(self.rounds)
 
 
