@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,6 +360,56 @@ def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     assert [r["round"] for r in again["stages"][0]["rounds"]] == [0, 1]
     lines = [json.loads(line) for line in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [0, 1] and all(math.isfinite(r["mean_length"]) for r in lines)
+
+
+@pytest.mark.slow
+def test_an_online_run_killed_mid_round_resumes_as_if_never_killed(tmp_path):
+    """SIGKILL (no clean-up) after step 3, the middle of round 1 (save_every=1), then --resume: the
+    same weights, and every round's statistics (rounds.jsonl) those of the run never killed."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.training.common import TIMEOUT, assert_same_tensors, model_weights, subprocess_env, train
+
+    settings = [
+        "model.name=tiny-random",
+        "data.train=bundled:hh-harmless",
+        "data.train_size=24",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "online.rounds=2",
+        "online.prompts_per_round=4",
+        "online.samples_per_prompt=3",
+        "online.max_new_tokens=8",
+        "optim.batch_size=2",
+        "optim.mixed_precision=no",
+        "objective=reinforce",
+        "save_every=1",
+        "trackers=[]",
+    ]
+    worker = str(Path(__file__).with_name("online_kill_worker.py"))
+    killed = subprocess.run(
+        [sys.executable, worker, str(tmp_path / "cut"), "3", *settings],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=subprocess_env(1),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    train([*settings, f"output_dir={tmp_path / 'whole'}"])
+    train([*settings, f"output_dir={tmp_path / 'cut'}", "resume=true"])
+    assert_same_tensors(model_weights(tmp_path / "cut" / "model"), model_weights(tmp_path / "whole" / "model"))
+    timings = {"generate_s", "label_s", "train_s"}
+    rounds = [
+        [json.loads(line) for line in (tmp_path / name / "rounds.jsonl").read_text().splitlines()]
+        for name in ("whole", "cut")
+    ]
+    assert [r["round"] for r in rounds[1]] == [0.0, 1.0]
+    for whole, cut in zip(*rounds, strict=True):
+        for key in whole.keys() - timings:
+            assert cut[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
 
 
 class RecordingJudgeLabeller(JudgeLabeller):
