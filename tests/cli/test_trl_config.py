@@ -131,3 +131,30 @@ def test_train_trl_on_the_command_line(tmp_path, capsys):
     assert "objective: dpo(beta=0.2, label_smoothing=0.1)" in captured.out
     assert main(["train", str(path), "--trl", str(path)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_trl_config_trains_as_it_is(tmp_path, capsys):
+    """`preftune train --trl` end to end on the tiny model: TRL's names, a few steps, a saved model."""
+    out = tmp_path / "run"
+    path = tmp_path / "dpo.yaml"
+    path.write_text(
+        "model_name_or_path: tiny-random\n"
+        "dataset_name: bundled:hh-harmless\n"
+        f"output_dir: {out}\n"
+        "max_steps: 2\n"
+        "per_device_train_batch_size: 2\n"
+        "learning_rate: 1.0e-4\n"
+        "beta: 0.1\n"
+        "max_length: 128\n"
+        "use_peft: true\n"
+        "lora_r: 4\n"
+        "bf16: false\n"
+        "gradient_checkpointing: false\n"
+        "report_to: none\n"
+        "logging_steps: 1\n",
+        encoding="utf-8",
+    )
+    assert main(["train", "--trl", str(path), "data.train_size=16", "data.eval_size=4"]) == 0
+    assert (out / "model" / "adapter_config.json").is_file()
+    err = capsys.readouterr().err
+    assert "note: TRL's logging_steps (preftune logs every step): ignored" in err and "step 2/2" in err
