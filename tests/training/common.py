@@ -93,6 +93,31 @@ def make_data_files(folder: Path) -> DataFiles:
 FP32 = {"optim.mixed_precision": "no"}
 
 
+def online_overrides(out: Path | None = None, changes: dict[str, Any] | None = None) -> list[str]:
+    """A tiny on-policy run (``preftune train`` key=value overrides): 2 rounds of 4 prompts × 3 samples
+    of ≤ 8 tokens from bundled HH prompts, ``reinforce``, 2 groups a step, 4 held-out pairs;
+    ``changes`` replace or add settings, ``out`` is the output folder."""
+    settings: dict[str, Any] = {
+        "model.name": "tiny-random",
+        "data.train": "bundled:hh-harmless",
+        "data.train_size": 24,
+        "data.eval_size": 4,
+        "data.max_length": 256,
+        "online.rounds": 2,
+        "online.prompts_per_round": 4,
+        "online.samples_per_prompt": 3,
+        "online.max_new_tokens": 8,
+        "optim.batch_size": 2,
+        "objective": "reinforce",
+        "trackers": "[]",
+        **FP32,
+    }
+    settings.update(changes or {})
+    if out is not None:
+        settings["output_dir"] = str(out)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
 def lora_overrides(data: DataFiles, out: Path, **extra: Any) -> list[str]:
     """LoRA, ``dpo + exmate``, a separate eval file, 6 steps of 4 pairs (1.5 epochs of 16 pairs),
     3 warm-up steps then cosine decay, a checkpoint every 2 steps, adapter and merged outputs."""

@@ -19,7 +19,7 @@ from torch import nn
 from preftune.modeling import apply_lora, load_model, load_tokenizer, sequence_logprobs
 from preftune.modeling.gradient_cosine import gradient_cosines
 from tests.modeling.batches import pipeline_batch
-from tests.training.common import DataFiles, full_overrides, train, trainer_state
+from tests.training.common import DataFiles, full_overrides, online_overrides, train, trainer_state
 
 EXAMPLES = [
     ("Name a colour.", "Blue.", "I will not."),
@@ -205,24 +205,10 @@ def test_an_on_policy_run_logs_the_cosine_across_rounds(tmp_path: Path) -> None:
     the last) included, and the records reach the stage's record."""
     out = tmp_path / "run"
     outcome = train(
-        [
-            "model.name=tiny-random",
-            "data.train=bundled:hh-harmless",
-            "data.train_size=24",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "online.rounds=2",
-            "online.prompts_per_round=4",
-            "online.samples_per_prompt=3",
-            "online.max_new_tokens=8",
-            "online.labeller=length",
-            "optim.batch_size=2",
-            "objective=reinforce",
-            f"output_dir={out}",
-            "trackers=[]",
-            "eval.gradient_cosine_every=1",
-            "eval.gradient_cosine_pairs=2",
-        ]
+        online_overrides(
+            out,
+            {"online.labeller": "length", "eval.gradient_cosine_every": 1, "eval.gradient_cosine_pairs": 2},
+        )
     )
     records = outcome["stages"][0]["gradient_cosines"]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]

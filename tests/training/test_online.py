@@ -28,6 +28,7 @@ from preftune.training.online import (
     round_prompts,
     train_rounds,
 )
+from tests.training.common import online_overrides
 
 PROMPTS = [f"Say something about topic {i}." for i in range(12)]
 
@@ -176,25 +177,8 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
     from preftune.cli.main import main
 
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "model.name=tiny-random",
-        "data.train=bundled:hh-harmless",
-        "data.train_size=24",
-        "data.eval_size=4",
-        "data.max_length=256",
-        "online.rounds=2",
-        "online.prompts_per_round=4",
-        "online.samples_per_prompt=3",
-        "online.max_new_tokens=8",
-        "online.missing_eos_penalty=100",
-        "online.labeller=length",
-        "optim.batch_size=4",
-        "optim.mixed_precision=no",
-        "objective=reinforce",
-        f"output_dir={out}",
-        "trackers=[tensorboard]",
-    ]
+    changes = {"online.missing_eos_penalty": 100, "online.labeller": "length", "optim.batch_size": 4}
+    argv = ["train", *online_overrides(out, {**changes, "trackers": "[tensorboard]"})]
     assert main(argv) == 0
     events = EventAccumulator(str(out / "train"))  # the tracker's run is named after the stage
     events.Reload()
@@ -216,7 +200,7 @@ def test_preftune_train_online_rounds_end_to_end(tmp_path, capsys):
         assert s["best_reward"] >= s["worst_reward"]
     summary = (out / "summary.md").read_text()
     assert "| round | reward |" in summary and "Round 1, prompt" in summary
-    assert main([*argv[:-2], f"output_dir={tmp_path / 'r2'}", "trackers=[]", "online.mix=0.5"]) == 2
+    assert main(["train", *online_overrides(tmp_path / "r2", {**changes, "online.mix": 0.5})]) == 2
     assert "needs a pairwise objective" in capsys.readouterr().err
 
 
@@ -236,24 +220,8 @@ def test_ctrl_c_in_an_online_run_says_where_resume_continues(tmp_path):
 
     text = StringIO()
     out = tmp_path / "run"
-    overrides = [
-        "model.name=tiny-random",
-        "data.train=bundled:hh-harmless",
-        "data.train_size=24",
-        "data.eval_size=4",
-        "data.max_length=256",
-        "online.rounds=2",
-        "online.prompts_per_round=4",
-        "online.samples_per_prompt=2",
-        "online.max_new_tokens=8",
-        "online.labeller=length",
-        "optim.batch_size=4",
-        "optim.mixed_precision=no",
-        "objective=reinforce",
-        "save_every=1",
-        f"output_dir={out}",
-        "trackers=[]",
-    ]
+    changes = {"online.samples_per_prompt": 2, "online.labeller": "length", "optim.batch_size": 4, "save_every": 1}
+    overrides = online_overrides(out, changes)
     with pytest.raises(KeyboardInterrupt):
         run_training(
             load_config(None, overrides), callbacks=[interrupt], console=Console(file=text, width=300, soft_wrap=True)
@@ -275,22 +243,7 @@ def test_an_online_run_checkpoints_each_round_whatever_save_every(tmp_path):
     from tests.training.common import assert_same_tensors, model_weights, train
 
     def overrides(out):
-        return [
-            "model.name=tiny-random",
-            "data.train=bundled:hh-harmless",
-            "data.train_size=24",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "online.rounds=3",
-            "online.prompts_per_round=4",
-            "online.samples_per_prompt=3",
-            "online.max_new_tokens=8",
-            "optim.batch_size=2",
-            "objective=reinforce",
-            "optim.mixed_precision=no",
-            f"output_dir={out}",
-            "trackers=[]",
-        ]
+        return online_overrides(out, {"online.rounds": 3})
 
     def interrupt(step: int, stats: dict) -> None:
         if step == 3:  # round 1 (2 steps a round), after round 0's checkpoint at step 2
@@ -320,22 +273,7 @@ def test_an_online_run_stopped_mid_round_resumes_exactly(tmp_path):
     from tests.training.common import assert_same_tensors, model_weights, train
 
     def overrides(out):
-        return [
-            "model.name=tiny-random",
-            "data.train=bundled:hh-harmless",
-            "data.train_size=24",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "online.rounds=2",
-            "online.prompts_per_round=4",
-            "online.samples_per_prompt=3",
-            "online.max_new_tokens=8",
-            "optim.batch_size=2",
-            "objective=reinforce",
-            "save_every=1",
-            f"output_dir={out}",
-            "trackers=[]",
-        ]
+        return online_overrides(out, {"save_every": 1})
 
     class Stop(Exception):
         pass
@@ -373,22 +311,7 @@ def test_an_online_run_killed_mid_round_resumes_as_if_never_killed(tmp_path):
 
     from tests.training.common import TIMEOUT, assert_same_tensors, model_weights, subprocess_env, train
 
-    settings = [
-        "model.name=tiny-random",
-        "data.train=bundled:hh-harmless",
-        "data.train_size=24",
-        "data.eval_size=4",
-        "data.max_length=256",
-        "online.rounds=2",
-        "online.prompts_per_round=4",
-        "online.samples_per_prompt=3",
-        "online.max_new_tokens=8",
-        "optim.batch_size=2",
-        "optim.mixed_precision=no",
-        "objective=reinforce",
-        "save_every=1",
-        "trackers=[]",
-    ]
+    settings = online_overrides(changes={"save_every": 1})
     worker = str(Path(__file__).with_name("online_kill_worker.py"))
     killed = subprocess.run(
         [sys.executable, worker, str(tmp_path / "cut"), "3", *settings],
@@ -493,24 +416,8 @@ def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, c
     found = {}
     for spec in ("longer", "random"):
         out = tmp_path / spec
-        argv = [
-            "train",
-            "model.name=tiny-random",
-            "data.train=bundled:hh-harmless",
-            "data.train_size=24",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "online.rounds=2",
-            "online.prompts_per_round=4",
-            "online.samples_per_prompt=4",
-            "online.max_new_tokens=8",
-            f"online.labeller=judge:{spec}",
-            "optim.batch_size=4",
-            "optim.mixed_precision=no",
-            "objective=dpo",
-            f"output_dir={out}",
-            "trackers=[]",
-        ]
+        changes = {"online.samples_per_prompt": 4, "online.labeller": f"judge:{spec}", "optim.batch_size": 4}
+        argv = ["train", *online_overrides(out, {**changes, "objective": "dpo"})]
         assert main(argv) == 0
         err = capsys.readouterr().err
         assert "round 0: reward" in err and "judge decided" in err and "judge length tau" in err
@@ -533,22 +440,7 @@ def test_two_processes_train_online_as_one(tmp_path):
     from tests.training.common import TIMEOUT, TORCHRUN, assert_same_tensors, model_weights, subprocess_env, train
 
     def overrides(out):
-        return [
-            "model.name=tiny-random",
-            "data.train=bundled:hh-harmless",
-            "data.train_size=24",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "online.rounds=2",
-            "online.prompts_per_round=4",
-            "online.samples_per_prompt=3",
-            "online.max_new_tokens=8",
-            "optim.batch_size=4",
-            "objective=reinforce",
-            "optim.mixed_precision=no",
-            f"output_dir={out}",
-            "trackers=[]",
-        ]
+        return online_overrides(out, {"optim.batch_size": 4})
 
     train(overrides(tmp_path / "single"))
     worker = Path(__file__).with_name("ddp_worker.py")

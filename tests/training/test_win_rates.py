@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.common import DataFiles, lora_overrides, train
+from tests.training.common import DataFiles, lora_overrides, online_overrides, train
 
 
 def _rows(path: Path) -> list[dict]:
@@ -87,24 +87,18 @@ def test_an_online_run_reports_its_win_rate_against_the_chosen_responses(tmp_pat
     from preftune.evaluation.generate_eval import response_text
 
     out = tmp_path / "run"
-    overrides = [
-        "model.name=tiny-random",
-        "data.train=bundled:hh-harmless",
-        "data.train_size=24",
-        "data.eval_size=4",
-        "data.max_length=256",
-        "online.rounds=2",
-        "online.prompts_per_round=2",
-        "online.samples_per_prompt=2",
-        "online.max_new_tokens=6",
-        "optim.batch_size=2",
-        "objective=dpo",
-        "eval.judges=[longer]",
-        "eval.baseline=chosen",
-        "eval.max_new_tokens=6",
-        f"output_dir={out}",
-        "trackers=[]",
-    ]
+    overrides = online_overrides(
+        out,
+        {
+            "online.prompts_per_round": 2,
+            "online.samples_per_prompt": 2,
+            "online.max_new_tokens": 6,
+            "objective": "dpo",
+            "eval.judges": "[longer]",
+            "eval.baseline": "chosen",
+            "eval.max_new_tokens": 6,
+        },
+    )
     outcome = train(overrides)
     [record] = outcome["stages"][0]["win_rates"]
     assert record["step"] == outcome["stages"][0]["steps"]
