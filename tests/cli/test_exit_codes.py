@@ -52,6 +52,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+def _win_rate(outputs: Path, baseline: Path, judge: str, *extra: str) -> list[str]:
+    """``preftune win-rate`` of ``outputs`` against ``baseline``, with few bootstrap resamples."""
+    argv = ["win-rate", "--outputs", str(outputs), "--baseline", str(baseline), "--judge", judge]
+    return [*argv, *extra, "--lc-bootstrap", "5", "--bootstrap", "50"]
+
+
 def _last_line(stderr: str, starts: str) -> str:
     """The run's last line, which must start with ``starts``; no traceback anywhere."""
     assert "Traceback" not in stderr, stderr
@@ -132,23 +138,7 @@ def test_judge_eval_and_win_rate_with_failed_calls_exit_3(tmp_path: Path, capsys
         assert "of 6 comparisons failed" in line and "with --store FILE, only the failed ones" in line
         assert (tmp_path / "r.json").is_file()  # the report is written all the same
         store = tmp_path / "w.sqlite"
-        code = main(
-            [
-                "win-rate",
-                "--outputs",
-                str(outputs),
-                "--baseline",
-                str(baseline),
-                "--judge",
-                spec,
-                "--store",
-                str(store),
-                "--lc-bootstrap",
-                "5",
-                "--bootstrap",
-                "50",
-            ]
-        )
+        code = main(_win_rate(outputs, baseline, spec, "--store", str(store)))
         assert code == EXIT_INCOMPLETE
         line = _last_line(capsys.readouterr().err, "incomplete: ")
         assert "of 6 comparisons failed" in line and f"the store {store} answers the rest" in line
@@ -162,24 +152,7 @@ def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.Cap
     with openai_server() as (url, _):
         spec = f"api:{url},{FAST}"
         assert main(["judge", "eval", "--judge", spec, "--data", str(data)]) == 0
-        assert (
-            main(
-                [
-                    "win-rate",
-                    "--outputs",
-                    str(outputs),
-                    "--baseline",
-                    str(baseline),
-                    "--judge",
-                    spec,
-                    "--lc-bootstrap",
-                    "5",
-                    "--bootstrap",
-                    "50",
-                ]
-            )
-            == 0
-        )
+        assert main(_win_rate(outputs, baseline, spec)) == 0
         assert main(["rank", "--input", str(rows), "--judge", spec, "--out", str(tmp_path / "r.jsonl")]) == 0
     assert "incomplete" not in capsys.readouterr().err
 
