@@ -483,3 +483,18 @@ def test_a_bad_labeller_is_refused_in_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "/no/such/reward-model" in err
+
+
+def test_prompts_too_long_for_any_round_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """No prompt leaves room for online.max_new_tokens: one line, and no model was loaded."""
+    import preftune.run.train
+    from preftune.cli.main import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(preftune.run.train, "load_model", no_loading)
+    changes = {"data.max_length": 40, "online.max_new_tokens": 39}
+    assert main(["train", *online_overrides(tmp_path / "r", changes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no prompt of data.train fits") and err.count("\n") == 1

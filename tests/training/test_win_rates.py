@@ -161,3 +161,30 @@ def test_impossible_win_rate_settings_are_refused_in_one_line(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_win_rates_without_held_out_prompts_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """An unset data.eval_size holds out none of 8 pairs: eval.judges has no prompt to answer, said in
+    one line before any model loads."""
+    import preftune.run.train
+    from preftune.cli.main import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(preftune.run.train, "load_model", no_loading)
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"a good answer {i}", "rejected": f"bad {i}"} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    argv = [
+        "train",
+        "model.name=tiny-random",
+        f"data.train={data}",
+        "eval.judges=[longer]",
+        "optim.batch_size=4",
+        f"output_dir={tmp_path / 'r'}",
+        "trackers=[]",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "eval.judges needs held-out prompts, and none were held out" in err and err.count("\n") == 1

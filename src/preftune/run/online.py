@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,27 @@ ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
 def online_settings(config: RunConfig) -> OnlineSettings:
     """The engine's settings of the loop, read once from ``online`` (and ``optim``'s batch size and seed)."""
     return OnlineSettings.read_from(config.online, batch_size=config.optim.batch_size, seed=config.optim.seed)
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What an on-policy stage reads that needs no model, built (and so checked) before the policy
+    loads: the labeller (a bad spec or a missing reward model stops the run there) and the prompts
+    with room for ``online.max_new_tokens``."""
+
+    labeller: Any
+    prompts: list[Any]
+    prompt_ids: list[list[int]]
+
+
+def round_inputs(config: RunConfig, train: Sequence[Any], tokenizer: Any) -> RoundInputs:
+    """The labeller of ``online.labeller`` and the round prompts of data.train (``data.train_size`` of them)."""
+    from preftune.judging.labellers import make_labeller
+
+    labeller = make_labeller(config.online.labeller)
+    examples = train[: config.data.train_size] if config.data.train_size else train
+    room = config.data.max_length - config.online.max_new_tokens
+    return RoundInputs(labeller, *round_prompts_of(examples, tokenizer, room))
 
 
 def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tuple[list[Any], list[list[int]]]:
@@ -101,8 +123,8 @@ class OnPolicyFeed:
     prompts, a live reference (the adapters switched off, or a frozen copy: new samples each round
     cannot be precomputed), and a :class:`~preftune.training.RoundLog` writing the round files.
 
-    ``parts.labeller`` was built from ``online.labeller`` before the policy loaded, so a bad spec or a
-    missing reward model stopped the run before any model work."""
+    Its labeller and prompts (``parts.round_inputs``) were built before the policy loaded, so a bad
+    spec, a missing reward model or prompts too long stopped the run before any model work."""
 
     def __init__(self, parts: Any, stage: StageConfig, objective: Objective, model: Any) -> None:
         config = parts.config
@@ -113,15 +135,12 @@ class OnPolicyFeed:
         self.train_reference, self.eval_reference = make_reference(
             kind, objective, model, config, [], parts.inputs.held_out, parts.batcher, parts.accelerator
         )
-        train = parts.examples.train
-        examples = train[: config.data.train_size] if config.data.train_size else train
-        self.prompts, self.prompt_ids = round_prompts_of(
-            examples, parts.tokenizer, config.data.max_length - config.online.max_new_tokens
-        )
+        rounds = parts.round_inputs
+        self.labeller, self.prompts, self.prompt_ids = rounds.labeller, rounds.prompts, rounds.prompt_ids
         o = config.online
         parts.say(
             f"on-policy: {o.rounds} rounds of {o.prompts_per_round} prompts x {o.samples_per_prompt} samples "
-            f"(of {len(self.prompts)} prompts), labeller {parts.labeller.identity()}",
+            f"(of {len(self.prompts)} prompts), labeller {self.labeller.identity()}",
             highlight=False,
         )
         self.log: RoundLog | None = None
@@ -146,7 +165,7 @@ class OnPolicyFeed:
             parts.tokenizer,
             self.prompts,
             self.prompt_ids,
-            parts.labeller,
+            self.labeller,
             self.settings,
             sampling,
             parts.batcher,

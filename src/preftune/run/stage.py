@@ -62,7 +62,7 @@ class RunParts:
     console: Console
     dirs: list[Path]  # each stage's folder
     callbacks: Sequence[StepCallback] = ()
-    labeller: Any = None  # on-policy runs: built before the policy loaded
+    round_inputs: Any = None  # on-policy runs: labeller and prompts (run.online.RoundInputs), built before the model
     judges: Sequence[tuple[str, Any]] = ()  # eval.judges, built before the policy loaded
 
     def say(self, *args: Any, **kwargs: Any) -> None:

@@ -137,11 +137,15 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     inputs = tokenize_inputs(examples, tokenizer, config.data)
     if config.resume:
         check_same_inputs(output_dir, inputs_record(inputs.train, inputs.held_out))
-    labeller = None
-    if config.online.rounds:  # a bad labeller (or a missing reward model) stops the run before the policy loads
-        from preftune.judging.labellers import make_labeller
+    rounds = None
+    if config.online.rounds:  # a bad labeller, a missing reward model or no prompt that fits: before the policy
+        from preftune.run.online import round_inputs
 
-        labeller = make_labeller(config.online.labeller)
+        rounds = round_inputs(config, examples.train, tokenizer)
+    if config.eval.judges and not inputs.held_out_examples:  # an unset data.eval_size holds out none of < 10
+        raise PreftuneError(
+            "eval.judges needs held-out prompts, and none were held out: set data.eval_size > 0 or data.eval"
+        )
     judges = _win_rate_judges(config)
     model = _model(config)
     accelerator = _accelerator(config)
@@ -149,7 +153,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model))
     dirs = stage_dirs(output_dir, [s.name for s in config.resolved_stages()])
     parts = RunParts(
-        config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, labeller, judges
+        config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, rounds, judges
     )
     _start(parts)
     sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]
