@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.errors import PreftuneError
 
 DEFAULT_OBJECTIVES = "mle,ul,exmate,dpo,dpo+exmate"
@@ -28,6 +29,15 @@ def split_top_level(text: str) -> list[str]:
     return items
 
 
+GRADIENTS = Settings(
+    "analyze gradients",
+    (
+        Setting("objectives", DEFAULT_OBJECTIVES, "--objectives"),
+        Setting("out", Path("out/gradients"), "--out", help="output folder (created)"),
+    ),
+)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "analyze",
@@ -44,15 +54,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             "against the margin; the gradient in logit space on the target token and the rest of the "
             "vocabulary; and the net push on tokens shared by the good and bad responses."
         ),
-        epilog="example: preftune analyze gradients --objectives 'mle,ul,exmate,dpo,dpo+exmate' --out out/gradients",
+        epilog="example: preftune analyze gradients objectives='mle,ul,exmate,dpo,dpo+exmate' out=out/gradients",
     )
-    gradients.add_argument(
-        "--objectives",
-        default=DEFAULT_OBJECTIVES,
-        help=f"comma-separated objective expressions (default: {DEFAULT_OBJECTIVES}); "
-        "terms and defaults: 'preftune objectives'",
-    )
-    gradients.add_argument("--out", type=Path, default=Path("out/gradients"), help="output folder (created)")
+    add_settings(gradients, GRADIENTS)
     gradients.set_defaults(run=run_gradients)
 
 
@@ -61,7 +65,7 @@ def run_gradients(args: argparse.Namespace) -> int:
 
     specs = split_top_level(args.objectives)
     if args.out.exists() and not args.out.is_dir():
-        raise PreftuneError(f"--out {args.out} exists and is not a folder")
+        raise PreftuneError(f"out={args.out} exists and is not a folder")
     console = Console()
     with console.status(f"analysing {len(specs)} objectives"):
         report = write_gradient_report(specs, args.out)

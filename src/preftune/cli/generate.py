@@ -13,12 +13,39 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.cli.outputs import check_output_file
 from preftune.errors import IncompleteRun, PreftuneError
 
 if TYPE_CHECKING:
     from preftune.generation.command import GenerateReport, Sampler
     from preftune.generation.sampling import SamplingConfig
+
+
+SETTINGS = Settings(
+    "generate",
+    (
+        Setting("prompts", flag="--input", required=True, dest="input"),
+        Setting("model.name", "smollm2-135m-instruct", "--model", dest="model"),
+        Setting("sampling.n", 4, "--n", dest="n"),
+        Setting("out", flag="--out", required=True, help="JSON Lines output (prompt, completions, ...)"),
+        Setting("sampling.temperature", 0.7, "--temperature"),
+        Setting("sampling.top_p", 1.0, "--top-p"),
+        Setting("sampling.top_k", 0, "--top-k"),
+        Setting("sampling.max_new_tokens", 128, "--max-new-tokens"),
+        Setting("sampling.batch_size", 16, "--batch-size"),
+        Setting("seed", 0, "--seed", help="the sampling seed"),
+        Setting("limit", flag="--limit", help="only the first N distinct prompts"),
+        Setting("model.device", flag="--device", dest="device"),
+        Setting(
+            "sampling.backend",
+            "auto",
+            "--backend",
+            help="who samples: vllm (installed, CUDA GPU), hf "
+            "(transformers), auto: vllm when it can run; a resume keeps the backend the output began with",
+        ),
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,28 +58,10 @@ def register(commands: argparse._SubParsersAction) -> None:
             "one row per prompt to OUT as soon as it is done. Rerun the same command after a kill to resume: "
             "prompts already in OUT are skipped; other settings are refused."
         ),
-        epilog="example: preftune generate --input mt-bench-questions.jsonl --model smollm2-135m-instruct --n 4 "
-        "--out generated.jsonl && preftune rank --input generated.jsonl --out ranked.jsonl",
+        epilog="example: preftune generate prompts=mt-bench-questions.jsonl model.name=smollm2-135m-instruct "
+        "sampling.n=4 out=generated.jsonl && preftune rank input=generated.jsonl out=ranked.jsonl",
     )
-    parser.add_argument("--input", required=True, help="prompts: a file, folder, Hub name or bundled:NAME")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder (default: embedded)")
-    parser.add_argument("--n", type=int, default=4, help="completions per prompt (default: 4)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON Lines output (prompt, completions, ...)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default: 1.0)")
-    parser.add_argument("--top-k", type=int, default=0, help="0 keeps every token (default: 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest completion (default: 128)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default: 16)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--limit", type=int, help="only the first K distinct prompts")
-    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "hf", "vllm"],
-        default="auto",
-        help="sampler: vllm (installed, CUDA GPU), hf (transformers), or auto: vllm when it can run, "
-        "else hf (default: auto); a resume must use the backend the output began with",
-    )
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_generate)
 
 
@@ -63,7 +72,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     # everything checked before a model loads
     config = _sampling_config(args)
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "out")
     backend = resolve_backend(args.backend, args.model, args.device)
     prompts = load_prompts(args.input, args.limit)
     console = Console(stderr=True, soft_wrap=True)
@@ -99,11 +108,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
-    """The sampling settings of ``args``, checked (with ``--limit``) before anything is read or loaded."""
+    """The sampling settings of ``args``, checked (with ``limit``) before anything is read or loaded."""
     from preftune.generation.sampling import SamplingConfig
 
     if not math.isfinite(args.temperature):
-        raise PreftuneError(f"--temperature must be a finite number ≥ 0, not {args.temperature}")
+        raise PreftuneError(f"sampling.temperature must be a finite number ≥ 0, not {args.temperature}")
     config = SamplingConfig(
         n=args.n,
         temperature=args.temperature,
@@ -114,7 +123,7 @@ def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
         seed=args.seed,
     )
     if args.limit is not None and args.limit < 1:
-        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+        raise PreftuneError(f"limit must be at least 1, not {args.limit}")
     return config
 
 
@@ -143,5 +152,5 @@ def _refuse_empty(report: GenerateReport, out: Path) -> None:
         raise IncompleteRun(
             f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
             f"{out}, but preftune rank refuses them: drop those rows, or sample those prompts "
-            "again with another --seed into another --out"
+            "again with another seed into another out"
         )

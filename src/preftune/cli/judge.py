@@ -8,8 +8,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.errors import PreftuneError
-from preftune.judging.specs import JUDGES, make_judge
+from preftune.judging.specs import make_judge
+
+SETTINGS = Settings(
+    "judge eval",
+    (
+        Setting("judge", flag="--judge", required=True),
+        Setting(
+            "data.eval",
+            flag="--data",
+            required=True,
+            dest="data",
+            help="labelled pairs (PandaLM, AlpacaEval, LLMBar; or prompt/chosen/rejected): a file, folder or hub name",
+        ),
+        Setting("data.format", "auto", "--format"),
+        Setting("data.skip_invalid", False, "--skip-invalid"),
+        Setting("limit", flag="--limit", help="only the first N pairs (after dropping human ties)"),
+        Setting("store", flag="--store", help="verdict store (SQLite) for the judge's ordered calls"),
+        Setting("eval.batch_size", flag="--batch-size", help="ordered judge calls at once (default: all)"),
+        Setting("out", flag="--out", help="write the report as JSON here"),
+        Setting("seed", 0, "--seed", help="seed of the per-pair presentation order"),
+    ),
+    data_keys=("data.columns.", "data.labels."),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -29,28 +52,10 @@ def register(commands: argparse._SubParsersAction) -> None:
             "tie (position-bias) rate; how often the raw answer is the first position; failures; and the "
             "same for the longer-is-better judge on the same pairs."
         ),
-        epilog="example: preftune judge eval --judge longer --data pandalm-testset-v1.json --skip-invalid "
-        "--out out/judge.json",
+        epilog="example: preftune judge eval judge=longer data.eval=pandalm-testset-v1.json data.skip_invalid=true "
+        "out=out/judge.json",
     )
-    evaluate.add_argument("--judge", required=True, help=f"the judge: {JUDGES}")
-    evaluate.add_argument(
-        "--data",
-        required=True,
-        help="labelled pairs (PandaLM, AlpacaEval, LLMBar; or prompt/chosen/rejected): a file, folder or Hub name",
-    )
-    evaluate.add_argument("--format", default="auto", help="the data format (default: auto; e.g. labelled, standard)")
-    evaluate.add_argument("--skip-invalid", action="store_true", help="drop bad rows (counted) instead of stopping")
-    evaluate.add_argument("--limit", type=int, help="only the first K pairs (after dropping human ties)")
-    evaluate.add_argument("--store", type=Path, help="verdict store (SQLite) for the judge's ordered calls")
-    evaluate.add_argument("--batch-size", type=int, help="ordered calls per judge batch (default: all at once)")
-    evaluate.add_argument("--out", type=Path, help="write the report as JSON here")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the per-pair presentation order (default: 0)")
-    evaluate.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="data.key=value",
-        help="column and label settings, as for train: data.columns.chosen=good, data.labels.column=winner",
-    )
+    add_settings(evaluate, SETTINGS)
     evaluate.set_defaults(run=run_eval)
 
 
@@ -58,9 +63,6 @@ def _data_settings(overrides: list[str]) -> dict[str, Any]:
     """``columns`` and ``labels`` for the loader from ``data.columns.*`` / ``data.labels.*`` overrides."""
     if not overrides:
         return {}
-    bad = [item for item in overrides if not item.startswith(("data.columns.", "data.labels."))]
-    if bad:
-        raise PreftuneError(f"judge eval takes only data.columns.* and data.labels.* settings, not '{bad[0]}'")
     from preftune.cli.config import load_config
 
     data = load_config(None, list(overrides)).data
@@ -77,7 +79,7 @@ def _load(args: argparse.Namespace):  # -> tuple[list[PreferenceExample], DataSu
     except PreftuneError as error:
         if args.skip_invalid or " row " not in str(error):
             raise
-        raise PreftuneError(f"{error} (--skip-invalid drops such rows and counts them)") from None
+        raise PreftuneError(f"{error} (data.skip_invalid=true drops such rows and counts them)") from None
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -85,9 +87,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from preftune.judging.agreement import judge_agreement
 
     if args.limit is not None and args.limit < 1:
-        raise PreftuneError(f"--limit must be at least 1, not {args.limit}")
+        raise PreftuneError(f"limit must be at least 1, not {args.limit}")
     if args.batch_size is not None and args.batch_size < 1:
-        raise PreftuneError(f"--batch-size must be at least 1, not {args.batch_size}")
+        raise PreftuneError(f"eval.batch_size must be at least 1, not {args.batch_size}")
     _check_outputs(args)
     examples, summary = _load(args)  # every row checked before any judge (or model) is made
     if args.limit is not None:
@@ -141,14 +143,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """``--out`` and ``--store`` writable and distinct, before the data is read or a judge made."""
+    """``out`` and ``store`` writable and distinct, before the data is read or a judge made."""
     from preftune.cli.outputs import check_distinct, check_output_file
 
     if args.out is not None:
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "out")
     if args.store is not None:
-        check_output_file(args.store, "--store")
-    check_distinct({"--out": args.out, "--store": args.store})
+        check_output_file(args.store, "store")
+    check_distinct({"out": args.out, "store": args.store})
 
 
 def _refuse_incomplete(failed: int, pairs: int, store: Path | None) -> None:

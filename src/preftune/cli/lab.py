@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.cli.outputs import check_output_folder
 from preftune.errors import PreftuneError
 
@@ -51,11 +52,12 @@ def _register_bandit(studies: argparse._SubParsersAction) -> None:
             "Trains a policy that starts at the reference (tanh-Cauchy histogram, peak near action 20) with each "
             "objective, offline (a fixed dataset drawn once from the reference) and on-policy (fresh samples each "
             "step), and tracks the exact true reward against gradient steps and samples drawn, over seeds. "
-            "Prints a table and writes PNGs and JSON to --out."
+            "Prints a table and writes PNGs and JSON to out."
         ),
-        epilog="example: preftune lab bandit --peak far --methods dpo bon --seeds 5 --out out/lab",
+        epilog="example: preftune lab bandit peak=far methods=[dpo,bon] seeds=5 out=out/lab",
     )
-    _bandit_options(bandit, "reward peak far from the reference's (a = 70) or near it (a = 20)", seeds=5, steps=300)
+    peak = "reward peak far from the reference's (a = 70) or near it (a = 20)"
+    add_settings(bandit, _bandit_settings("lab bandit", peak, seeds=5, steps=300))
     bandit.set_defaults(run=run_bandit_command)
 
 
@@ -68,34 +70,38 @@ def _register_sequence_bandit(studies: argparse._SubParsersAction) -> None:
             "histogram in V bins) emits L tokens per prompt token; the reward is the mean over tokens of a bump "
             "around token 7 (far) or the reference's mode (near). Each objective trains it offline (a fixed dataset "
             "drawn once from the reference) and on-policy (fresh samples each step), scored by the exact true reward "
-            "(all V^L responses enumerated) over seeds. Prints a table and writes PNGs and JSON to --out."
+            "(all V^L responses enumerated) over seeds. Prints a table and writes PNGs and JSON to out."
         ),
-        epilog="example: preftune lab sequence-bandit --peak far --methods dpo bon --seeds 3 --out out/lab",
+        epilog="example: preftune lab sequence-bandit peak=far methods=[dpo,bon] seeds=3 out=out/lab",
     )
-    _bandit_options(parser, "reward bump far from the reference's mode (token 7) or at it", seeds=3, steps=200)
-    parser.add_argument("--length", type=int, default=3, help="L, tokens per response (default: 3)")
-    parser.add_argument("--eval-every", type=int, default=10, help="steps between exact evaluations (default: 10)")
+    extra = (
+        Setting("length", 3, "--length"),
+        Setting("eval.every", 10, "--eval-every", help="steps between exact evaluations"),
+    )
+    peak = "reward bump far from the reference's mode (token 7) or at it"
+    add_settings(parser, _bandit_settings("lab sequence-bandit", peak, seeds=3, steps=200, extra=extra))
     parser.set_defaults(run=run_sequence_bandit_command)
 
 
-def _bandit_options(parser: argparse.ArgumentParser, peak_help: str, seeds: int, steps: int) -> None:
-    """The options both bandits take: peak, methods, regimes, seeds, steps, samples, lr, threshold, out."""
+def _bandit_settings(command: str, peak_help: str, seeds: int, steps: int, extra: tuple[Setting, ...] = ()) -> Settings:
+    """The settings both bandits take: peak, methods, regimes, seeds, steps, samples, lr, threshold, out."""
     from preftune.lab.bandit import METHODS, REGIMES
 
-    parser.add_argument("--peak", choices=("far", "near"), default="far", help=f"{peak_help}; default far")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(METHODS),
-        help=f"objectives, space- or comma-separated (default: {' '.join(METHODS)})",
+    return Settings(
+        command,
+        (
+            Setting("peak", "far", "--peak", help=peak_help),
+            Setting("methods", list(METHODS), "--methods", flag_nargs="+"),
+            Setting("regimes", list(REGIMES), "--regimes", flag_nargs="+"),
+            Setting("seeds", seeds, "--seeds"),
+            Setting("optim.max_steps", steps, "--steps", help="gradient steps per run"),
+            Setting("sampling.n", 4, "--samples", help="C, samples per context per step"),
+            Setting("optim.lr", 1e-3, "--lr", help="Adam's learning rate"),
+            Setting("threshold", 0.5, "--threshold"),
+            *extra,
+            Setting("out", DEFAULT_OUT, "--out", help="output folder"),
+        ),
     )
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"regimes (default: {' '.join(REGIMES)})")
-    parser.add_argument("--seeds", type=int, default=seeds, help=f"seeds per method × regime (default: {seeds})")
-    parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps per run (default: {steps})")
-    parser.add_argument("--samples", type=int, default=4, help="C, samples per context per step (default: 4)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 0.001)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="reward to reach (default: 0.5)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
 
 
 def _write(out: Path, stem: str, payload: dict[str, Any], figures: dict[str, Any]) -> None:
@@ -115,13 +121,16 @@ def _register_kl_toy(studies: argparse._SubParsersAction) -> None:
         description=(
             "From p0 = [0.3, 0.3, 0.1, 0.3] (softmax logits log p0) towards q = [0.2, 0.1, 0.6, 0.1]: plain gradient "
             "descent on each KL, each category's mass after every step. Prints milestones and writes a PNG and "
-            "JSON to --out."
+            "JSON to out."
         ),
-        epilog="example: preftune lab kl-toy --steps 100 --lr 0.5 --out out/lab",
+        epilog="example: preftune lab kl-toy optim.max_steps=100 optim.lr=0.5 out=out/lab",
     )
-    toy.add_argument("--steps", type=int, default=100, help="gradient steps (default: 100)")
-    toy.add_argument("--lr", type=float, default=0.5, help="step size on the logits (default: 0.5)")
-    toy.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    settings = (
+        Setting("optim.max_steps", 100, "--steps"),
+        Setting("optim.lr", 0.5, "--lr", help="step size on the logits"),
+        Setting("out", DEFAULT_OUT, "--out", help="output folder"),
+    )
+    add_settings(toy, Settings("lab kl-toy", settings))
     toy.set_defaults(run=run_kl_toy_command)
 
 
@@ -139,25 +148,24 @@ def _register_length(studies: argparse._SubParsersAction) -> None:
             "skew: shorter, the dataset truncated to its longer half), then trains each method from it with LoRA "
             "(offline_dpo and pref_ft on the pairs, onpolicy_dpo, rwr and reinforce on their own samples, rewarded "
             "-length or -|length - mode|) and measures the mean length (or distance to the mode) on held-out prompts "
-            "at a few steps. Prints a table and writes a PNG and JSON to --out."
+            "at a few steps. Prints a table and writes a PNG and JSON to out."
         ),
-        epilog="example: preftune lab length --task skew --methods onpolicy_dpo offline_dpo --steps 20 --out out/lab",
+        epilog="example: preftune lab length task=skew methods=[onpolicy_dpo,offline_dpo] optim.max_steps=20 "
+        "out=out/lab",
     )
-    length.add_argument("--task", default="min", help=f"{' | '.join(LENGTH_TASKS)} (default: min)")
-    length.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(LENGTH_METHODS),
-        help=f"methods, space- or comma-separated (default: {' '.join(LENGTH_METHODS)})",
+    settings = (
+        Setting("task", "min", "--task"),
+        Setting("methods", list(LENGTH_METHODS), "--methods", flag_nargs="+"),
+        Setting("optim.max_steps", 20, "--steps", help="optimiser steps per method"),
+        Setting(
+            "optim.seed",
+            0,
+            "--seed",
+            help="seed of the data, the LoRA and the sampling; every seed starts from the same warm model",
+        ),
+        Setting("out", DEFAULT_OUT, "--out", help="output folder"),
     )
-    length.add_argument("--steps", type=int, default=20, help="optimiser steps per method (default: 20)")
-    length.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the data, the LoRA and the sampling; every seed starts from the same warm model (default: 0)",
-    )
-    length.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    add_settings(length, Settings("lab length", settings))
     length.set_defaults(run=run_length_command)
 
 
@@ -170,7 +178,7 @@ def _names(values: list[str]) -> list[str]:
 
 
 def _check_out(out: Path) -> None:
-    check_output_folder(out, "--out")
+    check_output_folder(out, "out")
 
 
 def run_bandit_command(args: argparse.Namespace) -> int:

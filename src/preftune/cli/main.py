@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from preftune import __version__
 from preftune.cli import analyze, generate, judge, lab, objectives, rank, reproduce, serve, train, train_rm, winrate
+from preftune.cli.keys import resolve
 from preftune.errors import EXIT_INCOMPLETE, EXIT_USAGE, IncompleteRun, PreftuneError
 
 EXIT_INTERRUPTED = 130
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = _parse(parser, argv)
+        if hasattr(args, "command_settings"):
+            resolve(args)
         if not getattr(args, "run", None):
             parser.print_help()
             return EXIT_USAGE if args.command is None else 0

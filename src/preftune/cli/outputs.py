@@ -13,14 +13,14 @@ from preftune.files import unwritable_reason
 def check_output_file(path: Path, flag: str) -> None:
     """Refuse an output file that cannot be written: a folder, a path under a file, a read-only folder."""
     if path.is_dir():
-        raise PreftuneError(f"{flag} {path} is a folder; give a file name")
+        raise PreftuneError(f"{flag}={path} is a folder; give a file name")
     _check_writable(path.parent, path, flag)
 
 
 def check_output_folder(path: Path, flag: str) -> None:
     """Refuse an output folder that cannot be made or written in: an existing file, a path under a file."""
     if path.exists() and not path.is_dir():
-        raise PreftuneError(f"{flag} {path} is a file; give a folder")
+        raise PreftuneError(f"{flag}={path} is a file; give a folder")
     _check_writable(path, path, flag)
 
 
@@ -38,4 +38,4 @@ def check_distinct(paths: dict[str, Path | None]) -> None:
 
 def _check_writable(folder: Path, path: Path, flag: str) -> None:
     if reason := unwritable_reason(folder):
-        raise PreftuneError(f"{flag} {path}: {reason}")
+        raise PreftuneError(f"{flag}={path}: {reason}")

@@ -13,9 +13,29 @@ from typing import Any
 
 from rich.console import Console
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.cli.outputs import check_distinct, check_output_file
 from preftune.errors import IncompleteRun, PreftuneError
-from preftune.judging.specs import JUDGES, make_judge
+from preftune.judging.specs import make_judge
+
+SETTINGS = Settings(
+    "rank",
+    (
+        Setting("input", flag="--input", required=True),
+        Setting("judge", "longer", "--judge"),
+        Setting("method", "ipr", "--method"),
+        Setting("score_model", flag="--score-model"),
+        Setting("out", flag="--out", required=True, help="ranked rows (prompt, completions, ranks)"),
+        Setting("pairs", flag="--pairs"),
+        Setting("data.pairing", "best_vs_worst", "--pairing"),
+        Setting("compare", flag="--compare"),
+        Setting(
+            "store",
+            flag="--store",
+            help="verdict store (SQLite; default: out with .verdicts.sqlite): a rerun asks no call twice",
+        ),
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,28 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             "they arrive: a killed ranking resumes with no call repeated. Exit 0 when every comparison got a "
             "verdict, 3 when some failed (a rerun asks only those) or the judge could not be reached."
         ),
-        epilog="example: preftune rank --input generated.jsonl --judge longer --out out/ranked.jsonl "
-        "--pairs out/pairs.jsonl",
+        epilog="example: preftune rank input=generated.jsonl judge=longer out=out/ranked.jsonl pairs=out/pairs.jsonl",
     )
-    parser.add_argument("--input", type=Path, required=True, help="jsonl rows with 'prompt' and 'completions'")
-    parser.add_argument("--judge", default="longer", help=f"the judge: {JUDGES} (default: longer)")
-    parser.add_argument(
-        "--method",
-        default="ipr",
-        choices=("ipr", "round_robin", "score"),
-        help="ranking method (score: by a reward model's scores, --score-model; no judge)",
-    )
-    parser.add_argument("--score-model", help="--method score: the reward model folder (preftune train-rm)")
-    parser.add_argument("--out", type=Path, required=True, help="ranked rows (prompt, completions, ranks)")
-    parser.add_argument("--pairs", type=Path, help="preference pairs (prompt, chosen, rejected)")
-    parser.add_argument("--pairing", default="best_vs_worst", choices=("best_vs_worst", "all"))
-    parser.add_argument(
-        "--compare",
-        type=Path,
-        metavar="RANKED",
-        help="another ranking of the same rows (e.g. --method score's): report Kendall tau and top-1 agreement with it",
-    )
-    parser.add_argument("--store", type=Path, help="verdict store (default: OUT with .verdicts.sqlite)")
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_rank)
 
 
@@ -61,7 +62,7 @@ def run_rank(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         raise PreftuneError(f"no such file: {args.input}")
     if (args.method == "score") != (args.score_model is not None):
-        raise PreftuneError("--method score ranks by a reward model: give both --method score and --score-model PATH")
+        raise PreftuneError("method=score ranks by a reward model: give both method=score and score_model=PATH")
     store_path = None if args.method == "score" else args.store or args.out.with_suffix(".verdicts.sqlite")
     _check_paths(args, store_path)
     other = read_rankings(args.compare) if args.compare is not None else None  # checked before any work
@@ -86,12 +87,12 @@ def run_rank(args: argparse.Namespace) -> int:
 
 def _check_paths(args: argparse.Namespace, store: Path | None) -> None:
     """The outputs (and the store) writable and distinct from each other and the input, before any work."""
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "out")
     if args.pairs is not None:
-        check_output_file(args.pairs, "--pairs")
+        check_output_file(args.pairs, "pairs")
     if store is not None:
-        check_output_file(store, "--store")
-    check_distinct({"--input": args.input, "--out": args.out, "--pairs": args.pairs, "--store": store})
+        check_output_file(store, "store")
+    check_distinct({"input": args.input, "out": args.out, "pairs": args.pairs, "store": store})
 
 
 def _print(console: Console, rows: list, report: Any, other: dict[str, list[int]] | None) -> None:
@@ -103,7 +104,7 @@ def _print(console: Console, rows: list, report: Any, other: dict[str, list[int]
 
 
 def run_score_rank(args: argparse.Namespace, other: dict[str, list[int]] | None) -> int:
-    """``--method score``: every row checked, then each prompt's completions ranked by the reward model."""
+    """``method=score``: every row checked, then each prompt's completions ranked by the reward model."""
     from preftune.judging.rank_file import read_candidates, score_rank_rows, write_outputs
     from preftune.progress import StepProgress
     from preftune.reward import RewardModel

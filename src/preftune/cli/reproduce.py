@@ -1,4 +1,4 @@
-"""``preftune reproduce PAPER --scale small|full --out DIR``: run a paper's studies and write a report.
+"""``preftune reproduce PAPER scale=small|full out=DIR``: run a paper's studies and write a report.
 
 Known papers: ``P3`` (Tajwar et al. 2024; :mod:`preftune.reproduce.p3`). The report (``report.md``),
 its PNGs and ``results.json`` go to ``--out``; each of the paper's claims gets what the paper reports,
@@ -8,12 +8,21 @@ what we measured with 95% intervals, and a verdict computed from the numbers.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.errors import PreftuneError
 
 KNOWN_PAPERS = ("P3",)
 SCALE_CHOICES = ("small", "full")
+
+
+SETTINGS = Settings(
+    "reproduce",
+    (
+        Setting("scale", "small", "--scale"),
+        Setting("out", flag="--out", required=True, help="output folder (created; its report files are replaced)"),
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,20 +31,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "reproduce",
         help="reproduce a paper's claims and write a Markdown report with plots",
         description=(
-            "Runs a paper's studies at the chosen scale and writes report.md, its PNGs and results.json to --out: for "
+            "Runs a paper's studies at the chosen scale and writes report.md, its PNGs and results.json to out: for "
             "each claim, what the paper reports, what we measured (95% intervals) and whether it holds here. "
             f"Known papers: {', '.join(KNOWN_PAPERS)}. P3 small fits two CPU cores in about 30 minutes; "
             "full wants one GPU."
         ),
-        epilog="example: preftune reproduce P3 --scale small --out docs/reproductions/P3",
+        epilog="example: preftune reproduce P3 scale=small out=docs/reproductions/P3",
     )
     parser.add_argument("paper", metavar="PAPER", help=f"the paper: {', '.join(KNOWN_PAPERS)}")
-    parser.add_argument(
-        "--scale", choices=SCALE_CHOICES, default="small", help="small (CPU) or full (GPU); default small"
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output folder (created; its report files are replaced)"
-    )
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_reproduce_command)
 
 
@@ -51,7 +55,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     """Check the paper and the output folder, run the reproduction, print each claim's verdict."""
     paper = paper_name(args.paper)
     if args.out.exists() and not args.out.is_dir():
-        raise PreftuneError(f"--out {args.out} exists and is not a folder")
+        raise PreftuneError(f"out={args.out} exists and is not a folder")
 
     from preftune.reproduce import PAPERS
     from preftune.reproduce.p3_length import length_study

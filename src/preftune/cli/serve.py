@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.serving import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
@@ -20,6 +21,25 @@ from preftune.serving import (
 )
 from preftune.serving.server import check_settings
 
+SETTINGS = Settings(
+    "serve",
+    (
+        Setting(
+            "model.name",
+            "smollm2-135m-instruct",
+            "--model",
+            dest="model",
+            help="a .gguf file, or smollm2-135m-instruct (the embedded model)",
+        ),
+        Setting("host", DEFAULT_HOST, "--host"),
+        Setting("port", DEFAULT_PORT, "--port"),
+        Setting("threads", flag="--threads"),
+        Setting("ctx_size", DEFAULT_CTX_SIZE, "--ctx-size"),
+        Setting("parallel", DEFAULT_PARALLEL, "--parallel"),
+        Setting("alias", flag="--alias"),
+    ),
+)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -30,29 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             "by default the embedded SmolLM2-135M-Instruct, with the OpenAI endpoints /v1/models, "
             "/v1/chat/completions (logprobs, top_logprobs, n) and /v1/completions, plus /health."
         ),
-        epilog="example: preftune serve --port 8080 --threads 2, then POST http://127.0.0.1:8080/v1/chat/completions",
+        epilog="example: preftune serve port=8080 threads=2, then POST http://127.0.0.1:8080/v1/chat/completions",
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="a .gguf file, or smollm2-135m-instruct (default: the embedded model)",
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 for any free port (default: {DEFAULT_PORT})")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: usable cores less the load average)")
-    parser.add_argument(
-        "--ctx-size",
-        type=int,
-        default=DEFAULT_CTX_SIZE,
-        help=f"context shared by the slots, 0: the model's (default: {DEFAULT_CTX_SIZE})",
-    )
-    parser.add_argument(
-        "--parallel",
-        type=int,
-        default=DEFAULT_PARALLEL,
-        help=f"sequences decoded at once; the largest n (default: {DEFAULT_PARALLEL})",
-    )
-    parser.add_argument("--alias", help="model name reported by /v1/models (default: the model's name)")
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_serve)
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from preftune.cli.config import dump_config, load_config, schema_keys
+from preftune.cli.keys import Setting, Settings, add_settings
 
 KEYS_HELP = "config keys: " + ", ".join(schema_keys())
 
@@ -43,58 +44,53 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(run=run_train)
 
 
+EVALUATE = Settings(
+    "evaluate",
+    (
+        Setting("run", flag="--run", dest="run_dir"),
+        Setting("model.name", flag="--model", dest="model"),
+        Setting("model.reference", flag="--reference", dest="reference"),
+        Setting(
+            "data.eval", flag="--data", dest="data", help="preference pairs scored: a file, folder or bundled:NAME"
+        ),
+        Setting("data.max_length", flag="--max-length", help="tokens per pair (default: train's data.max_length)"),
+        Setting("limit", flag="--limit"),
+        Setting(
+            "eval.batch_size",
+            flag="--batch-size",
+            help="pairs per forward pass, or answers per generate call (default 16)",
+        ),
+        Setting("data.skip_invalid", False, "--skip-invalid"),
+        Setting("out", flag="--out", help="the metrics as JSON (--generate: a folder)"),
+        Setting("prompts", flag="--prompts", help="--generate: the prompts answered (a file, folder or bundled:NAME)"),
+        Setting("eval.judges", [], "--judge", dest="judge"),
+        Setting("eval.baseline", "chosen", "--baseline", dest="baseline"),
+        Setting("eval.max_new_tokens", flag="--max-new-tokens", help="longest greedy answer (default 128)"),
+        Setting("eval.bootstrap", 2000, "--bootstrap"),
+        Setting("eval.lc_bootstrap", 200, "--lc-bootstrap"),
+    ),
+    data_keys=("data.",),
+)
+
+
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
-        help="preference accuracy, margin, chosen drift of a model on held-out pairs",
+        help="preference accuracy, margin, chosen drift of a model on held-out pairs; --generate: its win rate",
         description=(
             "Statistical evaluation (docs/methods.md §6) of a model against a reference on preference pairs: "
             "preference accuracy (ties half), likelihood accuracy, mean margin, chosen drift, chosen "
-            "perplexity, each with its standard error. The data are read as 'preftune train' reads them: "
-            "data.* settings (data.columns.chosen=..., data.labels.column=..., data.format=...) follow as "
-            "key=value. --run DIR scores a run's last model on that run's own held-out pairs. --generate "
-            "instead answers --prompts greedily and reports the win rate against --baseline by --judge."
+            "perplexity, each with its standard error. The data are read as 'preftune train' reads them "
+            "(data.columns.chosen=..., data.labels.column=..., data.format=...). run=DIR scores a run's last "
+            "model on that run's own held-out pairs. --generate instead answers the prompts greedily and "
+            "reports the win rate against eval.baseline by eval.judges."
         ),
-        epilog="example: preftune evaluate --generate --model out/run/model --prompts bundled:hh-harmless "
-        "--limit 24 --baseline model:smollm2-135m-instruct --judge longer --out out/run/winrate",
+        epilog="example: preftune evaluate --generate model.name=out/run/model prompts=bundled:hh-harmless "
+        "limit=24 eval.baseline=model:smollm2-135m-instruct eval.judges=[longer] out=out/run/winrate",
     )
-    evaluate.add_argument("overrides", nargs="*", metavar="data.key=value", help="data settings, as for train")
-    evaluate.add_argument(
-        "--run", dest="run_dir", type=Path, default=None, help="a preftune train output folder: its model and split"
-    )
-    evaluate.add_argument("--model", default=None, help="model folder, adapter folder, or embedded name")
-    evaluate.add_argument("--reference", default=None, help="reference model (default: the adapter's base, or itself)")
-    evaluate.add_argument("--data", default=None, help="preference data file, folder or bundled:NAME")
-    evaluate.add_argument("--max-length", type=int, default=None, help="tokens per pair (default: data.max_length)")
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass (default 16)")
-    evaluate.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
-    evaluate.add_argument(
-        "--out", type=Path, default=None, help="write the metrics as JSON here (--generate: a folder)"
-    )
-    _add_generative_options(evaluate)
+    evaluate.add_argument("--generate", action="store_true", help="the win rate of the model's greedy answers")
+    add_settings(evaluate, EVALUATE)
     evaluate.set_defaults(run=run_evaluate)
-
-
-def _add_generative_options(evaluate: argparse.ArgumentParser) -> None:
-    """The ``--generate`` options, in a group of their own in ``--help``."""
-    generate = evaluate.add_argument_group("generative evaluation (--generate)")
-    generate.add_argument("--generate", action="store_true", help="win rate of the model's greedy answers")
-    generate.add_argument("--prompts", default=None, help="prompts: a file, folder or bundled:NAME (as generate reads)")
-    generate.add_argument(
-        "--judge", action="append", default=[], help="pairwise judge (repeatable): longer, local:M, ..."
-    )
-    generate.add_argument(
-        "--baseline", default="chosen", help="chosen | model:NAME_OR_PATH | file:PATH (default: chosen)"
-    )
-    generate.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: 128)")
-    generate.add_argument("--bootstrap", type=int, default=2000, help="win-rate bootstrap resamples (default: 2000)")
-    generate.add_argument(
-        "--lc-bootstrap",
-        type=int,
-        default=200,
-        help="length-controlled bootstrap resamples, each a refit (default: 200)",
-    )
 
 
 def quiet_libraries() -> None:
@@ -145,32 +141,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.generate:
         return run_generative_evaluate(args)
-    given = [
-        flag
-        for flag, on in (
-            ("--prompts", args.prompts),
-            ("--judge", args.judge),
-            ("--max-new-tokens", args.max_new_tokens is not None),
-        )
-        if on
-    ]
+    generative = (
+        "prompts",
+        "eval.judges",
+        "eval.baseline",
+        "eval.max_new_tokens",
+        "eval.bootstrap",
+        "eval.lc_bootstrap",
+    )
+    given = [key for key in generative if key in args.given]
     if given:
         raise PreftuneError(f"{given[0]} belongs to generative evaluation: add --generate")
     if args.run_dir is not None:
-        given = [name for name in ("model", "reference", "data", "max_length", "limit") if getattr(args, name)]
+        own = ("model.name", "model.reference", "data.eval", "data.max_length", "limit", "data.skip_invalid")
+        given = [key for key in own if key in args.given]
         if given or args.overrides:
-            shown = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "data settings"
-            raise PreftuneError(f"--run takes the model, reference and data from the run: drop {shown}")
+            shown = ", ".join(given) or "data settings"
+            raise PreftuneError(f"run= takes the model, reference and data from the run: drop {shown}")
         quiet_libraries()
         from preftune.evaluation.command import evaluate_run
 
         evaluate_run(args.run_dir, out=args.out, batch_size=args.batch_size)
         return 0
     if args.model is None or args.data is None:
-        raise PreftuneError("evaluate needs --model and --data, or --run DIR (a preftune train output folder)")
-    bad = [item for item in args.overrides if not item.startswith("data.")]
-    if bad:
-        raise PreftuneError(f"evaluate takes only data.* settings, not '{bad[0]}'")
+        raise PreftuneError("evaluate needs model.name= and data.eval=, or run=DIR (a preftune train output folder)")
     data_config = load_config(None, list(args.overrides)).data
     quiet_libraries()
     from preftune.evaluation.command import evaluate_model
@@ -192,18 +186,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_generative_evaluate(args: argparse.Namespace) -> int:
     from preftune.errors import PreftuneError
 
-    flags = (
-        ("--run", args.run_dir),
-        ("--data", args.data),
-        ("--reference", args.reference),
-        ("--max-length", args.max_length),
-        ("data settings", args.overrides),
-    )
-    given = [flag for flag, on in flags if on]
+    statistical = ("run", "data.eval", "model.reference", "data.max_length", "data.skip_invalid")
+    given = [key for key in statistical if key in args.given] + (["data settings"] if args.overrides else [])
     if given:
-        raise PreftuneError(f"--generate reads --model, --prompts, --baseline and --judge: drop {given[0]}")
+        raise PreftuneError(f"--generate reads model.name, prompts, eval.baseline and eval.judges: drop {given[0]}")
     if args.model is None or args.prompts is None:
-        raise PreftuneError("--generate needs --model and --prompts")
+        raise PreftuneError("--generate needs model.name= and prompts=")
     from preftune.evaluation.generate_eval import evaluate_generation
 
     quiet_libraries()

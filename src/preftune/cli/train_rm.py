@@ -8,49 +8,62 @@ import dataclasses
 from rich.console import Console
 
 from preftune.cli.config import load_config
-from preftune.errors import PreftuneError
+from preftune.cli.keys import Setting, Settings, add_settings
+
+SETTINGS = Settings(
+    "train-rm",
+    (
+        Setting(
+            "model.name",
+            "smollm2-135m-instruct",
+            "--model",
+            dest="model",
+            help="the base model: built-in name, folder or hub name",
+        ),
+        Setting("data.train", flag="--data", dest="data"),
+        Setting(
+            "data.eval",
+            flag="--eval-data",
+            help="held-out pairs from their own file (default: hold out data.eval_size)",
+        ),
+        Setting("output_dir", flag="--out", required=True, dest="out"),
+        Setting("lora.enabled", True, dest="lora", help="a LoRA adapter, merged on save (false: full fine-tuning)"),
+        Setting("lora.rank", 16, "--lora-rank"),
+        Setting("lora.last_layers", flag="--lora-last-layers"),
+        Setting("optim.epochs", 1, "--epochs"),
+        Setting("optim.lr", 1e-4, "--lr"),
+        Setting("optim.batch_size", 8, "--batch-size"),
+        Setting("data.max_length", flag="--max-length", help="prompt + response tokens (default: train's, 1024)"),
+        Setting(
+            "data.eval_size",
+            flag="--eval-pairs",
+            help="pairs held out, whole prompts at a time (default: a tenth, at most 100)",
+        ),
+        Setting("data.train_size", flag="--train-pairs"),
+        Setting("optim.seed", 0, "--seed", help="head initialisation and pair order"),
+        Setting("optim.mixed_precision", "auto", "--precision", dest="precision"),
+        Setting("model.chat_template", flag="--chat-template"),
+    ),
+    switches={"--lora": ("lora.enabled", True), "--full": ("lora.enabled", False)},
+    data_keys=("data.",),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train-rm",
-        help="train a Bradley-Terry reward model on preference pairs (for rank --method score, --judge rm:PATH)",
+        help="train a Bradley-Terry reward model on preference pairs (for rank method=score, judge=rm:PATH)",
         description=(
             "Trains a sequence-classification reward model (one number per prompt + response, rendered with the "
             "chat template) with the loss -log sigmoid(r_chosen - r_rejected), on any pairs 'preftune train' "
             "reads. Pairs are held out as training holds them out; the held-out accuracy (ties half) +- its "
-            "standard error is printed before and after. data.* settings follow as key=value "
+            "standard error is printed before and after. The data are read as 'preftune train' reads them "
             "(data.columns.chosen=..., data.format=...). The output folder loads with "
             "AutoModelForSequenceClassification.from_pretrained and holds metrics.json."
         ),
-        epilog="example: preftune train-rm --model smollm2-135m-instruct --data bundled:hh-harmless --out out/rm",
+        epilog="example: preftune train-rm data.train=bundled:hh-harmless output_dir=out/rm",
     )
-    parser.add_argument("overrides", nargs="*", metavar="data.key=value", help="data settings, as for train")
-    parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="base model: built-in name, folder or hub name"
-    )
-    parser.add_argument("--data", help="preference pairs: file, folder or bundled:NAME (default: data.train)")
-    parser.add_argument("--eval-data", help="held-out pairs from a separate file (default: hold out --eval-pairs)")
-    parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
-    kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--lora", dest="lora", action="store_true", default=True, help="LoRA, merged on save (default)")
-    kind.add_argument("--full", dest="lora", action="store_false", help="full fine-tuning")
-    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
-    parser.add_argument("--lora-last-layers", type=int, help="adapt only the last N decoder layers (cheaper)")
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the training pairs (default 1)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
-    parser.add_argument("--max-length", type=int, help="prompt + response tokens (default: data.max_length, 512)")
-    parser.add_argument("--eval-pairs", type=int, help="pairs held out, whole prompts at a time (default 100)")
-    parser.add_argument("--train-pairs", type=int, help="use only the first N training pairs")
-    parser.add_argument("--seed", type=int, default=0, help="head initialisation and pair order (default 0)")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "bf16", "no"),
-        help="training autocast: auto = bf16 where the CPU/GPU multiplies bf16 natively",
-    )
-    parser.add_argument("--chat-template", help="for a tokenizer without one: chatml, zephyr or a .jinja file")
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_train_rm)
 
 
@@ -58,9 +71,6 @@ def reward_config(args: argparse.Namespace):
     """The run's :class:`~preftune.reward.RewardConfig`: ``data.*`` overrides, then the flags."""
     from preftune.reward import RewardConfig
 
-    bad = [item for item in args.overrides if not item.startswith("data.")]
-    if bad:
-        raise PreftuneError(f"train-rm takes only data.* settings as key=value, not '{bad[0]}'")
     data = load_config(None, list(args.overrides)).data
     flags = {
         "train": args.data,

@@ -10,11 +10,25 @@ length-controlled win rate (fractions in [0, 1]) with bootstrap intervals. Exit 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.cli.outputs import check_distinct, check_output_file
 from preftune.errors import IncompleteRun, PreftuneError
+
+SETTINGS = Settings(
+    "win-rate",
+    (
+        Setting("outputs", flag="--outputs", required=True),
+        Setting("baseline", flag="--baseline", required=True),
+        Setting("judge", flag="--judge", required=True),
+        Setting("store", flag="--store"),
+        Setting("out", flag="--out", help="write the report as JSON here"),
+        Setting("eval.bootstrap", 2000, "--bootstrap"),
+        Setting("eval.lc_bootstrap", 200, "--lc-bootstrap"),
+        Setting("seed", 0, "--seed", help="bootstrap seed"),
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,47 +36,34 @@ def register(commands: argparse._SubParsersAction) -> None:
         "win-rate",
         help="win rate and length-controlled win rate of completions against a baseline's, with a judge",
         description=(
-            "Compares each prompt's completion in --outputs with the baseline's in --baseline (matched by prompt), "
+            "Compares each prompt's completion in outputs with the baseline's in baseline (matched by prompt), "
             "the judge asked in both orders (disagreement = tie, ties count half). Reports the win rate and "
             "AlpacaEval 2's length-controlled win rate (length_controlled_minimal), as fractions with bootstrap "
             "intervals over prompts."
         ),
-        epilog="example: preftune win-rate --outputs tuned.jsonl --baseline base.jsonl --judge longer "
-        "--out report.json",
+        epilog="example: preftune win-rate outputs=tuned.jsonl baseline=base.jsonl judge=longer out=report.json",
     )
-    parser.add_argument("--outputs", type=Path, required=True, help="the model's rows: prompt, completion(s)")
-    parser.add_argument("--baseline", type=Path, required=True, help="the baseline's rows: prompt, completion(s)")
-    parser.add_argument("--judge", required=True, help="pairwise judge (longer, api:..., local:MODEL, ...)")
-    parser.add_argument("--store", type=Path, help="verdict store (SQLite), so a rerun asks no call twice")
-    parser.add_argument("--out", type=Path, help="write the report as JSON here")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="win-rate bootstrap resamples (default: 2000)")
-    parser.add_argument(
-        "--lc-bootstrap",
-        type=int,
-        default=200,
-        help="length-controlled bootstrap resamples, each a refit (default: 200)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    add_settings(parser, SETTINGS)
     parser.set_defaults(run=run_win_rate)
 
 
 def run_win_rate(args: argparse.Namespace) -> int:
     from preftune.evaluation.completions import read_completions
 
-    for flag, value in (("--bootstrap", args.bootstrap), ("--lc-bootstrap", args.lc_bootstrap)):
+    for flag, value in (("eval.bootstrap", args.bootstrap), ("eval.lc_bootstrap", args.lc_bootstrap)):
         if value < 0:
             raise PreftuneError(f"{flag} must be at least 0, not {value}")
-    for flag, path in (("--out", args.out), ("--store", args.store)):
+    for flag, path in (("out", args.out), ("store", args.store)):
         if path is not None:
             check_output_file(path, flag)
-    check_distinct({"--outputs": args.outputs, "--baseline": args.baseline, "--out": args.out, "--store": args.store})
-    outputs = read_completions(args.outputs, "--outputs")
-    baseline = read_completions(args.baseline, "--baseline")
+    check_distinct({"outputs": args.outputs, "baseline": args.baseline, "out": args.out, "store": args.store})
+    outputs = read_completions(args.outputs, "outputs=")
+    baseline = read_completions(args.baseline, "baseline=")
     missing = [key for key in outputs if key not in baseline]
     if missing:
         raise PreftuneError(
-            f"{len(missing)} of {len(outputs)} prompts of --outputs {args.outputs} are not in "
-            f"--baseline {args.baseline}, e.g. {missing[0][:80]}"
+            f"{len(missing)} of {len(outputs)} prompts of outputs={args.outputs} are not in "
+            f"baseline={args.baseline}, e.g. {missing[0][:80]}"
         )
 
     from preftune.evaluation.generative import length_controlled_win_rate, win_rate, win_scores

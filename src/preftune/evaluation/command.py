@@ -122,11 +122,11 @@ def _tokenized_pairs(
 
 def _check_numbers(d: DataConfig, limit: int | None, batch_size: int) -> None:
     if d.max_length < 2:
-        raise PreftuneError(f"--max-length must be at least 2, got {d.max_length}")
+        raise PreftuneError(f"data.max_length must be at least 2, got {d.max_length}")
     if limit is not None and limit < 1:
-        raise PreftuneError(f"--limit must be at least 1, got {limit}")
+        raise PreftuneError(f"limit must be at least 1, got {limit}")
     if batch_size < 1:
-        raise PreftuneError(f"--batch-size must be at least 1, got {batch_size}")
+        raise PreftuneError(f"eval.batch_size must be at least 1, got {batch_size}")
 
 
 def _scorers(model: str, base_name: str | None, reference: str | None, chunk: int) -> tuple[Any, Any, str, int]:
@@ -168,14 +168,14 @@ def evaluate_run(run_dir: Path, *, out: Path | None = None, batch_size: int | No
     run_dir = Path(run_dir)
     saved_file, held_file = run_dir / CONFIG_FILE, run_dir / HELD_OUT_FILE
     if not saved_file.is_file():
-        raise PreftuneError(f"--run {run_dir}: no {CONFIG_FILE}; is it a preftune train output folder?")
+        raise PreftuneError(f"run={run_dir}: no {CONFIG_FILE}; is it a preftune train output folder?")
     if not held_file.is_file():
-        raise PreftuneError(f"--run {run_dir}: no {HELD_OUT_FILE} (the run held out no pairs, or predates saving them)")
+        raise PreftuneError(f"run={run_dir}: no {HELD_OUT_FILE} (the run held out no pairs, or predates saving them)")
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     stages = saved.get("stages") or [{"name": "train", "objective": saved["objective"]}]
     dirs = stage_dirs(run_dir, [s["name"] for s in stages])
     if not (dirs[-1] / DONE_FILE).is_file():
-        raise PreftuneError(f"--run {run_dir}: the last stage '{stages[-1]['name']}' has not finished")
+        raise PreftuneError(f"run={run_dir}: the last stage '{stages[-1]['name']}' has not finished")
     lora = bool(saved["lora"]["enabled"])
     reference = None if lora else (saved["model"]["name"] if len(stages) == 1 else str(dirs[-2] / "model"))
     beta, average = build(stages[-1]["objective"]).margin_settings()

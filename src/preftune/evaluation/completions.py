@@ -19,13 +19,13 @@ def _valid_prompt(prompt: Any) -> bool:
 def read_completions(path: Path, flag: str) -> dict[str, tuple[Any, str]]:
     """``{prompt key: (prompt, completion)}`` from a JSON Lines file; a bad row is one error naming its line."""
     if not path.is_file():
-        raise PreftuneError(f"{flag} {path}: no such file")
+        raise PreftuneError(f"{flag}{path}: no such file")
     rows: dict[str, tuple[Any, str]] = {}
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            where = f"{flag} {path} line {number}"
+            where = f"{flag}{path} line {number}"
             try:
                 row = json.loads(line)
             except ValueError as err:
@@ -42,5 +42,5 @@ def read_completions(path: Path, flag: str) -> dict[str, tuple[Any, str]]:
                 raise PreftuneError(f"{where}: this prompt already appeared earlier in the file")
             rows[key] = (row["prompt"], completion)
     if not rows:
-        raise PreftuneError(f"{flag} {path}: no rows")
+        raise PreftuneError(f"{flag}{path}: no rows")
     return rows

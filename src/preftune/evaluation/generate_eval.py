@@ -43,7 +43,7 @@ OUTPUTS_FILE, BASELINE_FILE, REPORT_FILE = "outputs.jsonl", "baseline.jsonl", "r
 
 @dataclass(frozen=True)
 class Baseline:
-    """A parsed ``--baseline``: its kind (``chosen``, ``model``, ``file``) and its value."""
+    """A parsed ``eval.baseline``: its kind (``chosen``, ``model``, ``file``) and its value."""
 
     kind: str
     value: str = ""
@@ -55,16 +55,16 @@ class Baseline:
         kind, sep, value = spec.partition(":")
         if sep and kind in ("model", "file"):
             if not value.strip():
-                raise PreftuneError(f"--baseline {spec}: name the {'model' if kind == 'model' else 'file'}")
+                raise PreftuneError(f"eval.baseline={spec}: name the {'model' if kind == 'model' else 'file'}")
             if kind == "file" and not Path(value).is_file():
-                raise PreftuneError(f"--baseline {spec}: no such file")
+                raise PreftuneError(f"eval.baseline={spec}: no such file")
             if kind == "model":
                 from preftune.modeling.loading import _looks_like_path
 
                 if _looks_like_path(value) and not Path(value).expanduser().is_dir():
-                    raise PreftuneError(f"--baseline {spec}: no such model folder")
+                    raise PreftuneError(f"eval.baseline={spec}: no such model folder")
             return cls(kind, value)
-        raise PreftuneError(f"--baseline must be {BASELINES}, not '{spec}'")
+        raise PreftuneError(f"eval.baseline must be {BASELINES}, not '{spec}'")
 
     def __str__(self) -> str:
         return self.kind if self.kind == "chosen" else f"{self.kind}:{self.value}"
@@ -85,24 +85,26 @@ def chosen_responses(source: str, prompts: Sequence[Prompt]) -> list[str]:
     try:
         examples, _ = load_preference_data(resolve_source(source))
     except PreftuneError as err:
-        raise PreftuneError(f"--baseline chosen needs preference data (chosen/rejected) in --prompts: {err}") from None
+        raise PreftuneError(
+            f"eval.baseline=chosen needs preference data (chosen/rejected) in prompts=: {err}"
+        ) from None
     chosen: dict[str, str] = {}
     for example in examples:
         chosen.setdefault(prompt_key(example.prompt), response_text(example.chosen))
     missing = [p for p in prompts if prompt_key(p) not in chosen]
     if missing:
-        raise PreftuneError(f"--baseline chosen: {len(missing)} prompts of --prompts {source} have no chosen response")
+        raise PreftuneError(f"eval.baseline=chosen: {len(missing)} prompts of prompts={source} have no chosen response")
     return [chosen[prompt_key(p)] for p in prompts]
 
 
 def file_responses(path: Path, prompts: Sequence[Prompt]) -> list[str]:
     from preftune.evaluation.completions import read_completions
 
-    rows = read_completions(path, "--baseline file:")
+    rows = read_completions(path, "eval.baseline=file:")
     missing = [p for p in prompts if prompt_key(p) not in rows]
     if missing:
         raise PreftuneError(
-            f"--baseline file:{path}: {len(missing)} of {len(prompts)} prompts are not in it, "
+            f"eval.baseline=file:{path}: {len(missing)} of {len(prompts)} prompts are not in it, "
             f"e.g. {prompt_key(missing[0])[:80]}"
         )
     return [rows[prompt_key(p)][1] for p in prompts]
@@ -170,11 +172,11 @@ def check_inputs(
     from preftune.generation.prompts import load_prompts
 
     if not judges:
-        raise PreftuneError("--generate needs --judge (e.g. --judge longer)")
-    for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        raise PreftuneError("--generate needs eval.judges (e.g. eval.judges=[longer])")
+    for flag, value in (("limit", limit), ("eval.max_new_tokens", max_new_tokens), ("eval.batch_size", batch_size)):
         if value is not None and value < 1:
             raise PreftuneError(f"{flag} must be at least 1, not {value}")
-    for flag, value in (("--bootstrap", bootstrap), ("--lc-bootstrap", lc_bootstrap)):
+    for flag, value in (("eval.bootstrap", bootstrap), ("eval.lc_bootstrap", lc_bootstrap)):
         if value < 0:
             raise PreftuneError(f"{flag} must be at least 0, not {value}")
     if out is not None:
@@ -184,7 +186,7 @@ def check_inputs(
     from preftune.modeling.loading import _looks_like_path
 
     if _looks_like_path(model) and not folder.is_dir():
-        raise PreftuneError(f"--model {model}: no such model folder")
+        raise PreftuneError(f"model.name={model}: no such model folder")
     for spec in judges:
         check_judge_spec(spec)
     found = load_prompts(prompts, limit)
@@ -192,14 +194,14 @@ def check_inputs(
 
 
 def _check_out_folder(out: Path) -> None:
-    """``--out`` a folder that exists or can be made, so that no traceback comes after the generation."""
+    """``out`` a folder that exists or can be made, so that no traceback comes after the generation."""
     if out.exists() and not out.is_dir():
-        raise PreftuneError(f"--out {out} is a file; give a folder")
+        raise PreftuneError(f"out={out} is a file; give a folder")
     if reason := unwritable_reason(out):
-        raise PreftuneError(f"--out {out}: no folder can be made there ({reason})")
+        raise PreftuneError(f"out={out}: no folder can be made there ({reason})")
 
 
-def check_judge_spec(spec: str, flag: str = "--judge") -> None:
+def check_judge_spec(spec: str, flag: str = "eval.judges:") -> None:
     """A judge spec's form (the judge itself is built later: some load a tokenizer or a model)."""
     from preftune.judging.specs import JUDGES
 

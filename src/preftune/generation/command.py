@@ -112,12 +112,12 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
     out = Path(out)
     meta = meta_path(out)
     if out.is_dir():
-        raise PreftuneError(f"--out {out} is a folder")
+        raise PreftuneError(f"out={out} is a folder")
     data = out.read_bytes() if out.exists() else b""
     if data and not meta.is_file():
         raise PreftuneError(
             f"{out} exists but has no {meta.name}, so it was not written by preftune generate; "
-            "remove it or choose another --out"
+            "remove it or choose another out="
         )
     if meta.is_file() and data:
         try:
@@ -129,7 +129,7 @@ def open_output(out: str | Path, settings: Settings) -> set[str]:
         if changed:
             raise PreftuneError(
                 f"{out} was generated with other settings ({'; '.join(changed)}); "
-                "use another --out, or the same settings to resume"
+                "use another out=, or the same settings to resume"
             )
     lines = data.split(b"\n")
     if lines[-1]:  # no newline at the end: a row cut by a kill

@@ -69,7 +69,7 @@ def _adapter_only(model: str) -> bool:
 
 
 def resolve_backend(requested: str, model: str, device: str | None = None) -> str:
-    """``"hf"`` or ``"vllm"`` for ``--backend`` (auto: vLLM when it can sample ``model`` on ``device``).
+    """``"hf"`` or ``"vllm"`` for ``sampling.backend`` (auto: vLLM when it can sample ``model`` on ``device``).
 
     Raises:
         PreftuneError: ``vllm`` was asked for and cannot run here (checked before any model loads).
@@ -80,16 +80,18 @@ def resolve_backend(requested: str, model: str, device: str | None = None) -> st
     if requested == "auto":
         return "vllm" if on_gpu and not _adapter_only(model) and vllm_available() else "hf"
     if requested != "vllm":
-        raise PreftuneError(f"--backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
+        raise PreftuneError(f"sampling.backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
     if not on_gpu:
-        raise PreftuneError(f"--backend vllm samples on a CUDA GPU, not --device {device}; use --backend hf")
+        raise PreftuneError(
+            f"sampling.backend=vllm samples on a CUDA GPU, not model.device={device}; use sampling.backend=hf"
+        )
     if _adapter_only(model):
         raise PreftuneError(
-            f"--backend vllm needs a merged checkpoint, and {model} holds only an adapter; use --backend hf"
+            f"sampling.backend=vllm needs a merged checkpoint, and {model} holds only an adapter; use sampling.backend=hf"
         )
     reason = vllm_missing()
     if reason is not None:
-        raise PreftuneError(f"--backend vllm: {reason}; use --backend hf (or auto)")
+        raise PreftuneError(f"sampling.backend=vllm: {reason}; use sampling.backend=hf (or auto)")
     return "vllm"
 
 

@@ -137,14 +137,14 @@ def _convert(key: str, value: Any, annotation: Any, where: str) -> Any:
 
 
 def parse_spec(spec: str) -> ApiJudgeConfig:
-    """``api:BASE_URL,model=M[,key=value...]`` or ``api:FILE.yaml``, as ``--judge`` takes them."""
+    """``api:BASE_URL,model=M[,key=value...]`` or ``api:FILE.yaml``, as ``judge=`` takes them."""
     body = spec.removeprefix("api:")
     if body.endswith((".yaml", ".yml")):
         import yaml
 
         path = Path(body).expanduser()
         if not path.is_file():
-            raise PreftuneError(f"--judge {spec}: no such file: {path}")
+            raise PreftuneError(f"judge={spec}: no such file: {path}")
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(values, dict):
             raise PreftuneError(f"{path}: an api judge file is a mapping of settings")
@@ -154,9 +154,9 @@ def parse_spec(spec: str) -> ApiJudgeConfig:
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
-            raise PreftuneError(f"--judge {spec}: '{option}' is not key=value")
+            raise PreftuneError(f"judge={spec}: '{option}' is not key=value")
         values[key.strip()] = value.strip()
-    return ApiJudgeConfig.from_mapping(values, f"--judge {spec}")
+    return ApiJudgeConfig.from_mapping(values, f"judge={spec}")
 
 
 def logprob_verdict(top_logprobs: Sequence[Mapping[str, Any]], answers: Sequence[str] = ("1", "2")) -> int:

@@ -66,7 +66,7 @@ __all__ = [
 
 LABELLERS = (
     "length | neg_length | length_target:N | function:MODULE:FUNCTION | rm:PATH | judge:JUDGE | judge-rr:JUDGE"
-    " (JUDGE: longer | shorter | random[:SEED] | local:MODEL | api:... | any --judge)"
+    " (JUDGE: longer | shorter | random[:SEED] | local:MODEL | api:... | any judge=)"
 )
 
 Prompt = str | list[dict]

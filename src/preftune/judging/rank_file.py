@@ -183,7 +183,7 @@ def rank_rows(
 def score_rank_rows(
     rows: Sequence[Candidates], score: Callable[[list[Any], list[str]], list[float]], *, progress: Any = None
 ) -> RankReport:
-    """Rank every row's completions by a scorer's values (``--method score``: a reward model), no judge.
+    """Rank every row's completions by a scorer's values (``method=score``: a reward model), no judge.
 
     ``score(prompts, completions)`` gives one number per completion, higher better (e.g.
     :meth:`preftune.reward.RewardModel.score`); each row is ranked by

@@ -23,7 +23,7 @@ def make_judge(spec: str) -> PairwiseJudge:
     if spec == "random" or spec.startswith("random:"):
         seed = spec.partition(":")[2] or "0"
         if not seed.isdigit():
-            raise PreftuneError(f"--judge {spec}: the seed must be a whole number")
+            raise PreftuneError(f"judge={spec}: the seed must be a whole number")
         return RandomJudge(int(seed))
     if spec.startswith("function:"):
         return FunctionJudge(spec.removeprefix("function:"))
@@ -32,7 +32,7 @@ def make_judge(spec: str) -> PairwiseJudge:
 
         kind, _, model = spec.partition(":")
         if not model:
-            raise PreftuneError(f"--judge {spec}: name the model, e.g. {kind}:smollm2-135m-instruct")
+            raise PreftuneError(f"judge={spec}: name the model, e.g. {kind}:smollm2-135m-instruct")
         return LocalJudge(model, debias=kind == "local-debiased")
     if spec.startswith("api:"):
         from preftune.judging.api import ApiJudge, parse_spec
@@ -43,6 +43,6 @@ def make_judge(spec: str) -> PairwiseJudge:
 
         path = spec.removeprefix("rm:")
         if not path:
-            raise PreftuneError(f"--judge {spec}: name the reward model's folder, e.g. rm:out/rm")
+            raise PreftuneError(f"judge={spec}: name the reward model's folder, e.g. rm:out/rm")
         return RewardModelJudge(path)
     raise PreftuneError(f"unknown judge '{spec}' (expected {JUDGES})")

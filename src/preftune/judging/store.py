@@ -118,7 +118,7 @@ class VerdictStore:
 
 
 def failed_comparisons(
-    failed: int, total: int, left_out_of: str, store: str | os.PathLike[str] | None, store_flag: str | None = "--store"
+    failed: int, total: int, left_out_of: str, store: str | os.PathLike[str] | None, store_flag: str | None = "store"
 ) -> str:
     """The line a command ends with when ``failed`` of ``total`` comparisons got no verdict: how many,
     and what a rerun asks (only the failed calls when the verdicts are kept in ``store``; ``store_flag``
@@ -126,7 +126,7 @@ def failed_comparisons(
     if store is not None:
         rerun = f"a rerun of the same command asks only the failed calls again (the store {store} answers the rest)"
     elif store_flag is not None:
-        rerun = f"a rerun asks every call again (with {store_flag} FILE, only the failed ones)"
+        rerun = f"a rerun asks every call again (with {store_flag}=FILE, only the failed ones)"
     else:
         rerun = "a rerun asks every call again"
     return f"{failed} of {total} comparisons failed (no verdict) and are left out of {left_out_of}; {rerun}"

@@ -10,7 +10,7 @@ scored by its best against its worst completion.
 The first step runs before anything is loaded or converted, so a missing file, a wrong column
 or a bad row costs the user nothing. The held-out pairs are whole groups of pairs (by default
 all pairs sharing a prompt), so no prompt is both trained on and held out; they are saved with
-the run (``heldout.jsonl``) so that ``preftune evaluate --run`` scores exactly them.
+the run (``heldout.jsonl``) so that ``preftune evaluate run=DIR`` scores exactly them.
 """
 
 from __future__ import annotations
@@ -150,5 +150,5 @@ def example_row(example: PreferenceExample) -> dict[str, Any]:
 
 
 def save_held_out(examples: Sequence[PreferenceExample], path: Path) -> None:
-    """The held-out pairs as JSON Lines, written atomically (``preftune evaluate --run`` reads them)."""
+    """The held-out pairs as JSON Lines, written atomically (``preftune evaluate run=DIR`` reads them)."""
     write_atomic(path, "".join(json.dumps(example_row(e), ensure_ascii=False) + "\n" for e in examples))

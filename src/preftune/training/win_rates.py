@@ -1,7 +1,7 @@
 """Win rates during training (docs/methods.md §6): the policy's greedy answers to held-out prompts
 against a baseline's, by pairwise judges — ``preftune evaluate --generate`` as a periodic evaluation.
 
-    eval.judges: [longer, "rm:out/rm"]   # any --judge of preftune evaluate --generate
+    eval.judges: [longer, "rm:out/rm"]   # any judge= of preftune rank or win-rate
     eval.baseline: start                 # start | chosen
     eval.win_rate_every: 20              # steps; 0: at the end of each stage only
     eval.win_rate_prompts: 24            # the first held-out prompts (distinct)
