@@ -87,7 +87,8 @@ def resolve_backend(requested: str, model: str, device: str | None = None) -> st
         )
     if _adapter_only(model):
         raise PreftuneError(
-            f"sampling.backend=vllm needs a merged checkpoint, and {model} holds only an adapter; use sampling.backend=hf"
+            f"sampling.backend=vllm needs a merged checkpoint, and {model} holds only an adapter; "
+            "use sampling.backend=hf"
         )
     reason = vllm_missing()
     if reason is not None:
