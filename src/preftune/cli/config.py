@@ -62,6 +62,34 @@ def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def schema_defaults(cls: type = RunConfig, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Every dotted key of the schema with its default and the comment beside its field (its meaning)."""
+    out: dict[str, tuple[Any, str]] = {}
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out.update(schema_defaults(type(default), f"{name}."))
+        elif f.name == "stages":
+            out.update(schema_defaults(StageConfig, f"{name}."))
+        else:
+            out[name] = (default, comments.get(f.name, ""))
+    return out
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``field: type = default  # comment`` lines of a dataclass's source: the comment by field name."""
+    import inspect
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    found = (re.match(r"^    (\w+): [^#]*#\s*(.+)$", line) for line in source.splitlines())
+    return {m.group(1): m.group(2).strip() for m in found if m}
+
+
 def _key_problem(key: str) -> str | None:
     """Why ``key`` is not a config key, with the key it most likely means; None for a valid key.
 

@@ -61,7 +61,7 @@ _KEYS = (
     Key("data.skip_invalid", "drop invalid rows (counted) instead of stopping at the first", "bool"),
     Key("data.pairing", "ranked completions -> pairs", choices=("best_vs_worst", "all")),
     Key("optim.lr", "AdamW learning rate", "float"),
-    Key("optim.epochs", "passes over the training pairs", "int"),
+    Key("optim.epochs", "passes over the training pairs", "float"),
     Key("optim.batch_size", "pairs per optimizer step", "int"),
     Key("optim.seed", "initialisation and data order", "int"),
     Key(
@@ -233,14 +233,14 @@ def settings_help(settings: Settings) -> str:
     """The ``--help`` block: one line per key, ``key=DEFAULT`` then what it means."""
     lines = ["settings (key=value, or a YAML file of them; docs/cli.md):"]
     for s in settings.settings:
-        shown = "REQUIRED" if s.required else _shown(s.default)
-        lines.append(_help_line(f"{s.key}={shown}", s.help or VOCABULARY[s.key].help))
+        default = "REQUIRED" if s.required else shown(s.default)
+        lines.append(help_line(f"{s.key}={default}", s.help or VOCABULARY[s.key].help))
     if settings.data_keys:
-        lines.append(_help_line(" ".join(f"{p}*" for p in settings.data_keys), "as 'preftune train' reads data"))
+        lines.append(help_line(" ".join(f"{p}*" for p in settings.data_keys), "as 'preftune train' reads data"))
     return "\n".join(lines)
 
 
-def _help_line(left: str, right: str, width: int = 100) -> str:
+def help_line(left: str, right: str, width: int = 100) -> str:
     """``  key=DEFAULT   what it means``, the meaning wrapped in its column."""
     pad = 2 + 30 + 1
     wrapped = textwrap.wrap(right, width - pad) or [""]
@@ -248,7 +248,7 @@ def _help_line(left: str, right: str, width: int = 100) -> str:
     return first + ("\n" + " " * pad).join(wrapped)
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     if value is None:
         return "(unset)"
     if isinstance(value, bool):
@@ -368,7 +368,7 @@ def _read_flags(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, An
         if key in given or key in out:
             raise PreftuneError(f"{key} is given twice ({flag} is its old spelling): give {key}= once")
         print(
-            f"note: {flag} is spelled {key}={_shown(value)} now; the flag is read until preftune {FLAGS_READ_UNTIL}",
+            f"note: {flag} is spelled {key}={shown(value)} now; the flag is read until preftune {FLAGS_READ_UNTIL}",
             file=sys.stderr,
         )
         out[key] = value
@@ -381,7 +381,7 @@ def _convert(key: str, value: Any) -> Any:
     try:
         converted = _as_kind(spec.kind, value)
     except (TypeError, ValueError):
-        raise PreftuneError(f"{key}={_shown(value)}: expected {_KIND_NAMES[spec.kind]}") from None
+        raise PreftuneError(f"{key}={shown(value)}: expected {_KIND_NAMES[spec.kind]}") from None
     if spec.choices and converted not in spec.choices:
         raise PreftuneError(f"{key}={converted}: expected one of {', '.join(spec.choices)}")
     return converted
@@ -421,3 +421,42 @@ def _as_kind(kind: str, value: Any) -> Any:
         return float(value)
     text = str(value)
     return Path(text) if kind == "path" else text
+
+
+def stray_flag_hint(args: argparse.Namespace, stray: Sequence[str], argv: Sequence[str] = ()) -> str | None:
+    """For a ``--flag`` a command does not have (``preftune train --lr 1e-4``), the one line that says
+    how the setting is given here (``optim.lr=1e-4``); None when the stray items hold no flag."""
+    flags = [i for i, item in enumerate(stray) if item.startswith("--")]
+    if not flags:
+        return None
+    flag, _, inline = stray[flags[0]].partition("=")
+    position = list(argv).index(stray[flags[0]]) if stray[flags[0]] in argv else -1
+    after = argv[position + 1] if 0 <= position < len(argv) - 1 else ""
+    value = inline or (after if after and not after.startswith("-") and "=" not in after else "VALUE")
+    settings: Settings | None = getattr(args, "command_settings", None)
+    command = settings.command if settings else getattr(args, "command", None)
+    if command is None:
+        return None
+    key = _key_for_flag(flag.lstrip("-").replace("-", "_"), settings)
+    where = f"here {key}={value}" if key else f"'preftune {command} --help' lists them"
+    return f"{flag} is not an option of preftune {command}: settings are key=value, {where}"
+
+
+def _key_for_flag(name: str, settings: Settings | None) -> str | None:
+    """The key an unknown ``--name`` most likely means: the same name or last part, TRL's name, a near spelling."""
+    if settings is not None:
+        keys = list(settings.by_key())
+    else:
+        from preftune.cli.config import schema_keys
+        from preftune.run.trl_names import SAME_VALUE
+
+        keys = schema_keys()
+        if name in SAME_VALUE:
+            return SAME_VALUE[name]
+    leaves = {key.split(".")[-1]: key for key in reversed(keys)}
+    if settings is not None:  # the old flags' names too (--precision: optim.mixed_precision)
+        leaves.update({s.flag.lstrip("-").replace("-", "_"): s.key for s in settings.settings if s.flag})
+    if name in keys or name in leaves:
+        return name if name in keys else leaves[name]
+    close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.75)
+    return leaves[close[0]] if close else None

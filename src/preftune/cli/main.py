@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from preftune import __version__
 from preftune.cli import analyze, generate, judge, lab, objectives, rank, reproduce, serve, train, train_rm, winrate
-from preftune.cli.keys import resolve
+from preftune.cli.keys import resolve, stray_flag_hint
 from preftune.errors import EXIT_INCOMPLETE, EXIT_USAGE, IncompleteRun, PreftuneError
 
 EXIT_INTERRUPTED = 130
@@ -82,6 +82,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
     if stray:
+        hint = stray_flag_hint(args, stray, argv)
+        if hint:
+            raise PreftuneError(hint)
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]

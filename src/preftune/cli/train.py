@@ -6,10 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from preftune.cli.config import dump_config, load_config, schema_keys
-from preftune.cli.keys import Setting, Settings, add_settings
+from preftune.cli.config import dump_config, load_config, schema_defaults
+from preftune.cli.keys import Setting, Settings, SettingsHelpFormatter, add_settings
 
-KEYS_HELP = "config keys: " + ", ".join(schema_keys())
+
+def train_settings_help() -> str:
+    """``preftune train --help``'s keys, in the form every command lists its own (cli/keys.py)."""
+    from preftune.cli.keys import VOCABULARY, help_line, shown
+
+    lines = ["settings (key=value, or in the CONFIG file; docs/cli.md):"]
+    for key, (default, comment) in schema_defaults().items():
+        meaning = comment or (VOCABULARY[key].help if key in VOCABULARY else "")
+        lines.append(help_line(f"{key}={shown(default)}", meaning))
+    return "\n".join(lines)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,7 +37,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
             "The output folder gets checkpoints, the final model (loadable with from_pretrained), "
             "TensorBoard logs, curves.png and summary.md."
         ),
-        epilog=KEYS_HELP,
+        epilog=train_settings_help(),
+        formatter_class=SettingsHelpFormatter,
     )
     train.add_argument("config", nargs="?", type=Path, help="YAML config file (optional: defaults otherwise)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

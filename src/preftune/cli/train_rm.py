@@ -9,6 +9,7 @@ from rich.console import Console
 
 from preftune.cli.config import load_config
 from preftune.cli.keys import Setting, Settings, add_settings
+from preftune.errors import PreftuneError
 
 SETTINGS = Settings(
     "train-rm",
@@ -80,6 +81,8 @@ def reward_config(args: argparse.Namespace):
         "train_size": args.train_pairs,
     }
     data = dataclasses.replace(data, **{k: v for k, v in flags.items() if v is not None})
+    if not float(args.epochs).is_integer():
+        raise PreftuneError(f"train-rm: optim.epochs must be a whole number of passes, not {args.epochs}")
     return RewardConfig(
         model=args.model,
         output_dir=args.out,
@@ -87,7 +90,7 @@ def reward_config(args: argparse.Namespace):
         lora=args.lora,
         lora_rank=args.lora_rank,
         lora_last_layers=args.lora_last_layers,
-        epochs=args.epochs,
+        epochs=int(args.epochs),
         lr=args.lr,
         batch_size=args.batch_size,
         seed=args.seed,
