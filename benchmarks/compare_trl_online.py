@@ -7,7 +7,7 @@ Two workloads, each run by three sides in fresh subprocesses (``--child``), so e
   policy with its LoRA adapter disabled as the reference.
 - ``reinforce-c4``: preftune ``reinforce`` (leave-one-out baseline, no KL), C = 4, against TRL ``RLOOTrainer`` with
   ``num_generations=4`` and ``beta=0`` (no KL term, so no reference forward, like preftune's ``reinforce``).
-- ``preftune`` samples as ``preftune train`` does by default (``online.sample_dtype=auto``): from a bfloat16 copy of
+- ``preftune`` samples as ``preftune train`` does by default (``sampling.dtype=auto``): from a bfloat16 copy of
   the policy, its weights refreshed each round, where bf16 is native (AMX, AVX-512 BF16), else with the policy;
   ``preftune-fp32`` always samples with the float32 policy itself, as TRL does. Training is float32 on every side.
 - ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
@@ -62,7 +62,7 @@ WORKLOADS = {
     "dpo-c2": (2, f"dpo(beta={BETA})", "OnlineDPOTrainer"),
     "reinforce-c4": (4, "reinforce", "RLOOTrainer"),
 }
-# preftune samples from a bfloat16 copy of the policy where bf16 is native (online.sample_dtype=auto);
+# preftune samples from a bfloat16 copy of the policy where bf16 is native (sampling.dtype=auto);
 # preftune-fp32 samples with the float32 policy itself, as TRL does
 SIDES = ("preftune", "preftune-fp32", "trl", "generate")
 MB = 1024 * 1024

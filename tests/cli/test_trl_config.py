@@ -60,7 +60,7 @@ def test_a_trl_config_resolves_to_the_same_run_as_preftune_keys(tmp_path, monkey
     trl = load_config(_write(tmp_path / "trl.yaml", TRL_YAML, out), [], trl=True, notes=notes)
     ours = load_config(_write(tmp_path / "ours.yaml", SAME_IN_PREFTUNE_KEYS, out), [])
     assert dataclasses.asdict(trl) == dataclasses.asdict(ours)
-    assert notes == ["logging_steps (preftune logs every step)"]
+    assert notes == ["TRL's logging_steps (preftune logs every step): ignored"]
     # preftune keys on the command line still override a TRL file
     assert load_config(tmp_path / "trl.yaml", ["optim.max_steps=3"], trl=True).optim.max_steps == 3
 

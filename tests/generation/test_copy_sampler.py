@@ -1,4 +1,4 @@
-"""Sampling from a copy of the policy (``online.sample_dtype``): the copy takes the policy's current
+"""Sampling from a copy of the policy (``sampling.dtype``): the copy takes the policy's current
 weights (LoRA merged) before each call and leaves the policy as it was."""
 
 from __future__ import annotations
@@ -66,5 +66,5 @@ def test_which_sampler_the_setting_gives(monkeypatch):
     assert copy_sampler_for("auto", "float32").dtype == torch.bfloat16
     monkeypatch.setattr(precision, "auto_mixed_precision", lambda: "no")  # bf16 would be emulated
     assert copy_sampler_for("auto", "float32") is None
-    with pytest.raises(PreftuneError, match=r"online\.sample_dtype must be one of auto, float32, bfloat16"):
+    with pytest.raises(PreftuneError, match=r"sampling\.dtype must be one of auto, float32, bfloat16"):
         copy_sampler_for("fp8", "float32")

@@ -220,7 +220,7 @@ def test_ctrl_c_in_an_online_run_says_where_resume_continues(tmp_path):
 
     text = StringIO()
     out = tmp_path / "run"
-    changes = {"online.samples_per_prompt": 2, "online.labeller": "length", "optim.batch_size": 4, "save_every": 1}
+    changes = {"sampling.n": 2, "online.labeller": "length", "optim.batch_size": 4, "save_every": 1}
     overrides = online_overrides(out, changes)
     with pytest.raises(KeyboardInterrupt):
         run_training(
@@ -416,7 +416,7 @@ def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, c
     found = {}
     for spec in ("longer", "random"):
         out = tmp_path / spec
-        changes = {"online.samples_per_prompt": 4, "online.labeller": f"judge:{spec}", "optim.batch_size": 4}
+        changes = {"sampling.n": 4, "online.labeller": f"judge:{spec}", "optim.batch_size": 4}
         argv = ["train", *online_overrides(out, {**changes, "objective": "dpo"})]
         assert main(argv) == 0
         err = capsys.readouterr().err
@@ -486,7 +486,7 @@ def test_a_bad_labeller_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_prompts_too_long_for_any_round_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    """No prompt leaves room for online.max_new_tokens: one line, and no model was loaded."""
+    """No prompt leaves room for sampling.max_new_tokens: one line, and no model was loaded."""
     import preftune.run.train
     from preftune.cli.main import main
 
@@ -494,7 +494,7 @@ def test_prompts_too_long_for_any_round_are_refused_before_the_model_loads(tmp_p
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(preftune.run.train, "load_model", no_loading)
-    changes = {"data.max_length": 40, "online.max_new_tokens": 39}
+    changes = {"data.max_length": 40, "sampling.max_new_tokens": 39}
     assert main(["train", *online_overrides(tmp_path / "r", changes)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no prompt of data.train fits") and err.count("\n") == 1

@@ -103,7 +103,7 @@ def test_weights_reach_the_engine_model_on_each_known_path_and_the_prefix_cache_
 
 
 def test_no_known_path_is_refused_naming_the_vllm_version():
-    with pytest.raises(PreftuneError, match=r"cannot load the trainer's weights into vLLM .*online.backend=hf"):
+    with pytest.raises(PreftuneError, match=r"cannot load the trainer's weights into vLLM .*sampling.backend=hf"):
         load_weights_into_vllm(StandInLLM("none"), iter([]))
 
 
@@ -153,7 +153,7 @@ def test_the_colocated_sampler_loads_the_current_weights_then_samples():
 
 def test_online_backend_choice(monkeypatch):
     """hf, or a device that is not CUDA: the HF sampler (None); auto on CUDA where vLLM could run: the
-    colocated sampler with online.vllm_gpu_memory; auto where it cannot: the HF sampler."""
+    colocated sampler with sampling.vllm_gpu_memory; auto where it cannot: the HF sampler."""
     from preftune.generation import vllm_backend
     from preftune.run.config import RunConfig
     from preftune.run.online import online_sampler
@@ -161,14 +161,14 @@ def test_online_backend_choice(monkeypatch):
     built = []
     monkeypatch.setattr(vllm_backend, "ColocatedVllmSampler", lambda *a, **k: built.append((a, k)) or "vllm")
     config = RunConfig()
-    config.model.name, config.online.vllm_gpu_memory = "tiny-random", 0.25
-    config.online.sample_dtype = "float32"  # not vLLM: the policy itself (a bf16 copy: test_copy_sampler.py)
+    config.model.name, config.sampling.vllm_gpu_memory = "tiny-random", 0.25
+    config.sampling.dtype = "float32"  # not vLLM: the policy itself (a bf16 copy: test_copy_sampler.py)
 
     def accelerator(kind, processes=1):
         return SimpleNamespace(device=torch.device(kind), num_processes=processes)
 
     def choose(backend, kind, processes=1):
-        config.online.backend = backend
+        config.sampling.backend = backend
         return online_sampler(config, "tok", accelerator(kind, processes), lambda *a, **k: None)
 
     assert choose("auto", "cuda") is None  # vllm is not installed here
@@ -192,13 +192,13 @@ def test_online_backend_vllm_is_refused_in_one_line_before_any_model(tmp_path, m
         "data.train=bundled:hh-harmless",
         "data.train_size=8",
         "online.rounds=1",
-        "online.backend=vllm",
+        "sampling.backend=vllm",
         f"output_dir={tmp_path / 'r'}",
         "trackers=[]",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert "online.backend=vllm" in err and "vllm is not installed" in err and "online.backend=hf" in err
-    assert main([*argv[:-3], "online.backend=sglang", *argv[-2:]]) == 2
-    assert "online.backend must be one of auto, hf, vllm" in capsys.readouterr().err
+    assert "sampling.backend=vllm" in err and "vllm is not installed" in err and "sampling.backend=hf" in err
+    assert main([*argv[:-3], "sampling.backend=sglang", *argv[-2:]]) == 2
+    assert "sampling.backend must be one of auto, hf, vllm" in capsys.readouterr().err

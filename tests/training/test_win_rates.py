@@ -91,8 +91,8 @@ def test_an_online_run_reports_its_win_rate_against_the_chosen_responses(tmp_pat
         out,
         {
             "online.prompts_per_round": 2,
-            "online.samples_per_prompt": 2,
-            "online.max_new_tokens": 6,
+            "sampling.n": 2,
+            "sampling.max_new_tokens": 6,
             "objective": "dpo",
             "eval.judges": "[longer]",
             "eval.baseline": "chosen",

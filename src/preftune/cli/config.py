@@ -2,6 +2,8 @@
 
 OmegaConf does the merging and the type conversion against the dataclass schema; this module
 turns its failures into one line that names the key and, for a misspelt one, the closest valid key.
+A renamed key (:data:`~preftune.run.config.RENAMED_KEYS`: the sampling settings, once ``online.*``,
+now ``sampling.*``) is still read under its old name, with a note, until preftune 0.3.
 
 Values are read as YAML 1.2 reads them: only ``true``/``false`` are booleans, so a documented
 setting such as ``optim.mixed_precision=no`` stays the string ``"no"`` (YAML 1.1, PyYAML's
@@ -21,7 +23,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from preftune.errors import PreftuneError
-from preftune.run.config import RunConfig, StageConfig, resolve_defaults
+from preftune.run.config import (
+    RENAMED_KEYS,
+    RENAMED_UNTIL,
+    RunConfig,
+    StageConfig,
+    both_spellings_error,
+    rename_old_keys,
+    resolve_defaults,
+)
 from preftune.run.trl_names import COMPUTED, SAME_VALUE, translate, trl_meaning
 
 
@@ -169,13 +179,43 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def renamed_note(old: str) -> str:
+    """The note for a config that spells a setting by its old name ``old`` (a key of RENAMED_KEYS)."""
+    return f"{old} is now {RENAMED_KEYS[old]} (the old name is read until preftune {RENAMED_UNTIL})"
+
+
+def _rename_overrides(overrides: list[str], used: list[str]) -> list[str]:
+    """``key=value`` overrides with each old key of RENAMED_KEYS spelt by its new name;
+    ``used`` receives each old key found. An old and a new spelling of one setting with different
+    values are refused (one spelling given twice: the last wins, as for any key)."""
+    out, values = [], {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key in RENAMED_KEYS:
+            used.append(key)
+            values[key] = parse_value(value)
+            item = f"{RENAMED_KEYS[key]}={value}"
+        elif key in RENAMED_KEYS.values():
+            values[key] = parse_value(value)
+        out.append(item)
+    for old, new in RENAMED_KEYS.items():
+        if old in values and new in values and values[old] != values[new]:
+            raise both_spellings_error(old, values[old], values[new], "command line")
+    return out
+
+
 def load_config(
     path: str | Path | None, overrides: list[str], trl: bool = False, notes: list[str] | None = None
 ) -> RunConfig:
     """Schema defaults, then the YAML file, then ``key=value`` overrides, checked at each layer.
 
     ``trl``: the file is a TRL config (``DPOConfig``'s names, :mod:`preftune.run.trl_names`), translated
-    into preftune's keys with TRL's defaults; ``notes`` receives the keys it ignored, each with why."""
+    into preftune's keys with TRL's defaults. ``notes`` receives a sentence for each TRL key ignored
+    (with why) and each old key used (in the file or an override: :func:`renamed_note`). An old and
+    a new spelling of one setting with different values are refused in the file and on the command
+    line; an override still overrides the file, whichever spelling each uses."""
+    used: list[str] = []
     base = OmegaConf.structured(RunConfig)
     OmegaConf.set_readonly(base.data.labels, False)  # a frozen section still takes the file and overrides
     layers = []
@@ -186,12 +226,17 @@ def load_config(
             flat, ignored = translate(raw, str(path))
             raw = _nested(flat)
             if notes is not None:
-                notes.extend(ignored)
+                notes.extend(f"TRL's {item}: ignored" for item in ignored)
+        else:
+            used.extend(rename_old_keys(raw, str(path)))
         _check_keys(_flat_keys(raw), str(path))
         layers.append(OmegaConf.create(raw))
     for item in overrides:
         if "=" not in item:
             raise PreftuneError(f"override '{item}' is not key=value (e.g. optim.lr=1e-4)")
+    overrides = _rename_overrides(overrides, used)
+    if notes is not None:
+        notes.extend(renamed_note(old) for old in dict.fromkeys(used))
     _check_keys([item.split("=", 1)[0].strip() for item in overrides], "command line")
     try:
         merged = OmegaConf.merge(base, *layers)

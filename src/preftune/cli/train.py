@@ -130,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
     notes: list[str] = []
     config = load_config(args.trl or config_path, overrides, trl=args.trl is not None, notes=notes)
     for note in notes:
-        print(f"note: TRL's {note}: ignored", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     if args.resume:
         config.resume = True
     if args.print_config:

@@ -61,8 +61,7 @@ class CopySampler:
         for name, tensor in merged_weights(model):
             if name not in target:
                 raise PreftuneError(
-                    f"the sampling copy has no weight {name!r}: sample with the policy itself "
-                    "(online.sample_dtype=float32)"
+                    f"the sampling copy has no weight {name!r}: sample with the policy itself (sampling.dtype=float32)"
                 )
             target[name].copy_(tensor)
             seen.add(name)
@@ -97,14 +96,14 @@ SAMPLE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def copy_sampler_for(setting: str, model_dtype: str) -> CopySampler | None:
-    """The sampler ``online.sample_dtype`` asks for: None (sample with the policy itself) or a copy.
+    """The sampler ``sampling.dtype`` asks for: None (sample with the policy itself) or a copy.
 
     ``auto`` is a bfloat16 copy where the hardware multiplies bf16 natively (as
     ``optim.mixed_precision=auto``: a capable GPU, a CPU with AMX or AVX-512 BF16) and the policy
     is float32; elsewhere a copy would be slower (bf16 emulated) or pointless.
     """
     if setting not in SAMPLE_DTYPES:
-        raise PreftuneError(f"online.sample_dtype must be one of {', '.join(SAMPLE_DTYPES)}, not {setting!r}")
+        raise PreftuneError(f"sampling.dtype must be one of {', '.join(SAMPLE_DTYPES)}, not {setting!r}")
     if setting == "float32" or model_dtype != "float32":
         return None
     if setting == "auto":

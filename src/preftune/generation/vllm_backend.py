@@ -249,7 +249,7 @@ def load_weights_into_vllm(llm: Any, weights: Iterable[tuple[str, Any]]) -> None
         raise PreftuneError(
             f"cannot load the trainer's weights into vLLM {_vllm_version()}: neither "
             "llm_engine.model_executor.driver_worker[.worker].model_runner.model nor "
-            "LLM.collective_rpc is there; use online.backend=hf"
+            "LLM.collective_rpc is there; use sampling.backend=hf"
         )
     reset = getattr(llm, "reset_prefix_cache", None)
     if callable(reset):

@@ -27,7 +27,7 @@ def _lora_delta(layer: Any, adapter: str) -> Any:
     if getattr(layer, "use_dora", {}).get(adapter, False):
         raise PreftuneError(
             "DoRA adapters are not merged here: train plain LoRA, or sample with the policy "
-            "itself (online.backend=hf, online.sample_dtype=float32)"
+            "itself (sampling.backend=hf, sampling.dtype=float32)"
         )
     a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
     delta = (b @ a) * layer.scaling[adapter]

@@ -176,15 +176,16 @@ def _check_win_rates(config: RunConfig) -> None:
 
 def _check_online(config: RunConfig, objectives: list[Objective]) -> None:
     """An on-policy run: one stage, a reference the policy's samples can be scored against, valid knobs."""
-    online = config.online
+    online, sampling = config.online, config.sampling
     _require("online.rounds", online.rounds, 0)
     if not online.rounds:
         return
     from preftune.run.online import online_settings
 
+    _require("sampling.n", sampling.n, 2)  # rewards compare a prompt's responses
     online_settings(config)  # its own checks of the loop's knobs
-    _require("online.temperature", online.temperature, 0)
-    _require("online.max_new_tokens", online.max_new_tokens, 1)
+    _require("sampling.temperature", sampling.temperature, 0)
+    _require("sampling.max_new_tokens", sampling.max_new_tokens, 1)
     if len(config.resolved_stages()) > 1:
         raise SpecError("online.rounds trains one objective: use the top-level objective, not stages")
     if config.resolved_stages()[0].reference in ("precomputed", "previous"):
@@ -196,12 +197,12 @@ def _check_online(config: RunConfig, objectives: list[Objective]) -> None:
     from preftune.generation.copy_sampler import SAMPLE_DTYPES
     from preftune.generation.vllm_backend import BACKENDS, colocate_missing
 
-    _choice("online.backend", online.backend, BACKENDS)
-    _choice("online.sample_dtype", online.sample_dtype, SAMPLE_DTYPES)
-    _require("online.vllm_gpu_memory", online.vllm_gpu_memory, 0, strict=True, high=1)
+    _choice("sampling.backend", sampling.backend, BACKENDS)
+    _choice("sampling.dtype", sampling.dtype, SAMPLE_DTYPES)
+    _require("sampling.vllm_gpu_memory", sampling.vllm_gpu_memory, 0, strict=True, high=1)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the run's processes are not made yet
-    if online.backend == "vllm" and (reason := colocate_missing(config.model.name, processes)):
-        raise SpecError(f"online.backend=vllm cannot sample here: {reason}; use online.backend=hf (or auto)")
+    if sampling.backend == "vllm" and (reason := colocate_missing(config.model.name, processes)):
+        raise SpecError(f"sampling.backend=vllm cannot sample here: {reason}; use sampling.backend=hf (or auto)")
 
 
 def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int, where: str) -> None:

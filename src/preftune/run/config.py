@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.data.config import DataConfig
+from preftune.errors import PreftuneError
 from preftune.training.settings import EvalConfig, OptimConfig
 
 
@@ -59,27 +60,80 @@ class StageConfig:
 class OnlineConfig:
     """P3's unified loop (docs/methods.md §4): ``rounds`` > 0 trains on-policy; 0 trains offline on data.train.
 
-    Each round samples ``samples_per_prompt`` (C) responses to ``prompts_per_round`` (B/C) prompts of
-    data.train from the current policy, labels them with ``labeller``, and makes ``passes`` (T) passes
-    of ``optim.batch_size`` (M) pairs or groups. See :mod:`preftune.training.online`.
+    Each round samples ``sampling.n`` (C) responses to ``prompts_per_round`` (B/C) prompts of
+    data.train from the current policy (how: :class:`SamplingSettings`), labels them with ``labeller``,
+    and makes ``passes`` (T) passes of ``optim.batch_size`` (M) pairs or groups. See
+    :mod:`preftune.training.online`.
     """
 
     rounds: int = 0
     labeller: str = "length"  # length | neg_length | length_target:N | function:MOD:FN | rm:PATH | judge:SPEC
     prompts_per_round: int = 8
-    samples_per_prompt: int = 4
     passes: int = 1
     pairing: str = "best_vs_worst"  # best_vs_worst | all (every pair more than reward_gap apart)
     reward_gap: float = 0.0
     mix: float = 0.0  # the fraction of each round's items that are offline pairs of data.train
     missing_eos_penalty: float | None = None  # subtracted from the reward of a response cut by the limit
+
+
+@dataclass
+class SamplingSettings:
+    """How an on-policy run (``online.rounds`` > 0) samples each round, spelt as ``preftune generate`` spells it."""
+
+    n: int = 4  # C: responses sampled per prompt (at least 2: their rewards are compared)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
     backend: str = "auto"  # auto (vLLM when installed, on a CUDA GPU, one process) | hf | vllm: who samples
-    sample_dtype: str = "auto"  # hf sampling: auto (a bf16 copy where bf16 is native) | float32 (the policy) | bfloat16
+    dtype: str = "auto"  # hf sampling: auto (a bf16 copy where bf16 is native) | float32 (the policy) | bfloat16
     vllm_gpu_memory: float = 0.3  # the GPU share the colocated vLLM engine takes beside the trainer
+
+
+# The sampling settings' names before the ``sampling`` section (old dotted key -> new): a config
+# may still spell them so, with a note, until preftune RENAMED_UNTIL (preftune.cli.config.load_config)
+RENAMED_KEYS = {
+    "online.samples_per_prompt": "sampling.n",
+    "online.temperature": "sampling.temperature",
+    "online.top_p": "sampling.top_p",
+    "online.top_k": "sampling.top_k",
+    "online.max_new_tokens": "sampling.max_new_tokens",
+    "online.backend": "sampling.backend",
+    "online.sample_dtype": "sampling.dtype",
+    "online.vllm_gpu_memory": "sampling.vllm_gpu_memory",
+}
+RENAMED_UNTIL = "0.3"
+
+
+def both_spellings_error(old: str, old_value: Any, new_value: Any, where: str) -> PreftuneError:
+    """The one line refusing a setting given under its old name ``old`` and its new one, the values differing."""
+    new = RENAMED_KEYS[old]
+    return PreftuneError(
+        f"{where}: {old}={old_value!r} and {new}={new_value!r} are one setting ({old} is its old name): give {new} only"
+    )
+
+
+def rename_old_keys(tree: dict[str, Any], where: str) -> list[str]:
+    """The old keys of :data:`RENAMED_KEYS` in a nested mapping (a YAML file's ``online: {top_p: 0.9}``,
+    a saved run record) moved, in place, to their new ones (``sampling: {top_p: 0.9}``); the old
+    keys found. An old and a new key with different values are refused (``where`` names the source)."""
+    used = []
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_leaf), (new_section, new_leaf) = old.split("."), new.split(".")
+        section = tree.get(old_section)
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        if tree.get(new_section) is None:
+            tree[new_section] = {}
+        target = tree[new_section]
+        if not isinstance(target, dict):
+            continue  # not a mapping: the schema check names the section
+        value = section.pop(old_leaf)
+        if new_leaf in target and target[new_leaf] != value:
+            raise both_spellings_error(old, value, target[new_leaf], where)
+        target[new_leaf] = value
+        used.append(old)
+    return used
 
 
 @dataclass
@@ -92,6 +146,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     objective: str = "dpo"
     reference: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """``preftune train`` with ``online.rounds`` > 0: the feed of an on-policy stage (P3's unified
 loop, docs/methods.md §4), for :func:`~preftune.run.stage.train_stage`.
 
-The prompts are data.train's (each distinct prompt once, those with room for ``max_new_tokens``);
+The prompts are data.train's (each distinct prompt once, those with room for ``sampling.max_new_tokens``);
 data.train's pairs are also what ``online.mix`` blends in, and the held-out pairs are scored before
 the first round, every ``eval.every`` steps and after the last round. Each round's statistics go
 to the console, the trackers (``online/*``) and ``rounds.jsonl`` in the stage folder; a few of
@@ -42,15 +42,18 @@ ROUNDS_FILE, SAMPLES_FILE = "rounds.jsonl", "round_samples.jsonl"
 
 
 def online_settings(config: RunConfig) -> OnlineSettings:
-    """The engine's settings of the loop, read once from ``online`` (and ``optim``'s batch size and seed)."""
-    return OnlineSettings.read_from(config.online, batch_size=config.optim.batch_size, seed=config.optim.seed)
+    """The engine's settings of the loop, read once from ``online`` (with ``sampling.n``, and ``optim``'s
+    batch size and seed)."""
+    return OnlineSettings.read_from(
+        config.online, samples_per_prompt=config.sampling.n, batch_size=config.optim.batch_size, seed=config.optim.seed
+    )
 
 
 @dataclass(frozen=True)
 class RoundInputs:
     """What an on-policy stage reads that needs no model, built (and so checked) before the policy
     loads: the labeller (a bad spec or a missing reward model stops the run there) and the prompts
-    with room for ``online.max_new_tokens``."""
+    with room for ``sampling.max_new_tokens``."""
 
     labeller: Any
     prompts: list[Any]
@@ -63,7 +66,7 @@ def round_inputs(config: RunConfig, train: Sequence[Any], tokenizer: Any) -> Rou
 
     labeller = make_labeller(config.online.labeller)
     examples = train[: config.data.train_size] if config.data.train_size else train
-    room = config.data.max_length - config.online.max_new_tokens
+    room = config.data.max_length - config.sampling.max_new_tokens
     return RoundInputs(labeller, *round_prompts_of(examples, tokenizer, room))
 
 
@@ -80,39 +83,40 @@ def round_prompts_of(examples: Sequence[Any], tokenizer: Any, room: int) -> tupl
             prompts.append(example.prompt)
             ids.append(encoded)
     if not prompts:
-        raise PreftuneError(f"no prompt of data.train fits data.max_length less online.max_new_tokens ({room} tokens)")
+        raise PreftuneError(
+            f"no prompt of data.train fits data.max_length less sampling.max_new_tokens ({room} tokens)"
+        )
     return prompts, ids
 
 
 def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, say: Any) -> Sampler | None:
-    """Who samples each round: a colocated vLLM engine (``online.backend``), a bfloat16 copy of the
-    policy (``online.sample_dtype``), or None: the policy itself through transformers' ``generate``.
+    """Who samples each round: a colocated vLLM engine (``sampling.backend``), a bfloat16 copy of the
+    policy (``sampling.dtype``), or None: the policy itself through transformers' ``generate``.
 
     ``backend=auto`` takes vLLM where it is installed, the run is on a CUDA GPU in one process and the
     model is a full checkpoint; ``vllm`` was checked possible before any model loaded
     (:func:`~preftune.run.checks.check`). The engine is built here, after the policy, so that
-    its ``online.vllm_gpu_memory`` share is taken from what the trainer left. Otherwise
-    ``sample_dtype=auto`` samples from a bfloat16 copy where bf16 is native
+    its ``sampling.vllm_gpu_memory`` share is taken from what the trainer left. Otherwise
+    ``sampling.dtype=auto`` samples from a bfloat16 copy where bf16 is native
     (:mod:`preftune.generation.copy_sampler`).
     """
     from preftune.generation.copy_sampler import copy_sampler_for
     from preftune.generation.vllm_backend import ColocatedVllmSampler, colocate_missing
 
-    o = config.online
-    on_gpu_vllm = o.backend != "hf" and accelerator.device.type == "cuda"
-    if on_gpu_vllm and (o.backend == "vllm" or colocate_missing(config.model.name, accelerator.num_processes) is None):
+    s = config.sampling
+    on_gpu_vllm = s.backend != "hf" and accelerator.device.type == "cuda"
+    if on_gpu_vllm and (s.backend == "vllm" or colocate_missing(config.model.name, accelerator.num_processes) is None):
         say(
-            f"sampling with vLLM in this process ({o.vllm_gpu_memory:.0%} of the GPU), the weights loaded each round",
+            f"sampling with vLLM in this process ({s.vllm_gpu_memory:.0%} of the GPU), the weights loaded each round",
             highlight=False,
         )
         return ColocatedVllmSampler(
-            config.model.name, tokenizer, seed=config.optim.seed, gpu_memory_utilization=o.vllm_gpu_memory
+            config.model.name, tokenizer, seed=config.optim.seed, gpu_memory_utilization=s.vllm_gpu_memory
         )
-    copy = copy_sampler_for(o.sample_dtype, config.model.dtype)
+    copy = copy_sampler_for(s.dtype, config.model.dtype)
     if copy is not None:
         say(
-            "sampling from a bfloat16 copy of the policy, its weights refreshed each round "
-            f"(online.sample_dtype={o.sample_dtype})",
+            f"sampling from a bfloat16 copy of the policy, its weights refreshed each round (sampling.dtype={s.dtype})",
             highlight=False,
         )
     return copy
@@ -139,7 +143,7 @@ class OnPolicyFeed:
         self.labeller, self.prompts, self.prompt_ids = rounds.labeller, rounds.prompts, rounds.prompt_ids
         o = config.online
         parts.say(
-            f"on-policy: {o.rounds} rounds of {o.prompts_per_round} prompts x {o.samples_per_prompt} samples "
+            f"on-policy: {o.rounds} rounds of {o.prompts_per_round} prompts x {config.sampling.n} samples "
             f"(of {len(self.prompts)} prompts), labeller {self.labeller.identity()}",
             highlight=False,
         )
@@ -147,12 +151,12 @@ class OnPolicyFeed:
 
     def source(self, trainer: Trainer) -> OnPolicySource:
         config, parts = self.parts.config, self.parts
-        o = config.online
+        s = config.sampling
         sampling = SamplingConfig(
-            temperature=o.temperature,
-            top_p=o.top_p,
-            top_k=o.top_k,
-            max_new_tokens=o.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
             batch_size=config.eval.batch_size,
         )
         # the KL logged per round: against the training reference, else the adapters switched off

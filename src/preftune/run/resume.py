@@ -19,6 +19,7 @@ from typing import Any
 
 from preftune.data import TokenizedGroup
 from preftune.errors import PreftuneError
+from preftune.run.config import rename_old_keys
 from preftune.run_layout import CONFIG_FILE, DONE_FILE, INPUTS_FILE, stage_dirs
 from preftune.training.checkpoint import latest_checkpoint
 
@@ -73,6 +74,7 @@ def check_resumable(output_dir: Path, stage_names: Sequence[str], config: dict[s
     if not saved_file.is_file():
         raise PreftuneError(f"--resume: {saved_file} is missing, so the run cannot be checked; start a new run")
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    rename_old_keys(saved, str(saved_file))  # a run saved before the sampling section resumes
     changed = changed_keys(saved, config)
     if changed:
         shown = ", ".join(f"{k} ({_show(_flatten(saved).get(k))} -> {_show(_flatten(config).get(k))})" for k in changed)
@@ -113,6 +115,7 @@ def check_same_inputs(output_dir: Path, record: dict[str, Any]) -> None:
     if not saved_file.is_file():
         raise PreftuneError(f"--resume: {saved_file} is missing, so the data cannot be checked; start a new run")
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    rename_old_keys(saved, str(saved_file))  # a run saved before the sampling section resumes
     for split, name in (("train", "training"), ("eval", "held-out")):
         if saved.get(split) != record[split]:
             before, now = saved.get(split, {}).get("pairs"), record[split]["pairs"]

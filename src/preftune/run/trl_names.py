@@ -77,15 +77,15 @@ IGNORED = {
 
 # On-policy TRL keys (OnlineDPOConfig, RLOOConfig): such a run is written in preftune's keys
 ONLINE = {
-    "max_new_tokens": "online.max_new_tokens",
-    "temperature": "online.temperature",
-    "top_p": "online.top_p",
-    "top_k": "online.top_k",
+    "max_new_tokens": "sampling.max_new_tokens",
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k",
     "missing_eos_penalty": "online.missing_eos_penalty",
-    "num_generations": "online.samples_per_prompt",
+    "num_generations": "sampling.n",
     "num_iterations": "online.passes",
-    "use_vllm": "online.backend=vllm",
-    "vllm_gpu_memory_utilization": "online.vllm_gpu_memory",
+    "use_vllm": "sampling.backend=vllm",
+    "vllm_gpu_memory_utilization": "sampling.vllm_gpu_memory",
     "reward_funcs": "online.labeller=function:MODULE:FN",
     "reward_model_path": "online.labeller=rm:PATH",
     "judge": "online.labeller=judge:SPEC",
@@ -158,7 +158,7 @@ def translate(values: Mapping[str, Any], where: str) -> tuple[dict[str, Any], li
     if online:
         raise PreftuneError(
             f"{where}: on-policy TRL keys ({', '.join(online)}): --trl reads DPOConfig's; write an "
-            "on-policy run in preftune's keys (online.rounds, ...; docs/from-trl.md has the table)"
+            "on-policy run in preftune's keys (online.rounds, sampling.n, ...; docs/from-trl.md has the table)"
         )
     unknown = [k for k in values if k not in SAME_VALUE and k not in COMPUTED and k not in IGNORED]
     if unknown:

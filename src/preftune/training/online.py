@@ -86,7 +86,9 @@ class OnlineSettings:
             if getattr(self, name) < 1:
                 raise PreftuneError(f"online.{name} must be at least 1, not {getattr(self, name)}")
         if self.samples_per_prompt < 2:
-            raise PreftuneError(f"online.samples_per_prompt must be at least 2, not {self.samples_per_prompt}")
+            raise PreftuneError(
+                f"samples_per_prompt (C; a run's sampling.n) must be at least 2, not {self.samples_per_prompt}"
+            )
         if self.pairing not in PAIRINGS:
             raise PreftuneError(f"online.pairing must be one of {', '.join(PAIRINGS)}, not {self.pairing!r}")
         if not 0 <= self.mix < 1:
