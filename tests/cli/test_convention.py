@@ -37,8 +37,9 @@ COMMANDS = _commands()
 SETTINGS = {name: p._defaults["command_settings"] for name, p in COMMANDS.items() if "command_settings" in p._defaults}
 TRAIN_KEYS = schema_defaults()
 #: keys whose name is also TRL's for another setting, on purpose: a command's own randomness (presentation
-#: order, bootstrap, sampling) is `seed`; training's is optim.seed
-OWN_MEANING = {"seed"}
+#: order, bootstrap, sampling) is `seed`, training's is optim.seed; TRL's `judge` labels on-policy samples,
+#: which train spells online.labeller=judge:SPEC, the SPEC written as `judge=` takes it
+OWN_MEANING = {"seed", "judge"}
 
 
 def test_every_command_but_train_and_objectives_reads_settings() -> None:
