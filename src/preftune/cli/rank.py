@@ -60,7 +60,7 @@ def run_rank(args: argparse.Namespace) -> int:
     from preftune.progress import StepProgress
 
     if not args.input.is_file():
-        raise PreftuneError(f"no such file: {args.input}")
+        raise PreftuneError(f"input={args.input}: no such file")
     if (args.method == "score") != (args.score_model is not None):
         raise PreftuneError("method=score ranks by a reward model: give both method=score and score_model=PATH")
     store_path = None if args.method == "score" else args.store or args.out.with_suffix(".verdicts.sqlite")
