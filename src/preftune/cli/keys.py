@@ -292,27 +292,30 @@ def resolve(args: argparse.Namespace) -> None:
 
 
 def _read_items(items: Sequence[str], settings: Settings) -> tuple[dict[str, Any], list[str]]:
-    """``key=value`` items and YAML files into (this command's keys -> raw value, data.* passthrough)."""
-    from preftune.cli.config import parse_value
+    """``key=value`` items and YAML files into (this command's keys -> value, data.* passthrough).
 
-    pairs: list[tuple[str, Any, str]] = []
+    A word or a path is taken as written (``judge=local:``, ``out=my #2.jsonl``: YAML would read a
+    mapping and a comment there); numbers, booleans and lists are read as YAML 1.2 reads them."""
+    pairs: list[tuple[str, Any, str | None]] = []
     for item in items:
         if "=" in item:
-            key, text = item.split("=", 1)
-            pairs.append((key.strip(), parse_value(text), "command line"))
+            key, text = (part.strip() for part in item.split("=", 1))
+            if not text:
+                raise PreftuneError(f"{key}= has no value (leave the key out for its default)")
+            pairs.append((key, _from_text(key, text), item))
         elif item.endswith((".yaml", ".yml")):
-            pairs.extend((key, value, item) for key, value in _yaml_items(Path(item)))
+            pairs.extend((key, value, None) for key, value in _yaml_items(Path(item)))
         else:
             raise PreftuneError(f"'{item}' is neither key=value nor a YAML file (e.g. limit=10)")
     known = settings.by_key()
     given: dict[str, Any] = {}
     passthrough: list[str] = []
     problems = []
-    for key, value, _ in pairs:
+    for key, value, item in pairs:
         if key in known:
             given[key] = value
         elif settings.data_keys and key.startswith(settings.data_keys):
-            passthrough.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
+            passthrough.append(item or f"{key}={value if isinstance(value, str) else json.dumps(value)}")
         else:
             problems.append(_unknown(key, settings))
     if problems:
@@ -322,6 +325,13 @@ def _read_items(items: Sequence[str], settings: Settings) -> tuple[dict[str, Any
             f"'preftune {settings.command} --help' lists the settings"
         )
     return given, passthrough
+
+
+def _from_text(key: str, text: str) -> Any:
+    from preftune.cli.config import parse_value
+
+    kind = VOCABULARY[key].kind if key in VOCABULARY else None
+    return text if kind in ("str", "path") else parse_value(text)
 
 
 def _yaml_items(path: Path) -> list[tuple[str, Any]]:
@@ -381,10 +391,15 @@ def _convert(key: str, value: Any) -> Any:
     try:
         converted = _as_kind(spec.kind, value)
     except (TypeError, ValueError):
-        raise PreftuneError(f"{key}={shown(value)}: expected {_KIND_NAMES[spec.kind]}") from None
+        written = shown(value) if not _holds_mapping(value) else "a mapping (quote a value that ends in ':')"
+        raise PreftuneError(f"{key}={written}: expected {_KIND_NAMES[spec.kind]}") from None
     if spec.choices and converted not in spec.choices:
         raise PreftuneError(f"{key}={converted}: expected one of {', '.join(spec.choices)}")
     return converted
+
+
+def _holds_mapping(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
 
 
 _KIND_NAMES = {

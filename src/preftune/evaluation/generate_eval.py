@@ -1,8 +1,8 @@
 """``preftune evaluate --generate``: a model's greedy answers against a baseline's, by pairwise judges
 (docs/methods.md §6).
 
-    preftune evaluate --generate --model out/run/model --prompts bundled:hh-harmless --limit 24 \\
-        --baseline model:smollm2-135m-instruct --judge longer --judge local-debiased:smollm2-135m-instruct
+    preftune evaluate --generate model.name=out/run/model prompts=bundled:hh-harmless limit=24 \\
+        eval.baseline=model:smollm2-135m-instruct eval.judges=[longer,local-debiased:smollm2-135m-instruct]
 
 The prompts are anything ``preftune generate`` reads (a prompt file, MT-Bench's ``turns``, AlpacaEval,
 the prompts of preference data). The model answers each greedily (:func:`~preftune.generation.sampling.sample`
@@ -15,7 +15,7 @@ with temperature 0); the baseline's answers are
 - ``file:PATH``: rows with ``prompt`` and ``completion`` (or ``completions``, the first), as
   ``preftune win-rate`` reads them; every prompt must be there.
 
-Each judge (``--judge``, repeatable) compares each pair in both orders (:func:`win_scores`); the report
+Each judge (``eval.judges``, one or several) compares each pair in both orders (:func:`win_scores`); the report
 gives the win rate and the length-controlled win rate with bootstrap intervals, the mean lengths, ties
 and failed comparisons, and says whether the interval of the win rate excludes 0.5. Everything is
 checked before any model loads. ``--out DIR`` gets ``outputs.jsonl`` and ``baseline.jsonl`` (rows that

@@ -20,7 +20,7 @@ so a kill loses at most the chunk in flight. A chunk is sampled with a seed deri
 prompts it samples), so a resumed run writes the same completions as an uninterrupted one (same
 prompts, device, batch size and chunking), except for a chunk whose rows were only partly written
 when the kill came: its remaining prompts are sampled alone, with another seed (and every prompt
-still just once). A different ``--limit`` or input order regroups the chunks, and so the samples.
+still just once). A different ``limit`` or input order regroups the chunks, and so the samples.
 
 Empty completions: ``preftune rank`` refuses an empty completion, so a completion that decodes to
 nothing (the model closed its turn at once) is drawn again, up to ``REDRAWS`` times, and counted;

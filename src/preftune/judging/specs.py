@@ -1,6 +1,7 @@
 """Judges by name, as the command line gives them: ``longer``, ``shorter``, ``random[:SEED]``,
 ``function:MODULE:FUNCTION``, ``local:MODEL``, ``api:BASE_URL,model=M,...`` or ``api:FILE.yaml``.
-One place, so every command that takes ``--judge`` reads it alike."""
+One place, so every command that takes a judge (``judge=``, ``eval.judges``, a labeller's
+``judge:``) reads it alike."""
 
 from __future__ import annotations
 
