@@ -1,6 +1,6 @@
 """Judges against people on several labelled sets: one ``preftune judge eval`` per judge and set.
 
-Runs ``preftune judge eval --judge J --data F --out REPORT`` for every judge J and labelled file F
+Runs ``preftune judge eval judge=J data.eval=F out=REPORT`` for every judge J and labelled file F
 (PandaLM's test set, LLMBar's Natural and Adversarial sets, read as they are), keeps each report
 as JSON in ``--out-dir`` (an existing report is reused, so a killed run goes on where it stopped;
 ``--store`` keeps the judges' verdicts too), and prints two markdown tables: agreement ± s.e. per
@@ -56,18 +56,15 @@ def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path
         "preftune.cli.main",
         "judge",
         "eval",
-        "--judge",
-        judge,
-        "--data",
-        str(data),
-        "--skip-invalid",
-        "--out",
-        str(out),
+        f"judge={judge}",
+        f"data.eval={data}",
+        "data.skip_invalid=true",
+        f"out={out}",
     ]
     if limit is not None:
-        command += ["--limit", str(limit)]
+        command += [f"limit={limit}"]
     if store is not None:
-        command += ["--store", str(store)]
+        command += [f"store={store}"]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began
