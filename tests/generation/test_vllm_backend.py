@@ -105,7 +105,7 @@ def test_backend_choice_here(tmp_path: Path) -> None:
     assert resolve_backend("auto", "tiny-random") == "hf"
     assert resolve_backend("hf", "tiny-random", "cpu") == "hf"
     for device in (None, "cpu"):
-        with pytest.raises(PreftuneError, match="sampling.backend=vllm"):
+        with pytest.raises(PreftuneError, match=r"sampling\.backend=vllm"):
             resolve_backend("vllm", "tiny-random", device)
     with pytest.raises(PreftuneError, match="vLLM cannot sample here"):
         VllmSampler("tiny-random")
