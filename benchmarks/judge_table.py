@@ -48,6 +48,12 @@ def any_report(out_dir: Path, judge: str, name: str) -> Path | None:
     return max(limited)[1] if limited else None
 
 
+def _setting(key: str, value: str | Path) -> str:
+    """``key="value"``: quoted, so that YAML reads any judge spec or path as the string it is
+    (unquoted, ``a: b`` would be a mapping and `` #...`` a comment)."""
+    return f"{key}={json.dumps(str(value))}"
+
+
 def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path | None) -> dict[str, Any] | None:
     """One ``judge eval`` run; its JSON report, or None (with the error on stderr) when it wrote none."""
     command = [
@@ -56,15 +62,15 @@ def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path
         "preftune.cli.main",
         "judge",
         "eval",
-        f"judge={judge}",
-        f"data.eval={data}",
+        _setting("judge", judge),
+        _setting("data.eval", data),
         "data.skip_invalid=true",
-        f"out={out}",
+        _setting("out", out),
     ]
     if limit is not None:
         command += [f"limit={limit}"]
     if store is not None:
-        command += [f"store={store}"]
+        command += [_setting("store", store)]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began
