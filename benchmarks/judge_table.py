@@ -1,6 +1,6 @@
 """Judges against people on several labelled sets: one ``preftune judge eval`` per judge and set.
 
-Runs ``preftune judge eval --judge J --data F --out REPORT`` for every judge J and labelled file F
+Runs ``preftune judge eval judge=J data.eval=F out=REPORT`` for every judge J and labelled file F
 (PandaLM's test set, LLMBar's Natural and Adversarial sets, read as they are), keeps each report
 as JSON in ``--out-dir`` (an existing report is reused, so a killed run goes on where it stopped;
 ``--store`` keeps the judges' verdicts too), and prints two markdown tables: agreement ± s.e. per
@@ -48,6 +48,12 @@ def any_report(out_dir: Path, judge: str, name: str) -> Path | None:
     return max(limited)[1] if limited else None
 
 
+def _setting(key: str, value: str | Path) -> str:
+    """``key="value"``: quoted, so that YAML reads any judge spec or path as the string it is
+    (unquoted, ``a: b`` would be a mapping and `` #...`` a comment)."""
+    return f"{key}={json.dumps(str(value))}"
+
+
 def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path | None) -> dict[str, Any] | None:
     """One ``judge eval`` run; its JSON report, or None (with the error on stderr) when it wrote none."""
     command = [
@@ -56,18 +62,15 @@ def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path
         "preftune.cli.main",
         "judge",
         "eval",
-        "--judge",
-        judge,
-        "--data",
-        str(data),
-        "--skip-invalid",
-        "--out",
-        str(out),
+        _setting("judge", judge),
+        _setting("data.eval", data),
+        "data.skip_invalid=true",
+        _setting("out", out),
     ]
     if limit is not None:
-        command += ["--limit", str(limit)]
+        command += [f"limit={limit}"]
     if store is not None:
-        command += ["--store", str(store)]
+        command += [_setting("store", store)]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began

@@ -12,24 +12,17 @@ from preftune.cli.main import main
 ARGS = [
     "evaluate",
     "--generate",
-    "--model",
-    "tiny-random",
-    "--prompts",
-    "bundled:hh-harmless",
-    "--limit",
-    "4",
-    "--max-new-tokens",
-    "8",
-    "--lc-bootstrap",
-    "10",
-    "--judge",
-    "longer",
+    "model.name=tiny-random",
+    "prompts=bundled:hh-harmless",
+    "limit=4",
+    "eval.max_new_tokens=8",
+    "eval.lc_bootstrap=10",
 ]
 
 
 def test_against_the_chosen_responses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval"
-    assert main([*ARGS, "--baseline", "chosen", "--out", str(out)]) == 0
+    assert main([*ARGS, "eval.judges=[longer]", "eval.baseline=chosen", f"out={out}"]) == 0
     shown = capsys.readouterr().out
     assert "win rate" in shown and "LC win rate" in shown and "significant" in shown
     report = json.loads((out / "report.json").read_text())
@@ -50,7 +43,7 @@ def test_against_the_chosen_responses(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_the_model_against_itself_ties_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "self"
-    assert main([*ARGS, "--baseline", "model:tiny-random", "--judge", "shorter", "--out", str(out)]) == 0
+    assert main([*ARGS, "eval.judges=[longer, shorter]", "eval.baseline=model:tiny-random", f"out={out}"]) == 0
     assert "not significantly different from 0.5" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     outputs = [json.loads(line)["completion"] for line in (out / "outputs.jsonl").read_text().splitlines()]
@@ -64,35 +57,35 @@ def test_the_model_against_itself_ties_everywhere(tmp_path: Path, capsys: pytest
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"--judge": None}, "--judge"),
-        ({"--judge": "oracle"}, "unknown or incomplete judge"),
-        ({"--judge": "local:"}, "unknown or incomplete judge"),
-        ({"--baseline": "best"}, "--baseline must be"),
-        ({"--baseline": "file:missing.jsonl"}, "no such file"),
-        ({"--baseline": "model:./no/such/model"}, "no such model folder"),
-        ({"--prompts": "missing.jsonl"}, "missing.jsonl"),
-        ({"--limit": "0"}, "--limit must be at least 1"),
-        ({"--max-new-tokens": "0"}, "--max-new-tokens must be at least 1"),
-        ({"--lc-bootstrap": "-1"}, "--lc-bootstrap must be at least 0"),
-        ({"--batch-size": "0"}, "--batch-size must be at least 1"),
-        ({"--model": "./no/such/model"}, "no such model folder"),
-        ({"--data": "bundled:hh-harmless"}, "drop --data"),
+        ({"eval.judges": None}, "eval.judges"),
+        ({"eval.judges": "[oracle]"}, "unknown or incomplete judge"),
+        ({"eval.judges": '["local:"]'}, "unknown or incomplete judge"),
+        ({"eval.baseline": "best"}, "eval.baseline must be"),
+        ({"eval.baseline": "file:missing.jsonl"}, "no such file"),
+        ({"eval.baseline": "model:./no/such/model"}, "no such model folder"),
+        ({"prompts": "missing.jsonl"}, "missing.jsonl"),
+        ({"limit": "0"}, "limit must be at least 1"),
+        ({"eval.max_new_tokens": "0"}, "eval.max_new_tokens must be at least 1"),
+        ({"eval.lc_bootstrap": "-1"}, "eval.lc_bootstrap must be at least 0"),
+        ({"eval.batch_size": "0"}, "eval.batch_size must be at least 1"),
+        ({"model.name": "./no/such/model"}, "no such model folder"),
+        ({"data.eval": "bundled:hh-harmless"}, "drop data.eval"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model(
     tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str], change: dict, says: str
 ) -> None:
     options = {
-        "--model": "tiny-random",
-        "--prompts": "bundled:hh-harmless",
-        "--limit": "4",
-        "--max-new-tokens": "8",
-        "--judge": "longer",
-        "--baseline": "chosen",
-        "--out": str(tmp_path / "out"),
+        "model.name": "tiny-random",
+        "prompts": "bundled:hh-harmless",
+        "limit": "4",
+        "eval.max_new_tokens": "8",
+        "eval.judges": "[longer]",
+        "eval.baseline": "chosen",
+        "out": str(tmp_path / "out"),
     }
     options.update(change)
-    args = ["evaluate", "--generate", *[x for k, v in options.items() if v is not None for x in (k, v)]]
+    args = ["evaluate", "--generate", *[f"{k}={v}" for k, v in options.items() if v is not None]]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and says in err and "\n" not in err, err
@@ -102,13 +95,11 @@ def test_bad_input_is_one_line_before_any_model(
 def test_chosen_needs_preference_data(tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str]) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Say hi."}\n{"prompt": "Count to three."}\n')
-    assert (
-        main(["evaluate", "--generate", "--model", "tiny-random", "--prompts", str(prompts), "--judge", "longer"]) == 2
-    )
+    assert main(["evaluate", "--generate", "model.name=tiny-random", f"prompts={prompts}", "eval.judges=[longer]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "--baseline chosen needs preference data" in err and "\n" not in err
+    assert err.startswith("error:") and "eval.baseline=chosen needs preference data" in err and "\n" not in err
 
 
 def test_generation_options_need_generate(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "--model", "tiny-random", "--data", "bundled:hh-harmless", "--judge", "longer"]) == 2
+    assert main(["evaluate", "model.name=tiny-random", "data.eval=bundled:hh-harmless", "eval.judges=[longer]"]) == 2
     assert "add --generate" in capsys.readouterr().err

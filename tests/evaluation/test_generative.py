@@ -324,20 +324,13 @@ def test_cli_end_to_end(files: tuple[Path, Path], tmp_path: Path, capsys: pytest
     out, store = tmp_path / "report.json", tmp_path / "verdicts.sqlite"
     argv = [
         "win-rate",
-        "--outputs",
-        str(model),
-        "--baseline",
-        str(base),
-        "--judge",
-        "longer",
-        "--out",
-        str(out),
-        "--store",
-        str(store),
-        "--bootstrap",
-        "200",
-        "--lc-bootstrap",
-        "3",
+        f"outputs={model}",
+        f"baseline={base}",
+        "judge=longer",
+        f"out={out}",
+        f"store={store}",
+        "eval.bootstrap=200",
+        "eval.lc_bootstrap=3",
     ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
@@ -361,7 +354,7 @@ def test_cli_end_to_end(files: tuple[Path, Path], tmp_path: Path, capsys: pytest
         (
             [{"prompt": "a", "completion": "b"}, {"prompt": "z", "completion": "c"}],
             [{"prompt": "a", "completion": "b"}],
-            "not in --baseline",
+            "not in baseline=",
         ),
     ],
 )
@@ -371,7 +364,7 @@ def test_cli_refuses_bad_input_before_building_the_judge(
     model = tmp_path / "model.jsonl" if model_rows is None else _write(tmp_path / "model.jsonl", model_rows)
     base = _write(tmp_path / "base.jsonl", base_rows)
     # a judge that cannot be built: reaching it would give another error
-    argv = ["win-rate", "--outputs", str(model), "--baseline", str(base), "--judge", "function:no_such_module:f"]
+    argv = ["win-rate", f"outputs={model}", f"baseline={base}", "judge=function:no_such_module:f"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err

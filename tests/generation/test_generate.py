@@ -179,20 +179,13 @@ def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path
     out = tmp_path / "out.jsonl"
     args = [
         "generate",
-        "--input",
-        str(plain),
-        "--model",
-        "tiny-random",
-        "--n",
-        "2",
-        "--max-new-tokens",
-        "4",
-        "--batch-size",
-        "2",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
+        f"prompts={plain}",
+        "model.name=tiny-random",
+        "sampling.n=2",
+        "sampling.max_new_tokens=4",
+        "sampling.batch_size=2",
+        "seed=0",
+        f"out={out}",
     ]
     env = {**os.environ, KILL_HOOK: "2"}
     killed = subprocess.run(
@@ -209,7 +202,7 @@ def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path
     config = SamplingConfig(n=2, temperature=0.7, max_new_tokens=4, batch_size=2, seed=0)
     generate_file(model, tokenizer, read_prompts(plain), full, config, model_name="tiny-random")
     assert full.read_bytes() == out.read_bytes()  # killed at a chunk boundary: resumed == uninterrupted
-    assert main([*args[:-6], "--n", "3", *args[-4:]]) == 2  # other n on resume: refused
+    assert main([a.replace("sampling.n=2", "sampling.n=3") for a in args]) == 2  # other n on resume: refused
 
 
 # ---- the command line: refusals before any model loads ------------------------------------------------
@@ -218,16 +211,16 @@ def test_killed_process_resumes_with_no_prompt_twice(tmp_path: Path, plain: Path
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
-        (["--n", "0"], "n must be at least 1"),
-        (["--limit", "0"], "--limit"),
-        (["--top-p", "0"], "top_p"),
-        (["--input", "missing.jsonl"], "no such file"),
+        (["sampling.n=0"], "n must be at least 1"),
+        (["limit=0"], "limit must be at least 1"),
+        (["sampling.top_p=0"], "top_p"),
+        (["prompts=missing.jsonl"], "no such file"),
     ],
 )
 def test_cli_errors_exit_2_without_a_model(
     tmp_path: Path, plain: Path, no_model: None, capsys: pytest.CaptureFixture[str], extra: list[str], says: str
 ) -> None:
-    args = ["generate", "--input", str(plain), "--model", "tiny-random", "--out", str(tmp_path / "o.jsonl"), *extra]
+    args = ["generate", f"prompts={plain}", "model.name=tiny-random", f"out={tmp_path / 'o.jsonl'}", *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and says in err and "\n" not in err
@@ -237,7 +230,7 @@ def test_cli_bad_row_and_mismatch_exit_2_without_a_model(
     tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"nothing": 1}])
-    assert main(["generate", "--input", str(bad), "--model", "tiny-random", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert main(["generate", f"prompts={bad}", "model.name=tiny-random", f"out={tmp_path / 'o.jsonl'}"]) == 2
     assert "bad.jsonl row 2" in capsys.readouterr().err
     out = tmp_path / "made.jsonl"
     out.write_text(json.dumps({"prompt": "ok", "completions": ["a", "b"]}) + "\n")
@@ -255,7 +248,7 @@ def test_cli_bad_row_and_mismatch_exit_2_without_a_model(
         )
     )
     good = jsonl(tmp_path / "good.jsonl", [{"prompt": "ok"}, {"prompt": "more"}])
-    args = ["generate", "--input", str(good), "--model", "tiny-random", "--out", str(out), "--n", "2"]
+    args = ["generate", f"prompts={good}", "model.name=tiny-random", f"out={out}", "sampling.n=2"]
     assert main(args) == 2
     assert "other settings (n 4 -> 2)" in capsys.readouterr().err
     assert prompt_key("ok") in open_output(

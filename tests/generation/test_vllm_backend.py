@@ -105,7 +105,7 @@ def test_backend_choice_here(tmp_path: Path) -> None:
     assert resolve_backend("auto", "tiny-random") == "hf"
     assert resolve_backend("hf", "tiny-random", "cpu") == "hf"
     for device in (None, "cpu"):
-        with pytest.raises(PreftuneError, match="--backend vllm"):
+        with pytest.raises(PreftuneError, match=r"sampling\.backend=vllm"):
             resolve_backend("vllm", "tiny-random", device)
     with pytest.raises(PreftuneError, match="vLLM cannot sample here"):
         VllmSampler("tiny-random")
@@ -144,10 +144,10 @@ def test_cli_vllm_refused_before_any_model(tmp_path: Path, monkeypatch: pytest.M
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
     out = tmp_path / "gen.jsonl"
-    code = main(["generate", "--input", str(prompts), "--model", "tiny-random", "--out", str(out), "--backend", "vllm"])
+    code = main(["generate", f"prompts={prompts}", "model.name=tiny-random", f"out={out}", "sampling.backend=vllm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("error:") and "--backend vllm" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and "sampling.backend=vllm" in err[0]
     assert not out.exists()
 
 

@@ -134,7 +134,7 @@ def test_cli_on_real_pandalm_shows_the_baseline(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     data = str(PANDALM_FILE)
     result = run(
-        "judge", "eval", "--judge", "longer", "--data", data, "--skip-invalid", "--limit", "200", "--out", str(out)
+        "judge", "eval", "judge=longer", f"data.eval={data}", "data.skip_invalid=true", "limit=200", f"out={out}"
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^longer \(baseline\)\s+\d\.\d{3} ± \d\.\d{3}", result.stdout, re.MULTILINE), result.stdout
@@ -149,10 +149,10 @@ def test_cli_on_real_pandalm_shows_the_baseline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_bad_judge_spec_is_one_error_line(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", [panda_row("q", "long answer", "short", "1")])
-    result = run("judge", "eval", "--judge", "bogus", "--data", str(data))
+    result = run("judge", "eval", "judge=bogus", f"data.eval={data}")
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown judge 'bogus'") and result.stderr.count("\n") == 1
-    missing = run("judge", "eval", "--judge", "longer", "--data", str(tmp_path / "nope.jsonl"))
+    missing = run("judge", "eval", "judge=longer", f"data.eval={tmp_path / 'nope.jsonl'}")
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and missing.stderr.count("\n") == 1
 
 

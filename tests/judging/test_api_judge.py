@@ -202,16 +202,7 @@ def test_a_killed_ranking_resumes_with_no_call_repeated_and_no_key_in_any_output
     env = {"PREFTUNE_TEST_KEY": KEY}
     with openai_server("--hang-after", "5", "--key-env", "PREFTUNE_TEST_KEY", env=env) as (url, stats):
         spec = f"api:{url},model=length-judge,api_key_env=PREFTUNE_TEST_KEY,concurrency=1,timeout_s=120"
-        args = [
-            "--input",
-            str(rows),
-            "--judge",
-            spec,
-            "--out",
-            str(out / "ranked.jsonl"),
-            "--pairs",
-            str(out / "pairs.jsonl"),
-        ]
+        args = [f"input={rows}", f"judge={spec}", f"out={out / 'ranked.jsonl'}", f"pairs={out / 'pairs.jsonl'}"]
         first = _rank(args, env)
         deadline = time.time() + 120
         while not stats()["hanging"]:  # five calls answered and stored, the sixth in flight
@@ -249,8 +240,8 @@ def test_judge_eval_with_a_key_writes_it_nowhere(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     with openai_server("--key-env", "PREFTUNE_TEST_KEY", env={"PREFTUNE_TEST_KEY": KEY}) as (url, stats):
         spec = f"api:{url},model=length-judge,api_key_env=PREFTUNE_TEST_KEY"
-        args = ["judge", "eval", "--judge", spec, "--data", str(data), "--out", str(out / "report.json")]
-        assert main([*args, "--store", str(out / "verdicts.sqlite")]) == 0
+        args = ["judge", "eval", f"judge={spec}", f"data.eval={data}", f"out={out / 'report.json'}"]
+        assert main([*args, f"store={out / 'verdicts.sqlite'}"]) == 0
         assert stats()["authorized"] == 8 and stats()["unauthorized"] == 0
     printed = capsys.readouterr()
     leaked = [p for p in out.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]

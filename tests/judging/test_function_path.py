@@ -33,7 +33,7 @@ def test_the_console_script_finds_it_too(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_text('{"prompt": "q", "completions": ["a", "bb", "ccc"]}\n')
     exe = Path(sys.executable).with_name("preftune")
     result = subprocess.run(
-        [str(exe), "rank", "--input", "rows.jsonl", "--judge", "function:my_judge_for_test:first", "--out", "r.jsonl"],
+        [str(exe), "rank", "input=rows.jsonl", "judge=function:my_judge_for_test:first", "out=r.jsonl"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -107,7 +107,7 @@ def test_judge_eval_forced_on_a_terminal_shows_the_count_and_eta(tmp_path: Path)
     path = _write_pairs(tmp_path, 30)
     env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "120"}  # rich draws its live bar as on a terminal
     result = subprocess.run(
-        [EXE, "judge", "eval", "--judge", "random", "--data", str(path)],
+        [EXE, "judge", "eval", "judge=random", f"data.eval={path}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -128,7 +128,7 @@ def test_judge_eval_of_a_slow_judge_logs_its_progress(tmp_path: Path) -> None:
     path = _write_pairs(tmp_path, 60)  # 120 ordered calls of 0.04 s: about 5 s, past the 3 s of quiet
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run(
-        [EXE, "judge", "eval", "--judge", "function:slow_judge:slow", "--data", str(path)],
+        [EXE, "judge", "eval", "judge=function:slow_judge:slow", f"data.eval={path}"],
         capture_output=True,
         text=True,
         timeout=120,

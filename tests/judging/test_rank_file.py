@@ -91,14 +91,10 @@ def _rank(tmp_path: Path, store: str, kill_after: int = 0) -> subprocess.Complet
     command = [
         EXE,
         "rank",
-        "--input",
-        str(tmp_path / "gen.jsonl"),
-        "--judge",
-        "function:tests.judging.counting:judge",
-        "--out",
-        str(tmp_path / f"{store}.jsonl"),
-        "--store",
-        str(tmp_path / f"{store}.sqlite"),
+        f"input={tmp_path / 'gen.jsonl'}",
+        "judge=function:tests.judging.counting:judge",
+        f"out={tmp_path / f'{store}.jsonl'}",
+        f"store={tmp_path / f'{store}.sqlite'}",
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
@@ -148,27 +144,17 @@ def test_compare_reports_kendall_tau_and_top1_against_another_ranking(tmp_path, 
     source = tmp_path / "gen.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     longer, shorter = tmp_path / "longer.jsonl", tmp_path / "shorter.jsonl"
-    assert main(["rank", "--input", str(source), "--judge", "longer", "--out", str(longer)]) == 0
+    assert main(["rank", f"input={source}", "judge=longer", f"out={longer}"]) == 0
     capsys.readouterr()
-    argv = ["rank", "--input", str(source), "--judge", "shorter", "--out", str(shorter), "--compare", str(longer)]
+    argv = ["rank", f"input={source}", "judge=shorter", f"out={shorter}", f"compare={longer}"]
     assert main(argv) == 0
     assert "agreement over 3 prompts: Kendall tau -1.000 ± 0.000, same best completion 0.000" in capsys.readouterr().err
-    argv = [
-        "rank",
-        "--input",
-        str(source),
-        "--method",
-        "round_robin",
-        "--out",
-        str(tmp_path / "rr.jsonl"),
-        "--compare",
-        str(longer),
-    ]
+    argv = ["rank", f"input={source}", "method=round_robin", f"out={tmp_path / 'rr.jsonl'}", f"compare={longer}"]
     assert main(argv) == 0
     assert "Kendall tau 1.000 ± 0.000, same best completion 1.000" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q0", "completions": ["a", "b"]}) + "\n")
-    assert main(["rank", "--input", str(source), "--out", str(tmp_path / "x.jsonl"), "--compare", str(bad)]) == 2
+    assert main(["rank", f"input={source}", f"out={tmp_path / 'x.jsonl'}", f"compare={bad}"]) == 2
     assert "'ranks'" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 

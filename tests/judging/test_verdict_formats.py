@@ -206,16 +206,11 @@ def test_rank_with_an_mt_bench_template_decides_every_comparison_and_stores_ties
     out, store = tmp_path / "ranked.jsonl", tmp_path / "ranked.verdicts.sqlite"
     with openai_server("--style", "mt_bench") as (url, stats):
         args = [
-            "--input",
-            str(rows),
-            "--judge",
-            f"api:{url},model=length-judge,template={template}",
-            "--method",
-            method,
-            "--out",
-            str(out),
-            "--pairs",
-            str(tmp_path / "pairs.jsonl"),
+            f"input={rows}",
+            f"judge=api:{url},model=length-judge,template={template}",
+            f"method={method}",
+            f"out={out}",
+            f"pairs={tmp_path / 'pairs.jsonl'}",
         ]
         first = _rank(*args)
         asked = stats()["requests"]
