@@ -164,6 +164,15 @@ def test_a_yaml_file_means_what_its_key_value_items_mean(tmp_path: Path) -> None
     assert from_file.n == 5 and from_file.temperature == 0.5 and from_file.model == "tiny"
 
 
+def test_a_word_or_a_path_is_taken_as_written() -> None:
+    """YAML would read ``local:`` as a mapping, `` #...`` as a comment and ``null`` as nothing."""
+    args = _resolved(["rank", "input=null", "out=o #5.jsonl", "judge=local:"])
+    assert (args.input, args.out, args.judge) == (Path("null"), Path("o #5.jsonl"), "local:")
+    assert (
+        _resolved(["rank", "input=a", "out=b", "judge=api:http://h:1/v1,model=m"]).judge == "api:http://h:1/v1,model=m"
+    )
+
+
 def test_data_settings_pass_through_to_the_data_reader() -> None:
     args = _resolved(["judge", "eval", "judge=longer", "data.eval=x.jsonl", "data.columns.chosen=good"])
     assert args.data == "x.jsonl" and args.overrides == ["data.columns.chosen=good"]
@@ -182,7 +191,12 @@ def test_data_settings_pass_through_to_the_data_reader() -> None:
         (["rank", "input=a", "out=b", "method=best"], "method=best: expected one of ipr, round_robin, score"),
         (["rank", "input=a", "out=b", "--judge", "shorter", "judge=longer"], "judge is given twice"),
         (["rank", "input=a", "out=b", "notakey"], "'notakey' is neither key=value nor a YAML file"),
-        (["train", "--lr", "1e-4"], "--lr is not an option of preftune train: settings are key=value, here optim.lr=1e-4"),
+        (["rank", "input=a", "out="], "out= has no value (leave the key out for its default)"),
+        (["evaluate", "--generate", "eval.judges=[local:]"], "eval.judges=a mapping (quote a value that ends in ':')"),
+        (
+            ["train", "--lr", "1e-4"],
+            "--lr is not an option of preftune train: settings are key=value, here optim.lr=1e-4",
+        ),
         (
             ["generate", "prompts=p", "out=o", "--temprature", "0.5"],
             "--temprature is not an option of preftune generate: settings are key=value, here sampling.temperature=0.5",
