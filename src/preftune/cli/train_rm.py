@@ -82,7 +82,7 @@ def reward_config(args: argparse.Namespace):
     data = dataclasses.replace(data, **{k: v for k, v in flags.items() if v is not None})
     return RewardConfig(
         model=args.model,
-        output_dir=args.out,
+        output_dir=str(args.out),  # RewardConfig holds a str (saved in metrics.json); the key reads a Path
         data=data,
         lora=args.lora,
         lora_rank=args.lora_rank,
