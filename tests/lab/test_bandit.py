@@ -182,7 +182,7 @@ def test_cli_refuses_a_bad_method_with_one_error_line_and_exit_2(tmp_path: Path)
     [
         (["peak=middle"], "peak=middle: expected one of far, near"),
         (["seeds=0"], "seeds must be"),
-        (["methods=dpo,,bon"], "empty item"),
+        (["methods=dpo,,bon"], "methods=dpo,,bon has an empty item"),
         (["regimes=online"], "unknown regime"),
     ],
 )
