@@ -43,9 +43,10 @@ def test_every_command_has_help(args: list[str]) -> None:
         (["bogus"], "invalid choice: 'bogus'"),
         (["objectives", "dpoo"], "did you mean 'dpo'"),
         (["objectives", "dpo(beta=0)"], "beta must be > 0"),
-        (["analyze", "gradients", "--objectives", "mle,,dpo"], "empty item"),
-        (["analyze", "gradients", "--objectives", "dpo,exmat"], "did you mean 'exmate'"),
+        (["analyze", "gradients", "objectives=mle,,dpo"], "objectives=mle,,dpo has an empty item"),
+        (["analyze", "gradients", "objectives=dpo,exmat"], "did you mean 'exmate'"),
         (["analyze", "gradients", "--bogus"], "unrecognized arguments"),
+        (["analyze", "gradients", "bogus=1"], "setting does not exist: 'bogus'"),
     ],
 )
 def test_errors_are_one_line_with_non_zero_exit(args: list[str], message: str) -> None:

@@ -36,9 +36,9 @@ def data(tmp_path: Path) -> Path:
     "args",
     [
         ["train", "data.train=d.jsonl", "output_dir=out"],
-        ["train-rm", "--data", "d.jsonl", "--out", "rm"],
-        ["evaluate", "--model", "tiny-random", "--data", "d.jsonl"],
-        ["judge", "eval", "--judge", "longer", "--data", "d.jsonl"],
+        ["train-rm", "data.train=d.jsonl", "output_dir=rm"],
+        ["evaluate", "model.name=tiny-random", "data.eval=d.jsonl"],
+        ["judge", "eval", "judge=longer", "data.eval=d.jsonl"],
     ],
     ids=["train", "train-rm", "evaluate", "judge-eval"],
 )
@@ -50,20 +50,21 @@ def test_unknown_column_names_get_the_settings_that_map_them(data: Path, args: l
 
 
 def test_judge_eval_takes_the_settings_the_hint_names(data: Path) -> None:
-    result = run("judge", "eval", "--judge", "longer", "--data", "d.jsonl", *SETTINGS, cwd=data.parent)
+    result = run("judge", "eval", "judge=longer", "data.eval=d.jsonl", *SETTINGS, cwd=data.parent)
     assert result.returncode == 0, result.stderr
     assert "d.jsonl: 4 pairs judged" in result.stdout
     assert "longer (baseline)     1.000 ± 0.000" in result.stdout  # 'good' is the longer answer every time
-    refused = run("judge", "eval", "--judge", "longer", "--data", "d.jsonl", "optim.lr=1", cwd=data.parent)
+    refused = run("judge", "eval", "judge=longer", "data.eval=d.jsonl", "optim.lr=1", cwd=data.parent)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
-        "error: judge eval takes only data.columns.* and data.labels.* settings, not 'optim.lr=1'"
+        "error: judge eval: setting does not exist: 'optim.lr' (a 'preftune train' setting); "
+        "'preftune judge eval --help' lists the settings"
     )
 
 
 def test_no_name_close_still_names_every_setting(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text(json.dumps({"a": "q", "b": "r", "c": "s"}) + "\n", encoding="utf-8")
-    result = run("judge", "eval", "--judge", "longer", "--data", "x.jsonl", cwd=tmp_path)
+    result = run("judge", "eval", "judge=longer", "data.eval=x.jsonl", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: x.jsonl: no 'chosen' column; found ['a', 'b', 'c']; map the file's columns onto the expected names "
@@ -72,7 +73,7 @@ def test_no_name_close_still_names_every_setting(tmp_path: Path) -> None:
 
 
 def test_generate_names_the_prompt_column_to_rename(data: Path) -> None:
-    result = run("generate", "--input", "d.jsonl", "--model", "tiny-random", "--out", "g.jsonl", cwd=data.parent)
+    result = run("generate", "prompts=d.jsonl", "model.name=tiny-random", "out=g.jsonl", cwd=data.parent)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: d.jsonl row 1: no prompt:")

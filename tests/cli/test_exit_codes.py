@@ -54,8 +54,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _win_rate(outputs: Path, baseline: Path, judge: str, *extra: str) -> list[str]:
     """``preftune win-rate`` of ``outputs`` against ``baseline``, with few bootstrap resamples."""
-    argv = ["win-rate", "--outputs", str(outputs), "--baseline", str(baseline), "--judge", judge]
-    return [*argv, *extra, "--lc-bootstrap", "5", "--bootstrap", "50"]
+    argv = ["win-rate", f"outputs={outputs}", f"baseline={baseline}", f"judge={judge}"]
+    return [*argv, *extra, "eval.lc_bootstrap=5", "eval.bootstrap=50"]
 
 
 def _last_line(stderr: str, starts: str) -> str:
@@ -75,7 +75,7 @@ def test_rank_against_a_dead_port_stops_early_with_exit_3(tmp_path: Path) -> Non
     out = tmp_path / "ranked.jsonl"
     spec = f"api:{dead_url()},{FAST.replace('max_retries=0', 'max_retries=2')}"
     began = time.monotonic()
-    done = _cli("rank", "--input", str(rows), "--judge", spec, "--out", str(out))
+    done = _cli("rank", f"input={rows}", f"judge={spec}", f"out={out}")
     assert time.monotonic() - began < 60
     assert done.returncode == EXIT_INCOMPLETE == 3
     line = _last_line(done.stderr, "incomplete: api judge: ")
@@ -101,16 +101,11 @@ def test_rank_with_failed_calls_exits_3_and_a_rerun_asks_only_those(tmp_path: Pa
     with openai_server("--faults", "500,none,none", "--fault-attempts", "1") as (url, stats):
         args = [
             "rank",
-            "--input",
-            str(rows),
-            "--method",
-            "round_robin",
-            "--judge",
-            f"api:{url},{FAST}",
-            "--out",
-            str(out),
-            "--pairs",
-            str(tmp_path / "pairs.jsonl"),
+            f"input={rows}",
+            "method=round_robin",
+            f"judge=api:{url},{FAST}",
+            f"out={out}",
+            f"pairs={tmp_path / 'pairs.jsonl'}",
         ]
         first = _cli(*args)
         with sqlite3.connect(store) as db:
@@ -132,13 +127,13 @@ def test_judge_eval_and_win_rate_with_failed_calls_exit_3(tmp_path: Path, capsys
     outputs, baseline = _completions(tmp_path)
     with openai_server("--faults", "500,none", "--fault-attempts", "99") as (url, _):
         spec = f"api:{url},{FAST}"
-        code = main(["judge", "eval", "--judge", spec, "--data", str(data), "--out", str(tmp_path / "r.json")])
+        code = main(["judge", "eval", f"judge={spec}", f"data.eval={data}", f"out={tmp_path / 'r.json'}"])
         assert code == EXIT_INCOMPLETE
         line = _last_line(capsys.readouterr().err, "incomplete: ")
-        assert "of 6 comparisons failed" in line and "with --store FILE, only the failed ones" in line
+        assert "of 6 comparisons failed" in line and "with store=FILE, only the failed ones" in line
         assert (tmp_path / "r.json").is_file()  # the report is written all the same
         store = tmp_path / "w.sqlite"
-        code = main(_win_rate(outputs, baseline, spec, "--store", str(store)))
+        code = main(_win_rate(outputs, baseline, spec, f"store={store}"))
         assert code == EXIT_INCOMPLETE
         line = _last_line(capsys.readouterr().err, "incomplete: ")
         assert "of 6 comparisons failed" in line and f"the store {store} answers the rest" in line
@@ -151,9 +146,9 @@ def test_runs_with_every_call_answered_exit_0(tmp_path: Path, capsys: pytest.Cap
     rows = _rows(tmp_path / "rows.jsonl", prompts=2)
     with openai_server() as (url, _):
         spec = f"api:{url},{FAST}"
-        assert main(["judge", "eval", "--judge", spec, "--data", str(data)]) == 0
+        assert main(["judge", "eval", f"judge={spec}", f"data.eval={data}"]) == 0
         assert main(_win_rate(outputs, baseline, spec)) == 0
-        assert main(["rank", "--input", str(rows), "--judge", spec, "--out", str(tmp_path / "r.jsonl")]) == 0
+        assert main(["rank", f"input={rows}", f"judge={spec}", f"out={tmp_path / 'r.jsonl'}"]) == 0
     assert "incomplete" not in capsys.readouterr().err
 
 
@@ -165,24 +160,14 @@ def test_evaluate_generate_with_failed_calls_exits_3(tmp_path: Path, capsys: pyt
             [
                 "evaluate",
                 "--generate",
-                "--model",
-                "tiny-random",
-                "--prompts",
-                "bundled:hh-harmless",
-                "--limit",
-                "2",
-                "--max-new-tokens",
-                "4",
-                "--lc-bootstrap",
-                "5",
-                "--bootstrap",
-                "50",
-                "--judge",
-                "longer",
-                "--judge",
-                f"api:{url},{FAST}",
-                "--out",
-                str(out),
+                "model.name=tiny-random",
+                "prompts=bundled:hh-harmless",
+                "limit=2",
+                "eval.max_new_tokens=4",
+                "eval.lc_bootstrap=5",
+                "eval.bootstrap=50",
+                f'eval.judges=[longer, "api:{url},{FAST}"]',
+                f"out={out}",
             ]
         )
     assert code == EXIT_INCOMPLETE
@@ -228,26 +213,19 @@ def test_generate_with_completions_still_empty_exits_3(tmp_path: Path, capsys: p
     model = _silent_model(tmp_path / "silent")
     args = [
         "generate",
-        "--input",
-        str(prompts),
-        "--model",
-        str(model),
-        "--n",
-        "2",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "4",
-        "--backend",
-        "hf",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
+        f"prompts={prompts}",
+        f"model.name={model}",
+        "sampling.n=2",
+        "sampling.temperature=0",
+        "sampling.max_new_tokens=4",
+        "sampling.backend=hf",
+        "model.device=cpu",
+        f"out={out}",
     ]
     assert main(args) == EXIT_INCOMPLETE
     line = _last_line(capsys.readouterr().err, "incomplete: ")
-    assert line.startswith("incomplete: 4 completions stayed empty after 3 redraws") and "another --seed" in line
+    assert line.startswith("incomplete: 4 completions stayed empty after 3 redraws"), line
+    assert "again with another seed=N into another out=FILE" in line, line
     assert len(out.read_text().splitlines()) == 2  # the rows are written, as the line says
 
 
@@ -264,31 +242,31 @@ def _setup(tmp_path: Path, case: str) -> tuple[list[str], Path | None]:
     """Arguments for ``rank`` that must be refused, and a file that must stay as it was."""
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("not a database, " * 200)
-    options = {"--out": str(tmp_path / "ranked.jsonl"), "--judge": "JUDGE"}
+    options = {"out": str(tmp_path / "ranked.jsonl"), "judge": "JUDGE"}
     kept = None
     if case == "out is a folder":
-        options["--out"] = str(tmp_path / "folder")
+        options["out"] = str(tmp_path / "folder")
     elif case == "out under a file":
-        options["--out"] = str(tmp_path / "notes.txt" / "ranked.jsonl")
+        options["out"] = str(tmp_path / "notes.txt" / "ranked.jsonl")
     elif case == "store not sqlite":
-        options["--store"] = kept = tmp_path / "notes.txt"
+        options["store"] = kept = tmp_path / "notes.txt"
     elif case == "store is a folder":
-        options["--store"] = str(tmp_path / "folder")
+        options["store"] = str(tmp_path / "folder")
     elif case == "pairs is out":
-        options["--pairs"] = options["--out"]
+        options["pairs"] = options["out"]
     elif case == "api without model":
-        options["--judge"] = "api:URL"
-    return [x for k, v in options.items() for x in (k, str(v))], kept
+        options["judge"] = "api:URL"
+    return [f"{k}={v}" for k, v in options.items()], kept
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "says"),
     [
-        ("out is a folder", "--out"),
+        ("out is a folder", "error: out="),
         ("out under a file", "is not a folder"),
         ("store not sqlite", "not a verdict store"),
-        ("store is a folder", "--store"),
+        ("store is a folder", "error: store="),
         ("pairs is out", "name the same file"),
         ("api without model", "model=NAME"),
     ],
@@ -299,8 +277,8 @@ def test_rank_refuses_in_one_line_before_any_call(tmp_path: Path, server, capsys
     args, kept = _setup(tmp_path, case)
     content = kept.read_bytes() if kept else None
     spec = f"api:{url}" if case == "api without model" else f"api:{url},{FAST}"
-    args = [spec if a in ("JUDGE", "api:URL") else a for a in args]
-    assert main(["rank", "--input", str(_rows(tmp_path / "rows.jsonl")), *args]) == EXIT_USAGE
+    args = [f"judge={spec}" if a in ("judge=JUDGE", "judge=api:URL") else a for a in args]
+    assert main(["rank", f"input={_rows(tmp_path / 'rows.jsonl')}", *args]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and says in err and "\n" not in err, err
     assert stats()["requests"] == before  # not one call was made
@@ -311,33 +289,20 @@ def test_rank_refuses_in_one_line_before_any_call(tmp_path: Path, server, capsys
 @pytest.mark.parametrize(
     ("command", "says"),
     [
-        (["judge", "eval", "--judge", "longer", "--data", "DATA", "--store", "NOTES"], "not a verdict store"),
-        (["judge", "eval", "--judge", "longer", "--data", "DATA", "--out", "NOTES/r.json"], "is not a folder"),
-        (
-            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--store", "NOTES"],
-            "not a verdict store",
-        ),
-        (
-            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "NOTES/r.json"],
-            "is not a folder",
-        ),
-        (
-            ["win-rate", "--outputs", "OUT", "--baseline", "BASE", "--judge", "longer", "--out", "OUT"],
-            "name the same file",
-        ),
-        (["generate", "--input", "DATA", "--out", "NOTES/g.jsonl"], "is not a folder"),
+        (["judge", "eval", "judge=longer", "data.eval=DATA", "store=NOTES"], "not a verdict store"),
+        (["judge", "eval", "judge=longer", "data.eval=DATA", "out=NOTES/r.json"], "is not a folder"),
+        (["win-rate", "outputs=OUT", "baseline=BASE", "judge=longer", "store=NOTES"], "not a verdict store"),
+        (["win-rate", "outputs=OUT", "baseline=BASE", "judge=longer", "out=NOTES/r.json"], "is not a folder"),
+        (["win-rate", "outputs=OUT", "baseline=BASE", "judge=longer", "out=OUT"], "name the same file"),
+        (["generate", "prompts=DATA", "out=NOTES/g.jsonl"], "is not a folder"),
         (
             [
                 "evaluate",
                 "--generate",
-                "--model",
-                "tiny-random",
-                "--prompts",
-                "bundled:hh-harmless",
-                "--judge",
-                "longer",
-                "--out",
-                "NOTES/eval",
+                "model.name=tiny-random",
+                "prompts=bundled:hh-harmless",
+                "eval.judges=[longer]",
+                "out=NOTES/eval",
             ],
             "no folder can be made there",
         ),
@@ -353,7 +318,10 @@ def test_other_commands_refuse_bad_outputs_in_one_line(tmp_path: Path, no_model,
         "OUT": str(outputs),
         "BASE": str(baseline),
     }
-    args = [paths.get(a) or a.replace("NOTES", str(notes)) for a in command]
+    args = []
+    for item in command:
+        key, _, value = item.partition("=")
+        args.append(f"{key}={paths.get(value) or value.replace('NOTES', str(notes))}" if value else item)
     assert main(args) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and says in err and "\n" not in err, err

@@ -50,14 +50,10 @@ def test_win_rate_counts_its_comparisons(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "b.jsonl", [{"prompt": f"q{i}", "completion": "yy"} for i in range(5)])
     result = run(
         "win-rate",
-        "--outputs",
-        "a.jsonl",
-        "--baseline",
-        "b.jsonl",
-        "--judge",
-        "longer",
-        "--lc-bootstrap",
-        "5",
+        "outputs=a.jsonl",
+        "baseline=b.jsonl",
+        "judge=longer",
+        "eval.lc_bootstrap=5",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -67,7 +63,7 @@ def test_win_rate_counts_its_comparisons(tmp_path: Path) -> None:
 def test_evaluate_counts_its_batches(tmp_path: Path) -> None:
     rows = [{"prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": "No."} for i in range(10)]
     write_jsonl(tmp_path / "p.jsonl", rows)
-    result = run("evaluate", "--model", "tiny-random", "--data", "p.jsonl", "--batch-size", "4", cwd=tmp_path)
+    result = run("evaluate", "model.name=tiny-random", "data.eval=p.jsonl", "eval.batch_size=4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert bars(result.stderr)["evaluate"].startswith("3/3 ")  # 10 pairs in batches of 4
 
@@ -76,20 +72,13 @@ def test_evaluate_generate_counts_sampling_and_judging(tmp_path: Path) -> None:
     result = run(
         "evaluate",
         "--generate",
-        "--model",
-        "tiny-random",
-        "--prompts",
-        "bundled:hh-harmless",
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "4",
-        "--batch-size",
-        "2",
-        "--lc-bootstrap",
-        "5",
-        "--judge",
-        "longer",
+        "model.name=tiny-random",
+        "prompts=bundled:hh-harmless",
+        "limit=3",
+        "eval.max_new_tokens=4",
+        "eval.batch_size=2",
+        "eval.lc_bootstrap=5",
+        "eval.judges=[longer]",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -103,18 +92,12 @@ def test_train_rm_counts_its_held_out_scoring(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "p.jsonl", rows)
     result = run(
         "train-rm",
-        "--model",
-        "tiny-random",
-        "--data",
-        "p.jsonl",
-        "--out",
-        "rm",
-        "--eval-pairs",
-        "4",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
+        "model.name=tiny-random",
+        "data.train=p.jsonl",
+        "output_dir=rm",
+        "data.eval_size=4",
+        "optim.epochs=1",
+        "optim.batch_size=4",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr

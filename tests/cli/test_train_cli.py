@@ -130,21 +130,25 @@ CASES = {
     "a JSON object, not rows": (lambda f: _train(f, data="object.json"), "object.json"),
     "a folder of unrelated files": (lambda f: _train(f, data="unrelated"), "unrelated"),
     "two responses and no label": (lambda f: _train(f, data="alpaca_eval.jsonl"), "label"),
-    "evaluate: no data": (lambda f: ["evaluate", "--model", "tiny-random"], "evaluate needs --model and --data"),
+    "evaluate: no data": (
+        lambda f: ["evaluate", "model.name=tiny-random"],
+        "evaluate needs model.name= and data.eval=, or run=DIR",
+    ),
     "evaluate: a setting that is not data": (
-        lambda f: ["evaluate", "--model", "tiny-random", "--data", str(f / "good.jsonl"), "optim.lr=1"],
-        "evaluate takes only data.* settings, not 'optim.lr=1'",
+        lambda f: ["evaluate", "model.name=tiny-random", f"data.eval={f / 'good.jsonl'}", "optim.lr=1"],
+        "evaluate: setting does not exist: 'optim.lr' (a 'preftune train' setting); "
+        "'preftune evaluate --help' lists the settings",
     ),
     "evaluate: a run folder that is not one": (
-        lambda f: ["evaluate", "--run", str(f / "unrelated")],
-        "--run {f}/unrelated: no run_config.json",
+        lambda f: ["evaluate", f"run={f / 'unrelated'}"],
+        "run={f}/unrelated: no run_config.json",
     ),
     "evaluate: missing data file": (
-        lambda f: ["evaluate", "--model", "tiny-random", "--data", str(f / "missing.jsonl")],
+        lambda f: ["evaluate", "model.name=tiny-random", f"data.eval={f / 'missing.jsonl'}"],
         "no such file: {f}/missing.jsonl",
     ),
     "evaluate: model path does not exist": (
-        lambda f: ["evaluate", "--model", str(f / "nothing"), "--data", str(f / "good.jsonl")],
+        lambda f: ["evaluate", f"model.name={f / 'nothing'}", f"data.eval={f / 'good.jsonl'}"],
         "model path '{f}/nothing' does not exist",
     ),
 }

@@ -166,7 +166,7 @@ def test_config_takes_lists_as_tuples_and_is_frozen() -> None:
 @pytest.mark.slow
 def test_cli_refuses_a_bad_method_with_one_error_line_and_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
-        [EXE, "lab", "bandit", "--methods", "dpo,bonn", "--out", str(tmp_path / "out")],
+        [EXE, "lab", "bandit", "methods=dpo,bonn", f"out={tmp_path / 'out'}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -180,10 +180,10 @@ def test_cli_refuses_a_bad_method_with_one_error_line_and_exit_2(tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--peak", "middle"], "invalid choice: 'middle'"),
-        (["--seeds", "0"], "seeds must be"),
-        (["--methods", "dpo,,bon"], "empty item"),
-        (["--regimes", "online"], "unknown regime"),
+        (["peak=middle"], "peak=middle: expected one of far, near"),
+        (["seeds=0"], "seeds must be"),
+        (["methods=dpo,,bon"], "methods=dpo,,bon has an empty item"),
+        (["regimes=online"], "unknown regime"),
     ],
 )
 def test_cli_refuses_bad_options(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,17 +197,11 @@ def test_cli_run_prints_the_table_and_writes_png_and_json(tmp_path: Path, capsys
         [
             "lab",
             "bandit",
-            "--peak",
-            "near",
-            "--methods",
-            "dpo",
-            "rwr",
-            "--seeds",
-            "2",
-            "--steps",
-            "15",
-            "--out",
-            str(out),
+            "peak=near",
+            "methods=[dpo, rwr]",
+            "seeds=2",
+            "optim.max_steps=15",
+            f"out={out}",
         ]
     )
     assert code == 0

@@ -80,7 +80,7 @@ def test_kl_toy_config_refuses_bad_values() -> None:
 
 
 def test_cli_kl_toy_writes_png_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab", "kl-toy", "--steps", "30", "--out", str(tmp_path)]) == 0
+    assert main(["lab", "kl-toy", "optim.max_steps=30", f"out={tmp_path}"]) == 0
     assert "reverse" in capsys.readouterr().out
     payload = json.loads((tmp_path / "kl_toy.json").read_text())
     assert len(payload["forward"]) == 31 and len(payload["reverse"][0]) == 4
@@ -88,7 +88,7 @@ def test_cli_kl_toy_writes_png_and_json(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_cli_kl_toy_refuses_a_bad_lr(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab", "kl-toy", "--lr", "0"]) == 2
+    assert main(["lab", "kl-toy", "optim.lr=0"]) == 2
     assert capsys.readouterr().err.startswith("error: kl toy: lr must be")
 
 

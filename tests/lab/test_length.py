@@ -90,10 +90,10 @@ def test_onpolicy_dpo_shortens_responses_and_the_data_follow_the_rule(min_run: L
 
 
 def test_cli_refuses_a_bad_task_and_method_before_any_model(no_model: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab", "length", "--task", "max"]) == 2
+    assert main(["lab", "length", "task=max"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: length: task must be one of min, mode, skew") and err.count("\n") == 1
-    assert main(["lab", "length", "--methods", "dpo"]) == 2
+    assert err.startswith("error: task=max: expected one of min, mode, skew") and err.count("\n") == 1
+    assert main(["lab", "length", "methods=dpo"]) == 2
     assert capsys.readouterr().err.startswith("error: length: unknown method 'dpo'")
 
 
@@ -105,8 +105,8 @@ def test_cli_writes_png_and_json(
 
     asked: list[LengthConfig] = []
     monkeypatch.setattr(length, "run_length_study", lambda config: asked.append(config) or min_run)
-    argv = ["lab", "length", "--task", "min", "--methods", "onpolicy_dpo,pref_ft", "--steps", "8", "--out"]
-    assert main([*argv, str(tmp_path)]) == 0
+    argv = ["lab", "length", "task=min", "methods=onpolicy_dpo,pref_ft", "optim.max_steps=8"]
+    assert main([*argv, f"out={tmp_path}"]) == 0
     assert asked[0].methods == ("onpolicy_dpo", "pref_ft") and asked[0].steps == 8
     out = capsys.readouterr().out
     assert "onpolicy_dpo" in out and "length_min.png" in out

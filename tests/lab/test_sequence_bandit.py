@@ -153,16 +153,16 @@ def test_config_refuses_bad_values(changes: dict, message: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--peak", "middle"], "invalid choice: 'middle'"),
-        (["--methods", "dpo,bonn"], "did you mean 'bon'"),
-        (["--length", "0"], "length must be"),
-        (["--regimes", "online"], "unknown regime"),
+        (["peak=middle"], "peak=middle: expected one of far, near"),
+        (["methods=dpo,bonn"], "did you mean 'bon'"),
+        (["length=0"], "length must be"),
+        (["regimes=online"], "unknown regime"),
     ],
 )
 def test_cli_refuses_bad_options_with_one_line(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["lab", "sequence-bandit", *args, "--out", str(tmp_path / "out")]) == 2
+    assert main(["lab", "sequence-bandit", *args, f"out={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "out").exists()
@@ -170,8 +170,8 @@ def test_cli_refuses_bad_options_with_one_line(
 
 def test_cli_run_prints_the_table_and_writes_png_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "lab"
-    args = ["--peak", "near", "--methods", "dpo", "rwr", "--seeds", "2", "--steps", "4", "--length", "2"]
-    assert main(["lab", "sequence-bandit", *args, "--eval-every", "2", "--out", str(out)]) == 0
+    args = ["peak=near", "methods=[dpo, rwr]", "seeds=2", "optim.max_steps=4", "length=2"]
+    assert main(["lab", "sequence-bandit", *args, "eval.every=2", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     assert "sequence bandit" in printed and "near peak" in printed and "on_policy" in printed and "±" in printed
     payload = json.loads((out / "sequence_bandit_near.json").read_text())

@@ -232,14 +232,14 @@ def test_without_a_length_study_its_section_says_not_run(tmp_path: Path) -> None
 
 
 def test_cli_refuses_an_unknown_paper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reproduce", "P9", "--out", str(tmp_path / "out")]) == 2
+    assert main(["reproduce", "P9", f"out={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "P9" in err[0] and "P3" in err[0]
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_refuses_an_unknown_scale(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["reproduce", "P3", "--scale", "test", "--out", str(tmp_path)]) == 2
+    assert main(["reproduce", "P3", "scale=test", f"out={tmp_path}"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 

@@ -1,4 +1,4 @@
-"""The reward-model judge (``rm:PATH``), ``preftune rank --method score`` and ``preftune train-rm``
+"""The reward-model judge (``rm:PATH``), ``preftune rank method=score`` and ``preftune train-rm``
 end to end through the command line, on the tiny model."""
 
 from __future__ import annotations
@@ -62,16 +62,11 @@ def test_rank_method_score_end_to_end(trained: tuple[Prepared, RewardResult], tm
     out, pairs = tmp_path / "ranked.jsonl", tmp_path / "pairs.jsonl"
     argv = [
         "rank",
-        "--input",
-        str(source),
-        "--method",
-        "score",
-        "--score-model",
-        str(trained[1].output_dir),
-        "--out",
-        str(out),
-        "--pairs",
-        str(pairs),
+        f"input={source}",
+        "method=score",
+        f"score_model={trained[1].output_dir}",
+        f"out={out}",
+        f"pairs={pairs}",
     ]
     assert main(argv) == 0
     ranked = [json.loads(line) for line in out.read_text().splitlines()]
@@ -83,14 +78,14 @@ def test_rank_method_score_end_to_end(trained: tuple[Prepared, RewardResult], tm
 @pytest.mark.parametrize(
     "argv_tail, message",
     [
-        (["--method", "score"], "--score-model"),
-        (["--score-model", "x"], "--method score"),
+        (["method=score"], "score_model=PATH"),
+        (["score_model=x"], "method=score"),
     ],
 )
 def test_rank_score_without_its_model_is_one_line(tmp_path: Path, capsys, argv_tail, message) -> None:
     source = tmp_path / "gen.jsonl"
     source.write_text(json.dumps({"prompt": "q", "completions": ["a", "b"]}) + "\n")
-    assert main(["rank", "--input", str(source), "--out", str(tmp_path / "o.jsonl"), *argv_tail]) == 2
+    assert main(["rank", f"input={source}", f"out={tmp_path / 'o.jsonl'}", *argv_tail]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
 
@@ -99,27 +94,17 @@ def test_train_rm_command_end_to_end(marker_pairs: Path, tmp_path: Path, capsys)
     out = tmp_path / "rm"
     argv = [
         "train-rm",
-        "--model",
-        "tiny-random",
-        "--data",
-        str(marker_pairs),
-        "--out",
-        str(out),
-        "--full",
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "64",
-        "--eval-pairs",
-        "8",
-        "--train-pairs",
-        "16",
-        "--seed",
-        "3",
+        "model.name=tiny-random",
+        f"data.train={marker_pairs}",
+        f"output_dir={out}",
+        "lora.enabled=false",
+        "optim.epochs=1",
+        "optim.lr=1e-3",
+        "optim.batch_size=8",
+        "data.max_length=64",
+        "data.eval_size=8",
+        "data.train_size=16",
+        "optim.seed=3",
     ]
     assert main(argv) == 0
     err = capsys.readouterr().err
@@ -142,7 +127,7 @@ def _bad_columns(tmp_path: Path) -> Path:
         ("columns", "bad.jsonl"),
         ("lr", "lr must be"),
         ("used", "not empty"),
-        ("key", "data.*"),
+        ("key", "setting does not exist: 'optim.max_steps' (a 'preftune train' setting)"),
     ],
 )
 def test_train_rm_bad_input_is_one_line(tmp_path: Path, marker_pairs: Path, capsys, case, message) -> None:
@@ -152,13 +137,13 @@ def test_train_rm_bad_input_is_one_line(tmp_path: Path, marker_pairs: Path, caps
     elif case == "columns":
         data = str(_bad_columns(tmp_path))
     elif case == "lr":
-        extra = ["--lr", "-1"]
+        extra = ["optim.lr=-1"]
     elif case == "used":
         out.mkdir()
         (out / "x").write_text("x")
     else:
-        extra = ["optim.lr=1"]
-    argv = ["train-rm", "--model", "tiny-random", "--data", data, "--out", str(out), *extra]
+        extra = ["optim.max_steps=1"]  # a train setting that train-rm does not have
+    argv = ["train-rm", "model.name=tiny-random", f"data.train={data}", f"output_dir={out}", *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err, err

@@ -213,11 +213,11 @@ def test_settings_are_checked(settings: dict, message: str) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["serve", "--port", "99999"],
-        ["serve", "--threads", "0"],
-        ["serve", "--parallel", "0"],
-        ["serve", "--model", "/no/such/model.gguf"],
-        ["serve", "--port", "eighty"],
+        ["serve", "port=99999"],
+        ["serve", "threads=0"],
+        ["serve", "parallel=0"],
+        ["serve", "model.name=/no/such/model.gguf"],
+        ["serve", "port=eighty"],
     ],
 )
 def test_cli_refuses_bad_input(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -229,13 +229,13 @@ def test_cli_refuses_bad_input(argv: list[str], capsys: pytest.CaptureFixture[st
 @pytest.mark.slow
 @pytest.mark.parametrize("scoring", ["text", "logprobs"])
 def test_the_api_judge_end_to_end_against_the_embedded_model(server: LocalServer, scoring: str, tmp_path) -> None:
-    """`preftune judge eval --judge api:...` on real PandaLM pairs, judged by SmolLM2 through llama.cpp."""
+    """`preftune judge eval judge=api:...` on real PandaLM pairs, judged by SmolLM2 through llama.cpp."""
     import json
 
     spec = f"api:{server.base_url},model={server.model},scoring={scoring},timeout_s={TIMEOUT},concurrency=2"
     report = tmp_path / "report.json"
-    args = ["judge", "eval", "--judge", spec, "--data", str(PANDALM_FILE), "--skip-invalid", "--limit", "2"]
-    assert main([*args, "--out", str(report), "--store", str(tmp_path / "v.sqlite")]) == 0
+    args = ["judge", "eval", f"judge={spec}", f"data.eval={PANDALM_FILE}", "data.skip_invalid=true", "limit=2"]
+    assert main([*args, f"out={report}", f"store={tmp_path / 'v.sqlite'}"]) == 0
     judged = json.loads(report.read_text())
     # every ordered call answered (the model's "The answer is 2." is read; a missing "2" logprob is −inf)
     assert judged["pairs"] == 2 and judged["judge"]["failed"] == 0, judged

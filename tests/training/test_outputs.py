@@ -146,14 +146,10 @@ def test_cli_evaluate_reproduces_the_runs_final_evaluation(lora_run: Run, tmp_pa
     out = tmp_path / "metrics.json"
     result = run_cli(
         "evaluate",
-        "--model",
-        str(lora_run.out / "model"),
-        "--data",
-        str(config.data.eval),
-        "--max-length",
-        "64",
-        "--out",
-        str(out),
+        f"model.name={lora_run.out / 'model'}",
+        f"data.eval={config.data.eval}",
+        "data.max_length=64",
+        f"out={out}",
     )
     assert result.returncode == 0, result.stderr
     assert "adapter off" in result.stdout

@@ -142,7 +142,7 @@ def test_evaluations_and_ctrl_c_speak_on_the_console(data_files: DataFiles, tmp_
 def test_the_held_out_split_is_saved_and_evaluate_run_scores_it(full_run: Run) -> None:
     held = [json.loads(line) for line in (full_run.out / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(held) == 8 and all(row.keys() == {"prompt", "chosen", "rejected"} for row in held)
-    result = run_cli("evaluate", "--run", str(full_run.out))
+    result = run_cli("evaluate", f"run={full_run.out}")
     assert result.returncode == 0, result.stderr
     accuracy = next(line for line in result.stdout.splitlines() if line.startswith("accuracy "))
     expected = metric_means(full_run.outcome["stages"][0]["eval_after"])["accuracy"]

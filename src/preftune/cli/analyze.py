@@ -25,7 +25,7 @@ def split_top_level(text: str) -> list[str]:
             current.append(char)
     items.append("".join(current).strip())
     if any(not item for item in items):
-        raise PreftuneError(f"--objectives '{text}' has an empty item; separate objectives with single commas")
+        raise PreftuneError(f"objectives={text} has an empty item; separate objectives with single commas")
     return items
 
 

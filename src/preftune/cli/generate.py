@@ -152,5 +152,5 @@ def _refuse_empty(report: GenerateReport, out: Path) -> None:
         raise IncompleteRun(
             f"{report.empty} completions stayed empty after {REDRAWS} redraws; their rows are in "
             f"{out}, but preftune rank refuses them: drop those rows, or sample those prompts "
-            "again with another seed into another out"
+            "again with another seed=N into another out=FILE"
         )

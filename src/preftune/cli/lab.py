@@ -169,11 +169,13 @@ def _register_length(studies: argparse._SubParsersAction) -> None:
     length.set_defaults(run=run_length_command)
 
 
-def _names(values: list[str]) -> list[str]:
-    """``["dpo,bon", "ipo"]`` -> ``["dpo", "bon", "ipo"]``; an empty item is refused."""
+def _names(key: str, values: list[str]) -> list[str]:
+    """``["dpo,bon", "ipo"]`` -> ``["dpo", "bon", "ipo"]``; an empty item is refused, naming ``key``."""
     names = [name.strip() for value in values for name in value.split(",")]
     if any(not name for name in names):
-        raise PreftuneError(f"'{' '.join(values)}' has an empty item; separate names with spaces or single commas")
+        raise PreftuneError(
+            f"{key}={', '.join(values)} has an empty item; give a list such as {key}=[a, b] (or {key}=a,b)"
+        )
     return names
 
 
@@ -186,8 +188,8 @@ def run_bandit_command(args: argparse.Namespace) -> int:
 
     config = BanditConfig(
         peak=args.peak,
-        methods=tuple(_names(args.methods)),
-        regimes=tuple(_names(args.regimes)),
+        methods=tuple(_names("methods", args.methods)),
+        regimes=tuple(_names("regimes", args.regimes)),
         seeds=args.seeds,
         steps=args.steps,
         samples_per_context=args.samples,
@@ -210,8 +212,8 @@ def run_sequence_bandit_command(args: argparse.Namespace) -> int:
 
     config = SequenceBanditConfig(
         peak=args.peak,
-        methods=tuple(_names(args.methods)),
-        regimes=tuple(_names(args.regimes)),
+        methods=tuple(_names("methods", args.methods)),
+        regimes=tuple(_names("regimes", args.regimes)),
         seeds=args.seeds,
         steps=args.steps,
         samples_per_context=args.samples,
@@ -284,7 +286,9 @@ def kl_toy_table(result: KLToyResult) -> str:
 def run_length_command(args: argparse.Namespace) -> int:
     from preftune.lab.length import LengthConfig, run_length_study
 
-    config = LengthConfig(task=args.task, methods=tuple(_names(args.methods)), steps=args.steps, seed=args.seed)
+    config = LengthConfig(
+        task=args.task, methods=tuple(_names("methods", args.methods)), steps=args.steps, seed=args.seed
+    )
     _check_out(args.out)
     result = run_length_study(config)
 

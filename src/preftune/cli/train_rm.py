@@ -85,7 +85,7 @@ def reward_config(args: argparse.Namespace):
         raise PreftuneError(f"train-rm: optim.epochs must be a whole number of passes, not {args.epochs}")
     return RewardConfig(
         model=args.model,
-        output_dir=args.out,
+        output_dir=str(args.out),  # RewardConfig holds a str (saved in metrics.json); the key reads a Path
         data=data,
         lora=args.lora,
         lora_rank=args.lora_rank,
