@@ -75,7 +75,7 @@ def test_documented_commands_read_their_settings(
     assert not notes, f"{where}: `preftune {' '.join(argv)}` uses an old spelling: {notes}"
 
 
-def _check_train(args) -> None:  # noqa: ANN001
+def _check_train(args) -> None:
     from preftune.cli.config import load_config
     from preftune.run.checks import check
 
@@ -124,5 +124,5 @@ def test_the_readme_data_pipeline_runs(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "run" / "summary.md").is_file()
 
 
-def _text(response) -> str:  # noqa: ANN001
+def _text(response) -> str:
     return response if isinstance(response, str) else response[-1]["content"]
