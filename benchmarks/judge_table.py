@@ -49,9 +49,8 @@ def any_report(out_dir: Path, judge: str, name: str) -> Path | None:
 
 
 def _setting(key: str, value: str | Path) -> str:
-    """``key="value"``: quoted, so that YAML reads any judge spec or path as the string it is
-    (unquoted, ``a: b`` would be a mapping and `` #...`` a comment)."""
-    return f"{key}={json.dumps(str(value))}"
+    """``key=value``: a judge spec or a path is read as written (no quoting needed)."""
+    return f"{key}={value}"
 
 
 def run_one(judge: str, data: Path, out: Path, *, limit: int | None, store: Path | None) -> dict[str, Any] | None:

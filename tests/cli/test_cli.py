@@ -45,7 +45,7 @@ def test_every_command_has_help(args: list[str]) -> None:
         (["objectives", "dpo(beta=0)"], "beta must be > 0"),
         (["analyze", "gradients", "objectives=mle,,dpo"], "objectives=mle,,dpo has an empty item"),
         (["analyze", "gradients", "objectives=dpo,exmat"], "did you mean 'exmate'"),
-        (["analyze", "gradients", "--bogus"], "unrecognized arguments"),
+        (["analyze", "gradients", "--bogus"], "--bogus is not an option of preftune analyze gradients"),
         (["analyze", "gradients", "bogus=1"], "setting does not exist: 'bogus'"),
     ],
 )
