@@ -59,12 +59,12 @@ class RecordingBatcher(Batcher):
 
 
 def make_loop(
-    objective: str, settings: OnlineSettings, offline=(), kl=False, labeller=None
+    objective, settings: OnlineSettings, offline=(), kl=False, labeller=None
 ) -> tuple[OnPolicySource, RecordingBatcher]:
     tokenizer = load_tokenizer(tiny_model_path())
     torch.manual_seed(0)
     model = apply_lora(load_model(tiny_model_path(), dtype="float32"), rank=4)
-    built = build(objective)
+    built = build(objective) if isinstance(objective, str) else objective
     trainer = Trainer(
         accelerator=make_accelerator("no", cpu=True),
         model=model,
@@ -86,7 +86,7 @@ def make_loop(
         sampling,
         batcher,
         offline,
-        kl_reference=AdapterDisabledReference(model) if kl else None,
+        reference=AdapterDisabledReference(model) if kl else None,
     )
     return loop, batcher
 

@@ -64,6 +64,8 @@ class TokenBatch(_Records):
             reference cache and for exact resumption.
         group_size: C, responses per example (rows k·B..k·B+B-1 hold the k-th responses).
         rewards: ``[B, C]`` float, each response's reward, or None.
+        sampled: ``[B]`` bool, True for an example whose responses were sampled from the policy (an
+            on-policy round's), or None when none was.
     """
 
     input_ids: Tensor
@@ -72,6 +74,7 @@ class TokenBatch(_Records):
     example_ids: Tensor
     group_size: int = 2
     rewards: Tensor | None = None
+    sampled: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -96,6 +99,7 @@ class TokenBatch(_Records):
             self.example_ids.to(device),
             self.group_size,
             None if self.rewards is None else self.rewards.to(device),
+            None if self.sampled is None else self.sampled.to(device),
         )
 
 
@@ -117,6 +121,7 @@ class PackedBatch(_Records):
         example_ids: ``[B]`` long, each example's index in its dataset.
         group_size: C, responses per example.
         rewards: ``[B, C]`` float, each response's reward, or None.
+        sampled: ``[B]`` bool, True for an example whose responses were sampled from the policy, or None.
     """
 
     input_ids: Tensor
@@ -130,6 +135,7 @@ class PackedBatch(_Records):
     example_ids: Tensor
     group_size: int = 2
     rewards: Tensor | None = None
+    sampled: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -155,8 +161,9 @@ class PackedBatch(_Records):
     def to(self, device: torch.device | str) -> PackedBatch:
         moved = [t.to(device) for t in (self.input_ids, self.position_ids, self.block_ids, self.branch_ids)]
         rewards = None if self.rewards is None else self.rewards.to(device)
+        sampled = None if self.sampled is None else self.sampled.to(device)
         spans = (t.to(device) for t in self._spans())
-        return PackedBatch(*moved, *spans, self.example_ids.to(device), self.group_size, rewards)
+        return PackedBatch(*moved, *spans, self.example_ids.to(device), self.group_size, rewards, sampled)
 
 
 Batch = TokenBatch | PackedBatch

@@ -46,6 +46,13 @@ def rewards_of(items: Sequence[TokenizedGroup], group_size: int) -> torch.Tensor
     return torch.tensor([list(item.rewards)[:group_size] for item in items], dtype=torch.float32)  # type: ignore[arg-type]
 
 
+def sampled_of(items: Sequence[TokenizedGroup]) -> torch.Tensor | None:
+    """``[B]`` bool: which examples were sampled from the policy (their responses carry ``finished``
+    flags), or None when none was."""
+    flags = [item.finished is not None for item in items]
+    return torch.tensor(flags, dtype=torch.bool) if any(flags) else None
+
+
 def collate(
     pairs: Sequence[TokenizedGroup],
     indices: Sequence[int] | torch.Tensor,
@@ -86,4 +93,5 @@ def collate(
         input_ids[i, :n] = torch.tensor(prompt + response, dtype=torch.long)
         attention_mask[i, :n] = 1
         response_mask[i, len(prompt) : n] = True
-    return TokenBatch(input_ids, attention_mask, response_mask, example_ids_of(indices), c, rewards_of(pairs, c))
+    ids = example_ids_of(indices)
+    return TokenBatch(input_ids, attention_mask, response_mask, ids, c, rewards_of(pairs, c), sampled_of(pairs))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from preftune.data.batch import PackedBatch
-from preftune.data.collate import example_ids_of, group_size_of, rewards_of
+from preftune.data.collate import example_ids_of, group_size_of, rewards_of, sampled_of
 from preftune.data.groups import TokenizedGroup
 from preftune.errors import PreftuneError
 
@@ -90,8 +90,9 @@ def pack(
                 spans[:, record] = torch.tensor([base + at, p, base + cursor, s])
                 cursor += s
             at = cursor
+    ids = example_ids_of(indices)
     return PackedBatch(
-        input_ids, position_ids, block_ids, branch_ids, *spans, example_ids_of(indices), c, rewards_of(pairs, c)
+        input_ids, position_ids, block_ids, branch_ids, *spans, ids, c, rewards_of(pairs, c), sampled_of(pairs)
     )
 
 

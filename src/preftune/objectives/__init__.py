@@ -18,6 +18,7 @@ from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, R
 from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs, record_for
 from preftune.objectives.registry import TERMS, build, make_term, parse, register
 from preftune.objectives.regularisers import BCR, DPOP
+from preftune.objectives.within_groups import WithinGroups, pairs_within
 
 # Lower-case constructors, so that Python composition reads like the string form.
 mle, ul, mate, exmate = MLE, Unlikelihood, MATE, ExMATE
@@ -46,6 +47,7 @@ __all__ = [
     "SequenceLogProbs",
     "Term",
     "Unlikelihood",
+    "WithinGroups",
     "bcr",
     "bon",
     "bon_neg",
@@ -62,6 +64,7 @@ __all__ = [
     "mate",
     "mle",
     "pair_metrics",
+    "pairs_within",
     "param",
     "parse",
     "record_for",

@@ -23,7 +23,7 @@ from preftune.files import write_atomic
 from preftune.generation.prompts import encode_prompt, prompt_key
 from preftune.generation.sampling import SamplingConfig
 from preftune.modeling import AdapterDisabledReference
-from preftune.objectives import Objective
+from preftune.objectives import Objective, PairRecord, WithinGroups
 from preftune.run.config import RunConfig, StageConfig
 from preftune.run.references import make_reference, reference_kind
 from preftune.training import (
@@ -122,6 +122,16 @@ def online_sampler(config: RunConfig, tokenizer: Any, accelerator: Accelerator, 
     return copy
 
 
+def trained_objective(objective: Objective, settings: OnlineSettings) -> Any:
+    """What an on-policy stage trains: a pairwise objective with ``online.pairing=all`` reads every
+    pair within each sampled group in place (:class:`~preftune.objectives.WithinGroups`: each response
+    forwarded once, not once per pair it sits in); offline pairs mixed in (``online.mix``) are pairs of
+    their own, so then the round's pairs are built as items."""
+    if settings.pairing == "all" and objective.record_type is PairRecord and settings.mix == 0:
+        return WithinGroups(objective, settings.reward_gap)
+    return objective
+
+
 class OnPolicyFeed:
     """An on-policy stage's feed: an :class:`~preftune.training.OnPolicySource` over data.train's
     prompts, a live reference (the adapters switched off, or a frozen copy: new samples each round
@@ -134,7 +144,8 @@ class OnPolicyFeed:
         config = parts.config
         self.parts, self.model, self.optim = parts, model, config.optim
         self.settings = online_settings(config)
-        self.total_steps = OnPolicySource.total_steps(self.settings, objective)
+        self.objective = trained_objective(objective, self.settings)
+        self.total_steps = OnPolicySource.total_steps(self.settings, self.objective)
         kind = reference_kind(stage.reference, config.lora.enabled, on_policy=True)
         self.train_reference, self.eval_reference = make_reference(
             kind, objective, model, config, [], parts.inputs.held_out, parts.batcher, parts.accelerator
@@ -159,8 +170,8 @@ class OnPolicyFeed:
             max_new_tokens=s.max_new_tokens,
             batch_size=config.eval.batch_size,
         )
-        # the KL logged per round: against the training reference, else the adapters switched off
-        kl_reference = self.train_reference or (
+        # each round scored once against the training reference (its KL too), else the adapters switched off
+        reference = self.train_reference or (
             AdapterDisabledReference(self.model, chunk_size=config.logit_chunk) if config.lora.enabled else None
         )
         sampler = online_sampler(config, parts.tokenizer, trainer.accelerator, parts.say)
@@ -174,7 +185,7 @@ class OnPolicyFeed:
             sampling,
             parts.batcher,
             parts.inputs.train,
-            kl_reference,
+            reference,
             sampler=sampler,
         )
 

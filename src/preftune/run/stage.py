@@ -75,6 +75,7 @@ class Feed(Protocol):
     """What a stage's ``fit`` reads, and what goes with it."""
 
     optim: OptimConfig
+    objective: Any  # what the trainer runs: the stage's objective, or it over pairs within sampled groups
     total_steps: int
     train_reference: Any  # what the trainer's objective scores against (None if it needs none)
     eval_reference: Any  # the held-out pairs' reference
@@ -98,7 +99,7 @@ class DatasetFeed:
 
     def __init__(self, parts: RunParts, stage: StageConfig, objective: Objective, model: Any) -> None:
         config, inputs, accelerator = parts.config, parts.inputs, parts.accelerator
-        self.parts, self.optim = parts, stage_optim(config, stage)
+        self.parts, self.optim, self.objective = parts, stage_optim(config, stage), objective
         t0 = time.perf_counter()
         self.plan = make_plan(inputs.train, self.optim, accelerator.num_processes, config.data.group_by_length)
         self.total_steps = self.plan.total_steps(self.optim.epochs, self.optim.max_steps)
@@ -166,7 +167,7 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
     trainer = Trainer(
         accelerator=accelerator,
         model=model,
-        objective=objective,
+        objective=feed.objective,
         optim=feed.optim,
         total_steps=feed.total_steps,
         reference=feed.train_reference,

@@ -54,6 +54,19 @@ class PolicyLogProbs(nn.Module):
         return response_logprobs(self.model, batch, with_tokens=with_tokens, chunk_size=self.chunk_size)
 
 
+def sampled_log_ratio(batch: Batch, policy: SequenceLogProbs, reference: SequenceLogProbs | None) -> dict[str, float]:
+    """``sampled/log_ratio_sum`` and ``sampled/responses``: the sum over the batch's sampled responses
+    of log π(y|x) − log π_ref(y|x), and how many there are (both 0 without any, or without a
+    reference). Their ratio over a round's first pass is the Monte Carlo estimate of KL(π ‖ π_ref) per
+    response that P3 logs, from the log-probs the step computed anyway."""
+    if reference is None or batch.sampled is None:
+        return {"sampled/log_ratio_sum": 0.0, "sampled/responses": 0.0}
+    rows = batch.sampled.to(policy.sum.device)
+    gap = policy.sum.detach().float()[rows] - reference.sum.float()[rows]  # [b, C]
+    counted = policy.count[rows] > 0
+    return {"sampled/log_ratio_sum": float(gap[counted].sum()), "sampled/responses": float(counted.sum())}
+
+
 class Trainer:
     """One policy, one objective, one optimizer and schedule for ``total_steps`` steps.
 
@@ -97,19 +110,27 @@ class Trainer:
             num_training_steps=total_steps,
         )
         self.logit_chunk = logit_chunk
+        # Whether each step also reports the sampled responses' log-ratio to the reference (an
+        # on-policy source switches it on, on every process alike: the statistics are reduced together).
+        self.log_sampled_ratio = False
         self.policy, self.optimizer = accelerator.prepare(PolicyLogProbs(model, logit_chunk), optimizer)
 
     # --- one step -------------------------------------------------------------------------------
 
     def record(self, batch: Batch):
         """The record the objective reads for ``batch`` (policy with gradients, reference without)."""
+        return record_for(self.objective.record_type, *self.logprobs(batch), batch.rewards)
+
+    def logprobs(self, batch: Batch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
+        """``[B, C]`` log-probs of the policy (with gradients) and of the reference (without; None
+        when neither the objective nor the sampled responses' log-ratio needs it)."""
         with self.accelerator.autocast():
             policy = self.policy(batch, with_tokens=self.objective.needs_token_logps)
         reference = None
-        if self.objective.needs_reference:
+        if self.objective.needs_reference or (self.log_sampled_ratio and self.reference is not None):
             with torch.no_grad(), self.accelerator.autocast():
                 reference = self.reference.records(batch)
-        return record_for(self.objective.record_type, policy, reference, batch.rewards)
+        return policy, reference
 
     def step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         """One optimiser step over this process's ``micro_batches`` (gradients accumulated, synced
@@ -121,13 +142,17 @@ class Trainer:
             tokens += batch.num_tokens
             context = nullcontext() if i == n - 1 else self.accelerator.no_sync(self.policy)
             with context:
-                out = self.objective(self.record(batch))
+                policy, reference = self.logprobs(batch)
+                out = self.objective(record_for(self.objective.record_type, policy, reference, batch.rewards))
                 loss = out.loss.mean()
                 finite = finite and bool(torch.isfinite(loss))
                 self.accelerator.backward(loss / n)
             values = {"loss": out.loss, **{f"loss/{k}": v for k, v in out.terms.items()}, **out.metrics}
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach().float().mean()) / n
+            if self.log_sampled_ratio:
+                for name, value in sampled_log_ratio(batch, policy, reference).items():
+                    sums[name] = sums.get(name, 0.0) + value / n
         grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.optim.max_grad_norm)
         # Gradients are identical on every process after the all-reduce, so is this decision.
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")

@@ -257,10 +257,19 @@ def pairs_from_groups(groups: Sequence[TokenizedGroup], pairing: str, reward_gap
         )
         for a, b in candidates:
             if rewards[a] - rewards[b] > reward_gap:
-                out.append(
-                    TokenizedGroup(g.prompt_ids, (g.responses[a], g.responses[b]), (rewards[a], rewards[b]), g.origin)
-                )
+                finished = None if g.finished is None else (g.finished[a], g.finished[b])
+                responses = (g.responses[a], g.responses[b])
+                out.append(TokenizedGroup(g.prompt_ids, responses, (rewards[a], rewards[b]), g.origin, finished))
     return out
+
+
+def first_pass_kl(steps: Sequence[dict[str, float]]) -> float:
+    """Mean log π(y|x) − log π_ref(y|x) over the sampled responses that ``steps`` (a round's first
+    pass) trained on, each step's policy before its own update: P3's Monte Carlo estimate of
+    KL(π ‖ π_ref) per response, from the log-probs the steps computed anyway; NaN without any."""
+    responses = sum(h.get("sampled/responses", 0.0) for h in steps)
+    total = sum(h.get("sampled/log_ratio_sum", 0.0) for h in steps)
+    return total / responses if responses > 0 else math.nan
 
 
 def offline_items(pairs: Sequence[TokenizedGroup], k: int, rng: random.Random) -> list[TokenizedGroup]:
@@ -296,8 +305,12 @@ class OnPolicySource:
         sampling: how to sample (``n`` is set to ``samples_per_prompt``; the seed per round).
         batcher: builds batches from the round's items.
         offline: pairs to mix in (``settings.mix``).
-        kl_reference: scores the round's samples (``records(batch) -> [B, C]``) for the logged KL to
-            the reference; None logs no KL.
+        reference: the reference policy (``records(batch) -> [B, C]``, a live one: the adapters
+            switched off, a frozen copy). Each round's items are scored with it once, in the first
+            pass's own micro-batches, and the trainer reads that table in every pass
+            (:meth:`round_reference`); the steps report the sampled responses' log-ratio to it, whose
+            mean over the round's first pass is the round's KL. None: the trainer's own reference
+            per step, and no KL.
         sampler: draws each round's responses, called as ``sampler(trainer.model, tokenizer,
             prompt_ids, config)`` with :func:`~preftune.generation.sampling.sample`'s contract
             (:data:`Sampler`); None is that HF sampler. A seam, so that a faster engine can sample
@@ -318,7 +331,7 @@ class OnPolicySource:
         sampling: SamplingConfig,
         batcher: Batcher,
         offline: Sequence[TokenizedGroup] = (),
-        kl_reference: Any = None,
+        reference: Any = None,
         sampler: Sampler | None = None,
     ) -> None:
         if len(prompts) != len(prompt_ids) or not prompts:
@@ -329,7 +342,8 @@ class OnPolicySource:
         self.trainer, self.tokenizer, self.labeller = trainer, tokenizer, labeller
         self.prompts, self.prompt_ids, self.settings = list(prompts), [list(p) for p in prompt_ids], settings
         self.sampling = replace(sampling, n=settings.samples_per_prompt)
-        self.batcher, self.offline, self.kl_reference = batcher, list(offline), kl_reference
+        self.batcher, self.offline, self.reference = batcher, list(offline), reference
+        trainer.log_sampled_ratio = reference is not None
         self.sampler: Sampler = sampler if sampler is not None else sample
         self.next_round = 0
         self.buffer: BufferSource | None = None  # the current round's; None before the first or for an empty one
@@ -372,10 +386,10 @@ class OnPolicySource:
         self.shown += shown_samples(
             round_index, [self.prompts[i] for i in chosen], samples, rewards, s.samples_per_prompt
         )
-        kl = self.kl_to_reference(groups)
-        items = groups if self.group_objective else pairs_from_groups(groups, s.pairing, s.reward_gap)
+        items = self.round_items(groups)
         extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))
         self.buffer = self.round_buffer(items + extra, round_index)
+        self.round_reference()
         flat = [r for row in rewards for r in row if not math.isnan(r)]
         mean = sum(flat) / max(len(flat), 1)
         std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1))
@@ -394,7 +408,7 @@ class OnPolicySource:
             t1 - t0,
             t2 - t1,
             0.0,
-            kl,
+            math.nan,  # the KL: from the first pass's steps (finished_rounds)
             labelling,
         )
         self.rounds.append(stats)
@@ -417,29 +431,52 @@ class OnPolicySource:
             steps = history[lo:hi]
             losses = [h["loss"] for h in steps if "loss" in h]
             loss = sum(losses) / len(losses) if losses else math.nan
-            done.append(replace(stats, steps=len(steps), loss=loss, train_s=sum(h.get("step_s", 0.0) for h in steps)))
+            kl = first_pass_kl(steps[: max(1, int(stats.steps) // self.settings.passes)])
+            train_s = sum(h.get("step_s", 0.0) for h in steps)
+            done.append(replace(stats, steps=len(steps), loss=loss, train_s=train_s, kl=kl))
         return done
 
     def round_ends_now(self) -> bool:
         """Whether the trainer's last step was the last of the current round's."""
         return bool(self.rounds) and self.trainer.global_step == self.start_steps[-1] + self.rounds[-1].steps
 
-    def kl_to_reference(self, groups: Sequence[TokenizedGroup]) -> float:
-        """Mean log π(y|x) − log π_ref(y|x) over the groups' responses (y drawn from π: a Monte Carlo
-        estimate of KL(π ‖ π_ref) per response); NaN without a reference. Groups of C responses only."""
-        full = [g for g in groups if g.num_responses == self.settings.samples_per_prompt]
-        if self.kl_reference is None or not full:
-            return math.nan
-        import torch
+    def round_items(self, groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
+        """What the round trains on: its groups (a group objective; pairs within each for a
+        :class:`~preftune.objectives.WithinGroups` one, so only groups holding a pair), or pairs."""
+        s = self.settings
+        if not self.group_objective:
+            return pairs_from_groups(groups, s.pairing, s.reward_gap)
+        gap = getattr(self.trainer.objective, "gap", None)  # WithinGroups: every pair of a group, read in place
+        return groups if gap is None else [g for g in groups if pairs_from_groups([g], "all", gap)]
 
-        trainer, total, count = self.trainer, 0.0, 0
-        with torch.no_grad(), trainer.eval_mode(), trainer.accelerator.autocast():
-            for start in range(0, len(full), self.settings.batch_size):
-                indices = list(range(start, min(start + self.settings.batch_size, len(full))))
-                batch = self.batcher([full[i] for i in indices], indices).to(trainer.accelerator.device)
-                gap = trainer.policy(batch).sum.float() - self.kl_reference.records(batch).sum.float()
-                total, count = total + float(gap.sum()), count + gap.numel()
-        return total / count
+    def round_reference(self) -> None:
+        """Score every item of the round's buffer with the reference once and hand the trainer that
+        table for the round: the steps of every pass read it, with no reference forward of their own.
+
+        Each process scores the micro-batches it trains on in the first pass (so under bf16 autocast
+        the reference is rounded in the policy's own batch layout), items only a later pass reads in
+        blocks of a micro-batch shared out over the processes; the tables are gathered."""
+        if self.reference is None or self.buffer is None:
+            return
+        import torch
+        from accelerate.utils import gather_object
+
+        from preftune.modeling.reference import PrecomputedReference, compute_table
+
+        trainer, buffer = self.trainer, self.buffer
+        accelerator, plan = trainer.accelerator, buffer.plan
+        rank, world = accelerator.process_index, accelerator.num_processes
+        first = min(buffer.total_steps, plan.steps_per_epoch)
+        mine = [block.tolist() for step in range(first) for block in plan.micro_batches(step, rank)]
+        seen = {i for step in range(first) for i in plan.step_indices(step).tolist()}
+        rest = [i for i in plan.indices_read(buffer.total_steps) if i not in seen]
+        size = max(1, plan.batch_size // (world * plan.grad_accumulation))
+        mine += [rest[k : k + size] for k in range(0, len(rest), size)][rank::world]
+        with torch.no_grad(), accelerator.autocast():
+            batches = [buffer.batch(torch.tensor(block)) for block in mine]
+            table = compute_table(self.reference, batches) if batches else None
+        parts = [t for t in gather_object([table]) if t is not None]
+        trainer.reference = PrecomputedReference({name: torch.cat([t[name] for t in parts]) for name in parts[0]})
 
     def _rewards(self, chosen: list[int], samples: Sequence[Sample]) -> list[list[float]]:
         """The labeller's rewards per prompt (sampling order), less the missing-EOS penalty."""
@@ -506,6 +543,7 @@ class OnPolicySource:
             self.buffer = self.round_buffer(items, round_index)
             assert self.buffer is not None  # a saved buffer had steps
             self.buffer.load_state_dict(state["buffer"])
+            self.round_reference()  # the reference is frozen: the same table as before the stop
         self.rounds = [RoundStats.from_dict(r) for r in state["rounds"]]
         self.start_steps, self.shown = [int(s) for s in state["start_steps"]], list(state["shown"])
 
