@@ -57,10 +57,12 @@ from compare_trl import CHILD_ENV_DEFAULTS, MALLOC_ENV, RESULT_PREFIX  # noqa: E
 from workloads import DATA, LEARNING_RATE, LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES  # noqa: E402
 
 BETA = 0.1
-# workload -> (samples per prompt, preftune objective, TRL trainer)
+# workload -> (samples per prompt, preftune objective, TRL trainer or None: TRL has no such run)
 WORKLOADS = {
     "dpo-c2": (2, f"dpo(beta={BETA})", "OnlineDPOTrainer"),
     "reinforce-c4": (4, "reinforce", "RLOOTrainer"),
+    # every pair of a prompt's 4 samples (online.pairing=all): TRL's OnlineDPOTrainer draws 2
+    "dpo-all-c4": (4, f"dpo(beta={BETA})", None),
 }
 # preftune samples from a bfloat16 copy of the policy where bf16 is native (sampling.dtype=auto);
 # preftune-fp32 samples with the float32 policy itself, as TRL does
@@ -125,14 +127,21 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     model.config.use_cache = False
     model = apply_lora(model, rank=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=LORA_TARGET_MODULES)
     objective = build(objective_spec)
-    reference = AdapterDisabledReference(model) if objective.needs_reference else None
+    # as `preftune train` does: the live reference scores each round once, and the round's KL is logged
+    reference = AdapterDisabledReference(model)
+    pairing = "all" if args.workload == "dpo-all-c4" else "best_vs_worst"
     settings = OnlineSettings(
         rounds=args.rounds,
         prompts_per_round=args.prompts,
         samples_per_prompt=c,
         batch_size=args.prompts,
         seed=args.seed,
+        pairing=pairing,
     )
+    if pairing == "all":  # as `preftune train` with online.pairing=all: each group read in place
+        from preftune.objectives import WithinGroups
+
+        objective = WithinGroups(objective)
     optim = OptimConfig(
         lr=LEARNING_RATE,
         batch_size=args.prompts,
@@ -149,7 +158,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         objective=objective,
         optim=optim,
         total_steps=OnPolicySource.total_steps(settings, objective),
-        reference=reference,
+        reference=reference if objective.needs_reference else None,
     )
     sampling = SamplingConfig(
         temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * c
@@ -157,7 +166,16 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
     sampler = copy_sampler_for("float32" if args.child == "preftune-fp32" else "auto", "float32")
     source = OnPolicySource(
-        trainer, tokenizer, prompts, prompt_ids, make_labeller("length"), settings, sampling, batcher, sampler=sampler
+        trainer,
+        tokenizer,
+        prompts,
+        prompt_ids,
+        make_labeller("length"),
+        settings,
+        sampling,
+        batcher,
+        reference=reference,
+        sampler=sampler,
     )
     t1 = time.perf_counter()
     _, rounds = train_rounds(source)
@@ -475,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for workload in args.workloads.split(","):
             for side in args.sides.split(","):
+                if side == "trl" and WORKLOADS[workload][2] is None:
+                    continue
                 res = spawn(args, side, workload)
                 res["repeat"] = repeat
                 results.append(res)

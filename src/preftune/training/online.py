@@ -176,6 +176,31 @@ def labeller_diagnostics(labeller: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in report().items()} if callable(report) else {}
 
 
+def sampling_shard(num_prompts: int, c: int, batch_size: int, world: int, rank: int) -> tuple[int, int, int]:
+    """``(start, stop, first_batch)``: the prompts ``[start, stop)`` of a round that process ``rank`` of
+    ``world`` samples, and the number of its first sampling batch in the whole round (its seed offset).
+
+    A sampling batch holds ``batch_size`` rows, C per prompt. Where C divides it, the batches hold
+    whole prompts, and each process takes a contiguous block of batches: seeded by their numbers in
+    the round, they give the samples one process draws. Otherwise each takes a contiguous block of
+    prompts, seeded by its first row (valid samples, not one process's)."""
+    if world == 1:
+        return 0, num_prompts, 0
+    if batch_size % c == 0:
+        per_batch = batch_size // c
+        batches = -(-num_prompts // per_batch)
+        lo, hi = rank * batches // world, (rank + 1) * batches // world
+        return min(lo * per_batch, num_prompts), min(hi * per_batch, num_prompts), lo
+    lo, hi = rank * num_prompts // world, (rank + 1) * num_prompts // world
+    return lo, hi, lo * c
+
+
+def _mean_diagnostics(reports: list[dict[str, float]]) -> dict[str, float]:
+    """The processes' labeller diagnostics, each value averaged over the processes that labelled."""
+    keys = {k for report in reports for k in report}
+    return {k: sum(r[k] for r in reports if k in r) / sum(1 for r in reports if k in r) for k in sorted(keys)}
+
+
 def round_prompts(num_prompts: int, per_round: int, round_index: int, seed: int) -> list[int]:
     """The prompt indices of round ``round_index``: consecutive slices of seeded epoch-wise shuffles."""
     out: list[int] = []
@@ -371,17 +396,7 @@ class OnPolicySource:
         """Sample, label and pair round ``round_index``: its buffer becomes the one served; its statistics."""
         s = self.settings
         chosen = round_prompts(len(self.prompts), s.prompts_per_round, round_index, s.seed)
-        t0 = time.perf_counter()
-        samples = self.sampler(
-            self.trainer.model,
-            self.tokenizer,
-            [self.prompt_ids[i] for i in chosen],
-            replace(self.sampling, seed=s.seed * 1_000_003 + round_index),
-        )
-        t1 = time.perf_counter()
-        rewards = self._rewards(chosen, samples)
-        labelling = labeller_diagnostics(self.labeller)
-        t2 = time.perf_counter()
+        samples, rewards, labelling, (t0, t1, t2) = self.sample_and_label(chosen, round_index)
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
         self.shown += shown_samples(
             round_index, [self.prompts[i] for i in chosen], samples, rewards, s.samples_per_prompt
@@ -439,6 +454,42 @@ class OnPolicySource:
     def round_ends_now(self) -> bool:
         """Whether the trainer's last step was the last of the current round's."""
         return bool(self.rounds) and self.trainer.global_step == self.start_steps[-1] + self.rounds[-1].steps
+
+    def sample_and_label(
+        self, chosen: list[int], round_index: int
+    ) -> tuple[list[Sample], list[list[float]], dict[str, float], tuple[float, float, float]]:
+        """The round's samples (prompt-major) and rewards per prompt, with the labeller's diagnostics
+        and the times sampling began, ended and labelling ended.
+
+        Each process samples and labels its share of the round's prompts (:func:`sampling_shard`: a
+        contiguous block of the sampler's batches, each seeded by its number in the whole round, so
+        the samples are the ones one process would draw) and the shares are gathered: every process
+        then holds the whole round, as the buffer's plan needs."""
+
+        s, accelerator = self.settings, self.trainer.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        start, stop, first_batch = sampling_shard(
+            len(chosen), s.samples_per_prompt, self.sampling.batch_size, world, rank
+        )
+        mine = chosen[start:stop]
+        t0 = time.perf_counter()
+        config = replace(self.sampling, seed=s.seed * 1_000_003 + round_index + first_batch)
+        drawn = (
+            self.sampler(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in mine], config) if mine else []
+        )
+        samples = [replace(x, prompt_index=x.prompt_index + start) for x in drawn]
+        t1 = time.perf_counter()
+        rewards = self._rewards(mine, drawn) if mine else []
+        labelling = labeller_diagnostics(self.labeller) if mine else {}
+        t2 = time.perf_counter()
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            shares = gather_object([(samples, rewards, labelling)])
+            samples = [x for share in shares for x in share[0]]
+            rewards = [row for share in shares for row in share[1]]
+            labelling = _mean_diagnostics([share[2] for share in shares if share[2]])
+        return samples, rewards, labelling, (t0, t1, t2)
 
     def round_items(self, groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
         """What the round trains on: its groups (a group objective; pairs within each for a
