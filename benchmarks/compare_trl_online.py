@@ -9,7 +9,8 @@ Two workloads, each run by three sides in fresh subprocesses (``--child``), so e
   ``num_generations=4`` and ``beta=0`` (no KL term, so no reference forward, like preftune's ``reinforce``).
 - ``preftune`` samples as ``preftune train`` does by default (``sampling.dtype=auto``): from a bfloat16 copy of
   the policy, its weights refreshed each round, where bf16 is native (AMX, AVX-512 BF16), else with the policy;
-  ``preftune-fp32`` always samples with the float32 policy itself, as TRL does. Training is float32 on every side.
+  ``preftune-fp32`` always samples with the float32 policy itself, as TRL does. Training is float32 on these sides;
+  ``preftune-auto`` is preftune's own defaults (bf16 autocast where bf16 is native, a bf16 sampling copy).
 - ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
   KV cache on, the same sampling settings): the generation speed both libraries are measured against.
 
@@ -65,8 +66,10 @@ WORKLOADS = {
     "dpo-all-c4": (4, f"dpo(beta={BETA})", None),
 }
 # preftune samples from a bfloat16 copy of the policy where bf16 is native (sampling.dtype=auto);
-# preftune-fp32 samples with the float32 policy itself, as TRL does
-SIDES = ("preftune", "preftune-fp32", "trl", "generate")
+# preftune-fp32 samples with the float32 policy itself, as TRL does; preftune-auto is preftune's own
+# defaults on this machine (bf16 autocast training where bf16 is native, optim.mixed_precision=auto),
+# the run a user gets, beside TRL's own default (fp32)
+SIDES = ("preftune", "preftune-fp32", "preftune-auto", "trl", "generate")
 MB = 1024 * 1024
 
 
@@ -121,7 +124,9 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     tokenizer = load_tokenizer(path)
     prompts = benchmark_prompts(tokenizer, args.rounds * args.prompts, args.max_prompt_tokens)
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    accelerator = make_accelerator("no")
+    from preftune.modeling.precision import auto_mixed_precision
+
+    accelerator = make_accelerator(auto_mixed_precision() if args.child == "preftune-auto" else "no")
     set_seed(args.seed)
     model = load_model(path, dtype="float32", device=accelerator.device)
     model.config.use_cache = False
@@ -150,7 +155,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         schedule="linear",
         max_grad_norm=1.0,
         seed=args.seed,
-        mixed_precision="no",
+        mixed_precision="auto" if args.child == "preftune-auto" else "no",
     )
     trainer = Trainer(
         accelerator=accelerator,
@@ -195,6 +200,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         "reward_mean": [r.reward_mean for r in rounds],
         "rounds": [r.to_dict() for r in rounds],
         "sampler": "bfloat16 copy" if sampler is not None else "float32 policy",
+        "training": f", {accelerator.mixed_precision} autocast" if args.child == "preftune-auto" else "",
     }
 
 
@@ -393,7 +399,7 @@ def run_child(args: argparse.Namespace) -> None:
     import torch
 
     c, objective, trainer_name = WORKLOADS[args.workload]
-    if args.child in ("preftune", "preftune-fp32"):
+    if args.child.startswith("preftune"):
         out = child_preftune(args, c, objective)
     elif args.child == "trl":
         out = child_trl(args, c, trainer_name)
@@ -462,7 +468,7 @@ def table(results: list[dict[str, Any]]) -> str:
         tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") else None
         name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(r["side"], "preftune")
         if r["side"].startswith("preftune"):
-            name = f"preftune ({r.get('sampler', 'float32 policy')} samples)"
+            name = f"preftune ({r.get('sampler', 'float32 policy')} samples{r.get('training', '')})"
         lines.append(
             f"| {r['workload']} | {name} | {r['repeat']} | {r['wall_s']:.1f} | {sps:.2f} | {ratio} | "
             f"{r['peak_rss_mb']:.0f} | {mem_ratio} | {_fmt(share, '.0%') if r['side'] != 'generate' else '(all)'} | "
