@@ -240,3 +240,23 @@ def test_bad_configs_are_refused(field: str, value: float, message: str) -> None
 def test_an_empty_prompt_is_refused(model, tokenizer, prompts) -> None:
     with pytest.raises(PreftuneError, match="prompt 1 is empty"):
         sample(model, tokenizer, [prompts[0], []], SamplingConfig(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_prompts_samples_share_one_prefill_and_sample_as_before(model, tokenizer, prompts, temperature) -> None:
+    """Each distinct prompt's KV cache computed once and repeated for its n rows: the same samples
+    as every row's own prefill (fp32), prompts of three lengths left-padded in one batch."""
+    from preftune.generation import sampling
+
+    config = SamplingConfig(n=3, temperature=temperature, max_new_tokens=10, batch_size=9, seed=5)
+    shared = sample(model, tokenizer, prompts, config)
+    try:
+        sampling.SHARE_PREFILL = False
+        alone = sample(model, tokenizer, prompts, config)
+    finally:
+        sampling.SHARE_PREFILL = True
+    assert [s.response_ids for s in shared] == [s.response_ids for s in alone]
+    ids, mask = sampling._left_pad([p for p in prompts for _ in range(3)], tokenizer.pad_token_id, "cpu")
+    cache = sampling._shared_prefill(model, ids, mask, 3)
+    assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
+    assert sampling._shared_prefill(model, ids[1:7], mask[1:7], 3) is None  # rows not whole groups of equal prompts
