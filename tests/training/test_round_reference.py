@@ -137,3 +137,17 @@ def test_preftune_train_with_pairing_all_reads_groups(tmp_path) -> None:
     (record,) = [json.loads(line) for line in rounds_file.read_text().splitlines()]
     assert 0 < record["items"] <= 4  # groups (one per prompt holding a pair), not up to 3 pairs per prompt
     assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # round 0 samples the untrained policy
+
+
+@pytest.mark.parametrize(("examples", "total"), [(10, 2), (11, 7), (9, 1)])
+def test_first_reads_of_each_process_cover_the_whole_plan_once(examples: int, total: int) -> None:
+    """A process's share: its own first-epoch micro-batches (as it trains on them) and every
+    world-th block read only later; the shares together are the whole plan's blocks, each once."""
+    from preftune.training.plan import BatchPlan
+
+    plan = BatchPlan(examples, 4, seed=1, world_size=2, grad_accumulation=1)
+    whole = plan.first_reads(total)
+    shares = [plan.first_reads(total, rank) for rank in (0, 1)]
+    assert sorted(map(tuple, whole)) == sorted(tuple(b) for share in shares for b in share)
+    first = min(total, plan.steps_per_epoch)
+    assert shares[1][:first] == [b.tolist() for s in range(first) for b in plan.micro_batches(s, 1)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -57,23 +58,15 @@ def parse_value(text: str):
         return text
 
 
-def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+def schema_keys() -> list[str]:
     """Every dotted key of the schema (``optim.lr``, ``stages.objective``...)."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            keys.extend(schema_keys(type(default), f"{name}."))
-        elif f.name == "stages":
-            keys.extend(schema_keys(StageConfig, f"{name}."))
-        else:
-            keys.append(name)
-    return keys
+    return list(schema_defaults())
 
 
+@functools.cache
 def schema_defaults(cls: type = RunConfig, prefix: str = "") -> dict[str, tuple[Any, str]]:
-    """Every dotted key of the schema with its default and the comment beside its field (its meaning)."""
+    """Every dotted key of the schema with its default and the comment beside its field (its meaning);
+    computed once (the comments are read from the source), so callers must not change the result."""
     out: dict[str, tuple[Any, str]] = {}
     comments = _field_comments(cls)
     for f in dataclasses.fields(cls):

@@ -184,49 +184,27 @@ def add_settings(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.formatter_class = SettingsHelpFormatter
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, or a YAML file of them")
     for setting in settings.settings:
-        if setting.flag is None:
-            continue
-        kind = VOCABULARY[setting.key].kind
-        if kind == "bool":
-            parser.add_argument(
-                setting.flag,
-                dest=_legacy(setting.key, setting.flag),
-                action="store_const",
-                const=True,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
-        elif kind == "list" and setting.flag_nargs:
-            parser.add_argument(
-                setting.flag,
-                dest=_legacy(setting.key, setting.flag),
-                nargs=setting.flag_nargs,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
-        elif kind == "list":
-            parser.add_argument(
-                setting.flag,
-                dest=_legacy(setting.key, setting.flag),
-                action="append",
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
-        else:
-            parser.add_argument(
-                setting.flag, dest=_legacy(setting.key, setting.flag), default=argparse.SUPPRESS, help=argparse.SUPPRESS
-            )
+        if setting.flag is not None:
+            _old_flag(parser, setting.flag, setting.key, **_flag_action(setting))
     for flag, (key, value) in settings.switches.items():
-        parser.add_argument(
-            flag,
-            dest=_legacy(key, flag),
-            action="store_const",
-            const=value,
-            default=argparse.SUPPRESS,
-            help=argparse.SUPPRESS,
-        )
+        _old_flag(parser, flag, key, action="store_const", const=value)
     parser.epilog = "\n\n".join(filter(None, [settings_help(settings), parser.epilog]))
     parser.set_defaults(command_settings=settings)
+
+
+def _flag_action(setting: Setting) -> dict[str, Any]:
+    """How the old flag of ``setting`` read its value: a switch, several values, a repeat, or one value."""
+    kind = VOCABULARY[setting.key].kind
+    if kind == "bool":
+        return {"action": "store_const", "const": True}
+    if kind == "list":
+        return {"nargs": setting.flag_nargs} if setting.flag_nargs else {"action": "append"}
+    return {}
+
+
+def _old_flag(parser: argparse.ArgumentParser, flag: str, key: str, **how: Any) -> None:
+    """An old ``--flag`` of ``key``: read (into its own attribute, :func:`_read_flags`) but not shown."""
+    parser.add_argument(flag, dest=_legacy(key, flag), default=argparse.SUPPRESS, help=argparse.SUPPRESS, **how)
 
 
 def settings_help(settings: Settings) -> str:
@@ -280,9 +258,9 @@ def resolve(args: argparse.Namespace) -> None:
     known = settings.by_key()
     missing = [s for s in known.values() if s.required and s.key not in given]
     if missing:
-        shown = " ".join(f"{s.key}=..." for s in missing)
+        needed = " ".join(f"{s.key}=..." for s in missing)
         raise PreftuneError(
-            f"{settings.command} needs {shown} ('preftune {settings.command} --help' lists the settings)"
+            f"{settings.command} needs {needed} ('preftune {settings.command} --help' lists the settings)"
         )
     for key, setting in known.items():
         value = _convert(key, given[key]) if key in given else setting.default

@@ -117,10 +117,6 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def record(self, batch: Batch):
-        """The record the objective reads for ``batch`` (policy with gradients, reference without)."""
-        return record_for(self.objective.record_type, *self.logprobs(batch), batch.rewards)
-
     def logprobs(self, batch: Batch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
         """``[B, C]`` log-probs of the policy (with gradients) and of the reference (without; None
         when neither the objective nor the sampled responses' log-ratio needs it)."""

@@ -515,14 +515,8 @@ class OnPolicySource:
         from preftune.modeling.reference import PrecomputedReference, compute_table
 
         trainer, buffer = self.trainer, self.buffer
-        accelerator, plan = trainer.accelerator, buffer.plan
-        rank, world = accelerator.process_index, accelerator.num_processes
-        first = min(buffer.total_steps, plan.steps_per_epoch)
-        mine = [block.tolist() for step in range(first) for block in plan.micro_batches(step, rank)]
-        seen = {i for step in range(first) for i in plan.step_indices(step).tolist()}
-        rest = [i for i in plan.indices_read(buffer.total_steps) if i not in seen]
-        size = max(1, plan.batch_size // (world * plan.grad_accumulation))
-        mine += [rest[k : k + size] for k in range(0, len(rest), size)][rank::world]
+        accelerator = trainer.accelerator
+        mine = buffer.plan.first_reads(buffer.total_steps, accelerator.process_index)
         with torch.no_grad(), accelerator.autocast():
             batches = [buffer.batch(torch.tensor(block)) for block in mine]
             table = compute_table(self.reference, batches) if batches else None

@@ -79,21 +79,22 @@ class BatchPlan:
                 break
         return sorted(read)
 
-    def first_reads(self, total_steps: int) -> list[list[int]]:
+    def first_reads(self, total_steps: int, rank: int | None = None) -> list[list[int]]:
         """Index blocks holding every example that steps ``0 .. total_steps - 1`` read, each once: the
         first epoch's micro-batches of every process, exactly as the trainer batches them, then any
         example only a later epoch reads (one dropped from the first's last short batch) in blocks of
         a micro-batch's size. A reference precomputed in these blocks is computed as the policy's
         first pass is, so under bf16 autocast the two differ by the update alone, not by the
-        rounding of another batch layout."""
-        blocks: list[list[int]] = []
-        for step in range(min(total_steps, self.steps_per_epoch)):
-            for rank in range(self.world_size):
-                blocks += [block.tolist() for block in self.micro_batches(step, rank)]
-        seen = {i for block in blocks for i in block}
+        rounding of another batch layout. ``rank``: only that process's share (its own first-epoch
+        micro-batches and every ``world_size``-th later block), the processes' shares covering all."""
+        first = min(total_steps, self.steps_per_epoch)
+        ranks = range(self.world_size) if rank is None else [rank]
+        blocks = [block.tolist() for step in range(first) for r in ranks for block in self.micro_batches(step, r)]
+        seen = {i for step in range(first) for i in self.step_indices(step).tolist()}
         rest = [i for i in self.indices_read(total_steps) if i not in seen]
         size = max(1, self.batch_size // (self.world_size * self.grad_accumulation))
-        return blocks + [rest[k : k + size] for k in range(0, len(rest), size)]
+        later = [rest[k : k + size] for k in range(0, len(rest), size)]
+        return blocks + (later if rank is None else later[rank :: self.world_size])
 
     def micro_batches(self, step: int, rank: int) -> list[torch.Tensor]:
         """This process's share of the step, split into ``grad_accumulation`` index blocks."""
