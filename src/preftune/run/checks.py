@@ -21,6 +21,7 @@ from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import GroupRecord, Objective, build
 from preftune.run.config import RunConfig, resolve_defaults
+from preftune.training.accelerator import sharded_launch_refusal
 
 REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -48,6 +49,8 @@ def check(config: RunConfig) -> list[Objective]:
     _check_win_rates(config)
     check_trackers(config.trackers)
     check_output_dir(Path(config.output_dir))
+    if reason := sharded_launch_refusal():
+        raise PreftuneError(reason)
     return objectives
 
 
