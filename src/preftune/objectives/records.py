@@ -25,12 +25,15 @@ class SequenceLogProbs:
         tokens: ``[*batch, T]`` per-token log π(y_t | ...), zero where ``mask`` is False;
             ``None`` when only sums were computed.
         mask: ``[*batch, T]`` bool, True on response tokens; ``None`` iff ``tokens`` is.
+        collision: ``[*batch, T]`` per-token log Σ_v π(v | x, y_<t)², the log-probability that two
+            draws of the next token agree (WPO's normaliser); ``None`` unless a term asks for it.
     """
 
     sum: Tensor
     count: Tensor
     tokens: Tensor | None = None
     mask: Tensor | None = None
+    collision: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Shapes are checked here, once, because a [B, 1] field against a [B] one would broadcast into a
@@ -52,6 +55,8 @@ class SequenceLogProbs:
                     f"log-prob record: tokens {_shape(self.tokens)} must be sum's shape {_shape(self.sum)} plus one "
                     "token axis"
                 )
+        if self.collision is not None and (self.tokens is None or self.collision.shape != self.tokens.shape):
+            raise SpecError("log-prob record: collision needs tokens of the same shape")
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -90,6 +95,7 @@ class SequenceLogProbs:
             self.count[:, k],
             None if self.tokens is None else self.tokens[:, k],
             None if self.mask is None else self.mask[:, k],
+            None if self.collision is None else self.collision[:, k],
         )
 
     def detach(self) -> SequenceLogProbs:
@@ -99,6 +105,7 @@ class SequenceLogProbs:
             self.count.detach(),
             None if self.tokens is None else self.tokens.detach(),
             self.mask,
+            None if self.collision is None else self.collision.detach(),
         )
 
 
