@@ -64,8 +64,9 @@ class SequenceLogProbs:
         return tuple(self.sum.shape)
 
     @classmethod
-    def from_tokens(cls, tokens: Tensor, mask: Tensor) -> SequenceLogProbs:
-        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``.
+    def from_tokens(cls, tokens: Tensor, mask: Tensor, collision: Tensor | None = None) -> SequenceLogProbs:
+        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``
+        (and, for WPO, per-token log Σ_v π(v)² of the same shape).
 
         ``sum`` is derived from ``tokens``, so gradients with respect to ``tokens`` flow
         through every term, including those that only read ``sum`` (the gradient analysis
@@ -75,7 +76,10 @@ class SequenceLogProbs:
         if tokens.shape != mask.shape:
             raise SpecError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} differ in shape")
         masked = tokens.masked_fill(~mask, 0.0)
-        return cls(sum=masked.sum(-1), count=mask.sum(-1).to(tokens.dtype), tokens=masked, mask=mask)
+        if collision is not None:
+            collision = collision.masked_fill(~mask, 0.0)
+        count = mask.sum(-1).to(tokens.dtype)
+        return cls(sum=masked.sum(-1), count=count, tokens=masked, mask=mask, collision=collision)
 
     def score(self, average: bool) -> Tensor:
         """``[*batch]`` A(y) = S(y)/n when ``average`` (P2's averaging operator), else S(y)."""
