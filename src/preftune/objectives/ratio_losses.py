@@ -33,8 +33,11 @@ class SigmoidNorm(DPO):
 
 @dataclass(frozen=True)
 class Robust(MarginTerm):
-    """``robust``: [(1-ε)·(-log σ(x)) - ε·(-log σ(-x))]/(1-2ε), unbiased under labels flipped with
-    probability ε (rDPO, Chowdhury et al. 2024, eq. 8; TRL's ``robust``, ε its label_smoothing)."""
+    """``robust``: [(1-ε)·(-log σ(x)) - ε·(-log σ(-x))]/(1-2ε) (rDPO, Chowdhury et al. 2024, eq. 8).
+
+    Unbiased under labels flipped with probability ε (TRL's ``robust``, ε its label_smoothing); unbounded below
+    as x grows, like the paper's.
+    """
 
     name: ClassVar[str] = "robust"
     label_smoothing: float = param(0.1, ge=0, lt=0.5)
@@ -46,8 +49,10 @@ class Robust(MarginTerm):
 
 @dataclass(frozen=True)
 class EXOPair(MarginTerm):
-    """``exo_pair``: KL(q ‖ p) over {chosen, rejected}, q = (σ(x), σ(-x)), p = (1-ε, ε)
-    (EXO, Ji et al. 2024, eq. 16 with K = 2; TRL's ``exo_pair``, ε its label_smoothing, > 0)."""
+    """``exo_pair``: KL(q ‖ p), q = (σ(x), σ(-x)), p = (1-ε, ε) (EXO, Ji et al. 2024, eq. 16, K = 2).
+
+    TRL's ``exo_pair``, ε its label_smoothing (> 0; the paper suggests 1e-3).
+    """
 
     name: ClassVar[str] = "exo_pair"
     label_smoothing: float = param(1e-3, gt=0, lt=0.5)
@@ -60,9 +65,11 @@ class EXOPair(MarginTerm):
 
 @dataclass(frozen=True)
 class DiscoPOP(MarginTerm):
-    """``discopop``: (1 - σ(x/τ))·(-log σ(x)) + σ(x/τ)·exp(-x), the discovered log-ratio modulated loss
-    (Chris Lu et al. 2024, eq. 5; TRL's ``discopop``, τ its discopop_tau). The exponential part is
-    exp(-x + log σ(x/τ)), finite for τ ≤ 1 (for τ > 1 it grows without bound as x → -∞)."""
+    """``discopop``: (1 - σ(x/τ))·(-log σ(x)) + σ(x/τ)·exp(-x) (DiscoPOP, Chris Lu et al. 2024, eq. 5).
+
+    TRL's ``discopop``, τ its discopop_tau. The exponential part is computed as exp(-x + log σ(x/τ)),
+    finite for τ ≤ 1 (for τ > 1 the loss itself grows without bound as x → -∞).
+    """
 
     name: ClassVar[str] = "discopop"
     tau: float = param(0.05, gt=0, le=1)
@@ -75,9 +82,9 @@ class DiscoPOP(MarginTerm):
 
 @dataclass(frozen=True)
 class NCAPair(RatioTerm):
-    """``nca_pair``: -log σ(βr_w) - ½·log σ(-βr_w) - ½·log σ(-βr_l) (NCA, Chen et al. 2024; TRL's ``nca_pair``).
+    """``nca_pair``: -log σ(βr_w) - ½·log σ(-βr_w) - ½·log σ(-βr_l) (NCA, Chen et al. 2024).
 
-    Each response is scored on its own, so unpaired good and bad sets fit.
+    TRL's ``nca_pair``. Each response is scored on its own, so unpaired good and bad sets fit.
     """
 
     name: ClassVar[str] = "nca_pair"
@@ -89,8 +96,10 @@ class NCAPair(RatioTerm):
 
 @dataclass(frozen=True)
 class BCOPair(RatioTerm):
-    """``bco_pair``: -log σ(βr_w) - log σ(-βr_l), binary classification of each response (BCO, Jung et al.
-    2024, without the paper's running reward shift δ, as TRL's ``bco_pair``). Unpaired sets fit."""
+    """``bco_pair``: -log σ(βr_w) - log σ(-βr_l), each response classified alone (BCO, Jung et al. 2024).
+
+    As TRL's ``bco_pair``, without the paper's running reward shift δ. Unpaired sets fit.
+    """
 
     name: ClassVar[str] = "bco_pair"
 
@@ -101,8 +110,10 @@ class BCOPair(RatioTerm):
 
 @dataclass(frozen=True)
 class SPPOHard(RatioTerm):
-    """``sppo_hard``: (r_w - 1/(2β))² + (r_l + 1/(2β))², SPPO's square loss with hard win probabilities
-    1 and 0 and η = 1/β (Wu et al. 2024, eq. 4.7; TRL's ``sppo_hard``). Unpaired sets fit."""
+    """``sppo_hard``: (r_w - 1/(2β))² + (r_l + 1/(2β))² (SPPO, Wu et al. 2024, eq. 4.7, hard labels).
+
+    Win probabilities 1 and 0 and η = 1/β, as TRL's ``sppo_hard``. Unpaired sets fit.
+    """
 
     name: ClassVar[str] = "sppo_hard"
 
@@ -113,8 +124,10 @@ class SPPOHard(RatioTerm):
 
 @dataclass(frozen=True)
 class APOZero(RatioTerm):
-    """``apo_zero``: σ(-βr_w) + σ(βr_l): raise the chosen, lower the rejected (APO, D'Oosterlinck et al.
-    2024, eq. 7; TRL's ``apo_zero``). For chosen responses better than the policy's own. Unpaired sets fit."""
+    """``apo_zero``: σ(-βr_w) + σ(βr_l), raise the chosen, lower the rejected (APO, D'Oosterlinck 2024, eq. 7).
+
+    TRL's ``apo_zero``: for chosen responses better than the policy's own. Unpaired sets fit.
+    """
 
     name: ClassVar[str] = "apo_zero"
 
@@ -125,8 +138,10 @@ class APOZero(RatioTerm):
 
 @dataclass(frozen=True)
 class APODown(RatioTerm):
-    """``apo_down``: σ(βr_w) + σ(-β(r_w - r_l)): lower both, the rejected more (APO eq. 8; TRL's
-    ``apo_down``). For chosen responses worse than the policy's own."""
+    """``apo_down``: σ(βr_w) + σ(-β(r_w - r_l)), lower both, the rejected more (APO, eq. 8).
+
+    TRL's ``apo_down``: for chosen responses worse than the policy's own.
+    """
 
     name: ClassVar[str] = "apo_down"
     needs_pairs: ClassVar[bool] = True
@@ -138,11 +153,11 @@ class APODown(RatioTerm):
 
 @dataclass(frozen=True)
 class AOT(RatioTerm):
-    """``aot``: smoothed -log σ(β·δ_k), δ = sort_batch(S_w - S_l) - sort_batch(S_ref,w - S_ref,l)
-    (AOT, Melnyk et al. 2024, paired form; TRL's ``aot``, ε its label_smoothing).
+    """``aot``: -log σ(β·δ_k), δ = sorted(S_w - S_l) - sorted(S_ref,w - S_ref,l) over the batch (AOT, paired).
 
-    Batch-sorted: value k is the k-th quantile's, not example k's, and it depends on the whole batch
-    (its micro-batch under accumulation), so the mean is what it means. No ``wpo``.
+    Melnyk et al. 2024; TRL's ``aot``, with label smoothing ε as TRL's. Batch-sorted: value k is the k-th
+    quantile's, not example k's, and it depends on the whole batch (its micro-batch under accumulation), so
+    only the mean means anything. No ``wpo``.
     """
 
     name: ClassVar[str] = "aot"
@@ -161,8 +176,10 @@ class AOT(RatioTerm):
 
 @dataclass(frozen=True)
 class AOTUnpaired(RatioTerm):
-    """``aot_unpaired``: smoothed -log σ(β·δ_k), δ = sort_batch(r_w) - sort_batch(r_l) (AOT, unpaired form;
-    TRL's ``aot_unpaired``, ``aot_pair`` in earlier TRL releases). Batch-sorted as ``aot``; unpaired sets fit."""
+    """``aot_unpaired``: -log σ(β·δ_k), δ = sorted(r_w) - sorted(r_l) over the batch (AOT, unpaired).
+
+    TRL's ``aot_unpaired`` (``aot_pair`` in earlier TRL releases). Batch-sorted as ``aot``; unpaired sets fit.
+    """
 
     name: ClassVar[str] = "aot_unpaired"
     sorts_batch: ClassVar[bool] = True

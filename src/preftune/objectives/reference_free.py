@@ -34,7 +34,9 @@ def smoothed_sigmoid(logits: Tensor, label_smoothing: float) -> Tensor:
 
 @dataclass(frozen=True)
 class SimPO(Term):
-    """``simpo``: -log σ(β·(r_w - r_l) - γ), r = A (Meng et al. 2024, eq. 6); label smoothing ε as TRL's.
+    """``simpo``: -log σ(β·(r_w - r_l) - γ), r = A, no reference (SimPO, Meng et al. 2024, eq. 6).
+
+    Label smoothing ε as TRL's.
 
     With ``alpha`` ≠ 0, AlphaPO's reward r = (1 - exp(A)^(-α))/α replaces A (Gupta et al. 2025);
     α → 0 gives A back. ``average=False`` uses S instead of A (then it is CPO's preference term).
@@ -62,9 +64,9 @@ class SimPO(Term):
 
 @dataclass(frozen=True)
 class CPO(Term):
-    """``cpo``: -log σ(β·(S_w - S_l)) + λ·CE(y_w) (Xu et al. 2024, eq. 3 and the NLL term; λ is TRL's cpo_alpha).
+    """``cpo``: -log σ(β·(S_w - S_l)) + λ·CE(y_w) (CPO, Xu et al. 2024, eq. 3 and its NLL term).
 
-    Label smoothing ε as in TRL. CE(y_w) = -A(y_w) per example; TRL takes one token mean over the
+    λ is TRL's cpo_alpha; label smoothing ε as in TRL. CE(y_w) = -A(y_w) per example; TRL takes one token mean over the
     batch's chosen tokens (equal when the chosen responses have one length). No reference.
     """
 
@@ -83,9 +85,9 @@ class CPO(Term):
 
 @dataclass(frozen=True)
 class ORPO(Term):
-    """``orpo``: CE(y_w) - λ·log σ(log odds(y_w) - log odds(y_l)) (Hong et al. 2024, eq. 6-7; λ is TRL's beta).
+    """``orpo``: CE(y_w) - λ·log σ(log odds(y_w) - log odds(y_l)) (ORPO, Hong et al. 2024, eq. 6-7).
 
-    odds(y) = p/(1-p) with p = exp(A(y)), the per-token mean: log odds = A - log(1 - exp(A)), the
+    λ is TRL's beta. odds(y) = p/(1-p) with p = exp(A(y)), the per-token mean: log odds = A - log(1 - exp(A)), the
     last factor by :func:`log1m_exp` (finite as A → 0). CE(y_w) = -A(y_w) on the response; TRL's
     also counts the prompt's tokens (docs/methods.md §2.7). No reference.
     """
