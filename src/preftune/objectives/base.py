@@ -50,7 +50,9 @@ class Term(_PositiveSums):
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
-    ``needs_token_logps``.
+    ``needs_token_logps``, ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_pairs`` (it
+    compares the chosen and the rejected response of one prompt, so unpaired good and bad sets do not
+    fit) and ``sorts_batch`` (each value depends on the whole batch, not on one example).
     """
 
     name: ClassVar[str]
@@ -59,6 +61,9 @@ class Term(_PositiveSums):
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
+    needs_collision: ClassVar[bool] = False
+    needs_pairs: ClassVar[bool] = False
+    sorts_batch: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         # One validator for every term, reading the field types and bounds: no per-term copies.
@@ -192,6 +197,18 @@ class Objective(_PositiveSums):
     @property
     def needs_token_logps(self) -> bool:
         return any(t.needs_token_logps for t in self.terms)
+
+    @property
+    def needs_collision(self) -> bool:
+        return any(t.needs_collision for t in self.terms)
+
+    @property
+    def needs_pairs(self) -> bool:
+        return any(t.needs_pairs for t in self.terms)
+
+    @property
+    def sorts_batch(self) -> bool:
+        return any(t.sorts_batch for t in self.terms)
 
     def labels(self) -> list[str]:
         """A unique label per term: its name, suffixed ``#2``... when a name repeats."""

@@ -25,12 +25,15 @@ class SequenceLogProbs:
         tokens: ``[*batch, T]`` per-token log π(y_t | ...), zero where ``mask`` is False;
             ``None`` when only sums were computed.
         mask: ``[*batch, T]`` bool, True on response tokens; ``None`` iff ``tokens`` is.
+        collision: ``[*batch, T]`` per-token log Σ_v π(v | x, y_<t)², the log-probability that two
+            draws of the next token agree (WPO's normaliser); ``None`` unless a term asks for it.
     """
 
     sum: Tensor
     count: Tensor
     tokens: Tensor | None = None
     mask: Tensor | None = None
+    collision: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Shapes are checked here, once, because a [B, 1] field against a [B] one would broadcast into a
@@ -52,6 +55,8 @@ class SequenceLogProbs:
                     f"log-prob record: tokens {_shape(self.tokens)} must be sum's shape {_shape(self.sum)} plus one "
                     "token axis"
                 )
+        if self.collision is not None and (self.tokens is None or self.collision.shape != self.tokens.shape):
+            raise SpecError("log-prob record: collision needs tokens of the same shape")
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -59,8 +64,9 @@ class SequenceLogProbs:
         return tuple(self.sum.shape)
 
     @classmethod
-    def from_tokens(cls, tokens: Tensor, mask: Tensor) -> SequenceLogProbs:
-        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``.
+    def from_tokens(cls, tokens: Tensor, mask: Tensor, collision: Tensor | None = None) -> SequenceLogProbs:
+        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``
+        (and, for WPO, per-token log Σ_v π(v)² of the same shape).
 
         ``sum`` is derived from ``tokens``, so gradients with respect to ``tokens`` flow
         through every term, including those that only read ``sum`` (the gradient analysis
@@ -70,7 +76,10 @@ class SequenceLogProbs:
         if tokens.shape != mask.shape:
             raise SpecError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} differ in shape")
         masked = tokens.masked_fill(~mask, 0.0)
-        return cls(sum=masked.sum(-1), count=mask.sum(-1).to(tokens.dtype), tokens=masked, mask=mask)
+        if collision is not None:
+            collision = collision.masked_fill(~mask, 0.0)
+        count = mask.sum(-1).to(tokens.dtype)
+        return cls(sum=masked.sum(-1), count=count, tokens=masked, mask=mask, collision=collision)
 
     def score(self, average: bool) -> Tensor:
         """``[*batch]`` A(y) = S(y)/n when ``average`` (P2's averaging operator), else S(y)."""
@@ -90,6 +99,7 @@ class SequenceLogProbs:
             self.count[:, k],
             None if self.tokens is None else self.tokens[:, k],
             None if self.mask is None else self.mask[:, k],
+            None if self.collision is None else self.collision[:, k],
         )
 
     def detach(self) -> SequenceLogProbs:
@@ -99,6 +109,7 @@ class SequenceLogProbs:
             self.count.detach(),
             None if self.tokens is None else self.tokens.detach(),
             self.mask,
+            None if self.collision is None else self.collision.detach(),
         )
 
 

@@ -215,10 +215,22 @@ def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int,
     if config.online.rounds:  # data.train gives prompts (and offline pairs): any objective fits
         return
     if config.data.bad:
-        if groups or any(term.builds_margin for term in objective.terms):
+        if groups or objective.needs_pairs:
             raise SpecError(
                 f"{where}: '{spec}' compares a chosen and a rejected response of one prompt, and data.bad gives "
-                "unpaired examples: use mle, ul, mate, exmate (or bcr, dpop), or pairs without data.bad"
+                "unpaired examples: use mle, ul, mate, exmate (or bcr, dpop, or a term that scores each response "
+                "alone: bco_pair, nca_pair, sppo_hard, apo_zero, aot_unpaired), or pairs without data.bad"
+            )
+    for term in objective.terms:
+        unsupported = [
+            s
+            for s, on in (("ld_alpha", getattr(term, "ld_alpha", 1.0) < 1), ("wpo", getattr(term, "wpo", False)))
+            if on
+        ]
+        if unsupported:
+            raise SpecError(
+                f"{where}: {term.name}'s {' and '.join(unsupported)} need per-token values preftune train does not "
+                "compute yet (the reference's per-token log-probs, WPO's log Σπ²); they work on records in Python"
             )
     kinds = {o.record_type is GroupRecord for o in objectives}
     if len(kinds) > 1:
