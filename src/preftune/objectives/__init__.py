@@ -10,6 +10,7 @@ Imports nothing of preftune beyond :mod:`preftune.errors`: objectives never see 
 """
 
 from preftune.objectives.base import Objective, ObjectiveOutput, Term
+from preftune.objectives.kto import KTO
 from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood, log1m_exp
 from preftune.objectives.margin import DPO, IPO, Hinge, margin
 from preftune.objectives.metrics import group_metrics, pair_metrics
@@ -24,12 +25,14 @@ from preftune.objectives.within_groups import WithinGroups, pairs_within
 mle, ul, mate, exmate = MLE, Unlikelihood, MATE, ExMATE
 dpo, ipo, hinge, bcr, dpop = DPO, IPO, Hinge, BCR, DPOP
 reinforce, rwr, bon, bon_neg = Reinforce, RWR, BestOfN, BestOfNNegative
+kto = KTO
 
 __all__ = [
     "BCR",
     "DPO",
     "DPOP",
     "IPO",
+    "KTO",
     "MATE",
     "MLE",
     "RWR",
@@ -58,6 +61,7 @@ __all__ = [
     "group_metrics",
     "hinge",
     "ipo",
+    "kto",
     "log1m_exp",
     "make_term",
     "margin",

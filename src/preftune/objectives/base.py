@@ -50,7 +50,9 @@ class Term(_PositiveSums):
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
-    ``needs_token_logps``.
+    ``needs_token_logps``, ``needs_mismatched`` (the batch's mismatched pairs' KL estimate, ``kto``);
+    and ``fits_unpaired``: whether it reads the chosen and the rejected response each on its own, so
+    unpaired good and bad examples (``data.bad``: two responses to different prompts) fit it.
     """
 
     name: ClassVar[str]
@@ -58,6 +60,8 @@ class Term(_PositiveSums):
     needs_rejected: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
+    needs_mismatched: ClassVar[bool] = False
+    fits_unpaired: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
 
     def __post_init__(self) -> None:
@@ -192,6 +196,14 @@ class Objective(_PositiveSums):
     @property
     def needs_token_logps(self) -> bool:
         return any(t.needs_token_logps for t in self.terms)
+
+    @property
+    def needs_mismatched(self) -> bool:
+        return any(t.needs_mismatched for t in self.terms)
+
+    @property
+    def fits_unpaired(self) -> bool:
+        return all(t.fits_unpaired for t in self.terms)
 
     def labels(self) -> list[str]:
         """A unique label per term: its name, suffixed ``#2``... when a name repeats."""
