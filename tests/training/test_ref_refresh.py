@@ -149,3 +149,12 @@ def test_refresh_refusal_is_one_line_with_exit_2(tmp_path: Path, data_files: Dat
     assert result.returncode == 2
     (line,) = error_lines(result)
     assert "cannot be refreshed" in line
+
+
+def test_trls_sync_keys_read_as_the_refresh() -> None:
+    from preftune.run.trl_names import translate
+
+    values = {"sync_ref_model": True, "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 64}
+    out, _ = translate(values, "trl.yaml")
+    assert (out["ref_refresh.mode"], out["ref_refresh.alpha"], out["ref_refresh.every"]) == ("soft", 0.5, 64)
+    assert translate({"sync_ref_model": False}, "trl.yaml")[0]["ref_refresh.mode"] == "none"
