@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 ("rejected responses", objective.needs_rejected),
                 ("a reference model", objective.needs_reference),
                 ("per-token log-probs", objective.needs_token_logps),
+                ("mismatched pairs scored live (its KL estimate)", objective.needs_mismatched),
             )
             if flag
         ]
