@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 ("a reference model", objective.needs_reference),
                 ("per-token log-probs", objective.needs_token_logps),
                 ("per-token log Σ_v π(v)² (WPO)", objective.needs_collision),
+                ("mismatched pairs scored live (its KL estimate)", objective.needs_mismatched),
             )
             if flag
         ]
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         reads = "pairs" if cls.record_type.__name__ == "PairRecord" else "sample groups"
         if term.needs_reference:
             reads += " + reference"
-        if cls.record_type.__name__ == "PairRecord" and term.needs_rejected and not term.needs_pairs:
+        if cls.record_type.__name__ == "PairRecord" and term.needs_rejected and term.fits_unpaired:
             reads += " (unpaired ok)"
         if term.sorts_batch:
             reads += "; batch-sorted"

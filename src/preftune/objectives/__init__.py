@@ -10,6 +10,7 @@ Imports nothing of preftune beyond :mod:`preftune.errors`: objectives never see 
 """
 
 from preftune.objectives.base import Objective, ObjectiveOutput, Term
+from preftune.objectives.kto import KTO
 from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood, log1m_exp
 from preftune.objectives.margin import DPO, IPO, Hinge, margin
 from preftune.objectives.metrics import group_metrics, pair_metrics
@@ -41,6 +42,7 @@ reinforce, rwr, bon, bon_neg = Reinforce, RWR, BestOfN, BestOfNNegative
 simpo, cpo, orpo, sigmoid_norm, robust, exo_pair = SimPO, CPO, ORPO, SigmoidNorm, Robust, EXOPair
 discopop, nca_pair, bco_pair, sppo_hard = DiscoPOP, NCAPair, BCOPair, SPPOHard
 apo_zero, apo_down, aot, aot_unpaired = APOZero, APODown, AOT, AOTUnpaired
+kto = KTO
 
 __all__ = [
     "AOT",
@@ -49,6 +51,7 @@ __all__ = [
     "DPO",
     "DPOP",
     "IPO",
+    "KTO",
     "MATE",
     "MLE",
     "ORPO",
@@ -97,6 +100,7 @@ __all__ = [
     "group_metrics",
     "hinge",
     "ipo",
+    "kto",
     "log1m_exp",
     "make_term",
     "margin",

@@ -50,9 +50,11 @@ class Term(_PositiveSums):
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
-    ``needs_token_logps``, ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_pairs`` (it
-    compares the chosen and the rejected response of one prompt, so unpaired good and bad sets do not
-    fit) and ``sorts_batch`` (each value depends on the whole batch, not on one example).
+    ``needs_token_logps``, ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_mismatched``
+    (the batch's mismatched pairs' KL estimate, ``kto``), ``sorts_batch`` (each value depends on the
+    whole batch, not on one example); and ``fits_unpaired``: whether it reads the chosen and the
+    rejected response each on its own, so unpaired good and bad examples (``data.bad``: two responses
+    to different prompts) fit it.
     """
 
     name: ClassVar[str]
@@ -60,9 +62,10 @@ class Term(_PositiveSums):
     needs_rejected: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
+    needs_mismatched: ClassVar[bool] = False
+    fits_unpaired: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
     needs_collision: ClassVar[bool] = False
-    needs_pairs: ClassVar[bool] = False
     sorts_batch: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -203,12 +206,16 @@ class Objective(_PositiveSums):
         return any(t.needs_collision for t in self.terms)
 
     @property
-    def needs_pairs(self) -> bool:
-        return any(t.needs_pairs for t in self.terms)
-
-    @property
     def sorts_batch(self) -> bool:
         return any(t.sorts_batch for t in self.terms)
+
+    @property
+    def needs_mismatched(self) -> bool:
+        return any(t.needs_mismatched for t in self.terms)
+
+    @property
+    def fits_unpaired(self) -> bool:
+        return all(t.fits_unpaired for t in self.terms)
 
     def labels(self) -> list[str]:
         """A unique label per term: its name, suffixed ``#2``... when a name repeats."""

@@ -59,7 +59,6 @@ def f_prime(r: Tensor, divergence: str, alpha: float) -> Tensor:
 class MarginTerm(RatioTerm):
     """Base of the margin terms: β > 0, the averaging switch, the divergence, ``ld_alpha`` and ``wpo``."""
 
-    needs_pairs: ClassVar[bool] = True
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
     divergence_alpha: float = param(0.5, gt=0, lt=1)
 

@@ -87,6 +87,8 @@ class NCAPair(RatioTerm):
     TRL's ``nca_pair``. Each response is scored on its own, so unpaired good and bad sets fit.
     """
 
+    fits_unpaired: ClassVar[bool] = True  # reads r_w and r_l each on its own
+
     name: ClassVar[str] = "nca_pair"
 
     def pair_loss(self, record: PairRecord) -> Tensor:
@@ -100,6 +102,8 @@ class BCOPair(RatioTerm):
 
     As TRL's ``bco_pair``, without the paper's running reward shift δ. Unpaired sets fit.
     """
+
+    fits_unpaired: ClassVar[bool] = True  # reads r_w and r_l each on its own
 
     name: ClassVar[str] = "bco_pair"
 
@@ -115,6 +119,8 @@ class SPPOHard(RatioTerm):
     Win probabilities 1 and 0 and η = 1/β, as TRL's ``sppo_hard``. Unpaired sets fit.
     """
 
+    fits_unpaired: ClassVar[bool] = True  # reads r_w and r_l each on its own
+
     name: ClassVar[str] = "sppo_hard"
 
     def pair_loss(self, record: PairRecord) -> Tensor:
@@ -128,6 +134,8 @@ class APOZero(RatioTerm):
 
     TRL's ``apo_zero``: for chosen responses better than the policy's own. Unpaired sets fit.
     """
+
+    fits_unpaired: ClassVar[bool] = True  # reads r_w and r_l each on its own
 
     name: ClassVar[str] = "apo_zero"
 
@@ -144,7 +152,6 @@ class APODown(RatioTerm):
     """
 
     name: ClassVar[str] = "apo_down"
-    needs_pairs: ClassVar[bool] = True
 
     def pair_loss(self, record: PairRecord) -> Tensor:
         r_w, r_l = self.log_ratios(record)
@@ -161,7 +168,6 @@ class AOT(RatioTerm):
     """
 
     name: ClassVar[str] = "aot"
-    needs_pairs: ClassVar[bool] = True
     sorts_batch: ClassVar[bool] = True
     label_smoothing: float = param(0.0, ge=0, lt=0.5)
 
@@ -180,6 +186,8 @@ class AOTUnpaired(RatioTerm):
 
     TRL's ``aot_unpaired`` (``aot_pair`` in earlier TRL releases). Batch-sorted as ``aot``; unpaired sets fit.
     """
+
+    fits_unpaired: ClassVar[bool] = True  # reads r_w and r_l each on its own
 
     name: ClassVar[str] = "aot_unpaired"
     sorts_batch: ClassVar[bool] = True

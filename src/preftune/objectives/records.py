@@ -119,12 +119,16 @@ class PairRecord:
 
     ``rejected`` may be ``None`` for terms that only reward good examples (``mle``);
     ``ref_chosen``/``ref_rejected`` may be ``None`` for terms that need no reference.
+    ``kl_estimate``: ``[]`` the mean of S(y'|x) - S_ref(y'|x) over the batch's mismatched pairs (each
+    prompt followed by another example's response), averaged over every process; a constant, which
+    ``kto`` reads as its reference point (see :mod:`preftune.objectives.kto`). None unless a term needs it.
     """
 
     chosen: SequenceLogProbs
     rejected: SequenceLogProbs | None = None
     ref_chosen: SequenceLogProbs | None = None
     ref_rejected: SequenceLogProbs | None = None
+    kl_estimate: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.chosen, SequenceLogProbs):
@@ -133,6 +137,10 @@ class PairRecord:
             raise SpecError(f"PairRecord: fields must be [B] (one value per pair), chosen is {self.chosen.batch_shape}")
         for name in ("rejected", "ref_chosen", "ref_rejected"):
             _same_shape(getattr(self, name), name, self.chosen.batch_shape, "PairRecord", "chosen")
+        kl = self.kl_estimate
+        if kl is not None and not (isinstance(kl, Tensor) and kl.numel() == 1):
+            got = _shape(kl) if isinstance(kl, Tensor) else type(kl).__name__
+            raise SpecError(f"PairRecord: kl_estimate must be a one-value tensor (one estimate per batch), got {got}")
 
     @property
     def batch_size(self) -> int:
@@ -191,10 +199,12 @@ def record_for(
     policy: SequenceLogProbs,
     reference: SequenceLogProbs | None = None,
     rewards: Tensor | None = None,
+    kl_estimate: Tensor | None = None,
 ) -> Record:
     """The record an objective reads, from ``[B, C]`` log-probs of the policy (and reference).
 
-    ``PairRecord``: response 0 is the chosen, response 1 (when C = 2) the rejected one;
+    ``PairRecord``: response 0 is the chosen, response 1 (when C = 2) the rejected one, with
+    ``kl_estimate`` (``[]``, mismatched pairs' mean log-ratio) where a term reads it;
     ``GroupRecord``: the C responses are the samples, ``rewards [B, C]`` their rewards.
     """
     if len(policy.batch_shape) != 2:
@@ -212,6 +222,7 @@ def record_for(
         second(policy),
         None if reference is None else reference.response(0),
         None if reference is None else second(reference),
+        kl_estimate,
     )
 
 

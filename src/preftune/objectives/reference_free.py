@@ -45,7 +45,6 @@ class SimPO(Term):
 
     name: ClassVar[str] = "simpo"
     needs_rejected: ClassVar[bool] = True
-    needs_pairs: ClassVar[bool] = True
     beta: float = param(2.0, gt=0)
     gamma: float = param(1.0, ge=0)
     label_smoothing: float = param(0.0, ge=0, lt=0.5)
@@ -72,7 +71,6 @@ class CPO(Term):
 
     name: ClassVar[str] = "cpo"
     needs_rejected: ClassVar[bool] = True
-    needs_pairs: ClassVar[bool] = True
     beta: float = param(0.1, gt=0)
     label_smoothing: float = param(0.0, ge=0, lt=0.5)
     lam: float = param(1.0, ge=0)
@@ -94,7 +92,6 @@ class ORPO(Term):
 
     name: ClassVar[str] = "orpo"
     needs_rejected: ClassVar[bool] = True
-    needs_pairs: ClassVar[bool] = True
     lam: float = param(0.1, ge=0)
 
     def loss(self, record: PairRecord) -> Tensor:

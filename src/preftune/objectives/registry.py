@@ -17,6 +17,7 @@ import warnings
 
 from preftune.errors import SpecError
 from preftune.objectives.base import Objective, Term
+from preftune.objectives.kto import KTO
 from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood
 from preftune.objectives.margin import DPO, IPO, Hinge
 from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
@@ -46,6 +47,7 @@ TERMS.update(
     for cls in (SimPO, CPO, ORPO, SigmoidNorm, Robust, EXOPair, DiscoPOP, NCAPair, BCOPair, SPPOHard, APOZero)
 )
 TERMS.update((cls.name, cls) for cls in (APODown, AOT, AOTUnpaired))
+TERMS[KTO.name] = KTO  # issue 24: unpaired good and bad examples against a KL reference point
 
 
 def register(cls: type[Term]) -> type[Term]:
