@@ -510,7 +510,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ratio = _fmt(sps / trl_sps, ".2f") if trl_sps and r["side"] != "trl" else ("1.00" if trl_sps else "n/a")
         mem_ratio = _fmt(r["peak_rss_mb"] / trl["peak_rss_mb"], ".2f") if "peak_rss_mb" in trl else "n/a"
         share = r["gen_s"] / r["wall_s"] if r.get("gen_s") is not None else None
-        tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") else None
+        tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") and r["side"] != "preftune-replay" else None
         name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(r["side"], "preftune")
         if r["side"].startswith("preftune"):
             name = f"preftune ({r.get('sampler', 'float32 policy')} samples{r.get('training', '')})"

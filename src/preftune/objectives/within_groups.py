@@ -81,6 +81,9 @@ class WithinGroups:
     needs_rejected = property(lambda self: True)
     needs_token_logps = property(lambda self: self.objective.needs_token_logps)
     needs_collision = property(lambda self: self.objective.needs_collision)
+    needs_mismatched = property(lambda self: self.objective.needs_mismatched)
+    sorts_batch = property(lambda self: self.objective.sorts_batch)
+    fits_unpaired = property(lambda self: False)  # it reads sampled groups, never unpaired sets
 
     def labels(self) -> list[str]:
         return self.objective.labels()

@@ -473,7 +473,10 @@ class OnPolicySource:
         )
         mine = chosen[start:stop]
         t0 = time.perf_counter()
-        config = replace(self.sampling, seed=s.seed * 1_000_003 + round_index + first_batch)
+        # batch b of round r draws after seed (S·1,000,003 + r)·65,537 + b: no two (round, batch) pairs share one
+        # while a round has under 65,537 sampler batches (S·1,000,003 + r + b gave round r's batch b + 1 the seed
+        # of round r + 1's batch b, and so the same uniform draws)
+        config = replace(self.sampling, seed=(s.seed * 1_000_003 + round_index) * 65_537 + first_batch)
         drawn = (
             self.sampler(self.trainer.model, self.tokenizer, [self.prompt_ids[i] for i in mine], config) if mine else []
         )
