@@ -2,6 +2,9 @@
 
 - :mod:`preftune.reproduce.p3`: P3 (Tajwar et al. 2024): the bandit, the KL toy, the length study
   (when given) and Lemma 6.2's gradient cosine, with a verdict per claim.
+- :mod:`preftune.reproduce.p1`: P1 (Tuan & Wang 2024): the gradient analysis, and every objective trained on
+  the same pairs and seeds, judged by the gold evaluator (:mod:`preftune.reproduce.gold`).
+- :mod:`preftune.reproduce.rules`: the verdict rules of P1, P2 and P4.
 - :mod:`preftune.reproduce.verdicts`: intervals and the rules that turn them into verdicts.
 - :mod:`preftune.reproduce.report`: claim sections and the Markdown report.
 - :mod:`preftune.reproduce.plots`: the report's own figures.
@@ -10,10 +13,11 @@ Imports :mod:`preftune.lab` (the didactic studies), :mod:`preftune.training` (th
 :mod:`preftune.data` (their data settings) and the leaves.
 """
 
+from preftune.reproduce.p1 import reproduce_p1
 from preftune.reproduce.p3 import SCALES, LengthStudy, reproduce_p3
 from preftune.reproduce.report import ClaimSection, not_run_section
 
-PAPERS = {"P3": reproduce_p3}
+PAPERS = {"P1": reproduce_p1, "P3": reproduce_p3}
 """Paper name -> its reproduction, ``(scale, out, say=print) -> results``."""
 
-__all__ = ["PAPERS", "SCALES", "ClaimSection", "LengthStudy", "not_run_section", "reproduce_p3"]
+__all__ = ["PAPERS", "SCALES", "ClaimSection", "LengthStudy", "not_run_section", "reproduce_p1", "reproduce_p3"]

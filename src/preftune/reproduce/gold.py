@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ class GoldEvaluator:
     source: str
     seconds: float
     cached: bool
+    keys: tuple[set[str], set[str]] = field(default_factory=lambda: (set(), set()))  # the gold prompts
 
     @property
     def above_chance(self) -> bool:
@@ -161,13 +162,13 @@ def gold_pairs(
     return GoldPairs(split.train, split.held_out, str(path), summary.rows_read, len(examples) - len(kept))
 
 
-def check_disjoint(gold: GoldPairs | tuple[set[str], set[str]], used: Iterable[PreferenceExample], what: str) -> None:
+def check_disjoint(gold: GoldPairs | GoldEvaluator, used: Iterable[PreferenceExample], what: str) -> None:
     """Refuse ``used`` pairs (an experiment's training or selection data) that share a prompt with the gold pairs.
 
     Raises:
         PreftuneError: naming the first shared prompt.
     """
-    keys = excluded_keys([*gold.train, *gold.held_out]) if isinstance(gold, GoldPairs) else gold
+    keys = excluded_keys([*gold.train, *gold.held_out]) if isinstance(gold, GoldPairs) else gold.keys
     for example in used:
         if overlaps(example, keys):
             raise PreftuneError(f"{what} shares a prompt with the gold evaluator's pairs: {first_turn(example)[:80]!r}")
@@ -203,7 +204,8 @@ def ensure_gold(
     folder = (cache or gold_dir()) / gold_key(pairs, settings)
     if (folder / RECORD_FILE).is_file():
         say(f"gold reward model: cached at {folder}")
-        return _evaluator(folder, json.loads((folder / RECORD_FILE).read_text(encoding="utf-8")), cached=True)
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        return _evaluator(folder, record, excluded_keys([*pairs.train, *pairs.held_out]), cached=True)
     say(
         f"gold reward model: training {settings.model} on {len(pairs.train)} HH-RLHF pairs "
         f"({len(pairs.held_out)} held out, {pairs.excluded} excluded as the experiments' prompts)"
@@ -212,7 +214,7 @@ def ensure_gold(
         record = _train(pairs, settings, tmp)
         write_atomic(tmp / RECORD_FILE, json.dumps(record, indent=1))
     say(f"gold reward model: held-out accuracy {record['accuracy']:.3f} on {record['held_out_pairs']} pairs")
-    return _evaluator(folder, record, cached=False)
+    return _evaluator(folder, record, excluded_keys([*pairs.train, *pairs.held_out]), cached=False)
 
 
 def _train(pairs: GoldPairs, settings: GoldSettings, folder: Path) -> dict[str, Any]:
@@ -256,8 +258,8 @@ def _train(pairs: GoldPairs, settings: GoldSettings, folder: Path) -> dict[str, 
     }
 
 
-def _evaluator(folder: Path, record: dict[str, Any], cached: bool) -> GoldEvaluator:
-    """The evaluator of a trained folder's record."""
+def _evaluator(folder: Path, record: dict[str, Any], keys: tuple[set[str], set[str]], cached: bool) -> GoldEvaluator:
+    """The evaluator of a trained folder's record; ``keys``: its pairs' prompts, for :func:`check_disjoint`."""
     return GoldEvaluator(
         folder=folder / "model",
         accuracy=wilson(record["ties_half_wins"], record["held_out_pairs"]),
@@ -268,4 +270,5 @@ def _evaluator(folder: Path, record: dict[str, Any], cached: bool) -> GoldEvalua
         source=record["source"],
         seconds=record["seconds"],
         cached=cached,
+        keys=keys,
     )
