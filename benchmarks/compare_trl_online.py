@@ -11,6 +11,10 @@ Two workloads, each run by three sides in fresh subprocesses (``--child``), so e
   the policy, its weights refreshed each round, where bf16 is native (AMX, AVX-512 BF16), else with the policy;
   ``preftune-fp32`` always samples with the float32 policy itself, as TRL does. Training is float32 on these sides;
   ``preftune-auto`` is preftune's own defaults (bf16 autocast where bf16 is native, a bf16 sampling copy).
+- ``preftune-replay``: the ``preftune`` side's run again with no sampler: each round's samples are the ones the
+  ``preftune`` side drew in the same repeat (saved to a file beside ``--out``), handed back at once. Training,
+  labels and the reference are the same, so its peak resident set is the training's own: the ``preftune`` side's
+  peak less this one is what sampling adds (the target: at most the sampler's weights).
 - ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
   KV cache on, the same sampling settings): the generation speed both libraries are measured against.
 
@@ -40,6 +44,7 @@ Results: a Markdown table on stdout and JSON at ``--out`` (default ``out/bench/c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -69,7 +74,7 @@ WORKLOADS = {
 # preftune-fp32 samples with the float32 policy itself, as TRL does; preftune-auto is preftune's own
 # defaults on this machine (bf16 autocast training where bf16 is native, optim.mixed_precision=auto),
 # the run a user gets, beside TRL's own default (fp32)
-SIDES = ("preftune", "preftune-fp32", "preftune-auto", "trl", "generate")
+SIDES = ("preftune", "preftune-fp32", "preftune-auto", "preftune-replay", "trl", "generate")
 MB = 1024 * 1024
 
 
@@ -105,6 +110,30 @@ def _length_reward(completions: list[Any], **_: Any) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------------- children
+class _Recorded:
+    """A sampler (``sample``'s contract) that keeps what it returned, call by call, to save for a replay."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler, self.calls = sampler, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.sampler(*args, **kwargs)
+        self.calls.append([dataclasses.asdict(s) for s in out])
+        return out
+
+
+class _Replay:
+    """A sampler that hands back a recorded run's samples, call by call, and computes nothing."""
+
+    def __init__(self, path: Path) -> None:
+        from preftune.generation.sampling import Sample
+
+        self.calls = [[Sample(**s) for s in call] for call in json.loads(path.read_text())]
+
+    def __call__(self, *_: Any, **__: Any) -> Any:
+        return self.calls.pop(0)
+
+
 def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
@@ -170,6 +199,13 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     )
     batcher = Batcher(tokenizer.pad_token_id, "shared", attention_length(model))
     sampler = copy_sampler_for("float32" if args.child == "preftune-fp32" else "auto", "float32")
+    sampler_name = "bfloat16 copy" if sampler is not None else "float32 policy"
+    if args.child == "preftune-replay":
+        sampler, sampler_name = _Replay(args.samples), "replayed"
+    elif args.child == "preftune" and args.samples is not None:
+        from preftune.generation.sampling import sample
+
+        sampler = _Recorded(sampler or sample)
     source = OnPolicySource(
         trainer,
         tokenizer,
@@ -185,6 +221,8 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     t1 = time.perf_counter()
     _, rounds = train_rounds(source)
     wall = time.perf_counter() - t1
+    if isinstance(sampler, _Recorded):
+        args.samples.write_text(json.dumps(sampler.calls))
     samples = sum(r.samples for r in rounds)
     gen_tokens = sum(r.mean_length * r.samples for r in rounds)
     gen_s = sum(r.generate_s for r in rounds)
@@ -199,7 +237,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
         "gen_tokens": gen_tokens,
         "reward_mean": [r.reward_mean for r in rounds],
         "rounds": [r.to_dict() for r in rounds],
-        "sampler": "bfloat16 copy" if sampler is not None else "float32 policy",
+        "sampler": sampler_name,
         "training": f", {accelerator.mixed_precision} autocast" if args.child == "preftune-auto" else "",
     }
 
@@ -429,6 +467,8 @@ def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
         "--seed",
         str(args.seed),
     ]
+    if side in ("preftune", "preftune-replay"):
+        cmd += ["--samples", str(_samples_path(args, workload))]
     env = {**os.environ, **CHILD_ENV_DEFAULTS, **MALLOC_ENV}
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -442,6 +482,11 @@ def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
             return res
     tail = "\n".join(proc.stderr.splitlines()[-25:])
     return {"side": side, "workload": workload, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def _samples_path(args: argparse.Namespace, workload: str) -> Path:
+    """Where the ``preftune`` side saves its samples for ``preftune-replay`` (the latest repeat's)."""
+    return args.out.with_name(f"{args.out.stem}-{workload}-samples.json")
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -491,14 +536,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("out/bench/compare_trl_online.json"))
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--workload", choices=list(WORKLOADS), help=argparse.SUPPRESS)
+    p.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    sides = args.sides.split(",")
+    replay = "preftune-replay" in sides
+    if replay and ("preftune" not in sides or sides.index("preftune") > sides.index("preftune-replay")):
+        p.error("--sides: preftune-replay replays the preftune side's samples, so preftune must come before it")
     if args.child:
         run_child(args)
         return
     results: list[dict[str, Any]] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for repeat in range(args.repeats):
         for workload in args.workloads.split(","):
-            for side in args.sides.split(","):
+            for side in sides:
                 if side == "trl" and WORKLOADS[workload][2] is None:
                     continue
                 res = spawn(args, side, workload)

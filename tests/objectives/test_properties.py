@@ -107,6 +107,7 @@ def test_pair_terms_stay_finite_at_extremes(spec: str, value: float, length: int
             SequenceLogProbs.from_tokens(rejected, record.rejected.mask),
             record.ref_chosen,
             record.ref_rejected,
+            kl_estimate=torch.tensor(abs(value)),  # kto's reference point, at the extremes too
         )
         out = quiet_parse(spec)(live)
         assert torch.isfinite(out.loss).all(), out.loss

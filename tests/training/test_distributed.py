@@ -19,6 +19,7 @@ from preftune.modeling import load_tokenizer
 from preftune.training.plan import BatchPlan
 from tests.training import terms  # noqa: F401  (registers the test terms)
 from tests.training.common import (
+    BIN,
     TIMEOUT,
     TORCHRUN,
     DataFiles,
@@ -98,3 +99,41 @@ def test_two_processes_equal_one(data_files: DataFiles, tmp_path: Path) -> None:
                 assert e2[name]["count"] == e1[name]["count"] == 8
                 # relative too: chosen_perplexity is ~2e5, exp of a float32 mean, so its rounding scales with it
                 assert e2[name]["mean"] == pytest.approx(e1[name]["mean"], rel=1e-5, abs=1e-4), name
+
+
+FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+use_cpu: true
+"""
+
+
+def test_a_sharded_launch_is_refused_before_any_model_loads(data_files: DataFiles, tmp_path: Path) -> None:
+    """``accelerate launch`` with an FSDP config: on a CPU accelerate would run DDP and ignore the
+    config, and preftune's checkpoints, resume and sampling read whole parameters, so each process
+    refuses in one line (exit 2) before loading anything, and writes nothing. (The first refusal
+    stops the launch: the other process may be terminated before it prints, and accelerate's own
+    launcher then prints its traceback, which holds no preftune frame.)"""
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(FSDP_CONFIG)
+    out = tmp_path / "out"
+    command = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "-m", "preftune.cli.main", "train"]
+    result = subprocess.run(
+        [*command, *lora_overrides(data_files, out)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=subprocess_env(1),
+    )
+    assert result.returncode != 0
+    refused = "error: accelerate launch asked for FSDP"
+    refusals = [line for line in result.stderr.splitlines() if line.startswith(refused)]
+    assert 1 <= len(refusals) <= 2, result.stderr[-3000:]
+    assert "DDP only" in refusals[0] and "preftune/" not in result.stderr, result.stderr[-3000:]
+    assert not out.exists()

@@ -38,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
                 ("rejected responses", objective.needs_rejected),
                 ("a reference model", objective.needs_reference),
                 ("per-token log-probs", objective.needs_token_logps),
+                ("per-token log Σ_v π(v)² (WPO)", objective.needs_collision),
+                ("mismatched pairs scored live (its KL estimate)", objective.needs_mismatched),
             )
             if flag
         ]
         console.print(f"reads {objective.record_type.__name__}; needs {', '.join(needs) or 'chosen responses only'}")
+        if objective.sorts_batch:
+            console.print("each value depends on the whole batch (sorted over it): its mean is what it means")
         return 0
     table = Table(title="objective terms (compose with +, weight with *)")
     for column in ("term", "defaults", "reads", "what it is"):
@@ -54,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         reads = "pairs" if cls.record_type.__name__ == "PairRecord" else "sample groups"
         if term.needs_reference:
             reads += " + reference"
+        if cls.record_type.__name__ == "PairRecord" and term.needs_rejected and term.fits_unpaired:
+            reads += " (unpaired ok)"
+        if term.sorts_batch:
+            reads += "; batch-sorted"
         summary = re.sub(r"^``\w+``: ", "", (inspect.getdoc(cls) or "").splitlines()[0])
         table.add_row(name, defaults, reads, summary)
     console.print(table)

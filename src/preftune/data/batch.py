@@ -66,6 +66,8 @@ class TokenBatch(_Records):
         rewards: ``[B, C]`` float, each response's reward, or None.
         sampled: ``[B]`` bool, True for an example whose responses were sampled from the policy (an
             on-policy round's), or None when none was.
+        mismatched: the same B examples' mismatched pairs (each prompt followed by another row's
+            response, :mod:`preftune.data.mismatched`) in this layout, for ``kto``'s KL estimate; or None.
     """
 
     input_ids: Tensor
@@ -75,6 +77,7 @@ class TokenBatch(_Records):
     group_size: int = 2
     rewards: Tensor | None = None
     sampled: Tensor | None = None
+    mismatched: Batch | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +103,7 @@ class TokenBatch(_Records):
             self.group_size,
             None if self.rewards is None else self.rewards.to(device),
             None if self.sampled is None else self.sampled.to(device),
+            None if self.mismatched is None else self.mismatched.to(device),
         )
 
 
@@ -122,6 +126,7 @@ class PackedBatch(_Records):
         group_size: C, responses per example.
         rewards: ``[B, C]`` float, each response's reward, or None.
         sampled: ``[B]`` bool, True for an example whose responses were sampled from the policy, or None.
+        mismatched: the same B examples' mismatched pairs, packed alike (``kto``), or None.
     """
 
     input_ids: Tensor
@@ -136,6 +141,7 @@ class PackedBatch(_Records):
     group_size: int = 2
     rewards: Tensor | None = None
     sampled: Tensor | None = None
+    mismatched: Batch | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -163,7 +169,8 @@ class PackedBatch(_Records):
         rewards = None if self.rewards is None else self.rewards.to(device)
         sampled = None if self.sampled is None else self.sampled.to(device)
         spans = (t.to(device) for t in self._spans())
-        return PackedBatch(*moved, *spans, self.example_ids.to(device), self.group_size, rewards, sampled)
+        mismatched = None if self.mismatched is None else self.mismatched.to(device)
+        return PackedBatch(*moved, *spans, self.example_ids.to(device), self.group_size, rewards, sampled, mismatched)
 
 
 Batch = TokenBatch | PackedBatch

@@ -12,6 +12,7 @@ import torch
 from preftune.data.batch import Batch
 from preftune.data.collate import collate
 from preftune.data.groups import TokenizedGroup
+from preftune.data.mismatched import mismatched_groups
 from preftune.data.packing import pack
 from preftune.errors import PreftuneError
 
@@ -26,11 +27,30 @@ def build_batch(
     *,
     group_size: int | None = None,
     attention_length: int | None = None,
+    mismatched: bool = False,
+    max_length: int | None = None,
 ) -> Batch:
     """A batch in one of the :data:`LAYOUTS`: ``shared`` (packed, one prompt per example),
     ``packed`` (packed, one prompt per response) or ``padded`` (one right-padded row per response).
     ``group_size``: the first C responses of each example (default all); ``attention_length``
-    sizes packed rows (see :func:`preftune.data.packing.pack`)."""
+    sizes packed rows (see :func:`preftune.data.packing.pack`); ``mismatched``: the batch also
+    carries its mismatched pairs (``batch.mismatched``, :mod:`preftune.data.mismatched`), each row
+    at most ``max_length`` tokens."""
+    batch = _laid_out(pairs, indices, pad_id, layout, group_size, attention_length)
+    if mismatched:
+        others = mismatched_groups(pairs, group_size, max_length)
+        batch.mismatched = _laid_out(others, indices, pad_id, layout, None, attention_length)
+    return batch
+
+
+def _laid_out(
+    pairs: Sequence[TokenizedGroup],
+    indices: Sequence[int] | torch.Tensor,
+    pad_id: int,
+    layout: str,
+    group_size: int | None,
+    attention_length: int | None,
+) -> Batch:
     if layout == "padded":
         return collate(pairs, indices, pad_id, group_size=group_size)
     if layout in ("shared", "packed"):
@@ -47,15 +67,29 @@ def build_batch(
 
 @dataclass(frozen=True)
 class Batcher:
-    """How a run lays out its batches: ``batcher(items, indices)`` is :func:`build_batch` with these settings."""
+    """How a run lays out its batches: ``batcher(items, indices)`` is :func:`build_batch` with these settings;
+    ``max_length``: the longest a mismatched row may be (the run's ``data.max_length``)."""
 
     pad_id: int
     layout: str = "shared"
     attention_length: int | None = None
+    max_length: int | None = None
 
     def __call__(
-        self, pairs: Sequence[TokenizedGroup], indices: Sequence[int] | torch.Tensor, *, group_size: int | None = None
+        self,
+        pairs: Sequence[TokenizedGroup],
+        indices: Sequence[int] | torch.Tensor,
+        *,
+        group_size: int | None = None,
+        mismatched: bool = False,
     ) -> Batch:
         return build_batch(
-            pairs, indices, self.pad_id, self.layout, group_size=group_size, attention_length=self.attention_length
+            pairs,
+            indices,
+            self.pad_id,
+            self.layout,
+            group_size=group_size,
+            attention_length=self.attention_length,
+            mismatched=mismatched,
+            max_length=self.max_length,
         )

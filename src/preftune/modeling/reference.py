@@ -74,10 +74,43 @@ class ModelReference(ReferenceLogProbs):
 
 
 class FrozenCopyReference(ModelReference):
-    """A frozen deep copy of ``model`` taken now: π_ref for full fine-tuning (twice the weights' memory)."""
+    """A frozen deep copy of ``model`` taken now: π_ref for full fine-tuning (twice the weights' memory).
+
+    Frozen between refreshes: :meth:`refresh` moves it towards the policy (TR-DPO), and
+    :meth:`state_dict` holds what a refresh may have changed, for checkpoints.
+    """
 
     def __init__(self, model: nn.Module, *, chunk_size: int = 1024) -> None:
         super().__init__(copy.deepcopy(model).eval().requires_grad_(False), chunk_size=chunk_size)
+        # The policy's trainable parameters at the copy: the only ones a refresh moves (the others stay equal).
+        self.trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def refresh(self, policy: nn.Module, alpha: float) -> None:
+        """θ_ref ← α·θ + (1 - α)·θ_ref for each trainable parameter θ of ``policy`` (the model copied);
+        α = 1 copies θ (TR-DPO's hard update; Gorbatovski et al. 2024, eq. 5 and 6). TRL's
+        ``SyncRefModelCallback`` does the same, over every parameter: the frozen ones are equal anyway."""
+        mine = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if name not in self.trainable:
+                    continue
+                if alpha == 1.0:
+                    mine[name].copy_(param)
+                else:
+                    mine[name].mul_(1.0 - alpha).add_(param.to(mine[name].dtype), alpha=alpha)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The parameters a refresh moves, on the CPU (a checkpoint's ``reference.safetensors``)."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if n in self.trainable}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Take back :meth:`state_dict`'s values; a set of names other than this copy's is refused."""
+        mine = {n: p for n, p in self.model.named_parameters() if n in self.trainable}
+        if set(state) != set(mine):
+            raise PreftuneError("the saved reference's parameters are not this run's: was the model or LoRA changed?")
+        with torch.no_grad():
+            for name, value in state.items():
+                mine[name].copy_(value)
 
 
 class AdapterDisabledReference(ReferenceLogProbs):

@@ -50,7 +50,11 @@ class Term(_PositiveSums):
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
-    ``needs_token_logps``.
+    ``needs_token_logps``, ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_mismatched``
+    (the batch's mismatched pairs' KL estimate, ``kto``), ``sorts_batch`` (each value depends on the
+    whole batch, not on one example); and ``fits_unpaired``: whether it reads the chosen and the
+    rejected response each on its own, so unpaired good and bad examples (``data.bad``: two responses
+    to different prompts) fit it.
     """
 
     name: ClassVar[str]
@@ -58,7 +62,11 @@ class Term(_PositiveSums):
     needs_rejected: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
+    needs_mismatched: ClassVar[bool] = False
+    fits_unpaired: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
+    needs_collision: ClassVar[bool] = False
+    sorts_batch: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         # One validator for every term, reading the field types and bounds: no per-term copies.
@@ -192,6 +200,22 @@ class Objective(_PositiveSums):
     @property
     def needs_token_logps(self) -> bool:
         return any(t.needs_token_logps for t in self.terms)
+
+    @property
+    def needs_collision(self) -> bool:
+        return any(t.needs_collision for t in self.terms)
+
+    @property
+    def sorts_batch(self) -> bool:
+        return any(t.sorts_batch for t in self.terms)
+
+    @property
+    def needs_mismatched(self) -> bool:
+        return any(t.needs_mismatched for t in self.terms)
+
+    @property
+    def fits_unpaired(self) -> bool:
+        return all(t.fits_unpaired for t in self.terms)
 
     def labels(self) -> list[str]:
         """A unique label per term: its name, suffixed ``#2``... when a name repeats."""

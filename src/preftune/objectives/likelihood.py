@@ -59,6 +59,7 @@ class MLE(Term):
     """``mle``: CE(y_w), maximum likelihood on the good response (P1 baseline; P3 "Pref-FT")."""
 
     name: ClassVar[str] = "mle"
+    fits_unpaired: ClassVar[bool] = True
     average: bool = True
 
     def loss(self, record: PairRecord) -> Tensor:
@@ -75,6 +76,7 @@ class Unlikelihood(Term):
 
     name: ClassVar[str] = "ul"
     needs_rejected: ClassVar[bool] = True
+    fits_unpaired: ClassVar[bool] = True
     needs_token_logps: ClassVar[bool] = True
     alpha: float = param(1.0, ge=0)
     average: bool = True
@@ -103,6 +105,7 @@ class MATE(Term):
 
     name: ClassVar[str] = "mate"
     needs_rejected: ClassVar[bool] = True
+    fits_unpaired: ClassVar[bool] = True
     lam: float = param(0.05, ge=0)
     average: bool = True
 
@@ -129,6 +132,7 @@ class ExMATE(Term):
 
     name: ClassVar[str] = "exmate"
     needs_rejected: ClassVar[bool] = True
+    fits_unpaired: ClassVar[bool] = True
     lam: float = param(0.05, ge=0)
     average: bool = True
 

@@ -50,6 +50,7 @@ def pair_metrics(record: PairRecord, beta: float = 0.1, average: bool = False) -
     - ``rewards/chosen``, ``rewards/rejected``: β·(score - score_ref).
     - ``margin``: h (sums or means as the margin term uses); ``accuracy``: h > 0.
     - ``chosen_drift``: A_w - A_ref,w (P4 watches it go slightly negative).
+    - ``kl``: the batch's KL estimate from mismatched pairs, where the record carries one (``kto``).
     """
     chosen = record.chosen.detach()
     out: dict[str, Tensor] = {"logps/chosen": as_float(chosen.mean)}
@@ -70,6 +71,8 @@ def pair_metrics(record: PairRecord, beta: float = 0.1, average: bool = False) -
             out["rewards/rejected"] = beta * rejected_ratio
             out["margin"] = chosen_ratio - rejected_ratio
             out["accuracy"] = _accuracy(out["margin"], [chosen, rejected, ref_chosen, ref_rejected], average)
+    if record.kl_estimate is not None:
+        out["kl"] = as_float(record.kl_estimate.detach()).reshape(()).expand(record.batch_size)
     return out
 
 

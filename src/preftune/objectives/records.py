@@ -25,12 +25,15 @@ class SequenceLogProbs:
         tokens: ``[*batch, T]`` per-token log π(y_t | ...), zero where ``mask`` is False;
             ``None`` when only sums were computed.
         mask: ``[*batch, T]`` bool, True on response tokens; ``None`` iff ``tokens`` is.
+        collision: ``[*batch, T]`` per-token log Σ_v π(v | x, y_<t)², the log-probability that two
+            draws of the next token agree (WPO's normaliser); ``None`` unless a term asks for it.
     """
 
     sum: Tensor
     count: Tensor
     tokens: Tensor | None = None
     mask: Tensor | None = None
+    collision: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Shapes are checked here, once, because a [B, 1] field against a [B] one would broadcast into a
@@ -52,6 +55,8 @@ class SequenceLogProbs:
                     f"log-prob record: tokens {_shape(self.tokens)} must be sum's shape {_shape(self.sum)} plus one "
                     "token axis"
                 )
+        if self.collision is not None and (self.tokens is None or self.collision.shape != self.tokens.shape):
+            raise SpecError("log-prob record: collision needs tokens of the same shape")
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -59,8 +64,9 @@ class SequenceLogProbs:
         return tuple(self.sum.shape)
 
     @classmethod
-    def from_tokens(cls, tokens: Tensor, mask: Tensor) -> SequenceLogProbs:
-        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``.
+    def from_tokens(cls, tokens: Tensor, mask: Tensor, collision: Tensor | None = None) -> SequenceLogProbs:
+        """Build from per-token log-probs ``[*batch, T]`` and a response mask ``[*batch, T]``
+        (and, for WPO, per-token log Σ_v π(v)² of the same shape).
 
         ``sum`` is derived from ``tokens``, so gradients with respect to ``tokens`` flow
         through every term, including those that only read ``sum`` (the gradient analysis
@@ -70,7 +76,10 @@ class SequenceLogProbs:
         if tokens.shape != mask.shape:
             raise SpecError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} differ in shape")
         masked = tokens.masked_fill(~mask, 0.0)
-        return cls(sum=masked.sum(-1), count=mask.sum(-1).to(tokens.dtype), tokens=masked, mask=mask)
+        if collision is not None:
+            collision = collision.masked_fill(~mask, 0.0)
+        count = mask.sum(-1).to(tokens.dtype)
+        return cls(sum=masked.sum(-1), count=count, tokens=masked, mask=mask, collision=collision)
 
     def score(self, average: bool) -> Tensor:
         """``[*batch]`` A(y) = S(y)/n when ``average`` (P2's averaging operator), else S(y)."""
@@ -90,6 +99,7 @@ class SequenceLogProbs:
             self.count[:, k],
             None if self.tokens is None else self.tokens[:, k],
             None if self.mask is None else self.mask[:, k],
+            None if self.collision is None else self.collision[:, k],
         )
 
     def detach(self) -> SequenceLogProbs:
@@ -99,6 +109,7 @@ class SequenceLogProbs:
             self.count.detach(),
             None if self.tokens is None else self.tokens.detach(),
             self.mask,
+            None if self.collision is None else self.collision.detach(),
         )
 
 
@@ -108,12 +119,16 @@ class PairRecord:
 
     ``rejected`` may be ``None`` for terms that only reward good examples (``mle``);
     ``ref_chosen``/``ref_rejected`` may be ``None`` for terms that need no reference.
+    ``kl_estimate``: ``[]`` the mean of S(y'|x) - S_ref(y'|x) over the batch's mismatched pairs (each
+    prompt followed by another example's response), averaged over every process; a constant, which
+    ``kto`` reads as its reference point (see :mod:`preftune.objectives.kto`). None unless a term needs it.
     """
 
     chosen: SequenceLogProbs
     rejected: SequenceLogProbs | None = None
     ref_chosen: SequenceLogProbs | None = None
     ref_rejected: SequenceLogProbs | None = None
+    kl_estimate: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.chosen, SequenceLogProbs):
@@ -122,6 +137,10 @@ class PairRecord:
             raise SpecError(f"PairRecord: fields must be [B] (one value per pair), chosen is {self.chosen.batch_shape}")
         for name in ("rejected", "ref_chosen", "ref_rejected"):
             _same_shape(getattr(self, name), name, self.chosen.batch_shape, "PairRecord", "chosen")
+        kl = self.kl_estimate
+        if kl is not None and not (isinstance(kl, Tensor) and kl.numel() == 1):
+            got = _shape(kl) if isinstance(kl, Tensor) else type(kl).__name__
+            raise SpecError(f"PairRecord: kl_estimate must be a one-value tensor (one estimate per batch), got {got}")
 
     @property
     def batch_size(self) -> int:
@@ -180,10 +199,12 @@ def record_for(
     policy: SequenceLogProbs,
     reference: SequenceLogProbs | None = None,
     rewards: Tensor | None = None,
+    kl_estimate: Tensor | None = None,
 ) -> Record:
     """The record an objective reads, from ``[B, C]`` log-probs of the policy (and reference).
 
-    ``PairRecord``: response 0 is the chosen, response 1 (when C = 2) the rejected one;
+    ``PairRecord``: response 0 is the chosen, response 1 (when C = 2) the rejected one, with
+    ``kl_estimate`` (``[]``, mismatched pairs' mean log-ratio) where a term reads it;
     ``GroupRecord``: the C responses are the samples, ``rewards [B, C]`` their rewards.
     """
     if len(policy.batch_shape) != 2:
@@ -201,6 +222,7 @@ def record_for(
         second(policy),
         None if reference is None else reference.response(0),
         None if reference is None else second(reference),
+        kl_estimate,
     )
 
 

@@ -17,15 +17,37 @@ import warnings
 
 from preftune.errors import SpecError
 from preftune.objectives.base import Objective, Term
+from preftune.objectives.kto import KTO
 from preftune.objectives.likelihood import MATE, MLE, ExMATE, Unlikelihood
 from preftune.objectives.margin import DPO, IPO, Hinge
 from preftune.objectives.policy_gradient import RWR, BestOfN, BestOfNNegative, Reinforce
+from preftune.objectives.ratio_losses import (
+    AOT,
+    AOTUnpaired,
+    APODown,
+    APOZero,
+    BCOPair,
+    DiscoPOP,
+    EXOPair,
+    NCAPair,
+    Robust,
+    SigmoidNorm,
+    SPPOHard,
+)
+from preftune.objectives.reference_free import CPO, ORPO, SimPO
 from preftune.objectives.regularisers import BCR, DPOP
 
 TERMS: dict[str, type[Term]] = {
     cls.name: cls
     for cls in (MLE, Unlikelihood, MATE, ExMATE, DPO, IPO, Hinge, BCR, DPOP, Reinforce, RWR, BestOfN, BestOfNNegative)
 }
+# TRL's other preference losses (docs/methods.md §2.6, §2.7)
+TERMS.update(
+    (cls.name, cls)
+    for cls in (SimPO, CPO, ORPO, SigmoidNorm, Robust, EXOPair, DiscoPOP, NCAPair, BCOPair, SPPOHard, APOZero)
+)
+TERMS.update((cls.name, cls) for cls in (APODown, AOT, AOTUnpaired))
+TERMS[KTO.name] = KTO  # issue 24: unpaired good and bad examples against a KL reference point
 
 
 def register(cls: type[Term]) -> type[Term]:

@@ -27,6 +27,7 @@ class BCR(Term):
 
     name: ClassVar[str] = "bcr"
     needs_reference: ClassVar[bool] = True
+    fits_unpaired: ClassVar[bool] = True
     lam: float = param(1.0, ge=0)
     delta: float = param(0.05, ge=0)
     average: bool = True

@@ -80,6 +80,7 @@ class WithinGroups:
     needs_reference = property(lambda self: self.objective.needs_reference)
     needs_rejected = property(lambda self: True)
     needs_token_logps = property(lambda self: self.objective.needs_token_logps)
+    needs_collision = property(lambda self: self.objective.needs_collision)
 
     def labels(self) -> list[str]:
         return self.objective.labels()

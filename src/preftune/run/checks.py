@@ -21,6 +21,8 @@ from preftune.modeling.loading import DTYPES
 from preftune.modeling.lora_targets import parse_target_modules
 from preftune.objectives import GroupRecord, Objective, build
 from preftune.run.config import RunConfig, resolve_defaults
+from preftune.training.accelerator import sharded_launch_refusal
+from preftune.training.settings import REFRESH_MODES
 
 REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -45,9 +47,13 @@ def check(config: RunConfig) -> list[Objective]:
     _check_choices(config)
     objectives = _check_stages(config)
     _check_online(config, objectives)
+    _check_mismatched(config, objectives)
+    _check_refresh(config, objectives)
     _check_win_rates(config)
     check_trackers(config.trackers)
     check_output_dir(Path(config.output_dir))
+    if reason := sharded_launch_refusal():
+        raise PreftuneError(reason)
     return objectives
 
 
@@ -212,10 +218,22 @@ def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int,
     if config.online.rounds:  # data.train gives prompts (and offline pairs): any objective fits
         return
     if config.data.bad:
-        if groups or any(term.builds_margin for term in objective.terms):
+        if groups or not objective.fits_unpaired:
             raise SpecError(
                 f"{where}: '{spec}' compares a chosen and a rejected response of one prompt, and data.bad gives "
-                "unpaired examples: use mle, ul, mate, exmate (or bcr, dpop), or pairs without data.bad"
+                "unpaired examples: use mle, ul, mate, exmate, kto (or bcr, dpop, or a term that scores each "
+                "response alone: bco_pair, nca_pair, sppo_hard, apo_zero, aot_unpaired), or pairs without data.bad"
+            )
+    for term in objective.terms:
+        unsupported = [
+            s
+            for s, on in (("ld_alpha", getattr(term, "ld_alpha", 1.0) < 1), ("wpo", getattr(term, "wpo", False)))
+            if on
+        ]
+        if unsupported:
+            raise SpecError(
+                f"{where}: {term.name}'s {' and '.join(unsupported)} need per-token values preftune train does not "
+                "compute yet (the reference's per-token log-probs, WPO's log Σπ²); they work on records in Python"
             )
     kinds = {o.record_type is GroupRecord for o in objectives}
     if len(kinds) > 1:
@@ -225,6 +243,60 @@ def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int,
         )
     if config.data.group_size is not None and not groups:
         raise SpecError(f"data.group_size is for group objectives (reinforce, rwr, bon, bon_neg), not '{spec}'")
+
+
+def _check_mismatched(config: RunConfig, objectives: list[Objective]) -> None:
+    """``kto`` scores each micro-batch's mismatched pairs live: offline, a live reference, two examples or more."""
+    for objective, stage in zip(objectives, config.resolved_stages(), strict=True):
+        if not objective.needs_mismatched:
+            continue
+        where = f"stage '{stage.name}'" if config.stages else "objective"
+        if config.online.rounds:
+            raise SpecError(
+                f"{where}: '{objective}' estimates its KL from each batch's mismatched pairs, which an on-policy "
+                "round's reference (scored once per round) cannot score: train it offline"
+            )
+        if stage.reference == "precomputed":
+            raise SpecError(
+                f"{where}: '{objective}' scores each batch's mismatched pairs, which a precomputed reference does "
+                "not hold: use reference=auto, adapter or copy"
+            )
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the run's processes are not made yet
+        micro = config.optim.batch_size // max(1, processes * config.optim.grad_accumulation)
+        if micro < 2:
+            raise SpecError(
+                f"{where}: '{objective}' pairs each prompt with another example's response, so a micro-batch needs "
+                f"2 examples or more; optim.batch_size / (processes x optim.grad_accumulation) is {micro}"
+            )
+
+
+def _check_refresh(config: RunConfig, objectives: list[Objective]) -> None:
+    """``ref_refresh`` (TR-DPO) moves a reference copy: refused where there is none to move."""
+    refresh = config.ref_refresh
+    _choice("ref_refresh.mode", refresh.mode, REFRESH_MODES)
+    _require("ref_refresh.alpha", refresh.alpha, 0, strict=True)
+    if refresh.alpha > 1:
+        raise SpecError(f"ref_refresh.alpha must be in (0, 1], got {refresh.alpha}")
+    _require("ref_refresh.every", refresh.every, 1)
+    if not refresh.enabled:
+        return
+    if config.online.rounds:
+        raise SpecError("ref_refresh: an on-policy run scores each round's reference once, when sampled: train offline")
+    if refresh.mode == "soft" and config.lora.enabled:
+        raise SpecError(
+            "ref_refresh.mode=soft under LoRA would mix the adapters' A and B factors, not their product BA: "
+            "use ref_refresh.mode=hard or lora.enabled=false"
+        )
+    for objective, stage in zip(objectives, config.resolved_stages(), strict=True):
+        where = f"stage '{stage.name}'" if config.stages else "objective"
+        if not objective.needs_reference:
+            raise SpecError(f"ref_refresh: {where} '{objective}' reads no reference, so there is none to refresh")
+        if stage.reference in ("adapter", "precomputed"):
+            what = "the policy with its adapters off" if stage.reference == "adapter" else "fixed log-probs"
+            raise SpecError(
+                f"ref_refresh: reference '{stage.reference}' ({where}) is {what}, which cannot be refreshed: "
+                "use reference=copy (or auto)"
+            )
 
 
 def check_trackers(trackers: list[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from preftune.data.config import DataConfig
 from preftune.errors import PreftuneError
-from preftune.training.settings import EvalConfig, OptimConfig
+from preftune.training.settings import EvalConfig, OptimConfig, RefreshConfig
 
 
 @dataclass
@@ -149,6 +149,7 @@ class RunConfig:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     objective: str = "dpo"
     reference: str = "auto"
+    ref_refresh: RefreshConfig = field(default_factory=RefreshConfig)  # TR-DPO: the reference moves to the policy
     stages: list[StageConfig] = field(default_factory=list)
     output_dir: str = "out/run"
     save_every: int = 50  # steps between checkpoints

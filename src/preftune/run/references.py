@@ -87,11 +87,24 @@ def precompute(
     return PrecomputedReference(merged, path=path)
 
 
-def reference_kind(setting: str, lora: bool, on_policy: bool) -> str:
+def live_reference(config: RunConfig, objective: Objective) -> str | None:
+    """What a stage's reference must be whatever its setting says: ``copy`` under a reference refresh (a
+    copy to move), ``live`` for an objective that scores mismatched pairs (``kto``: new rows every
+    batch, which no precomputed table holds), None otherwise."""
+    if config.ref_refresh.enabled:
+        return "copy"
+    return "live" if objective.needs_mismatched else None
+
+
+def reference_kind(setting: str, lora: bool, on_policy: bool = False, needs: str | None = None) -> str:
     """The reference a stage's ``reference`` setting means: on-policy, where each round's samples are
-    new, ``auto`` is live (the adapters switched off under LoRA, else a frozen copy); offline it is
-    precomputed."""
-    if on_policy and setting not in ("adapter", "copy"):
+    new, or where ``needs`` is ``live`` (:func:`live_reference`), ``auto`` and ``previous`` are live
+    (the adapters switched off under LoRA, else a frozen copy, both the model as the stage starts);
+    where ``needs`` is ``copy``, a frozen copy; offline it is otherwise precomputed. Settings that
+    cannot serve (``precomputed`` for ``kto``, ``adapter`` for a refresh) are refused by the run's checks."""
+    if needs == "copy" and setting in ("auto", "previous", "copy"):
+        return "copy"
+    if (on_policy or needs == "live") and setting in ("auto", "previous"):
         return "adapter" if lora else "copy"
     return setting
 

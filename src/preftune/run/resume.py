@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from preftune.errors import PreftuneError
 from preftune.run.config import rename_old_keys
 from preftune.run_layout import CONFIG_FILE, DONE_FILE, INPUTS_FILE, stage_dirs
 from preftune.training.checkpoint import latest_checkpoint
+from preftune.training.settings import RefreshConfig
 
 # Keys that may change on resume: they change logging, checkpoint keeping, evaluation batching,
 # how the LM head is chunked (same numbers) or what is written at the end, not the training.
@@ -75,6 +77,7 @@ def check_resumable(output_dir: Path, stage_names: Sequence[str], config: dict[s
         raise PreftuneError(f"--resume: {saved_file} is missing, so the run cannot be checked; start a new run")
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     rename_old_keys(saved, str(saved_file))  # a run saved before the sampling section resumes
+    saved.setdefault("ref_refresh", asdict(RefreshConfig()))  # a run saved before ref_refresh ran without one
     changed = changed_keys(saved, config)
     if changed:
         shown = ", ".join(f"{k} ({_show(_flatten(saved).get(k))} -> {_show(_flatten(config).get(k))})" for k in changed)

@@ -27,7 +27,7 @@ from preftune.objectives import Objective
 from preftune.run.config import RunConfig, StageConfig
 from preftune.run.inputs import Examples, Inputs
 from preftune.run.outputs import finish_stage
-from preftune.run.references import make_reference
+from preftune.run.references import live_reference, make_reference, reference_kind
 from preftune.run.summary import flat_config
 from preftune.training import (
     Callbacks,
@@ -104,8 +104,9 @@ class DatasetFeed:
         self.plan = make_plan(inputs.train, self.optim, accelerator.num_processes, config.data.group_by_length)
         self.total_steps = self.plan.total_steps(self.optim.epochs, self.optim.max_steps)
         read, self.group_size = self.plan.indices_read(self.total_steps), responses_read(objective)
+        kind = reference_kind(stage.reference, config.lora.enabled, needs=live_reference(config, objective))
         self.train_reference, self.eval_reference = make_reference(
-            stage.reference,
+            kind,
             objective,
             model,
             config,
@@ -117,8 +118,9 @@ class DatasetFeed:
             self.group_size,
             self.plan.first_reads(self.total_steps),
         )
+        shown = stage.reference if kind == stage.reference else f"{stage.reference}: {kind}"
         parts.say(
-            f"reference ({stage.reference}): ready in {time.perf_counter() - t0:.1f} s "
+            f"reference ({shown}): ready in {time.perf_counter() - t0:.1f} s "
             f"({len(read)} of {len(inputs.train)} training examples read by this stage)",
             highlight=False,
         )
@@ -133,6 +135,7 @@ class DatasetFeed:
             rank=accelerator.process_index,
             group_size=self.group_size,
             device=accelerator.device,
+            mismatched=self.objective.needs_mismatched,
         )
 
     def hooks(self, stage_dir: Path, checkpoints: Checkpoints) -> list[Hook]:
@@ -172,6 +175,7 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
         total_steps=feed.total_steps,
         reference=feed.train_reference,
         logit_chunk=config.logit_chunk,
+        refresh=config.ref_refresh,
     )
     source = feed.source(trainer)
     hooks = stage_hooks(parts, stage_dir, feed)

@@ -150,7 +150,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     model = _model(config)
     accelerator = _accelerator(config)
     set_seed(config.optim.seed)
-    batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model))
+    batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model), config.data.max_length)
     dirs = stage_dirs(output_dir, [s.name for s in config.resolved_stages()])
     parts = RunParts(
         config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, rounds, judges

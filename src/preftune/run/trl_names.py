@@ -47,6 +47,8 @@ SAME_VALUE = {
     "lora_target_modules": "lora.target_modules",
     "dtype": "model.dtype",
     "torch_dtype": "model.dtype",
+    "ref_model_mixup_alpha": "ref_refresh.alpha",
+    "ref_model_sync_steps": "ref_refresh.every",
 }
 
 # TRL's keys whose preftune value is computed: what each becomes (for the docs and the hints)
@@ -58,6 +60,7 @@ COMPUTED = {
     "beta": "the objective's beta: dpo(beta=...)",
     "loss_type": "objective (sigmoid: dpo, ipo: ipo, hinge: hinge)",
     "label_smoothing": "dpo's label_smoothing",
+    "sync_ref_model": "ref_refresh.mode (true: soft, false: none)",
 }
 
 # TRL's keys that change nothing here, with why
@@ -147,6 +150,7 @@ _COMPUTE: dict[str, Callable[[Any, Mapping[str, Any]], tuple[str, Any] | None]] 
     ),
     "max_steps": lambda v, _: ("optim.max_steps", None if int(v) < 0 else int(v)),
     "bf16": lambda v, _: ("optim.mixed_precision", "bf16" if v else "no"),
+    "sync_ref_model": lambda v, _: ("ref_refresh.mode", "soft" if v else "none"),
     "report_to": lambda v, _: ("trackers", [] if v in ("none", None, ["none"]) else [v] if isinstance(v, str) else v),
 }
 

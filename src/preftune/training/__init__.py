@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         train_rounds,
     )
     from preftune.training.plan import BatchPlan
-    from preftune.training.settings import EvalConfig, OptimConfig
+    from preftune.training.settings import EvalConfig, OptimConfig, RefreshConfig
     from preftune.training.sources import BatchSource, BufferSource, DatasetSource, PlannedSource
 
 _HOME = {  # each public name and the module it lives in; imported on first use
@@ -56,6 +56,7 @@ _HOME = {  # each public name and the module it lives in; imported on first use
     "Checkpoints": "preftune.training.hooks",
     "DatasetSource": "preftune.training.sources",
     "EvalConfig": "preftune.training.settings",
+    "RefreshConfig": "preftune.training.settings",
     "Fit": "preftune.training.hooks",
     "gradient_cosine_hooks": "preftune.training.gradient_cosine_hook",
     "forget_accelerator_state": "preftune.training.accelerator",
@@ -105,6 +106,7 @@ __all__ = [
     "PlannedSource",
     "Progress",
     "RecordingHook",
+    "RefreshConfig",
     "RoundCheckpoints",
     "RoundLog",
     "RoundStats",

@@ -11,7 +11,7 @@ ranks, the process group) is kept, so a ``torchrun`` process stays joined.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -45,6 +45,34 @@ def make_accelerator(
         log_with=list(trackers) or None,
         project_dir=None if project_dir is None else str(project_dir),
     )
+
+
+# What ``accelerate launch`` sets when its config asks for a sharded strategy, and that strategy's name.
+SHARDED_LAUNCH = {
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
+
+
+def sharded_launch_refusal(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why this run cannot train as ``accelerate launch`` asked, in one line, or None.
+
+    preftune trains with DDP: every process holds the whole model. Its checkpoints, resume, the
+    merged-weights sampling copy and the reference precompute all read whole parameters, which a
+    sharded model (FSDP's DTensors, DeepSpeed ZeRO-3's partitions) does not have; and on a CPU
+    accelerate 1.16 does not shard at all: it runs DDP and ignores the FSDP config. Rather than
+    train other than the user launched, the run is refused before any model loads.
+    """
+    env = os.environ if environ is None else environ
+    for variable, strategy in SHARDED_LAUNCH.items():
+        if env.get(variable, "").lower() in ("true", "1", "yes"):
+            return (
+                f"accelerate launch asked for {strategy} ({variable}=true): preftune trains with DDP only, since "
+                "its checkpoints, resume and sampling copy read whole parameters; launch with torchrun, or an "
+                "accelerate config of distributed_type MULTI_CPU/MULTI_GPU"
+            )
+    return None
 
 
 def forget_accelerator_state() -> None:

@@ -29,6 +29,7 @@ from preftune.files import write_json_atomic  # also imported from here by train
 
 STATE_FILE = "trainer_state.json"
 SOURCE_FILE = "source.pt"
+REFERENCE_FILE = "reference.safetensors"  # a refreshed reference's moved parameters (TR-DPO)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -55,9 +56,11 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     source_state: dict[str, Any] | None = None,
+    reference_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save everything needed to continue from ``step`` (main process only); keep the newest ``keep``.
-    ``source_state``: the batch source's position (and a buffer's samples), in ``source.pt``."""
+    ``source_state``: the batch source's position (and a buffer's samples), in ``source.pt``;
+    ``reference_state``: a refreshed reference's parameters, in ``reference.safetensors``."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -69,6 +72,8 @@ def save_checkpoint(
     )
     if source_state is not None:
         torch.save(source_state, tmp / SOURCE_FILE)
+    if reference_state is not None:
+        save_file(reference_state, str(tmp / REFERENCE_FILE))
     write_json_atomic(tmp / STATE_FILE, state)
     if final.exists():
         shutil.rmtree(final)

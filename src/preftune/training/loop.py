@@ -29,10 +29,11 @@ from preftune.data import Batch
 from preftune.errors import PreftuneError
 from preftune.modeling import as_pair, response_logprobs
 from preftune.objectives import GroupRecord, Objective, SequenceLogProbs, record_for
-from preftune.training.checkpoint import load_checkpoint, save_checkpoint
+from preftune.training.checkpoint import REFERENCE_FILE, load_checkpoint, save_checkpoint
 from preftune.training.hooks import Fit, Hook, StepCallback, TrainResult
+from preftune.training.mismatched import mismatched_log_ratio
 from preftune.training.plan import BatchPlan
-from preftune.training.settings import OptimConfig
+from preftune.training.settings import OptimConfig, RefreshConfig
 from preftune.training.sources import BatchSource
 
 __all__ = ["PolicyLogProbs", "StepCallback", "TrainResult", "Trainer", "make_optimizer", "make_plan", "responses_read"]
@@ -79,6 +80,8 @@ class Trainer:
         reference: reference log-probs (``records(batch) -> [B, C]``) when the objective needs
             them; may be replaced between rounds (``trainer.reference = ...``).
         logit_chunk: response positions per LM-head chunk.
+        refresh: TR-DPO's reference refresh; the reference must then be a copy it can move
+            (:class:`~preftune.modeling.FrozenCopyReference`), saved with every checkpoint.
     """
 
     def __init__(
@@ -91,9 +94,13 @@ class Trainer:
         total_steps: int,
         reference: Any = None,
         logit_chunk: int = 1024,
+        refresh: RefreshConfig | None = None,
     ) -> None:
         if objective.needs_reference and reference is None:
             raise PreftuneError(f"objective '{objective}' needs a reference model, and none was set up")
+        self.refresh = refresh if refresh is not None and refresh.enabled else None
+        if self.refresh is not None and not hasattr(reference, "refresh"):
+            raise PreftuneError("a reference refresh needs a reference copy to move (reference=copy)")
         if total_steps < 1:
             raise PreftuneError(f"a run needs at least one step, not {total_steps}")
         self.accelerator, self.objective, self.optim = accelerator, objective, optim
@@ -128,6 +135,19 @@ class Trainer:
                 reference = self.reference.records(batch)
         return policy, reference
 
+    def kl_estimate(self, batch: Batch) -> torch.Tensor | None:
+        """``[]`` the mean log-ratio of the batch's mismatched pairs, averaged over processes (``kto``'s
+        KL estimate: :mod:`preftune.training.mismatched`); None when no term reads it. The policy scores
+        them without gradient, in train mode as for its own rows (TRL's ``_compute_kl_logps``)."""
+        if not self.objective.needs_mismatched:
+            return None
+        if batch.mismatched is None:
+            raise PreftuneError(f"objective '{self.objective}' reads mismatched pairs, which this batch does not carry")
+        with torch.no_grad(), self.accelerator.autocast():
+            policy = response_logprobs(self.model, batch.mismatched, with_tokens=False, chunk_size=self.logit_chunk)
+            reference = self.reference.records(batch.mismatched)
+        return mismatched_log_ratio(policy, reference, self.accelerator.gather)
+
     def step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         """One optimiser step over this process's ``micro_batches`` (gradients accumulated, synced
         once); a step whose loss or gradient is not finite on any process is skipped by all.
@@ -139,7 +159,8 @@ class Trainer:
             context = nullcontext() if i == n - 1 else self.accelerator.no_sync(self.policy)
             with context:
                 policy, reference = self.logprobs(batch)
-                out = self.objective(record_for(self.objective.record_type, policy, reference, batch.rewards))
+                kl = self.kl_estimate(batch)
+                out = self.objective(record_for(self.objective.record_type, policy, reference, batch.rewards, kl))
                 loss = out.loss.mean()
                 finite = finite and bool(torch.isfinite(loss))
                 self.accelerator.backward(loss / n)
@@ -167,6 +188,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats["skipped"] = 0.0 if finite else 1.0
         self.global_step += 1
+        if self.refresh is not None and self.global_step % self.refresh.every == 0:
+            # After the step, as TRL's SyncRefModelCallback.on_step_end: every process moves its own copy alike.
+            self.reference.refresh(self.model, self.refresh.mix)
         return stats
 
     # --- the loop -------------------------------------------------------------------------------
@@ -247,6 +271,7 @@ class Trainer:
                 {"step": self.global_step, **state},
                 keep,
                 source_state,
+                self.reference.state_dict() if self.refresh is not None else None,
             )
         self.accelerator.wait_for_everyone()
 
@@ -261,6 +286,8 @@ class Trainer:
             self.scheduler,
         )
         self.global_step = int(state["step"])
+        if self.refresh is not None:
+            self.restore_reference(checkpoint)
         source.load_state_dict(state.get("source") or {"step": self.global_step})
         saved_hooks = state.get("hooks", {})
         for hook in hooks:
@@ -268,6 +295,19 @@ class Trainer:
                 hook.load_state_dict(saved_hooks[hook.name])
         skipped = sum(int(h.get("skipped", 0)) for h in state["history"])
         return TrainResult(self.global_step, list(state["history"]), skipped_steps=skipped)
+
+    def restore_reference(self, checkpoint: Path) -> None:
+        """The refreshed reference as ``checkpoint`` saved it; refused when it saved none (a run
+        without the refresh), since the copy taken now would be another reference."""
+        path = Path(checkpoint) / REFERENCE_FILE
+        if not path.is_file():
+            raise PreftuneError(
+                f"--resume: {checkpoint} holds no refreshed reference ({REFERENCE_FILE}): it was written without "
+                "the reference refresh; resume with the saved settings"
+            )
+        from safetensors.torch import load_file
+
+        self.reference.load_state_dict(load_file(str(path)))
 
 
 def responses_read(objective: Objective) -> int | None:

@@ -41,3 +41,30 @@ class EvalConfig:
     win_rate_prompts: int = 24  # distinct held-out prompts answered
     gradient_cosine_every: int = 0  # steps; 0: off (:mod:`preftune.training.gradient_cosine_hook`, P3 Lemma 6.2)
     gradient_cosine_pairs: int = 8  # the first held-out pairs measured
+
+
+REFRESH_MODES = ("none", "soft", "hard")
+
+
+@dataclass
+class RefreshConfig:
+    """TR-DPO's reference refresh (Gorbatovski et al. 2024, eq. 5 and 6): after every ``every``-th
+    optimiser step (τ), θ_ref ← α·θ + (1 - α)·θ_ref over the policy's trainable parameters.
+
+    ``mode``: ``none`` (a fixed reference), ``soft`` (α = ``alpha``) or ``hard`` (α = 1: the reference
+    becomes the policy; ``alpha`` is not read). TRL's ``sync_ref_model``, ``ref_model_mixup_alpha``
+    and ``ref_model_sync_steps``, with TRL's defaults.
+    """
+
+    mode: str = "none"
+    alpha: float = 0.6
+    every: int = 512
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def mix(self) -> float:
+        """α as the update applies it: ``alpha`` for ``soft``, 1 for ``hard``."""
+        return 1.0 if self.mode == "hard" else float(self.alpha)

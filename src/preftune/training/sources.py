@@ -49,6 +49,7 @@ class PlannedSource:
         rank: this process's rank.
         group_size: responses taken of each item (1: chosen only; None: all).
         device: where the batches go.
+        mismatched: each batch also carries its mismatched pairs (``kto``'s KL estimate).
     """
 
     kind = "planned"
@@ -63,9 +64,11 @@ class PlannedSource:
         rank: int = 0,
         group_size: int | None = None,
         device: torch.device | str = "cpu",
+        mismatched: bool = False,
     ) -> None:
         self.items, self.batcher, self.plan = list(items), batcher, plan
         self.total_steps, self.rank, self.group_size, self.device = total_steps, rank, group_size, device
+        self.mismatched = mismatched
         self.step = 0
 
     def __iter__(self) -> PlannedSource:
@@ -80,7 +83,7 @@ class PlannedSource:
 
     def batch(self, indices: torch.Tensor) -> Batch:
         items = [self.items[i] for i in indices.tolist()]
-        return self.batcher(items, indices, group_size=self.group_size).to(self.device)
+        return self.batcher(items, indices, group_size=self.group_size, mismatched=self.mismatched).to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "step": self.step}
