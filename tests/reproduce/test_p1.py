@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import re
 from dataclasses import replace
@@ -12,30 +11,26 @@ from pathlib import Path
 import pytest
 
 from preftune.cli.main import main
-from preftune.data import bundled_path
 from preftune.reproduce.closing import closing_note
 from preftune.reproduce.p1 import SCALES, reproduce_p1
 from preftune.reproduce.p1_runs import VARIANTS
 from preftune.reproduce.verdicts import VERDICTS
-
-
-def _rows(start: int, stop: int) -> str:
-    with gzip.open(bundled_path("hh-harmless"), "rt", encoding="utf-8") as handle:
-        return "".join(line for i, line in enumerate(handle) if start <= i < stop)
+from tests.reproduce.conftest import bundled_rows
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The test scale, its policies trained on bundled rows 40..120 and its gold model on rows 0..40."""
+def report(tmp_path_factory: pytest.TempPathFactory, gold_files: tuple[Path, Path]) -> tuple[Path, dict]:
+    """The test scale (one seed, one step: every variant and path, not the statistics), its policies trained on
+    bundled rows 40..120 and its gold model on rows 0..40."""
     tmp = tmp_path_factory.mktemp("p1")
-    (tmp / "train.jsonl").write_text(_rows(40, 120), encoding="utf-8")
-    (tmp / "gold.jsonl").write_text(_rows(0, 40), encoding="utf-8")
+    (tmp / "train.jsonl").write_text(bundled_rows(40, 120), encoding="utf-8")
     training = copy.deepcopy(SCALES["test"].training)
     training["data"]["train"] = str(tmp / "train.jsonl")
     scale = replace(SCALES["test"], training=training)
     lines: list[str] = []
-    results = reproduce_p1(scale, tmp / "out", say=lines.append, gold_source=tmp / "gold.jsonl", cache=tmp / "cache")
-    assert any("gold reward model: training" in line for line in lines)
+    source, cache = gold_files
+    results = reproduce_p1(scale, tmp / "out", say=lines.append, gold_source=source, cache=cache)
+    assert any(line.startswith("gold reward model: ") for line in lines)
     return tmp / "out", results
 
 

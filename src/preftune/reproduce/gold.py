@@ -70,6 +70,15 @@ class GoldSettings:
     seed: int = 0
 
 
+GOLD_SCALES = {
+    "test": GoldSettings(model="tiny-random", held_out=4, train_size=8, max_length=128),
+    "small": GoldSettings(held_out=200, max_length=256, lora_last_layers=8),
+    "full": GoldSettings(held_out=200, max_length=512, epochs=2),
+}
+"""The gold model of each scale, shared by every paper: the same settings and the same excluded prompts give
+the same cache key, so ``preftune reproduce all`` trains it once per scale."""
+
+
 @dataclass(frozen=True)
 class GoldPairs:
     """The gold pairs, split by prompt, and what was left out to keep them disjoint."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from preftune.errors import SpecError
 from preftune.files import strict_json, write_atomic, write_json_atomic
-from preftune.reproduce.gold import GoldEvaluator, GoldSettings, check_disjoint, ensure_gold
+from preftune.reproduce.gold import GOLD_SCALES, GoldEvaluator, GoldSettings, check_disjoint, ensure_gold
 from preftune.reproduce.p1_report import (
     appendix,
     companion_section,
@@ -69,8 +69,8 @@ class P1Scale:
 _TINY = {
     "model": {"name": "tiny-random"},
     "lora": {"rank": 4, "alpha": 8},
-    "data": {"train": "bundled:hh-harmless", "eval_size": 6, "train_size": 8, "max_length": 64},
-    "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 2, "warmup_ratio": 0.0, "mixed_precision": "no"},
+    "data": {"train": "bundled:hh-harmless", "eval_size": 4, "train_size": 4, "max_length": 96},
+    "optim": {"lr": 1e-2, "batch_size": 2, "max_steps": 1, "warmup_ratio": 0.0, "mixed_precision": "no"},
     "eval": {"batch_size": 4},
 }
 _SMALL = {
@@ -89,13 +89,10 @@ _FULL = {
 }
 
 SCALES = {
-    "test": P1Scale(
-        "test", _TINY, (0, 1), 4, 8, GoldSettings(model="tiny-random", held_out=8, train_size=16, max_length=64)
-    ),
-    "small": P1Scale(
-        "small", _SMALL, (0, 1, 2), 40, 48, GoldSettings(held_out=200, max_length=256, lora_last_layers=8)
-    ),
-    "full": P1Scale("full", _FULL, (0, 1, 2, 3, 4), 100, 128, GoldSettings(held_out=200, max_length=512, epochs=2)),
+    # one seed, one step, two prompts: every wiring path in seconds (its intervals are n/a by design)
+    "test": P1Scale("test", _TINY, (0,), 2, 4, GOLD_SCALES["test"]),
+    "small": P1Scale("small", _SMALL, (0, 1, 2), 40, 48, GOLD_SCALES["small"]),
+    "full": P1Scale("full", _FULL, (0, 1, 2, 3, 4), 100, 128, GOLD_SCALES["full"]),
 }
 
 
