@@ -1,6 +1,7 @@
 """``preftune reproduce PAPER scale=small|full out=DIR``: run a paper's studies and write a report.
 
-Known papers: ``P1`` (Tuan & Wang 2024; :mod:`preftune.reproduce.p1`), ``P3`` (Tajwar et al. 2024;
+Known papers: ``P1`` (Tuan & Wang 2024; :mod:`preftune.reproduce.p1`), ``P2`` (Grinsztajn et al. 2024;
+:mod:`preftune.reproduce.p2`), ``P3`` (Tajwar et al. 2024;
 :mod:`preftune.reproduce.p3`) and ``P4`` (Chen et al. 2024; :mod:`preftune.reproduce.p4`); ``all`` runs each
 into ``OUT/<paper>`` and writes a closing note,
 ``OUT/verdicts.md``, listing every claim with its verdict. The report (``report.md``),
@@ -15,7 +16,7 @@ import argparse
 from preftune.cli.keys import Setting, Settings, add_settings
 from preftune.errors import PreftuneError
 
-KNOWN_PAPERS = ("P1", "P3", "P4")
+KNOWN_PAPERS = ("P1", "P2", "P3", "P4")
 ALL = "all"
 SCALE_CHOICES = ("small", "full")
 
