@@ -34,6 +34,11 @@ def test_read_groups_orders_replies_by_human_rank() -> None:
     assert all(len(g.replies) >= 2 and sorted(g.truth) == list(range(len(g.replies))) for g in groups)
     assert len(read_groups(DEFAULT_TREES, trees=3, turns="first")) == 3 < len(groups)
     assert len(tree_pairs(DEFAULT_TREES, trees=3)) > len(groups)
+    in_file_order = read_groups(DEFAULT_TREES, trees=40, seed=None)
+    assert all(g.truth == tuple(range(len(g.replies))) for g in in_file_order)  # the file lists replies by rank
+    shuffled = read_groups(DEFAULT_TREES, trees=40)
+    assert any(g.truth != tuple(range(len(g.replies))) for g in shuffled)  # so they are shuffled before ranking
+    assert [sorted(g.replies) for g in shuffled] == [sorted(g.replies) for g in in_file_order]
 
 
 def _oracle(groups):

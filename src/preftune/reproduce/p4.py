@@ -51,7 +51,7 @@ class P4Scale:
         turns: ``all`` (every ranked user turn) or ``first`` (the root prompt's replies only).
         gold: the gold reward model's settings.
         exclude_p1: also keep the gold model off the pairs P1's runs at this scale read (so it is P1's gold model).
-        seed: the random control judge's seed.
+        seed: the seed of the replies' shuffle and of the random control judge.
     """
 
     name: str
@@ -109,7 +109,7 @@ def reproduce_p4(
     gold = _gold(settings, trees, say, gold_source, cache)
     seconds["gold"] = time.perf_counter() - began
     clock = time.perf_counter()
-    groups = read_groups(trees, settings.trees, settings.turns)
+    groups = read_groups(trees, settings.trees, settings.turns, settings.seed)
     scorer = gold.scorer()
     study = run_ranking_study(groups, scorer.score, settings.seed)
     seconds["ranking"] = time.perf_counter() - clock

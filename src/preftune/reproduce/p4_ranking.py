@@ -21,6 +21,7 @@ check per real judge (the random control is shown, never checked).
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,24 @@ class Group:
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in self.prompt)
 
 
-def read_groups(path: Path, trees: int | None = None, turns: str = "all") -> list[Group]:
-    """The ranked groups of the first ``trees`` trees (None: all), keeping only replies that carry a rank."""
+def read_groups(path: Path, trees: int | None = None, turns: str = "all", seed: int | None = 0) -> list[Group]:
+    """The ranked groups of the first ``trees`` trees (None: all), keeping only replies that carry a rank.
+
+    The replies are shuffled per group (seeded by ``seed``, the tree and the group; None keeps the file's order):
+    the file lists them in an order that follows their rank, and IPR's insertion and the score ranking keep the
+    input order among candidates they cannot separate, so an unshuffled order would leak the truth [our choice].
+    """
     groups: list[Group] = []
     with path.open(encoding="utf-8") as handle:
         for index, line in enumerate(handle):
             if trees is not None and index >= trees:
                 break
-            for ranked in read_tree(json.loads(line), tree_turns=turns):
+            for number, ranked in enumerate(read_tree(json.loads(line), tree_turns=turns)):
                 kept = [(v, c) for v, c in zip(ranked.values, ranked.completions, strict=True) if v is not None]
                 if len(kept) < 2:
                     continue
+                if seed is not None:
+                    random.Random(f"{seed}:{index}:{number}").shuffle(kept)
                 replies = [c[0]["content"] if isinstance(c, list) else str(c) for _, c in kept]
                 truth = tuple(sorted(range(len(kept)), key=lambda i: (kept[i][0], i)))
                 groups.append(Group(list(ranked.prompt), replies, truth))  # type: ignore[arg-type]
@@ -172,13 +180,15 @@ def calls_by_size(study: RankingStudy) -> dict[int, dict[str, float]]:
 
 
 def calls_per_judge(study: RankingStudy) -> dict[str, Mapping[str, list[float]]]:
-    """``judge -> {"ipr": calls per prompt, "round_robin": calls per prompt}`` for the calls rule."""
+    """``judge -> {"ipr": calls per prompt, "round_robin": calls per prompt}`` for the calls rule (the checked
+    judges; the random control is shown, never checked)."""
     return {
         j: {
             "ipr": [float(c) for c in study.records[f"ipr:{j}"].calls],
             "round_robin": [float(c) for c in study.records[f"round_robin:{j}"].calls],
         }
         for j in study.judges
+        if j in CHECKED_JUDGES
     }
 
 

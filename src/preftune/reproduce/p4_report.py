@@ -49,6 +49,7 @@ def ranking_figure(study: RankingStudy) -> Figure:
     calls_ax.plot(sizes, [table[n]["bound"] for n in sizes], "k--", label="IPR bound")
     for i, judge in enumerate(study.judges):
         calls_ax.plot(sizes, [table[n][judge] for n in sizes], "o:", color=PALETTE[i % len(PALETTE)], label=judge)
+    calls_ax.set_xticks(sizes)
     calls_ax.set_xlabel("replies per prompt N")
     calls_ax.set_ylabel("ordered judge calls per prompt (mean)")
     calls_ax.legend(fontsize=8)
@@ -152,7 +153,9 @@ def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, sour
         "verdicts are computed from the numbers by the rules under *How the verdicts are decided*; intervals are "
         "95%.\n\n"
         f"**Data.** `{source}` (OpenAssistant message trees, {scale.trees or 'all'} trees, turns `{scale.turns}`): "
-        "every user turn with at least two ranked assistant replies is one prompt.\n\n"
+        "every user turn with at least two ranked assistant replies is one prompt. Its replies are shuffled "
+        f"(seed {scale.seed}) before ranking: the file lists them in rank order, and a ranking that keeps the input "
+        "order among candidates it cannot separate would otherwise inherit the truth.\n\n"
         f"**The gold evaluator.** A reward model trained by `preftune train-rm`'s code on {gold.train_pairs} HH-RLHF "
         f"harmless-base pairs; held-out accuracy **{gold.accuracy.text()}** on {gold.held_out_pairs} pairs "
         f"({usable}). It is kept off the OpenAssistant trees on purpose: their human ranks are this study's truth."
@@ -165,8 +168,9 @@ def appendix() -> str:
 - A claim is a list of checks; each passes, fails, or cannot be decided here. **holds**: every decided check
   passes; **partly**: some do; **does not hold here**: none; **cannot be tested here**: none could be decided;
   **not run**: the study was not run.
-- **(a)** per judge: round robin's ordered calls − IPR's, per prompt, mean with a 95% Student-t interval over
-  prompts; passes when the whole interval lies above 0.
+- **(a)** per judge (`longer`, `shorter`; the `random` control is shown, never checked): round robin's ordered
+  calls − IPR's, per prompt, mean with a 95% Student-t interval over prompts; passes when the whole interval lies
+  above 0.
 - **(b)** per judge (`longer`, `shorter`; the `random` control is never checked): IPR's Kendall τ (tau-a) with
   the human order − the gold scores' τ, per prompt, 95% Student-t interval over prompts; passes when it lies
   above 0. Undecided when neither the judge's nor the scores' own τ lies above 0 (no ranker above chance).
