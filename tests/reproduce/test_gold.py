@@ -87,3 +87,17 @@ def test_gold_model_trains_on_the_tiny_model_and_is_cached(source: Path, tmp_pat
     reseeded = GoldSettings(**{**settings.__dict__, "seed": 1})
     other = ensure_gold(reseeded, examples[:15], say=print, source=source, cache=cache)
     assert other.folder != gold.folder  # other settings, another cache entry
+
+
+@pytest.mark.parametrize("scale", ["test", "small", "full"])
+def test_every_scale_s_gold_settings_make_a_valid_train_rm_config(scale: str, tmp_path: Path) -> None:
+    """``small`` and ``full`` never train in the suite: their train-rm configs pass its own checks."""
+    from preftune.reproduce.gold import GOLD_SCALES, gold_config
+    from preftune.reward.config import check_config
+
+    settings = GOLD_SCALES[scale]
+    config = gold_config(settings, tmp_path / "data", tmp_path / "gold")
+    check_config(config)
+    assert config.data.max_length == settings.max_length and config.lora_last_layers == settings.lora_last_layers
+    if scale == "small":  # sized for two CPU cores in each paper's 30 minutes
+        assert settings.lora_last_layers <= 4 and settings.max_length <= 192 and (settings.train_size or 10**9) <= 400
