@@ -28,7 +28,9 @@ ALLOWED = {
     # a training run: config -> checks -> stages -> outputs, driving the engine
     "run": {"objectives", "data", "modeling", "evaluation", "generation", "judging", "training"},
     "lab": {"objectives", "data", "modeling", "generation", "training"},  # P3's studies drive the engine, not a run
-    "reproduce": {"lab", "run", "training", "data"},  # the lab's studies, training runs, their data
+    # the lab's studies, training runs and their data; P1's gold reward model, answers, evaluation and gradients;
+    # P4's rankings with the judges
+    "reproduce": {"lab", "run", "training", "data", "reward", "evaluation", "modeling", "analysis", "judging"},
     "cli": {
         "lab",
         "reproduce",

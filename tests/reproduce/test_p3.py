@@ -121,45 +121,54 @@ def test_near_peak_verdict_from_hand_made_curves(scores: dict, verdict: str) -> 
 # --- the KL toy --------------------------------------------------------------------------------------
 
 
-def _masses(mode: list[float], first: list[float]) -> torch.Tensor:
-    """``[T+1, 4]`` masses with the given category 2 and category 0 paths (the rest split evenly)."""
-    mode_t, first_t = torch.tensor(mode, dtype=torch.float64), torch.tensor(first, dtype=torch.float64)
-    rest = (1 - mode_t - first_t) / 2
-    return torch.stack([first_t, rest, mode_t, rest], dim=1)
+def _masses(category: int, path: list[float]) -> torch.Tensor:
+    """``[T+1, 4]`` masses with the given path for ``category`` (the rest split evenly)."""
+    mass = torch.tensor(path, dtype=torch.float64)
+    rest = (1 - mass) / 3
+    return torch.stack([mass if c == category else rest for c in range(4)], dim=1)
 
 
-def test_kl_verdict_from_hand_made_masses() -> None:
-    fast, slow = [0.1, 0.3, 0.55, 0.6], [0.1, 0.2, 0.3, 0.4]
-    raising, falling = [0.3, 0.35, 0.3, 0.2], [0.3, 0.25, 0.2, 0.2]
-    holds = KLRun("gradient descent", 0.5, forward=_masses(slow, raising), reverse=_masses(fast, falling))
-    opposite = KLRun("gradient descent", 0.5, forward=_masses(fast, falling), reverse=_masses(slow, raising))
-    assert kl_section([holds], ()).verdict == HOLDS
-    assert kl_section([opposite], ()).verdict == DOES_NOT_HOLD
-    assert kl_section([holds, opposite], ()).verdict == PARTLY
+def _run(category: int, forward: list[float], reverse: list[float]) -> KLRun:
+    return KLRun("gradient descent", 0.5, forward=_masses(category, forward), reverse=_masses(category, reverse))
 
 
-def test_reverse_kl_empties_a_category_the_target_rules_out_sooner() -> None:
-    """Towards q′ (category 1 at 0.001): at p0 the logit pushes on category 1 are forward p₁ − q₁ = 0.299 and
-    reverse p₁·(log(p₁/q₁) − KL(p0‖q′)) ≈ 0.3·(5.70 − 1.78) ≈ 1.18, so reverse KL gets p₁ down to 0.05 first;
-    the section reports it beside the verdict, which stays the one of docs/methods.md §7's q."""
-    from preftune.reproduce.p3_kl import EXCLUDING_Q
-
-    runs = run_kl_sweep(300, (0.1, 0.5), (0.1,))
-    section = kl_section(runs, (), run_kl_sweep(300, (0.1, 0.5), (0.1,), q=EXCLUDING_Q))
-    rows = section.data["excluding"]["runs"]
-    assert [r["lr"] for r in rows] == [0.1, 0.5, 0.1]
-    assert all(r["reverse_steps"] < r["forward_steps"] for r in rows)
-    assert "sooner in 3 of 3 runs" in section.measured and section.verdict == kl_section(runs, ()).verdict
+FAST_DROP, SLOW_DROP = [0.3, 0.1, 0.04, 0.01], [0.3, 0.2, 0.1, 0.04]
+FAST_RISE, SLOW_RISE = [0.1, 0.35, 0.4, 0.45], [0.1, 0.2, 0.3, 0.4]
 
 
-def test_kl_toy_as_measured_contradicts_the_claim() -> None:
-    """Exact gradient descent and Adam from P3's p0: forward KL reaches p₂ ≥ 0.5 first and reverse KL,
-    not forward, raises category 0 (the report says so)."""
-    section = kl_section(run_kl_sweep(100, (0.5,), (0.1,)), ())
-    assert section.verdict == DOES_NOT_HOLD, section.reason
-    for run in section.data["runs"]:
+def test_kl_verdict_follows_methods_section_7() -> None:
+    """Check 1: reverse KL empties the ruled-out category 1 sooner; check 2: forward KL reaches the far mode 3
+    sooner. A tie fails."""
+    seeks = _run(1, forward=SLOW_DROP, reverse=FAST_DROP)
+    covers = _run(3, forward=FAST_RISE, reverse=SLOW_RISE)
+    worked = [_run(2, [0.1, 0.6, 0.6, 0.6], [0.1, 0.2, 0.6, 0.6])]
+    assert kl_section(worked, (), [seeks], [covers]).verdict == HOLDS
+    backwards = (_run(1, forward=FAST_DROP, reverse=SLOW_DROP), _run(3, forward=SLOW_RISE, reverse=FAST_RISE))
+    assert kl_section(worked, (), [backwards[0]], [backwards[1]]).verdict == DOES_NOT_HOLD
+    assert kl_section(worked, (), [seeks], [backwards[1]]).verdict == PARTLY
+    tie = _run(1, forward=FAST_DROP, reverse=FAST_DROP)
+    assert kl_section(worked, (), [tie], [covers]).verdict == PARTLY
+
+
+def test_kl_toy_as_measured_follows_the_gradients() -> None:
+    """Towards q′ (category 1 at 0.001) the logit pushes on category 1 at p0 are forward p₁ − q₁ = 0.299 and
+    reverse p₁·(log(p₁/q₁) − KL(p0‖q′)) ≈ 1.18, so reverse KL empties it first; towards the bimodal q from a p0
+    nearer mode 0, forward KL (p − q) raises mode 3 sooner. P3's own pair, the worked example, goes the other way
+    (forward KL reaches category 2 first, reverse KL raises category 0): shown, not judged."""
+    from preftune.reproduce.p3_kl import BIMODAL_P0, BIMODAL_Q, EXCLUDING_Q
+
+    lrs = (100, (0.1, 0.5), (0.1,))
+    section = kl_section(
+        run_kl_sweep(*lrs), (), run_kl_sweep(*lrs, q=EXCLUDING_Q), run_kl_sweep(*lrs, q=BIMODAL_Q, p0=BIMODAL_P0)
+    )
+    assert section.verdict == HOLDS, section.reason
+    assert [r["lr"] for r in section.data["excluding"]["runs"]] == [0.1, 0.5, 0.1]
+    assert all(r["reverse_steps"] < r["forward_steps"] for r in section.data["excluding"]["runs"])
+    assert all(r["forward_steps"] < r["reverse_steps"] for r in section.data["bimodal"]["runs"])
+    for run in section.data["worked_example"]["runs"]:
         assert run["forward_steps_to_level"] < run["reverse_steps_to_level"]
         assert run["reverse_category0_rise"] > 0 >= run["forward_category0_rise"]
+    assert "sooner in 3 of 3 runs" in section.reason and "not part of the verdict" in section.measured
 
 
 # --- the whole report ----------------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def test_report_has_every_section_with_a_verdict_line(report: tuple[Path, dict])
     sequence = {"far_peak_sequence", "near_peak_sequence"}
     assert set(results["claims"]) == {"far_peak", "near_peak", *sequence, "kl", "length", "lemma_6_2"}
     assert results["claims"]["length"]["verdict"] == HOLDS  # the study given, its section in place
-    assert results["claims"]["kl"]["verdict"] == DOES_NOT_HOLD
+    assert results["claims"]["kl"]["verdict"] == HOLDS  # docs/methods.md §7's checks, at the test scale's steps
     for key in ("far_peak", "near_peak", *sequence):
         assert results["claims"][key]["verdict"] in (HOLDS, PARTLY, DOES_NOT_HOLD)
         assert results["claims"][key]["data"]["contrasts"]  # on-policy − offline at least
@@ -204,6 +213,7 @@ def test_report_figures_exist_and_are_linked(report: tuple[Path, dict]) -> None:
     text = (out / "report.md").read_text(encoding="utf-8")
     figures = [name for claim in results["claims"].values() for name in claim["figures"]]
     assert "gradient_cosine.png" in figures and "bandit_far_reward.png" in figures and "kl_toy.png" in figures
+    assert {"kl_toy_excluding.png", "kl_toy_bimodal.png"} <= set(figures)
     assert "sequence_bandit_far_reward.png" in figures and "sequence_bandit_near_tokens.png" in figures
     for name in figures:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

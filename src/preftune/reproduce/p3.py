@@ -40,7 +40,20 @@ from preftune.lab.bandit import METHODS, BanditConfig, BanditResult, run_bandit
 from preftune.lab.kl_toy import KLToyConfig, KLToyResult
 from preftune.lab.plots import bandit_histogram_figure, bandit_reward_figure, kl_toy_figure, save_png
 from preftune.reproduce.p3_bandit import bandit_contrasts, bandit_section
-from preftune.reproduce.p3_kl import EXCLUDING_Q, LEVEL, kl_section, run_kl_sweep
+from preftune.reproduce.p3_kl import (
+    BIMODAL_P0,
+    BIMODAL_Q,
+    DROP,
+    EXCLUDED,
+    EXCLUDING_Q,
+    FAR,
+    FAR_LEVEL,
+    LEVEL,
+    MODE,
+    NEAR,
+    kl_section,
+    run_kl_sweep,
+)
 from preftune.reproduce.p3_lemma import lemma_section, run_lemma_study
 from preftune.reproduce.plots import contrast_figure, gradient_cosine_figure, kl_sweep_figure
 from preftune.reproduce.report import ClaimSection, not_run_section, render_report
@@ -181,16 +194,20 @@ def _sequence_bandit(scale: P3Scale, peak: str, out: Path, say: Say) -> ClaimSec
 
 
 def _kl(scale: P3Scale, out: Path, say: Say) -> ClaimSection:
-    """The KL toy sweep: runs, figures, section."""
+    """The KL toy sweeps (P3's pair, a ruled-out category, a bimodal target): runs, figures, section."""
     say(f"KL toy: {len(scale.kl_sgd_lrs)} gradient-descent and {len(scale.kl_adam_lrs)} Adam step sizes")
-    runs = run_kl_sweep(scale.kl_steps, scale.kl_sgd_lrs, scale.kl_adam_lrs)
-    excluding = run_kl_sweep(scale.kl_steps, scale.kl_sgd_lrs, scale.kl_adam_lrs, q=EXCLUDING_Q)
+    lrs = (scale.kl_steps, scale.kl_sgd_lrs, scale.kl_adam_lrs)
+    runs = run_kl_sweep(*lrs)
+    excluding = run_kl_sweep(*lrs, q=EXCLUDING_Q)
+    bimodal = run_kl_sweep(*lrs, q=BIMODAL_Q, p0=BIMODAL_P0)
     first = runs[0]
-    figures = ("kl_toy.png", "kl_toy_sweep.png")
+    figures = ("kl_toy.png", "kl_toy_sweep.png", "kl_toy_excluding.png", "kl_toy_bimodal.png")
     toy = KLToyResult(KLToyConfig(steps=scale.kl_steps, lr=first.lr), first.forward, first.reverse)
     save_png(kl_toy_figure(toy), out / figures[0])
     save_png(kl_sweep_figure(runs), out / figures[1])
-    return kl_section(runs, figures, excluding)
+    save_png(kl_sweep_figure(excluding, mode=EXCLUDED, covered=MODE), out / figures[2])
+    save_png(kl_sweep_figure(bimodal, mode=NEAR, covered=FAR), out / figures[3])
+    return kl_section(runs, figures, excluding, bimodal)
 
 
 def _lemma(scale: P3Scale, out: Path, say: Say) -> ClaimSection:
@@ -316,8 +333,11 @@ def _appendix(settings: P3Scale) -> str:
 - **Far peak ("much sooner").** A check passes when a contrast's whole interval lies above +δ = {margin:g}.
 - **Near peak ("all alike").** A check passes when a contrast's whole interval lies within ±δ = ±{margin:g}.
 - **KL toy.** Deterministic (exact gradients, no sampling), so no intervals: for each optimiser and step size,
-  check 1 passes when reverse KL brings the target's mode (category 2) to mass ≥ {LEVEL:g} in fewer steps than forward
-  KL; check 2 passes when forward KL raises category 0 above its starting mass at some step.
+  the claim as docs/methods.md §7 states it. Check 1 passes when, towards q′ = {list(EXCLUDING_Q)}, reverse KL
+  brings category {EXCLUDED}'s mass down to {DROP:g} in fewer steps than forward KL; check 2 passes when, from
+  p0 = {list(BIMODAL_P0)} towards q = {list(BIMODAL_Q)}, forward KL brings the far mode (category {FAR})
+  up to {FAR_LEVEL:g} in fewer steps than reverse KL. A tie fails. P3's own pair (reverse KL reaching category
+  {MODE} ≥ {LEVEL:g} first) is shown as a worked example, outside the verdict.
 - **Lemma 6.2.** A lemma holds by proof; we report how often its condition (cosine ≤ 0) holds on real pairs, with
   95% Wilson intervals, and give no verdict.
 """

@@ -5,18 +5,21 @@ no interval: a check passes or fails exactly. It is run with plain gradient desc
 (:func:`preftune.lab.kl_toy.descend`) and with Adam, at several step sizes, to show whether the
 outcome depends on the optimiser or the step size.
 
-Checks, for every optimiser × step size (the claim as docs/methods.md §7 states it):
+The claim as docs/methods.md §7 now states it (corrected: the earlier text had the directions the wrong
+way round). Reverse KL(p‖q) is *mode seeking*: it moves mass off the categories where the target puts
+little and commits to where it puts much; forward KL(q‖p) is *mode covering*: it keeps mass on all of
+q's support. Checks, for every optimiser × step size:
 
-1. reverse KL(p‖q) brings the target's mode (category 2) to mass ≥ ``LEVEL`` in fewer steps than
-   forward KL(q‖p) (a run that never gets there counts as infinitely slow; a tie fails);
-2. forward KL raises category 0 above its starting mass at some step (mode covering).
+1. **exclusion**: towards ``EXCLUDING_Q`` (category 1 at 0.001), reverse KL brings category 1's mass
+   down to ``DROP`` in fewer steps than forward KL (never counts as infinitely slow; a tie fails);
+2. **bimodal**: from ``BIMODAL_P0`` (nearer mode 0) towards ``BIMODAL_Q`` (modes 0 and 3), forward KL
+   brings the far mode (3) up to ``FAR_LEVEL`` in fewer steps than reverse KL, which stays on the near
+   mode longer (a tie fails).
 
-The verdict is :func:`preftune.reproduce.verdicts.aggregate` of all the checks.
-
-**Also measured, outside the verdict [our choice]:** the same sweep towards a target that nearly
-excludes a category, ``EXCLUDING_Q`` (category 1 at 0.001), counting the steps until that
-category's mass falls to ``DROP``. This is where the mode-seeking intuition of P3 (mass moved off
-the bins the target rules out, fast) shows on this toy.
+The verdict is :func:`preftune.reproduce.verdicts.aggregate` of all the checks. **The worked example**
+(P3's p0 and docs/methods.md's q) is measured and shown beside, outside the verdict: there forward KL
+reaches category 2 first and reverse KL raises category 0, as §7's gradients say, so "reverse KL reaches
+the mode first" does not follow on that pair.
 """
 
 from __future__ import annotations
@@ -33,15 +36,20 @@ from preftune.reproduce.report import ClaimSection, markdown_table
 from preftune.reproduce.verdicts import aggregate
 
 LEVEL = 0.5
-MODE, COVERED = 2, 0  # the target's mode; the category that mode covering should raise
+MODE, COVERED = 2, 0  # the worked example: the target's mode; category 0
 EXCLUDING_Q = (0.2, 0.001, 0.6, 0.199)  # docs/methods.md §7's q with category 1 nearly ruled out
 EXCLUDED, DROP = 1, 0.05
+BIMODAL_P0 = (0.6, 0.15, 0.15, 0.1)  # nearer mode 0
+BIMODAL_Q = (0.45, 0.05, 0.05, 0.45)  # two modes, 0 and 3 [our choice of numbers]
+NEAR, FAR, FAR_LEVEL = 0, 3, 0.3
 
 KL_CLAIM = (
     "Reverse KL, the divergence that on-policy RL and negative-gradient objectives minimise, is mode "
-    "seeking: it reallocates probability mass onto the target's dominant category quickly. Forward KL, "
-    "the divergence of maximum likelihood on offline data, is mode covering: it spreads mass over every "
-    "category the target supports (raising category 0 along the way) and moves mass to the mode more slowly."
+    "seeking: it moves mass off the categories where the target puts little and commits to the mode it is "
+    "nearest. Forward KL, the divergence of maximum likelihood on offline data, is mode covering: it must "
+    "keep mass on all of the target's support and spreads over every mode. (As docs/methods.md §7 states it, "
+    "corrected: the earlier statement, that reverse KL moves mass onto the target's largest category faster, "
+    "does not follow from the gradients.)"
 )
 
 
@@ -71,16 +79,20 @@ def adam_descend(divergence: str, config: KLToyConfig, lr: float) -> Tensor:
 
 
 def run_kl_sweep(
-    steps: int, sgd_lrs: tuple[float, ...], adam_lrs: tuple[float, ...], q: tuple[float, ...] = KLToyConfig().q
+    steps: int,
+    sgd_lrs: tuple[float, ...],
+    adam_lrs: tuple[float, ...],
+    q: tuple[float, ...] = KLToyConfig().q,
+    p0: tuple[float, ...] = KLToyConfig().p0,
 ) -> list[KLRun]:
-    """The toy from P3's p0 towards ``q`` (docs/methods.md's by default) with gradient descent at ``sgd_lrs`` and
-    Adam at ``adam_lrs``."""
+    """The toy from ``p0`` (P3's by default) towards ``q`` (docs/methods.md's by default) with gradient descent at
+    ``sgd_lrs`` and Adam at ``adam_lrs``."""
     runs = []
     for lr in sgd_lrs:
-        config = KLToyConfig(steps=steps, lr=lr, q=q)
+        config = KLToyConfig(steps=steps, lr=lr, q=q, p0=p0)
         runs.append(KLRun("gradient descent", lr, descend("forward", config), descend("reverse", config)))
     for lr in adam_lrs:
-        config = KLToyConfig(steps=steps, q=q)
+        config = KLToyConfig(steps=steps, q=q, p0=p0)
         runs.append(KLRun("Adam", lr, adam_descend("forward", config, lr), adam_descend("reverse", config, lr)))
     return runs
 
@@ -92,7 +104,7 @@ def _steps(masses: Tensor) -> float:
 
 
 def run_checks(run: KLRun) -> dict[str, object]:
-    """The numbers and the two checks (module docstring) of one run."""
+    """The worked example's numbers of one run (shown, outside the verdict)."""
     start = float(run.forward[0, COVERED])
     early = max(1, (run.forward.shape[0] - 1) // 10)
     forward_steps, reverse_steps = _steps(run.forward), _steps(run.reverse)
@@ -124,108 +136,163 @@ WHY = (
 )
 
 
-def _reason(checks: list[dict[str, object]]) -> str:
-    """The checks' counts in words, and a plain statement when the toy says the opposite of the claim."""
-    n = len(checks)
-    faster = sum(bool(c["reverse_faster"]) for c in checks)
-    forward_first = sum(c["forward_steps_to_level"] < c["reverse_steps_to_level"] for c in checks)  # type: ignore[operator]
-    raised = sum(bool(c["forward_raises_category0"]) for c in checks)
-    reverse_raised = sum(float(c["reverse_category0_rise"]) > 1e-9 for c in checks)  # type: ignore[arg-type]
-    text = (
-        f"Reverse KL reached p₂ ≥ {LEVEL:g} first in {faster} of {n} runs, forward KL first in {forward_first}; "
-        f"forward KL raised category 0 in {raised} of {n} runs, reverse KL in {reverse_raised} of {n}."
-    )
-    if n and forward_first == n and reverse_raised == n and raised == 0:
-        text += (
-            " Here the claim as stated is reversed: with exact gradients, forward KL moves mass to the mode faster, "
-            "and it is reverse KL, not forward KL, that raises category 0."
-        )
-    return text
-
-
-def _drop_steps(masses: Tensor) -> float:
-    """First step with the excluded category's mass ≤ DROP; ∞ if never."""
-    hit = (masses[:, EXCLUDED] <= DROP).nonzero()
+def _first(masses: Tensor, category: int, level: float, falling: bool) -> float:
+    """First step with the category's mass ≤ ``level`` (``falling``) or ≥ it; ∞ if never."""
+    column = masses[:, category]
+    hit = ((column <= level) if falling else (column >= level)).nonzero()
     return float(hit[0]) if len(hit) else math.inf
 
 
+def _sooner(forward: float, reverse: float) -> str:
+    return "reverse" if reverse < forward else ("forward" if forward < reverse else "tie")
+
+
 def exclusion_table(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
-    """Steps until category 1's mass falls to DROP under each divergence (∞: never), per optimiser × step size."""
-    rows = [
-        {
-            "optimiser": r.optimiser,
-            "lr": r.lr,
-            "forward_steps": _drop_steps(r.forward),
-            "reverse_steps": _drop_steps(r.reverse),
-        }
-        for r in runs
+    """Check 1: steps until category 1's mass falls to DROP under each divergence (∞: never), per run."""
+    rows = []
+    for r in runs:
+        forward, reverse = _first(r.forward, EXCLUDED, DROP, True), _first(r.reverse, EXCLUDED, DROP, True)
+        rows.append(
+            {
+                "optimiser": r.optimiser,
+                "lr": r.lr,
+                "forward_steps": forward,
+                "reverse_steps": reverse,
+                "passed": reverse < forward,
+            }
+        )
+    header = [
+        "optimiser",
+        "lr",
+        f"forward: steps to p₁ ≤ {DROP:g}",
+        f"reverse: steps to p₁ ≤ {DROP:g}",
+        "sooner",
+        "check",
     ]
-    header = ["optimiser", "lr", f"forward: steps to p₁ ≤ {DROP:g}", f"reverse: steps to p₁ ≤ {DROP:g}", "sooner"]
-    cells = []
-    for row in rows:
-        forward, reverse = row["forward_steps"], row["reverse_steps"]
-        sooner = "reverse" if reverse < forward else ("forward" if forward < reverse else "tie")
-        cells.append((row["optimiser"], f"{row['lr']:g}", _fmt_steps(forward), _fmt_steps(reverse), sooner))
+    cells = [
+        (
+            r["optimiser"],
+            f"{r['lr']:g}",
+            _fmt_steps(r["forward_steps"]),
+            _fmt_steps(r["reverse_steps"]),
+            _sooner(r["forward_steps"], r["reverse_steps"]),
+            "pass" if r["passed"] else "fail",
+        )
+        for r in rows
+    ]
     return markdown_table(header, cells), rows
 
 
-def _exclusion_text(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
-    table, rows = exclusion_table(runs)
-    sooner = sum(row["reverse_steps"] < row["forward_steps"] for row in rows)
-    text = (
-        f"**Also measured (not part of the verdict).** The same sweep towards q′ = {list(EXCLUDING_Q)}, a target "
-        f"that nearly rules out category 1: steps until p₁ falls to {DROP:g}. Reverse KL emptied that category "
-        f"sooner in {sooner} of {len(runs)} runs. Its push on a category grows with log(p_i/q_i), while forward "
-        "KL's is at most p_i − q_i: mode seeking as P3 means it, mass moved quickly off the bins the target rules "
-        "out, which is what a negative gradient does."
-    )
-    return "\n\n".join([text, table]), rows
+def bimodal_table(runs: list[KLRun]) -> tuple[str, list[dict[str, Any]]]:
+    """Check 2: steps until the far mode's mass reaches FAR_LEVEL under each divergence, and the near mode's mass
+    at the early step (a tenth of the run), per run."""
+    rows = []
+    for r in runs:
+        early = max(1, (r.forward.shape[0] - 1) // 10)
+        forward, reverse = _first(r.forward, FAR, FAR_LEVEL, False), _first(r.reverse, FAR, FAR_LEVEL, False)
+        rows.append(
+            {
+                "optimiser": r.optimiser,
+                "lr": r.lr,
+                "forward_steps": forward,
+                "reverse_steps": reverse,
+                "early_step": early,
+                "forward_near_early": float(r.forward[early, NEAR]),
+                "reverse_near_early": float(r.reverse[early, NEAR]),
+                "passed": forward < reverse,
+            }
+        )
+    header = [
+        "optimiser",
+        "lr",
+        f"forward: steps to p₃ ≥ {FAR_LEVEL:g}",
+        f"reverse: steps to p₃ ≥ {FAR_LEVEL:g}",
+        "p₀ early, forward / reverse",
+        "check",
+    ]
+    cells = [
+        (
+            r["optimiser"],
+            f"{r['lr']:g}",
+            _fmt_steps(r["forward_steps"]),
+            _fmt_steps(r["reverse_steps"]),
+            f"{r['forward_near_early']:.3f} / {r['reverse_near_early']:.3f} (step {r['early_step']})",
+            "pass" if r["passed"] else "fail",
+        )
+        for r in rows
+    ]
+    return markdown_table(header, cells), rows
 
 
-def kl_section(runs: list[KLRun], figures: tuple[str, ...], excluding: list[KLRun] | None = None) -> ClaimSection:
-    """The forward vs reverse KL claim, checked on every run of the sweep; ``excluding``: the same sweep towards
-    :data:`EXCLUDING_Q`, reported beside the verdict."""
-    checks = [run_checks(run) for run in runs]
+def _example_text(worked: list[KLRun]) -> tuple[str, list[dict[str, object]], str]:
+    """The worked example (P3's pair), outside the verdict: its table, its numbers and one sentence."""
+    numbers = [run_checks(run) for run in worked]
     rows = [
         (
             c["optimiser"],
             f"{c['lr']:g}",
             _fmt_steps(c["forward_steps_to_level"]),
             _fmt_steps(c["reverse_steps_to_level"]),
-            f"{c['forward_mode_mass_early']:.3f} / {c['reverse_mode_mass_early']:.3f} (step {c['early_step']})",
             f"{c['forward_category0_rise']:+.3f} / {c['reverse_category0_rise']:+.3f}",
-            "pass" if c["reverse_faster"] else "fail",
-            "pass" if c["forward_raises_category0"] else "fail",
         )
-        for c in checks
+        for c in numbers
     ]
     header = [
         "optimiser",
         "lr",
         f"forward: steps to p₂ ≥ {LEVEL:g}",
         f"reverse: steps to p₂ ≥ {LEVEL:g}",
-        "p₂ early, forward / reverse",
         "max rise of p₀, forward / reverse",
-        "check 1: reverse sooner",
-        "check 2: forward raises p₀",
     ]
-    passed = [bool(c[k]) for c in checks for k in ("reverse_faster", "forward_raises_category0")]
-    first = runs[0]
-    setup = (
-        f"p0 = {list(KLToyConfig().p0)}, q = {list(KLToyConfig().q)}, logits start at log p0; "
-        f"{first.forward.shape[0] - 1} steps per run. Exact gradients and no sampling: the numbers are "
-        "deterministic, so they carry no interval."
+    first = sum(c["forward_steps_to_level"] < c["reverse_steps_to_level"] for c in numbers)  # type: ignore[operator]
+    raised = sum(float(c["reverse_category0_rise"]) > 1e-9 for c in numbers)  # type: ignore[arg-type]
+    sentence = (
+        f"worked example (not judged): forward KL reached p₂ ≥ {LEVEL:g} first in {first} of {len(numbers)} runs "
+        f"and reverse KL raised p₀ in {raised}, as docs/methods.md §7's gradients say"
     )
-    reason = _reason(checks)
-    parts = [setup, markdown_table(header, rows), WHY]
+    text = (
+        f"**The worked example (shown, not part of the verdict).** P3's p0 = {list(KLToyConfig().p0)} towards "
+        f"q = {list(KLToyConfig().q)}: " + WHY + "\n\n" + markdown_table(header, rows)
+    )
+    return text, numbers, sentence
+
+
+def kl_section(
+    worked: list[KLRun], figures: tuple[str, ...], excluding: list[KLRun], bimodal: list[KLRun]
+) -> ClaimSection:
+    """The claim as docs/methods.md §7 states it: checked on the ``excluding`` sweep (towards :data:`EXCLUDING_Q`)
+    and the ``bimodal`` sweep (from :data:`BIMODAL_P0` towards :data:`BIMODAL_Q`); ``worked``, P3's own pair, is
+    shown beside the verdict."""
+    excluded_table, excluded_rows = exclusion_table(excluding)
+    bimodal_text, bimodal_rows = bimodal_table(bimodal)
+    example, numbers, sentence = _example_text(worked)
+    steps = (excluding or bimodal)[0].forward.shape[0] - 1
+    measured = "\n\n".join(
+        [
+            f"Logits start at log p0; {steps} steps per run. Exact gradients and no sampling: the numbers are "
+            "deterministic, so they carry no interval.",
+            f"**Check 1, a category the target rules out (mode seeking).** q′ = {list(EXCLUDING_Q)}, from P3's p0: "
+            f"steps until p₁ falls to {DROP:g}. Reverse KL's push on a category grows with log(p_i/q_i), forward "
+            "KL's is at most p_i − q_i.",
+            excluded_table,
+            f"**Check 2, a bimodal target (mode covering).** p0 = {list(BIMODAL_P0)} (nearer mode 0) towards "
+            f"q = {list(BIMODAL_Q)}: steps until the far mode's mass p₃ reaches {FAR_LEVEL:g}. Reverse KL's push is "
+            "scaled by p_i, so it stays on the near mode longer; forward KL's p − q spreads mass to both modes.",
+            bimodal_text,
+            example,
+        ]
+    )
+    passed = [bool(r["passed"]) for r in (*excluded_rows, *bimodal_rows)]
+    emptied = sum(bool(r["passed"]) for r in excluded_rows)
+    covered = sum(bool(r["passed"]) for r in bimodal_rows)
+    reason = (
+        f"Reverse KL emptied the ruled-out category sooner in {emptied} of {len(excluded_rows)} runs; forward KL "
+        f"reached the far mode sooner in {covered} of {len(bimodal_rows)} runs ({sentence})."
+    )
     data: dict[str, object] = {
-        "level": LEVEL,
-        "runs": checks,  # ∞ (never) becomes null in results.json (strict_json)
+        "excluding": {"q": list(EXCLUDING_Q), "drop": DROP, "runs": excluded_rows},  # ∞ (never) becomes null
+        "bimodal": {"p0": list(BIMODAL_P0), "q": list(BIMODAL_Q), "level": FAR_LEVEL, "runs": bimodal_rows},
+        "worked_example": {"level": LEVEL, "runs": numbers},
     }
-    if excluding:
-        text, excluded_rows = _exclusion_text(excluding)
-        parts.append(text)
-        data["excluding"] = {"q": list(EXCLUDING_Q), "drop": DROP, "runs": excluded_rows}
-    measured = "\n\n".join(parts)
-    title = "Forward vs reverse KL: reverse KL moves mass to the mode faster"
+    title = "Forward vs reverse KL: reverse KL is mode seeking, forward KL mode covering"
     return ClaimSection("kl", title, KL_CLAIM, measured, aggregate(passed), reason, figures, data)

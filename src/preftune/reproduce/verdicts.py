@@ -6,7 +6,9 @@ of checks, each of which passes or fails by an explicit rule on a contrast; the 
 
 - **holds**: every check passes;
 - **partly**: some pass, some do not;
-- **does not hold here**: none passes.
+- **does not hold here**: none passes;
+- **cannot be tested here**: no check could be decided (the evaluator it needs is at chance:
+  :mod:`preftune.reproduce.rules`).
 
 Two rules on a contrast with a margin δ > 0 (in the score's own units):
 
@@ -30,7 +32,8 @@ HOLDS = "holds"
 PARTLY = "partly"
 DOES_NOT_HOLD = "does not hold here"
 NOT_RUN = "not run"
-VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_RUN)
+UNTESTABLE = "cannot be tested here"
+VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_RUN, UNTESTABLE)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ def mean_interval(values: Sequence[float] | torch.Tensor) -> Interval:
     return Interval(mean, mean - half, mean + half)
 
 
-def wilson(successes: int, trials: int) -> Interval:
-    """A proportion successes/trials with its 95% Wilson score interval (NaN for no trials)."""
+def wilson(successes: float, trials: int) -> Interval:
+    """A proportion successes/trials with its 95% Wilson score interval (NaN for no trials); ties counted as
+    half a success make ``successes`` fractional."""
     if trials <= 0:
         return Interval(math.nan, math.nan, math.nan)
     z = 1.959964

@@ -1,0 +1,106 @@
+"""Answers to held-out prompts and their win rates, shared by the P1, P2 and P4 reproductions.
+
+- :func:`distinct_prompts`: the first held-out prompts of a run, each once.
+- :func:`start_answers`: the starting model's greedy answers, cached under
+  ``$PREFTUNE_CACHE/reproduce/answers`` by model, prompts and length (every experiment compares with them).
+- :func:`gold_wins` and :func:`length_wins`: per prompt, 1 when the model's answer scores higher than the
+  baseline's (by the gold reward model, or by length: the ``longer`` judge), 0.5 when equal, 0 when lower.
+- :func:`pooled_rate`: the win rate over prompts of the per-prompt mean over seeds, with a 95% percentile
+  bootstrap interval over prompts (docs/methods.md §6), and both mean lengths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from preftune.data.examples import PreferenceExample
+from preftune.data.split import canonical
+from preftune.files import write_atomic
+from preftune.modeling.cache import cache_root
+from preftune.reproduce.verdicts import Interval
+
+
+def distinct_prompts(examples: Sequence[PreferenceExample], limit: int) -> list[Any]:
+    """The first ``limit`` distinct prompts of ``examples`` (a run's held-out pairs), in order."""
+    seen: dict[str, Any] = {}
+    for example in examples:
+        seen.setdefault(canonical(example.prompt), example.prompt)
+        if len(seen) == limit:
+            break
+    return list(seen.values())
+
+
+def answers(model: str, prompts: Sequence[Any], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """``model``'s greedy answer to each prompt (a built-in name, a model folder or a LoRA adapter folder)."""
+    from preftune.evaluation.generate_eval import greedy_answers
+
+    return greedy_answers(model, list(prompts), max_new_tokens, batch_size)
+
+
+def start_answers(model: str, prompts: Sequence[Any], max_new_tokens: int, cache: Path | None = None) -> list[str]:
+    """The starting model's answers, from the cache when the same model, prompts and length were answered."""
+    key = hashlib.sha256(canonical([model, list(prompts), max_new_tokens]).encode("utf-8")).hexdigest()[:20]
+    path = (cache or cache_root() / "reproduce" / "answers") / f"{key}.json"
+    if path.is_file():
+        return list(json.loads(path.read_text(encoding="utf-8"))["answers"])
+    out = answers(model, prompts, max_new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"model": model, "max_new_tokens": max_new_tokens, "answers": out}))
+    return out
+
+
+def compare(first: Sequence[float], second: Sequence[float]) -> list[float]:
+    """Per item 1.0 when first > second, 0.5 when equal, 0.0 when lower."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(first, second, strict=True)]
+
+
+def gold_wins(model_scores: Sequence[float], baseline_scores: Sequence[float]) -> list[float]:
+    """Per prompt: does the gold reward model score the model's answer above the baseline's (ties half)."""
+    return compare(model_scores, baseline_scores)
+
+
+def length_wins(model_answers: Sequence[str], baseline_answers: Sequence[str]) -> list[float]:
+    """Per prompt: the ``longer`` judge's verdict (the longer answer wins, equal lengths tie)."""
+    return compare([len(a) for a in model_answers], [len(b) for b in baseline_answers])
+
+
+@dataclass(frozen=True)
+class PooledRate:
+    """A win rate with its interval over prompts, and the mean answer lengths (characters) of both sides."""
+
+    rate: Interval
+    mean_length: float
+    baseline_mean_length: float
+    prompts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate.to_dict(),
+            "mean_length": self.mean_length,
+            "baseline_mean_length": self.baseline_mean_length,
+            "prompts": self.prompts,
+        }
+
+
+def pooled_rate(
+    per_seed: Sequence[Sequence[float]], lengths: Sequence[Sequence[int]], baseline_lengths: Sequence[Sequence[int]]
+) -> PooledRate:
+    """The win rate of per-prompt means over seeds (``per_seed[s][i]``: seed s, prompt i), bootstrapped over
+    prompts, with the mean lengths of both sides over every seed and prompt."""
+    from preftune.evaluation.generative import win_rate
+
+    prompts = len(per_seed[0])
+    means = [sum(seed[i] for seed in per_seed) / len(per_seed) for i in range(prompts)]
+    flat, base = [n for seed in lengths for n in seed], [n for seed in baseline_lengths for n in seed]
+    result = win_rate(means, [0] * prompts, [0] * prompts)
+    return PooledRate(
+        Interval(result.win_rate, result.ci_low, result.ci_high),
+        sum(flat) / len(flat),
+        sum(base) / len(base),
+        prompts,
+    )
