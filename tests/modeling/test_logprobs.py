@@ -173,3 +173,55 @@ def test_bad_batches_are_refused(tiny) -> None:
             TokenBatch(batch.input_ids, batch.attention_mask, batch.response_mask, torch.arange(3)),
             with_tokens=False,
         )
+
+
+def _hand_grid(per_position: torch.Tensor, batch: TokenBatch) -> list[torch.Tensor]:
+    """Each row's values at its response tokens (``per_position [N, L-1]``: position t-1 predicts token t)."""
+    return [per_position[row][batch.response_mask[row, 1:]] for row in range(per_position.shape[0])]
+
+
+@pytest.mark.parametrize(("chunk_size", "checkpoint_head"), [(1024, False), (4, True)])
+def test_collision_is_logsumexp_of_twice_the_log_softmax(tiny64, chunk_size: int, checkpoint_head: bool) -> None:
+    """WPO's log Σ_v π(v)² per response token equals logsumexp(2·log_softmax(logits)) of a direct forward, left-
+    aligned like the tokens, without gradient; the token log-probs (and their gradients) are unchanged by it."""
+    from preftune.modeling import response_logprobs
+
+    batch = random_batch(pairs=2, length=20, seed=5)
+    record = response_logprobs(
+        tiny64, batch, with_tokens=True, with_collision=True, chunk_size=chunk_size, checkpoint_head=checkpoint_head
+    )
+    plain = response_logprobs(tiny64, batch, with_tokens=True, chunk_size=chunk_size, checkpoint_head=checkpoint_head)
+    logits = tiny64(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    expected = _hand_grid(torch.logsumexp(2 * torch.log_softmax(logits, -1), -1), batch)
+    assert record.collision is not None and record.collision.shape == record.tokens.shape
+    assert not record.collision.requires_grad and record.tokens.requires_grad
+    b = batch.num_examples
+    for row, values in enumerate(expected):
+        i, k, n = row % b, row // b, values.numel()
+        assert torch.allclose(record.collision[i, k, :n], values, atol=1e-10)
+        assert (record.collision[i, k, n:] == 0).all()
+    assert torch.equal(record.tokens, plain.tokens)
+    (grad,) = torch.autograd.grad(record.sum.sum(), [tiny64.lm_head.weight])
+    (plain_grad,) = torch.autograd.grad(plain.sum.sum(), [tiny64.lm_head.weight])
+    assert torch.allclose(grad, plain_grad, atol=1e-12)
+
+
+def test_collision_of_a_packed_batch_matches_the_padded_one(tiny64, tokenizer) -> None:
+    from preftune.modeling import response_logprobs
+
+    from .batches import pipeline_batch
+
+    examples = [("Add 2 and 3.", "5.", "It is 6, I think."), ("Name a colour.", "Blue.", "A fruit.")]
+    padded, packed = (
+        response_logprobs(tiny64, pipeline_batch(tokenizer, examples, layout), with_tokens=True, with_collision=True)
+        for layout in ("padded", "packed")
+    )
+    assert torch.allclose(packed.collision, padded.collision, atol=1e-9)
+    assert torch.equal(packed.mask, padded.mask)
+
+
+def test_collision_needs_tokens(tiny) -> None:
+    from preftune.modeling import response_logprobs
+
+    with pytest.raises(PreftuneError, match="with_tokens=True"):
+        response_logprobs(tiny, random_batch(pairs=1), with_tokens=False, with_collision=True)

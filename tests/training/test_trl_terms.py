@@ -52,12 +52,6 @@ def test_terms_train_on_policy(tmp_path, objective: str) -> None:
     assert outcome["stages"][0]["steps"] >= 1 and outcome["stages"][0]["skipped_steps"] == 0
 
 
-@pytest.mark.parametrize("objective", ["dpo(ld_alpha=0.5)", "nca_pair(wpo=True)"])
-def test_settings_train_cannot_compute_yet_are_refused_before_loading(data_files: DataFiles, tmp_path, objective):
-    with pytest.raises(SpecError, match="preftune train does not compute yet"):
-        train(offline(data_files, tmp_path / "run", objective))
-
-
 def test_unpaired_data_takes_the_terms_that_score_responses_alone(data_files: DataFiles, tmp_path) -> None:
     from preftune.cli.config import load_config
     from preftune.run.checks import check

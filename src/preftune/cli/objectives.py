@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 ("rejected responses", objective.needs_rejected),
                 ("a reference model", objective.needs_reference),
                 ("per-token log-probs", objective.needs_token_logps),
+                ("the reference's per-token log-probs (a live reference)", objective.needs_reference_tokens),
                 ("per-token log Σ_v π(v)² (WPO)", objective.needs_collision),
                 ("mismatched pairs scored live (its KL estimate)", objective.needs_mismatched),
             )

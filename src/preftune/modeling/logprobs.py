@@ -11,7 +11,7 @@ recomputed in the backward pass rather than kept, so memory does not grow with M
 
 Per-token log-probs are ``logit[token] − logsumexp(logits)`` in float32 for half-precision and
 float32 models (float64 for a float64 one, which the tests use for exact comparisons); the head
-runs in its weights' precision even under bf16 autocast (:func:`_chunk_logprobs` says why).
+runs in its weights' precision even under bf16 autocast (:func:`_head_logits` says why).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def response_logprobs(
     with_tokens: bool,
     chunk_size: int = 1024,
     checkpoint_head: bool | None = None,
+    with_collision: bool = False,
 ) -> SequenceLogProbs:
     """Log-probs of every response of a batch of B examples with C responses each.
 
@@ -47,10 +48,14 @@ def response_logprobs(
         checkpoint_head: recompute each chunk's logits in the backward pass instead of keeping
             them; default: when autograd is recording and the batch's response logits would take
             more than ``KEEP_LOGITS_BYTES``.
+        with_collision: also return ``collision [B, C, T]``, log Σ_v π(v | x, y_<t)² at each response
+            position (WPO's normaliser, Zhou et al. 2024), without gradient; needs ``with_tokens``.
     Returns:
         A record with ``sum [B, C]`` and ``count [B, C]`` in float32 (float64 for a float64
         model); gradients flow to the model's parameters unless called under ``torch.no_grad()``.
     """
+    if with_collision and not with_tokens:
+        raise PreftuneError("per-token collision log-probs come with per-token log-probs: pass with_tokens=True")
     decoder, head, transform = causal_lm_parts(model)
     if isinstance(batch, PackedBatch):
         check_packed(batch)
@@ -71,21 +76,28 @@ def response_logprobs(
         # Recomputing the logits costs a third of the head's work; keep them when they are small.
         kept_bytes = targets.shape[0] * head.weight.shape[0] * 4
         checkpoint_head = torch.is_grad_enabled() and kept_bytes > KEEP_LOGITS_BYTES
-    logps = response_token_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)  # [M]
-    return _grouped(logps, owner, slot, batch, with_tokens)
+    logps, collision = head_logprobs(
+        head, states, targets, chunk_size, checkpoint_head, transform, with_collision=with_collision
+    )  # [M] each (collision None unless asked)
+    return _grouped(logps, owner, slot, batch, with_tokens, collision)
 
 
-def _grouped(logps: Tensor, owner: Tensor, slot: Tensor | None, batch: Batch, with_tokens: bool) -> SequenceLogProbs:
-    """``[M]`` token log-probs of records ``owner`` -> a ``[B, C]`` record (record k·B + i at ``[i, k]``)."""
+def _grouped(
+    logps: Tensor, owner: Tensor, slot: Tensor | None, batch: Batch, with_tokens: bool, collision: Tensor | None = None
+) -> SequenceLogProbs:
+    """``[M]`` token log-probs (and collision log-probs) of records ``owner`` -> a ``[B, C]`` record
+    (record k·B + i at ``[i, k]``)."""
     counts = batch.response_counts()  # [N]
     n_records, c = counts.shape[0], batch.group_size
     b = n_records // c
     if with_tokens:
         width = int(counts.max())
-        tokens = logps.new_zeros(n_records, width).index_put((owner, slot), logps)  # [N, T]
+        as_grid = lambda values: (  # noqa: E731  [M] -> [B, C, T]
+            values.new_zeros(n_records, width).index_put((owner, slot), values).view(c, b, width).transpose(0, 1)
+        )
         mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]  # [N, T]
         return SequenceLogProbs.from_tokens(
-            tokens.view(c, b, width).transpose(0, 1), mask.view(c, b, width).transpose(0, 1)
+            as_grid(logps), mask.view(c, b, width).transpose(0, 1), None if collision is None else as_grid(collision)
         )
     sums = logps.new_zeros(n_records).index_add(0, owner, logps)  # [N]
     return SequenceLogProbs(sum=sums.view(c, b).T, count=counts.to(logps.dtype).view(c, b).T)
@@ -147,23 +159,42 @@ def response_token_logprobs(
     In float32 (float64 for float64 states). The head runs on ``chunk_size`` rows at a time;
     ``transform`` (if any) maps raw logits to the model's final logits (soft-capping, scaling).
     """
+    return head_logprobs(head, states, targets, chunk_size, checkpoint_head, transform)[0]
+
+
+def head_logprobs(
+    head: nn.Module,
+    states: Tensor,
+    targets: Tensor,
+    chunk_size: int = 1024,
+    checkpoint_head: bool = False,
+    transform=None,
+    *,
+    with_collision: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`response_token_logprobs` ``[M]``, and with ``with_collision`` ``[M]`` log Σ_v π(v | state)²
+    (WPO's normaliser, Zhou et al. 2024; no gradient), else None.
+
+    The collision term is read from each chunk's full-vocabulary logits while they exist, so it costs
+    no second head call (under checkpointing it is recomputed with the logits in the backward pass).
+    """
     if chunk_size < 1:
         raise PreftuneError(f"chunk_size must be at least 1, not {chunk_size}")
+    step = _chunk_with_collision if with_collision else _chunk_logprobs
     pieces = []
     for start in range(0, states.shape[0], chunk_size):
         chunk = (head, transform, states[start : start + chunk_size], targets[start : start + chunk_size])
-        if checkpoint_head:
-            pieces.append(checkpoint(_chunk_logprobs, *chunk, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(*chunk))
+        pieces.append(checkpoint(step, *chunk, use_reentrant=False) if checkpoint_head else step(*chunk))
     if not pieces:
-        return states.new_zeros(0, dtype=torch.promote_types(states.dtype, torch.float32))
-    return torch.cat(pieces)
+        empty = states.new_zeros(0, dtype=torch.promote_types(states.dtype, torch.float32))
+        return empty, (empty.clone() if with_collision else None)
+    if with_collision:
+        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+    return torch.cat(pieces), None
 
 
-def _chunk_logprobs(head: nn.Module, transform, states: Tensor, targets: Tensor) -> Tensor:
-    """``[c]`` log-probs of ``targets [c]`` from ``states [c, H]``, via logits ``[c, V]`` in float32
-    (or float64 for a float64 model).
+def _head_logits(head: nn.Module, transform, states: Tensor) -> Tensor:
+    """``[c, V]`` final logits of ``states [c, H]`` in float32 (float64 for a float64 model).
 
     The head runs in its weights' precision, outside any autocast: bf16 logits of size ~20 lie on a
     grid of 1/16 to 1/8, so each log-prob read from them errs by up to ~0.06, and a policy's small
@@ -174,10 +205,24 @@ def _chunk_logprobs(head: nn.Module, transform, states: Tensor, targets: Tensor)
         logits = head(states.to(head.weight.dtype))
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    if transform is not None:
-        logits = transform(logits)
+    return transform(logits) if transform is not None else logits
+
+
+def _chunk_logprobs(head: nn.Module, transform, states: Tensor, targets: Tensor) -> Tensor:
+    """``[c]`` log-probs of ``targets [c]`` from ``states [c, H]``, via logits ``[c, V]`` (:func:`_head_logits`)."""
+    logits = _head_logits(head, transform, states)
     picked = logits.gather(-1, targets[:, None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_with_collision(head: nn.Module, transform, states: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``[c]`` log-probs of ``targets [c]`` and ``[c]`` log Σ_v π(v)² = logsumexp(2·log_softmax(logits)),
+    the latter without gradient, from one head call."""
+    logits = _head_logits(head, transform, states)
+    normaliser = torch.logsumexp(logits, dim=-1)
+    with torch.no_grad():
+        collision = torch.logsumexp(2 * (logits - normaliser[:, None]), dim=-1)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser, collision
 
 
 def causal_lm_parts(model: nn.Module):

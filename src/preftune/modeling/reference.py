@@ -1,8 +1,10 @@
 """Reference policies π_ref: where the reference log-probs of a batch come from.
 
 Every strategy maps a :class:`Batch` of B examples with C responses each to a record with
-``sum [B, C]`` and ``count [B, C]`` (``records(batch)``; no per-token values, no gradient), on the
-batch's device; calling it gives the pair view ``(chosen [B], rejected [B] | None)``:
+``sum [B, C]`` and ``count [B, C]`` (``records(batch)``; no gradient), on the batch's device, and
+the model-backed ones, asked ``records(batch, with_tokens=True)``, per-token log-probs ``[B, C, T]``
+too (LD-DPO's ``ld_alpha`` weighs the reference's tokens); calling it gives the pair view
+``(chosen [B], rejected [B] | None)``:
 
 - :class:`AdapterDisabledReference`: the policy itself with its LoRA adapters switched off; no
   second copy of the weights (the usual choice with LoRA).
@@ -46,8 +48,9 @@ class ReferenceLogProbs(ABC):
     ``reference(batch) -> (chosen, rejected | None)`` for pairs."""
 
     @abstractmethod
-    def records(self, batch: Batch) -> SequenceLogProbs:
-        """``sum``/``count`` ``[B, C]`` for the C responses of each of the B examples of ``batch``."""
+    def records(self, batch: Batch, with_tokens: bool = False) -> SequenceLogProbs:
+        """``sum``/``count`` ``[B, C]`` for the C responses of each of the B examples of ``batch``;
+        with ``with_tokens``, ``tokens``/``mask`` ``[B, C, T]`` too (T the batch's longest response)."""
 
     def __call__(self, batch: Batch) -> Pair:
         """The pair view of :meth:`records`: ``(chosen [B], rejected [B])``, ``rejected`` None for C = 1."""
@@ -65,9 +68,9 @@ class ModelReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def records(self, batch: Batch) -> SequenceLogProbs:
+    def records(self, batch: Batch, with_tokens: bool = False) -> SequenceLogProbs:
         with _eval_mode(self.model):
-            return _compute(self.model, batch, self.chunk_size)
+            return _compute(self.model, batch, self.chunk_size, with_tokens)
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.model)
@@ -125,9 +128,9 @@ class AdapterDisabledReference(ReferenceLogProbs):
         self.model = model
         self.chunk_size = chunk_size
 
-    def records(self, batch: Batch) -> SequenceLogProbs:
+    def records(self, batch: Batch, with_tokens: bool = False) -> SequenceLogProbs:
         with _eval_mode(self.model), self.model.disable_adapter():
-            return _compute(self.model, batch, self.chunk_size)
+            return _compute(self.model, batch, self.chunk_size, with_tokens)
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.model, skip=is_adapter_parameter)
@@ -190,7 +193,9 @@ class PrecomputedReference(ReferenceLogProbs):
 
         return cls(load_file(str(path)), path=Path(path), hit=True)
 
-    def records(self, batch: Batch) -> SequenceLogProbs:
+    def records(self, batch: Batch, with_tokens: bool = False) -> SequenceLogProbs:
+        if with_tokens:
+            raise PreftuneError("a precomputed reference holds sums, not per-token log-probs: use a live reference")
         c = batch.group_size
         if c > self.group_size:
             raise PreftuneError(f"the precomputed reference holds {self.group_size} responses per example, not {c}")
@@ -240,12 +245,16 @@ def cache_path(source: ReferenceLogProbs, batches: list[Batch], cache_dir: str |
     return folder / f"{key.hexdigest()[:40]}.safetensors"
 
 
-def _compute(model: nn.Module, batch: Batch, chunk_size: int) -> SequenceLogProbs:
-    """Reference ``[B, C]`` record for ``batch``, computed on the model's device and returned on the batch's."""
+def _compute(model: nn.Module, batch: Batch, chunk_size: int, with_tokens: bool = False) -> SequenceLogProbs:
+    """Reference ``[B, C]`` record for ``batch`` (per-token ``[B, C, T]`` with ``with_tokens``), computed on
+    the model's device and returned on the batch's."""
     device = batch.input_ids.device
     model_device = next(model.parameters()).device
     with torch.no_grad():
-        record = response_logprobs(model, batch.to(model_device), with_tokens=False, chunk_size=chunk_size)
+        record = response_logprobs(model, batch.to(model_device), with_tokens=with_tokens, chunk_size=chunk_size)
+    if with_tokens:
+        assert record.tokens is not None and record.mask is not None
+        return SequenceLogProbs.from_tokens(record.tokens.to(device), record.mask.to(device))
     return SequenceLogProbs(sum=record.sum.to(device), count=record.count.to(device))
 
 

@@ -50,7 +50,8 @@ class Term(_PositiveSums):
 
     Class attributes say what the term reads, so a trainer can check a setup before it runs:
     ``record_type`` (pairs or groups), ``needs_rejected``, ``needs_reference``,
-    ``needs_token_logps``, ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_mismatched``
+    ``needs_token_logps``, ``needs_reference_tokens`` (the reference's per-token log-probs too: LD-DPO),
+    ``needs_collision`` (WPO's per-token log Σ_v π(v)²), ``needs_mismatched``
     (the batch's mismatched pairs' KL estimate, ``kto``), ``sorts_batch`` (each value depends on the
     whole batch, not on one example); and ``fits_unpaired``: whether it reads the chosen and the
     rejected response each on its own, so unpaired good and bad examples (``data.bad``: two responses
@@ -62,6 +63,7 @@ class Term(_PositiveSums):
     needs_rejected: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     needs_token_logps: ClassVar[bool] = False
+    needs_reference_tokens: ClassVar[bool] = False
     needs_mismatched: ClassVar[bool] = False
     fits_unpaired: ClassVar[bool] = False
     builds_margin: ClassVar[bool] = False  # a term on h with `beta` and `average` (dpo, ipo, hinge)
@@ -200,6 +202,10 @@ class Objective(_PositiveSums):
     @property
     def needs_token_logps(self) -> bool:
         return any(t.needs_token_logps for t in self.terms)
+
+    @property
+    def needs_reference_tokens(self) -> bool:
+        return any(t.needs_reference_tokens for t in self.terms)
 
     @property
     def needs_collision(self) -> bool:

@@ -90,7 +90,11 @@ class RatioTerm(Term):
         return self.ld_alpha < 1.0 or self.wpo
 
     @property
-    def needs_collision(self) -> bool:
+    def needs_reference_tokens(self) -> bool:  # type: ignore[override]
+        return self.ld_alpha < 1.0
+
+    @property
+    def needs_collision(self) -> bool:  # type: ignore[override]
         return self.wpo
 
     def pair_loss(self, record: PairRecord) -> Tensor:

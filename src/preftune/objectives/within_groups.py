@@ -42,8 +42,8 @@ def pairs_within(record: GroupRecord, gap: float = 0.0) -> PairRecord:
 
 def _gather(s: SequenceLogProbs, group: torch.Tensor, k: torch.Tensor) -> SequenceLogProbs:
     """Response ``k[n]`` of group ``group[n]`` for each n: a ``[N]`` record (gradients flow back)."""
-    tokens = None if s.tokens is None else s.tokens[group, k]
-    return SequenceLogProbs(s.sum[group, k], s.count[group, k], tokens, None if s.mask is None else s.mask[group, k])
+    pick = lambda x: None if x is None else x[group, k]  # noqa: E731
+    return SequenceLogProbs(s.sum[group, k], s.count[group, k], pick(s.tokens), pick(s.mask), pick(s.collision))
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class WithinGroups:
     needs_reference = property(lambda self: self.objective.needs_reference)
     needs_rejected = property(lambda self: True)
     needs_token_logps = property(lambda self: self.objective.needs_token_logps)
+    needs_reference_tokens = property(lambda self: self.objective.needs_reference_tokens)
     needs_collision = property(lambda self: self.objective.needs_collision)
     needs_mismatched = property(lambda self: self.objective.needs_mismatched)
     sorts_batch = property(lambda self: self.objective.sorts_batch)

@@ -158,6 +158,11 @@ def _check_stages(config: RunConfig) -> list[Objective]:
             raise SpecError(f"{where}: reference 'previous' needs an earlier stage")
         if stage.reference == "adapter" and not config.lora.enabled:
             raise SpecError(f"{where}: reference 'adapter' needs LoRA (lora.enabled=true)")
+        if stage.reference == "precomputed" and objectives[index].needs_reference_tokens:
+            raise SpecError(
+                f"{where}: ld_alpha < 1 reads the reference's per-token log-probs, which a precomputed reference "
+                "does not hold: use reference=auto, adapter or copy"
+            )
     return objectives
 
 
@@ -223,17 +228,6 @@ def _check_data_kind(config: RunConfig, objectives: list[Objective], index: int,
                 f"{where}: '{spec}' compares a chosen and a rejected response of one prompt, and data.bad gives "
                 "unpaired examples: use mle, ul, mate, exmate, kto (or bcr, dpop, or a term that scores each "
                 "response alone: bco_pair, nca_pair, sppo_hard, apo_zero, aot_unpaired), or pairs without data.bad"
-            )
-    for term in objective.terms:
-        unsupported = [
-            s
-            for s, on in (("ld_alpha", getattr(term, "ld_alpha", 1.0) < 1), ("wpo", getattr(term, "wpo", False)))
-            if on
-        ]
-        if unsupported:
-            raise SpecError(
-                f"{where}: {term.name}'s {' and '.join(unsupported)} need per-token values preftune train does not "
-                "compute yet (the reference's per-token log-probs, WPO's log Σπ²); they work on records in Python"
             )
     kinds = {o.record_type is GroupRecord for o in objectives}
     if len(kinds) > 1:

@@ -31,8 +31,8 @@ class _Counting(ReferenceLogProbs):
     def __init__(self, inner: ReferenceLogProbs, progress: StepProgress) -> None:
         self.inner, self.progress = inner, progress
 
-    def records(self, batch: Batch):
-        out = self.inner.records(batch)
+    def records(self, batch: Batch, with_tokens: bool = False):
+        out = self.inner.records(batch, with_tokens)
         self.progress.advance({})
         return out
 
@@ -90,10 +90,12 @@ def precompute(
 def live_reference(config: RunConfig, objective: Objective) -> str | None:
     """What a stage's reference must be whatever its setting says: ``copy`` under a reference refresh (a
     copy to move), ``live`` for an objective that scores mismatched pairs (``kto``: new rows every
-    batch, which no precomputed table holds), None otherwise."""
+    batch, which no precomputed table holds) or reads the reference's per-token log-probs (``ld_alpha``
+    < 1: the table holds sums; per-token values would make it as large as the tokenised data, once more
+    per response, for what one no-grad forward a step gives), None otherwise."""
     if config.ref_refresh.enabled:
         return "copy"
-    return "live" if objective.needs_mismatched else None
+    return "live" if objective.needs_mismatched or objective.needs_reference_tokens else None
 
 
 def reference_kind(setting: str, lora: bool, on_policy: bool = False, needs: str | None = None) -> str:
@@ -101,7 +103,8 @@ def reference_kind(setting: str, lora: bool, on_policy: bool = False, needs: str
     new, or where ``needs`` is ``live`` (:func:`live_reference`), ``auto`` and ``previous`` are live
     (the adapters switched off under LoRA, else a frozen copy, both the model as the stage starts);
     where ``needs`` is ``copy``, a frozen copy; offline it is otherwise precomputed. Settings that
-    cannot serve (``precomputed`` for ``kto``, ``adapter`` for a refresh) are refused by the run's checks."""
+    cannot serve (``precomputed`` for ``kto`` or ``ld_alpha``, ``adapter`` for a refresh) are refused by the
+    run's checks."""
     if needs == "copy" and setting in ("auto", "previous", "copy"):
         return "copy"
     if (on_policy or needs == "live") and setting in ("auto", "previous"):

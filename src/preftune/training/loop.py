@@ -51,8 +51,10 @@ class PolicyLogProbs(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, batch: Batch, with_tokens: bool = False) -> SequenceLogProbs:
-        return response_logprobs(self.model, batch, with_tokens=with_tokens, chunk_size=self.chunk_size)
+    def forward(self, batch: Batch, with_tokens: bool = False, with_collision: bool = False) -> SequenceLogProbs:
+        return response_logprobs(
+            self.model, batch, with_tokens=with_tokens, chunk_size=self.chunk_size, with_collision=with_collision
+        )
 
 
 def sampled_log_ratio(batch: Batch, policy: SequenceLogProbs, reference: SequenceLogProbs | None) -> dict[str, float]:
@@ -126,13 +128,19 @@ class Trainer:
 
     def logprobs(self, batch: Batch) -> tuple[SequenceLogProbs, SequenceLogProbs | None]:
         """``[B, C]`` log-probs of the policy (with gradients) and of the reference (without; None
-        when neither the objective nor the sampled responses' log-ratio needs it)."""
+        when neither the objective nor the sampled responses' log-ratio needs it), per token and with
+        WPO's collision log-probs where the objective declares it reads them."""
+        objective = self.objective
         with self.accelerator.autocast():
-            policy = self.policy(batch, with_tokens=self.objective.needs_token_logps)
+            policy = self.policy(
+                batch, with_tokens=objective.needs_token_logps, with_collision=objective.needs_collision
+            )
         reference = None
-        if self.objective.needs_reference or (self.log_sampled_ratio and self.reference is not None):
+        if objective.needs_reference or (self.log_sampled_ratio and self.reference is not None):
             with torch.no_grad(), self.accelerator.autocast():
-                reference = self.reference.records(batch)
+                # asked only when needed: a reference of the older interface takes the batch alone
+                tokens = {"with_tokens": True} if objective.needs_reference_tokens else {}
+                reference = self.reference.records(batch, **tokens)
         return policy, reference
 
     def kl_estimate(self, batch: Batch) -> torch.Tensor | None:

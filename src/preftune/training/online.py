@@ -512,6 +512,9 @@ class OnPolicySource:
         blocks of a micro-batch shared out over the processes; the tables are gathered."""
         if self.reference is None or self.buffer is None:
             return
+        if self.trainer.objective.needs_reference_tokens:  # per-token values: the live reference, per step
+            self.trainer.reference = self.reference
+            return
         import torch
         from accelerate.utils import gather_object
 
