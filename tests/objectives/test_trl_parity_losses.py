@@ -525,3 +525,23 @@ def test_orpo_whole_loss_counts_the_prompt_in_its_nll(experimental_trainer, seed
     full_nll = -full.sum.sum() / full.count.sum()
     torch.testing.assert_close(ours - response_nll + full_nll, theirs.to(torch.float64), rtol=RTOL32, atol=ATOL32)
     assert not math.isclose(float(ours), float(theirs), rel_tol=1e-3)  # the difference is real
+
+
+def test_aot_pair_is_trls_older_name_of_aot_unpaired(capsys, monkeypatch) -> None:
+    """``aot_pair`` (the issue's and TRL < 0.20's name) parses to the ``aot_unpaired`` term itself, with its name;
+    ``preftune objectives`` lists it beside that term, not as a second one."""
+    import argparse
+
+    from preftune.cli import objectives as command
+    from preftune.objectives import ALIASES, TERMS, AOTUnpaired, aot_pair, parse
+
+    alias, same = parse("aot_pair(beta=0.2, label_smoothing=0.1)"), parse("aot_unpaired(beta=0.2, label_smoothing=0.1)")
+    assert alias == same and isinstance(alias.terms[0], AOTUnpaired) and alias.labels() == ["aot_unpaired"]
+    assert parse("0.5*AOT_PAIR + dpo").describe() == parse("0.5*aot_unpaired + dpo").describe()
+    assert aot_pair is AOTUnpaired and ALIASES == {"aot_pair": "aot_unpaired"} and "aot_pair" not in TERMS
+    with pytest.raises(SpecError, match="did you mean 'aot_pair'"):
+        parse("aot_pairr")
+    monkeypatch.setenv("COLUMNS", "400")
+    assert command.run(argparse.Namespace(expression=None)) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "aot_pair" in line]
+    assert len(rows) == 1 and "aot_unpaired (alias: aot_pair)" in rows[0]

@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from preftune.objectives import TERMS, parse  # torch: only for this command, not every start-up
+    from preftune.objectives import ALIASES, TERMS, parse  # torch: only for this command, not every start-up
 
     console = Console()
     if args.expression:
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if term.sorts_batch:
             reads += "; batch-sorted"
         summary = re.sub(r"^``\w+``: ", "", (inspect.getdoc(cls) or "").splitlines()[0])
-        table.add_row(name, defaults, reads, summary)
+        aliases = [alias for alias, target in ALIASES.items() if target == name]  # other names, the same term
+        shown = f"{name} (alias: {', '.join(aliases)})" if aliases else name
+        table.add_row(shown, defaults, reads, summary)
     console.print(table)
     return 0

@@ -31,7 +31,7 @@ from preftune.objectives.ratio_losses import (
 )
 from preftune.objectives.records import GroupRecord, PairRecord, Record, SequenceLogProbs, record_for
 from preftune.objectives.reference_free import CPO, ORPO, SimPO
-from preftune.objectives.registry import TERMS, build, make_term, parse, register
+from preftune.objectives.registry import ALIASES, TERMS, build, make_term, parse, register
 from preftune.objectives.regularisers import BCR, DPOP
 from preftune.objectives.within_groups import WithinGroups, pairs_within
 
@@ -42,9 +42,11 @@ reinforce, rwr, bon, bon_neg = Reinforce, RWR, BestOfN, BestOfNNegative
 simpo, cpo, orpo, sigmoid_norm, robust, exo_pair = SimPO, CPO, ORPO, SigmoidNorm, Robust, EXOPair
 discopop, nca_pair, bco_pair, sppo_hard = DiscoPOP, NCAPair, BCOPair, SPPOHard
 apo_zero, apo_down, aot, aot_unpaired = APOZero, APODown, AOT, AOTUnpaired
+aot_pair = AOTUnpaired  # TRL's older name (ALIASES)
 kto = KTO
 
 __all__ = [
+    "ALIASES",
     "AOT",
     "BCR",
     "CPO",
@@ -83,6 +85,7 @@ __all__ = [
     "Unlikelihood",
     "WithinGroups",
     "aot",
+    "aot_pair",
     "aot_unpaired",
     "apo_down",
     "apo_zero",

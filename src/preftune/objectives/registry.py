@@ -48,6 +48,8 @@ TERMS.update(
 )
 TERMS.update((cls.name, cls) for cls in (APODown, AOT, AOTUnpaired))
 TERMS[KTO.name] = KTO  # issue 24: unpaired good and bad examples against a KL reference point
+# Other names of a registered term: parsed to that term, which keeps its own name (describe, logs, labels).
+ALIASES: dict[str, str] = {"aot_pair": AOTUnpaired.name}  # TRL's name for aot_unpaired before 0.20
 
 
 def register(cls: type[Term]) -> type[Term]:
@@ -64,10 +66,13 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def make_term(name: str, **params: object) -> Term:
-    """Build one term by registry name with keyword hyper-parameters; the term checks their values."""
+    """Build one term by registry name (or an alias of one, :data:`ALIASES`) with keyword hyper-parameters;
+    the term checks their values."""
     key = name.lower()
     if key not in TERMS:
-        raise SpecError(f"unknown objective term '{name}'{_suggest(key, list(TERMS))}")
+        key = ALIASES.get(key, key)
+    if key not in TERMS:
+        raise SpecError(f"unknown objective term '{name}'{_suggest(key, [*TERMS, *ALIASES])}")
     cls = TERMS[key]
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for param in params:
