@@ -87,15 +87,78 @@ def test_loss_types_become_objectives_that_build(tmp_path, loss, expected):
     build(config.objective)  # a valid objective string
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ("loss_type: sigmoid_norm", "sigmoid_norm(beta=0.3)"),
+        ("loss_type: robust", "robust(beta=0.3, label_smoothing=0.0)"),  # TRL's ε default, not our 0.1
+        ("loss_type: robust\nlabel_smoothing: 0.2", "robust(beta=0.3, label_smoothing=0.2)"),
+        ("loss_type: exo_pair\nlabel_smoothing: 1.0e-3", "exo_pair(beta=0.3, label_smoothing=0.001)"),
+        ("loss_type: discopop\ndiscopop_tau: 0.1", "discopop(beta=0.3, tau=0.1)"),
+        ("loss_type: nca_pair", "nca_pair(beta=0.3)"),
+        ("loss_type: bco_pair", "bco_pair(beta=0.3)"),
+        ("loss_type: sppo_hard", "sppo_hard(beta=0.3)"),
+        ("loss_type: apo_zero", "apo_zero(beta=0.3)"),
+        ("loss_type: apo_down", "apo_down(beta=0.3)"),
+        ("loss_type: aot\nlabel_smoothing: 0.1", "aot(beta=0.3, label_smoothing=0.1)"),
+        ("loss_type: aot_unpaired", "aot_unpaired(beta=0.3)"),
+        ("loss_type: aot_pair", "aot_unpaired(beta=0.3)"),  # TRL's older name
+        ("loss_type: sft", "mle"),
+        ("ld_alpha: 0.5", "dpo(beta=0.3, ld_alpha=0.5)"),
+        ("ld_alpha: 1.0\nloss_type: bco_pair", "bco_pair(beta=0.3)"),  # 1 is off
+        ("use_weighting: true\nloss_type: [ipo]", "ipo(beta=0.3, average=True, wpo=True)"),
+        ("f_divergence_type: js_divergence\nloss_type: hinge", "hinge(beta=0.3, divergence='js')"),
+        ("f_divergence_type: forward_kl", "dpo(beta=0.3, divergence='forward_kl')"),
+        (
+            "f_divergence_type: alpha_divergence\nf_alpha_divergence_coef: 0.3",
+            "dpo(beta=0.3, divergence='alpha', divergence_alpha=0.3)",
+        ),
+        ("loss_type: [sigmoid, sft]\nloss_weights: [0.8, 0.2]", "0.8*dpo(beta=0.3) + 0.2*mle"),
+        (  # MPO's mix, as TRL's docs write it, with LD-DPO on every ratio loss
+            "loss_type: [sigmoid, bco_pair, sft]\nloss_weights: [0.8, 0.2, 1.0]\nld_alpha: 0.5",
+            "0.8*dpo(beta=0.3, ld_alpha=0.5) + 0.2*bco_pair(beta=0.3, ld_alpha=0.5) + mle",
+        ),
+    ],
+)
+def test_every_trl_loss_type_and_setting_maps_to_a_term(tmp_path, settings: str, expected: str) -> None:
+    path = tmp_path / "trl.yaml"
+    path.write_text(f"beta: 0.3\n{settings}\n", encoding="utf-8")
+    config = load_config(path, [], trl=True)
+    assert config.objective == expected
+    build(config.objective)  # a valid objective string, every value accepted by its term
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("loss_type: [sigmoid, sft]\nloss_weights: [1.0]", "differ in length"),
+        ("loss_type: nca_pair\nf_divergence_type: js_divergence", "f_divergence_type applies to"),
+        ("f_divergence_type: chi2", "preftune reads reverse_kl"),
+        ("f_alpha_divergence_coef: 0.3", "read only with f_divergence_type: alpha_divergence"),
+        ("loss_type: hinge\nlabel_smoothing: 0.1", "label_smoothing applies to"),
+        ("discopop_tau: 0.2", "discopop_tau applies to loss_type discopop only"),
+        ("loss_type: aot\nuse_weighting: true", "use_weighting"),
+        ("loss_type: [sigmoid, sft]\nuse_weighting: true", "use_weighting"),
+        ("loss_type: exo_pair", "exo_pair needs label_smoothing > 0"),
+    ],
+)
+def test_trl_loss_settings_without_a_counterpart_are_refused_in_one_line(tmp_path, settings, message) -> None:
+    path = tmp_path / "trl.yaml"
+    path.write_text(f"{settings}\n", encoding="utf-8")
+    with pytest.raises(PreftuneError, match=message) as caught:
+        load_config(path, [], trl=True)
+    assert "\n" not in str(caught.value)
+
+
 def test_every_key_trl_does_not_map_is_named_at_once(tmp_path):
     path = tmp_path / "trl.yaml"
-    path.write_text("learning_rate: 1e-5\nuse_liger_kernel: true\nf_divergence_type: js\n", encoding="utf-8")
-    with pytest.raises(PreftuneError, match="use_liger_kernel, f_divergence_type"):
+    path.write_text("learning_rate: 1e-5\nuse_liger_kernel: true\npadding_free: true\n", encoding="utf-8")
+    with pytest.raises(PreftuneError, match="use_liger_kernel, padding_free"):
         load_config(path, [], trl=True)
     path.write_text("max_new_tokens: 64\nnum_generations: 4\n", encoding="utf-8")
     with pytest.raises(PreftuneError, match=r"on-policy TRL keys \(max_new_tokens, num_generations\)"):
         load_config(path, [], trl=True)
-    path.write_text("loss_type: [sigmoid, sft]\n", encoding="utf-8")
+    path.write_text("loss_type: [sigmoid, rso]\n", encoding="utf-8")
     with pytest.raises(PreftuneError, match="loss_type"):
         load_config(path, [], trl=True)
 

@@ -57,9 +57,15 @@ COMPUTED = {
     "max_steps": "optim.max_steps (TRL's -1: none)",
     "bf16": "optim.mixed_precision (true: bf16, false: no)",
     "report_to": "trackers (none: [])",
-    "beta": "the objective's beta: dpo(beta=...)",
-    "loss_type": "objective (sigmoid: dpo, ipo: ipo, hinge: hinge)",
-    "label_smoothing": "dpo's label_smoothing",
+    "beta": "each loss term's beta: dpo(beta=...)",
+    "loss_type": "objective: each of TRL 1.16's loss types is a term (sigmoid: dpo, sft: mle, the rest by their name)",
+    "loss_weights": "the objective's weights: 0.8*dpo + 0.2*mle",
+    "label_smoothing": "the label_smoothing of dpo, robust, exo_pair, aot and aot_unpaired",
+    "discopop_tau": "discopop's tau",
+    "ld_alpha": "each loss term's ld_alpha (LD-DPO)",
+    "use_weighting": "each loss term's wpo=True (WPO)",
+    "f_divergence_type": "each margin term's divergence (reverse_kl, forward_kl, js, alpha)",
+    "f_alpha_divergence_coef": "each margin term's divergence_alpha",
     "sync_ref_model": "ref_refresh.mode (true: soft, false: none)",
 }
 
@@ -102,8 +108,24 @@ TRL_DEFAULTS = {
     "lora.dropout": 0.05,  # ModelConfig.lora_dropout
 }
 
-# TRL's loss_type -> preftune's objective term (the terms TRL users name most; issue 24 adds the rest)
-LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge"}
+# TRL 1.16's loss_type -> preftune's objective term (docs/papers.md, "TRL's losses")
+LOSSES = {
+    "sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge", "sigmoid_norm": "sigmoid_norm", "robust": "robust",
+    "exo_pair": "exo_pair", "discopop": "discopop", "nca_pair": "nca_pair", "bco_pair": "bco_pair",
+    "sppo_hard": "sppo_hard", "apo_zero": "apo_zero", "apo_down": "apo_down", "aot": "aot",
+    "aot_unpaired": "aot_unpaired", "aot_pair": "aot_unpaired", "sft": "mle",
+}  # fmt: skip
+LOSS_KEYS = ("loss_type", "loss_weights", "beta", "label_smoothing", "discopop_tau", "ld_alpha", "use_weighting",
+             "f_divergence_type", "f_alpha_divergence_coef")  # fmt: skip
+DIVERGENCES = {
+    "reverse_kl": "reverse_kl",
+    "forward_kl": "forward_kl",
+    "js_divergence": "js",
+    "alpha_divergence": "alpha",
+}
+MARGIN_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop")  # f-DPO's, and sft
+SMOOTHED = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired", "aot_pair")  # the losses reading label_smoothing
+SORTED = ("aot", "aot_unpaired", "aot_pair")
 
 
 def trl_meaning(name: str) -> str | None:
@@ -120,27 +142,77 @@ def trl_meaning(name: str) -> str | None:
     return None
 
 
-def _objective(values: Mapping[str, Any]) -> str | None:
-    """The objective string of TRL's ``loss_type``, ``beta`` and ``label_smoothing``, None when none is set."""
-    if not {"loss_type", "beta", "label_smoothing"} & set(values):
-        return None
+def _weighted_losses(values: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """TRL's ``loss_type`` (a name or a list; default ``[sigmoid]``) with its ``loss_weights`` (default 1 each)."""
     losses = values.get("loss_type", ["sigmoid"])
     losses = [losses] if isinstance(losses, str) else list(losses)
     unknown = [loss for loss in losses if loss not in LOSSES]
-    if unknown or len(losses) != 1:
-        offered = ", ".join(LOSSES)
+    if unknown or not losses:
         raise PreftuneError(
-            f"TRL's loss_type {losses}: preftune reads one of {offered} here; write the objective "
-            "in preftune's terms instead (objective=..., see preftune objectives)"
+            f"TRL's loss_type {losses}: preftune reads {', '.join(LOSSES)} here; write the objective in preftune's "
+            "terms instead (objective=..., see preftune objectives)"
         )
-    params = [f"beta={float(values.get('beta', 0.1))!r}"]
-    if losses[0] == "ipo":
-        params.append("average=True")  # TRL's IPO scores mean log-probabilities per token
-    if values.get("label_smoothing"):
-        if losses[0] != "sigmoid":
-            raise PreftuneError("TRL's label_smoothing applies to loss_type sigmoid (dpo) only")
-        params.append(f"label_smoothing={float(values['label_smoothing'])!r}")
-    return f"{LOSSES[losses[0]]}({', '.join(params)})"
+    weights = values.get("loss_weights") or [1.0] * len(losses)
+    if len(weights) != len(losses):
+        raise PreftuneError(f"TRL's loss_weights {list(weights)} and loss_type {losses} differ in length")
+    return list(zip(losses, map(float, weights), strict=True))
+
+
+def _refuse_unread(values: Mapping[str, Any], losses: list[str]) -> None:
+    """Settings no listed loss reads (TRL ignores or refuses them), and those with no counterpart: one line each."""
+    divergence = values.get("f_divergence_type", "reverse_kl")
+    if divergence not in DIVERGENCES:
+        raise PreftuneError(f"TRL's f_divergence_type {divergence!r}: preftune reads {', '.join(DIVERGENCES)}")
+    if divergence != "reverse_kl" and not set(losses) <= {*MARGIN_LOSSES, "sft"}:
+        raise PreftuneError(f"TRL's f_divergence_type applies to {', '.join(MARGIN_LOSSES)} and sft, not {losses}")
+    if values.get("f_alpha_divergence_coef", 0.5) != 0.5 and divergence != "alpha_divergence":
+        raise PreftuneError("TRL's f_alpha_divergence_coef is read only with f_divergence_type: alpha_divergence")
+    if values.get("label_smoothing") and not set(losses) & set(SMOOTHED):
+        raise PreftuneError(f"TRL's label_smoothing applies to {', '.join(SMOOTHED[:5])}, not to {losses}")
+    if values.get("discopop_tau", 0.05) != 0.05 and "discopop" not in losses:
+        raise PreftuneError("TRL's discopop_tau applies to loss_type discopop only")
+    if values.get("use_weighting") and set(losses) & {*SORTED, "sft"}:
+        raise PreftuneError(
+            "TRL's use_weighting (WPO) cannot weigh aot or aot_unpaired (batch-sorted) or sft (preftune's mle has no "
+            "wpo): drop it or those loss types"
+        )
+    if "exo_pair" in losses and not values.get("label_smoothing"):
+        raise PreftuneError("TRL's exo_pair needs label_smoothing > 0 (the EXO paper suggests 1e-3), as TRL does")
+
+
+def _term(loss: str, values: Mapping[str, Any]) -> str:
+    """One of TRL's loss types as a preftune term with TRL's settings that it reads."""
+    name = LOSSES[loss]
+    if name == "mle":  # TRL's sft: NLL of the chosen response per token (no β, no reference)
+        return "mle"
+    params = {"beta": float(values.get("beta", 0.1))}
+    if loss == "ipo":
+        params["average"] = True  # TRL's IPO scores mean log-probabilities per token
+    if loss in SMOOTHED and (values.get("label_smoothing") or loss == "robust"):
+        params["label_smoothing"] = float(values.get("label_smoothing", 0.0))  # robust: TRL's 0 default, not our 0.1
+    if loss == "discopop" and "discopop_tau" in values:
+        params["tau"] = float(values["discopop_tau"])
+    if values.get("ld_alpha") is not None and float(values["ld_alpha"]) != 1.0:
+        params["ld_alpha"] = float(values["ld_alpha"])
+    if values.get("use_weighting"):
+        params["wpo"] = True
+    divergence = DIVERGENCES[values.get("f_divergence_type", "reverse_kl")]
+    if divergence != "reverse_kl":
+        params["divergence"] = divergence
+        if divergence == "alpha":
+            params["divergence_alpha"] = float(values.get("f_alpha_divergence_coef", 0.5))
+    return f"{name}({', '.join(f'{key}={value!r}' for key, value in params.items())})"
+
+
+def _objective(values: Mapping[str, Any]) -> str | None:
+    """The objective string of TRL 1.16's loss settings (:data:`LOSS_KEYS`): each loss type a term with the
+    settings it reads, a list with ``loss_weights`` a weighted sum; None when none is set."""
+    if not set(LOSS_KEYS) & set(values):
+        return None
+    weighted = _weighted_losses(values)
+    _refuse_unread(values, [loss for loss, _ in weighted])
+    parts = [(_term(loss, values), weight) for loss, weight in weighted]
+    return " + ".join(term if weight == 1.0 else f"{weight!r}*{term}" for term, weight in parts)
 
 
 _COMPUTE: dict[str, Callable[[Any, Mapping[str, Any]], tuple[str, Any] | None]] = {
