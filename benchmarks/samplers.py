@@ -19,6 +19,24 @@ candidate decodes the same 1024 tokens. Candidates:
 Each repeat runs every candidate once, in order, so a change of the machine's load hits all of
 them alike; the table gives the median over repeats. The 2-round amortised column adds a
 candidate's one-off cost (compilation) divided by two, as a 2-round on-policy benchmark pays it.
+
+Measured (AMD EPYC Zen 4, AVX-512 BF16, 2 cores shared with other agents' processes, load 1-5;
+median of 3 interleaved repeats; ``@1`` = one thread, otherwise torch's 2):
+
+    sampler                       s/round   tok/s   (run 2, load 0.7 -> 2.9)
+    copy-bf16                       47.68    21.5
+    copy-bf16@1                     11.94    85.7
+    copy-bf16-static@1              14.77    69.3
+    llamacpp-bf16@1                 22.17    46.2   write 1.06 s, load 0.58 s
+    llamacpp-bf16@2                 21.49    47.7   write 0.85 s, load 0.40 s
+
+    run 1 (load 4-7): copy-bf16 85.7, copy-bf16@1 13.6, copy-bf16-static 77.9,
+    copy-bf16-static-compile 95.2 (+ 246.8 s compiling: 171.0 a round over 2 rounds),
+    llamacpp-bf16@1 19.7, llamacpp-bf16@2 20.5, llamacpp-f32@1 25.7
+
+At equal threads the bf16 copy is the fastest; llama.cpp takes 1.5-1.9 times as long, a static
+cache 1.2 times, and compiling costs minutes that 2 rounds do not pay back. Two torch threads on
+these shared cores are 4-6 times slower than one.
 """
 
 from __future__ import annotations
@@ -61,7 +79,7 @@ def round_prompts(tokenizer: Any, count: int = 8) -> list[list[int]]:
     """``count`` chat-templated prompts (generation prompt included) of about 120-190 tokens."""
     prompts = []
     for i, topic in enumerate(TOPICS[:count]):
-        text = NOTES.format(topic=topic.capitalize()) + "Please keep it friendly. " * (i * 3)
+        text = NOTES.format(topic=topic.capitalize()) + "Please keep it friendly. " * (i * 2)
         encoded = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
         )
@@ -134,11 +152,26 @@ def run_llamacpp(sampler: llamacpp.LlamaCppSampler) -> Callable[..., dict[str, f
     return run
 
 
+def with_threads(run: Callable[..., dict[str, float]], threads: int) -> Callable[..., dict[str, float]]:
+    """``run`` with ``torch.set_num_threads(threads)`` for its duration."""
+
+    def call(*args: Any) -> dict[str, float]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run(*args)
+        finally:
+            torch.set_num_threads(before)
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--candidates", default="copy-bf16,copy-bf16-static,copy-bf16-static-compile,llamacpp-bf16")
     parser.add_argument("--llamacpp-threads", type=int, default=None, help="default: the free cores")
+    # a candidate named NAME@T runs NAME with T threads (torch's for the copies, llama.cpp's)
     args = parser.parse_args()
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     policy = load_model("smollm2-135m-instruct", dtype="float32")
@@ -153,6 +186,12 @@ def main() -> None:
     for dtype in ("bf16", "f16", "f32"):
         candidates[f"llamacpp-{dtype}"] = run_llamacpp(llamacpp.LlamaCppSampler(dtype, args.llamacpp_threads))
     chosen = args.candidates.split(",")
+    for name in chosen:  # "<candidate>@<threads>": the same with that many threads (torch's or llama.cpp's)
+        base, _, threads = name.partition("@")
+        if threads and base.startswith("llamacpp-"):
+            candidates[name] = run_llamacpp(llamacpp.LlamaCppSampler(base.removeprefix("llamacpp-"), int(threads)))
+        elif threads:
+            candidates[name] = with_threads(candidates[base], int(threads))
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
     print(f"CPU {model_name}, {len(os.sched_getaffinity(0))} cores, torch threads {torch.get_num_threads()}")

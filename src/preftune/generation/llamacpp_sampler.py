@@ -1,6 +1,6 @@
 """Sampling through llama.cpp (the ``xllamacpp`` wheel) from a GGUF file of the current policy, written each round.
 
-    >>> sampler = LlamaCppSampler()                       # sampling.backend=llamacpp
+    >>> sampler = LlamaCppSampler()                       # bf16 GGUF, threads: the free cores
     >>> samples = sampler(policy, tokenizer, prompt_ids, SamplingConfig(n=4, seed=0))
 
 The CPU counterpart of the colocated vLLM engine (:class:`~preftune.generation.vllm_backend.ColocatedVllmSampler`):
@@ -8,9 +8,13 @@ each call writes :func:`~preftune.modeling.merged.merged_weights` of the policy 
 GGUF file (:func:`~preftune.modeling.gguf_export.write_gguf`, bfloat16 by default) into a temporary
 folder, starts an in-process llama.cpp server on it (``xllamacpp.Server``: a loopback port the
 system picks, ``n_parallel`` slots batched in each decoding step, one KV pool shared by the slots),
-sends every prompt in one ``POST /completion`` and stops the server. Why: llama.cpp's decoding
-step on a CPU is several times faster than transformers' for a small model, and the round's file
-costs well under a second (``benchmarks/samplers.py``).
+sends the prompts (one ``POST /completion`` each, ``n`` samples) and stops the server. Writing and
+loading the round's file cost 0.3-1 s for SmolLM2-135M in bfloat16.
+
+Not wired into ``sampling.backend``: it is not faster than the bfloat16 copy
+(:class:`~preftune.generation.copy_sampler.CopySampler`) on the CPU measured (``benchmarks/samplers.py``,
+AMD EPYC Zen 4 with AVX-512 BF16, 2 cores shared with other processes, SmolLM2-135M, 16 rows × 64
+tokens, median of 3 interleaved repeats, one thread each): 22.2 s a round against the copy's 11.9 s.
 
 Fidelity to the policy:
 
@@ -51,7 +55,6 @@ from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig
 from preftune.modeling.gguf_export import GgufVocab, gguf_unsupported, gguf_vocab, write_gguf
 from preftune.modeling.merged import merged_weights
-from preftune.serving.server import default_threads
 
 #: The sampler chain, in transformers' order; anything llama.cpp would add by default is left out.
 SAMPLERS = ["temperature", "top_k", "top_p"]
@@ -67,6 +70,22 @@ def llamacpp_missing(model_config: Any = None, processes: int = 1) -> str | None
     return None if model_config is None else gguf_unsupported(model_config)
 
 
+def free_cores() -> int:
+    """The cores this process may run on less the recent load, at least 1 (as ``preftune serve``'s
+    ``default_threads``, which generation may not import)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
 def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -77,7 +96,7 @@ class LlamaCppSampler:
 
     Args:
         dtype: the file's weights, ``"bf16"`` (default), ``"f16"`` or ``"f32"``.
-        threads: llama.cpp's threads (default: the free cores, :func:`preftune.serving.server.default_threads`:
+        threads: llama.cpp's threads (default: the free cores, :func:`free_cores`:
             llama.cpp's thread pool slows several times over when a thread waits for a busy core).
         directory: where the round's file goes (default: a fresh temporary folder, removed after).
     """
@@ -139,7 +158,7 @@ class LlamaCppSampler:
         params.kv_unified = True
         params.n_ctx = slots * width
         params.n_batch = params.n_ubatch = 512
-        threads = self.threads or default_threads()
+        threads = self.threads or free_cores()
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
         params.port = 0  # the default host is the loopback address
         params.warmup = False
