@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from preftune.cores import free_cores
 from preftune.data.tokenize import end_of_turn_ids
 from preftune.errors import PreftuneError
 from preftune.generation.sampling import Sample, SamplingConfig
@@ -68,22 +69,6 @@ def llamacpp_missing(model_config: Any = None, processes: int = 1) -> str | None
     if processes > 1:
         return f"the llama.cpp sampler runs in one training process, not {processes}"
     return None if model_config is None else gguf_unsupported(model_config)
-
-
-def free_cores() -> int:
-    """The cores this process may run on less the recent load, at least 1 (as ``preftune serve``'s
-    ``default_threads``, which generation may not import)."""
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
-    return max(1, cores - busy)
 
 
 def _base(model: Any) -> Any:

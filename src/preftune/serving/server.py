@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from preftune.cores import free_cores
 from preftune.errors import PreftuneError
 
 EMBEDDED_NAME = "smollm2-135m-instruct"  # preftune.modeling.embedded.EMBEDDED_NAME, without importing torch
@@ -39,21 +40,8 @@ READY_PREFIX = "listening on "
 
 
 def default_threads() -> int:
-    """The free cores: those this process may run on, less the recent load (at least 1).
-
-    llama.cpp's thread pool slows sharply when it has more threads than free cores (a 1-token
-    request took 0.5-0.8 s with 1 thread and 3-4 s with 2 on a 2-core machine busy with one other
-    process), so busy cores are left to whoever keeps them busy.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:  # no load average on this platform
-        busy = 0
-    return max(1, cores - busy)
+    """llama.cpp's threads when none are asked for: :func:`preftune.cores.free_cores`."""
+    return free_cores()
 
 
 def is_embedded(model: str | os.PathLike[str] | None) -> bool:
