@@ -147,6 +147,9 @@ def test_p4_call_ranking_and_bcr_verdicts() -> None:
     assert [c.passed for c in checks] == [True, False] and claim_verdict(checks) == PARTLY
     at_chance = ranking_checks({"score": [0.1, -0.1, 0.0], "random": [-0.1, 0.1, 0.0]})
     assert claim_verdict(at_chance) == UNTESTABLE
+    # a scorer whose reward model is at chance on its own held-out pairs is no baseline: undecided, however wide the gap
+    weak_scorer = ranking_checks(taus, baseline_valid=False)
+    assert [c.passed for c in weak_scorer] == [None, None] and claim_verdict(weak_scorer) == UNTESTABLE
     metrics = {
         "dpo": {"chosen_drift": [-0.3, -0.4, -0.35], "accuracy": [0.60, 0.61, 0.62]},
         "dpo+bcr": {"chosen_drift": [-0.05, -0.04, -0.06], "accuracy": [0.60, 0.62, 0.61]},

@@ -100,7 +100,7 @@ def _ranker_rows(study: RankingStudy) -> list[tuple[str, ...]]:
 
 def ranking_section(study: RankingStudy, gold: GoldEvaluator, figures: tuple[str, ...]) -> ClaimSection:
     """(b): Kendall τ and top-1 agreement with the human ranks, IPR per judge against the gold model's scores."""
-    checks = ranking_checks(taus_for_rule(study), baseline=SCORE)
+    checks = ranking_checks(taus_for_rule(study), baseline=SCORE, baseline_valid=gold.above_chance)
     table = markdown_table(
         ["ranker", "Kendall τ (95% CI over prompts)", "top-1 agreement (95% Wilson)"], _ranker_rows(study)
     )
@@ -173,6 +173,7 @@ def appendix() -> str:
   above 0.
 - **(b)** per judge (`longer`, `shorter`; the `random` control is never checked): IPR's Kendall τ (tau-a) with
   the human order − the gold scores' τ, per prompt, 95% Student-t interval over prompts; passes when it lies
-  above 0. Undecided when neither the judge's nor the scores' own τ lies above 0 (no ranker above chance).
+  above 0. Undecided when neither the judge's nor the scores' own τ lies above 0 (no ranker above chance), or when
+  the gold model is at chance on its own held-out pairs (then `score` is no reward-model baseline).
   Top-1 agreement is shown with its 95% Wilson interval, not used in the verdict.
 """

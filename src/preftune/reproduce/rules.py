@@ -214,9 +214,13 @@ def calls_checks(calls: Mapping[str, Mapping[str, Sequence[float]]]) -> list[Che
     return checks
 
 
-def ranking_checks(taus: Mapping[str, Sequence[float]], baseline: str = "score") -> list[Check]:
+def ranking_checks(
+    taus: Mapping[str, Sequence[float]], baseline: str = "score", baseline_valid: bool = True
+) -> list[Check]:
     """P4 (b): per IPR judge, Kendall τ with the human ranks − the scoring baseline's, paired over prompts,
-    above 0. Undecided when neither the judge's nor the baseline's τ lies above 0 (no ranker above chance).
+    above 0. Undecided when neither the judge's nor the baseline's τ lies above 0 (no ranker above chance), and
+    when the baseline's reward model is itself at chance on its own held-out pairs (``baseline_valid`` False):
+    beating a scorer that ranks nothing says nothing of scoring against pairwise judging.
 
     ``taus``: ``ranker -> τ per prompt`` (the baseline under ``baseline``)."""
     base = mean_interval(taus[baseline])
@@ -226,7 +230,10 @@ def ranking_checks(taus: Mapping[str, Sequence[float]], baseline: str = "score")
             continue
         own, diff = mean_interval(values), paired(values, taus[baseline])
         name = f"{ranker}: IPR closer to the human ranks than {baseline}"
-        if not (above(own, 0.0) or above(base, 0.0)):
+        if not baseline_valid:
+            reason = f"τ difference {diff.text()}, but the {baseline} model is at chance on its own held-out pairs"
+            checks.append(Check(name, None, reason))
+        elif not (above(own, 0.0) or above(base, 0.0)):
             checks.append(Check(name, None, f"τ {own.text()} and {base.text()}: neither above chance"))
         else:
             checks.append(Check(name, above(diff, 0.0), f"τ difference {diff.text()}"))
