@@ -143,7 +143,12 @@ def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, sour
     from preftune import __version__
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+    cached = seconds.get("gold", 0.0) < gold.seconds / 2  # read from the cache, trained by an earlier run
+    parts = ", ".join(
+        f"gold model from the cache (trained in {gold.seconds:.0f} s)" if k == "gold" and cached else f"{k} {v:.0f} s"
+        for k, v in seconds.items()
+        if k != "total"
+    )
     usable = "above chance" if gold.above_chance else "at chance"
     return (
         "P4 is Chen et al. (2024), *Towards Improved Preference Optimization Pipeline: from Data Generation to "
