@@ -151,6 +151,9 @@ ref = SequenceLogProbs(sum=torch.full((rows // 2, 2), -1.0 - (r + 1)), count=tor
 value = mismatched_log_ratio(policy, ref, acc.gather)
 with open(sys.argv[1] + f".{r}", "w") as f:
     json.dump({"value": float(value), "world": acc.num_processes}, f)
+# leave the group together: a process exiting while the other's gloo threads still run can abort it
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
