@@ -41,7 +41,7 @@ def _moved(model: torch.nn.Module, seed: int) -> None:
 @pytest.mark.parametrize("alpha", [0.6, 0.1, 1.0])
 def test_refresh_is_trls_sync_ref_model_callback(alpha: float) -> None:
     """Two refreshes of a full fine-tuning copy against TRL's ``_sync_target_model`` on a copy of the same
-    reference, each after the policy moved: the same parameters to the last bit."""
+    reference, each after the policy moved: the same parameters to float32 rounding."""
     policy = load_model("tiny-random")
     ours = FrozenCopyReference(policy)
     theirs = copy.deepcopy(ours.model)
@@ -50,7 +50,8 @@ def test_refresh_is_trls_sync_ref_model_callback(alpha: float) -> None:
         ours.refresh(policy, alpha)
         callbacks.SyncRefModelCallback._sync_target_model(policy, theirs, alpha)
     for (name, a), (_, b) in zip(ours.model.named_parameters(), theirs.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+        # the same update as TRL's, to float32 rounding (another CPU's kernels may fuse the multiply-add)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     assert not torch.equal(next(ours.model.parameters()), next(load_model("tiny-random").parameters()))
 
 
@@ -86,8 +87,9 @@ def test_a_run_refreshes_its_reference_every_tau_steps(tmp_path: Path, data_file
     assert set(ref_2) == set(theta_2)
     for name in ref_2:
         expected_2 = start[name].detach().mul(0.4).add(theta_2[name], alpha=0.6)
-        torch.testing.assert_close(ref_2[name], expected_2, rtol=0, atol=1e-7)
-        torch.testing.assert_close(ref_4[name], ref_2[name].mul(0.4).add(theta_4[name], alpha=0.6), rtol=0, atol=1e-7)
+        torch.testing.assert_close(ref_2[name], expected_2, rtol=1e-6, atol=1e-7)
+        expected_4 = ref_2[name].mul(0.4).add(theta_4[name], alpha=0.6)
+        torch.testing.assert_close(ref_4[name], expected_4, rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(ref_2[n], start[n].detach()) for n in ref_2)
     # the reference moved between the steps: step 3's margin is measured against θ_ref(2), not θ(0)
     history = trainer_state(out, 4)["history"]
