@@ -15,6 +15,10 @@ Two workloads, each run by three sides in fresh subprocesses (``--child``), so e
   ``preftune`` side drew in the same repeat (saved to a file beside ``--out``), handed back at once. Training,
   labels and the reference are the same, so its peak resident set is the training's own: the ``preftune`` side's
   peak less this one is what sampling adds (the target: at most the sampler's weights).
+- ``SIDE:gaK`` (e.g. ``preftune:ga2``, ``trl:ga2``): the side with each optimiser step's rows in K micro-batches
+  (preftune: ``optim.grad_accumulation=K``, the same ``batch_size``; TRL: ``per_device_train_batch_size`` divided
+  by K and ``gradient_accumulation_steps=K``, so TRL also generates K times a round). The same updates up to
+  float rounding, fewer activations held at once: the peak resident set of a step's micro-batch, not its whole.
 - ``generate``: a plain ``model.generate`` loop over the same prompts and rows per call (the same LoRA-wrapped model,
   KV cache on, the same sampling settings): the generation speed both libraries are measured against.
 
@@ -179,6 +183,7 @@ def child_preftune(args: argparse.Namespace, c: int, objective_spec: str) -> dic
     optim = OptimConfig(
         lr=LEARNING_RATE,
         batch_size=args.prompts,
+        grad_accumulation=args.grad_accumulation,
         epochs=1.0,
         warmup_ratio=0.0,
         schedule="linear",
@@ -302,7 +307,7 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
         lr_scheduler_type="linear",
         warmup_steps=0,
         max_grad_norm=1.0,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=args.grad_accumulation,
         gradient_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
@@ -323,7 +328,7 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
 
         config = OnlineDPOConfig(
             **common,
-            per_device_train_batch_size=args.prompts,
+            per_device_train_batch_size=_split(args.prompts, args.grad_accumulation),
             max_new_tokens=args.max_new_tokens,
             max_length=args.max_prompt_tokens + args.max_new_tokens,
             beta=BETA,
@@ -345,7 +350,7 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
 
         config = RLOOConfig(
             **common,
-            per_device_train_batch_size=args.prompts * c,
+            per_device_train_batch_size=_split(args.prompts * c, args.grad_accumulation),
             num_generations=c,
             steps_per_generation=1,
             num_iterations=1,
@@ -384,6 +389,23 @@ def child_trl(args: argparse.Namespace, c: int, trainer_name: str) -> dict[str, 
         "gen_tokens": timer.tokens,
         "reward_mean": [r for r in rewards if r is not None],
     }
+
+
+def _split(rows: int, micro_batches: int) -> int:
+    """Rows per micro-batch when a step's ``rows`` are split into ``micro_batches`` (refused unless it divides)."""
+    if rows % micro_batches:
+        raise SystemExit(f"{rows} rows per step do not split into {micro_batches} micro-batches")
+    return rows // micro_batches
+
+
+def parse_side(label: str) -> tuple[str, int]:
+    """``"preftune:ga2"`` -> ``("preftune", 2)``; a side without a suffix has one micro-batch a step."""
+    side, _, suffix = label.partition(":")
+    if side not in SIDES or (suffix and not (suffix.startswith("ga") and suffix[2:].isdigit() and int(suffix[2:]))):
+        raise SystemExit(f"unknown side '{label}': one of {', '.join(SIDES)}, optionally with ':gaK' (K micro-batches)")
+    if suffix and side == "generate":
+        raise SystemExit("the generate side trains nothing: it takes no ':gaK'")
+    return side, int(suffix[2:]) if suffix else 1
 
 
 def child_generate(args: argparse.Namespace, c: int) -> dict[str, Any]:
@@ -448,7 +470,8 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- parent
-def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
+def spawn(args: argparse.Namespace, label: str, workload: str) -> dict[str, Any]:
+    side, micro_batches = parse_side(label)
     cmd = [
         sys.executable,
         __file__,
@@ -466,9 +489,11 @@ def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
         str(args.max_prompt_tokens),
         "--seed",
         str(args.seed),
+        "--grad-accumulation",
+        str(micro_batches),
     ]
     if side in ("preftune", "preftune-replay"):
-        cmd += ["--samples", str(_samples_path(args, workload))]
+        cmd += ["--samples", str(_samples_path(args, workload, micro_batches))]
     env = {**os.environ, **CHILD_ENV_DEFAULTS, **MALLOC_ENV}
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -479,14 +504,16 @@ def spawn(args: argparse.Namespace, side: str, workload: str) -> dict[str, Any]:
         if line.startswith(RESULT_PREFIX):
             res = json.loads(line[len(RESULT_PREFIX) :])
             res["process_s"] = took
+            res["side"] = label
             return res
     tail = "\n".join(proc.stderr.splitlines()[-25:])
-    return {"side": side, "workload": workload, "error": f"exit {proc.returncode}: {tail}"}
+    return {"side": label, "workload": workload, "error": f"exit {proc.returncode}: {tail}"}
 
 
-def _samples_path(args: argparse.Namespace, workload: str) -> Path:
+def _samples_path(args: argparse.Namespace, workload: str, micro_batches: int) -> Path:
     """Where the ``preftune`` side saves its samples for ``preftune-replay`` (the latest repeat's)."""
-    return args.out.with_name(f"{args.out.stem}-{workload}-samples.json")
+    suffix = f"-ga{micro_batches}" if micro_batches > 1 else ""
+    return args.out.with_name(f"{args.out.stem}-{workload}{suffix}-samples.json")
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -510,10 +537,13 @@ def table(results: list[dict[str, Any]]) -> str:
         ratio = _fmt(sps / trl_sps, ".2f") if trl_sps and r["side"] != "trl" else ("1.00" if trl_sps else "n/a")
         mem_ratio = _fmt(r["peak_rss_mb"] / trl["peak_rss_mb"], ".2f") if "peak_rss_mb" in trl else "n/a"
         share = r["gen_s"] / r["wall_s"] if r.get("gen_s") is not None else None
-        tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") and r["side"] != "preftune-replay" else None
-        name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(r["side"], "preftune")
-        if r["side"].startswith("preftune"):
+        side, micro_batches = parse_side(r["side"])
+        tok = r["gen_tokens"] / r["gen_s"] if r.get("gen_s") and side != "preftune-replay" else None
+        name = {"trl": WORKLOADS[r["workload"]][2], "generate": "plain generate"}.get(side, "preftune")
+        if side.startswith("preftune"):
             name = f"preftune ({r.get('sampler', 'float32 policy')} samples{r.get('training', '')})"
+        if micro_batches > 1:
+            name += f", {micro_batches} micro-batches a step"
         lines.append(
             f"| {r['workload']} | {name} | {r['repeat']} | {r['wall_s']:.1f} | {sps:.2f} | {ratio} | "
             f"{r['peak_rss_mb']:.0f} | {mem_ratio} | {_fmt(share, '.0%') if r['side'] != 'generate' else '(all)'} | "
@@ -537,11 +567,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--workload", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     p.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--grad-accumulation", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sides = args.sides.split(",")
-    replay = "preftune-replay" in sides
-    if replay and ("preftune" not in sides or sides.index("preftune") > sides.index("preftune-replay")):
-        p.error("--sides: preftune-replay replays the preftune side's samples, so preftune must come before it")
+    for label in sides:
+        side, micro_batches = parse_side(label)
+        source = "preftune" + (f":ga{micro_batches}" if micro_batches > 1 else "")
+        if side == "preftune-replay" and (source not in sides or sides.index(source) > sides.index(label)):
+            p.error(f"--sides: {label} replays the {source} side's samples, so {source} must come before it")
     if args.child:
         run_child(args)
         return
@@ -550,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for workload in args.workloads.split(","):
             for side in sides:
-                if side == "trl" and WORKLOADS[workload][2] is None:
+                if parse_side(side)[0] == "trl" and WORKLOADS[workload][2] is None:
                     continue
                 res = spawn(args, side, workload)
                 res["repeat"] = repeat

@@ -13,6 +13,8 @@ candidate decodes the same 1024 tokens. Candidates:
 * ``copy-bf16-static-compile``: and ``torch.compile`` of the forward (transformers' auto-compile,
   allowed on a CPU by ``CompileConfig(_compile_all_devices=True)``); its first call, which compiles,
   is reported apart;
+* ``plain-fp32``: the float32 policy itself through one plain ``generate`` call, every row prefilled: the
+  baseline the generation target is read against (≥ 3× its tokens/s);
 * ``llamacpp-<dtype>``: :class:`~preftune.generation.llamacpp_sampler.LlamaCppSampler`, the policy
   written as a GGUF file each round; split into write, load and sampling (the rest).
 
@@ -107,11 +109,15 @@ def hf_kwargs(static: bool, compile_: bool) -> Callable[..., dict[str, Any]]:
     return kwargs
 
 
-def run_hf(sampler: CopySampler, static: bool, compile_: bool) -> Callable[..., dict[str, float]]:
+def run_hf(
+    sampler: Callable[..., Any], static: bool, compile_: bool, share: bool = True
+) -> Callable[..., dict[str, float]]:
+    """``sampler`` timed on a round, through ``generate`` (``share``: each prompt prefilled once for its rows)."""
+
     def run(policy: Any, tokenizer: Any, prompts: list[list[int]], config: Any) -> dict[str, float]:
         original, shared = sampling._generate_kwargs, sampling.SHARE_PREFILL
         sampling._generate_kwargs = hf_kwargs(static, compile_)
-        sampling.SHARE_PREFILL = not static  # a static cache is built by generate, not handed in
+        sampling.SHARE_PREFILL = share and not static  # a static cache is built by generate, not handed in
         try:
             start = time.perf_counter()
             out = sampler(policy, tokenizer, prompts, config)
@@ -182,6 +188,9 @@ def main() -> None:
         "copy-bf16": run_hf(copy, static=False, compile_=False),
         "copy-bf16-static": run_hf(copy, static=True, compile_=False),
         "copy-bf16-static-compile": run_hf(copy, static=True, compile_=True),
+        # the baseline of issue 22's generation target: the float32 policy through a plain generate call, every
+        # row prefilled (no shared prompt pass), as TRL and the plain loop of compare_trl_online.py sample
+        "plain-fp32": run_hf(sampling.sample, static=False, compile_=False, share=False),
     }
     for dtype in ("bf16", "f16", "f32"):
         candidates[f"llamacpp-{dtype}"] = run_llamacpp(llamacpp.LlamaCppSampler(dtype, args.llamacpp_threads))
