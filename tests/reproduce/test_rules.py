@@ -12,6 +12,7 @@ from preftune.reproduce.rules import (
     Check,
     averaging_checks,
     bcr_checks,
+    bcr_reason,
     bcr_rule,
     bcr_verdict,
     calls_checks,
@@ -196,5 +197,7 @@ def test_bcr_checks_say_their_numbers_and_the_rule_its_margins() -> None:
     flat = {**DPO, "chosen_drift": [0.01, -0.02, 0.0]}
     [check] = bcr_checks({"dpo": flat, "b": KEEPS}, ["b"], 0.05, 0.05)
     assert "dpo's own chosen drift -0.003 [-0.041, 0.035] does not lie below −0.05" in check.detail
+    expected = f"Of 1 budgets: 0 supports, 0 goes against, 1 undecided — {check.name}: undecided ({check.detail})."
+    assert bcr_reason([check]) == expected
     rule = bcr_rule(0.05, 0.02)
     assert "above +0.05" in rule and "below −0.02" in rule and "**inconclusive**" in rule

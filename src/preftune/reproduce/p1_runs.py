@@ -97,7 +97,7 @@ def train_variant(
     else:
         stage = outcome["stages"][0]
         metrics = _means(stage.get("eval_after"))
-        curve = [{"step": float(record["step"]), **_means(record)} for record in stage.get("evals", [])]
+        curve = [{"step": int(record["step"]), **_means(record)} for record in stage.get("evals", [])]
     text = answers(str(model_dir), prompts, max_new_tokens)
     return Run(variant, seed, metrics, text, float(outcome["seconds"]), curve)
 

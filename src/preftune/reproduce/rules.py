@@ -304,6 +304,15 @@ def bcr_checks(
     return checks
 
 
+def bcr_reason(checks: Sequence[Check]) -> str:
+    """One sentence: how many budgets support the claim, go against it or are undecided, each with its numbers."""
+    outcome = {True: "supports", False: "goes against", None: "undecided"}
+    counts = {word: sum(outcome[c.passed] == word for c in checks) for word in outcome.values()}
+    parts = "; ".join(f"{c.name}: {outcome[c.passed]} ({c.detail})" for c in checks)
+    summary = ", ".join(f"{n} {word}" for word, n in counts.items())
+    return f"Of {len(checks)} budgets: {summary} — {parts}."
+
+
 def bcr_verdict(checks: Sequence[Check]) -> str:
     """P4 (c)'s verdict over the budgets: **holds** when some check passes, **does not hold here** when every
     check fails, **inconclusive** otherwise (none passes and some are undecided, or there are none)."""
