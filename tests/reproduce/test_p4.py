@@ -1,10 +1,12 @@
 """P4's ranking study (Chen et al. 2024) on the OpenAssistant trees: the study's numbers, its verdicts, the
-report wired end to end on the tiny gold model, and the CLI."""
+report wired end to end on the tiny models (with (c)'s runs: tests/reproduce/test_p4_bcr.py), and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from preftune.reproduce.gold import GoldEvaluator
 from preftune.reproduce.p4 import SCALES, reproduce_p4
 from preftune.reproduce.p4_ranking import DEFAULT_TREES, SCORE, read_groups, run_ranking_study, tree_pairs
 from preftune.reproduce.p4_report import calls_section, ranking_section
-from preftune.reproduce.verdicts import HOLDS, NOT_RUN, UNTESTABLE, VERDICTS, Interval
+from preftune.reproduce.verdicts import HOLDS, INCONCLUSIVE, NOT_RUN, UNTESTABLE, VERDICTS, Interval
+from tests.reproduce.conftest import bundled_rows
 
 pytestmark = pytest.mark.skipif(not DEFAULT_TREES.is_file(), reason="the shared OpenAssistant trees are not here")
 
@@ -81,17 +84,38 @@ def test_verdicts_follow_the_numbers() -> None:
 
 @pytest.mark.slow
 def test_p4_report_end_to_end(tmp_path: Path, gold_files: tuple[Path, Path]) -> None:
-    """The test scale with the tiny gold model: every section, computed verdicts, (c) and (d) not run."""
+    """The test scale with the tiny models: every section, computed verdicts, (c)'s runs and curves, (d) not run.
+    (c)'s runs train on bundled rows 40..120, the gold model on rows 0..40 (as P1's test: disjoint prompts)."""
     source, cache = gold_files
-    results = reproduce_p4(SCALES["test"], tmp_path / "out", say=lambda _: None, gold_source=source, cache=cache)
+    (tmp_path / "train.jsonl").write_text(bundled_rows(40, 120), encoding="utf-8")
+    training = copy.deepcopy(SCALES["test"].bcr.training)
+    training["data"]["train"] = str(tmp_path / "train.jsonl")
+    scale = replace(SCALES["test"], bcr=replace(SCALES["test"].bcr, training=training))
+    results = reproduce_p4(scale, tmp_path / "out", say=lambda _: None, gold_source=source, cache=cache)
     assert list(results["claims"]) == ["calls", "ranking", "bcr", "pipeline"]
-    assert results["claims"]["bcr"]["verdict"] == NOT_RUN == results["claims"]["pipeline"]["verdict"]
+    assert results["claims"]["pipeline"]["verdict"] == NOT_RUN
     assert results["claims"]["calls"]["verdict"] in VERDICTS and results["claims"]["calls"]["data"]["checks"]
     assert results["claims"]["ranking"]["verdict"] in VERDICTS and results["claims"]["ranking"]["data"]["checks"]
+    bcr = results["claims"]["bcr"]
+    assert bcr["verdict"] == INCONCLUSIVE and len(bcr["data"]["checks"]) == 1  # one seed: no interval, by design
+    assert bcr["figures"] == ["p4_bcr_curves.png"]
+    runs = results["bcr"]["runs"]
+    assert list(runs) == ["dpo", "dpo + bcr(delta=0.05)", "dpo + dpop"]
+    prompts = len(results["bcr"]["start"]["answers"])
+    for variant, run in runs.items():
+        [seed] = run["per_seed"]
+        assert [p["step"] for p in seed["curve"]] == [0, 1, 2], variant
+        assert len(seed["gold_scores"]) == len(seed["answers"]) == prompts == SCALES["test"].bcr.prompts
+        assert [s for s, _ in bcr["data"]["curves"][variant]["chosen_drift"]] == [0, 1, 2]
+        assert set(bcr["data"]["win_rates_vs_start"][variant]) == {"gold", "longer"}
+    assert results["seconds"]["bcr"] > 0
     out = tmp_path / "out"
-    assert (out / "p4_ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("p4_ranking.png", "p4_bcr_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "**The gold evaluator.**" in text and "_Not run:" in text and "![p4_ranking.png]" in text
+    assert "![p4_bcr_curves.png]" in text and "**The rule** (in full" in text and "- **(c)** For each budget δ" in text
+    assert "**Verdict: inconclusive.**" in text
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
     assert len(results["ranking"]["sizes"]) == SCALES["test"].trees
 

@@ -12,6 +12,9 @@ from preftune.reproduce.rules import (
     Check,
     averaging_checks,
     bcr_checks,
+    bcr_reason,
+    bcr_rule,
+    bcr_verdict,
     calls_checks,
     claim_reason,
     claim_verdict,
@@ -23,7 +26,7 @@ from preftune.reproduce.rules import (
     surrogate_checks,
     win_check,
 )
-from preftune.reproduce.verdicts import DOES_NOT_HOLD, HOLDS, PARTLY, UNTESTABLE, Interval
+from preftune.reproduce.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, PARTLY, UNTESTABLE, Interval
 
 CLEAR_WIN, COIN = Interval(0.7, 0.6, 0.8), Interval(0.52, 0.40, 0.64)
 
@@ -139,7 +142,7 @@ def test_averaging_verdicts_name_the_direction() -> None:
     assert averaging_checks(change, Interval(0.3, 0.1, 0.5), usable=False)[-1].passed is None
 
 
-def test_p4_call_ranking_and_bcr_verdicts() -> None:
+def test_p4_call_and_ranking_verdicts() -> None:
     calls = {"longer": {"ipr": [10.0, 12.0, 14.0], "round_robin": [30.0, 30.0, 42.0]}}
     assert claim_verdict(calls_checks(calls)) == HOLDS
     taus = {"score": [0.3, 0.4, 0.35, 0.3], "longer": [0.6, 0.7, 0.65, 0.6], "random": [0.0, 0.1, -0.1, 0.0]}
@@ -150,10 +153,51 @@ def test_p4_call_ranking_and_bcr_verdicts() -> None:
     # a scorer whose reward model is at chance on its own held-out pairs is no baseline: undecided, however wide the gap
     weak_scorer = ranking_checks(taus, baseline_valid=False)
     assert [c.passed for c in weak_scorer] == [None, None] and claim_verdict(weak_scorer) == UNTESTABLE
-    metrics = {
-        "dpo": {"chosen_drift": [-0.3, -0.4, -0.35], "accuracy": [0.60, 0.61, 0.62]},
-        "dpo+bcr": {"chosen_drift": [-0.05, -0.04, -0.06], "accuracy": [0.60, 0.62, 0.61]},
-        "dpop": {"chosen_drift": [-0.3, -0.5, -0.35], "accuracy": [0.50, 0.52, 0.51]},
-    }
-    assert claim_verdict(bcr_checks(metrics, ["dpo+bcr"], margin=0.05)) == HOLDS
-    assert claim_verdict(bcr_checks(metrics, ["dpop"], margin=0.05)) == DOES_NOT_HOLD
+
+
+DPO = {"chosen_drift": [-0.30, -0.32, -0.31], "accuracy": [0.60, 0.62, 0.61]}
+KEEPS = {"chosen_drift": [-0.06, -0.05, -0.07], "accuracy": [0.61, 0.62, 0.61]}  # drift +0.25, accuracy held
+INERT = dict(DPO)  # a budget larger than DPO's fall: the penalty never acts, the run is DPO's
+COSTLY = {"chosen_drift": [-0.06, -0.05, -0.07], "accuracy": [0.50, 0.51, 0.52]}  # drift up, accuracy −0.10
+NOISY = {"chosen_drift": [0.0, -0.42, -0.06], "accuracy": [0.61, 0.62, 0.61]}  # drift +0.15 [−0.39, +0.69]
+
+
+def _bcr(small: dict, large: dict, dpo: dict = DPO) -> tuple[list, str]:
+    metrics = {"dpo": dpo, "dpo + bcr(delta=0.05)": small, "dpo + bcr(delta=0.2)": large}
+    checks = bcr_checks(metrics, ["dpo + bcr(delta=0.05)", "dpo + bcr(delta=0.2)"], 0.05, 0.05)
+    return [c.passed for c in checks], bcr_verdict(checks)
+
+
+def test_bcr_holds_when_some_budget_keeps_the_chosen_likelihood_with_accuracy_held() -> None:
+    assert _bcr(KEEPS, INERT) == ([True, False], HOLDS)  # one budget suffices; the inert one does not refute it
+    assert _bcr(INERT, KEEPS) == ([False, True], HOLDS)
+
+
+def test_bcr_does_not_hold_when_every_budget_goes_against_it() -> None:
+    assert _bcr(INERT, INERT) == ([False, False], DOES_NOT_HOLD)  # no rise of the chosen drift beyond the margin
+    assert _bcr(COSTLY, INERT) == ([False, False], DOES_NOT_HOLD)  # the rise costs more accuracy than the margin
+
+
+def test_bcr_is_inconclusive_when_no_budget_supports_it_and_some_are_undecided() -> None:
+    assert _bcr(NOISY, INERT) == ([None, False], INCONCLUSIVE)  # the drift's interval straddles the margin
+    wide_accuracy = {**KEEPS, "accuracy": [0.70, 0.50, 0.61]}  # accuracy − dpo's: −0.007 [−0.28, +0.27]
+    assert _bcr(wide_accuracy, INERT) == ([None, False], INCONCLUSIVE)
+    # plain DPO that does not lower the chosen likelihood leaves BCR nothing to keep: no budget is decided
+    flat = {"chosen_drift": [0.01, -0.02, 0.0], "accuracy": [0.60, 0.62, 0.61]}
+    passed, verdict = _bcr(KEEPS, INERT, dpo=flat)
+    assert (passed, verdict) == ([None, None], INCONCLUSIVE)
+    one_seed = {k: v[:1] for k, v in DPO.items()}
+    assert _bcr({k: v[:1] for k, v in KEEPS.items()}, one_seed, one_seed) == ([None, None], INCONCLUSIVE)
+    assert bcr_verdict([]) == INCONCLUSIVE
+
+
+def test_bcr_checks_say_their_numbers_and_the_rule_its_margins() -> None:
+    [check] = bcr_checks({"dpo": DPO, "b": KEEPS}, ["b"], 0.05, 0.05)
+    assert "chosen drift − dpo's 0.250 [0.207, 0.293]" in check.detail and "accuracy − dpo's 0.003" in check.detail
+    flat = {**DPO, "chosen_drift": [0.01, -0.02, 0.0]}
+    [check] = bcr_checks({"dpo": flat, "b": KEEPS}, ["b"], 0.05, 0.05)
+    assert "dpo's own chosen drift -0.003 [-0.041, 0.035] does not lie below −0.05" in check.detail
+    expected = f"Of 1 budgets: 0 supports, 0 goes against, 1 undecided — {check.name}: undecided ({check.detail})."
+    assert bcr_reason([check]) == expected
+    rule = bcr_rule(0.05, 0.02)
+    assert "above +0.05" in rule and "below −0.02" in rule and "**inconclusive**" in rule

@@ -138,6 +138,19 @@ def test_evaluations_and_ctrl_c_speak_on_the_console(data_files: DataFiles, tmp_
     assert f"interrupted in stage 'train'; --resume continues from {out / 'checkpoints' / 'step-000002'}" in shown
 
 
+def test_every_held_out_evaluation_is_kept_in_the_outcome(data_files: DataFiles, tmp_path: Path) -> None:
+    """``eval.every``'s periodic evaluations reach ``outcome.json`` and the stage's record, not only the console."""
+    out = tmp_path / "run"
+    outcome = train(full_overrides(data_files, out, **{"eval.every": 1, "optim.max_steps": 3}))
+    stage = outcome["stages"][0]
+    assert [e["step"] for e in stage["evals"]] == [0, 1, 2, 3]
+    assert stage["evals"][0] == stage["eval_before"] and stage["evals"][-1] == stage["eval_after"]
+    assert len({e["accuracy"]["mean"] for e in stage["evals"]} | {e["margin"]["mean"] for e in stage["evals"]}) > 2
+    saved = json.loads((out / "outcome.json").read_text(encoding="utf-8"))
+    assert saved["stages"][0]["evals"] == json.loads(json.dumps(stage["evals"]))
+    assert json.loads((out / "stage_done.json").read_text(encoding="utf-8"))["evals"] == saved["stages"][0]["evals"]
+
+
 @pytest.mark.slow
 def test_the_held_out_split_is_saved_and_evaluate_run_scores_it(full_run: Run) -> None:
     held = [json.loads(line) for line in (full_run.out / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -7,16 +7,19 @@
   baseline's (by the gold reward model, or by length: the ``longer`` judge), 0.5 when equal, 0 when lower.
 - :func:`pooled_rate`: the win rate over prompts of the per-prompt mean over seeds, with a 95% percentile
   bootstrap interval over prompts (docs/methods.md §6), and both mean lengths.
+- :func:`score_runs`: the gold rewards of the starting model's answers and of every trained run's;
+  :func:`run_rates`: a variant's gold and ``longer`` win rates against another's (paired by seed) or the start's;
+  :func:`rate_cells`: those as a table's cells (P1's and P4's win-rate tables).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from preftune.data.examples import PreferenceExample
 from preftune.data.split import canonical
@@ -103,4 +106,47 @@ def pooled_rate(
         sum(flat) / len(flat),
         sum(base) / len(base),
         prompts,
+    )
+
+
+class Answered(Protocol):
+    """A trained run with its greedy answers to the held-out prompts (:class:`preftune.reproduce.p1_runs.Run`)."""
+
+    answers: list[str]
+
+
+def score_runs(scorer: Any, prompts: Sequence[Any], start: list[str], runs: Mapping[str, Sequence[Answered]]) -> dict:
+    """Gold rewards (``scorer.score``, a :class:`~preftune.reward.RewardModel`) of the start's answers and every
+    run's: ``{"start": [per prompt], variant: [[per prompt] per seed]}``."""
+    scores: dict[str, Any] = {"start": scorer.score(list(prompts), start)}
+    for variant, seeds in runs.items():
+        scores[variant] = [scorer.score(list(prompts), run.answers) for run in seeds]
+    return scores
+
+
+def run_rates(
+    runs: Mapping[str, Sequence[Answered]],
+    scores: Mapping[str, Any],
+    first: str,
+    second: str | None,
+    start: list[str],
+) -> tuple[PooledRate, PooledRate]:
+    """(gold, ``longer``) win rates of ``first`` against ``second`` (None: the starting model's ``start``
+    answers), paired by seed; ``scores`` as :func:`score_runs` gives them."""
+    a_runs = runs[first]
+    b_answers = [start] * len(a_runs) if second is None else [r.answers for r in runs[second]]
+    b_scores = [scores["start"]] * len(a_runs) if second is None else scores[second]
+    gold = [gold_wins(a, b) for a, b in zip(scores[first], b_scores, strict=True)]
+    longer = [length_wins(r.answers, b) for r, b in zip(a_runs, b_answers, strict=True)]
+    lengths = [[len(t) for t in r.answers] for r in a_runs]
+    base = [[len(t) for t in b] for b in b_answers]
+    return pooled_rate(gold, lengths, base), pooled_rate(longer, lengths, base)
+
+
+def rate_cells(gold: PooledRate, longer: PooledRate) -> tuple[str, str, str]:
+    """A table's cells: the gold win rate, the ``longer`` judge's, and both mean lengths (characters)."""
+    return (
+        gold.rate.text(),
+        longer.rate.text(),
+        f"{gold.mean_length:.0f} vs {gold.baseline_mean_length:.0f}",
     )

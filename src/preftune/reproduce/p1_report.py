@@ -8,7 +8,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from preftune.reproduce.answers import PooledRate, gold_wins, length_wins, pooled_rate
+from preftune.reproduce.answers import PooledRate, rate_cells, run_rates
 from preftune.reproduce.gold import GoldEvaluator
 from preftune.reproduce.p1_runs import Run
 from preftune.reproduce.report import ClaimSection, markdown_table
@@ -43,35 +43,13 @@ def per_seed(runs: Mapping[str, Sequence[Run]]) -> dict[str, dict[str, list[floa
     return {v: {m: [r.metrics.get(m, float("nan")) for r in seeds] for m in SHOWN} for v, seeds in runs.items()}
 
 
-def rates(
-    runs: Mapping[str, Sequence[Run]], scores: Mapping[str, Any], first: str, second: str | None, start: list[str]
-) -> tuple[PooledRate, PooledRate]:
-    """(gold, ``longer``) win rates of ``first`` against ``second`` (None: the starting model), paired by seed."""
-    a_runs = runs[first]
-    b_answers = [start] * len(a_runs) if second is None else [r.answers for r in runs[second]]
-    b_scores = [scores["start"]] * len(a_runs) if second is None else scores[second]
-    gold = [gold_wins(a, b) for a, b in zip(scores[first], b_scores, strict=True)]
-    longer = [length_wins(r.answers, b) for r, b in zip(a_runs, b_answers, strict=True)]
-    lengths = [[len(t) for t in r.answers] for r in a_runs]
-    base = [[len(t) for t in b] for b in b_answers]
-    return pooled_rate(gold, lengths, base), pooled_rate(longer, lengths, base)
-
-
-def _rate_cells(gold: PooledRate, longer: PooledRate) -> tuple[str, str, str]:
-    return (
-        gold.rate.text(),
-        longer.rate.text(),
-        f"{gold.mean_length:.0f} vs {gold.baseline_mean_length:.0f}",
-    )
-
-
 def results_table(runs: Mapping[str, Sequence[Run]], scores: Mapping[str, Any], start: list[str]) -> str:
     """Per variant: held-out statistics (mean [95% CI over seeds]) and win rates against the start."""
     values = per_seed(runs)
     rows = []
     for variant in runs:
         stats = [mean_interval(values[variant][m]).text(3) for m in SHOWN]
-        rows.append((variant, *stats, *_rate_cells(*rates(runs, scores, variant, None, start))))
+        rows.append((variant, *stats, *rate_cells(*run_rates(runs, scores, variant, None, start))))
     header = [
         "variant",
         "accuracy",
@@ -89,8 +67,8 @@ def head_to_head_table(
     runs: Mapping[str, Sequence[Run]], scores: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
 ) -> tuple[str, dict[tuple[str, str], tuple[PooledRate, PooledRate]]]:
     """Head-to-head win rates (gold and ``longer``) of each pair, as a table and by pair."""
-    measured = {pair: rates(runs, scores, pair[0], pair[1], []) for pair in pairs}
-    rows = [(f"{a} vs {b}", *_rate_cells(*measured[a, b])) for a, b in pairs]
+    measured = {pair: run_rates(runs, scores, pair[0], pair[1], []) for pair in pairs}
+    rows = [(f"{a} vs {b}", *rate_cells(*measured[a, b])) for a, b in pairs]
     header = ["pair", "gold win rate", "`longer` win rate", "mean lengths (chars)"]
     return markdown_table(header, rows), measured
 

@@ -7,8 +7,11 @@ DPO + ExMATE (an ``exmate`` stage, then ``dpo`` referenced on its result). Per r
 - the held-out statistics (docs/methods.md §6) against the **starting** model: the trainer's own
   evaluation for one-stage runs (its reference is the start); :func:`preftune.evaluation.command.evaluate_model`
   with the start as reference for the staged run (whose second stage is referenced on the first);
-- the greedy answers to the first held-out prompts.
+- the greedy answers to the first held-out prompts;
+- for a one-stage run, its held-out statistics at every evaluation of the trainer (before the first step,
+  every ``eval.every`` steps, at the end: the stage record's ``evals``), the curve P4 (c) plots.
 
+:func:`run_all` trains P1's variants, or any list of objective expressions (P4 (c): ``dpo``, ``dpo + bcr(...)``).
 The run folders live in a temporary folder and are removed; only the numbers and answers are kept.
 """
 
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +41,16 @@ Say = Callable[[str], Any]
 
 @dataclass(frozen=True)
 class Run:
-    """One trained variant at one seed: its held-out statistics (means) and its answers."""
+    """One trained variant at one seed: its held-out statistics (means) and its answers; ``curve``: the
+    statistics at each held-out evaluation of a one-stage run, ``{"step": ..., metric: mean}`` (empty for the
+    staged run, whose second stage is evaluated against the first stage's result)."""
 
     variant: str
     seed: int
     metrics: dict[str, float]
     answers: list[str]
     seconds: float
+    curve: list[dict[str, float]] = field(default_factory=list)
 
 
 def variant_config(settings: Mapping[str, Any], variant: str, seed: int, output_dir: Path) -> RunConfig:
@@ -84,11 +91,15 @@ def train_variant(
     outcome = run_training(config)
     last = Path(config.output_dir) / ("dpo" if variant == STAGED else "")
     model_dir = last / "model"
+    curve: list[dict[str, float]] = []
     if variant == STAGED:
         metrics = _staged_metrics(model_dir, config.model.name, folder / HELD_OUT_FILE, config)
     else:
-        metrics = _means(outcome["stages"][0].get("eval_after"))
-    return Run(variant, seed, metrics, answers(str(model_dir), prompts, max_new_tokens), float(outcome["seconds"]))
+        stage = outcome["stages"][0]
+        metrics = _means(stage.get("eval_after"))
+        curve = [{"step": int(record["step"]), **_means(record)} for record in stage.get("evals", [])]
+    text = answers(str(model_dir), prompts, max_new_tokens)
+    return Run(variant, seed, metrics, text, float(outcome["seconds"]), curve)
 
 
 def held_out_prompts(settings: Mapping[str, Any], limit: int) -> tuple[list[Any], list[PreferenceExample]]:
@@ -101,16 +112,31 @@ def held_out_prompts(settings: Mapping[str, Any], limit: int) -> tuple[list[Any]
     return distinct_prompts(examples.held_out, limit), [*examples.train, *examples.held_out]
 
 
+def folder_name(variant: str, seed: int) -> str:
+    """A run's folder name: the variant (an objective expression, or :data:`STAGED`) in safe characters."""
+    safe = re.sub(r"[^A-Za-z0-9.=+-]+", "_", variant.replace("→", "-then-").replace(" ", ""))
+    return f"{safe}-{seed}"
+
+
 def run_all(
-    settings: Mapping[str, Any], seeds: Sequence[int], prompts: Sequence[Any], max_new_tokens: int, say: Say
+    settings: Mapping[str, Any],
+    seeds: Sequence[int],
+    prompts: Sequence[Any],
+    max_new_tokens: int,
+    say: Say,
+    variants: Sequence[str] = VARIANTS,
+    label: str = "P1",
 ) -> dict[str, list[Run]]:
-    """Every variant at every seed: ``variant -> [Run per seed]``."""
-    runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="preftune-p1-") as tmp:
+    """Every variant (P1's by default) at every seed: ``variant -> [Run per seed]``; ``label`` opens each line
+    said."""
+    runs: dict[str, list[Run]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix=f"preftune-{label.split()[0].lower()}-") as tmp:
         for seed in seeds:
-            for variant in VARIANTS:
-                folder = Path(tmp) / f"{variant.replace('→', '-then-')}-{seed}"
-                run = train_variant(settings, variant, seed, folder, prompts, max_new_tokens)
-                say(f"P1: {variant}, seed {seed}: {run.seconds:.0f} s, accuracy {run.metrics.get('accuracy', 0):.3f}")
+            for variant in variants:
+                run = train_variant(
+                    settings, variant, seed, Path(tmp) / folder_name(variant, seed), prompts, max_new_tokens
+                )
+                accuracy = run.metrics.get("accuracy", 0)
+                say(f"{label}: {variant}, seed {seed}: {run.seconds:.0f} s, accuracy {accuracy:.3f}")
                 runs[variant].append(run)
     return runs

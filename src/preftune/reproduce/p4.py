@@ -1,31 +1,50 @@
 """Reproduce P4's claims (Chen et al. 2024, *Towards Improved Preference Optimization Pipeline: from Data
 Generation to Budget-Controlled Regularization*; docs/methods.md §5) and write a Markdown report.
 
-:func:`reproduce_p4` runs, at a chosen scale, the ranking study on the OpenAssistant trees
-(:mod:`preftune.reproduce.p4_ranking`): (a) judge calls of IPR against a round robin and (b) agreement with
-the human ranks of IPR against the gold reward model's scores. (c) budget-controlled regularisation and (d)
-the whole pipeline are reported as **not run** (not built yet), never left out.
+:func:`reproduce_p4` runs, at a chosen scale:
 
-The gold evaluator is the one of :data:`preftune.reproduce.gold.GOLD_SCALES` at the same scale, with the
-prompts P1's runs read excluded as well as the trees', so ``preftune reproduce all`` trains it once.
+- the ranking study on the OpenAssistant trees (:mod:`preftune.reproduce.p4_ranking`): (a) judge calls of IPR
+  against a round robin and (b) agreement with the human ranks of IPR against the gold reward model's scores;
+- (c) budget-controlled regularisation (:mod:`preftune.reproduce.p4_bcr`): ``dpo``, ``dpo + bcr(delta=δ)`` over
+  a grid of δ and ``dpo + dpop`` trained on P1's pairs and seeds, the held-out chosen drift and accuracy over
+  training, the gold win rate against the starting model, and a verdict from
+  :func:`preftune.reproduce.rules.bcr_verdict`;
+- (d) the whole pipeline is reported as **not run** (not built yet), never left out.
 
-Scales: ``test`` (a few trees, the tiny random gold model: seconds, for the test suite); ``small`` (every tree
-and turn, SmolLM2 gold model; two CPU cores); ``full`` (the same data: the trees hold only 100 prompts; the
-full-scale gold model, one GPU).
+The gold evaluator is the one of :data:`preftune.reproduce.gold.GOLD_SCALES` at the same scale, kept off the
+trees and off every pair (c)'s runs read (P1's at the same scale), so ``preftune reproduce all`` trains it once.
+
+Scales: ``test`` (a few trees, the tiny random models, one seed, one δ, two steps: seconds, for the test suite;
+its (c) has no interval, so its verdict is inconclusive by design); ``small`` (every tree and turn, SmolLM2;
+(c): δ ∈ {0.05, 0.2}, seeds 0 and 1, P1's 32 steps evaluated every 8; two CPU cores); ``full`` (the same trees:
+they hold only 100 prompts; P1's full runs, one GPU).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from preftune.data.examples import PreferenceExample
 from preftune.errors import SpecError
 from preftune.files import strict_json, write_atomic, write_json_atomic
 from preftune.lab.plots import save_png
 from preftune.reproduce.gold import GOLD_SCALES, GoldEvaluator, GoldSettings, check_disjoint, ensure_gold
+from preftune.reproduce.p1 import SCALES as P1_SCALES
+from preftune.reproduce.p1_runs import held_out_prompts
+from preftune.reproduce.p4_bcr import FIGURE as BCR_FIGURE
+from preftune.reproduce.p4_bcr import (
+    BcrStudy,
+    bcr_section,
+    curve_figure,
+    mean_curves,
+    run_study,
+    runs_json,
+    study_of,
+)
 from preftune.reproduce.p4_ranking import DEFAULT_TREES, read_groups, run_ranking_study, tree_pairs
 from preftune.reproduce.p4_report import (
     appendix,
@@ -35,7 +54,8 @@ from preftune.reproduce.p4_report import (
     ranking_figure,
     ranking_section,
 )
-from preftune.reproduce.report import render_report
+from preftune.reproduce.report import ClaimSection, render_report
+from preftune.reproduce.rules import bcr_rule
 
 Say = Callable[[str], Any]
 FIGURE = "p4_ranking.png"
@@ -50,7 +70,7 @@ class P4Scale:
         trees: how many OpenAssistant trees are read (None: all 100).
         turns: ``all`` (every ranked user turn) or ``first`` (the root prompt's replies only).
         gold: the gold reward model's settings.
-        exclude_p1: also keep the gold model off the pairs P1's runs at this scale read (so it is P1's gold model).
+        bcr: (c)'s runs (P1's at the same scale, so the gold model, kept off their pairs, is P1's).
         seed: the seed of the replies' shuffle and of the random control judge.
     """
 
@@ -58,14 +78,18 @@ class P4Scale:
     trees: int | None
     turns: str
     gold: GoldSettings
-    exclude_p1: bool = True
+    bcr: BcrStudy
     seed: int = 0
 
 
 SCALES = {
-    "test": P4Scale("test", 6, "first", GOLD_SCALES["test"], exclude_p1=False),
-    "small": P4Scale("small", None, "all", GOLD_SCALES["small"]),
-    "full": P4Scale("full", None, "all", GOLD_SCALES["full"]),
+    # (c): two steps evaluated at every step, so the curve has a point between the start and the end
+    "test": P4Scale("test", 6, "first", GOLD_SCALES["test"], study_of(P1_SCALES["test"], (0.05,), (0,), 1, 2)),
+    # (c): 4 variants × 2 seeds of P1's small runs (~70-90 s each with answers), evaluated every 8 of 32 steps
+    "small": P4Scale("small", None, "all", GOLD_SCALES["small"], study_of(P1_SCALES["small"], (0.05, 0.2), (0, 1), 8)),
+    "full": P4Scale(
+        "full", None, "all", GOLD_SCALES["full"], study_of(P1_SCALES["full"], (0.02, 0.05, 0.2), (0, 1, 2), 20)
+    ),
 }
 
 
@@ -76,17 +100,35 @@ def get_scale(name: str) -> P4Scale:
     return SCALES[name]
 
 
-def _gold(settings: P4Scale, trees: Path, say: Say, gold_source: Path | None, cache: Path | None) -> GoldEvaluator:
-    """The scale's gold evaluator, kept off the trees (and off P1's pairs when ``exclude_p1``)."""
-    exclude = tree_pairs(trees, settings.trees)
-    if settings.exclude_p1:
-        from preftune.reproduce.p1 import SCALES as P1_SCALES
-        from preftune.reproduce.p1_runs import held_out_prompts
-
-        exclude += held_out_prompts(P1_SCALES[settings.name].training, 1)[1]
-    gold = ensure_gold(settings.gold, exclude, say, gold_source, cache)
-    check_disjoint(gold, tree_pairs(trees, settings.trees), "P4's OpenAssistant trees")
+def _gold(
+    settings: P4Scale,
+    trees: Path,
+    used: Sequence[PreferenceExample],
+    say: Say,
+    gold_source: Path | None,
+    cache: Path | None,
+) -> GoldEvaluator:
+    """The scale's gold evaluator, kept off the trees and off ``used``, every pair (c)'s runs read."""
+    pairs = tree_pairs(trees, settings.trees)
+    gold = ensure_gold(settings.gold, [*pairs, *used], say, gold_source, cache)
+    check_disjoint(gold, pairs, "P4's OpenAssistant trees")
+    check_disjoint(gold, used, "P4 (c)'s training and held-out pairs")
     return gold
+
+
+def _bcr(
+    study: BcrStudy, prompts: list[Any], scorer: Any, gold: GoldEvaluator, cache: Path | None, out: Path, say: Say
+) -> tuple[ClaimSection, dict[str, Any]]:
+    """(c): the runs trained, answered and scored; its figure written to ``out``; its section and numbers."""
+    from preftune.reproduce.answers import score_runs, start_answers
+
+    model = study.training["model"]["name"]
+    start = start_answers(model, prompts, study.max_new_tokens, None if cache is None else cache / "answers")
+    runs = run_study(study, prompts, say)
+    scores = score_runs(scorer, prompts, start, runs)
+    section = bcr_section(study, runs, scores, start, gold, (BCR_FIGURE,))
+    save_png(curve_figure(mean_curves(runs)), out / BCR_FIGURE)
+    return section, runs_json(runs, scores, start)
 
 
 def reproduce_p4(
@@ -97,7 +139,7 @@ def reproduce_p4(
     cache: Path | None = None,
     trees: Path = DEFAULT_TREES,
 ) -> dict[str, Any]:
-    """Run P4's studies at ``scale`` and write ``report.md``, the PNG and ``results.json`` to ``out``.
+    """Run P4's studies at ``scale`` and write ``report.md``, the PNGs and ``results.json`` to ``out``.
 
     ``gold_source``/``cache``: as :func:`preftune.reproduce.p1.reproduce_p1`'s; ``trees``: the OpenAssistant file.
     """
@@ -106,7 +148,8 @@ def reproduce_p4(
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     seconds: dict[str, float] = {}
-    gold = _gold(settings, trees, say, gold_source, cache)
+    prompts, used = held_out_prompts(settings.bcr.training, settings.bcr.prompts)
+    gold = _gold(settings, trees, used, say, gold_source, cache)
     seconds["gold"] = time.perf_counter() - began
     clock = time.perf_counter()
     groups = read_groups(trees, settings.trees, settings.turns, settings.seed)
@@ -115,10 +158,14 @@ def reproduce_p4(
     seconds["ranking"] = time.perf_counter() - clock
     say(f"P4: ranked {len(groups)} OpenAssistant prompts in {seconds['ranking']:.0f} s")
     save_png(ranking_figure(study), out / FIGURE)
-    sections = [calls_section(study, (FIGURE,)), ranking_section(study, gold, ()), *pending_sections()]
+    clock = time.perf_counter()
+    bcr, bcr_numbers = _bcr(settings.bcr, prompts, scorer, gold, cache, out, say)
+    seconds["bcr"] = time.perf_counter() - clock
+    sections = [calls_section(study, (FIGURE,)), ranking_section(study, gold, ()), bcr, *pending_sections()]
     seconds["total"] = time.perf_counter() - began
-    results = _results(settings, sections, seconds, gold, study.to_json())
-    text = render_report(_title(settings), preamble(settings, seconds, gold, str(trees)), sections, appendix())
+    results = _results(settings, sections, seconds, gold, study.to_json(), bcr_numbers)
+    rule = bcr_rule(settings.bcr.drift_margin, settings.bcr.accuracy_margin)
+    text = render_report(_title(settings), preamble(settings, seconds, gold, str(trees)), sections, appendix(rule))
     write_atomic(out / "report.md", text.encode("utf-8"))
     write_json_atomic(out / "results.json", results)
     say(f"wrote {out / 'report.md'} and {out / 'results.json'} in {seconds['total']:.0f} s")
@@ -126,7 +173,12 @@ def reproduce_p4(
 
 
 def _results(
-    settings: P4Scale, sections: list, seconds: Mapping[str, float], gold: GoldEvaluator, study: dict[str, Any]
+    settings: P4Scale,
+    sections: list,
+    seconds: Mapping[str, float],
+    gold: GoldEvaluator,
+    study: dict[str, Any],
+    bcr: dict[str, Any],
 ) -> dict[str, Any]:
     from preftune import __version__
 
@@ -139,6 +191,7 @@ def _results(
             "seconds": dict(seconds),
             "gold": gold.to_json(),
             "ranking": study,
+            "bcr": bcr,
             "claims": {section.key: section.to_json() for section in sections},
         }
     )

@@ -1,5 +1,6 @@
-"""P4's report sections (Chen et al. 2024): numbers from :mod:`preftune.reproduce.p4_ranking`, verdicts from
-:mod:`preftune.reproduce.rules`, and the figure of the ranking study."""
+"""P4's report sections (Chen et al. 2024): (a), (b) from :mod:`preftune.reproduce.p4_ranking`'s numbers, with
+the ranking study's figure; (c) is :func:`preftune.reproduce.p4_bcr.bcr_section`; (d) stated as not run. Verdicts
+from :mod:`preftune.reproduce.rules`."""
 
 from __future__ import annotations
 
@@ -26,11 +27,6 @@ CALLS_CLAIM = (
 RANKING_CLAIM = (
     "Ranking candidates by pairwise comparisons (IPR with a judge) agrees better with the true preference order "
     "than the usual baseline, a reward model that scores each candidate alone."
-)
-BCR_CLAIM = (
-    "Budget-controlled regularisation (DPO plus a penalty when the chosen response's log-likelihood falls more "
-    "than a budget δ below the reference's) keeps the chosen likelihood from falling while preference accuracy "
-    "holds, unlike plain DPO (and DPOP's stricter version)."
 )
 PIPELINE_CLAIM = (
     "The whole pipeline (generate N candidates, rank them by IPR, train DPO + BCR on best vs worst) beats the same "
@@ -122,14 +118,9 @@ def ranking_section(study: RankingStudy, gold: GoldEvaluator, figures: tuple[str
 
 
 def pending_sections() -> list[ClaimSection]:
-    """(c) and (d): not built yet on this branch, stated as such."""
-    why_c = (
-        "the dpo / dpo+bcr (grid of δ) / dpop training runs with chosen-drift and accuracy curves are not wired "
-        "into `preftune reproduce P4` yet"
-    )
+    """(d): not built yet, stated as such."""
     why_d = "the generate-N → IPR → dpo+bcr pipeline against the original pairs is not wired into the reproduction yet"
     return [
-        not_run_section("bcr", "(c) Budget-controlled regularisation keeps the chosen likelihood up", BCR_CLAIM, why_c),
         not_run_section(
             "pipeline", "(d) The whole pipeline beats training on the original pairs", PIPELINE_CLAIM, why_d
         ),
@@ -163,16 +154,18 @@ def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, sour
         "order among candidates it cannot separate would otherwise inherit the truth.\n\n"
         f"**The gold evaluator.** A reward model trained by `preftune train-rm`'s code on {gold.train_pairs} HH-RLHF "
         f"harmless-base pairs; held-out accuracy **{gold.accuracy.text()}** on {gold.held_out_pairs} pairs "
-        f"({usable}). It is kept off the OpenAssistant trees on purpose: their human ranks are this study's truth."
+        f"({usable}). It is kept off the OpenAssistant trees on purpose (their human ranks are (a) and (b)'s "
+        "truth), and off every pair (c)'s runs train or are evaluated on (P1's pairs at this scale)."
     )
 
 
-def appendix() -> str:
-    return """## How the verdicts are decided
+def appendix(bcr_rule: str) -> str:
+    """The rules of every claim; ``bcr_rule``: (c)'s, in words (:func:`preftune.reproduce.rules.bcr_rule`)."""
+    return f"""## How the verdicts are decided
 
 - A claim is a list of checks; each passes, fails, or cannot be decided here. **holds**: every decided check
   passes; **partly**: some do; **does not hold here**: none; **cannot be tested here**: none could be decided;
-  **not run**: the study was not run.
+  **not run**: the study was not run. (c) asks whether *some* budget supports the claim: its own rule below.
 - **(a)** per judge (`longer`, `shorter`; the `random` control is shown, never checked): round robin's ordered
   calls − IPR's, per prompt, mean with a 95% Student-t interval over prompts; passes when the whole interval lies
   above 0.
@@ -181,4 +174,5 @@ def appendix() -> str:
   above 0. Undecided when neither the judge's nor the scores' own τ lies above 0 (no ranker above chance), or when
   the gold model is at chance on its own held-out pairs (then `score` is no reward-model baseline).
   Top-1 agreement is shown with its 95% Wilson interval, not used in the verdict.
+- **(c)** {bcr_rule} Win rates against the starting model (gold and `longer`) are shown, not used in the verdict.
 """

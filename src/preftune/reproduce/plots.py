@@ -78,3 +78,29 @@ def kl_sweep_figure(runs: Sequence[Any], mode: int = 2, covered: int = 0) -> Fig
     axes[1].legend(fontsize=6, ncol=2)
     figure.suptitle("P3 KL toy, every optimiser and step size: solid reverse KL(p‖q), dashed forward KL(q‖p)")
     return figure
+
+
+def curves_figure(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    title: str,
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """One panel per metric (``variant -> metric -> [(step, value)]``, the metrics of the first variant in order):
+    the value against the training step, one line per variant; ``labels``: the metrics' axis labels."""
+    metrics = list(next(iter(curves.values()))) if curves else []
+    figure = Figure(figsize=(5.5 * max(len(metrics), 1), 4), layout="constrained")
+    axes = figure.subplots(1, max(len(metrics), 1), squeeze=False)[0]
+    styles = ("-", "--", ":", "-.")  # lines that coincide (a penalty that never acts) stay visible
+    for i, (variant, by_metric) in enumerate(curves.items()):
+        colour, style = PALETTE[i % len(PALETTE)], styles[i % len(styles)]
+        for ax, metric in zip(axes, metrics, strict=False):
+            points = list(by_metric.get(metric, ()))
+            xs, ys = [s for s, _ in points], [v for _, v in points]
+            ax.plot(xs, ys, color=colour, linestyle=style, marker="o", markersize=7 - i, label=variant)
+    for ax, metric in zip(axes, metrics, strict=False):
+        ax.set_xlabel("training step")
+        ax.set_ylabel((labels or {}).get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    return figure

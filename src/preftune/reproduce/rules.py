@@ -5,6 +5,8 @@ decided (``None``): it needs the gold evaluator (:mod:`preftune.reproduce.gold`)
 at chance, or it needs a ranker that agrees with the ground truth better than chance and none does.
 :func:`claim_verdict` aggregates the decided checks with :func:`preftune.reproduce.verdicts.aggregate`
 (holds / partly / does not hold here) and answers **cannot be tested here** when none was decided.
+P4 (c) asks whether *some* budget δ of a grid supports its claim: :func:`bcr_verdict` (holds / does not
+hold here / inconclusive), stated in words by :func:`bcr_rule`.
 
 Intervals are 95%: Student-t over seeds for per-seed numbers (:func:`paired`), percentile bootstrap
 over prompts for win rates. "Above" always means the whole interval lies above the bound.
@@ -23,7 +25,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from preftune.reproduce.verdicts import UNTESTABLE, Interval, aggregate, mean_interval
+from preftune.reproduce.verdicts import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    INCONCLUSIVE,
+    UNTESTABLE,
+    Interval,
+    aggregate,
+    mean_interval,
+)
 
 ZERO = 1e-12  # a gradient weight at most this is no push at all
 
@@ -240,15 +250,74 @@ def ranking_checks(
     return checks
 
 
-def bcr_checks(metrics: PerSeed, variants: Sequence[str], margin: float, baseline: str = "dpo") -> list[Check]:
-    """P4 (c): each BCR variant's chosen drift lies above the baseline's (paired by seed) while its held-out
-    accuracy is not below the baseline's by more than ``margin``."""
+def below(interval: Interval, bound: float) -> bool:
+    """The whole interval lies below ``bound``."""
+    return interval.known and interval.high < bound
+
+
+def at_most(interval: Interval, bound: float) -> bool:
+    """The whole interval lies at or below ``bound``: the value is shown not to exceed it."""
+    return interval.known and interval.high <= bound
+
+
+def bcr_rule(drift_margin: float, accuracy_margin: float, baseline: str = "dpo") -> str:
+    """P4 (c)'s rule in words, as :func:`bcr_checks` and :func:`bcr_verdict` apply it (for the report)."""
+    m, a = f"{drift_margin:g}", f"{accuracy_margin:g}"
+    return (
+        f"For each budget δ of the grid, on the held-out statistics at the end of training, paired by seed "
+        f"(95% Student-t interval over seeds): D = chosen drift of `{baseline} + bcr(δ)` − `{baseline}`'s (nats "
+        f"per token), A = its accuracy − `{baseline}`'s. δ **supports** the claim when D lies above +{m} and A "
+        f"not below −{a} (the whole interval at or above); it **goes against** it when D lies at or below +{m} "
+        f"(no rise beyond the margin) or A lies below −{a} (accuracy lost); otherwise it is undecided. No δ is "
+        f"decided unless `{baseline}`'s own chosen drift lies below −{m} (plain DPO lowers the chosen "
+        f"likelihood; otherwise there is nothing for BCR to keep). The claim **holds** when some δ supports it, "
+        f"**does not hold here** when every δ goes against it, and is **inconclusive** otherwise (one seed "
+        f"gives no interval: inconclusive). `{baseline} + dpop` (δ = 0) is shown beside, not part of the rule."
+    )
+
+
+def bcr_checks(
+    metrics: PerSeed, variants: Sequence[str], drift_margin: float, accuracy_margin: float, baseline: str = "dpo"
+) -> list[Check]:
+    """P4 (c): one check per BCR variant (one budget δ each), on the end held-out statistics paired by seed
+    (:func:`bcr_rule` states it): passes when the variant keeps the chosen drift above the baseline's by more
+    than ``drift_margin`` with its accuracy not below the baseline's by more than ``accuracy_margin``; fails
+    when its drift is shown not to rise by more than the margin, or its accuracy shown to fall by more than its
+    margin; undecided otherwise, and for every variant when the baseline's own drift does not lie below
+    −``drift_margin``."""
+    base = mean_interval(metrics[baseline]["chosen_drift"])
+    falls = below(base, -drift_margin)
     checks = []
     for variant in variants:
         drift = paired(metrics[variant]["chosen_drift"], metrics[baseline]["chosen_drift"])
         accuracy = paired(metrics[variant]["accuracy"], metrics[baseline]["accuracy"])
-        checks.append(Check(f"{variant}: chosen drift above {baseline}'s", above(drift, 0.0), drift.text()))
-        checks.append(
-            Check(f"{variant}: accuracy holds (not below −{margin:g})", not_below(accuracy, -margin), accuracy.text())
-        )
+        detail = f"chosen drift − {baseline}'s {drift.text()} nats/token, accuracy − {baseline}'s {accuracy.text()}"
+        passed: bool | None = None
+        if not falls:
+            detail += f"; {baseline}'s own chosen drift {base.text()} does not lie below −{drift_margin:g}"
+        elif above(drift, drift_margin) and not_below(accuracy, -accuracy_margin):
+            passed = True
+        elif at_most(drift, drift_margin) or below(accuracy, -accuracy_margin):
+            passed = False
+        name = f"{variant}: chosen likelihood kept above {baseline}'s with accuracy held"
+        checks.append(Check(name, passed, detail))
     return checks
+
+
+def bcr_reason(checks: Sequence[Check]) -> str:
+    """One sentence: how many budgets support the claim, go against it or are undecided, each with its numbers."""
+    outcome = {True: "supports", False: "goes against", None: "undecided"}
+    counts = {word: sum(outcome[c.passed] == word for c in checks) for word in outcome.values()}
+    parts = "; ".join(f"{c.name}: {outcome[c.passed]} ({c.detail})" for c in checks)
+    summary = ", ".join(f"{n} {word}" for word, n in counts.items())
+    return f"Of {len(checks)} budgets: {summary} — {parts}."
+
+
+def bcr_verdict(checks: Sequence[Check]) -> str:
+    """P4 (c)'s verdict over the budgets: **holds** when some check passes, **does not hold here** when every
+    check fails, **inconclusive** otherwise (none passes and some are undecided, or there are none)."""
+    if any(c.passed is True for c in checks):
+        return HOLDS
+    if checks and all(c.passed is False for c in checks):
+        return DOES_NOT_HOLD
+    return INCONCLUSIVE

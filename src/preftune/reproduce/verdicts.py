@@ -8,7 +8,9 @@ of checks, each of which passes or fails by an explicit rule on a contrast; the 
 - **partly**: some pass, some do not;
 - **does not hold here**: none passes;
 - **cannot be tested here**: no check could be decided (the evaluator it needs is at chance:
-  :mod:`preftune.reproduce.rules`).
+  :mod:`preftune.reproduce.rules`);
+- **inconclusive**: for a rule that asks whether *some* setting of a grid supports a claim (P4 (c): some
+  budget δ), when none does and not every one goes against it (:func:`preftune.reproduce.rules.bcr_verdict`).
 
 Two rules on a contrast with a margin δ > 0 (in the score's own units):
 
@@ -33,7 +35,8 @@ PARTLY = "partly"
 DOES_NOT_HOLD = "does not hold here"
 NOT_RUN = "not run"
 UNTESTABLE = "cannot be tested here"
-VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_RUN, UNTESTABLE)
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_RUN, UNTESTABLE, INCONCLUSIVE)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def finish_stage(
     if result.evals:
         record["eval_before"] = result.evals[0]
         record["eval_after"] = result.evals[-1]
+        record["evals"] = result.evals  # every held-out evaluation: before, every eval.every steps, after
     for name in ("win_rates", "gradient_cosines"):  # the periodic hooks' records, when the stage ran them
         if result.records.get(name):
             record[name] = result.records[name]
