@@ -3,6 +3,7 @@
 - :func:`distinct_prompts`: the first held-out prompts of a run, each once.
 - :func:`start_answers`: the starting model's greedy answers, cached under
   ``$PREFTUNE_CACHE/reproduce/answers`` by model, prompts and length (every experiment compares with them).
+- :func:`gold_scores`: the gold reward model's score of the start's answers and of every trained run's.
 - :func:`gold_wins` and :func:`length_wins`: per prompt, 1 when the model's answer scores higher than the
   baseline's (by the gold reward model, or by length: the ``longer`` judge), 0.5 when equal, 0 when lower.
 - :func:`pooled_rate`: the win rate over prompts of the per-prompt mean over seeds, with a 95% percentile
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,20 @@ def start_answers(model: str, prompts: Sequence[Any], max_new_tokens: int, cache
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"model": model, "max_new_tokens": max_new_tokens, "answers": out}))
     return out
+
+
+def gold_scores(
+    score: Callable[[list[Any], list[str]], list[float]],
+    prompts: Sequence[Any],
+    start: list[str],
+    runs: Mapping[str, Sequence[Any]],
+) -> dict[str, Any]:
+    """Rewards of the start's answers and of every run's (each with ``.answers`` to ``prompts``), by ``score``
+    (the gold reward model's): ``{"start": [per prompt], name: [[per prompt] per seed]}``."""
+    scores: dict[str, Any] = {"start": score(list(prompts), start)}
+    for name, seeds in runs.items():
+        scores[name] = [score(list(prompts), run.answers) for run in seeds]
+    return scores
 
 
 def compare(first: Sequence[float], second: Sequence[float]) -> list[float]:

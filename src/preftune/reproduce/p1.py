@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from preftune.reproduce.p1_report import (
     preamble,
     surrogate_section,
 )
-from preftune.reproduce.p1_runs import VARIANTS, Run, held_out_prompts, run_all
+from preftune.reproduce.p1_runs import VARIANTS, held_out_prompts, run_all
 from preftune.reproduce.report import render_report
 from preftune.reproduce.verdicts import mean_interval
 
@@ -115,15 +115,6 @@ def _gradients(out: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
     return json.loads((folder / JSON_NAME).read_text(encoding="utf-8")), figures
 
 
-def _scores(gold: GoldEvaluator, prompts: list[Any], start: list[str], runs: Mapping[str, list[Run]]) -> dict:
-    """Gold rewards of the start's answers and every run's: ``{"start": [...], variant: [[per prompt] per seed]}``."""
-    scorer = gold.scorer()
-    scores: dict[str, Any] = {"start": scorer.score(prompts, start)}
-    for variant, seeds in runs.items():
-        scores[variant] = [scorer.score(prompts, run.answers) for run in seeds]
-    return scores
-
-
 def reproduce_p1(
     scale: str | P1Scale, out: Path | str, say: Say = print, gold_source: Path | None = None, cache: Path | None = None
 ) -> dict[str, Any]:
@@ -132,7 +123,7 @@ def reproduce_p1(
     ``gold_source``: the gold pairs' HH-RLHF file (default :func:`preftune.reproduce.gold.gold_source`);
     ``cache``: where the gold model is cached (default under ``$PREFTUNE_CACHE``).
     """
-    from preftune.reproduce.answers import start_answers
+    from preftune.reproduce.answers import gold_scores, start_answers
 
     settings = get_scale(scale) if isinstance(scale, str) else scale
     out = Path(out)
@@ -149,7 +140,7 @@ def reproduce_p1(
     clock = time.perf_counter()
     runs = run_all(settings.training, settings.seeds, prompts, settings.max_new_tokens, say)
     seconds["training"] = time.perf_counter() - clock
-    scores = _scores(gold, prompts, start, runs)
+    scores = gold_scores(gold.scorer().score, prompts, start, runs)
     sections = [
         gradient_section(document, figures),
         surrogate_section(runs, scores, start, gold, settings.margin),
