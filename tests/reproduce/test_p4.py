@@ -3,9 +3,12 @@ report wired end to end on the tiny gold model, and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ from preftune.reproduce.p4 import SCALES, reproduce_p4
 from preftune.reproduce.p4_ranking import DEFAULT_TREES, SCORE, read_groups, run_ranking_study, tree_pairs
 from preftune.reproduce.p4_report import calls_section, ranking_section
 from preftune.reproduce.verdicts import HOLDS, NOT_RUN, UNTESTABLE, VERDICTS, Interval
+from tests.reproduce.conftest import bundled_rows
 
 pytestmark = pytest.mark.skipif(not DEFAULT_TREES.is_file(), reason="the shared OpenAssistant trees are not here")
 
@@ -81,11 +85,17 @@ def test_verdicts_follow_the_numbers() -> None:
 
 @pytest.mark.slow
 def test_p4_report_end_to_end(tmp_path: Path, gold_files: tuple[Path, Path]) -> None:
-    """The test scale with the tiny gold model: every section, computed verdicts, (c) and (d) not run."""
+    """The test scale with the tiny gold model: every section, computed verdicts, (c) not run; (d) the pipeline
+    trained on bundled rows 40..120 (the gold model's are rows 0..40)."""
     source, cache = gold_files
-    results = reproduce_p4(SCALES["test"], tmp_path / "out", say=lambda _: None, gold_source=source, cache=cache)
+    (tmp_path / "train.jsonl").write_text(bundled_rows(40, 120), encoding="utf-8")
+    pipeline = SCALES["test"].pipeline
+    training = copy.deepcopy(pipeline.training)
+    training["data"]["train"] = str(tmp_path / "train.jsonl")
+    scale = replace(SCALES["test"], pipeline=replace(pipeline, training=training))
+    results = reproduce_p4(scale, tmp_path / "out", say=lambda _: None, gold_source=source, cache=cache)
     assert list(results["claims"]) == ["calls", "ranking", "bcr", "pipeline"]
-    assert results["claims"]["bcr"]["verdict"] == NOT_RUN == results["claims"]["pipeline"]["verdict"]
+    assert results["claims"]["bcr"]["verdict"] == NOT_RUN
     assert results["claims"]["calls"]["verdict"] in VERDICTS and results["claims"]["calls"]["data"]["checks"]
     assert results["claims"]["ranking"]["verdict"] in VERDICTS and results["claims"]["ranking"]["data"]["checks"]
     out = tmp_path / "out"
@@ -94,6 +104,30 @@ def test_p4_report_end_to_end(tmp_path: Path, gold_files: tuple[Path, Path]) -> 
     assert "**The gold evaluator.**" in text and "_Not run:" in text and "![p4_ranking.png]" in text
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
     assert len(results["ranking"]["sizes"]) == SCALES["test"].trees
+    _check_pipeline(results, text, scale.pipeline)
+
+
+def _check_pipeline(results: dict, text: str, settings: Any) -> None:
+    """(d) ran: completions generated and ranked into pairs, both runs trained at every seed and scored by gold."""
+    claim = results["claims"]["pipeline"]
+    assert claim["verdict"] in VERDICTS and claim["verdict"] != NOT_RUN
+    assert [c["name"] for c in claim["data"]["checks"]] == ["gold: pipeline beats original head to head"]
+    study = claim["data"]["study"]
+    assert study["generation"]["prompts"] == settings.training["data"]["train_size"]
+    assert study["generation"]["completions"] == settings.n * study["generation"]["prompts"]
+    assert 0 < study["ranking"]["pairs"] <= study["generation"]["prompts"]
+    assert study["original_pairs"]["pairs"] == settings.training["data"]["train_size"]
+    prompts = len(study["start"]["answers"])
+    assert prompts == settings.prompts
+    for name in ("pipeline", "original"):
+        assert [r["seed"] for r in study["runs"][name]] == list(settings.seeds)
+        assert all("accuracy" in r["metrics"] and len(r["answers"]) == prompts for r in study["runs"][name])
+        assert [len(s) for s in study["gold_scores"][name]] == [prompts] * len(settings.seeds)
+    assert claim["data"]["head_to_head"]["gold"]["prompts"] == prompts
+    assert claim["data"]["judge_tau"] is not None  # (b) ranked with the same judge
+    assert "## (d) The whole pipeline beats training on the original pairs" in text
+    assert "GPT-4" in text and "pays for length" in text and "- **(d)** one check" in text
+    assert results["seconds"]["pipeline"] > 0
 
 
 def test_cli_knows_p4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

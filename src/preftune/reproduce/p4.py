@@ -1,17 +1,23 @@
 """Reproduce P4's claims (Chen et al. 2024, *Towards Improved Preference Optimization Pipeline: from Data
 Generation to Budget-Controlled Regularization*; docs/methods.md §5) and write a Markdown report.
 
-:func:`reproduce_p4` runs, at a chosen scale, the ranking study on the OpenAssistant trees
-(:mod:`preftune.reproduce.p4_ranking`): (a) judge calls of IPR against a round robin and (b) agreement with
-the human ranks of IPR against the gold reward model's scores. (c) budget-controlled regularisation and (d)
-the whole pipeline are reported as **not run** (not built yet), never left out.
+:func:`reproduce_p4` runs, at a chosen scale:
+
+- the ranking study on the OpenAssistant trees (:mod:`preftune.reproduce.p4_ranking`): (a) judge calls of IPR
+  against a round robin and (b) agreement with the human ranks of IPR against the gold reward model's scores;
+- (d) the whole pipeline (:mod:`preftune.reproduce.p4_pipeline`): N completions per P1 training prompt from the
+  starting model, ranked by IPR with the scale's judge (``longer`` offline, a stand-in for the paper's GPT-4),
+  ``dpo+bcr`` trained on best against worst and on the original pairs of the same prompts, the two models'
+  answers compared by the gold evaluator (:mod:`preftune.reproduce.p4_pipeline_report`).
+
+(c) budget-controlled regularisation is reported as **not run** (not built yet), never left out.
 
 The gold evaluator is the one of :data:`preftune.reproduce.gold.GOLD_SCALES` at the same scale, with the
 prompts P1's runs read excluded as well as the trees', so ``preftune reproduce all`` trains it once.
 
-Scales: ``test`` (a few trees, the tiny random gold model: seconds, for the test suite); ``small`` (every tree
-and turn, SmolLM2 gold model; two CPU cores); ``full`` (the same data: the trees hold only 100 prompts; the
-full-scale gold model, one GPU).
+Scales: ``test`` (a few trees, the tiny random gold model and policy: seconds, for the test suite); ``small``
+(every tree and turn, the SmolLM2 gold model and policy, (d) on P1's 128 training prompts; two CPU cores);
+``full`` (the same trees: they hold only 100 prompts; the full-scale gold model and P1's full training; one GPU).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from preftune.errors import SpecError
 from preftune.files import strict_json, write_atomic, write_json_atomic
 from preftune.lab.plots import save_png
 from preftune.reproduce.gold import GOLD_SCALES, GoldEvaluator, GoldSettings, check_disjoint, ensure_gold
+from preftune.reproduce.p4_pipeline import PIPELINE_SCALES, PipelineSettings, run_pipeline_study
+from preftune.reproduce.p4_pipeline_report import judge_tau, pipeline_appendix, pipeline_not_run, pipeline_section
 from preftune.reproduce.p4_ranking import DEFAULT_TREES, read_groups, run_ranking_study, tree_pairs
 from preftune.reproduce.p4_report import (
     appendix,
@@ -52,6 +60,7 @@ class P4Scale:
         gold: the gold reward model's settings.
         exclude_p1: also keep the gold model off the pairs P1's runs at this scale read (so it is P1's gold model).
         seed: the seed of the replies' shuffle and of the random control judge.
+        pipeline: the settings of (d), the whole pipeline (None: not run at this scale).
     """
 
     name: str
@@ -60,12 +69,13 @@ class P4Scale:
     gold: GoldSettings
     exclude_p1: bool = True
     seed: int = 0
+    pipeline: PipelineSettings | None = None
 
 
 SCALES = {
-    "test": P4Scale("test", 6, "first", GOLD_SCALES["test"], exclude_p1=False),
-    "small": P4Scale("small", None, "all", GOLD_SCALES["small"]),
-    "full": P4Scale("full", None, "all", GOLD_SCALES["full"]),
+    "test": P4Scale("test", 6, "first", GOLD_SCALES["test"], exclude_p1=False, pipeline=PIPELINE_SCALES["test"]),
+    "small": P4Scale("small", None, "all", GOLD_SCALES["small"], pipeline=PIPELINE_SCALES["small"]),
+    "full": P4Scale("full", None, "all", GOLD_SCALES["full"], pipeline=PIPELINE_SCALES["full"]),
 }
 
 
@@ -116,13 +126,29 @@ def reproduce_p4(
     say(f"P4: ranked {len(groups)} OpenAssistant prompts in {seconds['ranking']:.0f} s")
     save_png(ranking_figure(study), out / FIGURE)
     sections = [calls_section(study, (FIGURE,)), ranking_section(study, gold, ()), *pending_sections()]
+    sections.append(_pipeline(settings, gold, scorer.score, study, seconds, say, cache))
     seconds["total"] = time.perf_counter() - began
     results = _results(settings, sections, seconds, gold, study.to_json())
-    text = render_report(_title(settings), preamble(settings, seconds, gold, str(trees)), sections, appendix())
+    text = render_report(
+        _title(settings), preamble(settings, seconds, gold, str(trees)), sections, appendix() + pipeline_appendix()
+    )
     write_atomic(out / "report.md", text.encode("utf-8"))
     write_json_atomic(out / "results.json", results)
     say(f"wrote {out / 'report.md'} and {out / 'results.json'} in {seconds['total']:.0f} s")
     return results
+
+
+def _pipeline(
+    settings: P4Scale, gold: GoldEvaluator, score: Callable, ranking: Any, seconds: dict, say: Say, cache: Path | None
+) -> Any:
+    """(d)'s section: the pipeline study at the scale's settings (its time in ``seconds["pipeline"]``)."""
+    if settings.pipeline is None:
+        return pipeline_not_run(f"the scale `{settings.name}` sets no pipeline study")
+    clock = time.perf_counter()
+    pipeline = run_pipeline_study(settings.pipeline, gold, score, say, cache)
+    seconds["pipeline"] = time.perf_counter() - clock
+    say(f"P4 (d): the pipeline study in {seconds['pipeline']:.0f} s")
+    return pipeline_section(pipeline, gold, judge_tau(ranking, settings.pipeline.judge))
 
 
 def _results(
