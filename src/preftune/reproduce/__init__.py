@@ -7,7 +7,8 @@
 - :mod:`preftune.reproduce.p2`: P2 (Grinsztajn et al. 2024): summed vs averaged ``dpo`` and ``ipo`` over a grid
   of β, mean answer length against gold score.
 - :mod:`preftune.reproduce.p4`: P4 (Chen et al. 2024): IPR against a round robin and against a scoring
-  reward model on the OpenAssistant trees' human ranks; (c), (d) stated as not run yet.
+  reward model on the OpenAssistant trees' human ranks; (d) the whole pipeline (generate, rank by IPR, train
+  ``dpo+bcr``) against the original pairs (:mod:`preftune.reproduce.p4_pipeline`); (c) stated as not run yet.
 - :mod:`preftune.reproduce.rules`: the verdict rules of P1, P2 and P4.
 - :mod:`preftune.reproduce.verdicts`: intervals and the rules that turn them into verdicts.
 - :mod:`preftune.reproduce.report`: claim sections and the Markdown report.
