@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,16 +85,23 @@ def test_verdicts_follow_the_numbers() -> None:
 
 @pytest.mark.slow
 def test_p4_report_end_to_end(tmp_path: Path, gold_files: tuple[Path, Path]) -> None:
-    """The test scale with the tiny models: every section, computed verdicts, (c)'s runs and curves, (d) not run.
-    (c)'s runs train on bundled rows 40..120, the gold model on rows 0..40 (as P1's test: disjoint prompts)."""
+    """The test scale with the tiny models: every section, computed verdicts, (c)'s runs and curves, (d) the
+    pipeline. (c)'s and (d)'s runs train on bundled rows 40..120, the gold model on rows 0..40 (as P1's test:
+    disjoint prompts)."""
     source, cache = gold_files
     (tmp_path / "train.jsonl").write_text(bundled_rows(40, 120), encoding="utf-8")
     training = copy.deepcopy(SCALES["test"].bcr.training)
     training["data"]["train"] = str(tmp_path / "train.jsonl")
-    scale = replace(SCALES["test"], bcr=replace(SCALES["test"].bcr, training=training))
+    pipeline = SCALES["test"].pipeline
+    pipeline_training = copy.deepcopy(pipeline.training)
+    pipeline_training["data"]["train"] = str(tmp_path / "train.jsonl")
+    scale = replace(
+        SCALES["test"],
+        bcr=replace(SCALES["test"].bcr, training=training),
+        pipeline=replace(pipeline, training=pipeline_training),
+    )
     results = reproduce_p4(scale, tmp_path / "out", say=lambda _: None, gold_source=source, cache=cache)
     assert list(results["claims"]) == ["calls", "ranking", "bcr", "pipeline"]
-    assert results["claims"]["pipeline"]["verdict"] == NOT_RUN
     assert results["claims"]["calls"]["verdict"] in VERDICTS and results["claims"]["calls"]["data"]["checks"]
     assert results["claims"]["ranking"]["verdict"] in VERDICTS and results["claims"]["ranking"]["data"]["checks"]
     bcr = results["claims"]["bcr"]
@@ -113,11 +121,35 @@ def test_p4_report_end_to_end(tmp_path: Path, gold_files: tuple[Path, Path]) -> 
     for name in ("p4_ranking.png", "p4_bcr_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "**The gold evaluator.**" in text and "_Not run:" in text and "![p4_ranking.png]" in text
+    assert "**The gold evaluator.**" in text and "_Not run:" not in text and "![p4_ranking.png]" in text
     assert "![p4_bcr_curves.png]" in text and "**The rule** (in full" in text and "- **(c)** For each budget δ" in text
     assert "**Verdict: inconclusive.**" in text
     assert json.loads((out / "results.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
     assert len(results["ranking"]["sizes"]) == SCALES["test"].trees
+    _check_pipeline(results, text, scale.pipeline)
+
+
+def _check_pipeline(results: dict, text: str, settings: Any) -> None:
+    """(d) ran: completions generated and ranked into pairs, both runs trained at every seed and scored by gold."""
+    claim = results["claims"]["pipeline"]
+    assert claim["verdict"] in VERDICTS and claim["verdict"] != NOT_RUN
+    assert [c["name"] for c in claim["data"]["checks"]] == ["gold: pipeline beats original head to head"]
+    study = claim["data"]["study"]
+    assert study["generation"]["prompts"] == settings.training["data"]["train_size"]
+    assert study["generation"]["completions"] == settings.n * study["generation"]["prompts"]
+    assert 0 < study["ranking"]["pairs"] <= study["generation"]["prompts"]
+    assert study["original_pairs"]["pairs"] == settings.training["data"]["train_size"]
+    prompts = len(study["start"]["answers"])
+    assert prompts == settings.prompts
+    for name in ("pipeline", "original"):
+        assert [r["seed"] for r in study["runs"][name]] == list(settings.seeds)
+        assert all("accuracy" in r["metrics"] and len(r["answers"]) == prompts for r in study["runs"][name])
+        assert [len(s) for s in study["gold_scores"][name]] == [prompts] * len(settings.seeds)
+    assert claim["data"]["head_to_head"]["gold"]["prompts"] == prompts
+    assert claim["data"]["judge_tau"] is not None  # (b) ranked with the same judge
+    assert "## (d) The whole pipeline beats training on the original pairs" in text
+    assert "GPT-4" in text and "pays for length" in text and "- **(d)** one check" in text
+    assert results["seconds"]["pipeline"] > 0
 
 
 def test_cli_knows_p4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

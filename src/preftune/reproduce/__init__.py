@@ -8,9 +8,10 @@
   of β, mean answer length against gold score.
 - :mod:`preftune.reproduce.p4`: P4 (Chen et al. 2024): IPR against a round robin and against a scoring
   reward model on the OpenAssistant trees' human ranks; (c) BCR against DPO over a grid of budgets on P1's
-  pairs and seeds (:mod:`preftune.reproduce.p4_bcr`); (d) stated as not run yet.
-- :mod:`preftune.reproduce.rules`: the verdict rules of P1, P2 and P4 (P4 (c): holds / does not hold here /
-  inconclusive over a grid of budgets).
+  pairs and seeds (:mod:`preftune.reproduce.p4_bcr`); (d) the whole pipeline (generate, rank by IPR, train
+  ``dpo+bcr``) against the original pairs (:mod:`preftune.reproduce.p4_pipeline`).
+- :mod:`preftune.reproduce.rules`: the verdict rules of P1, P2 and P4 (P4 (c) and (d): holds / does not hold
+  here / inconclusive).
 - :mod:`preftune.reproduce.verdicts`: intervals and the rules that turn them into verdicts.
 - :mod:`preftune.reproduce.report`: claim sections and the Markdown report.
 - :mod:`preftune.reproduce.plots`: the report's own figures.

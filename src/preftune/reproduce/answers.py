@@ -3,12 +3,12 @@
 - :func:`distinct_prompts`: the first held-out prompts of a run, each once.
 - :func:`start_answers`: the starting model's greedy answers, cached under
   ``$PREFTUNE_CACHE/reproduce/answers`` by model, prompts and length (every experiment compares with them).
+- :func:`gold_scores`: the gold reward model's score of the start's answers and of every trained run's.
 - :func:`gold_wins` and :func:`length_wins`: per prompt, 1 when the model's answer scores higher than the
   baseline's (by the gold reward model, or by length: the ``longer`` judge), 0.5 when equal, 0 when lower.
 - :func:`pooled_rate`: the win rate over prompts of the per-prompt mean over seeds, with a 95% percentile
   bootstrap interval over prompts (docs/methods.md §6), and both mean lengths.
-- :func:`score_runs`: the gold rewards of the starting model's answers and of every trained run's;
-  :func:`run_rates`: a variant's gold and ``longer`` win rates against another's (paired by seed) or the start's;
+- :func:`run_rates`: a variant's gold and ``longer`` win rates against another's (paired by seed) or the start's;
   :func:`rate_cells`: those as a table's cells (P1's and P4's win-rate tables).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,20 @@ def start_answers(model: str, prompts: Sequence[Any], max_new_tokens: int, cache
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"model": model, "max_new_tokens": max_new_tokens, "answers": out}))
     return out
+
+
+def gold_scores(
+    score: Callable[[list[Any], list[str]], list[float]],
+    prompts: Sequence[Any],
+    start: list[str],
+    runs: Mapping[str, Sequence[Any]],
+) -> dict[str, Any]:
+    """Rewards of the start's answers and of every run's (each with ``.answers`` to ``prompts``), by ``score``
+    (the gold reward model's): ``{"start": [per prompt], name: [[per prompt] per seed]}``."""
+    scores: dict[str, Any] = {"start": score(list(prompts), start)}
+    for name, seeds in runs.items():
+        scores[name] = [score(list(prompts), run.answers) for run in seeds]
+    return scores
 
 
 def compare(first: Sequence[float], second: Sequence[float]) -> list[float]:
@@ -115,15 +129,6 @@ class Answered(Protocol):
     answers: list[str]
 
 
-def score_runs(scorer: Any, prompts: Sequence[Any], start: list[str], runs: Mapping[str, Sequence[Answered]]) -> dict:
-    """Gold rewards (``scorer.score``, a :class:`~preftune.reward.RewardModel`) of the start's answers and every
-    run's: ``{"start": [per prompt], variant: [[per prompt] per seed]}``."""
-    scores: dict[str, Any] = {"start": scorer.score(list(prompts), start)}
-    for variant, seeds in runs.items():
-        scores[variant] = [scorer.score(list(prompts), run.answers) for run in seeds]
-    return scores
-
-
 def run_rates(
     runs: Mapping[str, Sequence[Answered]],
     scores: Mapping[str, Any],
@@ -132,7 +137,7 @@ def run_rates(
     start: list[str],
 ) -> tuple[PooledRate, PooledRate]:
     """(gold, ``longer``) win rates of ``first`` against ``second`` (None: the starting model's ``start``
-    answers), paired by seed; ``scores`` as :func:`score_runs` gives them."""
+    answers), paired by seed; ``scores`` as :func:`gold_scores` gives them."""
     a_runs = runs[first]
     b_answers = [start] * len(a_runs) if second is None else [r.answers for r in runs[second]]
     b_scores = [scores["start"]] * len(a_runs) if second is None else scores[second]

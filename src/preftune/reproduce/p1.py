@@ -123,7 +123,7 @@ def reproduce_p1(
     ``gold_source``: the gold pairs' HH-RLHF file (default :func:`preftune.reproduce.gold.gold_source`);
     ``cache``: where the gold model is cached (default under ``$PREFTUNE_CACHE``).
     """
-    from preftune.reproduce.answers import score_runs, start_answers
+    from preftune.reproduce.answers import gold_scores, start_answers
 
     settings = get_scale(scale) if isinstance(scale, str) else scale
     out = Path(out)
@@ -140,7 +140,7 @@ def reproduce_p1(
     clock = time.perf_counter()
     runs = run_all(settings.training, settings.seeds, prompts, settings.max_new_tokens, say)
     seconds["training"] = time.perf_counter() - clock
-    scores = score_runs(gold.scorer(), prompts, start, runs)
+    scores = gold_scores(gold.scorer().score, prompts, start, runs)
     sections = [
         gradient_section(document, figures),
         surrogate_section(runs, scores, start, gold, settings.margin),

@@ -24,13 +24,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from preftune.data.examples import PreferenceExample
 from preftune.reproduce.answers import answers, distinct_prompts
 from preftune.reproduce.p3_lemma import training_config
 from preftune.run.config import RunConfig, StageConfig
 from preftune.run_layout import HELD_OUT_FILE
+
+if TYPE_CHECKING:
+    from preftune.run.inputs import Examples
 
 OBJECTIVES = ("mle", "ul", "exmate", "dpo", "dpo+mle", "dpo+exmate")
 STAGED = "exmate→dpo"
@@ -102,13 +105,18 @@ def train_variant(
     return Run(variant, seed, metrics, text, float(outcome["seconds"]), curve)
 
 
-def held_out_prompts(settings: Mapping[str, Any], limit: int) -> tuple[list[Any], list[PreferenceExample]]:
-    """(the first ``limit`` distinct held-out prompts, every pair the runs read) under the scale's data settings;
-    read as the trainer reads them (the held-out split does not depend on the seed)."""
+def read_pairs(settings: Mapping[str, Any]) -> Examples:
+    """The training and held-out pairs under the scale's data settings, read as the trainer reads them (the
+    held-out split does not depend on the seed; ``data.train_size`` is applied later, by the trainer)."""
     from preftune.run.inputs import load_examples
 
     config = training_config(settings, "dpo", Path(tempfile.gettempdir()) / "preftune-p1-unused")
-    examples = load_examples(config.data, "pairs")
+    return load_examples(config.data, "pairs")
+
+
+def held_out_prompts(settings: Mapping[str, Any], limit: int) -> tuple[list[Any], list[PreferenceExample]]:
+    """(the first ``limit`` distinct held-out prompts, every pair the runs read) under the scale's data settings."""
+    examples = read_pairs(settings)
     return distinct_prompts(examples.held_out, limit), [*examples.train, *examples.held_out]
 
 

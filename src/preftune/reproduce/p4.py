@@ -9,15 +9,19 @@ Generation to Budget-Controlled Regularization*; docs/methods.md §5) and write 
   a grid of δ and ``dpo + dpop`` trained on P1's pairs and seeds, the held-out chosen drift and accuracy over
   training, the gold win rate against the starting model, and a verdict from
   :func:`preftune.reproduce.rules.bcr_verdict`;
-- (d) the whole pipeline is reported as **not run** (not built yet), never left out.
+- (d) the whole pipeline (:mod:`preftune.reproduce.p4_pipeline`): N completions per P1 training prompt from the
+  starting model, ranked by IPR with the scale's judge (``longer`` offline, a stand-in for the paper's GPT-4),
+  ``dpo+bcr`` trained on best against worst and on the original pairs of the same prompts, the two models'
+  answers compared by the gold evaluator (:mod:`preftune.reproduce.p4_pipeline_report`).
 
 The gold evaluator is the one of :data:`preftune.reproduce.gold.GOLD_SCALES` at the same scale, kept off the
-trees and off every pair (c)'s runs read (P1's at the same scale), so ``preftune reproduce all`` trains it once.
+trees and off every pair (c)'s and (d)'s runs read (P1's at the same scale), so ``preftune reproduce all`` trains
+it once.
 
 Scales: ``test`` (a few trees, the tiny random models, one seed, one δ, two steps: seconds, for the test suite;
 its (c) has no interval, so its verdict is inconclusive by design); ``small`` (every tree and turn, SmolLM2;
-(c): δ ∈ {0.05, 0.2}, seeds 0 and 1, P1's 32 steps evaluated every 8; two CPU cores); ``full`` (the same trees:
-they hold only 100 prompts; P1's full runs, one GPU).
+(c): δ ∈ {0.05, 0.2}, seeds 0 and 1, P1's 32 steps evaluated every 8; (d) on P1's 128 training prompts; two CPU
+cores); ``full`` (the same trees: they hold only 100 prompts; P1's full runs, one GPU).
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ from preftune.reproduce.p4_bcr import (
     runs_json,
     study_of,
 )
+from preftune.reproduce.p4_pipeline import PIPELINE_SCALES, PipelineSettings, run_pipeline_study
+from preftune.reproduce.p4_pipeline_report import judge_tau, pipeline_appendix, pipeline_not_run, pipeline_section
 from preftune.reproduce.p4_ranking import DEFAULT_TREES, read_groups, run_ranking_study, tree_pairs
 from preftune.reproduce.p4_report import (
     appendix,
     calls_section,
-    pending_sections,
     preamble,
     ranking_figure,
     ranking_section,
@@ -72,6 +77,7 @@ class P4Scale:
         gold: the gold reward model's settings.
         bcr: (c)'s runs (P1's at the same scale, so the gold model, kept off their pairs, is P1's).
         seed: the seed of the replies' shuffle and of the random control judge.
+        pipeline: the settings of (d), the whole pipeline (None: not run at this scale).
     """
 
     name: str
@@ -80,15 +86,35 @@ class P4Scale:
     gold: GoldSettings
     bcr: BcrStudy
     seed: int = 0
+    pipeline: PipelineSettings | None = None
 
 
 SCALES = {
     # (c): two steps evaluated at every step, so the curve has a point between the start and the end
-    "test": P4Scale("test", 6, "first", GOLD_SCALES["test"], study_of(P1_SCALES["test"], (0.05,), (0,), 1, 2)),
+    "test": P4Scale(
+        "test",
+        6,
+        "first",
+        GOLD_SCALES["test"],
+        study_of(P1_SCALES["test"], (0.05,), (0,), 1, 2),
+        pipeline=PIPELINE_SCALES["test"],
+    ),
     # (c): 4 variants × 2 seeds of P1's small runs (~70-90 s each with answers), evaluated every 8 of 32 steps
-    "small": P4Scale("small", None, "all", GOLD_SCALES["small"], study_of(P1_SCALES["small"], (0.05, 0.2), (0, 1), 8)),
+    "small": P4Scale(
+        "small",
+        None,
+        "all",
+        GOLD_SCALES["small"],
+        study_of(P1_SCALES["small"], (0.05, 0.2), (0, 1), 8),
+        pipeline=PIPELINE_SCALES["small"],
+    ),
     "full": P4Scale(
-        "full", None, "all", GOLD_SCALES["full"], study_of(P1_SCALES["full"], (0.02, 0.05, 0.2), (0, 1, 2), 20)
+        "full",
+        None,
+        "all",
+        GOLD_SCALES["full"],
+        study_of(P1_SCALES["full"], (0.02, 0.05, 0.2), (0, 1, 2), 20),
+        pipeline=PIPELINE_SCALES["full"],
     ),
 }
 
@@ -120,12 +146,12 @@ def _bcr(
     study: BcrStudy, prompts: list[Any], scorer: Any, gold: GoldEvaluator, cache: Path | None, out: Path, say: Say
 ) -> tuple[ClaimSection, dict[str, Any]]:
     """(c): the runs trained, answered and scored; its figure written to ``out``; its section and numbers."""
-    from preftune.reproduce.answers import score_runs, start_answers
+    from preftune.reproduce.answers import gold_scores, start_answers
 
     model = study.training["model"]["name"]
     start = start_answers(model, prompts, study.max_new_tokens, None if cache is None else cache / "answers")
     runs = run_study(study, prompts, say)
-    scores = score_runs(scorer, prompts, start, runs)
+    scores = gold_scores(scorer.score, prompts, start, runs)
     section = bcr_section(study, runs, scores, start, gold, (BCR_FIGURE,))
     save_png(curve_figure(mean_curves(runs)), out / BCR_FIGURE)
     return section, runs_json(runs, scores, start)
@@ -161,15 +187,30 @@ def reproduce_p4(
     clock = time.perf_counter()
     bcr, bcr_numbers = _bcr(settings.bcr, prompts, scorer, gold, cache, out, say)
     seconds["bcr"] = time.perf_counter() - clock
-    sections = [calls_section(study, (FIGURE,)), ranking_section(study, gold, ()), bcr, *pending_sections()]
+    sections = [calls_section(study, (FIGURE,)), ranking_section(study, gold, ()), bcr]
+    sections.append(_pipeline(settings, gold, scorer.score, study, seconds, say, cache))
     seconds["total"] = time.perf_counter() - began
     results = _results(settings, sections, seconds, gold, study.to_json(), bcr_numbers)
     rule = bcr_rule(settings.bcr.drift_margin, settings.bcr.accuracy_margin)
-    text = render_report(_title(settings), preamble(settings, seconds, gold, str(trees)), sections, appendix(rule))
+    closing = appendix(rule) + pipeline_appendix()
+    text = render_report(_title(settings), preamble(settings, seconds, gold, str(trees)), sections, closing)
     write_atomic(out / "report.md", text.encode("utf-8"))
     write_json_atomic(out / "results.json", results)
     say(f"wrote {out / 'report.md'} and {out / 'results.json'} in {seconds['total']:.0f} s")
     return results
+
+
+def _pipeline(
+    settings: P4Scale, gold: GoldEvaluator, score: Callable, ranking: Any, seconds: dict, say: Say, cache: Path | None
+) -> Any:
+    """(d)'s section: the pipeline study at the scale's settings (its time in ``seconds["pipeline"]``)."""
+    if settings.pipeline is None:
+        return pipeline_not_run(f"the scale `{settings.name}` sets no pipeline study")
+    clock = time.perf_counter()
+    pipeline = run_pipeline_study(settings.pipeline, gold, score, say, cache)
+    seconds["pipeline"] = time.perf_counter() - clock
+    say(f"P4 (d): the pipeline study in {seconds['pipeline']:.0f} s")
+    return pipeline_section(pipeline, gold, judge_tau(ranking, settings.pipeline.judge))
 
 
 def _results(

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from preftune.lab.plots import PALETTE
 from preftune.reproduce.gold import GoldEvaluator
 from preftune.reproduce.p4_ranking import SCORE, RankingStudy, calls_by_size, calls_per_judge, taus_for_rule
-from preftune.reproduce.report import ClaimSection, markdown_table, not_run_section
+from preftune.reproduce.report import ClaimSection, markdown_table
 from preftune.reproduce.rules import calls_checks, claim_reason, claim_verdict, ranking_checks
 from preftune.reproduce.verdicts import mean_interval, wilson
 
@@ -115,16 +115,6 @@ def ranking_section(study: RankingStudy, gold: GoldEvaluator, figures: tuple[str
     return ClaimSection(
         "ranking", title, RANKING_CLAIM, measured, claim_verdict(checks), claim_reason(checks), figures, data
     )
-
-
-def pending_sections() -> list[ClaimSection]:
-    """(d): not built yet, stated as such."""
-    why_d = "the generate-N → IPR → dpo+bcr pipeline against the original pairs is not wired into the reproduction yet"
-    return [
-        not_run_section(
-            "pipeline", "(d) The whole pipeline beats training on the original pairs", PIPELINE_CLAIM, why_d
-        ),
-    ]
 
 
 def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, source: str) -> str:

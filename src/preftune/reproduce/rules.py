@@ -321,3 +321,37 @@ def bcr_verdict(checks: Sequence[Check]) -> str:
     if checks and all(c.passed is False for c in checks):
         return DOES_NOT_HOLD
     return INCONCLUSIVE
+
+
+# --- P4 (d): the whole pipeline against the original pairs ------------------------------------------------
+
+
+def pipeline_checks(
+    head_to_head: Interval, usable: bool, pipeline: str = "pipeline", baseline: str = "original"
+) -> list[Check]:
+    """P4 (d): the model trained on the pipeline's pairs beats the one trained on the original pairs (same
+    objective, steps and seeds), judged head to head by the gold evaluator.
+
+    ``head_to_head``: the gold win rate of ``pipeline``'s answers against ``baseline``'s (ties half), with its
+    95% interval over prompts. The check passes when the whole interval lies above 0.5 (**holds**) and fails
+    when it lies below 0.5 (the original pairs win: **does not hold here**). It is undecided (**cannot be tested
+    here**) when the interval contains 0.5 or is unknown — inconclusive: the gold evaluator cannot separate the
+    two models — and when the gold evaluator is at chance on its own held-out pairs."""
+    name = f"gold: {pipeline} beats {baseline} head to head"
+    if not usable:
+        return [Check(name, None, f"win rate {head_to_head.text()}, but the gold evaluator is at chance")]
+    if above(head_to_head, 0.5):
+        return [Check(name, True, f"gold win rate {head_to_head.text()}, above 0.5")]
+    if head_to_head.known and head_to_head.high < 0.5:
+        return [Check(name, False, f"gold win rate {head_to_head.text()}, below 0.5: {baseline} wins")]
+    reason = f"gold win rate {head_to_head.text()} contains 0.5: inconclusive, the gold evaluator cannot separate them"
+    return [Check(name, None, reason)]
+
+
+def pipeline_verdict(checks: Sequence[Check], usable: bool) -> str:
+    """P4 (d)'s verdict: :func:`claim_verdict`'s, except that an undecided check under a usable gold evaluator
+    (its interval contains 0.5) is **inconclusive**, not **cannot be tested here** (kept for an evaluator at
+    chance, which can decide nothing)."""
+    if usable and checks and all(c.passed is None for c in checks):
+        return INCONCLUSIVE
+    return claim_verdict(checks)
