@@ -30,7 +30,18 @@ ALLOWED = {
     "lab": {"objectives", "data", "modeling", "generation", "training"},  # P3's studies drive the engine, not a run
     # the lab's studies, training runs and their data; P1's gold reward model, answers, evaluation and gradients;
     # P4's rankings with the judges
-    "reproduce": {"lab", "run", "training", "data", "reward", "evaluation", "modeling", "analysis", "judging"},
+    "reproduce": {
+        "lab",
+        "run",
+        "training",
+        "data",
+        "reward",
+        "evaluation",
+        "modeling",
+        "analysis",
+        "judging",
+        "generation",
+    },
     "cli": {
         "lab",
         "reproduce",
