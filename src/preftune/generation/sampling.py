@@ -126,9 +126,12 @@ def _trim(generated: torch.Tensor, stop_ids: Sequence[int]) -> list[tuple[list[i
 #: Prefill each prompt once and give its KV cache to its n rows (:func:`_shared_prefill`); a switch
 #: for tests and benchmarks that compare with every row's own prefill.
 SHARE_PREFILL = True
+#: Decode into a KV cache written in place (:mod:`preftune.generation.kv_cache`) instead of one that
+#: ``torch.cat``\ s every step; a switch for tests and benchmarks that compare with transformers' own.
+PREALLOCATE_CACHE = True
 
 
-def _shared_prefill(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, n: int) -> Any:
+def _shared_prefill(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, n: int, cache: Any = None) -> Any:
     """The KV cache of the batch's prompts but their last token, each distinct prompt computed once
     and repeated for its ``n`` consecutive rows (``cache.batch_repeat_interleave``); None when the
     rows are not whole groups of n equal prompts (then ``generate`` prefills every row itself).
@@ -136,7 +139,7 @@ def _shared_prefill(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, n: 
     The prompt pass is most of a round's sampling cost on a CPU (16 rows of ~180 tokens: 3.4 s of
     8.8 s on SmolLM2 in bf16); the n samples of a prompt share it. The last prompt token is left to
     ``generate``, which computes its logits and continues from the cache, positions taken from the
-    attention mask as ``generate`` takes them."""
+    attention mask as ``generate`` takes them. ``cache``: the (empty) cache to fill, else the model's own."""
     rows = input_ids.shape[0]
     if n < 2 or rows % n or input_ids.shape[1] < 2:
         return None
@@ -146,6 +149,8 @@ def _shared_prefill(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, n: 
     ids, attention = input_ids[::n, :-1], mask[::n, :-1]
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 1)
     inputs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": True}
+    if cache is not None:
+        inputs[_cache_kwarg()] = cache
     with torch.no_grad():
         try:
             out = model(**inputs, logits_to_keep=1)  # only the last position's logits, not [rows, L, vocab]
@@ -270,6 +275,8 @@ def sample(
     for index, prompt in enumerate(prompts):
         if not len(prompt):
             raise PreftuneError(f"prompt {index} is empty; sampling needs at least one prompt token")
+    from preftune.generation.kv_cache import preallocated_cache
+
     stop_ids, pad_id = _stop_and_pad(tokenizer)
     rows = [index for index in range(len(prompts)) for _ in range(config.n)]
     batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
@@ -280,7 +287,9 @@ def sample(
     with _generation_mode(model), bar:
         for number, batch in enumerate(batches):
             input_ids, mask = _left_pad([prompts[i] for i in batch], pad_id, device)
-            cache = _shared_prefill(model, input_ids, mask, config.n) if SHARE_PREFILL else None
+            cache = preallocated_cache(model, input_ids.shape[1] + config.max_new_tokens) if PREALLOCATE_CACHE else None
+            shared = _shared_prefill(model, input_ids, mask, config.n, cache) if SHARE_PREFILL else None
+            cache = cache if shared is None else shared
             extra = {} if cache is None else {_cache_kwarg(): cache}
             with _seeded(None if config.seed is None else config.seed + number):
                 generated = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs, **extra)
