@@ -9,6 +9,8 @@ candidate decodes the same 1024 tokens. Candidates:
 
 * ``copy-bf16``: :class:`~preftune.generation.copy_sampler.CopySampler` (bfloat16 copy, dynamic KV
   cache, shared prompt prefill): today's default on a CPU with native bf16;
+* ``copy-bf16-dynamic``: the same with transformers' ``DynamicCache`` (``torch.cat`` each step) instead of
+  the cache written in place (:mod:`preftune.generation.kv_cache`), the default before issue 22's change;
 * ``copy-bf16-static``: the same copy through ``generate`` with ``cache_implementation="static"``;
 * ``copy-bf16-static-compile``: and ``torch.compile`` of the forward (transformers' auto-compile,
   allowed on a CPU by ``CompileConfig(_compile_all_devices=True)``); its first call, which compiles,
@@ -110,20 +112,23 @@ def hf_kwargs(static: bool, compile_: bool) -> Callable[..., dict[str, Any]]:
 
 
 def run_hf(
-    sampler: Callable[..., Any], static: bool, compile_: bool, share: bool = True
+    sampler: Callable[..., Any], static: bool, compile_: bool, share: bool = True, in_place: bool = True
 ) -> Callable[..., dict[str, float]]:
-    """``sampler`` timed on a round, through ``generate`` (``share``: each prompt prefilled once for its rows)."""
+    """``sampler`` timed on a round, through ``generate`` (``share``: each prompt prefilled once for its rows;
+    ``in_place``: the KV cache written in place, else transformers' ``DynamicCache``)."""
 
     def run(policy: Any, tokenizer: Any, prompts: list[list[int]], config: Any) -> dict[str, float]:
-        original, shared = sampling._generate_kwargs, sampling.SHARE_PREFILL
+        original, shared, preallocate = sampling._generate_kwargs, sampling.SHARE_PREFILL, sampling.PREALLOCATE_CACHE
         sampling._generate_kwargs = hf_kwargs(static, compile_)
         sampling.SHARE_PREFILL = share and not static  # a static cache is built by generate, not handed in
+        sampling.PREALLOCATE_CACHE = in_place and not static
         try:
             start = time.perf_counter()
             out = sampler(policy, tokenizer, prompts, config)
             total = time.perf_counter() - start
         finally:
             sampling._generate_kwargs, sampling.SHARE_PREFILL = original, shared
+            sampling.PREALLOCATE_CACHE = preallocate
         return {"total": total, "tokens": sum(len(s.response_ids) for s in out)}
 
     return run
@@ -186,11 +191,12 @@ def main() -> None:
     copy = CopySampler(torch.bfloat16)
     candidates: dict[str, Callable[..., dict[str, float]]] = {
         "copy-bf16": run_hf(copy, static=False, compile_=False),
+        "copy-bf16-dynamic": run_hf(copy, static=False, compile_=False, in_place=False),
         "copy-bf16-static": run_hf(copy, static=True, compile_=False),
         "copy-bf16-static-compile": run_hf(copy, static=True, compile_=True),
         # the baseline of issue 22's generation target: the float32 policy through a plain generate call, every
         # row prefilled (no shared prompt pass), as TRL and the plain loop of compare_trl_online.py sample
-        "plain-fp32": run_hf(sampling.sample, static=False, compile_=False, share=False),
+        "plain-fp32": run_hf(sampling.sample, static=False, compile_=False, share=False, in_place=False),
     }
     for dtype in ("bf16", "f16", "f32"):
         candidates[f"llamacpp-{dtype}"] = run_llamacpp(llamacpp.LlamaCppSampler(dtype, args.llamacpp_threads))
