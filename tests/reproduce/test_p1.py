@@ -57,6 +57,7 @@ def test_p1_trains_every_variant_at_every_seed_and_scores_them(report: tuple[Pat
     for variant, run in results["runs"].items():
         assert [r["seed"] for r in run["per_seed"]] == seeds, variant
         assert len(run["gold_scores"]) == len(seeds) and all(len(s) == prompts for s in run["gold_scores"])
+        assert all(len(r["answers"]) == prompts for r in run["per_seed"]), variant
         assert {"accuracy", "margin", "chosen_drift"} <= set(run["metrics"]), variant
     head = results["claims"]["companion"]["data"]["head_to_head"]
     assert set(head) == {"dpo+exmate vs dpo+mle", "exmate→dpo vs dpo+mle"}
@@ -84,3 +85,15 @@ def test_every_p1_run_of_a_scale_builds_a_valid_config(name: str, tmp_path: Path
     scale = get_scale(name)
     for variant in VARIANTS:
         check(variant_config(scale.training, variant, scale.seeds[-1], tmp_path / variant))
+
+
+def test_identical_answers_are_counted_by_seed_and_prompt() -> None:
+    """A head-to-head win rate of 0.5 can be a draw of equal texts: the table says how many there are."""
+    from preftune.reproduce.p1_report import identical_answers
+    from preftune.reproduce.p1_runs import Run
+
+    first = [Run("a", 0, {}, ["x", "y", "z"], 1.0), Run("a", 1, {}, ["x", "q", "z"], 1.0)]
+    second = [Run("b", 0, {}, ["x", "y", "w"], 1.0), Run("b", 1, {}, ["q", "q", "z"], 1.0)]
+    assert identical_answers(first, second) == "4 of 6"
+    with pytest.raises(ValueError):  # runs of different seeds or prompts are not paired silently
+        identical_answers(first, second[:1])

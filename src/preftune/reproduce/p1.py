@@ -165,7 +165,9 @@ def _results(
             "metrics": {
                 k: mean_interval([r.metrics.get(k, float("nan")) for r in seeds]).to_dict() for k in seeds[0].metrics
             },
-            "per_seed": [{"seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in seeds],
+            "per_seed": [
+                {"seed": r.seed, "metrics": r.metrics, "seconds": r.seconds, "answers": r.answers} for r in seeds
+            ],
             "gold_scores": scores[v],
         }
         for v, seeds in runs.items()

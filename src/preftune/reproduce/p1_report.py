@@ -66,11 +66,19 @@ def results_table(runs: Mapping[str, Sequence[Run]], scores: Mapping[str, Any], 
 def head_to_head_table(
     runs: Mapping[str, Sequence[Run]], scores: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
 ) -> tuple[str, dict[tuple[str, str], tuple[PooledRate, PooledRate]]]:
-    """Head-to-head win rates (gold and ``longer``) of each pair, as a table and by pair."""
+    """Head-to-head win rates (gold and ``longer``) of each pair, and how many of their answers are the same
+    text (paired by seed and prompt: a win rate of 0.5 from identical answers is no contest), as a table and by
+    pair."""
     measured = {pair: run_rates(runs, scores, pair[0], pair[1], []) for pair in pairs}
-    rows = [(f"{a} vs {b}", *rate_cells(*measured[a, b])) for a, b in pairs]
-    header = ["pair", "gold win rate", "`longer` win rate", "mean lengths (chars)"]
+    rows = [(f"{a} vs {b}", *rate_cells(*measured[a, b]), identical_answers(runs[a], runs[b])) for a, b in pairs]
+    header = ["pair", "gold win rate", "`longer` win rate", "mean lengths (chars)", "same answer"]
     return markdown_table(header, rows), measured
+
+
+def identical_answers(first: Sequence[Run], second: Sequence[Run]) -> str:
+    """``"k of n"``: the answers that are the same text in both variants' runs, paired by seed and prompt."""
+    pairs = [(x, y) for a, b in zip(first, second, strict=True) for x, y in zip(a.answers, b.answers, strict=True)]
+    return f"{sum(x == y for x, y in pairs)} of {len(pairs)}"
 
 
 def gradient_section(document: Mapping[str, Any], figures: tuple[str, ...]) -> ClaimSection:
