@@ -575,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
         source = "preftune" + (f":ga{micro_batches}" if micro_batches > 1 else "")
         if side == "preftune-replay" and (source not in sides or sides.index(source) > sides.index(label)):
             p.error(f"--sides: {label} replays the {source} side's samples, so {source} must come before it")
+        if args.prompts % micro_batches:  # before any child loads a model
+            p.error(f"--sides: {label}: {args.prompts} prompts a step do not split into {micro_batches} micro-batches")
     if args.child:
         run_child(args)
         return

@@ -100,12 +100,13 @@ def test_decoding_logits_match_the_dynamic_cache(model, prompts) -> None:
     """Each step's logits through the in-place cache equal the dynamic cache's, to float32 rounding."""
     ids = torch.tensor([prompts[1]])
     logits = []
+    name = sampling_module._cache_kwarg()  # `cache` in newer transformers, `past_key_values` before
     for cache in (preallocated_cache(model, ids.shape[1] + 6), DynamicCache(config=model.config)):
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=cache,
+                **{name: cache},
                 max_new_tokens=6,
                 min_new_tokens=6,
                 do_sample=False,

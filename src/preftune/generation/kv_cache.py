@@ -41,9 +41,10 @@ class PreallocatedLayer(DynamicLayer):
         """Write ``[B, H, t, D]`` new keys and values after the filled positions; all of them, as views."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        filled, end = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+        filled = self.get_seq_length()
+        end = filled + key_states.shape[-2]
         if not self._holds(end, key_states):
-            self._reallocate(end, key_states, value_states)
+            self._reallocate(filled, end, key_states, value_states)
         keys, values = self.buffers  # type: ignore[misc]
         keys[:, :, filled:end] = key_states
         values[:, :, filled:end] = value_states
@@ -61,13 +62,12 @@ class PreallocatedLayer(DynamicLayer):
             and end <= keys.shape[2]
         )
 
-    def _reallocate(self, end: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """New buffers of ``max(end, capacity)`` positions, holding the filled part."""
+    def _reallocate(self, filled: int, end: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """New buffers of ``max(end, capacity)`` positions, holding the ``filled`` positions so far."""
         size = max(end, self.capacity)
         batch, heads, _, dim = key_states.shape
         keys = key_states.new_empty(batch, heads, size, dim)
         values = value_states.new_empty(batch, heads, size, value_states.shape[-1])
-        filled = self.get_seq_length()
         if filled:
             keys[:, :, :filled] = self.keys
             values[:, :, :filled] = self.values

@@ -334,15 +334,15 @@ def pipeline_checks(
 
     ``head_to_head``: the gold win rate of ``pipeline``'s answers against ``baseline``'s (ties half), with its
     95% interval over prompts. The check passes when the whole interval lies above 0.5 (**holds**) and fails
-    when it lies below 0.5 (the original pairs win: **does not hold here**). It is undecided (**cannot be tested
-    here**) when the interval contains 0.5 or is unknown — inconclusive: the gold evaluator cannot separate the
-    two models — and when the gold evaluator is at chance on its own held-out pairs."""
+    when it lies below 0.5 (the original pairs win: **does not hold here**). It is undecided when the interval
+    contains 0.5 or is unknown (the gold evaluator cannot separate the two models: **inconclusive**, by
+    :func:`pipeline_verdict`) and when the gold evaluator is at chance on its own held-out pairs."""
     name = f"gold: {pipeline} beats {baseline} head to head"
     if not usable:
         return [Check(name, None, f"win rate {head_to_head.text()}, but the gold evaluator is at chance")]
     if above(head_to_head, 0.5):
         return [Check(name, True, f"gold win rate {head_to_head.text()}, above 0.5")]
-    if head_to_head.known and head_to_head.high < 0.5:
+    if below(head_to_head, 0.5):
         return [Check(name, False, f"gold win rate {head_to_head.text()}, below 0.5: {baseline} wins")]
     reason = f"gold win rate {head_to_head.text()} contains 0.5: inconclusive, the gold evaluator cannot separate them"
     return [Check(name, None, reason)]

@@ -9,8 +9,10 @@ of checks, each of which passes or fails by an explicit rule on a contrast; the 
 - **does not hold here**: none passes;
 - **cannot be tested here**: no check could be decided (the evaluator it needs is at chance:
   :mod:`preftune.reproduce.rules`);
-- **inconclusive**: for a rule that asks whether *some* setting of a grid supports a claim (P4 (c): some
-  budget δ), when none does and not every one goes against it (:func:`preftune.reproduce.rules.bcr_verdict`).
+- **inconclusive**: the evaluator works but the numbers do not decide: for a rule that asks whether *some*
+  setting of a grid supports a claim (P4 (c): some budget δ), when none does and not every one goes against it
+  (:func:`preftune.reproduce.rules.bcr_verdict`); for a head-to-head win rate whose interval contains 0.5 under
+  a gold evaluator above chance (P4 (d): :func:`preftune.reproduce.rules.pipeline_verdict`).
 
 Two rules on a contrast with a margin δ > 0 (in the score's own units):
 
