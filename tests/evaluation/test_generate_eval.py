@@ -103,3 +103,19 @@ def test_chosen_needs_preference_data(tmp_path: Path, no_model: None, capsys: py
 def test_generation_options_need_generate(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "model.name=tiny-random", "data.eval=bundled:hh-harmless", "eval.judges=[longer]"]) == 2
     assert "add --generate" in capsys.readouterr().err
+
+
+def test_greedy_answers_come_back_in_the_prompts_order() -> None:
+    """Answered shortest first in batches, each answer is still the one its prompt gets alone."""
+    from preftune.evaluation.generate_eval import greedy_answers
+
+    prompts = [
+        "A much longer question that runs on for quite a few more words than the others do?",
+        "Hi?",
+        "A question of middling length here?",
+        "Why?",
+    ]
+    together = greedy_answers("tiny-random", prompts, 6, batch_size=2)
+    alone = [greedy_answers("tiny-random", [p], 6, batch_size=1)[0] for p in prompts]
+    assert together == alone
+    assert len(set(together)) > 1  # distinct answers, so a shuffled order would show

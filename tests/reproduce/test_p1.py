@@ -97,3 +97,25 @@ def test_identical_answers_are_counted_by_seed_and_prompt() -> None:
     assert identical_answers(first, second) == "4 of 6"
     with pytest.raises(ValueError):  # runs of different seeds or prompts are not paired silently
         identical_answers(first, second[:1])
+
+
+@pytest.mark.slow
+def test_the_staged_runs_first_stage_is_the_exmate_run(tmp_path: Path) -> None:
+    """``run_all`` reads ``exmate`` from the staged run's first stage: it must be the run ``exmate`` alone gives
+    (same start, data, seed and steps), statistics and answers alike."""
+    from preftune.reproduce.p1_runs import STAGED, train_runs
+
+    (tmp_path / "train.jsonl").write_text(bundled_rows(40, 120), encoding="utf-8")
+    training = copy.deepcopy(SCALES["test"].training)
+    training["data"]["train"] = str(tmp_path / "train.jsonl")
+    training["optim"]["max_steps"] = 2
+    prompts = ["Hi?", "How do I bake bread?"]
+    (alone,) = train_runs(training, "exmate", 0, tmp_path / "alone", prompts, 4)
+    first, staged = train_runs(training, STAGED, 0, tmp_path / "staged", prompts, 4)
+    assert (first.variant, staged.variant) == ("exmate", STAGED)
+    assert alone.answers == first.answers
+    assert set(alone.metrics) == set(first.metrics) and alone.metrics
+    for name, value in alone.metrics.items():
+        assert first.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert [c["step"] for c in first.curve] == [c["step"] for c in alone.curve]
+    assert staged.metrics != first.metrics  # the second stage trained on

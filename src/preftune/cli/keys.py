@@ -133,6 +133,7 @@ _KEYS = (
     Key("length", "L, tokens per response", "int"),
     Key("task", "the length task", choices=("min", "mode", "skew")),
     Key("scale", "small (CPU) or full (GPU)", choices=("small", "full")),
+    Key("workers", "training runs side by side, in that many processes: a number, or auto (2 on a CPU, 1 on a GPU)"),
 )
 
 #: Every key any command reads besides ``preftune train``'s own schema, each defined once.

@@ -25,6 +25,7 @@ SETTINGS = Settings(
     "reproduce",
     (
         Setting("scale", "small", "--scale"),
+        Setting("workers", "auto"),
         Setting("out", flag="--out", required=True, help="output folder (created; its report files are replaced)"),
     ),
 )
@@ -58,10 +59,17 @@ def paper_name(name: str) -> str:
 
 def run_reproduce_command(args: argparse.Namespace) -> int:
     """Check the paper and the output folder, run the reproduction, print each claim's verdict."""
+    from preftune.reproduce.workers import parallel_runs, parse_workers
+
     paper = paper_name(args.paper)
     if args.out.exists() and not args.out.is_dir():
         raise PreftuneError(f"out={args.out} exists and is not a folder")
+    with parallel_runs(parse_workers(args.workers)):
+        return _run(paper, args)
 
+
+def _run(paper: str, args: argparse.Namespace) -> int:
+    """The reproduction (one paper, or all of them and their closing note), each verdict printed."""
     if paper != ALL:
         results = run_paper(paper, args.scale, args.out)
         for key, claim in results["claims"].items():

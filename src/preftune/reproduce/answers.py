@@ -38,8 +38,10 @@ def distinct_prompts(examples: Sequence[PreferenceExample], limit: int) -> list[
     return list(seen.values())
 
 
-def answers(model: str, prompts: Sequence[Any], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """``model``'s greedy answer to each prompt (a built-in name, a model folder or a LoRA adapter folder)."""
+def answers(model: str, prompts: Sequence[Any], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """``model``'s greedy answer to each prompt (a built-in name, a model folder or a LoRA adapter folder);
+    batches of 16 (SmolLM2 in float32 on 2 cores: 40 prompts in 31 s against 34 s in batches of 8, both
+    shortest first)."""
     from preftune.evaluation.generate_eval import greedy_answers
 
     return greedy_answers(model, list(prompts), max_new_tokens, batch_size)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from preftune.reproduce.answers import PooledRate, rate_cells, run_rates
 from preftune.reproduce.gold import GoldEvaluator
 from preftune.reproduce.p1_runs import Run
-from preftune.reproduce.report import ClaimSection, markdown_table
+from preftune.reproduce.report import ClaimSection, machine, markdown_table
 from preftune.reproduce.rules import (
     claim_reason,
     claim_verdict,
@@ -149,9 +147,6 @@ def preamble(
     settings: Any, seconds: Mapping[str, float], gold: GoldEvaluator, runs: Any, scores: Any, start: Any
 ) -> str:
     """Who wrote the report, when, on what; the gold evaluator and its held-out accuracy."""
-    import torch
-
-    from preftune import __version__
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
@@ -163,8 +158,8 @@ def preamble(
     training = settings.training
     return (
         "P1 is Tuan & Wang (2024), *A Gradient Analysis Framework for Rewarding Good and Penalizing Bad Examples in "
-        f"Language Models*. This report was written by `preftune reproduce P1 --scale {settings.name}` (preftune "
-        f"{__version__}, torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs) on "
+        f"Language Models*. This report was written by `preftune reproduce P1 --scale {settings.name}` ("
+        f"{machine()}) on "
         f"{now}, in {seconds['total'] / 60:.1f} minutes ({parts}). The paper's claims are paraphrased. Verdicts are "
         "computed from the numbers by the rules under *How the verdicts are decided*; intervals are 95%.\n\n"
         f"**Setup.** Model `{training['model']['name']}`, data `{training['data']['train']}` "

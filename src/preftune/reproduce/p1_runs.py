@@ -2,7 +2,9 @@
 
 Each variant trains with :func:`preftune.run.train.run_training` from the same start, data and seed:
 ``mle``, ``ul``, ``exmate``, ``dpo``, ``dpo+mle``, ``dpo+exmate`` (joint), and the staged reading of
-DPO + ExMATE (an ``exmate`` stage, then ``dpo`` referenced on its result). Per run we keep:
+DPO + ExMATE (an ``exmate`` stage, then ``dpo`` referenced on its result). The staged run's first stage is
+the ``exmate`` run (same start, data, seed and steps), so when both are asked for, the ``exmate`` variant is read
+from that stage instead of trained twice. Per run we keep:
 
 - the held-out statistics (docs/methods.md §6) against the **starting** model: the trainer's own
   evaluation for one-stage runs (its reference is the start); :func:`preftune.evaluation.command.evaluate_model`
@@ -84,25 +86,37 @@ def _staged_metrics(model_dir: Path, start: str, heldout: Path, config: RunConfi
     return {k: float(v.mean) for k, v in metrics.items() if k in METRICS}
 
 
+def _one_stage_run(variant: str, seed: int, stage: Mapping[str, Any], text: list[str]) -> Run:
+    """A one-stage run (or the first stage of the staged one) from its stage record: the trainer's held-out
+    statistics against the start, its curve, and ``text``, its answers."""
+    curve = [{"step": int(record["step"]), **_means(record)} for record in stage.get("evals", [])]
+    return Run(variant, seed, _means(stage.get("eval_after")), text, float(stage["seconds"]), curve)
+
+
 def train_variant(
     settings: Mapping[str, Any], variant: str, seed: int, folder: Path, prompts: Sequence[Any], max_new_tokens: int
 ) -> Run:
     """Train ``variant`` at ``seed`` in ``folder``; its held-out statistics and answers to ``prompts``."""
+    return train_runs(settings, variant, seed, folder, prompts, max_new_tokens)[-1]
+
+
+def train_runs(
+    settings: Mapping[str, Any], variant: str, seed: int, folder: Path, prompts: Sequence[Any], max_new_tokens: int
+) -> list[Run]:
+    """Train ``variant`` at ``seed`` in ``folder``: ``[its Run]``, or for :data:`STAGED` ``[the exmate stage's
+    Run, the staged Run]`` (the first stage is the ``exmate`` variant's run, answers included)."""
     from preftune.run.train import run_training
 
     config = variant_config(settings, variant, seed, folder)
     outcome = run_training(config)
-    last = Path(config.output_dir) / ("dpo" if variant == STAGED else "")
-    model_dir = last / "model"
-    curve: list[dict[str, float]] = []
-    if variant == STAGED:
-        metrics = _staged_metrics(model_dir, config.model.name, folder / HELD_OUT_FILE, config)
-    else:
-        stage = outcome["stages"][0]
-        metrics = _means(stage.get("eval_after"))
-        curve = [{"step": int(record["step"]), **_means(record)} for record in stage.get("evals", [])]
-    text = answers(str(model_dir), prompts, max_new_tokens)
-    return Run(variant, seed, metrics, text, float(outcome["seconds"]), curve)
+    stages = outcome["stages"]
+    if variant != STAGED:
+        text = answers(str(Path(stages[0]["model"])), prompts, max_new_tokens)
+        return [replace(_one_stage_run(variant, seed, stages[0], text), seconds=float(outcome["seconds"]))]
+    first = _one_stage_run("exmate", seed, stages[0], answers(str(Path(stages[0]["model"])), prompts, max_new_tokens))
+    metrics = _staged_metrics(Path(stages[-1]["model"]), config.model.name, folder / HELD_OUT_FILE, config)
+    text = answers(str(Path(stages[-1]["model"])), prompts, max_new_tokens)
+    return [first, Run(variant, seed, metrics, text, float(outcome["seconds"]))]
 
 
 def read_pairs(settings: Mapping[str, Any]) -> Examples:
@@ -136,15 +150,27 @@ def run_all(
     label: str = "P1",
 ) -> dict[str, list[Run]]:
     """Every variant (P1's by default) at every seed: ``variant -> [Run per seed]``; ``label`` opens each line
-    said."""
+    said. ``exmate`` comes from the staged run's first stage when both are asked for."""
+    from preftune.reproduce.workers import map_runs
+
     runs: dict[str, list[Run]] = {v: [] for v in variants}
+    shared = "exmate" in variants and STAGED in variants
+    trained = [v for v in variants if not (shared and v == "exmate")]
     with tempfile.TemporaryDirectory(prefix=f"preftune-{label.split()[0].lower()}-") as tmp:
-        for seed in seeds:
-            for variant in variants:
-                run = train_variant(
-                    settings, variant, seed, Path(tmp) / folder_name(variant, seed), prompts, max_new_tokens
-                )
-                accuracy = run.metrics.get("accuracy", 0)
-                say(f"{label}: {variant}, seed {seed}: {run.seconds:.0f} s, accuracy {accuracy:.3f}")
-                runs[variant].append(run)
+        jobs = [
+            (settings, variant, seed, Path(tmp) / folder_name(variant, seed), prompts, max_new_tokens)
+            for seed in seeds
+            for variant in trained
+        ]
+
+        def done(_: int, results: list[Run]) -> None:
+            for run in results:
+                if run.variant in runs:
+                    accuracy = run.metrics.get("accuracy", 0)
+                    say(f"{label}: {run.variant}, seed {run.seed}: {run.seconds:.0f} s, accuracy {accuracy:.3f}")
+
+        for results in map_runs(train_runs, jobs, done):  # in the jobs' order: seed by seed, variant by variant
+            for run in results:
+                if run.variant in runs:
+                    runs[run.variant].append(run)
     return runs

@@ -26,7 +26,7 @@ from preftune.files import strict_json, write_atomic, write_json_atomic
 from preftune.lab.plots import save_png
 from preftune.reproduce.gold import GOLD_SCALES, GoldSettings, check_disjoint, ensure_gold
 from preftune.reproduce.p1 import SCALES as P1_SCALES
-from preftune.reproduce.p1_runs import held_out_prompts, train_variant
+from preftune.reproduce.p1_runs import Run, held_out_prompts, train_variant
 from preftune.reproduce.p2_report import Point, appendix, averaging_section, preamble, scatter_figure
 from preftune.reproduce.report import render_report
 
@@ -92,16 +92,32 @@ def grid(settings: P2Scale) -> list[tuple[int, str, float, bool]]:
 
 def train_points(settings: P2Scale, prompts: Sequence[Any], score: Callable, say: Say) -> list[Point]:
     """Every loss × averaging × β × seed trained, answered and scored."""
-    points = []
+    from preftune.reproduce.workers import map_runs
+
+    cells = grid(settings)
+    specs = [objective(loss, averaged, beta) for _, loss, beta, averaged in cells]
     with tempfile.TemporaryDirectory(prefix="preftune-p2-") as tmp:
-        for seed, loss, beta, averaged in grid(settings):
-            spec = objective(loss, averaged, beta)
-            folder = Path(tmp) / f"{loss}-{beta:g}-{'avg' if averaged else 'sum'}-{seed}"
-            run = train_variant(settings.training, spec, seed, folder, prompts, settings.max_new_tokens)
-            lengths = [len(a) for a in run.answers]
-            points.append(Point(loss, averaged, beta, seed, lengths, score(list(prompts), run.answers)))
-            say(f"P2: {spec}, seed {seed}: {run.seconds:.0f} s, mean length {sum(lengths) / len(lengths):.0f}")
-    return points
+        jobs = [
+            (
+                settings.training,
+                spec,
+                seed,
+                Path(tmp) / f"{loss}-{beta:g}-{'avg' if averaged else 'sum'}-{seed}",
+                prompts,
+                settings.max_new_tokens,
+            )
+            for spec, (seed, loss, beta, averaged) in zip(specs, cells, strict=True)
+        ]
+
+        def done(index: int, run: Run) -> None:
+            mean = sum(len(a) for a in run.answers) / len(run.answers)
+            say(f"P2: {specs[index]}, seed {run.seed}: {run.seconds:.0f} s, mean length {mean:.0f}")
+
+        runs = map_runs(train_variant, jobs, done)
+    return [
+        Point(loss, averaged, beta, seed, [len(a) for a in run.answers], score(list(prompts), run.answers))
+        for (seed, loss, beta, averaged), run in zip(cells, runs, strict=True)
+    ]
 
 
 def reproduce_p2(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +15,7 @@ from matplotlib.figure import Figure
 from preftune.lab.bandit import t_quantile
 from preftune.lab.plots import PALETTE
 from preftune.reproduce.gold import GoldEvaluator
-from preftune.reproduce.report import ClaimSection, markdown_table
+from preftune.reproduce.report import ClaimSection, machine, markdown_table
 from preftune.reproduce.rules import averaging_checks, claim_reason, claim_verdict
 from preftune.reproduce.verdicts import Interval, mean_interval
 
@@ -133,9 +131,6 @@ def _keyed(changes: Mapping[str, Mapping[bool, list[float]]]) -> dict[str, dict[
 
 def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator) -> str:
     """Who wrote the report, when, on what; the runs and the gold evaluator."""
-    import torch
-
-    from preftune import __version__
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
@@ -143,8 +138,7 @@ def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator) -> s
     usable = "above chance: its verdicts count" if gold.above_chance else "at chance: its checks cannot be decided"
     return (
         "P2 is Grinsztajn et al. (2024), *Averaging log-likelihoods in direct alignment*. This report was written by "
-        f"`preftune reproduce P2 --scale {scale.name}` (preftune {__version__}, torch {torch.__version__}, Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs) on {now}, in {seconds['total'] / 60:.1f} minutes "
+        f"`preftune reproduce P2 --scale {scale.name}` ({machine()}) on {now}, in {seconds['total'] / 60:.1f} minutes "
         f"({parts}). The claim is paraphrased; the verdict is computed by the rules below; intervals are 95%.\n\n"
         f"**Setup.** Model `{training['model']['name']}`, data `{training['data']['train']}`, "
         f"{training['optim']['max_steps']} steps of {training['optim']['batch_size']} pairs at lr "

@@ -23,15 +23,11 @@ full fine-tuning of the embedded model (one GPU); ``test`` is minimal, for the t
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
-
-import torch
 
 from preftune import __version__
 from preftune.errors import SpecError
@@ -56,7 +52,7 @@ from preftune.reproduce.p3_kl import (
 )
 from preftune.reproduce.p3_lemma import lemma_section, run_lemma_study
 from preftune.reproduce.plots import contrast_figure, gradient_cosine_figure, kl_sweep_figure
-from preftune.reproduce.report import ClaimSection, not_run_section, render_report
+from preftune.reproduce.report import ClaimSection, machine, not_run_section, render_report
 from preftune.reproduce.verdicts import DOES_NOT_HOLD, HOLDS, PARTLY
 
 T = TypeVar("T")
@@ -309,8 +305,8 @@ def _preamble(settings: P3Scale, seconds: dict[str, float]) -> str:
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
     return (
         f"P3 is Tajwar et al. (2024), *Preference Fine-Tuning of LLMs Should Leverage Suboptimal, On-Policy Data*. "
-        f"This report was written by `preftune reproduce P3 --scale {settings.name}` (preftune {__version__}, "
-        f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs) on {now}, in "
+        f"This report was written by `preftune reproduce P3 --scale {settings.name}` ("
+        f"{machine()}) on {now}, in "
         f"{seconds['total'] / 60:.1f} minutes ({parts}). The paper's claims are paraphrased, not quoted. Each "
         "verdict below is computed from the numbers by the rules under *How the verdicts are decided*; intervals are "
         "95%. `results.json` holds every number shown here."

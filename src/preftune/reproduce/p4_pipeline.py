@@ -247,15 +247,29 @@ def train_both(
     settings: PipelineSettings, files: Mapping[str, Path], held_out: Path, prompts: Sequence[Any], say: Say
 ) -> dict[str, list[Run]]:
     """``settings.objective`` on each pairs file at every seed: ``name -> [Run per seed]`` (answers included)."""
-    runs: dict[str, list[Run]] = {name: [] for name in files}
+    from preftune.reproduce.workers import map_runs
+
+    cells = [(seed, name) for seed in settings.seeds for name in files]
     with tempfile.TemporaryDirectory(prefix="preftune-p4-pipeline-") as tmp:
-        for seed in settings.seeds:
-            for name, path in files.items():
-                training = with_data(settings.training, path, held_out)
-                folder = Path(tmp) / f"{name}-{seed}"
-                run = train_variant(training, settings.objective, seed, folder, prompts, settings.answer_tokens)
-                say(f"P4 (d): {settings.objective} on the {name} pairs, seed {seed}: {run.seconds:.0f} s")
-                runs[name].append(replace(run, variant=name))
+        jobs = [
+            (
+                with_data(settings.training, files[name], held_out),
+                settings.objective,
+                seed,
+                Path(tmp) / f"{name}-{seed}",
+                prompts,
+                settings.answer_tokens,
+            )
+            for seed, name in cells
+        ]
+
+        def done(index: int, run: Run) -> None:
+            say(f"P4 (d): {settings.objective} on the {cells[index][1]} pairs, seed {run.seed}: {run.seconds:.0f} s")
+
+        trained = map_runs(train_variant, jobs, done)
+    runs: dict[str, list[Run]] = {name: [] for name in files}
+    for (_, name), run in zip(cells, trained, strict=True):
+        runs[name].append(replace(run, variant=name))
     return runs
 
 

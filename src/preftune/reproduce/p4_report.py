@@ -5,8 +5,6 @@ from :mod:`preftune.reproduce.rules`."""
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +13,7 @@ from matplotlib.figure import Figure
 from preftune.lab.plots import PALETTE
 from preftune.reproduce.gold import GoldEvaluator
 from preftune.reproduce.p4_ranking import SCORE, RankingStudy, calls_by_size, calls_per_judge, taus_for_rule
-from preftune.reproduce.report import ClaimSection, markdown_table
+from preftune.reproduce.report import ClaimSection, machine, markdown_table
 from preftune.reproduce.rules import calls_checks, claim_reason, claim_verdict, ranking_checks
 from preftune.reproduce.verdicts import mean_interval, wilson
 
@@ -119,9 +117,6 @@ def ranking_section(study: RankingStudy, gold: GoldEvaluator, figures: tuple[str
 
 def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, source: str) -> str:
     """Who wrote the report, when, on what; the data and the gold evaluator."""
-    import torch
-
-    from preftune import __version__
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cached = seconds.get("gold", 0.0) < gold.seconds / 2  # read from the cache, trained by an earlier run
@@ -134,10 +129,9 @@ def preamble(scale: Any, seconds: Mapping[str, float], gold: GoldEvaluator, sour
     return (
         "P4 is Chen et al. (2024), *Towards Improved Preference Optimization Pipeline: from Data Generation to "
         f"Budget-Controlled Regularization*. This report was written by `preftune reproduce P4 --scale {scale.name}` "
-        f"(preftune {__version__}, torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} "
-        f"CPUs) on {now}, in {seconds['total'] / 60:.1f} minutes ({parts}). The paper's claims are paraphrased; "
-        "verdicts are computed from the numbers by the rules under *How the verdicts are decided*; intervals are "
-        "95%.\n\n"
+        f"({machine()}) on {now}, in {seconds['total'] / 60:.1f} minutes ({parts}). The paper's claims are "
+        "paraphrased; verdicts are computed from the numbers by the rules under *How the verdicts are decided*; "
+        "intervals are 95%.\n\n"
         f"**Data.** `{source}` (OpenAssistant message trees, {scale.trees or 'all'} trees, turns `{scale.turns}`): "
         "every user turn with at least two ranked assistant replies is one prompt. Its replies are shuffled "
         f"(seed {scale.seed}) before ranking: the file lists them in rank order, and a ranking that keeps the input "

@@ -7,6 +7,8 @@ under a title, a summary table and the settings.
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,3 +102,30 @@ def render_report(title: str, preamble: str, sections: Sequence[ClaimSection], a
     if appendix.strip():
         body.append(appendix.strip())
     return "\n\n".join(body) + "\n"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``), else the platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    """Where and with what a report was written: versions, the CPU, and the training runs' processes (timings
+    depend on all of them)."""
+    import torch
+
+    from preftune import __version__
+    from preftune.reproduce.workers import current_workers
+
+    workers = current_workers()
+    return (
+        f"preftune {__version__}, torch {torch.__version__}, Python {platform.python_version()}, {cpu_model()} with "
+        f"{os.cpu_count()} CPUs, training runs in {workers} process{'es' if workers > 1 else ''}"
+    )
