@@ -22,6 +22,7 @@ def test_pipeline_rule_holds_fails_or_is_inconclusive() -> None:
     inconclusive = pipeline_checks(coin, usable=True)
     assert [c.passed for c in inconclusive] == [None] and pipeline_verdict(inconclusive, usable=True) == INCONCLUSIVE
     assert "cannot separate them" in claim_reason(inconclusive)
+    assert ": inconclusive (gold win rate" in claim_reason(inconclusive, "inconclusive")
     touching = pipeline_checks(Interval(0.55, 0.5, 0.6), usable=True)  # 0.5 is not above
     assert pipeline_verdict(touching, usable=True) == INCONCLUSIVE
     unknown = pipeline_checks(Interval(1.0, float("nan"), float("nan")), usable=True)

@@ -96,7 +96,7 @@ def pipeline_section(study: PipelineStudy, gold: GoldEvaluator, tau: Interval | 
         PIPELINE_CLAIM,
         measured,
         pipeline_verdict(checks, gold.above_chance),
-        claim_reason(checks),
+        claim_reason(checks, "inconclusive" if gold.above_chance else "cannot be tested"),
         (),
         data,
     )

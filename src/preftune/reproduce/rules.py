@@ -56,11 +56,12 @@ def claim_verdict(checks: Sequence[Check]) -> str:
     return aggregate(decided) if decided else UNTESTABLE
 
 
-def claim_reason(checks: Sequence[Check]) -> str:
-    """One sentence: how many checks pass, each check's outcome and its numbers."""
+def claim_reason(checks: Sequence[Check], undecided: str = "cannot be tested") -> str:
+    """One sentence: how many checks pass, each check's outcome and its numbers; ``undecided`` names the outcome
+    of a check that decided nothing (``inconclusive`` where the evaluator works but cannot separate the two)."""
     decided = [c for c in checks if c.passed is not None]
     passed = sum(bool(c.passed) for c in decided)
-    outcome = {True: "pass", False: "fail", None: "cannot be tested"}
+    outcome = {True: "pass", False: "fail", None: undecided}
     parts = "; ".join(f"{c.name}: {outcome[c.passed]} ({c.detail})" for c in checks)
     return f"{passed} of {len(decided)} decided checks pass — {parts}."
 
@@ -344,7 +345,7 @@ def pipeline_checks(
         return [Check(name, True, f"gold win rate {head_to_head.text()}, above 0.5")]
     if below(head_to_head, 0.5):
         return [Check(name, False, f"gold win rate {head_to_head.text()}, below 0.5: {baseline} wins")]
-    reason = f"gold win rate {head_to_head.text()} contains 0.5: inconclusive, the gold evaluator cannot separate them"
+    reason = f"gold win rate {head_to_head.text()} contains 0.5: the gold evaluator cannot separate them"
     return [Check(name, None, reason)]
 
 
