@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ def test_results_come_back_in_the_jobs_order_from_two_processes() -> None:
     assert current_workers() == 1
     assert results == [1024, 9, 125, 7]
     assert sorted(seen) == [(0, 1024), (1, 9), (2, 125), (3, 7)]
+
+
+def test_each_result_is_handed_on_as_it_finishes() -> None:
+    """A short job's result is said while a long one still runs (progress lines as runs end, not all at the end)."""
+    said: dict[int, float] = {}
+    with parallel_runs(2):
+        map_runs(time.sleep, [(4.0,), (0.0,)], lambda index, _: said.setdefault(index, time.monotonic()))
+    assert said[0] - said[1] > 2.0
 
 
 def test_a_failing_job_is_raised_here() -> None:
