@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from preftune.modeling import precision
-from preftune.modeling.precision import NATIVE_BF16_FLAGS, auto_mixed_precision, cpu_flags, cpu_has_native_bf16
+from preftune.modeling.precision import (
+    NATIVE_BF16_FLAGS,
+    auto_mixed_precision,
+    cpu_flags,
+    cpu_has_native_bf16,
+    cpu_model,
+)
 from tests.training.common import checkpoint_weights, lora_overrides, model_weights, train, trainer_state
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8"
@@ -28,6 +34,11 @@ def test_cpu_flags_reads_the_flags_line(tmp_path: Path) -> None:
     flags = cpu_flags(_cpuinfo(tmp_path, SAPPHIRE_RAPIDS))
     assert flags == set(SAPPHIRE_RAPIDS.split())
     assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path: Path) -> None:
+    assert cpu_model(_cpuinfo(tmp_path, EPYC_ROME)) == "test"
+    assert cpu_model(tmp_path / "missing")  # the platform's guess, never empty
 
 
 @pytest.mark.parametrize(("flags", "native"), [(SAPPHIRE_RAPIDS, True), ("avx2 avx512_bf16", True), (EPYC_ROME, False)])

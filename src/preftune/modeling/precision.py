@@ -22,17 +22,29 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The flags of the first CPU in ``cpuinfo`` (Linux x86); empty where the file or the line is missing."""
+def _cpuinfo_value(name: str, cpuinfo: Path) -> str | None:
+    """The first CPU's ``name`` line of ``cpuinfo`` (Linux), None where the file or the line is missing."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The flags of the first CPU in ``cpuinfo`` (Linux x86); empty where the file or the line is missing."""
+    return set((_cpuinfo_value("flags", cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name as the kernel reports it in ``cpuinfo``, else the platform's guess."""
+    import platform
+
+    return _cpuinfo_value("model name", cpuinfo) or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _torch_probes() -> list[Callable[[], bool]]:

@@ -111,11 +111,11 @@ def train_runs(
     outcome = run_training(config)
     stages = outcome["stages"]
     if variant != STAGED:
-        text = answers(str(Path(stages[0]["model"])), prompts, max_new_tokens)
+        text = answers(stages[0]["model"], prompts, max_new_tokens)
         return [replace(_one_stage_run(variant, seed, stages[0], text), seconds=float(outcome["seconds"]))]
-    first = _one_stage_run("exmate", seed, stages[0], answers(str(Path(stages[0]["model"])), prompts, max_new_tokens))
+    first = _one_stage_run("exmate", seed, stages[0], answers(stages[0]["model"], prompts, max_new_tokens))
     metrics = _staged_metrics(Path(stages[-1]["model"]), config.model.name, folder / HELD_OUT_FILE, config)
-    text = answers(str(Path(stages[-1]["model"])), prompts, max_new_tokens)
+    text = answers(stages[-1]["model"], prompts, max_new_tokens)
     return [first, Run(variant, seed, metrics, text, float(outcome["seconds"]))]
 
 

@@ -104,24 +104,13 @@ def render_report(title: str, preamble: str, sections: Sequence[ClaimSection], a
     return "\n\n".join(body) + "\n"
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``), else the platform's guess."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def machine() -> str:
     """Where and with what a report was written: versions, the CPU, and the training runs' processes (timings
     depend on all of them)."""
     import torch
 
     from preftune import __version__
+    from preftune.modeling.precision import cpu_model
     from preftune.reproduce.workers import current_workers
 
     workers = current_workers()
