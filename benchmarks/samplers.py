@@ -9,6 +9,8 @@ candidate decodes the same 1024 tokens. Candidates:
 
 * ``copy-bf16``: :class:`~preftune.generation.copy_sampler.CopySampler` (bfloat16 copy, dynamic KV
   cache, shared prompt prefill): today's default on a CPU with native bf16;
+* ``copy-bf16-unpacked``: the same copy with plain ``nn.Linear`` layers instead of weights packed for
+  oneDNN (:mod:`preftune.generation.packed_linear`), the default before issue 22's packing;
 * ``copy-bf16-dynamic``: the same with transformers' ``DynamicCache`` (``torch.cat`` each step) instead of
   the cache written in place (:mod:`preftune.generation.kv_cache`), the default before issue 22's change;
 * ``copy-bf16-static``: the same copy through ``generate`` with ``cache_implementation="static"``;
@@ -57,6 +59,7 @@ import torch
 
 import preftune.generation.llamacpp_sampler as llamacpp
 import preftune.generation.sampling as sampling
+from preftune.generation import packed_linear
 from preftune.generation.copy_sampler import CopySampler
 from preftune.modeling import load_model, load_tokenizer
 
@@ -189,8 +192,13 @@ def main() -> None:
     prompts = round_prompts(tokenizer)
     config = sampling.SamplingConfig(n=2, max_new_tokens=64, batch_size=16, seed=0)
     copy = CopySampler(torch.bfloat16)
+    unpacked = CopySampler(torch.bfloat16)
+    packed_linear.PACK_LINEARS = False
+    unpacked.refresh(policy)  # built now, with plain linear layers
+    packed_linear.PACK_LINEARS = True
     candidates: dict[str, Callable[..., dict[str, float]]] = {
         "copy-bf16": run_hf(copy, static=False, compile_=False),
+        "copy-bf16-unpacked": run_hf(unpacked, static=False, compile_=False),
         "copy-bf16-dynamic": run_hf(copy, static=False, compile_=False, in_place=False),
         "copy-bf16-static": run_hf(copy, static=True, compile_=False),
         "copy-bf16-static-compile": run_hf(copy, static=True, compile_=True),

@@ -13,7 +13,9 @@ Before every call the copy takes the policy's current weights (:func:`~preftune.
 LoRA merged in, the policy untouched), so each round samples from the policy as it is now, rounded
 to the copy's precision — the same trade as sampling with vLLM in bfloat16 (TRL's vLLM modes).
 The copy costs one model in that precision (half the float32 weights) and its own KV cache; the
-LoRA layers are gone from it, so decoding also skips their extra products.
+LoRA layers are gone from it, so decoding also skips their extra products. On a CPU its linear layers
+hold their weights packed for oneDNN (:mod:`~preftune.generation.packed_linear`; 1.25× faster rounds
+on SmolLM2), where those kernels run and agree with ``F.linear``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from preftune.errors import PreftuneError
+from preftune.generation import packed_linear
 from preftune.generation.sampling import Sample, SamplingConfig, sample
 from preftune.modeling.merged import merged_weights
 
@@ -33,12 +36,14 @@ class CopySampler:
     over a ``dtype`` copy of the model it is given, refreshed from it before each call.
 
     The copy is built on the first call from the policy's base config (``from_config``: no file is
-    read) on the policy's device, and kept.
+    read) on the policy's device, and kept; ``packed`` holds its packed linear layers by weight name
+    (empty where packing is off or does not work here).
     """
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.copy: Any = None
+        self.packed: dict[str, packed_linear.PackedLinear] = {}
 
     def __call__(
         self,
@@ -48,24 +53,31 @@ class CopySampler:
         config: SamplingConfig,
         progress: bool = False,
     ) -> list[Sample]:
-        self.refresh(model)
+        self.refresh(model, rows=config.batch_size)
         return sample(self.copy, tokenizer, prompts, config, progress)
 
     @torch.no_grad()
-    def refresh(self, model: Any) -> Any:
-        """Copy ``model``'s current weights (LoRA merged) into the copy, building it the first time; the copy."""
+    def refresh(self, model: Any, rows: int | None = None) -> Any:
+        """Copy ``model``'s current weights (LoRA merged) into the copy, building it the first time
+        (its linear layers packed for products of about ``rows`` rows); the copy."""
         if self.copy is None:
             self.copy = self._build(model)
+            device = next(self.copy.parameters()).device
+            if packed_linear.PACK_LINEARS and packed_linear.packing_works(self.dtype, device):
+                self.packed = packed_linear.pack_linears(self.copy, rows)
         target = self.copy.state_dict()
         seen = set()
         for name, tensor in merged_weights(model):
-            if name not in target:
+            if name in self.packed:
+                self.packed[name].load(tensor)
+            elif name in target:
+                target[name].copy_(tensor)
+            else:
                 raise PreftuneError(
                     f"the sampling copy has no weight {name!r}: sample with the policy itself (sampling.dtype=float32)"
                 )
-            target[name].copy_(tensor)
             seen.add(name)
-        missing = set(target) - seen
+        missing = (set(target) | set(self.packed)) - seen
         if missing:
             raise PreftuneError(f"the policy gave no weight for {sorted(missing)[:3]} of the sampling copy")
         return self.copy

@@ -4,8 +4,8 @@ Why: on a CPU, ``torch.multinomial`` (what ``generate`` calls when ``do_sample=T
 50 ms for one draw from each of 32 rows of a 49,152-token vocabulary, whatever the distribution
 (Intel Xeon, 2 threads, torch 2.13). That is a large share of a decoding step of a small model:
 SmolLM2-135M's whole forward pass for such a batch costs about as much. One uniform number per row
-and a binary search in the cumulative distribution (summed in float64) draws from exactly the same
-distribution in about 10 ms.
+and a binary search in the cumulative distribution (summed in float64, by blocks: see
+:func:`inverse_cdf_draw`) draws from the same distribution in well under a millisecond.
 
 How: :class:`InverseCdfDraw` is the last logits processor. It applies the sampling settings itself
 (temperature, then top-k, then top-p, as ``generate``'s own warpers would), draws one token per row
@@ -21,21 +21,41 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+#: Tokens per block of :func:`inverse_cdf_draw`'s two-level search.
+BLOCK = 512
 
-def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+
+def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     """One index per row of ``probs`` ``[B, V]`` (rows need not sum to 1), from ``uniform`` ``[B]`` in [0, 1).
 
     Returns ``[B]`` indices: row b gets the first index whose cumulative mass exceeds uniform[b]
     times the row's total. A token of zero mass is never drawn (its cumulative mass equals its
     predecessor's, which is reached first).
+
+    In two levels, so that no float64 cumulative sum runs over the whole vocabulary (4.9 ms a draw
+    of 16 rows × 49,152 tokens with the softmax, against 0.46 ms, on an AMD EPYC Zen 4): the masses
+    of ``block``-token blocks (summed in float64) pick the block, the cumulative sum of that block
+    alone picks the token.
     """
-    cdf = probs.double().cumsum(-1)
-    total = cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, uniform.double().unsqueeze(-1) * total, right=True)
-    # Rounding may put u·total at the total itself: keep the draw on the last token with mass, the first
-    # whose cumulative mass reaches the total.
-    last = torch.searchsorted(cdf, total.contiguous())
-    return torch.minimum(tokens, last).squeeze(-1)
+    rows, vocab = probs.shape
+    blocks = -(-vocab // block)
+    grouped = torch.nn.functional.pad(probs, (0, blocks * block - vocab)).view(rows, blocks, block)
+    cdf = grouped.sum(-1, dtype=torch.float64).cumsum(-1)  # [B, blocks]
+    target = uniform.double() * cdf[:, -1]
+    chosen = _first_past(cdf, target)  # [B]
+    before = torch.where(chosen > 0, cdf.gather(1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    within = grouped[torch.arange(rows, device=probs.device), chosen].double().cumsum(-1)  # [B, block]
+    # rounding between the two sums may put the rest below 0 or past the block's mass: _first_past keeps it on mass
+    return chosen * block + _first_past(within, (target - before).clamp(min=0.0))
+
+
+def _first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[B]``: per row of ``cdf`` ``[B, K]`` (non-decreasing), the first index whose value exceeds
+    ``target`` ``[B]``; where none does (``target`` rounded up to the total), the first that reaches
+    the total: the last with mass."""
+    index = torch.searchsorted(cdf, target[:, None], right=True)
+    last = torch.searchsorted(cdf, cdf[:, -1:].contiguous())
+    return torch.minimum(index, last)[:, 0]
 
 
 class InverseCdfDraw(LogitsProcessor):
@@ -60,7 +80,7 @@ class InverseCdfDraw(LogitsProcessor):
         """``[B, V]`` scores → ``[B, V]``: 0 at each row's drawn token, −inf elsewhere."""
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        probs = torch.softmax(scores.double(), dim=-1)
+        probs = torch.softmax(scores.float(), dim=-1)
         tokens = inverse_cdf_draw(probs, torch.rand(scores.shape[0], dtype=torch.float64, device=scores.device))
         chosen = torch.full_like(scores, float("-inf"))
         return chosen.scatter_(1, tokens.unsqueeze(-1), 0.0)
