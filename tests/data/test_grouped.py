@@ -12,7 +12,7 @@ import pytest
 from preftune.data import load_preference_data, tokenize_examples
 from preftune.data.examples import Origin
 from preftune.data.grouped import NO_GROUP, fit_group_size, load_groups
-from preftune.data.groups import GroupExample
+from preftune.data.groups import GroupExample, TokenizedGroup, pad_groups
 from preftune.data.ranked import parse_ranked, parse_tree, rank_pairs
 from preftune.data.split import canonical, hold_out, hold_out_groups
 from preftune.data.tokenize import NO_ROOM, tokenize_groups
@@ -209,6 +209,11 @@ def test_real_oasst_groups_agree_with_its_pairs(tree_turns: str, kept: int, drop
     all_pairs, _ = load_preference_data(OASST_FILE, pairing="all", tree_turns=tree_turns)
     best_worst, _ = load_preference_data(OASST_FILE, pairing="best_vs_worst", tree_turns=tree_turns)
     assert sum(a > b for g in groups for a in g.rewards for b in g.rewards) == len(all_pairs)
+    # GroupExample.pairs("all") gives those very pairs, in the pair loader's order
+    within = [(p.prompt, p.chosen, p.rejected) for g in groups for p in g.pairs("all")]
+    assert within == [(e.prompt, e.chosen, e.rejected) for e in all_pairs]
+    gapped, _ = load_preference_data(OASST_FILE, pairing="all", tree_turns=tree_turns, score_gap=1)
+    assert sum(len(g.pairs("all", 1)) for g in groups) == len(gapped) < len(all_pairs)
     ends = [g.best_vs_worst() for g in groups]
     assert [(e.prompt, e.chosen, e.rejected) for e in ends if e] == [
         (e.prompt, e.chosen, e.rejected) for e in best_worst
@@ -364,3 +369,16 @@ def test_rank_pairs_min_gap() -> None:
     tree_pairs = parse_tree({"prompt": TREE}, Origin("t.jsonl", 1), pairing="all", min_gap=1)
     assert tree_pairs == []  # every ranked turn's ranks differ by exactly 1
     assert len(parse_tree({"prompt": TREE}, Origin("t.jsonl", 1), pairing="all")) == 2
+
+
+def test_pad_groups_fills_to_the_widest_with_one_token_nan_rewarded_responses() -> None:
+    three = TokenizedGroup([1, 2], ([3], [4, 5], [6]), (0.0, -1.0, -2.0), Origin("f", 1), finished=(True,) * 3)
+    two = TokenizedGroup([7], ([8, 9], [10]), (1.0, 0.0), Origin("f", 2), finished=(False, True))
+    padded = pad_groups([three, two], filler=99)
+    assert padded[0] is three  # already the widest: as it was
+    assert padded[1].responses == ([8, 9], [10], [99])
+    assert padded[1].rewards[:2] == (1.0, 0.0) and math.isnan(padded[1].rewards[2])
+    assert padded[1].finished == (False, True, True) and padded[1].prompt_ids == [7]
+    assert pad_groups([two, two], filler=99) == [two, two]  # one size: nothing added
+    with pytest.raises(PreftuneError, match="without rewards"):
+        pad_groups([three, TokenizedGroup([1], ([2], [3]), None, Origin("f", 3))], filler=99)

@@ -3,6 +3,8 @@ weights (LoRA merged) before each call and leaves the policy as it was."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -75,3 +77,27 @@ def test_which_sampler_the_setting_gives(monkeypatch):
     assert copy_sampler_for("auto", "float32") is None
     with pytest.raises(PreftuneError, match=r"sampling\.dtype must be one of auto, float32, bfloat16"):
         copy_sampler_for("fp8", "float32")
+
+
+def test_the_bf16_copy_draws_first_tokens_with_the_policys_probabilities(policy):
+    """The copy samples the policy (LoRA merged), not the base model: its first tokens' frequencies
+    among the float32 policy's top 5 match the policy's own softmax over them, within 5 standard
+    errors plus 0.02 for bfloat16's rounding of the logits."""
+    model, tokenizer, prompts = policy
+    prompt, k, n = prompts[1], 5, 1000
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+        with model.disable_adapter():
+            base_logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+    top = logits.topk(k + 1)
+    # the 5th and 6th logits are far apart next to bf16's resolution at this size (1/32), so the copy's top 5 are these
+    assert top.values[k - 1] - top.values[k] > 0.2
+    expected = top.values[:k].softmax(-1)
+    assert not torch.equal(top.indices[:k], base_logits.topk(k).indices)  # the adapter moved the top 5
+    samples = CopySampler(torch.bfloat16)(
+        model, tokenizer, [prompt], SamplingConfig(n=n, top_k=k, max_new_tokens=1, batch_size=250, seed=3)
+    )
+    firsts = [s.response_ids[0] for s in samples]
+    assert set(firsts) <= set(top.indices[:k].tolist())
+    for token, p in zip(top.indices[:k].tolist(), expected.tolist(), strict=True):
+        assert abs(firsts.count(token) / n - p) < 5 * math.sqrt(p * (1 - p) / n) + 0.02

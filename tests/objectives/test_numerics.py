@@ -139,11 +139,18 @@ def test_a_zero_weight_sample_at_minus_infinity_adds_exactly_nothing() -> None:
     torch.testing.assert_close(leaf.grad, torch.tensor([[-math.e / 3, 0.0, -1 / 3]], dtype=torch.float64))
 
 
-def test_nan_rewards_are_refused_so_bon_cannot_pick_one() -> None:
+@pytest.mark.parametrize("spec", ["bon", "bon_neg", "rwr", "reinforce", "reinforce(baseline='mean')"])
+def test_nan_rewards_are_refused_by_every_group_term_so_bon_cannot_pick_one(spec: str) -> None:
     samples = SequenceLogProbs(torch.zeros(2, 3), torch.ones(2, 3))
-    with pytest.raises(SpecError, match="GroupRecord: 1 of 6 rewards are NaN") as info:
-        GroupRecord(samples, torch.tensor([[1.0, math.nan, 0.0], [0.0, 1.0, 2.0]]))
+    # the record carries a NaN (what a padded group lacks, for WithinGroups); a term reading every response refuses it
+    record = GroupRecord(samples, torch.tensor([[1.0, math.nan, 0.0], [0.0, 1.0, 2.0]]))
+    with pytest.raises(SpecError, match=r"(bon|bon_neg|rwr|reinforce): 1 of 6 rewards are NaN") as info:
+        parse(spec)(record)
     assert "\n" not in str(info.value)
+
+
+def test_the_baseline_must_be_finite() -> None:
+    samples = SequenceLogProbs(torch.zeros(2, 3), torch.ones(2, 3))
     with pytest.raises(SpecError, match="baseline must be finite"):
         GroupRecord(samples, torch.zeros(2, 3), baseline=torch.full((2, 3), math.nan))
 

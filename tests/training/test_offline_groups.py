@@ -5,7 +5,9 @@ The data are real: OpenAssistant message trees (``tests/data/files.py``'s ``SHAR
 groups of C = 3 completions with reward −rank. Each run's first step is checked against the
 objective computed by hand on the examples the plan gives that step (the LoRA policy starts as its
 base model, so the tiny model as loaded scores it): the rewards, the grouping and the objective
-all reach the trainer as they should. Pairwise objectives train on pairs formed from the ranks.
+all reach the trainer as they should. Pairwise objectives with ``data.pairing=all`` read every pair
+within each group of any size, each completion forwarded once: the same per-pair losses as the
+pairs built as items.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import pytest
 import torch
 
 from preftune.cli.config import load_config
-from preftune.data import Batcher
+from preftune.data import Batcher, TokenizedPair
 from preftune.errors import PreftuneError
 from preftune.modeling import load_model, load_tokenizer, response_logprobs
-from preftune.objectives import build, record_for
-from preftune.run.inputs import data_kind, load_examples, tokenize_inputs
+from preftune.objectives import WithinGroups, build, record_for
+from preftune.run.inputs import data_kind, load_examples, objective_for_inputs, tokenize_inputs
 from preftune.run.train import run_training
 from preftune.training.loop import make_plan, responses_read
 from tests.data.files import OASST_FILE
@@ -46,7 +48,7 @@ def first_step_loss_by_hand(overrides: list[str]) -> float:
     config = load_config(None, overrides)
     tokenizer = load_tokenizer("tiny-random")
     inputs = tokenize_inputs(load_examples(config.data, data_kind(config)), tokenizer, config.data)
-    objective = build(config.objective)
+    objective = objective_for_inputs(build(config.objective), inputs.train, config.data)
     indices = make_plan(inputs.train, config.optim, 1, False).step_indices(0)
     batch = Batcher(tokenizer.pad_token_id, "padded")(
         [inputs.train[i] for i in indices.tolist()], indices, group_size=responses_read(objective)
@@ -131,3 +133,52 @@ def test_group_objective_on_pairs_is_refused_in_one_line(tmp_path: Path) -> None
                 [*BASE[:1], f"data.train={pairs}", "objective=bon", "trackers=[]", f"output_dir={tmp_path / 'run'}"],
             )
         )
+
+
+def test_pairs_within_ranked_groups_forward_each_completion_once_for_the_same_losses() -> None:
+    """``data.pairing=all`` with a pairwise objective on ranked data: groups of 2-4 completions (padded
+    to the widest), each forwarded once; DPO's loss of every pair equals the loss of the same pair
+    built as an item and forwarded on its own, in the pair loader's order."""
+    config = load_config(None, [*BASE, "objective=dpo", "data.pairing=all"])
+    assert data_kind(config) == "pairs_within"
+    tokenizer = load_tokenizer("tiny-random")
+    inputs = tokenize_inputs(load_examples(config.data, "pairs_within"), tokenizer, config.data)
+    objective = objective_for_inputs(build("dpo"), inputs.train, config.data)
+    assert isinstance(objective, WithinGroups)
+    groups = inputs.train[:6]
+    real = [sum(1 for r in g.rewards if r == r) for g in groups]  # NaN rewards: the padding
+    assert len(set(real)) > 1 and {g.num_responses for g in groups} == {max(g.num_responses for g in inputs.train)}
+    pairs = [
+        TokenizedPair(g.prompt_ids, g.responses[i], g.responses[j], g.origin)
+        for g in groups
+        for i in range(len(g.responses))
+        for j in range(len(g.responses))
+        if g.rewards[i] > g.rewards[j]  # NaN compares false: the padding pairs with nothing
+    ]
+    policy, reference = load_model("tiny-random"), load_model("tiny-random")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    batcher = Batcher(tokenizer.pad_token_id, "shared")
+
+    def losses(items, objective, group_size):
+        batch = batcher(items, torch.arange(len(items)), group_size=group_size)
+        with torch.no_grad():
+            record = record_for(
+                objective.record_type,
+                response_logprobs(policy, batch, with_tokens=False),
+                response_logprobs(reference, batch, with_tokens=False),
+                batch.rewards,
+            )
+        return objective(record).loss, batch.num_tokens
+
+    within, within_tokens = losses(groups, objective, None)
+    as_items, item_tokens = losses(pairs, build("dpo"), 2)
+    assert within.shape == as_items.shape == (len(pairs),) and len(pairs) > len(groups)
+    assert torch.allclose(within, as_items, rtol=1e-4, atol=1e-5)
+    assert within.std() > 1e-3  # the reference differs: the losses are not all log 2
+    # the shared layout forwards each example's prompt once and each of its responses once
+    forwarded = lambda items: sum(len(g.prompt_ids) + sum(map(len, g.responses)) for g in items)  # noqa: E731
+    assert (within_tokens, item_tokens) == (forwarded(groups), forwarded(pairs))
+    assert within_tokens < item_tokens

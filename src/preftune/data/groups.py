@@ -8,7 +8,9 @@ one on-policy round with the rewards their labeller gave. :func:`TokenizedPair` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from preftune.data.examples import Origin, PreferenceExample, Text
 from preftune.data.ranked import rank_pairs
@@ -110,6 +112,30 @@ class TokenizedGroup:
         return None if self.own_prompts is None else self.own_prompts[k]
 
 
+def pad_groups(groups: Sequence[TokenizedGroup], filler: int) -> list[TokenizedGroup]:
+    """Every group given as many responses as the largest (a batch is ``[B, C]``), each missing one a
+    one-token response ``[filler]`` with a NaN reward: no pair ever holds it (every comparison with
+    NaN is false, :func:`~preftune.objectives.pairs_within`), and it costs one token of a forward pass.
+
+    For ragged ranked groups trained on the pairs within them (offline ``data.pairing=all``); groups
+    of one size come back as they are.
+    """
+    widest = max((g.num_responses for g in groups), default=0)
+    out = []
+    for g in groups:
+        missing = widest - g.num_responses
+        if missing and g.rewards is None:
+            raise PreftuneError(f"{g.origin}: a group without rewards cannot be padded (its pairs are its order)")
+        if missing:
+            finished = None if g.finished is None else (*g.finished, *([True] * missing))
+            own = None if g.own_prompts is None else (*g.own_prompts, *([None] * missing))
+            responses = (*g.responses, *([[filler]] * missing))
+            rewards = (*(g.rewards or ()), *([math.nan] * missing))
+            g = replace(g, responses=responses, rewards=rewards, finished=finished, own_prompts=own)
+        out.append(g)
+    return out
+
+
 TokenizedPair = TokenizedGroup.pair
 """A preference pair as the one item type: ``TokenizedPair(prompt_ids, chosen_ids, rejected_ids, origin,
 rejected_prompt_ids=None, prompt_truncated=False, responses_truncated=0)`` -> a :class:`TokenizedGroup` of two."""
@@ -146,10 +172,16 @@ class GroupExample:
         For scoring held-out groups with the pairwise metrics; the origin's part names the two
         (``completions 1 vs 3``, indices into this group's completions).
         """
-        pairs = rank_pairs(list(self.rewards), lower_is_better=False, pairing="best_vs_worst")
-        if not pairs:
-            return None
-        ((best, worst),) = pairs
-        part = ", ".join(p for p in (self.origin.part, f"completions {best} vs {worst}") if p)
-        origin = Origin(self.origin.source, self.origin.row, part)
-        return PreferenceExample(self.prompt, self.completions[best], self.completions[worst], origin)
+        pairs = self.pairs("best_vs_worst")
+        return pairs[0] if pairs else None
+
+    def pairs(self, pairing: str, min_gap: float = 0.0) -> list[PreferenceExample]:
+        """The group's preference pairs as :func:`~preftune.data.ranked.rank_pairs` forms them from its
+        rewards (``all``: every pair whose rewards differ by more than ``min_gap``, better first), each
+        origin's part naming the two (``completions 1 vs 3``, indices into this group's completions)."""
+        out = []
+        for better, worse in rank_pairs(list(self.rewards), lower_is_better=False, pairing=pairing, min_gap=min_gap):
+            part = ", ".join(p for p in (self.origin.part, f"completions {better} vs {worse}") if p)
+            origin = Origin(self.origin.source, self.origin.row, part)
+            out.append(PreferenceExample(self.prompt, self.completions[better], self.completions[worse], origin))
+        return out

@@ -5,8 +5,8 @@ the mean over a prompt's samples. Rewards and baselines are constants: gradients
 through the policy's log-probs. ``bon`` has no negative gradient; ``bon_neg``, ``reinforce``
 (negative advantages) and the pairwise terms do: that contrast is P3's central question.
 
-Rewards: NaN is refused when the :class:`GroupRecord` is built (a NaN is a failed label, and
-argmax would take it for the best sample), so every term here sees NaN-free rewards; ±inf is
+Rewards: NaN is refused by every term here (:func:`_need_samples`: a NaN is a failed label, or a
+response a padded group lacks, and argmax would take it for the best sample); ±inf is
 allowed where it has a meaning (``bon``/``bon_neg``: +inf is the best, -inf never is unless
 all are; ``rwr``: weight w_max or 0) and refused by ``reinforce``, whose advantage r - b would
 be inf - inf. A sample whose weight is zero contributes exactly zero, even if its log-prob is
@@ -29,8 +29,15 @@ from preftune.objectives.records import GroupRecord, as_float, require
 
 
 def _need_samples(record: GroupRecord, name: str, minimum: int) -> None:
+    """At least ``minimum`` samples per prompt, every one scored (no NaN reward)."""
     if record.rewards.shape[1] < minimum:
         raise SpecError(f"{name} needs at least {minimum} samples per prompt, got {record.rewards.shape[1]}")
+    nan = int(torch.isnan(record.rewards).sum())
+    if nan:
+        raise SpecError(
+            f"{name}: {nan} of {record.rewards.numel()} rewards are NaN (a failed label, or a response its group "
+            "lacks); score those samples or drop them"
+        )
 
 
 def _best_mask(rewards: Tensor) -> Tensor:
@@ -121,9 +128,9 @@ class RWR(Term):
 class BestOfN(Term):
     """``bon``: -A(y*) for the best-reward sample y* of each prompt (filtered BC).
 
-    y* is the first sample of highest reward; +inf counts as the highest. NaN rewards never reach
-    here: the :class:`GroupRecord` refuses them (a NaN is a failed label, not a score; treating it as
-    missing would silently train on fewer samples than asked).
+    y* is the first sample of highest reward; +inf counts as the highest. NaN rewards are refused
+    (a NaN is a failed label, not a score; treating it as missing would silently train on fewer
+    samples than asked).
     """
 
     name: ClassVar[str] = "bon"
@@ -141,7 +148,7 @@ class BestOfN(Term):
 class BestOfNNegative(Term):
     """``bon_neg``: -A(y*) + β/(C-1)·Σ_{y≠y*} A(y): best-of-N with a negative gradient (P3).
 
-    y* is chosen as in ``bon`` (first highest reward; NaN rewards are refused by the record).
+    y* is chosen as in ``bon`` (first highest reward; NaN rewards are refused).
     """
 
     name: ClassVar[str] = "bon_neg"

@@ -153,7 +153,10 @@ class GroupRecord:
 
     Attributes:
         samples: policy log-probs, fields shaped ``[P, C]`` (tokens ``[P, C, T]``).
-        rewards: ``[P, C]`` scalar rewards r(x, y).
+        rewards: ``[P, C]`` scalar rewards r(x, y); NaN marks a response the group lacks (ragged ranked
+            groups padded to one size, :func:`~preftune.data.groups.pad_groups`), which
+            :class:`~preftune.objectives.WithinGroups` pairs with nothing and every on-policy term
+            refuses (:mod:`~preftune.objectives.policy_gradient`: there a NaN is a failed label).
         ref: reference log-probs ``[P, C]``, needed only for a KL penalty.
         baseline: ``[P, C]`` an externally maintained baseline (e.g. a moving average),
             used by ``reinforce(baseline="given")``.
@@ -176,13 +179,6 @@ class GroupRecord:
         if self.baseline is not None and not (isinstance(self.baseline, Tensor) and self.baseline.shape == shape):
             got = _shape(self.baseline) if isinstance(self.baseline, Tensor) else type(self.baseline).__name__
             raise SpecError(f"GroupRecord: baseline {got} and rewards {shape} differ in shape")
-        # A NaN reward is a failed label: argmax would pick it as the best sample and any advantage built on it
-        # is NaN, so it is refused here, once, for every on-policy term (see policy_gradient.py).
-        nan = int(torch.isnan(self.rewards).sum())
-        if nan:
-            raise SpecError(
-                f"GroupRecord: {nan} of {self.rewards.numel()} rewards are NaN; score those samples or drop them"
-            )
         if self.baseline is not None and not bool(torch.isfinite(self.baseline).all()):
             raise SpecError("GroupRecord: the baseline must be finite, it holds NaN or inf")
 

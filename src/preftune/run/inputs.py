@@ -1,11 +1,16 @@
 """A run's data, in two steps: rows -> validated, split examples (no tokenizer, no model), then
 examples -> token pairs (or groups).
 
-Three kinds of data (:func:`data_kind`): preference pairs; unpaired good and bad examples
+Four kinds of data (:func:`data_kind`): preference pairs; unpaired good and bad examples
 (``data.bad``, P1's setting: each good example drawn with a bad one at random, for the likelihood
-terms); and groups of C ranked completions with rewards (scores, or minus the ranks) for the
-sampled-group terms trained offline (P3). Held-out data are always pairs: a held-out group is
-scored by its best against its worst completion.
+terms); groups of C ranked completions with rewards (scores, or minus the ranks) for the
+sampled-group terms trained offline (P3); and, for a pairwise objective with ``data.pairing=all``,
+``pairs_within``: ranked data read as groups (any sizes, padded to the largest with
+:func:`~preftune.data.groups.pad_groups`) whose pairs the objective reads in place
+(:class:`~preftune.objectives.WithinGroups`, :func:`objective_for_inputs`), so each completion is
+forwarded once instead of once per pair it sits in (issue 22); pair data of that kind load as pairs.
+Held-out data are always pairs: a held-out group is scored by its best against its worst
+completion, or with ``pairs_within`` by every pair the training pairs it into.
 
 The first step runs before anything is loaded or converted, so a missing file, a wrong column
 or a bad row costs the user nothing. The held-out pairs are whole groups of pairs (by default
@@ -29,17 +34,21 @@ from preftune.data import (
     load_unpaired,
     tokenize_examples,
 )
-from preftune.data.grouped import fit_group_size, load_groups
-from preftune.data.groups import GroupExample
+from preftune.data.columns import apply_columns
+from preftune.data.formats import detect_format
+from preftune.data.grouped import GROUP_FORMATS, fit_group_size, load_groups
+from preftune.data.groups import GroupExample, pad_groups
 from preftune.data.options import check_prompt_room, data_options, resolve_source
+from preftune.data.sources import load_rows
 from preftune.data.split import hold_out, hold_out_groups
-from preftune.data.tokenize import tokenize_groups
+from preftune.data.tokenize import end_of_turn_ids, tokenize_groups
+from preftune.errors import PreftuneError
 from preftune.files import write_atomic
-from preftune.objectives import GroupRecord, Objective, build
+from preftune.objectives import GroupRecord, Objective, PairRecord, WithinGroups, build
 from preftune.run.config import DataConfig, RunConfig
 from preftune.run_layout import HELD_OUT_FILE as HELD_OUT_FILE  # re-exported: run.py imports it from here
 
-KINDS = ("pairs", "unpaired", "groups")
+KINDS = ("pairs", "unpaired", "groups", "pairs_within")
 
 
 @dataclass
@@ -63,20 +72,27 @@ class Inputs:
 
 def data_kind(config: RunConfig, objectives: Sequence[Objective] | None = None) -> str:
     """``groups`` when the run's objectives (default: built from ``config``) read sampled groups,
-    ``unpaired`` with ``data.bad``, else ``pairs``."""
+    ``unpaired`` with ``data.bad``, ``pairs_within`` for pairwise objectives with ``data.pairing=all``
+    (ranked data read as groups; none of the objectives pairs a batch's mismatched examples), else ``pairs``."""
     if config.online.rounds:  # prompts (and offline pairs to mix in) come from pairs
         return "pairs"
     if objectives is None:
         objectives = [build(stage.objective) for stage in config.resolved_stages()]
     if any(objective.record_type is GroupRecord for objective in objectives):
         return "groups"
-    return "unpaired" if config.data.bad else "pairs"
+    if config.data.bad:
+        return "unpaired"
+    if config.data.pairing == "all" and not any(objective.needs_mismatched for objective in objectives):
+        return "pairs_within"
+    return "pairs"
 
 
 def load_examples(d: DataConfig, kind: str = "pairs") -> Examples:
     """Read and validate every row, then hold out ``data.eval_size`` examples (or read ``data.eval``)."""
     if kind == "groups":
         return _load_groups(d)
+    if kind == "pairs_within" and _ranked_train(d):
+        return _load_groups(d, within=True)
     options = data_options(d)
     if kind == "unpaired":
         good, bad = resolve_source(d.train), resolve_source(str(d.bad))
@@ -95,14 +111,36 @@ def load_examples(d: DataConfig, kind: str = "pairs") -> Examples:
     return Examples(train, held_out, {"train": summary, "eval": held_summary})
 
 
-def _load_groups(d: DataConfig) -> Examples:
-    """Ranked groups of ``data.group_size`` completions; the held-out groups as best-vs-worst pairs."""
+def _ranked_train(d: DataConfig) -> bool:
+    """Whether ``data.train`` holds ranked completions (``data.format`` ranked or oasst, or detected so)."""
+    if d.format in GROUP_FORMATS:
+        return True
+    if d.format != "auto":
+        return False
+    raw = apply_columns(load_rows(resolve_source(d.train), d.split, skip_invalid=d.skip_invalid), d.columns or None)
+    try:
+        return detect_format(raw) in GROUP_FORMATS
+    except PreftuneError:  # neither: the pair loader says what is wrong, in its words
+        return False
+
+
+def _load_groups(d: DataConfig, within: bool = False) -> Examples:
+    """Ranked groups of ``data.group_size`` completions; the held-out groups as best-vs-worst pairs.
+
+    ``within``: groups of any size for a pairwise objective reading every pair in them (``data.pairing=all``),
+    those without a pair more than ``data.score_gap`` apart dropped, the held-out groups as all such pairs."""
     options = {"format": d.format, "columns": d.columns or None, "skip_invalid": d.skip_invalid}
     groups, summary = load_groups(resolve_source(d.train), split=d.split, **options)
-    groups, too_small = fit_group_size(groups, d.group_size)
-    if too_small:
+    if within:
+        groups, dropped, reason = _with_pairs(groups, d.score_gap)
+    else:
+        groups, dropped = fit_group_size(groups, d.group_size)
         reason = f"fewer than data.group_size={d.group_size} ranked completions"
-        summary = replace(summary, kept=len(groups), dropped={**summary.dropped, reason: too_small})
+    if dropped:
+        summary = replace(summary, kept=len(groups), dropped={**summary.dropped, reason: dropped})
+    if d.eval and within:  # held out as pairs, as data.eval is read for any pairwise run
+        held_out, held_summary = load_preference_data(resolve_source(d.eval), **{**data_options(d), "split": None})
+        return Examples(groups, held_out, {"train": summary, "eval": held_summary})
     if d.eval:
         held_groups, held_summary = load_groups(resolve_source(d.eval), **options)
         train = groups
@@ -110,8 +148,27 @@ def _load_groups(d: DataConfig) -> Examples:
         train, held_groups, split = hold_out_groups(groups, d.eval_size)
         summary = summary.with_split(split)
         held_summary = replace(summary, kept=len(held_groups)) if held_groups else None
-    held_out = [pair for pair in (g.best_vs_worst() for g in held_groups) if pair is not None]
+    pairing = ("all", d.score_gap) if within else ("best_vs_worst", 0.0)
+    held_out = [pair for g in held_groups for pair in g.pairs(*pairing)]
+    if within and held_summary is not None:
+        held_summary = replace(held_summary, kept=len(held_out))
     return Examples(train, held_out, {"train": summary, "eval": held_summary})
+
+
+def _with_pairs(groups: list[GroupExample], gap: float) -> tuple[list[GroupExample], int, str]:
+    """The groups holding a pair of completions more than ``gap`` apart, how many did not, and why."""
+    kept = [g for g in groups if g.pairs("all", gap)]
+    return kept, len(groups) - len(kept), f"no two completions more than data.score_gap={gap} apart"
+
+
+def objective_for_inputs(objective: Objective, train: Sequence[TokenizedGroup], d: DataConfig) -> Objective:
+    """What a stage trains on ``train``: a pairwise ``objective`` reads ranked groups (the ``pairs_within``
+    kind: items with rewards) through :class:`~preftune.objectives.WithinGroups`, every pair more than
+    ``data.score_gap`` apart formed in place; any other, as it is."""
+    ranked = bool(train) and train[0].rewards is not None
+    if ranked and objective.record_type is PairRecord:
+        return WithinGroups(objective, d.score_gap)  # type: ignore[return-value]
+    return objective
 
 
 def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs:
@@ -133,6 +190,8 @@ def tokenize_inputs(examples: Examples, tokenizer: Any, d: DataConfig) -> Inputs
     if d.train_size is not None and d.train_size < len(train):
         train = train[: d.train_size]
         train_summary = replace(train_summary, kept=len(train)) if groups else train_summary.limited(train)
+    if groups:  # ragged groups (pairs_within) padded to one size: a batch is [B, C]
+        train = pad_groups(train, min(end_of_turn_ids(tokenizer)))
     held: list[TokenizedGroup] = []
     held_summary: DataSummary | None = None
     if examples.held_out:

@@ -25,7 +25,7 @@ from preftune.data import Batcher
 from preftune.modeling import apply_lora
 from preftune.objectives import Objective
 from preftune.run.config import RunConfig, StageConfig
-from preftune.run.inputs import Examples, Inputs
+from preftune.run.inputs import Examples, Inputs, objective_for_inputs
 from preftune.run.outputs import finish_stage
 from preftune.run.references import live_reference, make_reference, reference_kind
 from preftune.run.summary import flat_config
@@ -99,6 +99,7 @@ class DatasetFeed:
 
     def __init__(self, parts: RunParts, stage: StageConfig, objective: Objective, model: Any) -> None:
         config, inputs, accelerator = parts.config, parts.inputs, parts.accelerator
+        objective = objective_for_inputs(objective, inputs.train, config.data)  # ranked groups: pairs read within
         self.parts, self.optim, self.objective = parts, stage_optim(config, stage), objective
         t0 = time.perf_counter()
         self.plan = make_plan(inputs.train, self.optim, accelerator.num_processes, config.data.group_by_length)
