@@ -205,6 +205,7 @@ def test_tree_errors_name_the_reply_as_the_file_numbers_it(tmp_path: Path) -> No
 def test_real_oasst_groups_agree_with_its_pairs(tree_turns: str, kept: int, dropped: int) -> None:
     groups, summary = load_groups(OASST_FILE, tree_turns=tree_turns)
     assert (summary.rows_read, summary.kept, summary.dropped) == (100, kept, {NO_GROUP: dropped})
+    assert f"100 rows read, {kept} groups kept, {dropped} dropped" in str(summary)
     # every pair the pair loader makes is a pair of distinct rewards within one of these groups
     all_pairs, _ = load_preference_data(OASST_FILE, pairing="all", tree_turns=tree_turns)
     best_worst, _ = load_preference_data(OASST_FILE, pairing="best_vs_worst", tree_turns=tree_turns)

@@ -167,7 +167,8 @@ def load_groups(
     if not groups:
         raise no_valid_rows(raw.name, tally)
     notes = (sizes_note("loaded", [len(g.completions) for g in groups]),)
-    return groups, DataSummary(raw.name, chosen_format, raw.rows_read, len(groups), tally.as_dict(), notes=notes)
+    kept, dropped = len(groups), tally.as_dict()
+    return groups, DataSummary(raw.name, chosen_format, raw.rows_read, kept, dropped, notes=notes, unit="groups")
 
 
 def fit_group_size(groups: Sequence[GroupExample], size: int | None, seed: int = 0) -> tuple[list[GroupExample], int]:

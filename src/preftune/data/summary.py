@@ -83,6 +83,7 @@ class DataSummary:
             :mod:`preftune.data.labelled`); empty for other formats.
         split: how the held-out pairs were taken from these (:func:`preftune.data.split.hold_out`),
             or None.
+        unit: what ``kept`` counts: ``pairs``, or ``groups`` of ranked completions.
     """
 
     source: str
@@ -96,6 +97,7 @@ class DataSummary:
     notes: tuple[str, ...] = ()
     labels: dict[str, int] = field(default_factory=dict)
     split: SplitSummary | None = None
+    unit: str = "pairs"
 
     @property
     def num_dropped(self) -> int:
@@ -158,7 +160,7 @@ class DataSummary:
 
     def __str__(self) -> str:
         head = f"{self.source} ({self.format}): {self.rows_read} rows read"
-        lines = [f"{head}, {self.kept} pairs kept, {self.num_dropped} dropped"]
+        lines = [f"{head}, {self.kept} {self.unit} kept, {self.num_dropped} dropped"]
         lines += [f"  dropped {n}: {reason}" for reason, n in self.dropped.items()]
         if self.truncated_prompts or self.truncated_responses:
             lines.append(

@@ -151,7 +151,7 @@ def _load_groups(d: DataConfig, within: bool = False) -> Examples:
     pairing = ("all", d.score_gap) if within else ("best_vs_worst", 0.0)
     held_out = [pair for g in held_groups for pair in g.pairs(*pairing)]
     if within and held_summary is not None:
-        held_summary = replace(held_summary, kept=len(held_out))
+        held_summary = replace(held_summary, kept=len(held_out), unit="pairs")
     return Examples(train, held_out, {"train": summary, "eval": held_summary})
 
 
