@@ -182,3 +182,28 @@ def test_pairs_within_ranked_groups_forward_each_completion_once_for_the_same_lo
     forwarded = lambda items: sum(len(g.prompt_ids) + sum(map(len, g.responses)) for g in items)  # noqa: E731
     assert (within_tokens, item_tokens) == (forwarded(groups), forwarded(pairs))
     assert within_tokens < item_tokens
+
+
+def test_pairs_within_reads_the_training_file_once_when_it_detects_its_format(monkeypatch) -> None:
+    """``data.format=auto``: the rows read to see that the data are ranked are the rows the groups come from."""
+    import preftune.data.grouped as grouped
+    import preftune.run.inputs as inputs_module
+
+    reads: list[str] = []
+    real = grouped.load_rows
+
+    def counted(source, *args, **kwargs):
+        reads.append(str(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(grouped, "load_rows", counted)
+    monkeypatch.setattr(inputs_module, "load_rows", counted)
+    config = load_config(None, [*BASE, "objective=dpo", "data.pairing=all"])
+    auto = load_examples(config.data, "pairs_within")
+    assert reads == [str(OASST_FILE)]
+    named = load_examples(
+        load_config(None, [*BASE, "objective=dpo", "data.pairing=all", "data.format=oasst"]).data, "pairs_within"
+    )
+    assert [g.rewards for g in auto.train] == [g.rewards for g in named.train] and len(auto.held_out) == len(
+        named.held_out
+    )

@@ -124,6 +124,7 @@ def load_groups(
     split: str | None = None,
     skip_invalid: bool = False,
     tree_turns: str = "all",
+    rows: RawRows | None = None,
 ) -> tuple[list[GroupExample], DataSummary]:
     """Read groups of ranked completions, validating every row before anything else happens.
 
@@ -134,6 +135,7 @@ def load_groups(
         split: the split of a folder or Hub dataset.
         skip_invalid: drop bad rows and count them by reason instead of raising on the first.
         tree_turns: for message trees, ``"all"`` ranked turns or only the ``"first"``.
+        rows: ``source``'s rows, already read with ``columns`` applied (then not read again).
 
     Returns:
         The groups, in source order, and a :class:`DataSummary` whose ``kept`` counts groups;
@@ -145,7 +147,7 @@ def load_groups(
     """
     if tree_turns not in TREE_TURNS:
         raise PreftuneError(f"unknown tree_turns '{tree_turns}' (expected one of {', '.join(TREE_TURNS)})")
-    raw = apply_columns(load_rows(source, split, skip_invalid=skip_invalid), columns)
+    raw = rows if rows is not None else apply_columns(load_rows(source, split, skip_invalid=skip_invalid), columns)
     chosen_format = _group_format(raw, format)
     parse = partial(_parse_row, tree=chosen_format == "oasst", tree_turns=tree_turns)
     tally = Tally()

@@ -130,7 +130,7 @@ def pad_groups(groups: Sequence[TokenizedGroup], filler: int) -> list[TokenizedG
             finished = None if g.finished is None else (*g.finished, *([True] * missing))
             own = None if g.own_prompts is None else (*g.own_prompts, *([None] * missing))
             responses = (*g.responses, *([[filler]] * missing))
-            rewards = (*(g.rewards or ()), *([math.nan] * missing))
+            rewards = (*g.rewards, *([math.nan] * missing))
             g = replace(g, responses=responses, rewards=rewards, finished=finished, own_prompts=own)
         out.append(g)
     return out

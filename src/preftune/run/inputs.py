@@ -39,6 +39,7 @@ from preftune.data.formats import detect_format
 from preftune.data.grouped import GROUP_FORMATS, fit_group_size, load_groups
 from preftune.data.groups import GroupExample, pad_groups
 from preftune.data.options import check_prompt_room, data_options, resolve_source
+from preftune.data.rows import RawRows
 from preftune.data.sources import load_rows
 from preftune.data.split import hold_out, hold_out_groups
 from preftune.data.tokenize import end_of_turn_ids, tokenize_groups
@@ -91,8 +92,10 @@ def load_examples(d: DataConfig, kind: str = "pairs") -> Examples:
     """Read and validate every row, then hold out ``data.eval_size`` examples (or read ``data.eval``)."""
     if kind == "groups":
         return _load_groups(d)
-    if kind == "pairs_within" and _ranked_train(d):
-        return _load_groups(d, within=True)
+    if kind == "pairs_within":
+        ranked, rows = _ranked_train(d)
+        if ranked:
+            return _load_groups(d, within=True, rows=rows)
     options = data_options(d)
     if kind == "unpaired":
         good, bad = resolve_source(d.train), resolve_source(str(d.bad))
@@ -111,26 +114,28 @@ def load_examples(d: DataConfig, kind: str = "pairs") -> Examples:
     return Examples(train, held_out, {"train": summary, "eval": held_summary})
 
 
-def _ranked_train(d: DataConfig) -> bool:
-    """Whether ``data.train`` holds ranked completions (``data.format`` ranked or oasst, or detected so)."""
+def _ranked_train(d: DataConfig) -> tuple[bool, RawRows | None]:
+    """Whether ``data.train`` holds ranked completions (``data.format`` ranked or oasst, or detected so),
+    with its rows where detecting them read them (columns applied), so that they are not read twice."""
     if d.format in GROUP_FORMATS:
-        return True
+        return True, None
     if d.format != "auto":
-        return False
+        return False, None
     raw = apply_columns(load_rows(resolve_source(d.train), d.split, skip_invalid=d.skip_invalid), d.columns or None)
     try:
-        return detect_format(raw) in GROUP_FORMATS
+        return detect_format(raw) in GROUP_FORMATS, raw
     except PreftuneError:  # neither: the pair loader says what is wrong, in its words
-        return False
+        return False, None
 
 
-def _load_groups(d: DataConfig, within: bool = False) -> Examples:
+def _load_groups(d: DataConfig, within: bool = False, rows: RawRows | None = None) -> Examples:
     """Ranked groups of ``data.group_size`` completions; the held-out groups as best-vs-worst pairs.
 
     ``within``: groups of any size for a pairwise objective reading every pair in them (``data.pairing=all``),
-    those without a pair more than ``data.score_gap`` apart dropped, the held-out groups as all such pairs."""
+    those without a pair more than ``data.score_gap`` apart dropped, the held-out groups as all such pairs.
+    ``rows``: data.train's rows, where they were read already."""
     options = {"format": d.format, "columns": d.columns or None, "skip_invalid": d.skip_invalid}
-    groups, summary = load_groups(resolve_source(d.train), split=d.split, **options)
+    groups, summary = load_groups(resolve_source(d.train), split=d.split, rows=rows, **options)
     if within:
         groups, dropped, reason = _with_pairs(groups, d.score_gap)
     else:
