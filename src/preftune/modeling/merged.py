@@ -34,6 +34,21 @@ def _lora_delta(layer: Any, adapter: str) -> Any:
     return delta.T if getattr(layer, "fan_in_fan_out", False) else delta
 
 
+def current_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """``model.state_dict()``'s names and tensors (parameters, tied ones under each name, and persistent
+    buffers), read from the modules as they hold them now. A model sharded with FSDP2 holds its whole
+    parameters inside :func:`~preftune.training.sharding.whole_parameters`, where its ``state_dict``
+    would still give the shards."""
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                yield dot + name, param
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                yield dot + name, buffer
+
+
 def merged_weights(model: Any) -> Iterator[tuple[str, Any]]:
     """The model's current weights under the base model's parameter names, LoRA merged in: ``(name, tensor)``.
 
@@ -42,20 +57,21 @@ def merged_weights(model: Any) -> Iterator[tuple[str, Any]]:
     ``scaling``: the trained model is never touched (PEFT's merge/unmerge would add and subtract
     the delta in place, and the float rounding would move the weights the adapter-off reference
     reads). Names lose ``base_model.model.`` and ``.base_layer``; ``lora_*`` tensors are dropped.
-    A plain model gives its ``state_dict``. A generator: one merged tensor lives at a time, so a
-    consumer such as vLLM's ``load_weights`` streams them in. Runs on any device (the model's).
+    A plain model gives its ``state_dict``'s tensors (:func:`current_tensors`). A generator: one
+    merged tensor lives at a time, so a consumer such as vLLM's ``load_weights`` streams them in.
+    Runs on any device (the model's).
     """
     import torch
 
     if not hasattr(model, "peft_config"):
         with torch.no_grad():
-            yield from ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+            yield from ((name, tensor.detach()) for name, tensor in current_tensors(model))
         return
     from peft.tuners.lora import LoraLayer
 
     lora_layers = {f"{name}.base_layer.weight": m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
+        for name, tensor in current_tensors(model):
             if ".lora_" in name:
                 continue
             layer = lora_layers.get(name)

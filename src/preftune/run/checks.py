@@ -23,6 +23,7 @@ from preftune.objectives import GroupRecord, Objective, build
 from preftune.run.config import RunConfig, resolve_defaults
 from preftune.training.accelerator import sharded_launch_refusal
 from preftune.training.settings import REFRESH_MODES
+from preftune.training.sharding import requested_sharding, sharding_refusal
 
 REFERENCE_CHOICES = ("auto", "adapter", "copy", "precomputed", "previous")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -54,6 +55,7 @@ def check(config: RunConfig) -> list[Objective]:
     check_output_dir(Path(config.output_dir))
     if reason := sharded_launch_refusal():
         raise PreftuneError(reason)
+    _check_sharding(config)
     return objectives
 
 
@@ -262,6 +264,27 @@ def _check_mismatched(config: RunConfig, objectives: list[Objective]) -> None:
                 f"{where}: '{objective}' pairs each prompt with another example's response, so a micro-batch needs "
                 f"2 examples or more; optim.batch_size / (processes x optim.grad_accumulation) is {micro}"
             )
+
+
+def _check_sharding(config: RunConfig) -> None:
+    """An FSDP launch (:mod:`preftune.training.sharding`): its config's settings, and the parts of a run
+    that need every process's whole gradients or a second model moved in step, refused."""
+    if reason := sharding_refusal():
+        raise PreftuneError(reason)
+    if requested_sharding() is None:
+        return
+    where = "accelerate launch asked for FSDP, which"
+    if len(config.resolved_stages()) > 1:
+        raise SpecError(f"{where} trains one stage: run each stage of 'stages' as a run of its own")
+    if config.ref_refresh.enabled:
+        raise SpecError(f"{where} cannot move a reference copy in step with the shards: drop ref_refresh")
+    if config.eval.gradient_cosine_every:
+        raise SpecError(
+            f"{where} exchanges gradients in every backward, and the per-pair gradient cosines take one backward "
+            "per held-out pair on each process's share: set eval.gradient_cosine_every=0"
+        )
+    if config.optim.mixed_precision == "fp16":
+        raise SpecError(f"{where} does not scale fp16 gradients: use optim.mixed_precision=bf16 or no")
 
 
 def _check_refresh(config: RunConfig, objectives: list[Objective]) -> None:

@@ -47,6 +47,7 @@ from preftune.training import (
     make_plan,
     responses_read,
 )
+from preftune.training.sharding import ShardingPlan, unsharded_copy
 
 
 @dataclass
@@ -64,6 +65,7 @@ class RunParts:
     callbacks: Sequence[StepCallback] = ()
     round_inputs: Any = None  # on-policy runs: labeller and prompts (run.online.RoundInputs), built before the model
     judges: Sequence[tuple[str, Any]] = ()  # eval.judges, built before the policy loaded
+    sharding: ShardingPlan | None = None  # an FSDP launch's (training.sharding), None for DDP or one process
 
     def say(self, *args: Any, **kwargs: Any) -> None:
         """Print on the main process only."""
@@ -177,6 +179,7 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
         reference=feed.train_reference,
         logit_chunk=config.logit_chunk,
         refresh=config.ref_refresh,
+        sharding=parts.sharding,
     )
     source = feed.source(trainer)
     hooks = stage_hooks(parts, stage_dir, feed)
@@ -188,6 +191,8 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
         so_far = trainer.restore(saved, source, hooks) if saved is not None else None
         result = trainer.fit(source, hooks=hooks, result=so_far)
     extra = feed.record(stage_dir)
+    if trainer.sharded:  # the outputs, and what follows the run, read a plain module
+        model = unsharded_copy(model)
     record = _finish(parts, index, stage, result, model, extra.get("rounds", ())) | extra
     parts.say(f"stage '{stage.name}': {result.steps} steps in {result.seconds:.0f} s; model in {record['model']}")
     return model, record

@@ -61,6 +61,7 @@ from preftune.run.resume import (
 from preftune.run.stage import RunParts, train_stage
 from preftune.run.summary import print_outcome, write_summary
 from preftune.training import StepCallback, latest_checkpoint, make_accelerator
+from preftune.training.sharding import requested_sharding
 
 
 def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
@@ -153,7 +154,18 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
     batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model), config.data.max_length)
     dirs = stage_dirs(output_dir, [s.name for s in config.resolved_stages()])
     parts = RunParts(
-        config, tokenizer, examples, inputs, batcher, accelerator, console, dirs, callbacks, rounds, judges
+        config,
+        tokenizer,
+        examples,
+        inputs,
+        batcher,
+        accelerator,
+        console,
+        dirs,
+        callbacks,
+        rounds,
+        judges,
+        requested_sharding(),
     )
     _start(parts)
     sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]

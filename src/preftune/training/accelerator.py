@@ -39,17 +39,23 @@ def make_accelerator(
     if cpu is None:
         cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
     forget_accelerator_state()
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=mixed_precision,
-        log_with=list(trackers) or None,
-        project_dir=None if project_dir is None else str(project_dir),
-    )
+    # An FSDP launch: preftune shards the policy itself (training/sharding.py); accelerate, which would
+    # wrap it again on a GPU (and ignores it on a CPU), is made as for DDP.
+    fsdp = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=mixed_precision,
+            log_with=list(trackers) or None,
+            project_dir=None if project_dir is None else str(project_dir),
+        )
+    finally:
+        if fsdp is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = fsdp
 
 
 # What ``accelerate launch`` sets when its config asks for a sharded strategy, and that strategy's name.
 SHARDED_LAUNCH = {
-    "ACCELERATE_USE_FSDP": "FSDP",
     "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
 }
@@ -58,19 +64,19 @@ SHARDED_LAUNCH = {
 def sharded_launch_refusal(environ: Mapping[str, str] | None = None) -> str | None:
     """Why this run cannot train as ``accelerate launch`` asked, in one line, or None.
 
-    preftune trains with DDP: every process holds the whole model. Its checkpoints, resume, the
-    merged-weights sampling copy and the reference precompute all read whole parameters, which a
-    sharded model (FSDP's DTensors, DeepSpeed ZeRO-3's partitions) does not have; and on a CPU
-    accelerate 1.16 does not shard at all: it runs DDP and ignores the FSDP config. Rather than
-    train other than the user launched, the run is refused before any model loads.
+    preftune trains with DDP, or shards the policy itself with FSDP2 when the launch asks for FSDP
+    (:mod:`preftune.training.sharding`). DeepSpeed and Megatron-LM partition the model and drive the
+    optimiser step in their own engines, which preftune's loop, checkpoints and sampling copy do not
+    go through; rather than train other than the user launched, the run is refused before any model
+    loads.
     """
     env = os.environ if environ is None else environ
     for variable, strategy in SHARDED_LAUNCH.items():
         if env.get(variable, "").lower() in ("true", "1", "yes"):
             return (
-                f"accelerate launch asked for {strategy} ({variable}=true): preftune trains with DDP only, since "
-                "its checkpoints, resume and sampling copy read whole parameters; launch with torchrun, or an "
-                "accelerate config of distributed_type MULTI_CPU/MULTI_GPU"
+                f"accelerate launch asked for {strategy} ({variable}=true): preftune trains with DDP or FSDP, "
+                "since its engine would take over the optimiser step; launch with an accelerate config of "
+                "distributed_type FSDP or MULTI_CPU/MULTI_GPU, or torchrun"
             )
     return None
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from preftune.files import write_json_atomic  # also imported from here by training modules
+from preftune.training.sharding import load_whole
 
 STATE_FILE = "trainer_state.json"
 SOURCE_FILE = "source.pt"
@@ -51,7 +53,7 @@ def save_checkpoint(
     output_dir: Path,
     step: int,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
@@ -59,15 +61,18 @@ def save_checkpoint(
     reference_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save everything needed to continue from ``step`` (main process only); keep the newest ``keep``.
-    ``source_state``: the batch source's position (and a buffer's samples), in ``source.pt``;
-    ``reference_state``: a refreshed reference's parameters, in ``reference.safetensors``."""
+    ``model``'s parameters must be whole (a sharded model's inside
+    :func:`~preftune.training.sharding.whole_parameters`); ``optimizer_state``: the optimiser's
+    ``state_dict()``, or a sharded one's gathered whole; ``source_state``: the batch source's
+    position (and a buffer's samples), in ``source.pt``; ``reference_state``: a refreshed
+    reference's parameters, in ``reference.safetensors``."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
         tmp / "optimizer.pt",
     )
     if source_state is not None:
@@ -89,15 +94,19 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(complete, default=None, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore trainable weights, optimizer, scheduler and RNG states; return the trainer state."""
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    load_optimizer: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Restore trainable weights (each process its shards, when sharded), optimizer, scheduler and
+    RNG states; return the trainer state. ``load_optimizer``: how to load the saved optimiser state
+    (a sharded optimiser's), else ``optimizer.load_state_dict``."""
+    load_whole(model, load_file(str(path / "trainable.safetensors")))
     saved = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng"]
     random.setstate(rng["python"])

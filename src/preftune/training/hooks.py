@@ -254,7 +254,7 @@ class HeldOutEvaluation(RecordingHook):
             return trainer.pair_logprobs(batch)
 
         scorer = self.reference if initial and self.reference is not None else policy
-        with trainer.eval_mode():
+        with trainer.whole_parameters(), trainer.eval_mode():
             per_pair = pair_values(
                 scorer,
                 self.reference,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ from preftune.training.hooks import Fit, Hook, StepCallback, TrainResult
 from preftune.training.mismatched import mismatched_log_ratio
 from preftune.training.plan import BatchPlan
 from preftune.training.settings import OptimConfig, RefreshConfig
+from preftune.training.sharding import (
+    ShardingPlan,
+    load_optimizer_state,
+    optimizer_state,
+    shard,
+    whole_norm,
+    whole_parameters,
+)
 from preftune.training.sources import BatchSource
 
 __all__ = ["PolicyLogProbs", "StepCallback", "TrainResult", "Trainer", "make_optimizer", "make_plan", "responses_read"]
@@ -97,6 +106,7 @@ class Trainer:
         reference: Any = None,
         logit_chunk: int = 1024,
         refresh: RefreshConfig | None = None,
+        sharding: ShardingPlan | None = None,
     ) -> None:
         if objective.needs_reference and reference is None:
             raise PreftuneError(f"objective '{objective}' needs a reference model, and none was set up")
@@ -108,6 +118,10 @@ class Trainer:
         self.accelerator, self.objective, self.optim = accelerator, objective, optim
         self.reference, self.total_steps, self.global_step = reference, total_steps, 0
         self.model = model
+        policy = PolicyLogProbs(model, logit_chunk)
+        self.sharded = sharding is not None
+        if sharding is not None:  # before the optimiser: it holds each process's shards
+            shard(policy, model, sharding)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise PreftuneError("the model has no trainable parameters")
@@ -122,7 +136,15 @@ class Trainer:
         # Whether each step also reports the sampled responses' log-ratio to the reference (an
         # on-policy source switches it on, on every process alike: the statistics are reduced together).
         self.log_sampled_ratio = False
-        self.policy, self.optimizer = accelerator.prepare(PolicyLogProbs(model, logit_chunk), optimizer)
+        if self.sharded:  # FSDP2 exchanges the gradients itself: no DDP wrapper
+            self.policy, self.optimizer = policy, accelerator.prepare(optimizer)
+        else:
+            self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
+
+    def whole_parameters(self) -> AbstractContextManager[None]:
+        """A context in which the policy's parameters are whole in every process (entered by all
+        together): for what forwards it outside a step or reads its weights. A no-op unsharded."""
+        return whole_parameters(self.model)
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -156,6 +178,15 @@ class Trainer:
             reference = self.reference.records(batch.mismatched)
         return mismatched_log_ratio(policy, reference, self.accelerator.gather)
 
+    def clip_gradients(self) -> float:
+        """Clip the gradients' global norm to ``optim.max_grad_norm``; the norm before clipping (NaN
+        when there is none). Sharded, the norm is over every process's shards."""
+        parameters = self.policy.parameters()
+        if self.sharded:
+            return whole_norm(torch.nn.utils.clip_grad_norm_(parameters, self.optim.max_grad_norm))
+        norm = self.accelerator.clip_grad_norm_(parameters, self.optim.max_grad_norm)
+        return float(norm) if norm is not None else float("nan")
+
     def step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         """One optimiser step over this process's ``micro_batches`` (gradients accumulated, synced
         once); a step whose loss or gradient is not finite on any process is skipped by all.
@@ -178,9 +209,8 @@ class Trainer:
             if self.log_sampled_ratio:
                 for name, value in sampled_log_ratio(batch, policy, reference).items():
                     sums[name] = sums.get(name, 0.0) + value / n
-        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.optim.max_grad_norm)
+        grad_norm = self.clip_gradients()
         # Gradients are identical on every process after the all-reduce, so is this decision.
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         finite = finite and math.isfinite(grad_norm)
         device = self.accelerator.device
         reduced = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device), "mean")
@@ -269,29 +299,38 @@ class Trainer:
     def save(self, output_dir: Path, state: dict[str, Any], source_state: dict[str, Any], keep: int) -> None:
         """A checkpoint of the global step: trainable weights, optimizer, schedule, RNG, ``state``
         (JSON: history...) and the source's position (main process writes; all wait)."""
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                Path(output_dir),
-                self.global_step,
-                self.accelerator.unwrap_model(self.policy),
-                getattr(self.optimizer, "optimizer", self.optimizer),
-                self.scheduler,
-                {"step": self.global_step, **state},
-                keep,
-                source_state,
-                self.reference.state_dict() if self.refresh is not None else None,
-            )
-        self.accelerator.wait_for_everyone()
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        # sharded: the optimiser state gathered whole (every process takes part), as one process holds it
+        if self.sharded:
+            optimizer_dict = optimizer_state(self.policy, optimizer)
+        else:
+            optimizer_dict = optimizer.state_dict() if self.accelerator.is_main_process else {}
+        with self.whole_parameters():
+            if self.accelerator.is_main_process:
+                save_checkpoint(
+                    Path(output_dir),
+                    self.global_step,
+                    self.accelerator.unwrap_model(self.policy),
+                    optimizer_dict,
+                    self.scheduler,
+                    {"step": self.global_step, **state},
+                    keep,
+                    source_state,
+                    self.reference.state_dict() if self.refresh is not None else None,
+                )
+            self.accelerator.wait_for_everyone()
 
     def restore(self, checkpoint: Path, source: BatchSource, hooks: Sequence[Hook] = ()) -> TrainResult:
         """Continue from ``checkpoint``: weights, optimizer, schedule, RNG, the global step, the
         source's position and the named hooks' states; returns the result so far (history) to pass to
         :meth:`fit` with the same hooks."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         state = load_checkpoint(
             checkpoint,
             self.accelerator.unwrap_model(self.policy),
-            getattr(self.optimizer, "optimizer", self.optimizer),
+            optimizer,
             self.scheduler,
+            load_optimizer=partial(load_optimizer_state, self.policy, optimizer) if self.sharded else None,
         )
         self.global_step = int(state["step"])
         if self.refresh is not None:

@@ -396,7 +396,8 @@ class OnPolicySource:
         """Sample, label and pair round ``round_index``: its buffer becomes the one served; its statistics."""
         s = self.settings
         chosen = round_prompts(len(self.prompts), s.prompts_per_round, round_index, s.seed)
-        samples, rewards, labelling, (t0, t1, t2) = self.sample_and_label(chosen, round_index)
+        with self.trainer.whole_parameters():  # sharded: each process samples its share with the whole policy
+            samples, rewards, labelling, (t0, t1, t2) = self.sample_and_label(chosen, round_index)
         groups = labelled_groups(samples, [self.prompt_ids[i] for i in chosen], rewards, round_index)
         self.shown += shown_samples(
             round_index, [self.prompts[i] for i in chosen], samples, rewards, s.samples_per_prompt
@@ -404,7 +405,8 @@ class OnPolicySource:
         items = self.round_items(groups)
         extra = offline_items(self.offline, offline_count(len(items), s.mix), random.Random(s.seed * 31 + round_index))
         self.buffer = self.round_buffer(items + extra, round_index)
-        self.round_reference()
+        with self.trainer.whole_parameters():  # a reference with the adapters off: each its own share
+            self.round_reference()
         flat = [r for row in rewards for r in row if not math.isnan(r)]
         mean = sum(flat) / max(len(flat), 1)
         std = math.sqrt(sum((r - mean) ** 2 for r in flat) / max(len(flat) - 1, 1))

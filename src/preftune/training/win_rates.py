@@ -102,9 +102,10 @@ class WinRateEvaluation(RecordingHook):
         self.baseline = state.get("baseline")
 
     def start(self, fit: Fit) -> None:
-        if self.baseline is None and fit.trainer.accelerator.is_main_process:
-            self.baseline = self._baseline(fit)
-        fit.trainer.accelerator.wait_for_everyone()
+        with fit.trainer.whole_parameters():  # the main process answers alone: no shard exchanged meanwhile
+            if self.baseline is None and fit.trainer.accelerator.is_main_process:
+                self.baseline = self._baseline(fit)
+            fit.trainer.accelerator.wait_for_everyone()
 
     def after_step(self, fit: Fit, stats: dict[str, float]) -> None:
         done, every = fit.trainer.global_step, self.config.win_rate_every
@@ -143,18 +144,24 @@ class WinRateEvaluation(RecordingHook):
         """Evaluate now (main process); the records kept (``fit.result.records["win_rates"]`` at the end)."""
         trainer = fit.trainer
         records: list[dict[str, Any]] = []
-        if trainer.accelerator.is_main_process:
-            assert self.baseline is not None
-            records = self.evaluate(trainer.global_step, self.answers(trainer), self.baseline)
-            self.records.extend(records)
-            for record in records:
-                spec = record["judge"]
-                values = {f"eval/win_rate/{spec}": record["win_rate"], "eval/mean_length": record["mean_length"]}
-                if record["lc_reason"] is None:
-                    values[f"eval/lc_win_rate/{spec}"] = record["lc_win_rate"]
-                trainer.accelerator.log(values, step=trainer.global_step)
-                self.console.print(format_record(record, trainer.total_steps, self.config.baseline), highlight=False)
-        trainer.accelerator.wait_for_everyone()
+        with trainer.whole_parameters():  # the main process answers alone: no shard exchanged meanwhile
+            if trainer.accelerator.is_main_process:
+                records = self._log_here(trainer)
+            trainer.accelerator.wait_for_everyone()
+        return records
+
+    def _log_here(self, trainer: Any) -> list[dict[str, Any]]:
+        """Answer, judge, record and show (the main process)."""
+        assert self.baseline is not None
+        records = self.evaluate(trainer.global_step, self.answers(trainer), self.baseline)
+        self.records.extend(records)
+        for record in records:
+            spec = record["judge"]
+            values = {f"eval/win_rate/{spec}": record["win_rate"], "eval/mean_length": record["mean_length"]}
+            if record["lc_reason"] is None:
+                values[f"eval/lc_win_rate/{spec}"] = record["lc_win_rate"]
+            trainer.accelerator.log(values, step=trainer.global_step)
+            self.console.print(format_record(record, trainer.total_steps, self.config.baseline), highlight=False)
         return records
 
     def evaluate(self, step: int, outputs: list[str], baseline: list[str]) -> list[dict[str, Any]]:
