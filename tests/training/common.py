@@ -258,3 +258,29 @@ def run_cli(
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_reshard_after_forward: true
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+use_cpu: true
+"""
+
+
+def fsdp_launch(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch`` with an FSDP config (2 CPU processes on gloo) of ``args`` (a script or
+    ``-m module`` and its arguments); the config is written in ``folder``."""
+    config = folder / "fsdp.yaml"
+    config.write_text(FSDP_CONFIG)
+    command = [str(BIN / "accelerate"), "launch", "--config_file", str(config), *args]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=subprocess_env(1))
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"accelerate launch did not finish in {TIMEOUT} s:\n{err.stderr}") from err

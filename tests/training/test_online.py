@@ -447,29 +447,54 @@ def test_judge_rounds_end_to_end_in_rounds_jsonl_console_and_summary(tmp_path, c
     assert sum(r["judge_decided"] for r in found["random"]) < sum(r["judge_decided"] for r in found["longer"])
 
 
-@pytest.mark.slow
-def test_two_processes_train_online_as_one(tmp_path):
-    """`torchrun --nproc_per_node 2` (gloo): each process samples and labels half of the round (a block
-    of the sampler's batches, 2 prompts × 3 samples each, seeded by their numbers in the round), the
-    halves are gathered, and each trains on its half of the buffer; the weights equal one process's."""
-    import json
-    import subprocess
-    from pathlib import Path
-
-    from tests.training.common import TIMEOUT, TORCHRUN, assert_same_tensors, model_weights, subprocess_env, train
+@pytest.fixture(scope="module")
+def online_one_process(tmp_path_factory):
+    """The single-process on-policy run that two processes must equal, and its overrides."""
+    from tests.training.common import train
 
     def overrides(out):
         return online_overrides(out, {"optim.batch_size": 4, "eval.batch_size": 6})
 
-    train(overrides(tmp_path / "single"))
+    single = tmp_path_factory.mktemp("online-one") / "run"
+    train(overrides(single))
+    return single, overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["torchrun", "fsdp"])
+def test_two_processes_train_online_as_one(online_one_process, launch, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo; DDP), or `accelerate launch` with an FSDP config (the policy
+    sharded with FSDP2; each round sampled and its reference scored with the whole parameters): each
+    process samples and labels half of the round (a block of the sampler's batches, 2 prompts × 3
+    samples each, seeded by their numbers in the round), the halves are gathered, and each trains on
+    its half of the buffer; the weights equal one process's."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from tests.training.common import (
+        TIMEOUT,
+        TORCHRUN,
+        assert_same_tensors,
+        fsdp_launch,
+        model_weights,
+        subprocess_env,
+    )
+
+    single, overrides = online_one_process
+    double = tmp_path / "double"
     worker = Path(__file__).with_name("ddp_worker.py")
-    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(worker), *overrides(tmp_path / "double")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=subprocess_env(1))
+    if launch == "fsdp":
+        result = fsdp_launch(tmp_path, str(worker), *overrides(double))
+    else:
+        command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(worker), *overrides(double)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=subprocess_env(1))
     assert result.returncode == 0, result.stderr[-5000:]
     assert result.stderr.count("round 1: reward") == 1  # one run of two processes (the main one speaks)
-    assert (tmp_path / "double" / "rounds.jsonl").read_text().count('"reward_mean"') == 2
-    single_rounds = (tmp_path / "single" / "rounds.jsonl").read_text().splitlines()
-    double_rounds = (tmp_path / "double" / "rounds.jsonl").read_text().splitlines()
+    assert result.stderr.count("FSDP: the policy sharded") == (launch == "fsdp")
+    assert (double / "rounds.jsonl").read_text().count('"reward_mean"') == 2
+    single_rounds = (single / "rounds.jsonl").read_text().splitlines()
+    double_rounds = (double / "rounds.jsonl").read_text().splitlines()
     for one, two in zip(single_rounds, double_rounds, strict=True):  # the same samples: rewards and lengths
         a, b = json.loads(one), json.loads(two)
         assert (a["reward_mean"], a["reward_std"], a["mean_length"]) == (
@@ -480,8 +505,7 @@ def test_two_processes_train_online_as_one(tmp_path):
     # Two processes forward half a batch each (other padding, another summation order): the losses agree
     # to ~1e-6 relative, and Adam, which scales each entry's step by its own gradient's size, turns that
     # into up to ~1.5e-5 on a weight after 2 steps of lr 5e-4 (3% of one step): 1/10 of a step allowed.
-    single, double = model_weights(tmp_path / "single" / "model"), model_weights(tmp_path / "double" / "model")
-    assert_same_tensors(double, single, atol=5e-5)
+    assert_same_tensors(model_weights(double / "model"), model_weights(single / "model"), atol=5e-5)
 
 
 @pytest.mark.parametrize(

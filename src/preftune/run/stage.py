@@ -47,7 +47,7 @@ from preftune.training import (
     make_plan,
     responses_read,
 )
-from preftune.training.sharding import ShardingPlan, unsharded_copy
+from preftune.training.sharding import ShardingPlan, units, unsharded_copy
 
 
 @dataclass
@@ -181,6 +181,12 @@ def train_stage(parts: RunParts, index: int, stage: StageConfig, objective: Obje
         refresh=config.ref_refresh,
         sharding=parts.sharding,
     )
+    if trainer.sharded:
+        parts.say(
+            f"FSDP: the policy sharded over {accelerator.num_processes} processes, in {len(units(model))} units "
+            "(each decoder layer, and the rest)",
+            highlight=False,
+        )
     source = feed.source(trainer)
     hooks = stage_hooks(parts, stage_dir, feed)
     start_trackers(accelerator, config, stage)

@@ -103,7 +103,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore trainable weights (each process its shards, when sharded), optimizer, scheduler and
     RNG states; return the trainer state. ``load_optimizer``: how to load the saved optimiser state
-    (a sharded optimiser's), else ``optimizer.load_state_dict``."""
+    (the trainer's: by name or by position), else ``optimizer.load_state_dict``."""
     load_whole(model, load_file(str(path / "trainable.safetensors")))
     saved = torch.load(path / "optimizer.pt", weights_only=False)
     (load_optimizer or optimizer.load_state_dict)(saved["optimizer"])

@@ -330,7 +330,7 @@ class Trainer:
             self.accelerator.unwrap_model(self.policy),
             optimizer,
             self.scheduler,
-            load_optimizer=partial(load_optimizer_state, self.policy, optimizer) if self.sharded else None,
+            load_optimizer=partial(self._load_optimizer, optimizer),
         )
         self.global_step = int(state["step"])
         if self.refresh is not None:
@@ -342,6 +342,22 @@ class Trainer:
                 hook.load_state_dict(saved_hooks[hook.name])
         skipped = sum(int(h.get("skipped", 0)) for h in state["history"])
         return TrainResult(self.global_step, list(state["history"]), skipped_steps=skipped)
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        """A checkpoint's optimiser state: keyed by parameter name when an FSDP run wrote it (whole,
+        :func:`~preftune.training.sharding.optimizer_state`), which any run loads, each process its
+        shards; else by position (``optimizer.state_dict()``), which only an unsharded run loads."""
+        groups = saved.get("param_groups") or [{}]
+        by_name = any(isinstance(p, str) for p in groups[0].get("params", []))
+        if by_name:
+            load_optimizer_state(self.accelerator.unwrap_model(self.policy), optimizer, saved)
+        elif self.sharded:
+            raise PreftuneError(
+                "--resume: this checkpoint was written by an unsharded run (DDP or one process), whose optimiser "
+                "state FSDP cannot split: resume it as it was launched"
+            )
+        else:
+            optimizer.load_state_dict(saved)
 
     def restore_reference(self, checkpoint: Path) -> None:
         """The refreshed reference as ``checkpoint`` saved it; refused when it saved none (a run

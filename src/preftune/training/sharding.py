@@ -19,6 +19,7 @@ come back after. Such phases hold the whole model in each process for their dura
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -123,6 +124,9 @@ def shard(root: nn.Module, model: nn.Module, plan: ShardingPlan) -> None:
             module._preftune_reshard_after_forward = plan.reshard_after_forward
     # the root keeps its parameters after forward, fully_shard's own choice for a root (backward needs them next)
     fully_shard(root, reshard_after_forward=False)
+    # FSDP2 warns that the root's output (the log-prob records) holds views, whose in-place change would skip
+    # its pre-backward gather; the objectives are pure functions of their records and change none in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPPolicyLogProbs\) returned a view")
     root._preftune_reshard_after_forward = False
     # FSDP2 takes for root the first unit whose forward runs; a phase that forwards the model by hand (held-out
     # scoring, sampling) may come first, so the root is settled now. (FSDP2 has no public call for it.)
