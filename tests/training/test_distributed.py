@@ -122,11 +122,15 @@ def test_an_fsdp_launch_trains_as_one_process_and_resumes_in_one(
     data_files: DataFiles, one_process: tuple[Path, int], tmp_path: Path
 ) -> None:
     """``accelerate launch`` with an FSDP config: the policy (LoRA) sharded over 2 processes with
-    FSDP2 trains as one process does, skipped steps, held-out evaluations and the saved adapter
-    included; its checkpoint (the optimiser state gathered whole) resumes in one process."""
+    FSDP2 trains as one process does, skipped steps, the reference forwarded within each step,
+    held-out evaluations and the saved adapter included; its checkpoint (the optimiser state
+    gathered whole) resumes in one process."""
     single, tokens = one_process
     double = tmp_path / "fsdp"
-    result = fsdp_launch(tmp_path, str(WORKER), *_overrides(data_files, double, tokens))
+    # the reference scored in each step (the adapters off, all processes together), not precomputed as
+    # in the one-process run: the same log-probs, so the same run
+    live = "reference=adapter"
+    result = fsdp_launch(tmp_path, str(WORKER), *_overrides(data_files, double, tokens), live)
     assert result.returncode == 0, result.stderr[-5000:]
     assert result.stderr.count("train data:") == 1, result.stderr[-5000:]
     assert result.stderr.count("FSDP: the policy sharded over 2 processes") == 1, result.stderr[-5000:]
@@ -141,7 +145,7 @@ def test_an_fsdp_launch_trains_as_one_process_and_resumes_in_one(
         path = resumed / lost
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     with pytest.warns(UserWarning, match="non-finite"):
-        train([*_overrides(data_files, resumed, tokens), "resume=true"])
+        train([*_overrides(data_files, resumed, tokens), live, "resume=true"])
     assert_same_tensors(model_weights(resumed / "model"), model_weights(single / "model"), atol=1e-5)
     assert_same_history(trainer_state(resumed, STEPS)["history"], trainer_state(single, STEPS)["history"], 1e-5, 1e-5)
 
