@@ -12,6 +12,7 @@ pairs built as items.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from preftune.run.inputs import data_kind, load_examples, objective_for_inputs, 
 from preftune.run.train import run_training
 from preftune.training.loop import make_plan, responses_read
 from tests.data.files import OASST_FILE
-from tests.training.common import model_weights, trainer_state, write_jsonl
+from tests.training.common import assert_same_tensors, model_weights, trainer_state, write_jsonl
 
 BASE = [
     "model.name=tiny-random",
@@ -207,3 +208,29 @@ def test_pairs_within_reads_the_training_file_once_when_it_detects_its_format(mo
     assert [g.rewards for g in auto.train] == [g.rewards for g in named.train] and len(auto.held_out) == len(
         named.held_out
     )
+
+
+def test_pairs_within_groups_train_alike_in_one_batch_or_in_micro_batches(tmp_path: Path) -> None:
+    """Groups of 2-4 ranked replies hold different numbers of pairs, so the two micro-batches of a
+    step (``optim.grad_accumulation=2``) hold different numbers too: the step still minimises the
+    mean over all its pairs, as one batch does (gradient norms, losses and weights alike), not the
+    mean of the micro-batches' means."""
+    base = [*BASE, "objective=dpo", "data.pairing=all", "optim.max_steps=3", "data.eval_size=0"]
+    config = load_config(None, base)
+    inputs = tokenize_inputs(load_examples(config.data, "pairs_within"), load_tokenizer("tiny-random"), config.data)
+    plan = make_plan(inputs.train, replace(config.optim, grad_accumulation=2), 1, False)
+    pairs = [
+        [sum(a > b for a in inputs.train[i].rewards for b in inputs.train[i].rewards) for i in m.tolist()]
+        for m in plan.micro_batches(0, rank=0)
+    ]
+    assert sum(pairs[0]) != sum(pairs[1]), pairs  # the test means something only then
+    runs = {}
+    for accumulation in (1, 2):
+        out = tmp_path / f"ga{accumulation}"
+        run_training(load_config(None, [*base, f"optim.grad_accumulation={accumulation}", f"output_dir={out}"]))
+        runs[accumulation] = out
+    one, two = (trainer_state(runs[k], 3)["history"] for k in (1, 2))
+    for a, b in zip(one, two, strict=True):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+    assert_same_tensors(model_weights(runs[2] / "model"), model_weights(runs[1] / "model"), atol=1e-6)

@@ -178,6 +178,27 @@ class Trainer:
             reference = self.reference.records(batch.mismatched)
         return mismatched_log_ratio(policy, reference, self.accelerator.gather)
 
+    def _reduce_stats(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
+        """Each statistic's mean over the step's items on every process (one all-reduce), and
+        ``items``: how many losses the step holds in all."""
+        names = list(sums)
+        local = torch.tensor([sums[k] for k in names] + [counts[k] for k in names], dtype=torch.float64)
+        total = self.accelerator.reduce(local.to(self.accelerator.device), "sum").cpu().tolist()
+        stats = {
+            k: total[i] / total[len(names) + i] if total[len(names) + i] else math.nan for i, k in enumerate(names)
+        }
+        return stats | {"items": total[len(names) + names.index("loss")]}
+
+    def _scale_gradients(self, factor: float) -> None:
+        """Multiply the accumulated gradients by ``factor`` (the processes' gradients were averaged,
+        each a sum over its own items: ``processes / items`` makes them the mean over all items)."""
+        if factor == 1.0:
+            return
+        with torch.no_grad():
+            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, factor)
+
     def clip_gradients(self) -> float:
         """Clip the gradients' global norm to ``optim.max_grad_norm``; the norm before clipping (NaN
         when there is none). Sharded, the norm is over every process's shards."""
@@ -190,8 +211,15 @@ class Trainer:
     def step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         """One optimiser step over this process's ``micro_batches`` (gradients accumulated, synced
         once); a step whose loss or gradient is not finite on any process is skipped by all.
-        Returns the step's statistics, averaged over micro-batches and processes."""
+
+        The step minimises the mean of the objective's per-item losses over every item of the step,
+        on every process: each micro-batch's backward is of its losses' sum, and the gradient is
+        scaled once by the items counted over all micro-batches and processes. So micro-batches and
+        processes that hold different numbers of items (the pairs within groups, whose number depends
+        on the rewards) train as one batch would. Returns the step's statistics, each the mean over
+        the step's items (a per-micro-batch value counts as one)."""
         sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
         tokens, finite, n = 0, True, len(micro_batches)
         for i, batch in enumerate(micro_batches):
             tokens += batch.num_tokens
@@ -200,26 +228,29 @@ class Trainer:
                 policy, reference = self.logprobs(batch)
                 kl = self.kl_estimate(batch)
                 out = self.objective(record_for(self.objective.record_type, policy, reference, batch.rewards, kl))
-                loss = out.loss.mean()
+                loss = out.loss.sum()
                 finite = finite and bool(torch.isfinite(loss))
-                self.accelerator.backward(loss / n)
+                self.accelerator.backward(loss)
             values = {"loss": out.loss, **{f"loss/{k}": v for k, v in out.terms.items()}, **out.metrics}
             for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach().float().mean()) / n
+                sums[name] = sums.get(name, 0.0) + float(value.detach().float().sum())
+                counts[name] = counts.get(name, 0.0) + value.numel()
             if self.log_sampled_ratio:
                 for name, value in sampled_log_ratio(batch, policy, reference).items():
-                    sums[name] = sums.get(name, 0.0) + value / n
+                    sums[name] = sums.get(name, 0.0) + value
+                    counts[name] = counts.get(name, 0.0) + 1.0 / n  # a sum per process, averaged over processes
+        stats = self._reduce_stats(sums, counts)
+        items = stats.pop("items")
+        finite = finite and items > 0
+        self._scale_gradients(self.accelerator.num_processes / max(items, 1.0))
         grad_norm = self.clip_gradients()
         # Gradients are identical on every process after the all-reduce, so is this decision.
         finite = finite and math.isfinite(grad_norm)
-        device = self.accelerator.device
-        reduced = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device), "mean")
-        stats = dict(zip(sums, reduced.tolist(), strict=True))
         # A loss that is non-finite on one process only (its gradient may be finite) makes the
         # reduced mean non-finite on all, so every process skips the step together.
         finite = finite and math.isfinite(stats["loss"])
         stats.update(grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
-        stats["tokens"] = float(self.accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+        stats["tokens"] = float(self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), "sum"))
         if finite:
             self.optimizer.step()
             self.scheduler.step()
