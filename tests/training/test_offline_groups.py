@@ -233,4 +233,7 @@ def test_pairs_within_groups_train_alike_in_one_batch_or_in_micro_batches(tmp_pa
     for a, b in zip(one, two, strict=True):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
-    assert_same_tensors(model_weights(runs[2] / "model"), model_weights(runs[1] / "model"), atol=1e-6)
+    # Adam divides each entry's step by its own gradient's size, so float rounding on an entry whose
+    # gradient is near 0 moves it by a fraction of a step (lr 5e-3; 1.3e-6 seen on an AMD EPYC Zen 4):
+    # 1/500 of a step allowed
+    assert_same_tensors(model_weights(runs[2] / "model"), model_weights(runs[1] / "model"), atol=1e-5)

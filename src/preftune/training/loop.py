@@ -189,24 +189,21 @@ class Trainer:
         }
         return stats | {"items": total[len(names) + names.index("loss")]}
 
-    def _scale_gradients(self, factor: float) -> None:
-        """Multiply the accumulated gradients by ``factor`` (the processes' gradients were averaged,
-        each a sum over its own items: ``processes / items`` makes them the mean over all items)."""
-        if factor == 1.0:
-            return
-        with torch.no_grad():
-            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, factor)
-
-    def clip_gradients(self) -> float:
-        """Clip the gradients' global norm to ``optim.max_grad_norm``; the norm before clipping (NaN
+    def clip_gradients(self, scale: float = 1.0) -> float:
+        """Scale the accumulated gradients by ``scale`` and clip their global norm to
+        ``optim.max_grad_norm``, in one pass over them; the norm after scaling, before clipping (NaN
         when there is none). Sharded, the norm is over every process's shards."""
-        parameters = self.policy.parameters()
-        if self.sharded:
-            return whole_norm(torch.nn.utils.clip_grad_norm_(parameters, self.optim.max_grad_norm))
-        norm = self.accelerator.clip_grad_norm_(parameters, self.optim.max_grad_norm)
-        return float(norm) if norm is not None else float("nan")
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if not grads:
+            return math.nan
+        if not self.sharded:
+            self.accelerator.unscale_gradients()  # fp16's loss scale (refused under FSDP); else nothing
+        norm = scale * whole_norm(torch.nn.utils.get_total_norm(grads))
+        coefficient = scale * min(1.0, self.optim.max_grad_norm / (norm + 1e-6))  # torch's clip_grad_norm_ rule
+        if coefficient != 1.0:
+            with torch.no_grad():
+                torch._foreach_mul_(grads, coefficient)
+        return norm
 
     def step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         """One optimiser step over this process's ``micro_batches`` (gradients accumulated, synced
@@ -242,8 +239,9 @@ class Trainer:
         stats = self._reduce_stats(sums, counts)
         items = stats.pop("items")
         finite = finite and items > 0
-        self._scale_gradients(self.accelerator.num_processes / max(items, 1.0))
-        grad_norm = self.clip_gradients()
+        # the processes' gradients were averaged, each a sum over its own items: processes / items
+        # makes them the mean over every item of the step
+        grad_norm = self.clip_gradients(self.accelerator.num_processes / max(items, 1.0))
         # Gradients are identical on every process after the all-reduce, so is this decision.
         finite = finite and math.isfinite(grad_norm)
         # A loss that is non-finite on one process only (its gradient may be finite) makes the
