@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import get_scheduler
 
 from preftune.data import Batch
 from preftune.errors import PreftuneError
@@ -126,6 +125,8 @@ class Trainer:
         if not trainable:
             raise PreftuneError("the model has no trainable parameters")
         optimizer = make_optimizer(trainable, optim)
+        from transformers import get_scheduler  # here: transformers' trainer utilities import peft (~2 s)
+
         self.scheduler = get_scheduler(
             optim.schedule,
             optimizer,
