@@ -236,7 +236,7 @@ class Trainer:
             if self.log_sampled_ratio:
                 for name, value in sampled_log_ratio(batch, policy, reference).items():
                     sums[name] = sums.get(name, 0.0) + value
-                    counts[name] = counts.get(name, 0.0) + 1.0 / n  # a sum per process, averaged over processes
+                    counts[name] = counts.get(name, 0.0) + 1.0  # their ratio over a pass is the KL
         stats = self._reduce_stats(sums, counts)
         items = stats.pop("items")
         finite = finite and items > 0
