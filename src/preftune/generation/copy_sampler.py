@@ -28,7 +28,7 @@ import torch
 from preftune.errors import PreftuneError
 from preftune.generation import packed_linear
 from preftune.generation.sampling import Sample, SamplingConfig, sample
-from preftune.modeling.merged import merged_weights
+from preftune.modeling.merged import empty_copy, merged_weights
 
 
 class CopySampler:
@@ -83,25 +83,10 @@ class CopySampler:
         return self.copy
 
     def _build(self, model: Any) -> Any:
-        """An uninitialised ``dtype`` model of the policy's architecture (built on the meta device, so
-        no random initialisation runs and no float32 weights pass through memory), with the policy's
-        buffers (rotary frequencies: not in the state dict, so :meth:`refresh` does not set them)."""
-        from transformers import AutoModelForCausalLM
-
+        """An uninitialised ``dtype`` model of the policy's architecture on the policy's device, with
+        its buffers (:func:`~preftune.modeling.merged.empty_copy`): :meth:`refresh` fills its weights."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        device = next(base.parameters()).device
-        config = base.config
-        attention = getattr(config, "_attn_implementation", None)
-        with torch.device("meta"):
-            copy = AutoModelForCausalLM.from_config(config, dtype=self.dtype, attn_implementation=attention)
-        copy = copy.to_empty(device=device)
-        modules = dict(base.named_modules())
-        for name, module in copy.named_modules():
-            for buffer in list(module._buffers):
-                module._buffers[buffer] = modules[name]._buffers[buffer].detach().clone()
-        if getattr(base, "generation_config", None) is not None:
-            copy.generation_config = base.generation_config
-        return copy.eval().requires_grad_(False)
+        return empty_copy(model, self.dtype, next(base.parameters()).device).eval().requires_grad_(False)
 
 
 SAMPLE_DTYPES = ("auto", "float32", "bfloat16")

@@ -34,6 +34,31 @@ def _lora_delta(layer: Any, adapter: str) -> Any:
     return delta.T if getattr(layer, "fan_in_fan_out", False) else delta
 
 
+def empty_copy(model: Any, dtype: Any, device: Any = None) -> Any:
+    """An uninitialised ``dtype`` model of ``model``'s architecture (its base model's, under PEFT),
+    built on the meta device from its config (no file read, no random initialisation, no weights
+    through memory): its parameters left on the meta device (``device`` None: for
+    ``load_state_dict(assign=True)``) or allocated, uninitialised, on ``device``. It holds copies of
+    ``model``'s buffers (rotary frequencies: in no state dict) and its generation config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    attention = getattr(config, "_attn_implementation", None)
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+    if device is not None:
+        copy = copy.to_empty(device=device)
+    modules = dict(base.named_modules())
+    for name, module in copy.named_modules():
+        for buffer in list(module._buffers):
+            module._buffers[buffer] = modules[name]._buffers[buffer].detach().clone()
+    if getattr(base, "generation_config", None) is not None:
+        copy.generation_config = base.generation_config
+    return copy
+
+
 def current_tensors(model: Any) -> Iterator[tuple[str, Any]]:
     """``model.state_dict()``'s names and tensors (parameters, tied ones under each name, and persistent
     buffers), read from the modules as they hold them now. A model sharded with FSDP2 holds its whole

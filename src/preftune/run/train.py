@@ -61,7 +61,7 @@ from preftune.run.resume import (
 from preftune.run.stage import RunParts, train_stage
 from preftune.run.summary import print_outcome, write_summary
 from preftune.training import StepCallback, latest_checkpoint, make_accelerator
-from preftune.training.sharding import requested_sharding
+from preftune.training.sharding import layer_classes, requested_sharding
 
 
 def _refuse_earlier_run(config: RunConfig, output_dir: Path) -> None:
@@ -149,6 +149,9 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         )
     judges = _win_rate_judges(config)
     model = _model(config)
+    sharding = requested_sharding()
+    if sharding is not None:  # layer classes that name no module: refused before any reference or step
+        layer_classes(model, sharding)
     accelerator = _accelerator(config)
     set_seed(config.optim.seed)
     batcher = Batcher(tokenizer.pad_token_id, config.data.layout, attention_length(model), config.data.max_length)
@@ -165,7 +168,7 @@ def run_training(config: RunConfig, callbacks: Sequence[StepCallback] = (), cons
         callbacks,
         rounds,
         judges,
-        requested_sharding(),
+        sharding,
     )
     _start(parts)
     sample_prompts = [p.prompt_ids for p in inputs.held_out[: config.eval.samples]]

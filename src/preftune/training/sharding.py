@@ -214,32 +214,29 @@ def load_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, stat
 def unsharded_copy(model: nn.Module) -> nn.Module:
     """A plain (unsharded) module equal to the sharded ``model``, in every process (all take part):
     for what follows training and reads the model as a whole (the saved adapter, merged or full
-    weights, answers). Its skeleton is built on the meta device from ``model``'s config (and its
-    LoRA config), then given the gathered weights and ``model``'s buffers (FSDP shards no buffer)."""
+    weights, answers). Its skeleton is built on the meta device with ``model``'s buffers
+    (:func:`~preftune.modeling.merged.empty_copy`; FSDP shards no buffer), wrapped in ``model``'s LoRA
+    config, then given the gathered weights."""
     from peft import PeftModel, get_peft_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModelForCausalLM
+
+    from preftune.modeling.merged import empty_copy
 
     root = _ROOTS[model]
     prefix = next(name for name, module in root.named_modules() if module is model) + "."
     whole = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True))
     weights = {k.removeprefix(prefix): v for k, v in whole.items() if k.startswith(prefix)}
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(base.config, dtype=next(iter(weights.values())).dtype)
-        if isinstance(model, PeftModel):
+    plain = empty_copy(model, next(iter(weights.values())).dtype)
+    if isinstance(model, PeftModel):
+        with torch.device("meta"):
             plain = get_peft_model(plain, model.peft_config[model.active_adapter])
     plain.load_state_dict(weights, strict=False, assign=True)
-    for name, buffer in model.named_buffers():  # non-persistent ones (rotary frequencies) are in no state dict
-        owner, _, leaf = name.rpartition(".")
-        plain.get_submodule(owner).register_buffer(
-            leaf, buffer.clone(), persistent=leaf in plain.get_submodule(owner).state_dict()
-        )
-    if getattr(base.config, "tie_word_embeddings", False):
+    if getattr(plain.config, "tie_word_embeddings", False):
         plain.tie_weights()
     missing = [n for n, p in plain.named_parameters() if p.is_meta]
     if missing:
         raise RuntimeError(f"unsharded_copy: no weight gathered for {missing[:3]}")
-    for (_, mine), (_, theirs) in zip(plain.named_parameters(), model.named_parameters(), strict=True):
-        mine.requires_grad_(theirs.requires_grad)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, param in plain.named_parameters():
+        param.requires_grad_(name in trainable)
     return plain.train(model.training)
